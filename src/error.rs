@@ -1,0 +1,71 @@
+//! The crate's one error type, and its mapping to the coarse kinds a transport turns into status codes.
+use std::path::PathBuf;
+
+/// Coarse class of an error: what a client did wrong versus what the server lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request or the input file is wrong (INVALID_ARG).
+    InvalidArg,
+    /// The server is busy or shutting down (UNAVAILABLE).
+    Unavailable,
+    /// A valid input in a format or feature we do not implement (UNSUPPORTED).
+    Unsupported,
+    /// Something that should exist does not (NOT_FOUND).
+    NotFound,
+    /// A bug or an environment failure (INTERNAL).
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: is a Git LFS pointer, not the data; run `git lfs pull` in the checkpoint's repository")]
+    LfsPointer { path: PathBuf },
+    #[error("{path}: {format} is not supported: {hint}")]
+    UnsupportedFormat { path: PathBuf, format: String, hint: String },
+    #[error("{path}: tensor `{name}` is missing")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    TensorShape { path: PathBuf, name: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("{path}: tensor `{name}` is truncated: needs {expected} bytes, {got} available")]
+    Truncated { path: PathBuf, name: String, expected: u64, got: u64 },
+    #[error("{archive}: archive entry `{entry}` escapes the archive root (absolute path or `..`)")]
+    UnsafePath { archive: PathBuf, entry: String },
+    #[error("{path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+    #[error("config: {0}")]
+    Config(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            Error::Io { .. } | Error::Internal(_) => ErrorKind::Internal,
+            Error::UnsupportedFormat { .. } => ErrorKind::Unsupported,
+            Error::MissingTensor { .. } => ErrorKind::NotFound,
+            Error::Unavailable(_) => ErrorKind::Unavailable,
+            _ => ErrorKind::InvalidArg,
+        }
+    }
+
+    /// Shorthand for a checkpoint problem tied to a file.
+    pub fn ckpt(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Checkpoint { path: path.into(), msg: msg.into() }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

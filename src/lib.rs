@@ -1,0 +1,15 @@
+//! triton-llama: a Llama-2 inference engine (CPU reference path, CUDA later) served as a Triton backend.
+#![deny(unsafe_code)]
+
+pub mod backend;
+pub mod comm;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod loader;
+pub mod model;
+pub mod sampling;
+pub mod tensor;
+pub mod tokenizer;
+
+pub use error::{Error, ErrorKind, Result};
