@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod bench;
 pub mod comm;
 pub mod config;
 pub mod engine;

@@ -1,1 +1,265 @@
-fn main() {}
+//! `triton-llama`: inspect, tokenize, generate with, score and benchmark Llama-2 checkpoints on the CPU engine.
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use triton_llama::engine::{Engine, EngineConfig, Request};
+use triton_llama::sampling::SamplingParams;
+use triton_llama::{Error, Result, loader};
+
+const USAGE: &str = "usage:
+  triton-llama inspect CKPT [--json]
+  triton-llama tokenize CKPT --text TEXT [--bos|--no-bos] [--json]
+  triton-llama generate CKPT --prompt TEXT [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
+                         [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
+                         [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
+                         [--ignore-eos] [--bos|--no-bos] [--tp N] [--json]
+  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--json]
+  triton-llama bench [--steps N] [--prefill N] [--json]
+CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).";
+
+/// Parsed command line: positional arguments, repeated `--key value` options and bare flags.
+struct Args {
+    pos: Vec<String>,
+    opts: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+const FLAGS: [&str; 6] = ["json", "bos", "no-bos", "ignore-eos", "no-default-stops", "help"];
+
+impl Args {
+    fn parse(raw: Vec<String>) -> Result<Args> {
+        let mut a = Args { pos: Vec::new(), opts: Vec::new(), flags: Vec::new() };
+        let mut it = raw.into_iter();
+        while let Some(s) = it.next() {
+            if let Some(k) = s.strip_prefix("--") {
+                if FLAGS.contains(&k) {
+                    a.flags.push(k.into());
+                } else {
+                    let v = it.next().ok_or_else(|| Error::InvalidRequest(format!("--{k} needs a value")))?;
+                    a.opts.push((k.into(), v));
+                }
+            } else {
+                a.pos.push(s);
+            }
+        }
+        Ok(a)
+    }
+    fn flag(&self, k: &str) -> bool {
+        self.flags.iter().any(|f| f == k)
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.opts.iter().rev().find(|(o, _)| o == k).map(|(_, v)| v.as_str())
+    }
+    fn all(&self, k: &str) -> Vec<String> {
+        self.opts.iter().filter(|(o, _)| o == k).map(|(_, v)| v.clone()).collect()
+    }
+    fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`"))),
+        }
+    }
+    fn need(&self, k: &str) -> Result<&str> {
+        self.get(k).ok_or_else(|| Error::InvalidRequest(format!("--{k} is required")))
+    }
+    fn ckpt(&self) -> Result<PathBuf> {
+        self.pos.get(1).map(PathBuf::from).ok_or_else(|| Error::InvalidRequest("missing checkpoint path".into()))
+    }
+    /// Explicit --bos/--no-bos, else the checkpoint's default.
+    fn bos(&self, default: bool) -> bool {
+        if self.flag("bos") {
+            true
+        } else if self.flag("no-bos") {
+            false
+        } else {
+            default
+        }
+    }
+    fn allow_only(&self, opts: &[&str]) -> Result<()> {
+        for (k, _) in &self.opts {
+            if !opts.contains(&k.as_str()) {
+                return Err(Error::InvalidRequest(format!("unknown option --{k} for `{}`", self.pos[0])));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).target(env_logger::Target::Stderr).init();
+    let args = match Args::parse(std::env::args().skip(1).collect()) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    if args.pos.is_empty() || args.flag("help") {
+        eprintln!("{USAGE}");
+        return if args.flag("help") { ExitCode::SUCCESS } else { ExitCode::from(2) };
+    }
+    let r = match args.pos[0].as_str() {
+        "inspect" => inspect(&args),
+        "tokenize" => tokenize(&args),
+        "generate" => generate(&args),
+        "score" => score(&args),
+        "bench" => bench(&args),
+        other => Err(Error::InvalidRequest(format!("unknown command `{other}`\n{USAGE}"))),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: Error) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(1)
+}
+
+fn print_json(v: serde_json::Value) {
+    println!("{v}");
+}
+
+fn inspect(a: &Args) -> Result<()> {
+    a.allow_only(&[])?;
+    let src = loader::open(&a.ckpt()?)?;
+    let c = src.config();
+    let tensors = src.tensors();
+    let total: usize = tensors.iter().map(|t| t.shape.iter().product::<usize>() * t.dtype.size()).sum();
+    if a.flag("json") {
+        print_json(json!({
+            "format": src.format(),
+            "config": {
+                "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "num_layers": c.num_layers,
+                "num_heads": c.num_heads, "num_kv_heads": c.num_kv_heads, "head_dim": c.head_dim, "vocab_size": c.vocab_size,
+                "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
+                "rope_scaling": c.rope_scaling, "bos_id": c.bos_id, "eos_id": c.eos_id,
+            },
+            "params": c.num_params(),
+            "bytes": total,
+            "add_bos": src.default_add_bos(),
+            "stop_strings": src.default_stop_strings(),
+            "details": src.details().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "tensors": tensors.iter().map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape,
+                "bytes": t.shape.iter().product::<usize>() * t.dtype.size(), "origin": t.origin})).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!("format: {}", src.format());
+    println!("config: {c:?}");
+    println!("parameters: {} ({:.3} GB)", c.num_params(), total as f64 / 1e9);
+    println!("add_bos: {}  stop strings: {:?}", src.default_add_bos(), src.default_stop_strings());
+    for (k, v) in src.details() {
+        println!("{k}: {v}");
+    }
+    for t in &tensors {
+        println!("{:<24} {:<5} {:<16} {:>12}  <- {}", t.name, t.dtype.name(), format!("{:?}", t.shape), t.shape.iter().product::<usize>() * t.dtype.size(), t.origin);
+    }
+    Ok(())
+}
+
+fn tokenize(a: &Args) -> Result<()> {
+    a.allow_only(&["text"])?;
+    let src = loader::open(&a.ckpt()?)?;
+    let tok = src.tokenizer()?;
+    let text = a.need("text")?;
+    let ids = tok.encode(text, a.bos(src.default_add_bos()))?;
+    if a.flag("json") {
+        print_json(json!({"ids": ids, "text": text}));
+    } else {
+        println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+    }
+    Ok(())
+}
+
+fn engine_for(a: &Args) -> Result<Engine> {
+    let src = loader::open(&a.ckpt()?)?;
+    Engine::new(src, EngineConfig { tp: a.num("tp", 1)?, max_num_seqs: 1, ..Default::default() })
+}
+
+fn generate(a: &Args) -> Result<()> {
+    a.allow_only(&[
+        "prompt", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "seed", "repetition-penalty",
+        "presence-penalty", "frequency-penalty", "stop", "ban", "tp",
+    ])?;
+    let mut engine = engine_for(a)?;
+    let tok = engine.tokenizer().clone();
+    let prompt = a.need("prompt")?;
+    let ids = tok.encode(prompt, a.bos(engine.default_add_bos()))?;
+    let mut stops = a.all("stop");
+    if !a.flag("no-default-stops") {
+        stops.extend(engine.default_stop_strings().iter().cloned());
+    }
+    let banned = a.all("ban").iter().map(|w| tok.encode(w, false)).collect::<Result<Vec<_>>>()?;
+    let params = SamplingParams {
+        temperature: a.num("temperature", 0.0)?,
+        top_k: a.num("top-k", 0)?,
+        top_p: a.num("top-p", 1.0)?,
+        seed: a.get("seed").map(|s| s.parse().map_err(|_| Error::InvalidRequest(format!("--seed: cannot parse `{s}`")))).transpose()?,
+        repetition_penalty: a.num("repetition-penalty", 1.0)?,
+        presence_penalty: a.num("presence-penalty", 0.0)?,
+        frequency_penalty: a.num("frequency-penalty", 0.0)?,
+        min_new_tokens: a.num("min-tokens", 0)?,
+        max_new_tokens: a.num("max-tokens", 64)?,
+        ignore_eos: a.flag("ignore-eos"),
+        banned,
+        stop_strings: stops,
+        stop_token_ids: Vec::new(),
+    };
+    engine.add_request(Request { id: 1, prompt_ids: ids.clone(), params })?;
+    let (mut out_ids, mut text, mut logprobs, mut reason) = (Vec::new(), String::new(), Vec::new(), "");
+    let json = a.flag("json");
+    let mut stdout = std::io::stdout();
+    engine.run_to_completion(|o| {
+        if let Some(t) = o.token {
+            out_ids.push(t);
+            logprobs.push(o.logprob);
+        }
+        text.push_str(&o.text);
+        if !json {
+            let _ = write!(stdout, "{}", o.text);
+            let _ = stdout.flush();
+        }
+        if let Some(f) = o.finish {
+            reason = f.as_str();
+        }
+    })?;
+    if json {
+        print_json(json!({"prompt_ids": ids, "ids": out_ids, "text": text, "logprobs": logprobs, "finish_reason": reason}));
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+fn score(a: &Args) -> Result<()> {
+    a.allow_only(&["prompt", "tp"])?;
+    let mut engine = engine_for(a)?;
+    let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
+    let lp = engine.score(&ids)?;
+    if a.flag("json") {
+        print_json(json!({"ids": ids, "logprobs": lp}));
+    } else {
+        for (i, l) in ids.iter().skip(1).zip(&lp) {
+            println!("{i}\t{l:.6}");
+        }
+        println!("total\t{:.6}", lp.iter().sum::<f32>());
+    }
+    Ok(())
+}
+
+fn bench(a: &Args) -> Result<()> {
+    a.allow_only(&["steps", "prefill"])?;
+    let r = triton_llama::bench::run(&[1, 8], a.num("steps", 32)?, a.num("prefill", 256)?)?;
+    if a.flag("json") {
+        print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    println!("model: {} params, {:.1} MB bf16 weights, {} threads", r.model_params, r.weight_bytes as f64 / 1e6, r.threads);
+    println!("memory copy: {:.2} GB/s ({} threads), {:.2} GB/s (1 thread)", r.copy_gbps, r.threads, r.copy_gbps_1thread);
+    for d in &r.decode {
+        println!("decode batch {:>2}: {:8.2} ms/step {:9.1} tok/s  weights {:6.2} GB/s ({:.2}x copy)", d.batch, d.ms_per_step, d.tok_s, d.weight_gbps, d.weight_gbps / r.copy_gbps);
+    }
+    println!("prefill {} tokens: {:.1} tok/s", r.prefill_tokens, r.prefill_tok_s);
+    println!("batch-1 weight bandwidth / copy bandwidth: {:.2}", r.batch1_bandwidth_ratio);
+    Ok(())
+}

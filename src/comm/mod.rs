@@ -1,1 +1,34 @@
-//! (skeleton)
+//! Collectives between tensor-parallel ranks: an in-process implementation on threads (CPU, tests) and, later, NCCL.
+pub mod local;
+
+use crate::Result;
+use crate::backend::Backend;
+
+/// One rank's handle to its tensor-parallel group.
+pub trait Communicator<B: Backend>: Send {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Sums the first `n` elements of `buf` across ranks; every rank ends with the same sum.
+    fn all_reduce_sum(&self, backend: &B, buf: &mut B::Buf, n: usize) -> Result<()>;
+    /// Concatenates each rank's first `n_local` elements of `buf` in rank order (sizes may differ by rank).
+    fn all_gather(&self, backend: &B, buf: &B::Buf, n_local: usize) -> Result<Vec<f32>>;
+}
+
+/// The trivial group of one rank.
+#[derive(Debug, Default, Clone)]
+pub struct SingleRank;
+
+impl<B: Backend> Communicator<B> for SingleRank {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _: &B, _: &mut B::Buf, _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn all_gather(&self, backend: &B, buf: &B::Buf, n_local: usize) -> Result<Vec<f32>> {
+        backend.read(buf, n_local)
+    }
+}

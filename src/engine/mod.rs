@@ -1,1 +1,318 @@
-//! (skeleton)
+//! The generation engine: requests in, streamed text out. Each `step` schedules (plain data), runs the
+//! model on all ranks, samples, detokenizes and checks stop conditions.
+pub mod block_manager;
+pub mod runner;
+pub mod scheduler;
+pub mod stop;
+
+use crate::loader::CheckpointSource;
+use crate::sampling::{Sampler, SamplingParams, logprob_of};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use block_manager::BlockManager;
+use runner::{KvPlan, Runner, StepInput};
+use scheduler::{Plan, Scheduler, SchedulerConfig};
+use std::collections::HashMap;
+use std::sync::Arc;
+use stop::TextStream;
+
+/// Engine sizing (the Triton model config's parameters map onto these).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Tensor-parallel ranks.
+    pub tp: usize,
+    pub block_size: usize,
+    /// KV-cache blocks; `None` sizes the cache for `max_num_seqs` full-length sequences within `kv_cache_bytes`.
+    pub num_blocks: Option<usize>,
+    /// Upper bound on the KV cache, bytes per rank.
+    pub kv_cache_bytes: usize,
+    pub max_num_seqs: usize,
+    pub max_batched_tokens: usize,
+    /// Longest prompt + output; defaults to the model's `max_position_embeddings`.
+    pub max_model_len: Option<usize>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { tp: 1, block_size: 16, num_blocks: None, kv_cache_bytes: 1 << 30, max_num_seqs: 16, max_batched_tokens: 2048, max_model_len: None }
+    }
+}
+
+/// One generation request, already tokenized.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: u64,
+    pub prompt_ids: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS, a stop token or a stop string.
+    Stop,
+    /// `max_new_tokens` or the context limit.
+    Length,
+    /// Cancelled by the caller.
+    Abort,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "cancelled",
+        }
+    }
+}
+
+/// What one step produced for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub id: u64,
+    /// The sampled token, if one was produced this step.
+    pub token: Option<u32>,
+    /// Its log-probability under the model (raw logits).
+    pub logprob: f32,
+    /// Newly released text (may be empty while a multi-byte char or a possible stop string is held).
+    pub text: String,
+    pub finish: Option<FinishReason>,
+}
+
+struct Seq {
+    prompt_len: usize,
+    /// Prompt followed by generated tokens.
+    ids: Vec<u32>,
+    sampler: Sampler,
+    text: TextStream,
+}
+
+pub struct Engine {
+    runner: Runner,
+    tokenizer: Arc<Tokenizer>,
+    pub cfg: crate::config::LlamaConfig,
+    ecfg: EngineConfig,
+    max_model_len: usize,
+    sched: Scheduler,
+    seqs: HashMap<u64, Seq>,
+    add_bos: bool,
+    default_stops: Vec<String>,
+}
+
+impl Engine {
+    /// Loads the checkpoint on `ecfg.tp` CPU ranks.
+    pub fn new(src: Box<dyn CheckpointSource>, ecfg: EngineConfig) -> Result<Engine> {
+        let cfg = src.config().clone();
+        crate::model::ShardSpec::check(&cfg, ecfg.tp)?;
+        let tokenizer = Arc::new(src.tokenizer()?);
+        let max_model_len = ecfg.max_model_len.unwrap_or(cfg.max_position_embeddings);
+        if ecfg.block_size == 0 || ecfg.max_num_seqs == 0 || ecfg.max_batched_tokens == 0 {
+            return Err(Error::Config("block_size, max_num_seqs and max_batched_tokens must be positive".into()));
+        }
+        let bytes_per_block = 2 * cfg.num_layers * ecfg.block_size * (cfg.num_kv_heads / ecfg.tp) * cfg.head_dim * 4;
+        let num_blocks = match ecfg.num_blocks {
+            Some(n) => n,
+            None => {
+                let want = (ecfg.max_num_seqs * max_model_len).div_ceil(ecfg.block_size);
+                want.min(ecfg.kv_cache_bytes / bytes_per_block.max(1))
+            }
+        };
+        if num_blocks == 0 {
+            return Err(Error::Config(format!("the KV cache budget of {} bytes holds no block of {bytes_per_block} bytes", ecfg.kv_cache_bytes)));
+        }
+        log::info!("KV cache: {num_blocks} blocks of {} tokens ({:.1} MB per rank)", ecfg.block_size, (num_blocks * bytes_per_block) as f64 / 1e6);
+        let add_bos = src.default_add_bos();
+        let default_stops = src.default_stop_strings();
+        let runner = Runner::start_cpu(Arc::from(src), ecfg.tp, KvPlan { num_blocks, block_size: ecfg.block_size })?;
+        let sched = Scheduler::new(
+            SchedulerConfig { max_num_seqs: ecfg.max_num_seqs, max_batched_tokens: ecfg.max_batched_tokens },
+            BlockManager::new(num_blocks, ecfg.block_size),
+        );
+        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs: HashMap::new(), add_bos, default_stops })
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+    /// Whether the checkpoint's prompts get BOS by default.
+    pub fn default_add_bos(&self) -> bool {
+        self.add_bos
+    }
+    /// Stop strings implied by the checkpoint's chat format.
+    pub fn default_stop_strings(&self) -> &[String] {
+        &self.default_stops
+    }
+    pub fn config(&self) -> &EngineConfig {
+        &self.ecfg
+    }
+    pub fn max_model_len(&self) -> usize {
+        self.max_model_len
+    }
+    pub fn num_running(&self) -> usize {
+        self.sched.num_running()
+    }
+    pub fn num_waiting(&self) -> usize {
+        self.sched.num_waiting()
+    }
+    pub fn kv_blocks_used(&self) -> usize {
+        self.sched.blocks().num_used()
+    }
+    pub fn kv_blocks_total(&self) -> usize {
+        self.sched.blocks().num_blocks()
+    }
+    pub fn has_work(&self) -> bool {
+        self.sched.has_work()
+    }
+
+    /// Validates and queues a request. Errors name the offending field; nothing is queued on error.
+    pub fn add_request(&mut self, req: Request) -> Result<()> {
+        req.params.validate()?;
+        if self.seqs.contains_key(&req.id) {
+            return Err(Error::InvalidRequest(format!("request id {} is already running", req.id)));
+        }
+        let n = req.prompt_ids.len();
+        if n == 0 {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if n >= self.max_model_len {
+            return Err(Error::InvalidRequest(format!("the prompt has {n} tokens; the limit is {} (context {})", self.max_model_len - 1, self.max_model_len)));
+        }
+        let vocab = self.cfg.vocab_size as u32;
+        if let Some(bad) = req.prompt_ids.iter().find(|&&t| t >= vocab) {
+            return Err(Error::InvalidRequest(format!("prompt token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        if req.params.max_new_tokens == 0 {
+            return Err(Error::InvalidRequest("max_new_tokens must be at least 1".into()));
+        }
+        let sampler = Sampler::new(req.params.clone(), req.id ^ 0x5EED);
+        let text = TextStream::new(&self.tokenizer, &req.prompt_ids, req.params.stop_strings.clone());
+        self.sched.add(req.id, n);
+        self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text });
+        Ok(())
+    }
+
+    /// Cancels a request; its KV blocks are free at once. Returns its final output if it was known.
+    pub fn abort(&mut self, id: u64) -> Option<Output> {
+        self.sched.finish(id);
+        self.seqs.remove(&id).map(|_| Output { id, token: None, logprob: 0.0, text: String::new(), finish: Some(FinishReason::Abort) })
+    }
+
+    /// Runs one scheduling step and returns what each affected request produced.
+    pub fn step(&mut self) -> Result<Vec<Output>> {
+        let plan = self.sched.schedule();
+        let mut outputs = Vec::new();
+        for id in &plan.too_large {
+            // A sequence that cannot fit even in the empty cache ends with what it has.
+            self.sched.finish(*id);
+            if let Some(mut s) = self.seqs.remove(id) {
+                let text = s.text.finish()?;
+                outputs.push(Output { id: *id, token: None, logprob: 0.0, text, finish: Some(FinishReason::Length) });
+            }
+        }
+        if plan.items.is_empty() {
+            return Ok(outputs);
+        }
+        let input = self.build_step(&plan);
+        let logits = match self.runner.run(input) {
+            Ok(l) => l,
+            Err(e) => {
+                // The step failed for everyone in it: abort those sequences so nothing hangs, then report.
+                for it in &plan.items {
+                    self.sched.finish(it.id);
+                    self.seqs.remove(&it.id);
+                }
+                return Err(e);
+            }
+        };
+        self.sched.update(&plan);
+        let v = self.cfg.vocab_size;
+        let tok_vocab = self.tokenizer.vocab_size().min(v);
+        let eos = self.cfg.eos_id;
+        for (row, it) in plan.items.iter().filter(|i| i.sample).enumerate() {
+            let mut l = logits[row * v..(row + 1) * v].to_vec();
+            l[tok_vocab..].fill(f32::NEG_INFINITY);
+            let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
+            let raw_lp = l.clone();
+            let (context, generated) = (&s.ids[..], &s.ids[s.prompt_len..]);
+            s.sampler.process(&mut l, context, generated, eos);
+            let tok = s.sampler.pick(&l);
+            let logprob = logprob_of(&raw_lp, tok as usize);
+            s.ids.push(tok);
+            self.sched.append_token(it.id);
+            let n_gen = s.ids.len() - s.prompt_len;
+            let p = &s.sampler.params;
+            let is_stop_token = !p.ignore_eos && (tok == eos || p.stop_token_ids.contains(&tok));
+            let (mut text, mut finish) = (String::new(), None);
+            if is_stop_token {
+                finish = Some(FinishReason::Stop);
+            } else {
+                let (t, hit) = s.text.push(&self.tokenizer, tok)?;
+                text = t;
+                if hit {
+                    finish = Some(FinishReason::Stop);
+                } else if n_gen >= p.max_new_tokens || s.ids.len() >= self.max_model_len {
+                    finish = Some(FinishReason::Length);
+                }
+            }
+            if finish == Some(FinishReason::Length) || (is_stop_token && finish.is_some()) {
+                text.push_str(&s.text.finish()?);
+            }
+            if finish.is_some() {
+                self.sched.finish(it.id);
+                self.seqs.remove(&it.id);
+            }
+            outputs.push(Output { id: it.id, token: Some(tok), logprob, text, finish });
+        }
+        Ok(outputs)
+    }
+
+    fn build_step(&self, plan: &Plan) -> StepInput {
+        let mut input = StepInput::default();
+        input.meta.block_size = self.runner.block_size;
+        for it in &plan.items {
+            let ids = &self.seqs[&it.id].ids[it.start..it.start + it.len];
+            input.push_seq(ids, it.start, &it.block_table, false);
+            if !it.sample {
+                input.logit_rows.pop();
+            }
+        }
+        input
+    }
+
+    /// Logits `[len, V]` at every position of `ids`, computed in one pass. Needs an idle engine.
+    pub fn prompt_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if self.sched.has_work() {
+            return Err(Error::Unavailable("the engine is busy".into()));
+        }
+        if ids.is_empty() || ids.len() > self.max_model_len {
+            return Err(Error::InvalidRequest(format!("need 1..={} tokens, got {}", self.max_model_len, ids.len())));
+        }
+        let bs = self.runner.block_size;
+        let mut bm = BlockManager::new(self.runner.num_blocks, bs);
+        let mut table = Vec::new();
+        if !bm.grow(&mut table, ids.len()) {
+            return Err(Error::InvalidRequest(format!("{} tokens do not fit in the KV cache", ids.len())));
+        }
+        let mut input = StepInput::default();
+        input.meta.block_size = bs;
+        input.push_seq(ids, 0, &table, true);
+        self.runner.run(input)
+    }
+
+    /// Log-probability of each token of `ids` after the first, given the tokens before it.
+    pub fn score(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let logits = self.prompt_logits(ids)?;
+        let v = self.cfg.vocab_size;
+        Ok((1..ids.len()).map(|i| logprob_of(&logits[(i - 1) * v..i * v], ids[i] as usize)).collect())
+    }
+
+    /// Runs requests to completion, calling `on_output` as results arrive (used by the CLI and tests).
+    pub fn run_to_completion(&mut self, mut on_output: impl FnMut(&Output)) -> Result<()> {
+        while self.has_work() {
+            for o in self.step()? {
+                on_output(&o);
+            }
+        }
+        Ok(())
+    }
+}

@@ -82,7 +82,10 @@ fn parse_config(path: &Path, v: &Value) -> Result<(LlamaConfig, bool)> {
         vocab_size: req("vocab_size")?,
         max_position_embeddings: get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(4096) as usize,
         rms_norm_eps: get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6) as f32,
-        rope_theta: get("rope_theta").and_then(Value::as_f64).unwrap_or(10000.0) as f32,
+        rope_theta: get("rope_theta")
+            .or_else(|| get("rope_parameters").and_then(|r| r.get("rope_theta")))
+            .and_then(Value::as_f64)
+            .unwrap_or(10000.0) as f32,
         rope_scaling,
         bos_id: get("bos_token_id").and_then(Value::as_u64).unwrap_or(1) as u32,
         eos_id: get("eos_token_id").and_then(Value::as_u64).unwrap_or(2) as u32,
@@ -157,7 +160,7 @@ fn index_safetensors(file: &Path, out: &mut BTreeMap<String, Stored>) -> Result<
 impl HfSource {
     pub fn open(path: &Path) -> Result<HfSource> {
         let cfg_path = path.join("config.json");
-        let (mut cfg, tied) = parse_config(&cfg_path, &read_json(&cfg_path)?)?;
+        let (cfg, tied) = parse_config(&cfg_path, &read_json(&cfg_path)?)?;
         let mut stored = BTreeMap::new();
         let index = path.join("model.safetensors.index.json");
         let shards = if index.is_file() {

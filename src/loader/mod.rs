@@ -1,6 +1,7 @@
 //! Checkpoint sources: one trait over Hugging Face safetensors folders and NeMo `.nemo` archives or folders,
 //! yielding canonical per-layer tensors (HF layout, row-major [out, in]) in their stored dtype.
 pub mod hf;
+pub mod random;
 pub mod nemo;
 pub mod tarfs;
 pub mod zarr;

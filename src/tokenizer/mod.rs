@@ -31,3 +31,17 @@ impl Tokenizer {
         todo!()
     }
 }
+
+/// (Skeleton) streaming detokenizer.
+pub struct IncrementalDecoder {}
+impl IncrementalDecoder {
+    pub fn with_prefix(_tok: &Tokenizer, _prompt: &[u32]) -> Self {
+        todo!()
+    }
+    pub fn push(&mut self, _tok: &Tokenizer, _id: u32) -> Result<String> {
+        todo!()
+    }
+    pub fn finish(&mut self) -> Result<String> {
+        todo!()
+    }
+}

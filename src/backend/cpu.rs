@@ -1,0 +1,322 @@
+//! The CPU reference backend: plain loops over `&[f32]`, one function per op, named like the CUDA kernels.
+//! Weights stay in their stored dtype and are widened to f32 one row at a time inside `gemm`.
+use super::{AttnDims, Backend, StepMeta};
+use crate::tensor::{Tensor, TensorData};
+use crate::{Error, Result};
+use multiversion::multiversion;
+use rayon::prelude::*;
+
+/// Runs on the host; parallel over output rows with rayon.
+#[derive(Debug, Clone, Default)]
+pub struct CpuBackend;
+
+/// Bytes of weights one rayon task handles in `gemm` (keeps tasks cache-sized).
+const GEMM_TASK_BYTES: usize = 64 << 10;
+
+/// Dot product with f32 products summed in f64: sums barely depend on their order, so tensor-parallel
+/// ranks (which split the sums) agree with one rank to ~1e-7.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // 8 independent lanes so the compiler can vectorise without reassociating.
+    let mut acc = [0f64; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += (x[j] * y[j]) as f64;
+        }
+    }
+    let mut s = 0f64;
+    for (x, y) in ra.iter().zip(rb) {
+        s += (x * y) as f64;
+    }
+    for v in acc {
+        s += v;
+    }
+    s as f32
+}
+
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn widen_bf16(src: &[half::bf16], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits((s.to_bits() as u32) << 16);
+    }
+}
+
+fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
+}
+
+/// Row `r` of a `[m, k]` weight as f32, widened into `scratch` when stored in 16 bits.
+fn weight_row<'a>(w: &'a Tensor, r: usize, k: usize, scratch: &'a mut [f32]) -> &'a [f32] {
+    match &w.data {
+        TensorData::F32(v) => &v[r * k..(r + 1) * k],
+        TensorData::BF16(v) => {
+            widen_bf16(&v[r * k..(r + 1) * k], scratch);
+            scratch
+        }
+        TensorData::F16(v) => {
+            widen_f16(&v[r * k..(r + 1) * k], scratch);
+            scratch
+        }
+    }
+}
+
+/// out `[n, m]` = x `[n, k]` · wᵀ, w `[m, k]`. Each weight row is read once per call, whatever n is.
+fn gemm(out: &mut [f32], x: &[f32], w: &Tensor, n: usize) {
+    let (m, k) = (w.shape[0], w.shape[1]);
+    let rows_per_task = (GEMM_TASK_BYTES / (k * w.dtype().size())).max(1);
+    // Computed transposed ([m, n]) so each task owns a contiguous slice; n == 1 needs no transpose.
+    let mut transposed = if n == 1 { Vec::new() } else { vec![0f32; m * n] };
+    let target: &mut [f32] = if n == 1 { &mut out[..m] } else { &mut transposed };
+    target.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(task, chunk)| {
+        let mut scratch = vec![0f32; k];
+        for (i, o) in chunk.chunks_mut(n).enumerate() {
+            let row = weight_row(w, task * rows_per_task + i, k, &mut scratch);
+            for (t, o) in o.iter_mut().enumerate() {
+                *o = dot(&x[t * k..(t + 1) * k], row);
+            }
+        }
+    });
+    if n > 1 {
+        for r in 0..m {
+            for t in 0..n {
+                out[t * m + r] = transposed[r * n + t];
+            }
+        }
+    }
+}
+
+/// One row of RMSNorm: out = x / sqrt(mean(x²) + eps) * w.
+fn rms_norm_row(out: &mut [f32], x: &[f32], w: &Tensor, eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ss + eps).sqrt();
+    for (i, (o, v)) in out.iter_mut().zip(x).enumerate() {
+        *o = v * inv * w.get_f32(i);
+    }
+}
+
+/// cos/sin of split-halves RoPE for one position: angle_i = pos * theta^(-2i/hd).
+fn rope_row(x: &mut [f32], pos: f32, theta: f32) {
+    let half = x.len() / 2;
+    let hd = x.len() as f32;
+    for i in 0..half {
+        let inv_freq = 1.0 / theta.powf((2 * i) as f32 / hd);
+        let (sin, cos) = (pos * inv_freq).sin_cos();
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos - b * sin;
+        x[i + half] = b * cos + a * sin;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::Internal(format!("{what}: buffer of {have} elements, {need} needed")));
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Weight = Tensor;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload(&self, t: Tensor) -> Result<Tensor> {
+        Ok(t)
+    }
+
+    fn alloc(&self, n: usize) -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|e| Error::Internal(format!("cannot allocate {n} floats: {e}")))?;
+        v.resize(n, 0.0);
+        Ok(v)
+    }
+
+    fn write(&self, dst: &mut Vec<f32>, src: &[f32]) -> Result<()> {
+        check_len("write", dst.len(), src.len())?;
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn read(&self, src: &Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        check_len("read", src.len(), n)?;
+        Ok(src[..n].to_vec())
+    }
+
+    fn embedding(&self, out: &mut Vec<f32>, table: &Tensor, ids: &[u32], h: usize) -> Result<()> {
+        check_len("embedding", out.len(), ids.len() * h)?;
+        let v = table.shape[0];
+        for (i, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= v {
+                return Err(Error::InvalidRequest(format!("token id {id} is outside the vocabulary of {v}")));
+            }
+            for j in 0..h {
+                out[i * h + j] = table.get_f32(id * h + j);
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Tensor, n: usize, h: usize, eps: f32) -> Result<()> {
+        check_len("rms_norm", out.len().min(x.len()), n * h)?;
+        for i in 0..n {
+            rms_norm_row(&mut out[i * h..(i + 1) * h], &x[i * h..(i + 1) * h], w, eps);
+        }
+        Ok(())
+    }
+
+    fn add_rms_norm(&self, residual: &mut Vec<f32>, x: &Vec<f32>, out: &mut Vec<f32>, w: &Tensor, n: usize, h: usize, eps: f32) -> Result<()> {
+        check_len("add_rms_norm", residual.len().min(x.len()).min(out.len()), n * h)?;
+        for (r, v) in residual[..n * h].iter_mut().zip(&x[..n * h]) {
+            *r += v;
+        }
+        for i in 0..n {
+            rms_norm_row(&mut out[i * h..(i + 1) * h], &residual[i * h..(i + 1) * h], w, eps);
+        }
+        Ok(())
+    }
+
+    fn gemm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Tensor, n: usize) -> Result<()> {
+        check_len("gemm out", out.len(), n * w.shape[0])?;
+        check_len("gemm x", x.len(), n * w.shape[1])?;
+        gemm(out, x, w, n);
+        Ok(())
+    }
+
+    fn rope_write_kv(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, v: &Vec<f32>, k_cache: &mut Vec<f32>, v_cache: &mut Vec<f32>, meta: &StepMeta, d: AttnDims) -> Result<()> {
+        let (hd, qw, kw) = (d.head_dim, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
+        let n = meta.n_tokens();
+        check_len("rope q", q.len(), n * qw)?;
+        check_len("rope k", k.len().min(v.len()), n * kw)?;
+        for t in 0..n {
+            let pos = meta.positions[t] as f32 / d.rope_scale;
+            for h in 0..d.n_heads {
+                rope_row(&mut q[t * qw + h * hd..t * qw + (h + 1) * hd], pos, d.rope_theta);
+            }
+            for h in 0..d.n_kv_heads {
+                rope_row(&mut k[t * kw + h * hd..t * kw + (h + 1) * hd], pos, d.rope_theta);
+            }
+            let slot = meta.slots[t] as usize;
+            check_len("kv cache", k_cache.len().min(v_cache.len()), (slot + 1) * kw)?;
+            k_cache[slot * kw..(slot + 1) * kw].copy_from_slice(&k[t * kw..(t + 1) * kw]);
+            v_cache[slot * kw..(slot + 1) * kw].copy_from_slice(&v[t * kw..(t + 1) * kw]);
+        }
+        Ok(())
+    }
+
+    fn paged_attention(&self, out: &mut Vec<f32>, q: &Vec<f32>, k_cache: &Vec<f32>, v_cache: &Vec<f32>, meta: &StepMeta, d: AttnDims) -> Result<()> {
+        let (hd, nh) = (d.head_dim, d.n_heads);
+        let (qw, kw) = (nh * hd, d.n_kv_heads * hd);
+        let group = nh / d.n_kv_heads;
+        let n = meta.n_tokens();
+        check_len("attention out", out.len(), n * qw)?;
+        let bs = meta.block_size;
+        // Which sequence each token belongs to.
+        let mut seq_of = vec![0usize; n];
+        for (s, m) in meta.seqs.iter().enumerate() {
+            seq_of[m.token_start..m.token_start + m.n_tokens].fill(s);
+            if m.block_table.len() * bs < m.context_len {
+                return Err(Error::Internal(format!("block table of {} blocks cannot hold {} tokens", m.block_table.len(), m.context_len)));
+            }
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let cache_len = k_cache.len().min(v_cache.len());
+        out[..n * qw].par_chunks_mut(hd).enumerate().try_for_each(|(idx, o)| -> Result<()> {
+            let (t, h) = (idx / nh, idx % nh);
+            let m = &meta.seqs[seq_of[t]];
+            // Causal: this token sees every cached position up to and including its own.
+            let visible = m.context_len - m.n_tokens + (t - m.token_start) + 1;
+            let qh = &q[t * qw + h * hd..t * qw + (h + 1) * hd];
+            let kvh = h / group;
+            let at = |j: usize| (m.block_table[j / bs] as usize * bs + j % bs) * kw + kvh * hd;
+            let mut scores = Vec::with_capacity(visible);
+            for j in 0..visible {
+                let base = at(j);
+                check_len("attention cache", cache_len, base + hd)?;
+                scores.push(dot(qh, &k_cache[base..base + hd]) * scale);
+            }
+            softmax(&mut scores);
+            o.fill(0.0);
+            for (j, p) in scores.iter().enumerate() {
+                let vrow = &v_cache[at(j)..at(j) + hd];
+                for (oi, vi) in o.iter_mut().zip(vrow) {
+                    *oi += p * vi;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn silu_mul(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
+        check_len("silu_mul", out.len().min(gate.len()).min(up.len()), len)?;
+        for i in 0..len {
+            out[i] = silu(gate[i]) * up[i];
+        }
+        Ok(())
+    }
+
+    fn gather_rows(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: &[usize], h: usize) -> Result<()> {
+        check_len("gather_rows", out.len(), rows.len() * h)?;
+        for (i, &r) in rows.iter().enumerate() {
+            check_len("gather_rows x", x.len(), (r + 1) * h)?;
+            out[i * h..(i + 1) * h].copy_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        Ok(())
+    }
+}
+
+/// In-place softmax, max-subtracted.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_matches_naive_on_odd_sizes_and_dtypes() {
+        let (n, m, k) = (3, 37, 29);
+        let x: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let wf: Vec<f32> = (0..m * k).map(|i| ((i * 11 % 17) as f32 - 8.0) / 8.0).collect();
+        let w32 = Tensor::from_f32(&[m, k], wf.clone());
+        let w16 = Tensor { shape: vec![m, k], data: TensorData::BF16(wf.iter().map(|&v| half::bf16::from_f32(v)).collect()) };
+        for w in [&w32, &w16] {
+            let mut out = vec![0f32; n * m];
+            gemm(&mut out, &x, w, n);
+            for t in 0..n {
+                for r in 0..m {
+                    let want: f32 = (0..k).map(|j| x[t * k + j] * w.get_f32(r * k + j)).sum();
+                    assert!((out[t * m + r] - want).abs() < 1e-4, "{t},{r}: {} vs {want}", out[t * m + r]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_split_halves() {
+        let mut x = vec![1.0, 0.0, 0.0, 1.0];
+        rope_row(&mut x, 1.0, 10000.0);
+        // pair (0,2) rotates by 1 rad, pair (1,3) by 1/100 rad.
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
+        assert!((x[1] + (0.01f32).sin()).abs() < 1e-6 && (x[3] - (0.01f32).cos()).abs() < 1e-6);
+    }
+}

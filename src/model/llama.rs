@@ -1,0 +1,188 @@
+//! The Llama-2 forward pass over any `Backend` and `Communicator`: RMSNorm, split-halves RoPE, grouped-query
+//! attention on a paged KV cache, SwiGLU, untied LM head. One instance is one tensor-parallel rank.
+use super::shard::ShardSpec;
+use crate::backend::{AttnDims, Backend, StepMeta};
+use crate::comm::Communicator;
+use crate::config::LlamaConfig;
+use crate::loader::{CheckpointSource, Progress, canonical_shape, layer_name};
+use crate::{Error, Result};
+
+/// One layer's weights on one rank.
+pub struct LayerWeights<B: Backend> {
+    pub attn_norm: B::Weight,
+    pub wq: B::Weight,
+    pub wk: B::Weight,
+    pub wv: B::Weight,
+    pub wo: B::Weight,
+    pub mlp_norm: B::Weight,
+    pub w_gate: B::Weight,
+    pub w_up: B::Weight,
+    pub w_down: B::Weight,
+}
+
+/// One rank's paged KV cache: per layer, k and v of `[num_blocks, block_size, n_kv_heads_local, head_dim]`.
+pub struct KvCache<B: Backend> {
+    pub k: Vec<B::Buf>,
+    pub v: Vec<B::Buf>,
+    pub num_blocks: usize,
+    pub block_size: usize,
+}
+
+pub struct Llama<B: Backend, C: Communicator<B>> {
+    pub cfg: LlamaConfig,
+    pub shard: ShardSpec,
+    pub backend: B,
+    comm: C,
+    tok_emb: B::Weight,
+    layers: Vec<LayerWeights<B>>,
+    final_norm: B::Weight,
+    /// Rows [vocab_start, vocab_start + vocab_local) of the LM head.
+    lm_head: B::Weight,
+    dims: AttnDims,
+    ffn_local: usize,
+    vocab_local: usize,
+}
+
+impl<B: Backend, C: Communicator<B>> Llama<B, C> {
+    /// Reads every tensor from `src`, keeps this rank's shard, and uploads it. Logs progress.
+    pub fn load(src: &dyn CheckpointSource, backend: B, comm: C) -> Result<Self> {
+        let cfg = src.config().clone();
+        let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
+        ShardSpec::check(&cfg, shard.world)?;
+        let total: u64 = src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
+        let mut progress = Progress::new(format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world), total);
+        let mut get = |name: &str| -> Result<B::Weight> {
+            let t = src.load(name)?;
+            let want = canonical_shape(&cfg, name).ok_or_else(|| Error::Internal(format!("unknown tensor {name}")))?;
+            if t.shape != want {
+                return Err(Error::TensorShape { path: src.path().into(), name: name.into(), expected: want, got: t.shape });
+            }
+            progress.add(t.nbytes() as u64);
+            backend.upload(shard.shard(&cfg, name, t))
+        };
+        let tok_emb = get("tok_emb")?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let mut w = |t: &str| get(&layer_name(i, t));
+            layers.push(LayerWeights {
+                attn_norm: w("attn_norm")?,
+                wq: w("wq")?,
+                wk: w("wk")?,
+                wv: w("wv")?,
+                wo: w("wo")?,
+                mlp_norm: w("mlp_norm")?,
+                w_gate: w("w_gate")?,
+                w_up: w("w_up")?,
+                w_down: w("w_down")?,
+            });
+        }
+        let final_norm = get("final_norm")?;
+        let lm_head = get("lm_head")?;
+        let (a, b) = shard.range(cfg.vocab_size);
+        let dims = AttnDims {
+            n_heads: cfg.num_heads / shard.world,
+            n_kv_heads: cfg.num_kv_heads / shard.world,
+            head_dim: cfg.head_dim,
+            rope_theta: cfg.rope_theta,
+            rope_scale: cfg.rope_scaling,
+        };
+        let ffn_local = cfg.intermediate_size / shard.world;
+        Ok(Llama { cfg, shard, backend, comm, tok_emb, layers, final_norm, lm_head, dims, ffn_local, vocab_local: b - a })
+    }
+
+    /// Floats one KV block takes on this rank, k and v together, all layers.
+    pub fn kv_floats_per_block(&self, block_size: usize) -> usize {
+        2 * self.cfg.num_layers * block_size * self.dims.n_kv_heads * self.dims.head_dim
+    }
+
+    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
+        let n = num_blocks * block_size * self.dims.n_kv_heads * self.dims.head_dim;
+        let mut k = Vec::with_capacity(self.cfg.num_layers);
+        let mut v = Vec::with_capacity(self.cfg.num_layers);
+        for _ in 0..self.cfg.num_layers {
+            k.push(self.backend.alloc(n)?);
+            v.push(self.backend.alloc(n)?);
+        }
+        Ok(KvCache { k, v, num_blocks, block_size })
+    }
+
+    /// Runs one step: writes the tokens' K/V into `kv` and returns full-vocabulary logits `[logit_rows.len(), V]`
+    /// for the requested token rows (row-major).
+    pub fn forward(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        if n == 0 || meta.n_tokens() != n || meta.slots.len() != n {
+            return Err(Error::Internal(format!("step of {n} tokens with {} positions", meta.n_tokens())));
+        }
+        if meta.block_size != kv.block_size {
+            return Err(Error::Internal("step block size differs from the cache's".into()));
+        }
+        let be = &self.backend;
+        let (h, hd, eps) = (self.cfg.hidden_size, self.dims.head_dim, self.cfg.rms_norm_eps);
+        let (qw, kw, f) = (self.dims.n_heads * hd, self.dims.n_kv_heads * hd, self.ffn_local);
+        let mut x = be.alloc(n * h)?; // residual stream
+        let mut normed = be.alloc(n * h)?;
+        let mut q = be.alloc(n * qw)?;
+        let mut k = be.alloc(n * kw)?;
+        let mut v = be.alloc(n * kw)?;
+        let mut attn = be.alloc(n * qw)?;
+        let mut proj = be.alloc(n * h)?; // output of wo / w_down, added to the residual
+        let mut gate = be.alloc(n * f)?;
+        let mut up = be.alloc(n * f)?;
+        let mut act = be.alloc(n * f)?;
+        be.embedding(&mut x, &self.tok_emb, tokens, h)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            if i == 0 {
+                be.rms_norm(&mut normed, &x, &l.attn_norm, n, h, eps)?;
+            } else {
+                be.add_rms_norm(&mut x, &proj, &mut normed, &l.attn_norm, n, h, eps)?;
+            }
+            be.gemm(&mut q, &normed, &l.wq, n)?;
+            be.gemm(&mut k, &normed, &l.wk, n)?;
+            be.gemm(&mut v, &normed, &l.wv, n)?;
+            be.rope_write_kv(&mut q, &mut k, &v, &mut kv.k[i], &mut kv.v[i], meta, self.dims)?;
+            be.paged_attention(&mut attn, &q, &kv.k[i], &kv.v[i], meta, self.dims)?;
+            be.gemm(&mut proj, &attn, &l.wo, n)?;
+            self.comm.all_reduce_sum(be, &mut proj, n * h)?;
+            be.add_rms_norm(&mut x, &proj, &mut normed, &l.mlp_norm, n, h, eps)?;
+            be.gemm(&mut gate, &normed, &l.w_gate, n)?;
+            be.gemm(&mut up, &normed, &l.w_up, n)?;
+            be.silu_mul(&mut act, &gate, &up, n * f)?;
+            be.gemm(&mut proj, &act, &l.w_down, n)?;
+            self.comm.all_reduce_sum(be, &mut proj, n * h)?;
+        }
+        be.add_rms_norm(&mut x, &proj, &mut normed, &self.final_norm, n, h, eps)?;
+        let r = logit_rows.len();
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(&bad) = logit_rows.iter().find(|&&i| i >= n) {
+            return Err(Error::Internal(format!("logit row {bad} outside a step of {n} tokens")));
+        }
+        let mut last = be.alloc(r * h)?;
+        be.gather_rows(&mut last, &normed, logit_rows, h)?;
+        let mut logits = be.alloc(r * self.vocab_local)?;
+        be.gemm(&mut logits, &last, &self.lm_head, r)?;
+        let parts = self.comm.all_gather(be, &logits, r * self.vocab_local)?;
+        Ok(self.reassemble(parts, r))
+    }
+
+    /// Turns rank-major `[rank][r, V_rank]` logits into row-major `[r, V]`.
+    fn reassemble(&self, parts: Vec<f32>, r: usize) -> Vec<f32> {
+        let world = self.shard.world;
+        if world == 1 {
+            return parts;
+        }
+        let v = self.cfg.vocab_size;
+        let mut out = vec![0f32; r * v];
+        let mut base = 0;
+        for rank in 0..world {
+            let (a, b) = ShardSpec { rank, world }.range(v);
+            let w = b - a;
+            for row in 0..r {
+                out[row * v + a..row * v + b].copy_from_slice(&parts[base + row * w..base + (row + 1) * w]);
+            }
+            base += r * w;
+        }
+        out
+    }
+}
