@@ -13,28 +13,48 @@ pub struct CpuBackend;
 /// Bytes of weights one rayon task handles in `gemm` (keeps tasks cache-sized).
 const GEMM_TASK_BYTES: usize = 64 << 10;
 
-/// Dot product with f32 products summed in f64: sums barely depend on their order, so tensor-parallel
-/// ranks (which split the sums) agree with one rank to ~1e-7.
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // 8 independent lanes so the compiler can vectorise without reassociating.
-    let mut acc = [0f64; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += (x[j] * y[j]) as f64;
+/// Lanes of independent f32 partial sums in `dot_with` (4 AVX registers: enough to hide add latency).
+const LANES: usize = 32;
+/// Chunks of LANES elements summed in f32 before the partial sums are folded into f64.
+const FOLD: usize = 8;
+
+/// Dot product of f32 `a` with `b` widened by `f`: products are summed in f32 over short runs, then in f64,
+/// so the result barely depends on summation order and tensor-parallel ranks (which split the sums) agree
+/// with one rank to ~1e-7.
+#[inline(always)]
+fn dot_with<W: Copy>(a: &[f32], b: &[W], f: impl Fn(W) -> f32) -> f32 {
+    let (ca, ra) = a.as_chunks::<LANES>();
+    let (cb, rb) = b.as_chunks::<LANES>();
+    let mut total = [0f64; LANES];
+    for (xs, ys) in ca.chunks(FOLD).zip(cb.chunks(FOLD)) {
+        let mut acc = [0f32; LANES];
+        for (x, y) in xs.iter().zip(ys) {
+            for j in 0..LANES {
+                acc[j] += x[j] * f(y[j]);
+            }
+        }
+        for j in 0..LANES {
+            total[j] += acc[j] as f64;
         }
     }
     let mut s = 0f64;
     for (x, y) in ra.iter().zip(rb) {
-        s += (x * y) as f64;
+        s += (x * f(*y)) as f64;
     }
-    for v in acc {
+    for v in total {
         s += v;
     }
     s as f32
+}
+
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(a, b, |v| v)
+}
+
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn dot_bf16(a: &[f32], b: &[half::bf16]) -> f32 {
+    dot_with(a, b, |v| f32::from_bits((v.to_bits() as u32) << 16))
 }
 
 #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
@@ -74,7 +94,15 @@ fn gemm(out: &mut [f32], x: &[f32], w: &Tensor, n: usize) {
     target.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(task, chunk)| {
         let mut scratch = vec![0f32; k];
         for (i, o) in chunk.chunks_mut(n).enumerate() {
-            let row = weight_row(w, task * rows_per_task + i, k, &mut scratch);
+            let r = task * rows_per_task + i;
+            if let (TensorData::BF16(v), true) = (&w.data, n <= 2) {
+                // Few rows of x: widening on the fly beats a separate widening pass.
+                for (t, o) in o.iter_mut().enumerate() {
+                    *o = dot_bf16(&x[t * k..(t + 1) * k], &v[r * k..(r + 1) * k]);
+                }
+                continue;
+            }
+            let row = weight_row(w, r, k, &mut scratch);
             for (t, o) in o.iter_mut().enumerate() {
                 *o = dot(&x[t * k..(t + 1) * k], row);
             }
