@@ -2,6 +2,7 @@
 //! yielding canonical per-layer tensors (HF layout, row-major [out, in]) in their stored dtype.
 pub mod hf;
 pub mod nemo;
+pub mod nemo_config;
 pub mod tarfs;
 pub mod zarr;
 
