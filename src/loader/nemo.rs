@@ -28,6 +28,9 @@ const FC2: &str = "model.decoder.layers.mlp.linear_fc2.weight";
 const ATTN_NORMS: [&str; 2] = ["model.decoder.layers.self_attention.linear_qkv.layer_norm_weight", "model.decoder.layers.input_layernorm.weight"];
 const MLP_NORMS: [&str; 2] = ["model.decoder.layers.mlp.linear_fc1.layer_norm_weight", "model.decoder.layers.pre_mlp_layernorm.weight"];
 
+/// Where a canonical tensor comes from: array, layer (for stacked arrays), `(first row, rows)` pieces.
+type Plan<'a> = (&'a ZArray, Option<usize>, Vec<(usize, usize)>);
+
 /// How `linear_fc1` rows are laid out on disk (§3.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fc1Layout {
@@ -282,8 +285,8 @@ impl NemoSource {
         })
     }
 
-    /// `(array, layer, row pieces)` for a canonical name.
-    fn plan(&self, name: &str) -> Result<(&ZArray, Option<usize>, Vec<(usize, usize)>)> {
+    /// `(array, layer, row pieces)` for a canonical name; pieces are `(first row, rows)` in output order.
+    fn plan(&self, name: &str) -> Result<Plan<'_>> {
         let missing = || Error::MissingTensor { path: self.path.clone(), name: name.into() };
         let v = self.cfg.vocab_size;
         Ok(match name {
@@ -316,7 +319,7 @@ fn detect_tp(fs: &Fs, a: &Arrays, cfg: &LlamaConfig) -> Result<(usize, Fc1Layout
     if qs % qc != 0 || qs / qc != tp {
         return Err(bad(&a.qkv, format!("chunks {:?} imply a TP size other than T={tp} from linear_proj", a.qkv.chunks)));
     }
-    if cfg.num_kv_heads % tp != 0 {
+    if !cfg.num_kv_heads.is_multiple_of(tp) {
         return Err(bad(&a.qkv, format!("TP size {tp} does not divide num_query_groups {}", cfg.num_kv_heads)));
     }
     let (f, c) = (cfg.intermediate_size, a.fc1.chunks[1]);

@@ -144,10 +144,10 @@ pub fn parse_yaml(origin: &Path, bytes: &[u8]) -> Result<NemoConfig> {
         return Err(bad(format!("num_attention_heads {heads} is not a multiple of num_query_groups {kv}")));
     }
     let tok = &y["tokenizer"];
-    if let Some(lib) = present(&tok["library"]).and_then(as_str) {
-        if lib != "sentencepiece" {
-            return Err(unsupported(format!("tokenizer library `{lib}`"), "only SentencePiece tokenizers are read from .nemo files"));
-        }
+    if let Some(lib) = present(&tok["library"]).and_then(as_str)
+        && lib != "sentencepiece"
+    {
+        return Err(unsupported(format!("tokenizer library `{lib}`"), "only SentencePiece tokenizers are read from .nemo files"));
     }
     let tokenizer_refs = ["model", "tokenizer_model"]
         .iter()

@@ -92,38 +92,60 @@ impl Fs {
         let bad = |e: std::io::Error| Error::ckpt(path, format!("not a valid tar archive: {e}"));
         let mut files = BTreeMap::new();
         let mut dirs = BTreeSet::new();
+        // Every regular member, `.git/` included, as hard-link targets.
+        let mut all: BTreeMap<String, Member> = BTreeMap::new();
         let mut archive = tar::Archive::new(&file);
+        // End of the last member's data: an end-of-archive zero block must follow it.
+        let mut last_end = 0u64;
         for entry in archive.entries_with_seek().map_err(bad)? {
             let entry = entry.map_err(bad)?;
+            last_end = entry.raw_file_position().saturating_add(entry.size());
             let raw_bytes = entry.path_bytes();
             let raw = std::str::from_utf8(&raw_bytes)
                 .map_err(|_| Error::ckpt(path, format!("tar entry name is not UTF-8: {:?}", String::from_utf8_lossy(&raw_bytes))))?
                 .to_string();
             let Some(name) = normalize(path, &raw)? else { continue };
-            if under_git(&name) {
-                continue;
-            }
             let ty = entry.header().entry_type();
             if ty.is_dir() {
-                dirs.insert(name);
+                if !under_git(&name) {
+                    dirs.insert(name);
+                }
                 continue;
             }
             if ty == tar::EntryType::GNUSparse {
                 return Err(Error::ckpt(path, format!("tar entry `{name}` is a GNU sparse file, which is not supported")));
             }
-            if !ty.is_file() && ty != tar::EntryType::Continuous {
+            let member = if ty.is_hard_link() {
+                // GNU tar stores a second path of the same inode as a link to the first (which may be under .git/).
+                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let target = normalize(path, &target)?.unwrap_or_default();
+                match all.get(&target) {
+                    Some(m) => Member::clone(m),
+                    None => return Err(Error::ckpt(path, format!("tar entry `{name}` is a hard link to `{target}`, which is not an earlier member"))),
+                }
+            } else if ty.is_file() || ty == tar::EntryType::Continuous {
+                let (offset, size) = (entry.raw_file_position(), entry.size());
+                let end = offset.checked_add(size).ok_or_else(|| Error::ckpt(path, format!("tar entry `{name}` size overflows")))?;
+                if end > len {
+                    return Err(Error::Truncated { path: path.into(), name, expected: end, got: len });
+                }
+                Member { size, offset, real: PathBuf::new() }
+            } else {
                 log::debug!("{}: ignoring tar entry `{name}` of type {ty:?}", path.display());
                 continue;
+            };
+            all.insert(name.clone(), member.clone());
+            if !under_git(&name) {
+                for p in parents(&name) {
+                    dirs.insert(p.to_string());
+                }
+                files.insert(name, member);
             }
-            let (offset, size) = (entry.raw_file_position(), entry.size());
-            let end = offset.checked_add(size).ok_or_else(|| Error::ckpt(path, format!("tar entry `{name}` size overflows")))?;
-            if end > len {
-                return Err(Error::Truncated { path: path.into(), name, expected: end, got: len });
-            }
-            for p in parents(&name) {
-                dirs.insert(p.to_string());
-            }
-            files.insert(name, Member { size, offset, real: PathBuf::new() });
+        }
+        let tail = last_end.div_ceil(512).saturating_mul(512);
+        let mut zeros = [0u8; 512];
+        if tail.saturating_add(512) > len || file.read_exact_at(&mut zeros, tail).is_err() || zeros.iter().any(|&b| b != 0) {
+            return Err(Error::ckpt(path, "tar archive is truncated: no end-of-archive block after the last member"));
         }
         Ok(Fs { path: path.into(), kind: Kind::Tar(file), files, dirs })
     }
