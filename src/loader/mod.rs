@@ -3,6 +3,7 @@
 pub mod hf;
 pub mod random;
 pub mod nemo;
+pub mod nemo_config;
 pub mod tarfs;
 pub mod zarr;
 
