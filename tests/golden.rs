@@ -92,3 +92,30 @@ fn mixed_prefill_and_decode_batch_matches_solo_runs() {
         assert!(d <= 1e-5, "sequence {name}: mixed-batch logits differ from solo by {d}");
     }
 }
+
+/// Every NeMo layout of a model gives the transformers logits (and so the Hugging Face copy's).
+#[test]
+fn nemo_checkpoints_match_transformers() {
+    for (ckpt, model, tol) in [
+        ("models/mha_f32/model.nemo", "mha_f32", TOL_F32),
+        ("models/gqa_bf16/model.nemo", "gqa_bf16", TOL_BF16_WEIGHTS),
+        ("models/gqa_bf16/model_tp2.nemo", "gqa_bf16", TOL_BF16_WEIGHTS),
+        ("models/gqa_bf16/model_tp2_interleaved.nemo", "gqa_bf16", TOL_BF16_WEIGHTS),
+        ("models/gqa_bf16/model_rootdir.nemo", "gqa_bf16", TOL_BF16_WEIGHTS),
+        ("models/gqa_bf16/nemo_dir", "gqa_bf16", TOL_BF16_WEIGHTS),
+    ] {
+        check_logits(ckpt, model, tol);
+    }
+}
+
+/// The .nemo and the Hugging Face copy of one model compute the same function (same weights, same code path).
+#[test]
+fn nemo_and_hf_copies_give_identical_logits() {
+    for (nemo, hf, model) in [("models/mha_f32/model.nemo", "models/mha_f32/hf", "mha_f32"), ("models/gqa_bf16/model_tp2.nemo", "models/gqa_bf16/hf", "gqa_bf16")] {
+        let (a, b) = (runner(nemo, 1), runner(hf, 1));
+        for c in golden(model) {
+            let d = max_abs_diff(&prompt_logits(&a, &c.input_ids), &prompt_logits(&b, &c.input_ids));
+            assert!(d <= 1e-6, "{nemo} vs {hf}, case {}: {d}", c.name);
+        }
+    }
+}
