@@ -12,5 +12,7 @@ pub mod model;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
+#[allow(unsafe_code)]
+pub mod triton;
 
 pub use error::{Error, ErrorKind, Result};
