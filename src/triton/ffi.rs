@@ -141,6 +141,7 @@ unsafe extern "C" {
     pub fn TRITONBACKEND_ResponseFactorySendFlags(factory: *mut TRITONBACKEND_ResponseFactory, send_flags: u32) -> Err;
     pub fn TRITONBACKEND_ResponseFactoryIsCancelled(factory: *mut TRITONBACKEND_ResponseFactory, cancelled: *mut bool) -> Err;
 
+    pub fn TRITONBACKEND_ResponseNew(response: *mut *mut TRITONBACKEND_Response, request: *mut TRITONBACKEND_Request) -> Err;
     pub fn TRITONBACKEND_ResponseNewFromFactory(response: *mut *mut TRITONBACKEND_Response, factory: *mut TRITONBACKEND_ResponseFactory) -> Err;
     pub fn TRITONBACKEND_ResponseDelete(response: *mut TRITONBACKEND_Response) -> Err;
     pub fn TRITONBACKEND_ResponseOutput(

@@ -3,3 +3,11 @@
 pub mod ffi;
 pub mod interface;
 pub mod tensors;
+pub mod server;
+pub mod error;
+pub mod request;
+pub mod response;
+pub mod metrics;
+pub mod model;
+pub mod registry;
+pub mod exports;
