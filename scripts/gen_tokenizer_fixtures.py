@@ -10,6 +10,8 @@ Writes into the output folder:
                       (byte_fallback, split_digits, add_dummy_prefix, identity normalizer, ...).
   * cases.jsonl       one JSON object per line: {"text", "ids", "decoded", "pieces"}, where ids = sp.encode(text)
                       (no BOS), decoded = sp.decode(ids), pieces = sp.id_to_piece(ids).
+  * decode_cases.jsonl  {"ids", "decoded"}: arbitrary id lists (controls, <unk>, broken byte runs) and sp.decode.
+  * stream_cases.jsonl  {"prompt", "gen", "expected"}: expected = sp.decode(prompt + gen) minus sp.decode(prompt).
 The training corpus is generated in memory and not kept.
 """
 import argparse
@@ -224,6 +226,67 @@ def write_cases(model_path, out_dir):
     return path
 
 
+def write_decode_cases(model_path, out_dir):
+    """Arbitrary id lists (controls, <unk>, stray and truncated byte pieces) with sp.decode's text."""
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    rng = random.Random(SEED + 2)
+    n = sp.vocab_size()
+    byte_id = {sp.id_to_piece(i): i for i in range(n) if sp.is_byte(i)}
+    lists = [[], [0], [1], [2], [1, 2], [0, 0], [1, 0, 1], [sp.piece_to_id("\u2581")], [1, sp.piece_to_id("\u2581")]]
+    b = lambda x: byte_id["<0x%02X>" % x]
+    hello = sp.encode("Hello")
+    # Long runs that never complete a character (the stream decoder must still emit them, in bounded steps).
+    lists += [[b(0xE4)] * 20 + hello, [b(0xF0), b(0x9F)] * 10 + hello, [b(0x80)] * 12, hello + [b(0xF0)] * 9]
+    multibyte = "你é🤖語ñ€😀"
+    for _ in range(300):
+        ids = []
+        for _ in range(rng.randint(1, 14)):
+            r = rng.random()
+            if r < 0.45:
+                ids.append(rng.randrange(n))
+            elif r < 0.6:
+                ids.append(rng.choice([0, 1, 2]))
+            elif r < 0.85:  # the bytes of a multi-byte character, sometimes truncated or shuffled
+                bs = list(rng.choice(multibyte).encode("utf-8"))
+                if rng.random() < 0.3:
+                    bs = bs[: rng.randint(1, len(bs))]
+                if rng.random() < 0.1:
+                    rng.shuffle(bs)
+                ids.extend(byte_id["<0x%02X>" % b] for b in bs)
+            else:
+                ids.append(byte_id["<0x%02X>" % rng.randrange(256)])
+        lists.append(ids)
+    path = os.path.join(out_dir, "decode_cases.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for ids in lists:
+            f.write(json.dumps({"ids": ids, "decoded": sp.decode(ids)}, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_stream_cases(model_path, out_dir):
+    """Prompt ids + generated ids, with decode(prompt + gen) minus decode(prompt) as the expected stream."""
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    rng = random.Random(SEED + 3)
+    prompts = [[], [1]]
+    for m in ["Hello", "What is 2+2?", "日本語で答えて", "Tell me a joke 🤖", ""]:
+        prompts.append(sp.encode(NEMO_TEMPLATE.format(system="", msg=m)))
+        prompts.append([1] + sp.encode("[INST] " + m + " [/INST]"))
+    gens = ["Hello world", " leading space", "Sure! The answer is 4.", "🤖 beep", "日本語", "\nnew line",
+            "naïve café", "  two spaces", "<extra_id_1>", "x"] + [sentence(rng) for _ in range(20)]
+    path = os.path.join(out_dir, "stream_cases.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for p in prompts:
+            for g in gens:
+                gen = sp.encode(g)
+                if rng.random() < 0.3:
+                    gen = gen + [2]
+                full, head = sp.decode(p + gen), sp.decode(p)
+                assert full.startswith(head), (p, gen)
+                rec = {"prompt": p, "gen": gen, "expected": full[len(head):]}
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return path
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "tokenizer"))
@@ -233,6 +296,8 @@ def main():
     print("wrote", model)
     if not args.model_only:
         print("wrote", write_cases(model, args.out))
+        print("wrote", write_decode_cases(model, args.out))
+        print("wrote", write_stream_cases(model, args.out))
 
 
 if __name__ == "__main__":
