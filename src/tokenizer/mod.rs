@@ -287,17 +287,3 @@ mod tests {
         assert_eq!(convert::parse_byte_piece("<0x100>"), None);
     }
 }
-
-/// (Skeleton) streaming detokenizer.
-pub struct IncrementalDecoder {}
-impl IncrementalDecoder {
-    pub fn with_prefix(_tok: &Tokenizer, _prompt: &[u32]) -> Self {
-        todo!()
-    }
-    pub fn push(&mut self, _tok: &Tokenizer, _id: u32) -> Result<String> {
-        todo!()
-    }
-    pub fn finish(&mut self) -> Result<String> {
-        todo!()
-    }
-}
