@@ -47,6 +47,51 @@ fn dot_with<W: Copy>(a: &[f32], b: &[W], f: impl Fn(W) -> f32) -> f32 {
     s as f32
 }
 
+/// Four dot products of `a` with the rows of `w` `[4, len]` (one load of `a` serves four weight rows);
+/// same summation scheme as `dot_with`.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn dot4(a: &[f32], w: &[f32]) -> [f32; 4] {
+    const L: usize = 16;
+    let k = a.len();
+    let (ca, ra) = a.as_chunks::<L>();
+    let rows: [&[f32]; 4] = [&w[..k], &w[k..2 * k], &w[2 * k..3 * k], &w[3 * k..4 * k]];
+    let cw = rows.map(|r| r.as_chunks::<L>().0);
+    let mut total = [[0f64; L]; 4];
+    let mut c = 0;
+    while c < ca.len() {
+        let end = (c + FOLD).min(ca.len());
+        let mut acc = [[0f32; L]; 4];
+        for i in c..end {
+            let x = &ca[i];
+            for r in 0..4 {
+                let y = &cw[r][i];
+                for j in 0..L {
+                    acc[r][j] += x[j] * y[j];
+                }
+            }
+        }
+        for r in 0..4 {
+            for j in 0..L {
+                total[r][j] += acc[r][j] as f64;
+            }
+        }
+        c = end;
+    }
+    let tail = ca.len() * L;
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let mut s = 0f64;
+        for (i, x) in ra.iter().enumerate() {
+            s += (x * rows[r][tail + i]) as f64;
+        }
+        for v in total[r] {
+            s += v;
+        }
+        out[r] = s as f32;
+    }
+    out
+}
+
 #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_with(a, b, |v| v)
@@ -84,6 +129,15 @@ fn weight_row<'a>(w: &'a Tensor, r: usize, k: usize, scratch: &'a mut [f32]) -> 
     }
 }
 
+/// Copies row `r` of a `[m, k]` weight into `dst` as f32.
+fn widen_row_into(w: &Tensor, r: usize, k: usize, dst: &mut [f32]) {
+    match &w.data {
+        TensorData::F32(v) => dst.copy_from_slice(&v[r * k..(r + 1) * k]),
+        TensorData::BF16(v) => widen_bf16(&v[r * k..(r + 1) * k], dst),
+        TensorData::F16(v) => widen_f16(&v[r * k..(r + 1) * k], dst),
+    }
+}
+
 /// out `[n, m]` = x `[n, k]` · wᵀ, w `[m, k]`. Each weight row is read once per call, whatever n is.
 fn gemm(out: &mut [f32], x: &[f32], w: &Tensor, n: usize) {
     let (m, k) = (w.shape[0], w.shape[1]);
@@ -92,19 +146,37 @@ fn gemm(out: &mut [f32], x: &[f32], w: &Tensor, n: usize) {
     let mut transposed = if n == 1 { Vec::new() } else { vec![0f32; m * n] };
     let target: &mut [f32] = if n == 1 { &mut out[..m] } else { &mut transposed };
     target.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(task, chunk)| {
-        let mut scratch = vec![0f32; k];
-        for (i, o) in chunk.chunks_mut(n).enumerate() {
-            let r = task * rows_per_task + i;
-            if let (TensorData::BF16(v), true) = (&w.data, n <= 2) {
-                // Few rows of x: widening on the fly beats a separate widening pass.
+        let first = task * rows_per_task;
+        let rows = chunk.len() / n;
+        if let (TensorData::BF16(v), true) = (&w.data, n <= 2) {
+            // Few rows of x: widening on the fly beats a separate widening pass.
+            for (i, o) in chunk.chunks_mut(n).enumerate() {
+                let r = first + i;
                 for (t, o) in o.iter_mut().enumerate() {
                     *o = dot_bf16(&x[t * k..(t + 1) * k], &v[r * k..(r + 1) * k]);
                 }
-                continue;
             }
-            let row = weight_row(w, r, k, &mut scratch);
-            for (t, o) in o.iter_mut().enumerate() {
-                *o = dot(&x[t * k..(t + 1) * k], row);
+            return;
+        }
+        let mut scratch = vec![0f32; 4 * k];
+        let mut i = 0;
+        // Groups of four weight rows against every token, then the leftover rows one by one.
+        while i + 4 <= rows && n > 2 {
+            for j in 0..4 {
+                widen_row_into(w, first + i + j, k, &mut scratch[j * k..(j + 1) * k]);
+            }
+            for t in 0..n {
+                let d = dot4(&x[t * k..(t + 1) * k], &scratch);
+                for j in 0..4 {
+                    chunk[(i + j) * n + t] = d[j];
+                }
+            }
+            i += 4;
+        }
+        for i in i..rows {
+            let row = weight_row(w, first + i, k, &mut scratch[..k]);
+            for t in 0..n {
+                chunk[i * n + t] = dot(&x[t * k..(t + 1) * k], row);
             }
         }
     });

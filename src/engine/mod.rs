@@ -185,7 +185,7 @@ impl Engine {
             return Err(Error::InvalidRequest("max_new_tokens must be at least 1".into()));
         }
         let sampler = Sampler::new(req.params.clone(), req.id ^ 0x5EED);
-        let text = TextStream::new(&self.tokenizer, &req.prompt_ids, req.params.stop_strings.clone());
+        let text = TextStream::new(&self.tokenizer, &req.prompt_ids, req.params.stop_strings.clone())?;
         self.sched.add(req.id, n);
         self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text });
         Ok(())
@@ -205,7 +205,7 @@ impl Engine {
             // A sequence that cannot fit even in the empty cache ends with what it has.
             self.sched.finish(*id);
             if let Some(mut s) = self.seqs.remove(id) {
-                let text = s.text.finish()?;
+                let text = s.text.finish(&self.tokenizer)?;
                 outputs.push(Output { id: *id, token: None, logprob: 0.0, text, finish: Some(FinishReason::Length) });
             }
         }
@@ -241,7 +241,7 @@ impl Engine {
             self.sched.append_token(it.id);
             let n_gen = s.ids.len() - s.prompt_len;
             let p = &s.sampler.params;
-            let is_stop_token = !p.ignore_eos && (tok == eos || p.stop_token_ids.contains(&tok));
+            let is_stop_token = (!p.ignore_eos && tok == eos) || p.stop_token_ids.contains(&tok);
             let (mut text, mut finish) = (String::new(), None);
             if is_stop_token {
                 finish = Some(FinishReason::Stop);
@@ -255,7 +255,7 @@ impl Engine {
                 }
             }
             if finish == Some(FinishReason::Length) || (is_stop_token && finish.is_some()) {
-                text.push_str(&s.text.finish()?);
+                text.push_str(&s.text.finish(&self.tokenizer)?);
             }
             if finish.is_some() {
                 self.sched.finish(it.id);

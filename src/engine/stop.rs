@@ -11,8 +11,8 @@ pub struct TextStream {
 }
 
 impl TextStream {
-    pub fn new(tok: &Tokenizer, prompt_ids: &[u32], stops: Vec<String>) -> Self {
-        TextStream { decoder: IncrementalDecoder::with_prefix(tok, prompt_ids), stops, pending: String::new() }
+    pub fn new(tok: &Tokenizer, prompt_ids: &[u32], stops: Vec<String>) -> Result<Self> {
+        Ok(TextStream { decoder: IncrementalDecoder::with_prefix(tok, prompt_ids)?, stops, pending: String::new() })
     }
 
     /// Adds one generated token. Returns the text safe to release and whether a stop string was hit
@@ -33,9 +33,9 @@ impl TextStream {
     }
 
     /// Releases everything held (generation ended for another reason).
-    pub fn finish(&mut self) -> Result<String> {
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
         let mut out = std::mem::take(&mut self.pending);
-        out.push_str(&self.decoder.finish()?);
+        out.push_str(&self.decoder.finish(tok)?);
         Ok(out)
     }
 

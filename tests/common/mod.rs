@@ -22,6 +22,8 @@ pub struct Case {
     pub greedy_margins: Vec<f32>,
     pub prompt_logprobs: Vec<f64>,
     pub greedy_text: String,
+    /// sentencepiece decode of prompt + greedy ids.
+    pub full_text: String,
 }
 
 pub fn golden(model: &str) -> Vec<Case> {
@@ -43,6 +45,7 @@ pub fn golden(model: &str) -> Vec<Case> {
             greedy_margins: floats(&c["greedy_margins"]).into_iter().map(|f| f as f32).collect(),
             prompt_logprobs: floats(&c["prompt_logprobs"]),
             greedy_text: c["greedy_text"].as_str().unwrap().into(),
+            full_text: c["full_text"].as_str().unwrap().into(),
         })
         .collect()
 }

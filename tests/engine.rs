@@ -1,0 +1,243 @@
+//! Generation through the engine: greedy tokens against transformers, the CLI's output, scores, continuous
+//! batching (with preemption) against solo runs, seeds, stop strings, stop tokens, banned words, limits.
+mod common;
+use common::*;
+use std::collections::HashMap;
+use triton_llama::engine::{Engine, EngineConfig, FinishReason, Output, Request};
+use triton_llama::loader;
+use triton_llama::sampling::SamplingParams;
+
+fn engine(ckpt: &str, ecfg: EngineConfig) -> Engine {
+    Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
+}
+
+fn greedy(max_new_tokens: usize) -> SamplingParams {
+    SamplingParams { max_new_tokens, ignore_eos: true, ..Default::default() }
+}
+
+/// Runs all requests together; returns per id (token ids, text, finish reason).
+fn run_all(e: &mut Engine, reqs: Vec<Request>) -> HashMap<u64, (Vec<u32>, String, FinishReason)> {
+    for r in reqs {
+        e.add_request(r).unwrap();
+    }
+    let mut out: HashMap<u64, (Vec<u32>, String, Option<FinishReason>)> = HashMap::new();
+    e.run_to_completion(|o: &Output| {
+        let entry = out.entry(o.id).or_default();
+        assert!(entry.2.is_none(), "output after finish for {}", o.id);
+        entry.0.extend(o.token);
+        entry.1.push_str(&o.text);
+        entry.2 = o.finish;
+    })
+    .unwrap();
+    out.into_iter().map(|(k, (ids, t, f))| (k, (ids, t, f.expect("every request finishes")))).collect()
+}
+
+/// Greedy generation equals transformers' greedy tokens at every step whose top-2 margin exceeds 1e-3.
+fn check_greedy(ckpt: &str, model: &str, tp: usize) {
+    let mut e = engine(ckpt, EngineConfig { tp, ..Default::default() });
+    for c in golden(model) {
+        let n = c.greedy_ids.len();
+        let out = run_all(&mut e, vec![Request { id: 1, prompt_ids: c.input_ids.clone(), params: greedy(n) }]);
+        let (ids, text, finish) = &out[&1];
+        for i in 0..n {
+            if c.greedy_margins[i] <= 1e-3 {
+                break; // later tokens may legitimately diverge
+            }
+            assert_eq!(ids[i], c.greedy_ids[i], "{ckpt} TP={tp} case {} step {i}", c.name);
+        }
+        if c.greedy_margins.iter().all(|&m| m > 1e-3) {
+            // Streamed text continues the prompt: decode(prompt) + text == sentencepiece's decode(prompt + output).
+            let prompt_text = e.tokenizer().decode(&c.input_ids).unwrap();
+            assert_eq!(format!("{prompt_text}{text}"), c.full_text, "{ckpt} case {}: streamed text differs", c.name);
+        }
+        assert_eq!(*finish, FinishReason::Length);
+        assert_eq!(e.kv_blocks_used(), 0, "blocks leaked");
+    }
+}
+
+#[test]
+fn greedy_matches_transformers_hf_f32() {
+    check_greedy("models/mha_f32/hf", "mha_f32", 1);
+}
+
+#[test]
+fn greedy_matches_transformers_hf_bf16_tp2() {
+    check_greedy("models/gqa_bf16/hf", "gqa_bf16", 2);
+}
+
+#[test]
+fn greedy_matches_transformers_nemo_tp2_chunks() {
+    check_greedy("models/gqa_bf16/model_tp2.nemo", "gqa_bf16", 1);
+}
+
+#[test]
+fn score_matches_transformers_prompt_logprobs() {
+    let mut e = engine("models/gqa_bf16/hf", EngineConfig::default());
+    for c in golden("gqa_bf16") {
+        let lp = e.score(&c.input_ids).unwrap();
+        assert_eq!(lp.len(), c.prompt_logprobs.len());
+        for (i, (a, b)) in lp.iter().zip(&c.prompt_logprobs).enumerate() {
+            assert!((*a as f64 - b).abs() < 1e-4, "case {} token {i}: {a} vs {b}", c.name);
+        }
+    }
+}
+
+#[test]
+fn cli_generate_prints_the_golden_greedy_text() {
+    for (ckpt, model, extra) in [("models/mha_f32/hf", "mha_f32", vec![]), ("models/gqa_bf16/model.nemo", "gqa_bf16", vec!["--no-default-stops"])] {
+        for c in golden(model).iter().filter(|c| c.greedy_margins.iter().all(|&m| m > 1e-3)) {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama"))
+                .arg("generate")
+                .arg(fixture(ckpt))
+                .args(["--prompt", &c.prompt, "--max-tokens", &c.greedy_ids.len().to_string(), "--ignore-eos", "--json"])
+                .arg(if c.add_bos { "--bos" } else { "--no-bos" })
+                .args(&extra)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let prompt_ids: Vec<u32> = v["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let ids: Vec<u32> = v["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            assert_eq!(prompt_ids, c.input_ids, "{ckpt} case {}: tokenization differs from sentencepiece", c.name);
+            assert_eq!(ids, c.greedy_ids, "{ckpt} case {}", c.name);
+            // decode(prompt) + printed text == sentencepiece's decode(prompt + greedy ids).
+            let tok = loader::open(&fixture(ckpt)).unwrap().tokenizer().unwrap();
+            let prompt_text = tok.decode(&c.input_ids).unwrap();
+            assert_eq!(format!("{prompt_text}{}", v["text"].as_str().unwrap()), c.full_text, "{ckpt} case {}", c.name);
+        }
+    }
+}
+
+/// Many requests of different lengths admitted at different times, in a cache so small that sequences are
+/// preempted and recomputed, give exactly their solo outputs and leave no block behind.
+#[test]
+fn continuous_batching_with_preemption_matches_solo_runs() {
+    let cases = golden("gqa_bf16");
+    let mut solo = engine("models/gqa_bf16/hf", EngineConfig::default());
+    let reqs: Vec<Request> = (0..8u64)
+        .map(|i| {
+            let c = &cases[i as usize % cases.len()];
+            let cut = c.input_ids.len() - (i as usize % 3);
+            Request { id: i, prompt_ids: c.input_ids[..cut].to_vec(), params: greedy(10 + i as usize * 3) }
+        })
+        .collect();
+    let want: HashMap<u64, Vec<u32>> = reqs.iter().map(|r| (r.id, run_all(&mut solo, vec![r.clone()])[&r.id].0.clone())).collect();
+    // 14 blocks of 16 tokens: not enough for 8 sequences of up to ~80 tokens at once.
+    let mut e = engine("models/gqa_bf16/hf", EngineConfig { num_blocks: Some(14), max_num_seqs: 6, max_batched_tokens: 40, ..Default::default() });
+    let got = run_all(&mut e, reqs);
+    for (id, ids) in &want {
+        assert_eq!(&got[id].0, ids, "request {id} differs when batched");
+    }
+    assert_eq!(e.kv_blocks_used(), 0);
+}
+
+#[test]
+fn same_seed_same_text_and_different_seed_differs() {
+    let c = &golden("mha_f32")[0];
+    let mut e = engine("models/mha_f32/hf", EngineConfig::default());
+    let p = |seed| SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.95, seed: Some(seed), max_new_tokens: 20, ignore_eos: true, ..Default::default() };
+    let a = run_all(&mut e, vec![Request { id: 1, prompt_ids: c.input_ids.clone(), params: p(42) }]);
+    let b = run_all(&mut e, vec![Request { id: 2, prompt_ids: c.input_ids.clone(), params: p(42) }]);
+    let d = run_all(&mut e, vec![Request { id: 3, prompt_ids: c.input_ids.clone(), params: p(43) }]);
+    assert_eq!(a[&1].0, b[&2].0);
+    assert_ne!(a[&1].0, d[&3].0);
+    // Seeded requests batched together still reproduce their solo output.
+    let both = run_all(&mut e, vec![Request { id: 4, prompt_ids: c.input_ids.clone(), params: p(42) }, Request { id: 5, prompt_ids: c.input_ids.clone(), params: p(43) }]);
+    assert_eq!(both[&4].0, a[&1].0);
+    assert_eq!(both[&5].0, d[&3].0);
+}
+
+#[test]
+fn stop_string_ends_generation_and_is_trimmed() {
+    let mut e = engine("models/mha_f32/hf", EngineConfig::default());
+    let tok = e.tokenizer().clone();
+    for c in golden("mha_f32").iter().filter(|c| c.greedy_margins.iter().all(|&m| m > 1e-3)) {
+        // The generated continuation as sentencepiece decodes it after the prompt.
+        let full = c.full_text[tok.decode(&c.input_ids).unwrap().len()..].to_string();
+        // A stop string from the middle of the greedy text, spanning a few characters.
+        let chars: Vec<(usize, char)> = full.char_indices().collect();
+        if chars.len() < 12 {
+            continue;
+        }
+        let (a, b) = (chars[chars.len() / 2].0, chars[chars.len() / 2 + 3].0);
+        let stop = full[a..b].to_string();
+        let first = full.find(&stop).unwrap();
+        let params = SamplingParams { stop_strings: vec![stop.clone()], ..greedy(c.greedy_ids.len()) };
+        let out = run_all(&mut e, vec![Request { id: 9, prompt_ids: c.input_ids.clone(), params }]);
+        let (_, text, finish) = &out[&9];
+        assert_eq!(*finish, FinishReason::Stop, "case {}", c.name);
+        assert_eq!(text, &full[..first], "case {}: stop {stop:?}", c.name);
+    }
+}
+
+#[test]
+fn stop_token_and_min_tokens() {
+    let c = &golden("mha_f32")[0];
+    let mut e = engine("models/mha_f32/hf", EngineConfig::default());
+    let stop_tok = c.greedy_ids[3];
+    let first_at = c.greedy_ids.iter().position(|&t| t == stop_tok).unwrap();
+    let p = SamplingParams { stop_token_ids: vec![stop_tok], ..greedy(20) };
+    let out = run_all(&mut e, vec![Request { id: 1, prompt_ids: c.input_ids.clone(), params: p }]);
+    assert_eq!(out[&1].0, c.greedy_ids[..=first_at].to_vec());
+    assert_eq!(out[&1].2, FinishReason::Stop);
+    // With min_new_tokens the stop token cannot appear before it is allowed.
+    let p = SamplingParams { stop_token_ids: vec![stop_tok], min_new_tokens: 8, ..greedy(20) };
+    let out = run_all(&mut e, vec![Request { id: 2, prompt_ids: c.input_ids.clone(), params: p }]);
+    assert!(out[&2].0.len() >= 8);
+    assert!(!out[&2].0[..7].contains(&stop_tok));
+}
+
+#[test]
+fn banned_words_are_never_produced() {
+    let c = &golden("gqa_bf16")[0];
+    let mut e = engine("models/gqa_bf16/hf", EngineConfig::default());
+    let (g0, g1) = (c.greedy_ids[0], c.greedy_ids[1]);
+    let p = SamplingParams { banned: vec![vec![g0], vec![c.greedy_ids[2], c.greedy_ids[3]]], ..greedy(24) };
+    let out = run_all(&mut e, vec![Request { id: 1, prompt_ids: c.input_ids.clone(), params: p }]);
+    let ids = &out[&1].0;
+    assert!(!ids.contains(&g0), "banned single token produced: {ids:?}");
+    assert!(!ids.windows(2).any(|w| w == [c.greedy_ids[2], c.greedy_ids[3]]), "banned pair produced");
+    assert_eq!(ids.len(), 24);
+    let _ = g1;
+}
+
+#[test]
+fn bad_requests_are_refused_and_nothing_is_queued() {
+    let mut e = engine("models/mha_f32/hf", EngineConfig { max_model_len: Some(64), ..Default::default() });
+    let ok = vec![1u32, 5, 9];
+    let cases: Vec<(Vec<u32>, SamplingParams, &str)> = vec![
+        (vec![], greedy(4), "empty"),
+        (vec![7; 64], greedy(4), "limit"),
+        (vec![1, 5000], greedy(4), "vocabulary"),
+        (ok.clone(), greedy(0), "max_new_tokens"),
+        (ok.clone(), SamplingParams { top_p: 0.0, ..greedy(4) }, "top_p"),
+        (ok.clone(), SamplingParams { temperature: f32::NAN, ..greedy(4) }, "temperature"),
+        (ok.clone(), SamplingParams { min_new_tokens: 9, ..greedy(4) }, "min_new_tokens"),
+        (ok.clone(), SamplingParams { stop_strings: vec![String::new()], ..greedy(4) }, "stop"),
+    ];
+    for (i, (ids, params, needle)) in cases.into_iter().enumerate() {
+        let err = e.add_request(Request { id: i as u64, prompt_ids: ids, params }).unwrap_err();
+        assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+        assert_eq!(err.kind(), triton_llama::ErrorKind::InvalidArg);
+    }
+    assert!(!e.has_work());
+    // The engine still serves after refusing.
+    let out = run_all(&mut e, vec![Request { id: 100, prompt_ids: ok, params: greedy(3) }]);
+    assert_eq!(out[&100].0.len(), 3);
+}
+
+#[test]
+fn abort_frees_blocks_at_once() {
+    let mut e = engine("models/mha_f32/hf", EngineConfig::default());
+    let c = &golden("mha_f32")[2];
+    for id in 0..4 {
+        e.add_request(Request { id, prompt_ids: c.input_ids.clone(), params: greedy(50) }).unwrap();
+    }
+    e.step().unwrap();
+    assert!(e.kv_blocks_used() > 0);
+    for id in 0..4 {
+        assert_eq!(e.abort(id).unwrap().finish, Some(FinishReason::Abort));
+    }
+    assert_eq!(e.kv_blocks_used(), 0);
+    assert!(!e.has_work());
+}
