@@ -125,7 +125,10 @@ def write_repository(a):
     for name, decoupled in ((a.triton_model_name, "false"), (a.triton_model_name + "_stream", "true")):
         d = repo / name
         (d / str(a.triton_model_version)).mkdir(parents=True)
-        (d / "config.pbtxt").write_text(fill(template, dict(values, model_name=name, decoupled=decoupled)) + "\n")
+        text = fill(template, dict(values, model_name=name, decoupled=decoupled))
+        # An empty string_value vanishes over gRPC (proto3 default) and pytriton's config parser then fails: drop it.
+        text = "\n".join(line for line in text.splitlines() if 'string_value: ""' not in line)
+        (d / "config.pbtxt").write_text(text + "\n")
     backends = repo.parent / (repo.name + ".backends")
     (backends / "llama").mkdir(parents=True, exist_ok=True)
     lib = Path(a.backend_lib)

@@ -212,7 +212,7 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
             let parsed = req.inputs().and_then(|inputs| parse_job(&inputs, &req.requested_outputs()?, &model.settings.limits));
             match parsed {
                 Ok(spec) => {
-                    sink.set_outputs(spec.outputs.clone());
+                    sink.set_outputs(spec.outputs.clone(), spec.stream);
                     model.engine.submit(Submission { spec, sink: Box::new(sink), obs: model.obs.clone() });
                 }
                 Err(e) => {

@@ -25,6 +25,9 @@ pub struct TritonSink {
     instance: *mut ffi::TRITONBACKEND_ModelInstance,
     outputs: OutputSet,
     exec_start_ns: u64,
+    /// Streaming: data responses go out without FINAL and a flag-only FINAL closes the stream (pytriton's
+    /// DecoupledModelClient drops the data of a response that carries FINAL).
+    stream: bool,
     /// Set once the request is released: every later call is a no-op.
     released: bool,
 }
@@ -52,11 +55,12 @@ impl TritonSink {
             }
             return None;
         }
-        Some(TritonSink { request, factory, instance, outputs: OutputSet::default(), exec_start_ns, released: false })
+        Some(TritonSink { request, factory, instance, outputs: OutputSet::default(), exec_start_ns, stream: false, released: false })
     }
 
-    pub fn set_outputs(&mut self, o: OutputSet) {
+    pub fn set_outputs(&mut self, o: OutputSet, stream: bool) {
         self.outputs = o;
+        self.stream = stream;
     }
 
     /// Statistics, request release and factory deletion: exactly once.
@@ -187,9 +191,13 @@ impl Sink for TritonSink {
             unsafe { ffi::TRITONBACKEND_ResponseDelete(resp) };
             return Err(e);
         }
-        let flags = if last { ffi::RESPONSE_COMPLETE_FINAL } else { 0 };
+        let flags = if last && !self.stream { ffi::RESPONSE_COMPLETE_FINAL } else { 0 };
         // SAFETY: `resp` is complete; Triton takes it over on send.
         check(unsafe { ffi::TRITONBACKEND_ResponseSend(resp, flags, ptr::null_mut()) }, "ResponseSend")?;
+        if last && self.stream {
+            // SAFETY: live factory.
+            check(unsafe { ffi::TRITONBACKEND_ResponseFactorySendFlags(self.factory, ffi::RESPONSE_COMPLETE_FINAL) }, "ResponseFactorySendFlags")?;
+        }
         if last {
             self.finish(true);
         }
