@@ -5,6 +5,7 @@ pub mod backend;
 pub mod bench;
 pub mod comm;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod loader;

@@ -131,3 +131,9 @@ def nemo_server(request, tmp_path_factory):
 def cli_generate(ckpt, prompt, *extra):
     out = subprocess.run([str(CLI), "generate", str(ckpt), "--prompt", prompt, "--json", *extra], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="session")
+def demo_server(request, tmp_path_factory):
+    """No checkpoint: deploy_triton.py writes and serves the demo model."""
+    return start(request, tmp_path_factory, "demo", [])
