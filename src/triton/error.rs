@@ -28,7 +28,7 @@ pub fn cstring(s: &str) -> CString {
 }
 
 /// Turns a Triton API result into ours, consuming the error object.
-pub fn check(err: ffi::Err, what: &str) -> Result<()> {
+pub(crate) fn check(err: ffi::Err, what: &str) -> Result<()> {
     if err.is_null() {
         return Ok(());
     }

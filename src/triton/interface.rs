@@ -110,11 +110,10 @@ impl<'a> Inputs<'a> {
         if r != self.n && r != 1 {
             return bad(format!("input `{}` has {r} rows, the prompts have {}", t.name, self.n));
         }
-        if let Some(want) = per_row {
-            if k != want {
+        if let Some(want) = per_row
+            && k != want {
                 return bad(format!("input `{}` must have shape [batch, {want}], got {:?}", t.name, t.shape));
             }
-        }
         Ok(r)
     }
     /// One number per prompt (broadcast from one row).
@@ -184,11 +183,10 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
         }
     }
     for (name, limit) in [("beam_width", 1), ("num_return_sequences", 1)] {
-        if let Some((_, v)) = inp.ints(&[name])? {
-            if v.iter().any(|&x| x > limit) {
+        if let Some((_, v)) = inp.ints(&[name])?
+            && v.iter().any(|&x| x > limit) {
                 return bad(format!("input `{name}` > 1 is not supported"));
             }
-        }
     }
     let max_tokens = inp.ints(&["max_tokens", "max_output_len", "max_output_token"])?;
     let min_tokens = inp.ints(&["min_tokens", "min_output_len", "min_length"])?;
@@ -261,11 +259,10 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
         if let Some((_, v)) = &freq {
             p.frequency_penalty = v[i] as f32;
         }
-        if let Some((_, v)) = &end_id {
-            if v[i] >= 0 && v[i] <= u32::MAX as i128 {
+        if let Some((_, v)) = &end_id
+            && v[i] >= 0 && v[i] <= u32::MAX as i128 {
                 p.stop_token_ids.push(v[i] as u32);
             }
-        }
         if greedy.as_ref().is_some_and(|(_, v)| v[i] != 0.0) {
             p.top_k = 1;
             p.temperature = 0.0;

@@ -55,11 +55,10 @@ fn int_field(v: &Value) -> Option<i64> {
 impl ModelSettings {
     /// Reads the settings from the model config JSON; `model_dir` anchors a relative checkpoint path.
     pub fn from_config(cfg: &Value, model_dir: &Path) -> Result<ModelSettings> {
-        if let Some(p) = cfg.get("parameters").and_then(Value::as_object) {
-            if let Some(k) = p.keys().find(|k| !PARAMS.contains(&k.as_str())) {
+        if let Some(p) = cfg.get("parameters").and_then(Value::as_object)
+            && let Some(k) = p.keys().find(|k| !PARAMS.contains(&k.as_str())) {
                 return cfg_err(format!("unknown parameter `{k}`; known: {}", PARAMS.join(", ")));
             }
-        }
         let Some(ckpt) = param(cfg, "checkpoint") else {
             return cfg_err("parameter `checkpoint` is required (a .nemo file or folder, or a Hugging Face folder)".into());
         };
@@ -132,7 +131,7 @@ impl ModelSettings {
             checkpoint,
             engine,
             serve: ServeSettings { max_input_len, capacity: max_num_seqs + max_queue_size, add_bos: boolean(cfg, "add_bos")?, stop_strings },
-            limits: Limits { max_output_len, default_max_tokens, decoupled, exclude_input_default: boolean(cfg, "exclude_input_in_output")?.map_or(true, |b| b) },
+            limits: Limits { max_output_len, default_max_tokens, decoupled, exclude_input_default: boolean(cfg, "exclude_input_in_output")?.is_none_or(|b| b) },
             max_batch_size: max_batch_size as usize,
         })
     }

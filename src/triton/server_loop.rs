@@ -92,11 +92,10 @@ impl Loop {
             for (i, p) in spec.prompts.iter().enumerate() {
                 let bos = p.add_bos.or(self.set.add_bos).unwrap_or(self.engine.default_add_bos());
                 let prompt_ids = tok.encode(&p.text, bos)?;
-                if let Some(m) = self.set.max_input_len {
-                    if prompt_ids.len() > m {
+                if let Some(m) = self.set.max_input_len
+                    && prompt_ids.len() > m {
                         return Err(Error::InvalidRequest(format!("prompt {i} has {} tokens; this model's max_input_len is {m}", prompt_ids.len())));
                     }
-                }
                 let mut params = p.params.clone();
                 params.stop_strings.extend(default_stops.iter().cloned());
                 for w in &p.bad_words {
@@ -219,7 +218,8 @@ impl Loop {
         if j.fresh > 0 {
             j.obs.tokens(0, std::mem::take(&mut j.fresh));
         }
-        if !done && !(j.stream && j.rows.iter().any(|r| r.text.len() > r.sent_text || (r.sent_tokens == 0 && r.tokens > 0))) {
+        let news = j.stream && j.rows.iter().any(|r| r.text.len() > r.sent_text || (r.sent_tokens == 0 && r.tokens > 0));
+        if !done && !news {
             return;
         }
         let stream = j.stream;
@@ -256,19 +256,17 @@ impl Loop {
             }
             return;
         }
-        if done {
-            if let Some(j) = self.remove(key) {
+        if done
+            && let Some(j) = self.remove(key) {
                 let now = Instant::now();
                 j.obs.e2e(now.duration_since(j.start).as_secs_f64());
                 for r in &j.rows {
                     j.obs.finished(r.finish.map_or("stop", |f| f.as_str()));
-                    if let (Some(a), Some(b)) = (r.first_token, r.last_token) {
-                        if r.tokens > 1 {
+                    if let (Some(a), Some(b)) = (r.first_token, r.last_token)
+                        && r.tokens > 1 {
                             j.obs.tpot(b.duration_since(a).as_secs_f64() / (r.tokens - 1) as f64);
                         }
-                    }
                 }
             }
-        }
     }
 }

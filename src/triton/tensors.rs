@@ -103,7 +103,7 @@ impl InputTensor {
         }
         let n = self.numel()?;
         let r = self.shape[0] as usize;
-        Ok((r, if r == 0 { 0 } else { n / r }))
+        Ok((r, n.checked_div(r).unwrap_or(0)))
     }
 
     fn check_fixed(&self) -> Result<usize> {
