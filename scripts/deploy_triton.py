@@ -120,10 +120,10 @@ def write_repository(a):
         "exclude_input_in_output": "false" if a.include_input_in_output else "true",
         "default_max_tokens": a.default_max_tokens or "",
     }
-    if repo.exists():
-        shutil.rmtree(repo)
     for name, decoupled in ((a.triton_model_name, "false"), (a.triton_model_name + "_stream", "true")):
         d = repo / name
+        if d.exists():  # only our two model folders are replaced; anything else in the repository stays
+            shutil.rmtree(d)
         (d / str(a.triton_model_version)).mkdir(parents=True)
         text = fill(template, dict(values, model_name=name, decoupled=decoupled))
         # An empty string_value vanishes over gRPC (proto3 default) and pytriton's config parser then fails: drop it.
