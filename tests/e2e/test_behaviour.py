@@ -262,3 +262,21 @@ def test_full_queue_answers_unavailable_at_once(small_queue_server):
     assert sorted(results) == [200, 200]
     assert status in (400, 503) and "at capacity" in r["error"] and refused_fast, r
     assert gen(s, {"text_input": "Hello", "max_tokens": 5})[0] == 200
+
+
+def test_http_disconnect_cancels_a_stream(server):
+    import http.client
+
+    before = server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled")
+    conn = http.client.HTTPConnection("localhost", server.http, timeout=30)
+    conn.request("POST", "/v2/models/llama_stream/generate_stream", body=json.dumps({"text_input": "Hello", "max_tokens": 190, "ignore_eos": True}))
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline().startswith(b"data: ")
+    conn.sock.close()
+    conn.close()
+    deadline = time.time() + 10
+    while time.time() < deadline and server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled") < before + 1:
+        time.sleep(0.05)
+    assert server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled") == before + 1
+    assert wait_metric(server, "llama_kv_cache_blocks_used", 0)
