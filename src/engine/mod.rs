@@ -216,10 +216,12 @@ impl Engine {
         let logits = match self.runner.run(input) {
             Ok(l) => l,
             Err(e) => {
-                // The step failed for everyone in it: abort those sequences so nothing hangs, then report.
-                for it in &plan.items {
-                    self.sched.finish(it.id);
-                    self.seqs.remove(&it.id);
+                // A failed step leaves the caches in an unknown state: end every sequence (the caller
+                // answers each of its requests with the error) so that nothing hangs or leaks.
+                let ids: Vec<u64> = self.seqs.keys().copied().collect();
+                for id in ids {
+                    self.sched.finish(id);
+                    self.seqs.remove(&id);
                 }
                 return Err(e);
             }
