@@ -106,6 +106,9 @@ impl Engine {
         crate::model::ShardSpec::check(&cfg, ecfg.tp)?;
         let tokenizer = Arc::new(src.tokenizer()?);
         let max_model_len = ecfg.max_model_len.unwrap_or(cfg.max_position_embeddings);
+        if max_model_len < 2 {
+            return Err(Error::Config(format!("max_model_len {max_model_len} leaves no room to generate")));
+        }
         if ecfg.block_size == 0 || ecfg.max_num_seqs == 0 || ecfg.max_batched_tokens == 0 {
             return Err(Error::Config("block_size, max_num_seqs and max_batched_tokens must be positive".into()));
         }
