@@ -47,6 +47,7 @@ fn check_tp(ckpt: &str, model: &str) {
         for (c, w) in cases.iter().zip(&want) {
             let d = max_abs_diff(&prompt_logits(&r, &c.input_ids), w);
             assert!(d <= 1e-5, "{ckpt} TP={tp} case {}: max-abs diff to TP=1 is {d}", c.name);
+            eprintln!("{ckpt} TP={tp} case {}: max-abs diff to TP=1 {d:.2e}", c.name);
         }
     }
 }
@@ -90,6 +91,7 @@ fn mixed_prefill_and_decode_batch_matches_solo_runs() {
         let last = &solo[(ids.len() - 1) * v..];
         let d = max_abs_diff(&got[i * v..(i + 1) * v], last);
         assert!(d <= 1e-5, "sequence {name}: mixed-batch logits differ from solo by {d}");
+        eprintln!("mixed batch, sequence {name}: max-abs diff to solo {d:.2e}");
     }
 }
 
