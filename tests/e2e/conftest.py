@@ -37,7 +37,8 @@ class Server:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"{name}.log"
         self.log = open(self.log_path, "w")
-        cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", str(tmp / f"{name}_repo"),
+        self.repo = tmp / f"{name}_repo"
+        cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", str(self.repo),
                "--triton_port", str(self.http), "--grpc_port", str(self.grpc), "--metrics_port", str(self.metrics)] + args
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"localhost:{self.http}"
