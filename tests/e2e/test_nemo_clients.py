@@ -75,3 +75,19 @@ def test_nemo_checkpoint_default_stop_is_trimmed(nemo_server):
         out = decode(client.infer_batch(**nemo_inputs(["Hello"], max_output_token=40)))
     assert out[0][0] == cli["text"]
     assert "<extra_id_1>" not in out[0][0]
+
+
+def test_nemo_later_optional_names(server):
+    base = nemo_inputs(["Once upon a time"], max_output_token=24, top_k=0, top_p=0.0, temperature=1.0)
+    with ModelClient(server.url, "llama", init_timeout_s=60) as client:
+        seeded = lambda s: decode(client.infer_batch(**base, random_seed=np.array([[s]], dtype=np.int64)))[0][0]  # noqa: E731
+        assert seeded(7) == seeded(7) != seeded(8)
+        greedy = dict(nemo_inputs(["Once upon a time"], max_output_token=24, top_k=0, temperature=0.7), use_greedy=np.array([[True]]))
+        full = decode(client.infer_batch(**greedy))[0][0]
+        assert full == cli_generate(HF, "Once upon a time", "--max-tokens", "24")["text"]
+        stops = np.char.encode(np.array([[f"zzz,{full[6:9]}"]]), "utf-8")
+        assert decode(client.infer_batch(**greedy, stop_words_list=stops))[0][0] == full[: full.find(full[6:9])]
+        no_bos = decode(client.infer_batch(**greedy, add_BOS=np.array([[False]])))[0][0]
+        assert no_bos == cli_generate(HF, "Once upon a time", "--max-tokens", "24", "--no-bos")["text"]
+        with pytest.raises(Exception, match="lora_uids"):
+            client.infer_batch(**greedy, lora_uids=np.char.encode(np.array([["adapter"]]), "utf-8"))
