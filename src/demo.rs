@@ -1,6 +1,6 @@
 //! `triton-llama demo-model DIR`: a small deterministic Llama in Hugging Face layout for demos and benchmarks
-//! without a real checkpoint: a BPE tokenizer trained with the `tokenizers` crate on the repository's README
-//! files (compiled in), and pseudo-random bf16 weights (`loader::random`) sized to its vocabulary. Same binary, same
+//! without a real checkpoint: a BPE tokenizer trained with the `tokenizers` crate on `src/demo_corpus.txt`
+//! (the tokenizer test strings, compiled in), and pseudo-random bf16 weights (`loader::random`) sized to its vocabulary. Same binary, same
 //! bytes. Its output is not meaningful text.
 use crate::config::LlamaConfig;
 use crate::loader::random::RandomSource;
@@ -13,8 +13,8 @@ use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
 
-/// The training text: the project's README, the model-repository guide and the interface source, fixed at build time.
-const CORPUS: [&str; 3] = [include_str!("../README.md"), include_str!("../triton_model_repo/README.md"), include_str!("triton/interface.rs")];
+/// The training text, fixed at build time (a file of its own, so editing docs or code never changes the demo model).
+const CORPUS: [&str; 1] = [include_str!("demo_corpus.txt")];
 const VOCAB: usize = 2000;
 const SEED: u64 = 0xDE40;
 
