@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 
 /// Where one stored tensor lives.
 #[derive(Debug, Clone)]
-struct Stored {
-    file: PathBuf,
-    dtype: DType,
-    shape: Vec<usize>,
+pub struct Stored {
+    pub file: PathBuf,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
     /// Absolute byte offset of the data in `file`.
-    offset: u64,
+    pub offset: u64,
 }
 
 pub struct HfSource {
@@ -95,27 +95,57 @@ fn parse_config(path: &Path, v: &Value) -> Result<(LlamaConfig, bool)> {
     Ok((cfg, tied))
 }
 
-/// Parses a safetensors header and checks every tensor lies inside the file with a consistent size.
+/// Reads a safetensors header from disk and indexes its tensors (see [`parse_header`]).
 fn index_safetensors(file: &Path, out: &mut BTreeMap<String, Stored>) -> Result<()> {
     let f = File::open(file).map_err(|e| Error::io(file, e))?;
     let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
     let mut head = [0u8; 8];
     f.read_exact_at(&mut head, 0).map_err(|_| Error::ckpt(file, "file too short for a safetensors header"))?;
     check_lfs(file, &head)?;
-    let n = u64::from_le_bytes(head);
-    if n > MAX_HEADER || 8 + n > len {
-        if len < 200 {
-            let mut all = vec![0u8; len as usize];
-            let _ = f.read_exact_at(&mut all, 0);
-            check_lfs(file, &all)?;
+    let n = match header_len(file, head, len) {
+        Ok(n) => n,
+        Err(e) => {
+            if len < 200 {
+                let mut all = vec![0u8; len as usize];
+                let _ = f.read_exact_at(&mut all, 0);
+                check_lfs(file, &all)?;
+            }
+            return Err(e);
         }
-        return Err(Error::ckpt(file, format!("safetensors header length {n} is invalid for a {len}-byte file")));
-    }
+    };
     let mut hdr = vec![0u8; n as usize];
     f.read_exact_at(&mut hdr, 8).map_err(|e| Error::io(file, e))?;
-    let v: Value = serde_json::from_slice(&hdr).map_err(|e| Error::ckpt(file, format!("invalid safetensors header: {e}")))?;
+    out.extend(parse_header(file, &hdr, len)?);
+    Ok(())
+}
+
+/// The JSON header length `n` from the 8-byte little-endian prefix of a `len`-byte safetensors file,
+/// checked against `MAX_HEADER` and the file size before anything is allocated.
+fn header_len(file: &Path, head: [u8; 8], len: u64) -> Result<u64> {
+    let n = u64::from_le_bytes(head);
+    if n > MAX_HEADER || n.checked_add(8).is_none_or(|end| end > len) {
+        return Err(Error::ckpt(file, format!("safetensors header length {n} is invalid for a {len}-byte file")));
+    }
+    Ok(n)
+}
+
+/// Indexes a whole safetensors file held in memory (length prefix, JSON header, data), exactly as the
+/// loader does for a file on disk; `file` names it in errors. Used by the fuzz targets.
+pub fn parse_file_bytes(file: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Stored>> {
+    let head: [u8; 8] =
+        bytes.get(..8).and_then(|h| h.try_into().ok()).ok_or_else(|| Error::ckpt(file, "file too short for a safetensors header"))?;
+    check_lfs(file, &head)?;
+    let n = header_len(file, head, bytes.len() as u64)?;
+    parse_header(file, &bytes[8..8 + n as usize], bytes.len() as u64)
+}
+
+/// Parses the JSON header `hdr` (bytes `8..8+hdr.len()`) of a `len`-byte safetensors file and checks that
+/// every float tensor lies inside the file with a byte size matching its shape; other dtypes are skipped.
+pub fn parse_header(file: &Path, hdr: &[u8], len: u64) -> Result<BTreeMap<String, Stored>> {
+    let mut out = BTreeMap::new();
+    let v: Value = serde_json::from_slice(hdr).map_err(|e| Error::ckpt(file, format!("invalid safetensors header: {e}")))?;
     let obj = v.as_object().ok_or_else(|| Error::ckpt(file, "safetensors header is not an object"))?;
-    let data_start = 8 + n;
+    let data_start = 8 + hdr.len() as u64;
     for (name, t) in obj {
         if name == "__metadata__" {
             continue;
@@ -154,7 +184,7 @@ fn index_safetensors(file: &Path, out: &mut BTreeMap<String, Stored>) -> Result<
         }
         out.insert(name.clone(), Stored { file: file.into(), dtype, shape, offset: data_start + b });
     }
-    Ok(())
+    Ok(out)
 }
 
 impl HfSource {
