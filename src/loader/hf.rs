@@ -179,8 +179,10 @@ pub fn parse_header(file: &Path, hdr: &[u8], len: u64) -> Result<BTreeMap<String
         if e - b != want {
             return Err(bad(&format!("byte size {} does not match shape {shape:?} of {} ({want} bytes)", e - b, dtype.name())));
         }
-        if data_start + e > len {
-            return Err(Error::Truncated { path: file.into(), name: name.clone(), expected: data_start + e, got: len });
+        // Offsets are untrusted u64s: `data_start + e` may overflow (and would then pass a wrapped check).
+        match data_start.checked_add(e) {
+            Some(end) if end <= len => {}
+            end => return Err(Error::Truncated { path: file.into(), name: name.clone(), expected: end.unwrap_or(u64::MAX), got: len }),
         }
         out.insert(name.clone(), Stored { file: file.into(), dtype, shape, offset: data_start + b });
     }
@@ -325,3 +327,35 @@ pub fn total_bytes(src: &dyn CheckpointSource) -> u64 {
     src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum()
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::parse_file_bytes;
+    use crate::Error;
+    use std::path::Path;
+
+    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn offsets_near_u64_max_are_truncation_errors() {
+        // Found by the safetensors fuzz target: `data_start + end` overflowed (a panic with overflow checks,
+        // and in release a wrapped sum that accepted a tensor "inside" the file at a wrapped offset).
+        let p = Path::new("x.safetensors");
+        let max = u64::MAX;
+        for (b, e, shape) in [(max, max, "[0]"), (max - 4, max, "[1]")] {
+            let h = format!(r#"{{"x":{{"dtype":"F32","shape":{shape},"data_offsets":[{b},{e}]}}}}"#);
+            match parse_file_bytes(p, &file(&h, &[0; 8])) {
+                Err(Error::Truncated { expected, .. }) => assert_eq!(expected, u64::MAX),
+                other => panic!("{other:?}"),
+            }
+        }
+        let h = r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let ok = parse_file_bytes(p, &file(h, &[0; 8])).unwrap();
+        assert_eq!(ok["x"].offset, 8 + h.len() as u64);
+    }
+}
