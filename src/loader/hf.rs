@@ -1,6 +1,6 @@
 //! Hugging Face Llama folders: `config.json`, one `model.safetensors` or a sharded index, f32/f16/bf16.
 //! Tensors are read at their offsets with positioned reads straight into their final buffer.
-use super::{CheckpointSource, TensorInfo, canonical_names, canonical_shape, check_lfs};
+use super::{CheckpointSource, TensorInfo, canonical_names, canonical_names_iter, canonical_shape, check_lfs};
 use crate::config::LlamaConfig;
 use crate::tensor::{DType, Tensor};
 use crate::tokenizer::Tokenizer;
@@ -230,8 +230,9 @@ impl HfSource {
             }
         }
         let src = HfSource { path: path.into(), cfg: cfg.clone(), stored, tied, shards };
-        // Validate every tensor now so errors appear before any allocation.
-        for name in canonical_names(&cfg) {
+        // Validate every tensor now so errors appear before any allocation; names are generated lazily, so
+        // a config claiming absurdly many layers fails at the first missing one.
+        for name in canonical_names_iter(&cfg) {
             let s = src.stored_for(&name)?;
             let want = canonical_shape(&cfg, &name).expect("canonical");
             if s.shape != want {
