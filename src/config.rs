@@ -47,6 +47,15 @@ impl LlamaConfig {
         if self.head_dim % 2 != 0 {
             return e(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) || !(self.rope_scaling.is_finite() && self.rope_scaling > 0.0) {
+            return e(format!("RoPE base {} and scaling {} must be positive", self.rope_theta, self.rope_scaling));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return e(format!("rms_norm_eps {} must be a non-negative number", self.rms_norm_eps));
+        }
+        if self.max_position_embeddings < 2 {
+            return e(format!("max_position_embeddings {} leaves no room to generate", self.max_position_embeddings));
+        }
         if self.vocab_size == 0 || self.intermediate_size == 0 {
             return e("vocab_size and intermediate_size must be positive".into());
         }

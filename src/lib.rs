@@ -5,6 +5,7 @@ pub mod backend;
 pub mod bench;
 pub mod comm;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod loader;
@@ -12,5 +13,7 @@ pub mod model;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
+#[allow(unsafe_code)]
+pub mod triton;
 
 pub use error::{Error, ErrorKind, Result};

@@ -16,6 +16,7 @@ const USAGE: &str = "usage:
                          [--ignore-eos] [--bos|--no-bos] [--tp N] [--json]
   triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--json]
   triton-llama bench [--steps N] [--prefill N] [--json]
+  triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
 CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).";
 
 /// Parsed command line: positional arguments, repeated `--key value` options and bare flags.
@@ -102,6 +103,7 @@ fn main() -> ExitCode {
         "generate" => generate(&args),
         "score" => score(&args),
         "bench" => bench(&args),
+        "demo-model" => args.pos.get(1).ok_or_else(|| Error::InvalidRequest("demo-model needs a directory".into())).and_then(|d| triton_llama::demo::write(std::path::Path::new(d))),
         other => Err(Error::InvalidRequest(format!("unknown command `{other}`\n{USAGE}"))),
     };
     match r {

@@ -106,6 +106,9 @@ impl Engine {
         crate::model::ShardSpec::check(&cfg, ecfg.tp)?;
         let tokenizer = Arc::new(src.tokenizer()?);
         let max_model_len = ecfg.max_model_len.unwrap_or(cfg.max_position_embeddings);
+        if max_model_len < 2 {
+            return Err(Error::Config(format!("max_model_len {max_model_len} leaves no room to generate")));
+        }
         if ecfg.block_size == 0 || ecfg.max_num_seqs == 0 || ecfg.max_batched_tokens == 0 {
             return Err(Error::Config("block_size, max_num_seqs and max_batched_tokens must be positive".into()));
         }
@@ -216,10 +219,12 @@ impl Engine {
         let logits = match self.runner.run(input) {
             Ok(l) => l,
             Err(e) => {
-                // The step failed for everyone in it: abort those sequences so nothing hangs, then report.
-                for it in &plan.items {
-                    self.sched.finish(it.id);
-                    self.seqs.remove(&it.id);
+                // A failed step leaves the caches in an unknown state: end every sequence (the caller
+                // answers each of its requests with the error) so that nothing hangs or leaks.
+                let ids: Vec<u64> = self.seqs.keys().copied().collect();
+                for id in ids {
+                    self.sched.finish(id);
+                    self.seqs.remove(&id);
                 }
                 return Err(e);
             }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Requests/s and p50/p99 latency of the demo model at concurrency 1 and 16, measured with perf_analyzer from the
+# pinned tritonclient 2.51.0 wheel (HTTP, unary model `llama`, 32 generated tokens per request, EOS ignored).
+# Usage: scripts/bench_triton.sh [extra perf_analyzer args]   (needs scripts/setup.sh first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+V=.venv
+LIBS=$V/lib/python3.11/site-packages/nvidia_pytriton.libs
+PA_LIBS=target/pa-libs
+mkdir -p "$PA_LIBS" target/bench
+# perf_analyzer wants libb64.so.0d and libcudart.so.12: the pytriton wheel ships them under hashed names.
+ln -sf "$(realpath "$LIBS"/libb64-*.so.0d)" "$PA_LIBS/libb64.so.0d"
+ln -sf "$(realpath "$LIBS"/libcudart-*.so.12*)" "$PA_LIBS/libcudart.so.12"
+read -r HTTP GRPC METRICS < <($V/bin/python -c "
+import socket; s=[socket.socket() for _ in range(3)]; [x.bind(('127.0.0.1',0)) for x in s]; print(*[x.getsockname()[1] for x in s])")
+$V/bin/python scripts/deploy_triton.py -tmr target/bench/repo --triton_port "$HTTP" --grpc_port "$GRPC" --metrics_port "$METRICS" \
+    --max_num_seqs 16 > target/bench/server.log 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 120); do curl -sf "localhost:$HTTP/v2/health/ready" && break; sleep 0.5; done
+cat > target/bench/input.json <<'JSON'
+{"data": [{"text_input": {"content": ["What is the Triton Inference Server?"], "shape": [1]},
+           "max_tokens": {"content": [32], "shape": [1]},
+           "ignore_eos": {"content": [true], "shape": [1]}}]}
+JSON
+for c in 1 16; do
+    echo "=== concurrency $c ==="
+    LD_LIBRARY_PATH=$PA_LIBS $V/bin/perf_analyzer -m llama -u "localhost:$HTTP" -i http --input-data target/bench/input.json \
+        --concurrency-range "$c" --measurement-interval 5000 --stability-percentage 20 --percentile 99 "$@" 2>&1 |
+        tee "target/bench/c$c.txt" | grep -E "Throughput|p50 latency|p99 latency|Avg latency|Stabilizing|error|Error" || true
+done

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Serve a Llama-2 checkpoint with tritonserver and the `llama` backend (libtriton_llama.so).
+
+Takes NeMo 23.10 deploy_triton.py's flags, so the model card's step-8 command works with only the script path
+changed, plus --hf_checkpoint, --device, --grpc_port, --metrics_port. Writes a model repository with two
+models sharing one engine: <name> (request/response: NemoQuery, ModelClient, unary infer, /generate) and
+<name>_stream (decoupled: DecoupledModelClient, gRPC streaming, /generate_stream). Starts tritonserver in the
+foreground and forwards SIGTERM/SIGINT to it for a graceful drain. With no checkpoint it serves the demo model
+(random weights, meaningless text) written by `triton-llama demo-model`.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-nc", "--nemo_checkpoint", help=".nemo file or extracted .nemo folder")
+    p.add_argument("--hf_checkpoint", help="Hugging Face Llama folder (config.json + safetensors + tokenizer)")
+    p.add_argument("-mt", "--model_type", default="llama", help="only llama is served (gptnext is refused)")
+    p.add_argument("-tmn", "--triton_model_name", default="llama", help="Triton model name (the _stream twin is added)")
+    p.add_argument("-tmv", "--triton_model_version", type=int, default=1)
+    p.add_argument("-tp", "-trp", "--triton_port", type=int, default=8000, help="HTTP port")
+    p.add_argument("-tha", "--triton_http_address", default="0.0.0.0")
+    p.add_argument("--grpc_port", type=int, default=8001)
+    p.add_argument("--metrics_port", type=int, default=8002)
+    p.add_argument("-tmr", "--triton_model_repository", default="/tmp/triton_llama_model_repo")
+    p.add_argument("-ng", "--num_gpus", type=int, default=1, help="tensor-parallel size on cuda; with --device cpu it may be 0")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--tensor_parallel_size", type=int, help="CPU ranks (threads) or GPUs; default: --num_gpus on cuda, 1 on cpu")
+    p.add_argument("-dt", "--dtype", default="bf16", help="accepted for compatibility: weights keep their stored dtype")
+    p.add_argument("-mil", "--max_input_len", type=int, default=None, help="longest prompt in tokens")
+    p.add_argument("-mol", "--max_output_len", type=int, default=None, help="most new tokens per request")
+    p.add_argument("-mbs", "--max_batch_size", type=int, default=8, help="prompts per request ([N,1] batches)")
+    p.add_argument("--max_num_seqs", type=int, default=16, help="sequences generated concurrently (continuous batching)")
+    p.add_argument("--max_queue_size", type=int, default=64, help="queued prompts before UNAVAILABLE")
+    p.add_argument("--kv_cache_bytes", type=int, default=1 << 30)
+    p.add_argument("--stop_strings", default="auto", help='JSON list, or "auto" for the checkpoint default (NeMo chat: <extra_id_1>)')
+    p.add_argument("--add_bos", default="auto", choices=["auto", "true", "false"])
+    p.add_argument("--include_input_in_output", action="store_true", help="echo the prompt before the completion")
+    p.add_argument("--default_max_tokens", type=int, default=None)
+    p.add_argument("-dm", "--debug_mode", default="False")
+    p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))
+    p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"), help="triton-llama binary (writes the demo model)")
+    p.add_argument("--tritonserver", default=None, help="tritonserver binary; default: the pip nvidia-pytriton one")
+    p.add_argument("--write_only", action="store_true", help="write the repository and print the command, do not start")
+    return p.parse_args(argv)
+
+
+def find_tritonserver(explicit):
+    if explicit:
+        return explicit
+    try:
+        import pytriton  # noqa: F401
+
+        cand = Path(pytriton.__file__).parent / "tritonserver/bin/tritonserver"
+        if cand.exists():
+            return str(cand)
+    except ImportError:
+        pass
+    found = shutil.which("tritonserver")
+    if not found:
+        sys.exit("tritonserver not found: run scripts/setup.sh (pip nvidia-pytriton==0.7.0) or pass --tritonserver")
+    return found
+
+
+def fill(template, values):
+    out = template
+    for k, v in values.items():
+        out = out.replace("${" + k + "}", str(v))
+    return out
+
+
+def checkpoint_path(a, repo):
+    if a.nemo_checkpoint and a.hf_checkpoint:
+        sys.exit("give --nemo_checkpoint or --hf_checkpoint, not both")
+    ck = a.nemo_checkpoint or a.hf_checkpoint
+    if ck:
+        path = Path(ck).resolve()
+        if not path.exists():
+            sys.exit(f"checkpoint not found: {path}")
+        return path
+    demo = repo.parent / (repo.name + ".demo_model")
+    if not (demo / "config.json").exists():
+        print(f"no checkpoint given: writing the demo model (random weights, meaningless text) to {demo}", flush=True)
+        subprocess.run([a.cli, "demo-model", str(demo)], check=True)
+    return demo
+
+
+def write_repository(a):
+    if a.model_type not in ("llama",):
+        sys.exit(f"--model_type {a.model_type}: only llama is served by this backend")
+    if a.device == "cuda" and a.num_gpus < 1:
+        sys.exit("--num_gpus must be >= 1 with --device cuda")
+    repo = Path(a.triton_model_repository).resolve()
+    ckpt = checkpoint_path(a, repo)
+    tp = a.tensor_parallel_size or (a.num_gpus if a.device == "cuda" else 1)
+    template = (ROOT / "triton_model_repo/llama/config.pbtxt").read_text()
+    template = "\n".join(line for line in template.splitlines() if not line.startswith("#"))
+    values = {
+        "checkpoint": str(ckpt),
+        "device": a.device,
+        "tensor_parallel_size": tp,
+        "gpu_device_ids": ",".join(str(i) for i in range(tp)) if a.device == "cuda" else "",
+        "max_input_len": a.max_input_len or "",
+        "max_output_len": a.max_output_len or "",
+        "max_batch_size": a.max_batch_size,
+        "max_num_seqs": a.max_num_seqs,
+        "max_queue_size": a.max_queue_size,
+        "kv_cache_bytes": a.kv_cache_bytes,
+        "add_bos": a.add_bos,
+        "stop_strings": a.stop_strings.replace("\\", "\\\\").replace('"', '\\"'),
+        "exclude_input_in_output": "false" if a.include_input_in_output else "true",
+        "default_max_tokens": a.default_max_tokens or "",
+    }
+    for name, decoupled in ((a.triton_model_name, "false"), (a.triton_model_name + "_stream", "true")):
+        d = repo / name
+        if d.exists():  # only our two model folders are replaced; anything else in the repository stays
+            shutil.rmtree(d)
+        (d / str(a.triton_model_version)).mkdir(parents=True)
+        text = fill(template, dict(values, model_name=name, decoupled=decoupled))
+        # An empty string_value vanishes over gRPC (proto3 default) and pytriton's config parser then fails: drop it.
+        text = "\n".join(line for line in text.splitlines() if 'string_value: ""' not in line)
+        (d / "config.pbtxt").write_text(text + "\n")
+    backends = repo.parent / (repo.name + ".backends")
+    (backends / "llama").mkdir(parents=True, exist_ok=True)
+    lib = Path(a.backend_lib)
+    if not lib.exists():
+        sys.exit(f"{lib} not found: run `cargo build --release` (or scripts/setup.sh)")
+    shutil.copy2(lib, backends / "llama/libtriton_llama.so")
+    return repo, backends
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    repo, backends = write_repository(a)
+    cmd = [
+        find_tritonserver(a.tritonserver),
+        f"--model-repository={repo}",
+        f"--backend-directory={backends}",
+        f"--http-address={a.triton_http_address}",
+        f"--http-port={a.triton_port}",
+        f"--grpc-port={a.grpc_port}",
+        f"--metrics-port={a.metrics_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        "--allow-cpu-metrics=true",
+    ]
+    if a.debug_mode.lower() == "true":
+        cmd.append("--log-verbose=1")
+    print("starting:", " ".join(cmd), flush=True)
+    if a.write_only:
+        return 0
+    proc = subprocess.Popen(cmd)
+
+    def forward(sig, _frame):
+        proc.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

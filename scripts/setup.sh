@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: system packages (if missing), the Python venv `.venv` with the pinned
+# Triton server (pip nvidia-pytriton) and clients, and the release build (CLI + libtriton_llama.so).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null || ! command -v nm >/dev/null; then
+    if command -v apt-get >/dev/null; then
+        SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+        $SUDO apt-get update -q && $SUDO apt-get install -y -q python3-venv binutils
+    fi
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+# tritonclient must match the server (2.51.0): newer ones bring numpy 2 (breaks pytriton) and lack perf_analyzer.
+.venv/bin/pip install -q 'nvidia-pytriton==0.7.0' 'tritonclient[all]==2.51.0' 'numpy<2' 'pytest>=7'
+cargo build --release --locked
+echo "set-up done: .venv (tritonserver $(.venv/bin/python -c 'import pytriton,os;print(os.path.dirname(pytriton.__file__))')/tritonserver/bin/tritonserver), target/release/libtriton_llama.so"

@@ -1,0 +1,305 @@
+//! The request interfaces on one model: NeMo 23.10 `NemoQuery` names (the seed: its dtypes win on clashes),
+//! NeMo's later optional names, and the TensorRT-LLM-style text names used by genai-perf, `/generate` and
+//! Triton's OpenAI frontend. Turns a request's tensors into a `JobSpec`; every refusal names the input.
+use super::tensors::InputTensor;
+use crate::sampling::SamplingParams;
+use crate::{Error, Result};
+
+/// Every output the backend can produce, in declaration order (`outputs` first: `NemoQuery` reads the first).
+pub const OUTPUTS: [&str; 7] = ["outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs", "cum_log_probs"];
+
+/// (input name, Triton config dtype, dims) for the auto-completed config. Scalars are `[1]` per batch row.
+pub const INPUTS: [(&str, &str, i64); 36] = [
+    ("prompts", "TYPE_STRING", 1),
+    ("max_output_token", "TYPE_INT64", 1),
+    ("top_k", "TYPE_INT64", 1),
+    ("top_p", "TYPE_FP32", 1),
+    ("temperature", "TYPE_FP32", 1),
+    ("max_output_len", "TYPE_INT64", 1),
+    ("min_output_len", "TYPE_INT64", 1),
+    ("random_seed", "TYPE_INT64", 1),
+    ("stop_words_list", "TYPE_STRING", -1),
+    ("bad_words_list", "TYPE_STRING", -1),
+    ("repetition_penalty", "TYPE_FP32", 1),
+    ("use_greedy", "TYPE_BOOL", 1),
+    ("add_BOS", "TYPE_BOOL", 1),
+    ("end_strings", "TYPE_STRING", -1),
+    ("compute_logprob", "TYPE_BOOL", 1),
+    ("lora_uids", "TYPE_STRING", -1),
+    ("task_id", "TYPE_STRING", -1),
+    ("text_input", "TYPE_STRING", 1),
+    ("max_tokens", "TYPE_INT32", 1),
+    ("stream", "TYPE_BOOL", 1),
+    ("stop_words", "TYPE_STRING", -1),
+    ("bad_words", "TYPE_STRING", -1),
+    ("exclude_input_in_output", "TYPE_BOOL", 1),
+    ("end_id", "TYPE_INT32", 1),
+    ("presence_penalty", "TYPE_FP32", 1),
+    ("frequency_penalty", "TYPE_FP32", 1),
+    ("seed", "TYPE_UINT64", 1),
+    ("min_tokens", "TYPE_INT32", 1),
+    ("min_length", "TYPE_INT32", 1),
+    ("return_num_input_tokens", "TYPE_BOOL", 1),
+    ("return_num_output_tokens", "TYPE_BOOL", 1),
+    ("return_log_probs", "TYPE_BOOL", 1),
+    ("return_finish_reason", "TYPE_BOOL", 1),
+    ("ignore_eos", "TYPE_BOOL", 1),
+    ("beam_width", "TYPE_INT32", 1),
+    ("num_return_sequences", "TYPE_INT32", 1),
+];
+
+/// One prompt of a request with its own sampling values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptSpec {
+    pub text: String,
+    /// `banned` is left empty: the engine thread tokenizes `bad_words` into it.
+    pub params: SamplingParams,
+    pub bad_words: Vec<String>,
+    /// `None`: the model's default.
+    pub add_bos: Option<bool>,
+}
+
+/// Which outputs a response carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputSet {
+    pub names: Vec<&'static str>,
+}
+impl OutputSet {
+    pub fn has(&self, n: &str) -> bool {
+        self.names.contains(&n)
+    }
+}
+
+/// A parsed request: `[N,1]` prompts plus how to answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub prompts: Vec<PromptSpec>,
+    pub stream: bool,
+    pub exclude_input: bool,
+    pub outputs: OutputSet,
+}
+
+/// Model-level settings the parser needs.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_output_len: usize,
+    pub default_max_tokens: usize,
+    pub decoupled: bool,
+    pub exclude_input_default: bool,
+}
+
+fn bad<T>(m: String) -> Result<T> {
+    Err(Error::InvalidRequest(m))
+}
+
+struct Inputs<'a> {
+    all: &'a [InputTensor],
+    n: usize,
+}
+
+impl<'a> Inputs<'a> {
+    fn get(&self, name: &str) -> Option<&'a InputTensor> {
+        self.all.iter().find(|t| t.name == name)
+    }
+    /// First present of `names`, with the name used.
+    fn first(&self, names: &[&'static str]) -> Option<(&'static str, &'a InputTensor)> {
+        names.iter().find_map(|n| self.get(n).map(|t| (*n, t)))
+    }
+    fn check_rows(&self, t: &InputTensor, per_row: Option<usize>) -> Result<usize> {
+        let (r, k) = t.rows()?;
+        if r != self.n && r != 1 {
+            return bad(format!("input `{}` has {r} rows, the prompts have {}", t.name, self.n));
+        }
+        if let Some(want) = per_row
+            && k != want {
+                return bad(format!("input `{}` must have shape [batch, {want}], got {:?}", t.name, t.shape));
+            }
+        Ok(r)
+    }
+    /// One number per prompt (broadcast from one row).
+    fn nums(&self, names: &[&'static str]) -> Result<Option<(&'static str, Vec<f64>)>> {
+        let Some((name, t)) = self.first(names) else { return Ok(None) };
+        let r = self.check_rows(t, Some(1))?;
+        let v = t.as_f64s()?;
+        Ok(Some((name, (0..self.n).map(|i| v[if r == 1 { 0 } else { i }]).collect())))
+    }
+    fn ints(&self, names: &[&'static str]) -> Result<Option<(&'static str, Vec<i128>)>> {
+        let Some((name, t)) = self.first(names) else { return Ok(None) };
+        let r = self.check_rows(t, Some(1))?;
+        let v = t.as_ints()?;
+        Ok(Some((name, (0..self.n).map(|i| v[if r == 1 { 0 } else { i }]).collect())))
+    }
+    fn flag(&self, name: &'static str) -> Result<Option<bool>> {
+        Ok(self.nums(&[name])?.map(|(_, v)| v.iter().any(|&x| x != 0.0)))
+    }
+    /// A list of strings per prompt (empty strings dropped).
+    fn strings(&self, name: &str) -> Result<Vec<Vec<String>>> {
+        let Some(t) = self.get(name) else { return Ok(vec![Vec::new(); self.n]) };
+        let r = self.check_rows(t, None)?;
+        let (_, k) = t.rows()?;
+        let els = t.as_bytes()?;
+        let mut out = Vec::with_capacity(self.n);
+        for i in 0..self.n {
+            let row = if r == 1 { 0 } else { i };
+            let mut v = Vec::new();
+            for e in &els[row * k..(row + 1) * k] {
+                let s = String::from_utf8(e.clone()).map_err(|_| Error::InvalidRequest(format!("input `{name}` is not valid UTF-8")))?;
+                if !s.is_empty() {
+                    v.push(s);
+                }
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+}
+
+/// Parses one request. `requested` are the output names Triton asks for.
+pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Result<JobSpec> {
+    let prompt_names = ["prompts", "text_input"];
+    let present: Vec<_> = prompt_names.iter().filter(|n| all.iter().any(|t| &t.name == *n)).collect();
+    let pname = match present.as_slice() {
+        [] => return bad("missing required input `prompts` (or `text_input`)".into()),
+        [one] => **one,
+        _ => return bad("send either `prompts` or `text_input`, not both".into()),
+    };
+    let Some(pt) = all.iter().find(|t| t.name == pname) else { return bad(format!("missing required input `{pname}`")) };
+    let (n, k) = pt.rows()?;
+    if n == 0 || k != 1 {
+        return bad(format!("input `{pname}` must have shape [batch, 1] with batch >= 1, got {:?}", pt.shape));
+    }
+    let mut texts = Vec::with_capacity(n);
+    for (i, raw) in pt.as_bytes()?.into_iter().enumerate() {
+        let s = String::from_utf8(raw).map_err(|_| Error::InvalidRequest(format!("input `{pname}` element {i} is not valid UTF-8")))?;
+        if s.is_empty() {
+            return bad(format!("input `{pname}` element {i} is an empty prompt"));
+        }
+        texts.push(s);
+    }
+    let inp = Inputs { all, n };
+    for unsupported in ["lora_uids", "task_id"] {
+        if inp.strings(unsupported)?.iter().any(|v| !v.is_empty()) {
+            return bad(format!("input `{unsupported}` is not supported by this backend (no LoRA / p-tuning tables); send it empty or omit it"));
+        }
+    }
+    for (name, limit) in [("beam_width", 1), ("num_return_sequences", 1)] {
+        if let Some((_, v)) = inp.ints(&[name])?
+            && v.iter().any(|&x| x > limit) {
+                return bad(format!("input `{name}` > 1 is not supported"));
+            }
+    }
+    let max_tokens = inp.ints(&["max_tokens", "max_output_len", "max_output_token"])?;
+    let min_tokens = inp.ints(&["min_tokens", "min_output_len", "min_length"])?;
+    let top_k = inp.ints(&["top_k"])?;
+    let top_p = inp.nums(&["top_p"])?;
+    let temperature = inp.nums(&["temperature"])?;
+    let seed = inp.ints(&["seed", "random_seed"])?;
+    let rep = inp.nums(&["repetition_penalty"])?;
+    let pres = inp.nums(&["presence_penalty"])?;
+    let freq = inp.nums(&["frequency_penalty"])?;
+    let end_id = inp.ints(&["end_id"])?;
+    let greedy = inp.nums(&["use_greedy"])?;
+    let ignore_eos = inp.nums(&["ignore_eos"])?;
+    let add_bos = inp.nums(&["add_BOS"])?;
+    let stops_nemo = inp.strings("stop_words_list")?;
+    let stops_trt = inp.strings("stop_words")?;
+    let stops_end = inp.strings("end_strings")?;
+    let bads = [inp.strings("bad_words_list")?, inp.strings("bad_words")?];
+
+    let mut prompts = Vec::with_capacity(n);
+    for (i, text) in texts.into_iter().enumerate() {
+        let mut p = SamplingParams { max_new_tokens: lim.default_max_tokens, ..Default::default() };
+        if let Some((name, v)) = &max_tokens {
+            let m = v[i];
+            if m < 1 {
+                return bad(format!("input `{name}` must be >= 1, got {m}"));
+            }
+            if m > lim.max_output_len as i128 {
+                return bad(format!("input `{name}` is {m}; this model's max_output_len is {}", lim.max_output_len));
+            }
+            p.max_new_tokens = m as usize;
+        }
+        if let Some((name, v)) = &min_tokens {
+            if v[i] < 0 || v[i] > p.max_new_tokens as i128 {
+                return bad(format!("input `{name}` must be in [0, {}], got {}", p.max_new_tokens, v[i]));
+            }
+            p.min_new_tokens = v[i] as usize;
+        }
+        if let Some((_, v)) = &top_k {
+            if v[i] < 0 {
+                return bad(format!("input `top_k` must be >= 0, got {}", v[i]));
+            }
+            p.top_k = v[i].min(u32::MAX as i128) as usize;
+        }
+        if let Some((_, v)) = &top_p {
+            let x = v[i];
+            if !(0.0..=1.0).contains(&x) {
+                return bad(format!("input `top_p` must be in [0, 1] (0 = off), got {x}"));
+            }
+            p.top_p = if x == 0.0 { 1.0 } else { x as f32 };
+        }
+        if let Some((_, v)) = &temperature {
+            if !(v[i] >= 0.0 && v[i].is_finite()) {
+                return bad(format!("input `temperature` must be >= 0, got {}", v[i]));
+            }
+            p.temperature = v[i] as f32;
+        }
+        if let Some((_, v)) = &seed {
+            p.seed = Some(v[i] as u64);
+        }
+        if let Some((_, v)) = &rep {
+            if !(v[i] > 0.0 && v[i].is_finite()) {
+                return bad(format!("input `repetition_penalty` must be > 0, got {}", v[i]));
+            }
+            p.repetition_penalty = v[i] as f32;
+        }
+        if let Some((_, v)) = &pres {
+            p.presence_penalty = v[i] as f32;
+        }
+        if let Some((_, v)) = &freq {
+            p.frequency_penalty = v[i] as f32;
+        }
+        if let Some((_, v)) = &end_id
+            && v[i] >= 0 && v[i] <= u32::MAX as i128 {
+                p.stop_token_ids.push(v[i] as u32);
+            }
+        if greedy.as_ref().is_some_and(|(_, v)| v[i] != 0.0) {
+            p.top_k = 1;
+            p.temperature = 0.0;
+        }
+        p.ignore_eos = ignore_eos.as_ref().is_some_and(|(_, v)| v[i] != 0.0);
+        // NeMo's stop_words_list strings may each hold several comma-separated stops.
+        p.stop_strings = stops_nemo[i].iter().flat_map(|s| s.split(',').map(str::to_string)).filter(|s| !s.is_empty()).collect();
+        p.stop_strings.extend(stops_trt[i].iter().cloned());
+        p.stop_strings.extend(stops_end[i].iter().cloned());
+        let bad_words = bads.iter().flat_map(|b| b[i].iter().cloned()).collect();
+        prompts.push(PromptSpec { text, params: p, bad_words, add_bos: add_bos.as_ref().map(|(_, v)| v[i] != 0.0) });
+    }
+
+    let stream = match inp.flag("stream")? {
+        Some(true) if !lim.decoupled => return bad("input `stream` is true but this model is not decoupled; use the `_stream` model".into()),
+        Some(s) => s,
+        None => lim.decoupled,
+    };
+    let exclude_input = inp.flag("exclude_input_in_output")?.unwrap_or(lim.exclude_input_default);
+    let off = |name: &'static str| -> Result<bool> { Ok(inp.flag(name)? == Some(false)) };
+    let logprobs_off = off("return_log_probs")? || off("compute_logprob")?;
+    let mut names = Vec::new();
+    for o in OUTPUTS {
+        let suppressed = match o {
+            "num_input_tokens" => off("return_num_input_tokens")?,
+            "num_output_tokens" => off("return_num_output_tokens")?,
+            "finish_reason" => off("return_finish_reason")?,
+            "output_log_probs" | "cum_log_probs" => logprobs_off,
+            _ => false,
+        };
+        if (requested.is_empty() || requested.iter().any(|r| r == o)) && !suppressed {
+            names.push(o);
+        }
+    }
+    Ok(JobSpec { prompts, stream, exclude_input, outputs: OutputSet { names } })
+}
+
+#[cfg(test)]
+#[path = "interface_tests.rs"]
+mod tests;

@@ -1,0 +1,81 @@
+//! Unit tests of request parsing: the seed's five inputs, batches, every refusal.
+use super::*;
+use crate::triton::ffi;
+use crate::triton::tensors::encode_bytes;
+
+fn bytes(name: &str, rows: &[&[&str]]) -> InputTensor {
+    let k = rows.first().map_or(0, |r| r.len());
+    let flat: Vec<&str> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    InputTensor { name: name.into(), dtype: ffi::TYPE_BYTES, shape: vec![rows.len() as i64, k as i64], data: encode_bytes(&flat) }
+}
+fn i64s(name: &str, v: &[i64]) -> InputTensor {
+    InputTensor { name: name.into(), dtype: ffi::TYPE_INT64, shape: vec![v.len() as i64, 1], data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+}
+fn f32s(name: &str, v: &[f32]) -> InputTensor {
+    InputTensor { name: name.into(), dtype: ffi::TYPE_FP32, shape: vec![v.len() as i64, 1], data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+}
+fn boolean(name: &str, b: bool) -> InputTensor {
+    InputTensor { name: name.into(), dtype: ffi::TYPE_BOOL, shape: vec![1, 1], data: vec![b as u8] }
+}
+fn lim(decoupled: bool) -> Limits {
+    Limits { max_output_len: 100, default_max_tokens: 16, decoupled, exclude_input_default: true }
+}
+fn err(inputs: &[InputTensor]) -> String {
+    parse_job(inputs, &[], &lim(false)).unwrap_err().to_string()
+}
+
+#[test]
+fn nemo_query_batch_keeps_each_prompts_values() {
+    let inputs = [
+        bytes("prompts", &[&["a"], &["b"]]),
+        i64s("max_output_token", &[5, 7]),
+        i64s("top_k", &[1, 3]),
+        f32s("top_p", &[0.0, 0.5]),
+        f32s("temperature", &[1.0, 0.7]),
+    ];
+    let j = parse_job(&inputs, &["outputs".into()], &lim(false)).unwrap();
+    assert_eq!(j.prompts.len(), 2);
+    assert_eq!((j.prompts[0].params.max_new_tokens, j.prompts[1].params.max_new_tokens), (5, 7));
+    assert_eq!((j.prompts[0].params.top_k, j.prompts[1].params.top_k), (1, 3));
+    assert_eq!((j.prompts[0].params.top_p, j.prompts[1].params.top_p), (1.0, 0.5));
+    assert!(!j.stream);
+    assert_eq!(j.outputs.names, vec!["outputs"]);
+}
+
+#[test]
+fn trt_style_names_and_stops() {
+    let inputs = [
+        bytes("text_input", &[&["hi"]]),
+        bytes("stop_words", &[&["x", "y"]]),
+        bytes("stop_words_list", &[&["p,q"]]),
+        bytes("bad_words", &[&["z"]]),
+        boolean("stream", false),
+        boolean("return_num_input_tokens", false),
+    ];
+    let j = parse_job(&inputs, &[], &lim(true)).unwrap();
+    assert_eq!(j.prompts[0].params.stop_strings, vec!["p", "q", "x", "y"]);
+    assert_eq!(j.prompts[0].bad_words, vec!["z"]);
+    assert!(!j.stream);
+    assert!(!j.outputs.has("num_input_tokens") && j.outputs.has("text_output"));
+    assert!(parse_job(&[bytes("text_input", &[&["hi"]])], &[], &lim(true)).unwrap().stream);
+}
+
+#[test]
+fn refusals_name_the_input() {
+    assert!(err(&[i64s("top_k", &[1])]).contains("missing required input `prompts`"));
+    assert!(err(&[bytes("prompts", &[&[""]])]).contains("empty prompt"));
+    let mut bad_utf8 = bytes("prompts", &[&["ab"]]);
+    bad_utf8.data[4] = 0xff;
+    assert!(err(&[bad_utf8]).contains("not valid UTF-8"));
+    assert!(err(&[bytes("prompts", &[&["a"]]), i64s("max_output_token", &[0])]).contains("`max_output_token` must be >= 1"));
+    assert!(err(&[bytes("prompts", &[&["a"]]), i64s("max_output_token", &[1000])]).contains("max_output_len is 100"));
+    assert!(err(&[bytes("prompts", &[&["a"]]), i64s("top_k", &[-1])]).contains("`top_k` must be >= 0, got -1"));
+    assert!(err(&[bytes("prompts", &[&["a"]]), f32s("top_p", &[1.5])]).contains("`top_p` must be in [0, 1]"));
+    assert!(err(&[bytes("prompts", &[&["a"]]), bytes("lora_uids", &[&["l1"]])]).contains("`lora_uids` is not supported"));
+    assert!(parse_job(&[bytes("prompts", &[&["a"]]), bytes("lora_uids", &[&[""]])], &[], &lim(false)).is_ok());
+    assert!(err(&[bytes("prompts", &[&["a"]]), boolean("stream", true)]).contains("not decoupled"));
+    assert!(err(&[bytes("prompts", &[&["a"], &["b"]]), i64s("top_k", &[1, 2, 3])]).contains("3 rows"));
+    assert!(err(&[bytes("prompts", &[&["a"]]), bytes("text_input", &[&["a"]])]).contains("not both"));
+    let wide = bytes("prompts", &[&["a", "b"]]);
+    assert!(err(&[wide]).contains("shape [batch, 1]"));
+}

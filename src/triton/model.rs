@@ -1,0 +1,224 @@
+//! The model's `config.pbtxt` (as Triton's JSON): parameters -> engine and serving settings with defaults,
+//! contradictions refused naming the field, and auto-complete of inputs/outputs when the config omits them.
+use super::interface::{INPUTS, Limits, OUTPUTS};
+use super::server::ServeSettings;
+use crate::engine::EngineConfig;
+use crate::{Error, Result};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// Every parameter key the backend reads (others are refused, to catch typos).
+pub const PARAMS: [&str; 17] = [
+    "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
+    "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
+    "block_size", "max_batched_tokens", "num_blocks", "engine_threads",
+];
+
+/// Everything a model's config decides.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub checkpoint: PathBuf,
+    pub engine: EngineConfig,
+    pub serve: ServeSettings,
+    pub limits: Limits,
+    pub max_batch_size: usize,
+}
+
+fn cfg_err<T>(m: String) -> Result<T> {
+    Err(Error::Config(m))
+}
+
+fn param(cfg: &Value, key: &str) -> Option<String> {
+    cfg.get("parameters")?.get(key)?.get("string_value")?.as_str().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn num<T: std::str::FromStr>(cfg: &Value, key: &str) -> Result<Option<T>> {
+    match param(cfg, key) {
+        None => Ok(None),
+        Some(s) => s.parse().map(Some).or_else(|_| cfg_err(format!("parameter `{key}`: `{s}` is not a valid number"))),
+    }
+}
+
+fn boolean(cfg: &Value, key: &str) -> Result<Option<bool>> {
+    match param(cfg, key).as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("auto") => Ok(None),
+        Some("true" | "1" | "yes") => Ok(Some(true)),
+        Some("false" | "0" | "no") => Ok(Some(false)),
+        Some(o) => cfg_err(format!("parameter `{key}`: expected true, false or auto, got `{o}`")),
+    }
+}
+
+fn int_field(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+impl ModelSettings {
+    /// Reads the settings from the model config JSON; `model_dir` anchors a relative checkpoint path.
+    pub fn from_config(cfg: &Value, model_dir: &Path) -> Result<ModelSettings> {
+        if let Some(p) = cfg.get("parameters").and_then(Value::as_object)
+            && let Some(k) = p.keys().find(|k| !PARAMS.contains(&k.as_str())) {
+                return cfg_err(format!("unknown parameter `{k}`; known: {}", PARAMS.join(", ")));
+            }
+        let Some(ckpt) = param(cfg, "checkpoint") else {
+            return cfg_err("parameter `checkpoint` is required (a .nemo file or folder, or a Hugging Face folder)".into());
+        };
+        let checkpoint = if Path::new(&ckpt).is_absolute() { PathBuf::from(&ckpt) } else { model_dir.join(&ckpt) };
+        let device = param(cfg, "device").unwrap_or_else(|| "cpu".into()).to_ascii_lowercase();
+        let tp: usize = num(cfg, "tensor_parallel_size")?.unwrap_or(1);
+        if tp == 0 {
+            return cfg_err("parameter `tensor_parallel_size` must be >= 1".into());
+        }
+        let gpus: Vec<usize> = match param(cfg, "gpu_device_ids") {
+            None => Vec::new(),
+            Some(s) => s
+                .split([',', ';'])
+                .map(|x| x.trim().parse().map_err(|_| Error::Config(format!("parameter `gpu_device_ids`: `{x}` is not a GPU index"))))
+                .collect::<Result<_>>()?,
+        };
+        match device.as_str() {
+            "cpu" if !gpus.is_empty() => return cfg_err("parameter `gpu_device_ids` is set but `device` is cpu".into()),
+            "cpu" => {}
+            "cuda" if !gpus.is_empty() && gpus.len() != tp => {
+                return cfg_err(format!("parameter `gpu_device_ids` lists {} GPUs but `tensor_parallel_size` is {tp}", gpus.len()));
+            }
+            "cuda" => {
+                return Err(Error::UnsupportedFormat {
+                    path: checkpoint,
+                    format: "parameter `device` = cuda".into(),
+                    hint: "this build has only the CPU engine; set device to cpu".into(),
+                });
+            }
+            o => return cfg_err(format!("parameter `device` must be cpu or cuda, got `{o}`")),
+        }
+        let max_input_len: Option<usize> = num(cfg, "max_input_len")?;
+        let max_output_len: usize = num(cfg, "max_output_len")?.unwrap_or(1024);
+        if max_input_len == Some(0) || max_output_len == 0 {
+            return cfg_err("parameters `max_input_len` and `max_output_len` must be >= 1".into());
+        }
+        let default_max_tokens: usize = num(cfg, "default_max_tokens")?.unwrap_or(64.min(max_output_len));
+        if default_max_tokens == 0 || default_max_tokens > max_output_len {
+            return cfg_err(format!("parameter `default_max_tokens` ({default_max_tokens}) must be in [1, max_output_len = {max_output_len}]"));
+        }
+        let max_num_seqs: usize = num(cfg, "max_num_seqs")?.unwrap_or(16);
+        let max_queue_size: usize = num(cfg, "max_queue_size")?.unwrap_or(64);
+        if max_num_seqs == 0 {
+            return cfg_err("parameter `max_num_seqs` must be >= 1".into());
+        }
+        let d = EngineConfig::default();
+        let engine = EngineConfig {
+            tp,
+            block_size: num(cfg, "block_size")?.unwrap_or(d.block_size),
+            num_blocks: num(cfg, "num_blocks")?,
+            kv_cache_bytes: num(cfg, "kv_cache_bytes")?.unwrap_or(d.kv_cache_bytes),
+            max_num_seqs,
+            max_batched_tokens: num(cfg, "max_batched_tokens")?.unwrap_or(d.max_batched_tokens),
+            max_model_len: max_input_len.map(|i| i + max_output_len),
+        };
+        let stop_strings = match param(cfg, "stop_strings") {
+            None => None,
+            Some(s) if s == "auto" => None,
+            Some(s) => Some(serde_json::from_str::<Vec<String>>(&s).map_err(|e| Error::Config(format!("parameter `stop_strings`: a JSON list of strings or `auto` ({e})")))?),
+        };
+        if stop_strings.as_ref().is_some_and(|v| v.iter().any(String::is_empty)) {
+            return cfg_err("parameter `stop_strings` must not contain an empty string".into());
+        }
+        let max_batch_size = cfg.get("max_batch_size").and_then(int_field).unwrap_or(0);
+        if max_batch_size < 1 {
+            return cfg_err("`max_batch_size` must be >= 1: the interface has a batch dimension ([N,1] prompts)".into());
+        }
+        let decoupled = cfg.get("model_transaction_policy").and_then(|p| p.get("decoupled")).and_then(Value::as_bool).unwrap_or(false);
+        Ok(ModelSettings {
+            checkpoint,
+            engine,
+            serve: ServeSettings { max_input_len, capacity: max_num_seqs + max_queue_size, add_bos: boolean(cfg, "add_bos")?, stop_strings },
+            limits: Limits { max_output_len, default_max_tokens, decoupled, exclude_input_default: boolean(cfg, "exclude_input_in_output")?.is_none_or(|b| b) },
+            max_batch_size: max_batch_size as usize,
+        })
+    }
+
+    /// Models with equal keys share one engine (weights in memory once).
+    pub fn engine_key(&self) -> String {
+        let canon = std::fs::canonicalize(&self.checkpoint).unwrap_or_else(|_| self.checkpoint.clone());
+        format!("{}|{:?}|{:?}", canon.display(), self.engine, self.serve)
+    }
+}
+
+/// Fills in the inputs, outputs and batch size when the config leaves them out. Returns whether it changed.
+pub fn autocomplete(cfg: &mut Value) -> bool {
+    let mut changed = false;
+    let Some(obj) = cfg.as_object_mut() else { return false };
+    if obj.get("max_batch_size").and_then(int_field).unwrap_or(0) == 0 {
+        obj.insert("max_batch_size".into(), json!(64));
+        changed = true;
+    }
+    let empty = |v: Option<&Value>| v.and_then(Value::as_array).is_none_or(|a| a.is_empty());
+    if empty(obj.get("input")) {
+        let inputs: Vec<Value> = INPUTS.iter().map(|(n, t, d)| json!({"name": n, "data_type": t, "dims": [d], "optional": true})).collect();
+        obj.insert("input".into(), Value::Array(inputs));
+        changed = true;
+    }
+    if empty(obj.get("output")) {
+        let outputs: Vec<Value> = OUTPUTS
+            .iter()
+            .map(|n| {
+                let (t, d) = match *n {
+                    "num_input_tokens" | "num_output_tokens" => ("TYPE_INT32", 1),
+                    "output_log_probs" => ("TYPE_FP32", -1),
+                    "cum_log_probs" => ("TYPE_FP32", 1),
+                    _ => ("TYPE_STRING", 1),
+                };
+                json!({"name": n, "data_type": t, "dims": [d]})
+            })
+            .collect();
+        obj.insert("output".into(), Value::Array(outputs));
+        changed = true;
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(params: Value) -> Value {
+        let p: serde_json::Map<String, Value> =
+            params.as_object().unwrap().iter().map(|(k, v)| (k.clone(), json!({"string_value": v.as_str().unwrap()}))).collect();
+        json!({"name": "m", "max_batch_size": 8, "parameters": p})
+    }
+
+    fn err(params: Value) -> String {
+        ModelSettings::from_config(&cfg(params), Path::new("/models/m")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_and_relative_checkpoint() {
+        let s = ModelSettings::from_config(&cfg(json!({"checkpoint": "ckpt/hf", "max_input_len": "100", "max_output_len": "20"})), Path::new("/models/m")).unwrap();
+        assert_eq!(s.checkpoint, PathBuf::from("/models/m/ckpt/hf"));
+        assert_eq!(s.engine.max_model_len, Some(120));
+        assert_eq!(s.limits.default_max_tokens, 20);
+        assert!(s.limits.exclude_input_default && !s.limits.decoupled);
+        assert_eq!(s.serve.capacity, 16 + 64);
+    }
+
+    #[test]
+    fn contradictions_name_the_field() {
+        assert!(err(json!({})).contains("`checkpoint` is required"));
+        assert!(err(json!({"checkpoint": "x", "gpu_device_ids": "0,1"})).contains("`gpu_device_ids` is set but `device` is cpu"));
+        assert!(err(json!({"checkpoint": "x", "device": "cuda", "gpu_device_ids": "0", "tensor_parallel_size": "2"})).contains("`tensor_parallel_size` is 2"));
+        assert!(err(json!({"checkpoint": "x", "device": "tpu"})).contains("`device` must be cpu or cuda"));
+        assert!(err(json!({"checkpoint": "x", "max_output_len": "8", "default_max_tokens": "9"})).contains("`default_max_tokens`"));
+        assert!(err(json!({"checkpoint": "x", "max_num_seq": "8"})).contains("unknown parameter `max_num_seq`"));
+        assert!(err(json!({"checkpoint": "x", "stop_strings": "<x>"})).contains("`stop_strings`"));
+        assert!(err(json!({"checkpoint": "x", "add_bos": "maybe"})).contains("`add_bos`"));
+    }
+
+    #[test]
+    fn autocomplete_fills_only_what_is_missing() {
+        let mut c = json!({"name": "m"});
+        assert!(autocomplete(&mut c));
+        assert_eq!(c["max_batch_size"], 64);
+        assert_eq!(c["output"][0]["name"], "outputs");
+        assert_eq!(c["input"][0]["name"], "prompts");
+        assert!(!autocomplete(&mut c));
+    }
+}

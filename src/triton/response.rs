@@ -1,0 +1,222 @@
+//! Answers one Triton request through its response factory: builds the requested output tensors, sends with
+//! the FINAL flag on the last response, reports statistics and releases the request exactly once (also on
+//! drop, e.g. when the engine thread unwinds, with an INTERNAL error if no answer went out).
+use super::error::{check, cancelled_error, new_error, to_triton};
+use super::ffi;
+use super::interface::OutputSet;
+use super::request::RequestPtr;
+use super::server::{RowReply, Sink};
+use super::tensors::encode_bytes;
+use crate::{Error, Result};
+use std::ffi::c_void;
+use std::ptr;
+
+/// Monotonic nanoseconds, the clock Triton's statistics use.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct TritonSink {
+    request: RequestPtr,
+    factory: *mut ffi::TRITONBACKEND_ResponseFactory,
+    instance: *mut ffi::TRITONBACKEND_ModelInstance,
+    outputs: OutputSet,
+    exec_start_ns: u64,
+    /// Streaming: data responses go out without FINAL and a flag-only FINAL closes the stream (pytriton's
+    /// DecoupledModelClient drops the data of a response that carries FINAL).
+    stream: bool,
+    /// Set once the request is released: every later call is a no-op.
+    released: bool,
+}
+
+// SAFETY: Triton allows responses, factory calls and release from any thread; the sink is used by one thread
+// at a time (moved into the engine thread).
+unsafe impl Send for TritonSink {}
+
+impl TritonSink {
+    /// Takes charge of `request`. On failure to make a factory the request is answered and released here.
+    pub fn new(request: RequestPtr, instance: *mut ffi::TRITONBACKEND_ModelInstance, exec_start_ns: u64) -> Option<TritonSink> {
+        let mut factory = ptr::null_mut();
+        // SAFETY: `request` is live and owned by us; valid out-pointer.
+        if let Err(e) = check(unsafe { ffi::TRITONBACKEND_ResponseFactoryNew(&mut factory, request.0) }, "ResponseFactoryNew") {
+            log::error!("{e}");
+            // SAFETY: answer directly and release once; the error object is deleted after the send.
+            unsafe {
+                let mut resp = ptr::null_mut();
+                if ffi::TRITONBACKEND_ResponseNew(&mut resp, request.0).is_null() && !resp.is_null() {
+                    let err = to_triton(&e);
+                    let _ = check(ffi::TRITONBACKEND_ResponseSend(resp, ffi::RESPONSE_COMPLETE_FINAL, err), "ResponseSend");
+                    ffi::TRITONSERVER_ErrorDelete(err);
+                }
+                let _ = check(ffi::TRITONBACKEND_RequestRelease(request.0, ffi::REQUEST_RELEASE_ALL), "RequestRelease");
+            }
+            return None;
+        }
+        Some(TritonSink { request, factory, instance, outputs: OutputSet::default(), exec_start_ns, stream: false, released: false })
+    }
+
+    pub fn set_outputs(&mut self, o: OutputSet, stream: bool) {
+        self.outputs = o;
+        self.stream = stream;
+    }
+
+    /// Statistics, request release and factory deletion: exactly once.
+    fn finish(&mut self, success: bool) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let end = now_ns();
+        // SAFETY: the request and factory are live until here and never used again.
+        unsafe {
+            let _ = check(
+                ffi::TRITONBACKEND_ModelInstanceReportStatistics(self.instance, self.request.0, success, self.exec_start_ns, self.exec_start_ns, end, end),
+                "ReportStatistics",
+            );
+            if let Err(e) = check(ffi::TRITONBACKEND_RequestRelease(self.request.0, ffi::REQUEST_RELEASE_ALL), "RequestRelease") {
+                log::error!("{e}");
+            }
+            let _ = check(ffi::TRITONBACKEND_ResponseFactoryDelete(self.factory), "ResponseFactoryDelete");
+        }
+    }
+
+    fn send_error(&mut self, err: ffi::Err) {
+        if self.released {
+            // SAFETY: we own `err`.
+            unsafe { ffi::TRITONSERVER_ErrorDelete(err) };
+            return;
+        }
+        // SAFETY: live factory; `ResponseSend` does not take ownership of `err`, so it is deleted after.
+        unsafe {
+            let mut resp = ptr::null_mut();
+            match check(ffi::TRITONBACKEND_ResponseNewFromFactory(&mut resp, self.factory), "ResponseNewFromFactory") {
+                Ok(()) => {
+                    if let Err(e) = check(ffi::TRITONBACKEND_ResponseSend(resp, ffi::RESPONSE_COMPLETE_FINAL, err), "ResponseSend") {
+                        log::error!("{e}");
+                    }
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    let _ = check(ffi::TRITONBACKEND_ResponseFactorySendFlags(self.factory, ffi::RESPONSE_COMPLETE_FINAL), "SendFlags");
+                }
+            }
+            ffi::TRITONSERVER_ErrorDelete(err);
+        }
+        self.finish(false);
+    }
+
+    fn add_output(resp: *mut ffi::TRITONBACKEND_Response, name: &str, dtype: u32, shape: &[i64], bytes: &[u8]) -> Result<()> {
+        let cname = super::error::cstring(name);
+        let mut out = ptr::null_mut();
+        // SAFETY: live response; `shape` outlives the call; Triton copies name and shape.
+        check(unsafe { ffi::TRITONBACKEND_ResponseOutput(resp, &mut out, cname.as_ptr(), dtype, shape.as_ptr(), shape.len() as u32) }, "ResponseOutput")?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let (mut buf, mut mem, mut mem_id): (*mut c_void, u32, i64) = (ptr::null_mut(), ffi::MEMORY_CPU, 0);
+        // SAFETY: `out` was just created; we ask for CPU memory of exactly `bytes.len()`.
+        check(unsafe { ffi::TRITONBACKEND_OutputBuffer(out, &mut buf, bytes.len() as u64, &mut mem, &mut mem_id) }, "OutputBuffer")?;
+        if buf.is_null() || mem == ffi::MEMORY_GPU {
+            return Err(Error::Internal(format!("output `{name}`: Triton gave no host buffer")));
+        }
+        // SAFETY: `buf` has room for `bytes.len()` bytes and does not overlap `bytes`.
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, bytes.len()) };
+        Ok(())
+    }
+
+    fn fill(&self, resp: *mut ffi::TRITONBACKEND_Response, rows: &[RowReply]) -> Result<()> {
+        let n = rows.len() as i64;
+        for &name in &self.outputs.names {
+            match name {
+                "outputs" | "text_output" | "finish_reason" => {
+                    let v: Vec<&str> = rows
+                        .iter()
+                        .map(|r| match name {
+                            "outputs" => r.outputs.as_str(),
+                            "text_output" => r.text_output.as_str(),
+                            _ => r.finish_reason,
+                        })
+                        .collect();
+                    Self::add_output(resp, name, ffi::TYPE_BYTES, &[n, 1], &encode_bytes(&v))?;
+                }
+                "num_input_tokens" | "num_output_tokens" => {
+                    let b: Vec<u8> =
+                        rows.iter().flat_map(|r| if name == "num_input_tokens" { r.num_input_tokens } else { r.num_output_tokens }.to_le_bytes()).collect();
+                    Self::add_output(resp, name, ffi::TYPE_INT32, &[n, 1], &b)?;
+                }
+                "cum_log_probs" => {
+                    let b: Vec<u8> = rows.iter().flat_map(|r| r.cum_log_prob.to_le_bytes()).collect();
+                    Self::add_output(resp, name, ffi::TYPE_FP32, &[n, 1], &b)?;
+                }
+                "output_log_probs" => {
+                    let t = rows.iter().map(|r| r.output_log_probs.len()).max().unwrap_or(0).max(1);
+                    let mut b = Vec::with_capacity(rows.len() * t * 4);
+                    for r in rows {
+                        for j in 0..t {
+                            b.extend_from_slice(&r.output_log_probs.get(j).copied().unwrap_or(0.0).to_le_bytes());
+                        }
+                    }
+                    Self::add_output(resp, name, ffi::TYPE_FP32, &[n, t as i64], &b)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sink for TritonSink {
+    fn is_cancelled(&self) -> bool {
+        if self.released {
+            return true;
+        }
+        let mut c = false;
+        // SAFETY: live factory; valid out-pointer.
+        let r = check(unsafe { ffi::TRITONBACKEND_ResponseFactoryIsCancelled(self.factory, &mut c) }, "ResponseFactoryIsCancelled");
+        r.is_ok() && c
+    }
+
+    fn send(&mut self, rows: &[RowReply], last: bool) -> Result<()> {
+        if self.released {
+            return Err(Error::Internal("response after the request was released".into()));
+        }
+        let mut resp = ptr::null_mut();
+        // SAFETY: live factory; valid out-pointer.
+        check(unsafe { ffi::TRITONBACKEND_ResponseNewFromFactory(&mut resp, self.factory) }, "ResponseNewFromFactory")?;
+        if let Err(e) = self.fill(resp, rows) {
+            // SAFETY: the unsent response is ours to delete.
+            unsafe { ffi::TRITONBACKEND_ResponseDelete(resp) };
+            return Err(e);
+        }
+        let flags = if last && !self.stream { ffi::RESPONSE_COMPLETE_FINAL } else { 0 };
+        // SAFETY: `resp` is complete; Triton takes it over on send.
+        check(unsafe { ffi::TRITONBACKEND_ResponseSend(resp, flags, ptr::null_mut()) }, "ResponseSend")?;
+        if last && self.stream {
+            // SAFETY: live factory.
+            check(unsafe { ffi::TRITONBACKEND_ResponseFactorySendFlags(self.factory, ffi::RESPONSE_COMPLETE_FINAL) }, "ResponseFactorySendFlags")?;
+        }
+        if last {
+            self.finish(true);
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: &Error) {
+        self.send_error(to_triton(e));
+    }
+
+    fn cancelled(&mut self) {
+        self.send_error(cancelled_error());
+    }
+}
+
+impl Drop for TritonSink {
+    fn drop(&mut self) {
+        if !self.released {
+            self.send_error(new_error(ffi::ERROR_INTERNAL, "the backend dropped this request without an answer (see the server log)"));
+        }
+    }
+}

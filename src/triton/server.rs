@@ -1,0 +1,225 @@
+//! The engine thread: owns the `Engine`, takes `Submit` messages from `execute`, tokenizes, admits, loops
+//! `step()` while there is work, and answers each request through its `Sink` (streamed per token or once).
+//! Polls every sink for cancellation at each step and aborts cancelled sequences, which frees their KV blocks
+//! at once. No FFI here: the Triton side plugs in through the `Sink` and `Observer` traits.
+use super::interface::JobSpec;
+use crate::engine::{Engine, FinishReason, Request};
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// What one response carries for one prompt of a request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowReply {
+    /// Text so far (NeMo's streaming contract), with the prompt in front unless it is excluded.
+    pub outputs: String,
+    /// New text when streaming, the whole text otherwise.
+    pub text_output: String,
+    pub num_input_tokens: i32,
+    /// Tokens in this response when streaming, all tokens otherwise.
+    pub num_output_tokens: i32,
+    /// Empty until the row finishes.
+    pub finish_reason: &'static str,
+    pub output_log_probs: Vec<f32>,
+    pub cum_log_prob: f32,
+}
+
+/// Where a request's answers go (implemented over a Triton response factory).
+pub trait Sink: Send {
+    fn is_cancelled(&self) -> bool;
+    /// Sends one response; `last` makes it the final one and ends the request.
+    fn send(&mut self, rows: &[RowReply], last: bool) -> Result<()>;
+    /// Ends the request with an error.
+    fn fail(&mut self, e: &Error);
+    /// Ends a cancelled request.
+    fn cancelled(&mut self);
+}
+
+/// Metrics hooks (implemented over Triton's metric API), one per model.
+pub trait Observer: Send + Sync {
+    fn finished(&self, reason: &str);
+    fn tokens(&self, prompt: usize, generated: usize);
+    fn gauges(&self, running: usize, waiting: usize, kv_used: usize, kv_total: usize);
+    fn ttft(&self, secs: f64);
+    fn tpot(&self, secs: f64);
+    fn e2e(&self, secs: f64);
+}
+
+pub struct Submission {
+    pub spec: JobSpec,
+    pub sink: Box<dyn Sink>,
+    pub obs: Arc<dyn Observer>,
+}
+
+enum Msg {
+    Submit(Submission),
+    Attach(u64, Arc<dyn Observer>),
+    Detach(u64),
+}
+
+/// Model-level serving settings the engine thread applies.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub max_input_len: Option<usize>,
+    /// Prompts in flight (running + queued) beyond which requests get UNAVAILABLE.
+    pub capacity: usize,
+    /// `None`: the checkpoint's default.
+    pub add_bos: Option<bool>,
+    /// `None`: the checkpoint's default stop strings.
+    pub stop_strings: Option<Vec<String>>,
+}
+
+/// Facts about the loaded engine.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub max_model_len: usize,
+    pub kv_blocks_total: usize,
+}
+
+/// The handle `execute` holds: a channel into the engine thread plus admission control.
+pub struct EngineHandle {
+    tx: Mutex<Option<Sender<Msg>>>,
+    inflight: Arc<AtomicUsize>,
+    dead: Arc<AtomicBool>,
+    capacity: usize,
+    pub info: EngineInfo,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EngineHandle {
+    /// Starts the thread, which builds the engine with `open` and reports back before serving.
+    pub fn start(open: impl FnOnce() -> Result<Engine> + Send + 'static, set: ServeSettings) -> Result<EngineHandle> {
+        let (tx, rx) = channel();
+        let (ready_tx, ready_rx) = channel();
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let dead = Arc::new(AtomicBool::new(false));
+        let (inf, dd, capacity) = (inflight.clone(), dead.clone(), set.capacity);
+        let thread = std::thread::Builder::new()
+            .name("llama-engine".into())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    let engine = match open() {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let info = EngineInfo { max_model_len: engine.max_model_len(), kv_blocks_total: engine.kv_blocks_total() };
+                    let _ = ready_tx.send(Ok(info));
+                    Loop { engine, set, rx, inflight: inf, jobs: HashMap::new(), rows: HashMap::new(), observers: HashMap::new(), next_id: 1 }.run();
+                }));
+                if r.is_err() {
+                    log::error!("the engine thread panicked; its requests were failed and the model stops accepting work");
+                }
+                dd.store(true, Ordering::SeqCst);
+            })
+            .map_err(|e| Error::Internal(format!("cannot spawn the engine thread: {e}")))?;
+        let info = match ready_rx.recv() {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::Internal("the engine thread died while loading the checkpoint".into()));
+            }
+        };
+        Ok(EngineHandle { tx: Mutex::new(Some(tx)), inflight, dead, capacity, info, thread: Mutex::new(Some(thread)) })
+    }
+
+    fn send(&self, m: Msg) -> std::result::Result<(), Msg> {
+        let guard = match self.tx.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match guard.as_ref() {
+            Some(tx) => tx.send(m).map_err(|e| e.0),
+            None => Err(m),
+        }
+    }
+
+    /// Queues a request, or answers it at once with UNAVAILABLE when the queue is full or the engine is gone.
+    pub fn submit(&self, sub: Submission) {
+        let n = sub.spec.prompts.len();
+        let prev = self.inflight.fetch_add(n, Ordering::SeqCst);
+        let refuse = |mut sub: Submission, msg: String| {
+            self.inflight.fetch_sub(n, Ordering::SeqCst);
+            sub.obs.finished("rejected");
+            sub.sink.fail(&Error::Unavailable(msg));
+        };
+        if self.dead.load(Ordering::SeqCst) {
+            return refuse(sub, "the engine thread has stopped; reload the model".into());
+        }
+        if prev + n > self.capacity {
+            return refuse(sub, format!("the server is at capacity ({} prompts in flight, limit {}); retry later", prev, self.capacity));
+        }
+        if let Err(Msg::Submit(sub)) = self.send(Msg::Submit(sub)) {
+            refuse(sub, "the engine is shutting down".into());
+        }
+    }
+
+    pub fn attach(&self, key: u64, obs: Arc<dyn Observer>) {
+        let _ = self.send(Msg::Attach(key, obs));
+    }
+    pub fn detach(&self, key: u64) {
+        let _ = self.send(Msg::Detach(key));
+    }
+}
+
+impl Drop for EngineHandle {
+    /// Closes the channel and waits for the thread, which fails whatever is still queued.
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.tx.lock() {
+            g.take();
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut g| g.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Row {
+    prefix: String,
+    num_input: usize,
+    text: String,
+    sent_text: usize,
+    tokens: usize,
+    sent_tokens: usize,
+    logprobs: Vec<f32>,
+    finish: Option<FinishReason>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+struct Job {
+    sink: Box<dyn Sink>,
+    obs: Arc<dyn Observer>,
+    stream: bool,
+    ids: Vec<u64>,
+    rows: Vec<Row>,
+    start: Instant,
+    dirty: bool,
+    /// Tokens generated since the last metrics update.
+    fresh: usize,
+}
+
+struct Loop {
+    engine: Engine,
+    set: ServeSettings,
+    rx: Receiver<Msg>,
+    inflight: Arc<AtomicUsize>,
+    jobs: HashMap<u64, Job>,
+    /// Engine request id -> (job key, row).
+    rows: HashMap<u64, (u64, usize)>,
+    observers: HashMap<u64, Arc<dyn Observer>>,
+    next_id: u64,
+}
+
+#[path = "server_loop.rs"]
+mod server_loop;

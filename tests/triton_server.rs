@@ -1,0 +1,148 @@
+//! The backend's engine thread without Triton: fake sinks and observers around the real engine on the
+//! gqa_bf16 fixture. Streaming deltas, batches, cancellation freeing KV blocks, back-pressure, refusals.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use triton_llama::engine::{Engine, EngineConfig};
+use triton_llama::sampling::SamplingParams;
+use triton_llama::triton::interface::{JobSpec, OutputSet, PromptSpec};
+use triton_llama::triton::server::{EngineHandle, Observer, RowReply, ServeSettings, Sink, Submission};
+use triton_llama::{ErrorKind, loader};
+
+const HF: &str = "tests/fixtures/models/gqa_bf16/hf";
+
+#[derive(Debug)]
+enum Event {
+    Reply(Vec<RowReply>, bool),
+    Failed(ErrorKind, String),
+    Cancelled,
+}
+
+struct FakeSink {
+    tx: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Sink for FakeSink {
+    fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+    fn send(&mut self, rows: &[RowReply], last: bool) -> triton_llama::Result<()> {
+        let _ = self.tx.send(Event::Reply(rows.to_vec(), last));
+        Ok(())
+    }
+    fn fail(&mut self, e: &triton_llama::Error) {
+        let _ = self.tx.send(Event::Failed(e.kind(), e.to_string()));
+    }
+    fn cancelled(&mut self) {
+        let _ = self.tx.send(Event::Cancelled);
+    }
+}
+
+#[derive(Default)]
+struct Gauges(Mutex<Vec<(usize, usize, usize)>>, Mutex<Vec<String>>);
+impl Observer for Gauges {
+    fn finished(&self, r: &str) {
+        self.1.lock().unwrap().push(r.into());
+    }
+    fn tokens(&self, _: usize, _: usize) {}
+    fn gauges(&self, running: usize, waiting: usize, kv_used: usize, _: usize) {
+        self.0.lock().unwrap().push((running, waiting, kv_used));
+    }
+    fn ttft(&self, _: f64) {}
+    fn tpot(&self, _: f64) {}
+    fn e2e(&self, _: f64) {}
+}
+
+fn start(capacity: usize) -> (EngineHandle, Arc<Gauges>) {
+    let open = || Engine::new(loader::open(std::path::Path::new(HF))?, EngineConfig { max_num_seqs: 8, ..Default::default() });
+    let h = EngineHandle::start(open, ServeSettings { max_input_len: Some(32), capacity, add_bos: None, stop_strings: None }).unwrap();
+    let g = Arc::new(Gauges::default());
+    h.attach(1, g.clone());
+    (h, g)
+}
+
+fn prompt(text: &str, max: usize, ignore_eos: bool) -> PromptSpec {
+    PromptSpec { text: text.into(), params: SamplingParams { max_new_tokens: max, ignore_eos, ..Default::default() }, bad_words: vec![], add_bos: None }
+}
+
+fn submit(h: &EngineHandle, g: &Arc<Gauges>, prompts: Vec<PromptSpec>, stream: bool) -> (std::sync::mpsc::Receiver<Event>, Arc<AtomicBool>) {
+    let (tx, rx) = channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let spec = JobSpec { prompts, stream, exclude_input: true, outputs: OutputSet { names: vec!["outputs", "text_output"] } };
+    h.submit(Submission { spec, sink: Box::new(FakeSink { tx, cancel: cancel.clone() }), obs: g.clone() });
+    (rx, cancel)
+}
+
+fn collect(rx: &std::sync::mpsc::Receiver<Event>) -> Vec<Event> {
+    let mut v = Vec::new();
+    loop {
+        let e = rx.recv_timeout(Duration::from_secs(60)).expect("an answer");
+        let end = !matches!(e, Event::Reply(_, false));
+        v.push(e);
+        if end {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn streamed_deltas_add_up_to_the_unary_answer_and_batches_answer_once() {
+    let (h, g) = start(64);
+    let (rx, _) = submit(&h, &g, vec![prompt("Hello world", 12, false), prompt("The quick brown fox", 5, false)], false);
+    let ev = collect(&rx);
+    assert_eq!(ev.len(), 1);
+    let Event::Reply(rows, true) = &ev[0] else { panic!("{ev:?}") };
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].num_output_tokens, 5);
+    let (rx, _) = submit(&h, &g, vec![prompt("Hello world", 12, false)], true);
+    let ev = collect(&rx);
+    assert!(ev.len() > 2);
+    let mut text = String::new();
+    for e in &ev {
+        let Event::Reply(r, _) = e else { panic!("{e:?}") };
+        text.push_str(&r[0].text_output);
+        assert_eq!(r[0].outputs, text, "outputs carry the text so far");
+    }
+    assert_eq!(text, rows[0].text_output);
+}
+
+#[test]
+fn cancellation_aborts_and_frees_blocks() {
+    let (h, g) = start(64);
+    let (rx, cancel) = submit(&h, &g, vec![prompt("Hello world", 200, true)], true);
+    assert!(matches!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), Event::Reply(_, false)));
+    cancel.store(true, Ordering::SeqCst);
+    let ev = collect(&rx);
+    assert!(matches!(ev.last(), Some(Event::Cancelled)), "{:?}", ev.last());
+    assert!(ev.len() < 200);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(g.0.lock().unwrap().last().copied(), Some((0, 0, 0)));
+    assert!(g.1.lock().unwrap().contains(&"cancelled".to_string()));
+}
+
+#[test]
+fn full_queue_and_bad_prompts_are_refused_at_once() {
+    let (h, g) = start(2);
+    let (rx, _) = submit(&h, &g, vec![prompt("a", 4, false), prompt("b", 4, false), prompt("c", 4, false)], false);
+    match rx.recv_timeout(Duration::from_secs(1)).unwrap() {
+        Event::Failed(ErrorKind::Unavailable, m) => assert!(m.contains("at capacity"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    let (rx, _) = submit(&h, &g, vec![prompt(&"word ".repeat(100), 4, false)], false);
+    match collect(&rx).pop().unwrap() {
+        Event::Failed(ErrorKind::InvalidArg, m) => assert!(m.contains("max_input_len is 32"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    let mut p = prompt("hi", 4, false);
+    p.params.top_p = 0.0;
+    let (rx, _) = submit(&h, &g, vec![prompt("fine", 4, false), p], false);
+    match collect(&rx).pop().unwrap() {
+        Event::Failed(ErrorKind::InvalidArg, m) => assert!(m.contains("top_p"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    // Capacity is returned: a normal request still goes through.
+    let (rx, _) = submit(&h, &g, vec![prompt("Hello", 3, false), prompt("World", 3, false)], false);
+    assert!(matches!(collect(&rx).pop().unwrap(), Event::Reply(_, true)));
+}
