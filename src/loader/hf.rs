@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn offsets_near_u64_max_are_truncation_errors() {
-        // Found by the safetensors fuzz target: `data_start + end` overflowed (a panic with overflow checks,
+        // fuzz/regressions/safetensors: `data_start + end` overflowed (a panic with overflow checks,
         // and in release a wrapped sum that accepted a tensor "inside" the file at a wrapped offset).
         let p = Path::new("x.safetensors");
         let max = u64::MAX;
