@@ -132,6 +132,39 @@ def safetensors(tensors, meta=True):
     return struct.pack("<Q", len(h)) + h + data
 
 
+def triton_requests():
+    """Requests in the `triton_request` encoding (see decode_request in fuzz/src/lib.rs)."""
+    import re
+    src = (ROOT / "src" / "triton" / "interface.rs").read_text()
+    names = re.findall(r'\("(\w+)", "TYPE_\w+", -?\d+\)', src[src.index("pub const INPUTS"):])
+    idx = {n: i for i, n in enumerate(names)}
+    BYTES, INT64, INT32, FP32, BOOL = 13, 9, 8, 11, 1
+
+    def framed(items):
+        return b"".join(struct.pack("<I", len(x)) + x for x in items)
+
+    def tensor(name, dtype, shape, data):
+        return bytes([idx[name], dtype, len(shape)] + shape) + struct.pack("<H", len(data)) + data
+
+    def req(flags, max_out, mask, *tensors):
+        return bytes([flags, max_out, mask]) + b"".join(tensors)
+
+    yield "nemo_query", req(0, 100, 1, tensor("prompts", BYTES, [1, 1], framed([b"Hello"])),
+                            tensor("max_output_token", INT64, [1, 1], struct.pack("<q", 8)),
+                            tensor("top_k", INT64, [1, 1], struct.pack("<q", 1)),
+                            tensor("top_p", FP32, [1, 1], struct.pack("<f", 0.0)),
+                            tensor("temperature", FP32, [1, 1], struct.pack("<f", 1.0)))
+    yield "batch2_stops", req(0, 50, 0x7F, tensor("prompts", BYTES, [2, 1], framed([b"a", b"b"])),
+                              tensor("stop_words_list", BYTES, [2, 2], framed([b"x,y", b"", b"z", b"w"])),
+                              tensor("bad_words", BYTES, [1, 1], framed([b"no"])),
+                              tensor("min_tokens", INT32, [2, 1], struct.pack("<ii", 0, 3)))
+    yield "text_input_stream", req(1, 20, 2, tensor("text_input", BYTES, [1, 1], framed(["héllo".encode()])),
+                                   tensor("max_tokens", INT32, [1, 1], struct.pack("<i", 5)),
+                                   tensor("stream", BOOL, [1, 1], b"\x01"),
+                                   tensor("exclude_input_in_output", BOOL, [1, 1], b"\x00"))
+    yield "lying_prefix", req(0, 100, 0, tensor("prompts", BYTES, [1, 1], struct.pack("<I", 1000) + b"abc"))
+
+
 def main():
     shutil.rmtree(OUT, ignore_errors=True)
     # Tokenizer: the real model, and texts and id sequences from the parity fixtures.
@@ -161,6 +194,8 @@ def main():
     put("safetensors", "fixture_header_only", real[: 8 + n])
     put("safetensors", "tiny", safetensors({"a": ("F32", [2, 3], 24), "b": ("BF16", [4], 8), "i": ("I64", [1], 8)}))
     put("safetensors", "tiny_nometa", safetensors({"w": ("F16", [1, 2, 2], 8)}, meta=False))
+    for name, data in triton_requests():
+        put("triton_request", name, data)
     cfg = (FIX / "models" / "mha_f32" / "hf" / "config.json").read_text()
     put("hf_config", "config.json", cfg)
     put("hf_config", "tied_rope_linear.json",

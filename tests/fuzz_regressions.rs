@@ -62,3 +62,14 @@ fn nemo_seeds_open_and_load() {
         src.tokenizer().unwrap();
     }
 }
+
+#[test]
+fn triton_seeds_decode_to_accepted_requests() {
+    // The request encoding must reach the parser's success path, or the fuzzer starts from refusals only.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/triton_request");
+    for name in ["nemo_query", "batch2_stops", "text_input_stream"] {
+        let (inputs, requested, lim) = harness::decode_request(&std::fs::read(dir.join(name)).unwrap());
+        let job = triton_llama::triton::interface::parse_job(&inputs, &requested, &lim).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!job.prompts.is_empty());
+    }
+}

@@ -11,8 +11,17 @@ use triton_llama::loader;
 use triton_llama::tokenizer::{IncrementalDecoder, Tokenizer};
 
 /// Every target, by name (the folder names under `fuzz/corpus/` and `fuzz/regressions/`).
-pub const TARGETS: [&str; 8] =
-    ["tokenizer_model", "tokenizer_encode", "detokenizer", "zarray", "nemo_yaml", "nemo_tar", "safetensors", "hf_config"];
+pub const TARGETS: [&str; 9] = [
+    "tokenizer_model",
+    "tokenizer_encode",
+    "detokenizer",
+    "zarray",
+    "nemo_yaml",
+    "nemo_tar",
+    "safetensors",
+    "hf_config",
+    "triton_request",
+];
 
 /// Runs target `name` on one input; panics on a finding.
 pub fn run(name: &str, data: &[u8]) {
@@ -25,6 +34,7 @@ pub fn run(name: &str, data: &[u8]) {
         "nemo_tar" => nemo_tar(data),
         "safetensors" => safetensors(data),
         "hf_config" => hf_config(data),
+        "triton_request" => triton_request(data),
         _ => panic!("unknown fuzz target `{name}`"),
     }
 }
@@ -236,4 +246,70 @@ pub fn hf_config(data: &[u8]) {
     std::fs::write(dir.join("config.json"), data).expect("write scratch file");
     let Ok(src) = loader::open(&dir) else { return };
     exercise(src.as_ref());
+}
+
+/// Input tensors of one Triton request decoded from fuzz bytes, with the limits and requested outputs.
+///
+/// Layout: `[flags, max_output_len, outputs mask]`, then tensors `[name, dtype, ndims, dims.., len lo, len hi,
+/// data..]` until the input ends. `name` indexes the backend's input names (past them: an unknown name),
+/// `dtype` is taken modulo 16 (0 and 15 are invalid types), each dim byte maps to a small size, -1, or a huge
+/// one, and BYTES data is raw, so length prefixes may lie about the bytes that follow.
+pub fn decode_request(data: &[u8]) -> (Vec<triton_llama::triton::tensors::InputTensor>, Vec<String>, triton_llama::triton::interface::Limits) {
+    use triton_llama::triton::interface::{INPUTS, Limits, OUTPUTS};
+    use triton_llama::triton::tensors::InputTensor;
+    let mut it = data.iter().copied();
+    let flags = it.next().unwrap_or(0);
+    let lim = Limits {
+        max_output_len: usize::from(it.next().unwrap_or(100)),
+        default_max_tokens: 16,
+        decoupled: flags & 1 != 0,
+        exclude_input_default: flags & 2 != 0,
+    };
+    let mask = it.next().unwrap_or(0);
+    let requested = OUTPUTS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, o)| o.to_string()).collect();
+    let mut inputs = Vec::new();
+    while let Some(n) = it.next() {
+        let name = INPUTS.get(usize::from(n)).map_or_else(|| format!("unknown_{n}"), |i| i.0.to_string());
+        let dtype = u32::from(it.next().unwrap_or(13) % 16);
+        let ndims = it.next().unwrap_or(2) % 5;
+        let shape = (0..ndims)
+            .map(|_| match it.next().unwrap_or(1) {
+                0xFF => -1,
+                0xFE => i64::MAX,
+                0xFD => 1 << 32,
+                0xFC => 1 << 40,
+                0xFB => i64::MIN,
+                d => i64::from(d % 8),
+            })
+            .collect();
+        let len = usize::from(u16::from_le_bytes([it.next().unwrap_or(0), it.next().unwrap_or(0)]));
+        let data: Vec<u8> = it.by_ref().take(len).collect();
+        inputs.push(InputTensor { name, dtype, shape, data });
+    }
+    (inputs, requested, lim)
+}
+
+/// Arbitrary request tensors (lying BYTES length prefixes, negative or huge dims, wrong dtypes and row
+/// counts) through the backend's request parser: an error or a job consistent with its limits.
+pub fn triton_request(data: &[u8]) {
+    use triton_llama::triton::interface::{OUTPUTS, parse_job};
+    let (inputs, requested, lim) = decode_request(data);
+    for t in &inputs {
+        if t.dtype == 13 {
+            let _ = t.as_bytes();
+        } else {
+            let _ = (t.as_f64s(), t.as_ints());
+        }
+    }
+    let Ok(job) = parse_job(&inputs, &requested, &lim) else { return };
+    assert!(!job.prompts.is_empty());
+    let prompts = inputs.iter().find(|t| t.name == "prompts" || t.name == "text_input").expect("a prompt input");
+    assert_eq!(prompts.as_bytes().expect("accepted prompts parse").len(), job.prompts.len());
+    for p in &job.prompts {
+        assert!(!p.text.is_empty());
+        assert!(p.params.max_new_tokens >= 1 && p.params.min_new_tokens <= p.params.max_new_tokens);
+        assert!(p.params.max_new_tokens <= lim.max_output_len.max(lim.default_max_tokens));
+    }
+    assert!(job.outputs.names.iter().all(|o| OUTPUTS.contains(o)));
+    assert!(!job.stream || lim.decoupled);
 }
