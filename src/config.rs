@@ -59,14 +59,59 @@ impl LlamaConfig {
         if self.vocab_size == 0 || self.intermediate_size == 0 {
             return e("vocab_size and intermediate_size must be positive".into());
         }
+        // Every tensor size and offset is computed from these; a hostile config must not overflow them.
+        if self.checked_params().and_then(|p| p.checked_mul(4)).is_none() {
+            return e(format!("model dimensions overflow: {self:?}"));
+        }
         Ok(())
     }
 
-    /// Number of weight parameters (embedding, layers, norm, head).
-    pub fn num_params(&self) -> usize {
+    /// Number of weight parameters (embedding, layers, norm, head); `None` if it overflows.
+    fn checked_params(&self) -> Option<usize> {
         let (h, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let attn = h * self.num_heads * hd * 2 + h * self.num_kv_heads * hd * 2;
-        let layer = attn + 3 * h * f + 2 * h;
-        self.num_layers * layer + 2 * self.vocab_size * h + h
+        let q = h.checked_mul(self.num_heads)?.checked_mul(hd)?.checked_mul(2)?;
+        let kv = h.checked_mul(self.num_kv_heads)?.checked_mul(hd)?.checked_mul(2)?;
+        let mlp = h.checked_mul(f)?.checked_mul(3)?;
+        let layer = q.checked_add(kv)?.checked_add(mlp)?.checked_add(h.checked_mul(2)?)?;
+        let emb = self.vocab_size.checked_mul(h)?.checked_mul(2)?;
+        self.num_layers.checked_mul(layer)?.checked_add(emb)?.checked_add(h)
+    }
+
+    /// Number of weight parameters (embedding, layers, norm, head); saturates for configs `validate` refuses.
+    pub fn num_params(&self) -> usize {
+        self.checked_params().unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LlamaConfig;
+
+    fn tiny() -> LlamaConfig {
+        LlamaConfig {
+            hidden_size: 64,
+            intermediate_size: 176,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 4,
+            head_dim: 16,
+            vocab_size: 1000,
+            max_position_embeddings: 256,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: 1.0,
+            bos_id: 1,
+            eos_id: 2,
+        }
+    }
+
+    #[test]
+    fn overflowing_dimensions_are_refused() {
+        // fuzz/regressions/hf_config: `num_attention_heads` 2^62 overflowed canonical_shape.
+        tiny().validate().unwrap();
+        assert!(LlamaConfig { num_heads: 1 << 62, num_kv_heads: 1 << 62, ..tiny() }.validate().is_err());
+        assert!(LlamaConfig { vocab_size: usize::MAX / 2, ..tiny() }.validate().is_err());
+        assert!(LlamaConfig { num_layers: usize::MAX / 1000, ..tiny() }.validate().is_err());
+        assert_eq!(LlamaConfig { num_layers: usize::MAX, ..tiny() }.num_params(), usize::MAX);
     }
 }

@@ -1,6 +1,6 @@
 //! Hugging Face Llama folders: `config.json`, one `model.safetensors` or a sharded index, f32/f16/bf16.
 //! Tensors are read at their offsets with positioned reads straight into their final buffer.
-use super::{CheckpointSource, TensorInfo, canonical_names, canonical_shape, check_lfs};
+use super::{CheckpointSource, TensorInfo, canonical_names, canonical_names_iter, canonical_shape, check_lfs};
 use crate::config::LlamaConfig;
 use crate::tensor::{DType, Tensor};
 use crate::tokenizer::Tokenizer;
@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 
 /// Where one stored tensor lives.
 #[derive(Debug, Clone)]
-struct Stored {
-    file: PathBuf,
-    dtype: DType,
-    shape: Vec<usize>,
+pub struct Stored {
+    pub file: PathBuf,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
     /// Absolute byte offset of the data in `file`.
-    offset: u64,
+    pub offset: u64,
 }
 
 pub struct HfSource {
@@ -95,27 +95,57 @@ fn parse_config(path: &Path, v: &Value) -> Result<(LlamaConfig, bool)> {
     Ok((cfg, tied))
 }
 
-/// Parses a safetensors header and checks every tensor lies inside the file with a consistent size.
+/// Reads a safetensors header from disk and indexes its tensors (see [`parse_header`]).
 fn index_safetensors(file: &Path, out: &mut BTreeMap<String, Stored>) -> Result<()> {
     let f = File::open(file).map_err(|e| Error::io(file, e))?;
     let len = f.metadata().map_err(|e| Error::io(file, e))?.len();
     let mut head = [0u8; 8];
     f.read_exact_at(&mut head, 0).map_err(|_| Error::ckpt(file, "file too short for a safetensors header"))?;
     check_lfs(file, &head)?;
-    let n = u64::from_le_bytes(head);
-    if n > MAX_HEADER || 8 + n > len {
-        if len < 200 {
-            let mut all = vec![0u8; len as usize];
-            let _ = f.read_exact_at(&mut all, 0);
-            check_lfs(file, &all)?;
+    let n = match header_len(file, head, len) {
+        Ok(n) => n,
+        Err(e) => {
+            if len < 200 {
+                let mut all = vec![0u8; len as usize];
+                let _ = f.read_exact_at(&mut all, 0);
+                check_lfs(file, &all)?;
+            }
+            return Err(e);
         }
-        return Err(Error::ckpt(file, format!("safetensors header length {n} is invalid for a {len}-byte file")));
-    }
+    };
     let mut hdr = vec![0u8; n as usize];
     f.read_exact_at(&mut hdr, 8).map_err(|e| Error::io(file, e))?;
-    let v: Value = serde_json::from_slice(&hdr).map_err(|e| Error::ckpt(file, format!("invalid safetensors header: {e}")))?;
+    out.extend(parse_header(file, &hdr, len)?);
+    Ok(())
+}
+
+/// The JSON header length `n` from the 8-byte little-endian prefix of a `len`-byte safetensors file,
+/// checked against `MAX_HEADER` and the file size before anything is allocated.
+fn header_len(file: &Path, head: [u8; 8], len: u64) -> Result<u64> {
+    let n = u64::from_le_bytes(head);
+    if n > MAX_HEADER || n.checked_add(8).is_none_or(|end| end > len) {
+        return Err(Error::ckpt(file, format!("safetensors header length {n} is invalid for a {len}-byte file")));
+    }
+    Ok(n)
+}
+
+/// Indexes a whole safetensors file held in memory (length prefix, JSON header, data), exactly as the
+/// loader does for a file on disk; `file` names it in errors. Used by the fuzz targets.
+pub fn parse_file_bytes(file: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Stored>> {
+    let head: [u8; 8] =
+        bytes.get(..8).and_then(|h| h.try_into().ok()).ok_or_else(|| Error::ckpt(file, "file too short for a safetensors header"))?;
+    check_lfs(file, &head)?;
+    let n = header_len(file, head, bytes.len() as u64)?;
+    parse_header(file, &bytes[8..8 + n as usize], bytes.len() as u64)
+}
+
+/// Parses the JSON header `hdr` (bytes `8..8+hdr.len()`) of a `len`-byte safetensors file and checks that
+/// every float tensor lies inside the file with a byte size matching its shape; other dtypes are skipped.
+pub fn parse_header(file: &Path, hdr: &[u8], len: u64) -> Result<BTreeMap<String, Stored>> {
+    let mut out = BTreeMap::new();
+    let v: Value = serde_json::from_slice(hdr).map_err(|e| Error::ckpt(file, format!("invalid safetensors header: {e}")))?;
     let obj = v.as_object().ok_or_else(|| Error::ckpt(file, "safetensors header is not an object"))?;
-    let data_start = 8 + n;
+    let data_start = 8 + hdr.len() as u64;
     for (name, t) in obj {
         if name == "__metadata__" {
             continue;
@@ -149,12 +179,14 @@ fn index_safetensors(file: &Path, out: &mut BTreeMap<String, Stored>) -> Result<
         if e - b != want {
             return Err(bad(&format!("byte size {} does not match shape {shape:?} of {} ({want} bytes)", e - b, dtype.name())));
         }
-        if data_start + e > len {
-            return Err(Error::Truncated { path: file.into(), name: name.clone(), expected: data_start + e, got: len });
+        // Offsets are untrusted u64s: `data_start + e` may overflow (and would then pass a wrapped check).
+        match data_start.checked_add(e) {
+            Some(end) if end <= len => {}
+            end => return Err(Error::Truncated { path: file.into(), name: name.clone(), expected: end.unwrap_or(u64::MAX), got: len }),
         }
         out.insert(name.clone(), Stored { file: file.into(), dtype, shape, offset: data_start + b });
     }
-    Ok(())
+    Ok(out)
 }
 
 impl HfSource {
@@ -198,8 +230,9 @@ impl HfSource {
             }
         }
         let src = HfSource { path: path.into(), cfg: cfg.clone(), stored, tied, shards };
-        // Validate every tensor now so errors appear before any allocation.
-        for name in canonical_names(&cfg) {
+        // Validate every tensor now so errors appear before any allocation; names are generated lazily, so
+        // a config claiming absurdly many layers fails at the first missing one.
+        for name in canonical_names_iter(&cfg) {
             let s = src.stored_for(&name)?;
             let want = canonical_shape(&cfg, &name).expect("canonical");
             if s.shape != want {
@@ -295,3 +328,35 @@ pub fn total_bytes(src: &dyn CheckpointSource) -> u64 {
     src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum()
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::parse_file_bytes;
+    use crate::Error;
+    use std::path::Path;
+
+    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn offsets_near_u64_max_are_truncation_errors() {
+        // fuzz/regressions/safetensors: `data_start + end` overflowed (a panic with overflow checks,
+        // and in release a wrapped sum that accepted a tensor "inside" the file at a wrapped offset).
+        let p = Path::new("x.safetensors");
+        let max = u64::MAX;
+        for (b, e, shape) in [(max, max, "[0]"), (max - 4, max, "[1]")] {
+            let h = format!(r#"{{"x":{{"dtype":"F32","shape":{shape},"data_offsets":[{b},{e}]}}}}"#);
+            match parse_file_bytes(p, &file(&h, &[0; 8])) {
+                Err(Error::Truncated { expected, .. }) => assert_eq!(expected, u64::MAX),
+                other => panic!("{other:?}"),
+            }
+        }
+        let h = r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let ok = parse_file_bytes(p, &file(h, &[0; 8])).unwrap();
+        assert_eq!(ok["x"].offset, 8 + h.len() as u64);
+    }
+}

@@ -25,13 +25,14 @@ pub fn layer_name(i: usize, t: &str) -> String {
 
 /// Every canonical tensor name of a model, in load order.
 pub fn canonical_names(cfg: &LlamaConfig) -> Vec<String> {
-    let mut v = vec!["tok_emb".to_string()];
-    for i in 0..cfg.num_layers {
-        v.extend(LAYER_TENSORS.iter().map(|t| layer_name(i, t)));
-    }
-    v.push("final_norm".into());
-    v.push("lm_head".into());
-    v
+    canonical_names_iter(cfg).collect()
+}
+
+/// [`canonical_names`] one at a time, for checks that must stop at the first missing tensor without
+/// materialising a list sized by an untrusted layer count.
+pub fn canonical_names_iter(cfg: &LlamaConfig) -> impl Iterator<Item = String> + '_ {
+    let layers = (0..cfg.num_layers).flat_map(|i| LAYER_TENSORS.iter().map(move |t| layer_name(i, t)));
+    std::iter::once("tok_emb".to_string()).chain(layers).chain(["final_norm".to_string(), "lm_head".to_string()])
 }
 
 /// The shape a canonical tensor must have.

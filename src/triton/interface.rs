@@ -168,8 +168,10 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
     if n == 0 || k != 1 {
         return bad(format!("input `{pname}` must have shape [batch, 1] with batch >= 1, got {:?}", pt.shape));
     }
-    let mut texts = Vec::with_capacity(n);
-    for (i, raw) in pt.as_bytes()?.into_iter().enumerate() {
+    // The element count is checked against the buffer before anything is sized by the (untrusted) shape.
+    let elements = pt.as_bytes()?;
+    let mut texts = Vec::with_capacity(elements.len());
+    for (i, raw) in elements.into_iter().enumerate() {
         let s = String::from_utf8(raw).map_err(|_| Error::InvalidRequest(format!("input `{pname}` element {i} is not valid UTF-8")))?;
         if s.is_empty() {
             return bad(format!("input `{pname}` element {i} is an empty prompt"));

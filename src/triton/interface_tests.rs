@@ -79,3 +79,14 @@ fn refusals_name_the_input() {
     let wide = bytes("prompts", &[&["a", "b"]]);
     assert!(err(&[wide]).contains("shape [batch, 1]"));
 }
+
+#[test]
+fn a_huge_batch_dimension_is_refused_before_allocating() {
+    // fuzz/regressions/triton_request: shape [2^40, 1] sized a Vec<String> before the BYTES buffer was
+    // checked against it (capacity overflow panic, or a multi-terabyte allocation).
+    for rows in [1i64 << 40, i64::MAX / 2, 1 << 32] {
+        let mut p = bytes("prompts", &[&["a"]]);
+        p.shape = vec![rows, 1];
+        assert!(err(&[p]).contains("shape says"), "{rows}");
+    }
+}

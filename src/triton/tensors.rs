@@ -109,7 +109,8 @@ impl InputTensor {
     fn check_fixed(&self) -> Result<usize> {
         let n = self.numel()?;
         let size = dtype_size(self.dtype).ok_or_else(|| bad(format!("input `{}`: BYTES where a number was expected", self.name)))?;
-        if self.data.len() != n * size {
+        // `n * size` may overflow for a hostile shape; wrapped, it could match a short buffer.
+        if n.checked_mul(size) != Some(self.data.len()) {
             return Err(bad(format!("input `{}`: {} bytes for {n} {} elements", self.name, self.data.len(), dtype_name(self.dtype))));
         }
         Ok(size)
@@ -192,6 +193,15 @@ mod tests {
         assert!(parse_bytes("p", &[1, 0], 1).unwrap_err().to_string().contains("truncated"));
         assert!(parse_bytes("p", &encode_bytes(&["a", "b"]), 1).unwrap_err().to_string().contains("holds 2"));
         assert!(parse_bytes("p", &[], 1).is_err());
+    }
+
+    #[test]
+    fn byte_size_of_a_huge_shape_does_not_wrap() {
+        // fuzz/regressions/triton_request: 2^62 FP32 elements are 2^64 bytes, which wrapped to 0 and matched an
+        // empty buffer (an overflow panic with checks on; in release, an empty row list indexed by batch row).
+        let x = t("top_p", ffi::TYPE_FP32, &[1 << 62, 1], vec![]);
+        assert!(x.as_f64s().is_err());
+        assert!(x.as_ints().is_err());
     }
 
     #[test]

@@ -1,0 +1,3 @@
+//! libFuzzer entry for the `nemo_tar` target; the harness body is `triton_llama_fuzz::nemo_tar` (fuzz/src/lib.rs).
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| triton_llama_fuzz::nemo_tar(data));
