@@ -16,6 +16,8 @@ const USAGE: &str = "usage:
                          [--ignore-eos] [--bos|--no-bos] [--tp N] [--json]
   triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--json]
   triton-llama bench [--steps N] [--prefill N] [--json]
+  triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
+                         (needs a build with --features cuda; random Llama-2-7B-shape weights)
 CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).";
 
 /// Parsed command line: positional arguments, repeated `--key value` options and bare flags.
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
         "generate" => generate(&args),
         "score" => score(&args),
         "bench" => bench(&args),
+        "bench-cuda" => bench_cuda(&args),
         other => Err(Error::InvalidRequest(format!("unknown command `{other}`\n{USAGE}"))),
     };
     match r {
@@ -261,5 +264,40 @@ fn bench(a: &Args) -> Result<()> {
     }
     println!("prefill {} tokens: {:.1} tok/s", r.prefill_tokens, r.prefill_tok_s);
     println!("batch-1 weight bandwidth / copy bandwidth (faster copy): {:.2}", r.batch1_bandwidth_ratio);
+    Ok(())
+}
+
+fn list(a: &Args, k: &str, default: &[usize]) -> Result<Vec<usize>> {
+    match a.get(k) {
+        None => Ok(default.to_vec()),
+        Some(v) => v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`")))).collect(),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_cuda(_: &Args) -> Result<()> {
+    Err(Error::Unavailable("this binary was built without the `cuda` feature (cargo build --release --features cuda)".into()))
+}
+
+#[cfg(feature = "cuda")]
+fn bench_cuda(a: &Args) -> Result<()> {
+    a.allow_only(&["gpu", "steps", "batches", "prefill", "layers"])?;
+    let mut cfg = triton_llama::backend::cuda::bench::llama2_7b();
+    cfg.num_layers = a.num("layers", cfg.num_layers)?;
+    let (batches, prefill) = (list(a, "batches", &[1, 16, 64])?, list(a, "prefill", &[512, 2048])?);
+    let r = triton_llama::backend::cuda::bench::run(a.num("gpu", 0)?, cfg, &batches, a.num("steps", 32)?, &prefill)?;
+    if a.flag("json") {
+        print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    println!("device: {}  model: {} params, {:.2} GB bf16, loaded in {:.1} s, {} KV blocks", r.device, r.model_params, r.weight_bytes as f64 / 1e9, r.load_s, r.kv_blocks);
+    println!("device-to-device copy: {:.0} GB/s copied ({:.0} GB/s read+write)", r.copy_gbps, r.copy_traffic_gbps);
+    for d in &r.decode {
+        println!("decode batch {:>2}: {:8.2} ms/step {:9.1} tok/s  weights {:7.1} GB/s", d.batch, d.ms_per_step, d.tok_s, d.weight_gbps);
+    }
+    for p in &r.prefill {
+        println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
+    }
+    println!("batch-1 weight bandwidth / copy read+write bandwidth: {:.3}", r.batch1_bandwidth_ratio);
     Ok(())
 }
