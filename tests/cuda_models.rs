@@ -11,8 +11,10 @@ use triton_llama::engine::runner::{KvPlan, Runner, StepInput};
 use triton_llama::loader;
 use triton_llama::sampling::argmax;
 
+/// Fixture path; `TL_FIXTURES` overrides the build-time location (binaries copied to a GPU machine).
 fn fixture(rel: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    let root = std::env::var_os("TL_FIXTURES").map(std::path::PathBuf::from);
+    root.unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")).join(rel)
 }
 
 /// Number of GPUs, or None after saying loudly that the test is skipped.
