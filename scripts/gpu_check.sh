@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check in one command, in two halves:
 #   on the build machine (Rust + nvcc, no GPU):  bash scripts/gpu_check.sh --stage
-#       builds with --features cuda and puts stripped binaries in target/gpu_bundle/ (carry that folder);
+#       builds with --features cuda and puts stripped binaries in target/gpu_bundle/ and target/gpu_bundle.tgz
+#       (about 25 MB: carry that file);
 #   on the GPU machine (no Rust, CUDA driver, Python env with nvidia-cublas and nvidia-nccl):  bash scripts/gpu_check.sh
 #       runs each kernel against its CPU twin, the fixture models on CUDA against the CPU engine (TP=2 when two
 #       GPUs are present), and the Llama-2-7B-shape benchmark, then writes one JSON summary to
@@ -25,10 +26,15 @@ for line in sys.stdin:
         while read -r name exe; do cp "$exe" "$BUNDLE/$name"; done
     cp target/release/triton-llama target/release/libtriton_llama.so "$BUNDLE/"
     strip --strip-debug "$BUNDLE"/*
-    du -sh "$BUNDLE"/*
+    tar czf "$BUNDLE.tgz" -C "$(dirname "$BUNDLE")" "$(basename "$BUNDLE")"
+    du -sh "$BUNDLE"/* "$BUNDLE.tgz"
+    echo "carry $BUNDLE.tgz (or $BUNDLE) to the GPU machine, then run: bash scripts/gpu_check.sh"
     exit 0
 fi
 
+if [ ! -d "$BUNDLE" ] && [ -f "$BUNDLE.tgz" ]; then
+    tar xzf "$BUNDLE.tgz" -C "$(dirname "$BUNDLE")"
+fi
 R="${OUT:-$(mktemp -d)}"
 mkdir -p "$R/logs"
 for f in cuda_kernels cuda_models triton-llama; do
@@ -73,7 +79,7 @@ def test_step(name, rc, secs):
     log = open(os.path.join(r, "logs", name + ".log"), errors="replace").read()
     res = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", log)
     return {"rc": int(rc), "seconds": float(secs), "passed": sum(int(a) for a, _ in res), "failed": sum(int(b) for _, b in res),
-            "skipped": re.findall(r"^SKIPPED [^\n]*", log, re.M), "tail": log[-3000:]}
+            "skipped": re.findall(r"SKIPPED [^\n]*", log), "tail": log[-3000:]}
 bench = None
 try:
     bench = json.load(open(os.path.join(r, "bench.json")))
