@@ -67,6 +67,7 @@ pub fn embedding(st: &CudaStream, out: &mut CudaSlice<f32>, table: &CudaSlice<u1
     status("embedding", unsafe { sys::tl_embedding(o as *mut f32, t as *const u16, i as *const i32, int("embedding", n)?, int("embedding", h)?, raw(st)) })
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn rms_norm(st: &CudaStream, out: &mut CudaSlice<f32>, residual: Option<&mut CudaSlice<f32>>, x: &CudaSlice<f32>, w: &CudaSlice<f32>, n: usize, h: usize, eps: f32) -> Result<()> {
     need("rms_norm", "out", out.len(), n * h)?;
     need("rms_norm", "x", x.len(), n * h)?;
@@ -154,7 +155,7 @@ pub fn paged_attention(st: &CudaStream, out: &mut CudaSlice<f32>, q: &CudaSlice<
     if m.dec_splits > 1 {
         need("paged_attention", "scratch", scratch.len(), m.n_dec * hs.nh * m.dec_splits * (hs.hd + 2))?;
     }
-    if hs.hd > TL_MAX_HEAD_DIM as usize || hs.nkv == 0 || hs.nh % hs.nkv != 0 {
+    if hs.hd > TL_MAX_HEAD_DIM as usize || hs.nkv == 0 || !hs.nh.is_multiple_of(hs.nkv) {
         return Err(Error::Internal(format!("paged_attention: unsupported heads {hs:?} (head_dim <= {TL_MAX_HEAD_DIM})")));
     }
     let dev = m.buf.device_ptr(st);
@@ -187,6 +188,7 @@ pub fn paged_attention(st: &CudaStream, out: &mut CudaSlice<f32>, q: &CudaSlice<
 }
 
 /// out `[n, m]` (f32) = x `[n, k]` (bf16) · wᵀ with w `[m, k]` (bf16), f32 accumulation, on the blas stream.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16(blas: &CudaBlas, st: &CudaStream, out: &mut CudaSlice<f32>, x: &CudaSlice<u16>, w: &CudaSlice<u16>, n: usize, m: usize, k: usize) -> Result<()> {
     need("gemm", "out", out.len(), n * m)?;
     need("gemm", "x", x.len(), n * k)?;

@@ -82,11 +82,11 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
         if let Some(&b) = m.block_table[..needed].iter().find(|&&b| (b as usize + 1) * bs > num_slots) {
             return Err(bad(format!("sequence {s}: block {b} outside a cache of {num_slots} slots")));
         }
-        for t in m.token_start..end {
-            if tok_seq[t] != -1 {
-                return Err(bad(format!("token {t} belongs to two sequences")));
+        for (t, owner) in tok_seq[m.token_start..end].iter_mut().enumerate() {
+            if *owner != -1 {
+                return Err(bad(format!("token {} belongs to two sequences", m.token_start + t)));
             }
-            tok_seq[t] = s as i32;
+            *owner = s as i32;
         }
         seq_start.push(i32_of(m.token_start)?);
         seq_len.push(i32_of(m.n_tokens)?);
