@@ -1,10 +1,10 @@
 // sampling.cu: logits post-processing and sampling on the GPU, so only the sampled ids cross to the host.
-// Penalties and masks per row, then argmax (temperature 0) or: candidates sorted by (logit desc, id asc)
-// with a stable segmented radix sort, top-k, softmax with temperature in f64, top-p, and a draw with the
-// row's host-provided uniform. CPU twin: Sampler::process + Sampler::pick in src/sampling.rs.
+// Penalties and masks per row, then argmax (temperature 0) or the CPU sampler's rule without sorting:
+// candidates are ordered by the 64-bit key (ordered logit bits << 32 | ~id), so "the first i entries in
+// (logit desc, id asc) order" is "keys >= some threshold", and top-k, top-p and the draw are each a binary
+// search over thresholds with block-wide counts / f64 probability sums (64 steps each).
+// CPU twin: Sampler::process + Sampler::pick in src/sampling.rs (same result up to f64 summation order).
 #include "common.cuh"
-#include <cub/cub.cuh>
-#include <float.h>
 #include <limits.h>
 
 #define SAMPLE_THREADS 1024
@@ -28,46 +28,6 @@ __global__ void penalties_kernel(float *logits, const TlSampleParams *params, co
     }
     __syncthreads();
     for (int i = mask_off[row] + threadIdx.x; i < mask_off[row + 1]; i += blockDim.x) l[mask_ids[i]] = -INFINITY;
-}
-
-__global__ void iota_kernel(int32_t *idx, int32_t *offsets, int rows, int vocab) {
-    const int64_t total = static_cast<int64_t>(rows) * vocab;
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-        idx[i] = static_cast<int32_t>(i % vocab);
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i <= rows; i += gridDim.x * blockDim.x) offsets[i] = i * vocab;
-}
-
-// First index in [0, n) whose running sum of f(i) passes `threshold` (>= when `inclusive_eq`, else >);
-// n - 1 when none does. Returns the sum up to and including that index in *sum_out.
-template <typename F>
-__device__ int block_find_cumsum(int n, double threshold, bool inclusive_eq, F f, double *sum_out) {
-    typedef cub::BlockScan<double, SAMPLE_THREADS> Scan;
-    __shared__ typename Scan::TempStorage tmp;
-    __shared__ int found;
-    __shared__ double found_sum;
-    __syncthreads(); // a previous call may still be reading `found`
-    if (threadIdx.x == 0) {
-        found = INT_MAX;
-        found_sum = 0.0;
-    }
-    __syncthreads();
-    double carry = 0.0;
-    for (int base = 0; base < n; base += SAMPLE_THREADS) {
-        const int i = base + threadIdx.x;
-        const double v = i < n ? f(i) : 0.0;
-        double incl, agg;
-        Scan(tmp).InclusiveSum(v, incl, agg);
-        const double s = carry + incl;
-        if (i < n && (inclusive_eq ? s >= threshold : s > threshold)) atomicMin(&found, i);
-        __syncthreads();
-        if (found != INT_MAX && i == found) found_sum = s;
-        __syncthreads();
-        if (found != INT_MAX) break;
-        carry += agg;
-    }
-    const int r = found == INT_MAX ? n - 1 : found;
-    *sum_out = found == INT_MAX ? carry : found_sum;
-    return r;
 }
 
 __device__ void block_argmax(const float *l, int vocab, int32_t *out) {
@@ -106,8 +66,48 @@ __device__ void block_argmax(const float *l, int vocab, int32_t *out) {
     }
 }
 
-__global__ void pick_kernel(int32_t *out_ids, const float *logits, const float *keys, const int32_t *idx,
-                            const TlSampleParams *params, int vocab) {
+__device__ __forceinline__ double block_sum_d(double v, double *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.0;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Larger key = earlier in (logit desc, id asc) order; 0 for non-finite logits (never candidates).
+__device__ __forceinline__ uint64_t sort_key(float v, int i) {
+    if (!isfinite(v)) return 0;
+    const uint32_t b = __float_as_uint(v);
+    const uint32_t ord = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return (static_cast<uint64_t>(ord) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
+}
+
+// Sum of w(i) over entries with key >= kappa (count when q is null).
+__device__ double mass_at(const float *l, const double *q, int vocab, uint64_t kappa, double *sh) {
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        if (sort_key(l[i], i) >= kappa) acc += q ? q[i] : 1.0;
+    return block_sum_d(acc, sh);
+}
+
+// Largest kappa in [lo, max] with pred(mass_at(kappa)); pred(mass_at(lo)) must hold.
+template <typename P>
+__device__ uint64_t search_max(const float *l, const double *q, int vocab, uint64_t lo, P pred, double *sh) {
+    uint64_t hi = ~static_cast<uint64_t>(0);
+    while (lo < hi) {
+        const uint64_t mid = lo + (hi - lo) / 2 + 1;
+        if (pred(mass_at(l, q, vocab, mid, sh))) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+__global__ void pick_kernel(int32_t *out_ids, const float *logits, double *qbuf, const TlSampleParams *params, int vocab) {
+    __shared__ double sh[32];
+    __shared__ float shf[32];
     const int row = blockIdx.x;
     const TlSampleParams p = params[row];
     const float *l = logits + static_cast<int64_t>(row) * vocab;
@@ -115,51 +115,48 @@ __global__ void pick_kernel(int32_t *out_ids, const float *logits, const float *
         block_argmax(l, vocab, out_ids + row);
         return;
     }
-    const float *k = keys + static_cast<int64_t>(row) * vocab;
-    const int32_t *id = idx + static_cast<int64_t>(row) * vocab;
-    __shared__ float sh[32];
-    float cnt = 0.f;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) cnt += isfinite(k[i]) ? 1.f : 0.f;
-    const int n_finite = static_cast<int>(block_sum(cnt, sh) + 0.5f);
-    if (n_finite == 0) {
+    float cnt = 0.f, mx = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        if (isfinite(l[i])) {
+            cnt += 1.f;
+            mx = fmaxf(mx, l[i]);
+        }
+    const double n_finite = block_sum_d(cnt, sh);
+    mx = warp_max(mx);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) shf[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = (threadIdx.x & 31) < static_cast<int>(blockDim.x >> 5) ? shf[threadIdx.x & 31] : -INFINITY;
+    mx = warp_max(mx);
+    if (n_finite < 0.5) {
         block_argmax(l, vocab, out_ids + row);
         return;
     }
-    // Finite values sort before -inf, so the candidates are the first n_finite sorted entries.
-    const int keep = p.top_k > 0 ? min(p.top_k, n_finite) : n_finite;
-    const float mx = k[0];
+    double *q = qbuf + static_cast<int64_t>(row) * vocab;
     const float T = p.temperature;
-    auto q = [&](int i) { return exp(static_cast<double>((k[i] - mx) / T)); };
-    double total;
-    block_find_cumsum(keep, static_cast<double>(INFINITY), true, [&](int i) { return q(i); }, &total); // plain sum
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) q[i] = isfinite(l[i]) ? exp(static_cast<double>((l[i] - mx) / T)) : 0.0;
     __syncthreads();
-    int kept = keep;
-    double t = 1.0;
-    if (p.top_p < 1.f) {
-        const int last = block_find_cumsum(keep, static_cast<double>(p.top_p), true, [&](int i) { return q(i) / total; }, &t);
-        kept = last + 1;
-        __syncthreads();
+    uint64_t k_top = 1;
+    if (p.top_k > 0 && static_cast<double>(p.top_k) < n_finite) {
+        const double k = static_cast<double>(p.top_k);
+        k_top = search_max(l, nullptr, vocab, 1, [=](double c) { return c >= k; }, sh);
     }
-    double unused;
-    const int pick = block_find_cumsum(kept, p.u, false, [&](int i) { return q(i) / total / t; }, &unused);
-    if (threadIdx.x == 0) out_ids[row] = id[pick];
-}
-
-static size_t align256(size_t b) { return (b + 255) & ~static_cast<size_t>(255); }
-
-static size_t cub_temp_bytes(int rows, int vocab) {
-    size_t bytes = 0;
-    cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, bytes, static_cast<const float *>(nullptr), static_cast<float *>(nullptr),
-                                                       static_cast<const int32_t *>(nullptr), static_cast<int32_t *>(nullptr),
-                                                       static_cast<int64_t>(rows) * vocab, rows, static_cast<const int32_t *>(nullptr),
-                                                       static_cast<const int32_t *>(nullptr));
-    return bytes;
+    const double total = mass_at(l, q, vocab, k_top, sh);
+    uint64_t k_p = k_top;
+    if (p.top_p < 1.f) {
+        const double target = static_cast<double>(p.top_p) * total;
+        if (total >= target) k_p = search_max(l, q, vocab, k_top, [=](double m) { return m >= target; }, sh);
+    }
+    const double kept = mass_at(l, q, vocab, k_p, sh);
+    const double target = p.u * kept;
+    uint64_t pick = k_p;
+    if (kept > target) pick = search_max(l, q, vocab, k_p, [=](double m) { return m > target; }, sh);
+    if (threadIdx.x == 0) out_ids[row] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(pick & 0xFFFFFFFFu));
 }
 
 extern "C" int64_t tl_sample_scratch_bytes(int rows, int vocab) {
     if (rows <= 0 || vocab <= 0) return 0;
-    const size_t n = static_cast<size_t>(rows) * vocab;
-    return static_cast<int64_t>(align256(n * 4) * 3 + align256((rows + 1) * 4) + align256(cub_temp_bytes(rows, vocab)));
+    return static_cast<int64_t>(rows) * vocab * static_cast<int64_t>(sizeof(double));
 }
 
 extern "C" int tl_sample(int32_t *out_ids, float *logits, const TlSampleParams *params, const int32_t *rep_off,
@@ -168,20 +165,7 @@ extern "C" int tl_sample(int32_t *out_ids, float *logits, const TlSampleParams *
     if (rows == 0) return 0;
     if (rows < 0 || vocab <= 0) return TL_ERR_ARGS;
     cudaStream_t st = TL_STREAM(stream);
-    const size_t n = static_cast<size_t>(rows) * vocab;
-    char *s = static_cast<char *>(scratch);
-    float *keys = reinterpret_cast<float *>(s);
-    int32_t *idx_in = reinterpret_cast<int32_t *>(s + align256(n * 4));
-    int32_t *idx_out = reinterpret_cast<int32_t *>(s + 2 * align256(n * 4));
-    int32_t *offsets = reinterpret_cast<int32_t *>(s + 3 * align256(n * 4));
-    void *temp = s + 3 * align256(n * 4) + align256((rows + 1) * 4);
-    size_t temp_bytes = cub_temp_bytes(rows, vocab);
     penalties_kernel<<<rows, 256, 0, st>>>(logits, params, rep_off, rep_ids, gen_off, gen_ids, gen_counts, mask_off, mask_ids, vocab);
-    iota_kernel<<<256, 256, 0, st>>>(idx_in, offsets, rows, vocab);
-    cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(temp, temp_bytes, logits, keys, idx_in, idx_out,
-                                                                       static_cast<int64_t>(n), rows, offsets, offsets + 1, 0,
-                                                                       sizeof(float) * 8, st);
-    if (e != cudaSuccess) return static_cast<int>(e);
-    pick_kernel<<<rows, SAMPLE_THREADS, 0, st>>>(out_ids, logits, keys, idx_out, params, vocab);
+    pick_kernel<<<rows, SAMPLE_THREADS, 0, st>>>(out_ids, logits, static_cast<double *>(scratch), params, vocab);
     return tl_launch_status();
 }
