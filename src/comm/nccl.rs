@@ -55,7 +55,8 @@ impl Communicator<CudaBackend> for NcclComm {
     fn world_size(&self) -> usize {
         self.world
     }
-    fn all_reduce_sum(&self, _: &CudaBackend, buf: &mut CudaBuf, n: usize) -> Result<()> {
+    fn all_reduce_sum(&self, backend: &CudaBackend, buf: &mut CudaBuf, n: usize) -> Result<()> {
+        backend.invalidate()?; // `buf` changes: a cached bf16 copy of it must not be reused
         if n > buf.0.len() {
             return Err(Error::Internal(format!("all_reduce of {n} floats in a buffer of {}", buf.0.len())));
         }

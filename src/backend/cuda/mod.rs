@@ -10,7 +10,7 @@ use super::{AttnDims, Backend, StepMeta};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::sync::{Arc, Mutex};
 
 pub use ffi::Heads;
@@ -43,6 +43,9 @@ struct Scratch {
     attn: Option<CudaSlice<f32>>,
     meta_host: meta::HostMeta,
     meta_dev: Option<meta::DeviceMeta>,
+    /// (device pointer, elements) of the f32 buffer whose bf16 copy is in `bf16`, valid while the ops since
+    /// were only GEMMs reading it (q/k/v and gate/up share one conversion).
+    converted: Option<(u64, usize)>,
 }
 
 /// One GPU: its primary context, one stream for all work, and a cuBLAS handle bound to that stream.
@@ -73,7 +76,7 @@ impl CudaBackend {
         ffi::single_stream_mode(&ctx);
         let stream = ctx.new_stream().map_err(cuda_err("stream"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Internal(format!("cuBLAS init: {e}")))?;
-        let scratch = Scratch { bf16: None, attn: None, meta_host: meta::HostMeta::default(), meta_dev: None };
+        let scratch = Scratch { bf16: None, attn: None, meta_host: meta::HostMeta::default(), meta_dev: None, converted: None };
         Ok(CudaBackend { ctx, stream, blas: Arc::new(blas), scratch: Arc::new(Mutex::new(scratch)) })
     }
 
@@ -95,8 +98,17 @@ impl CudaBackend {
         self.stream.synchronize().map_err(cuda_err("synchronize"))
     }
 
+    /// Binds the context to this thread before an op that may write device buffers (which also
+    /// invalidates the cached bf16 conversion of a GEMM input).
     fn bind(&self) -> Result<()> {
+        self.invalidate()?;
         self.ctx.bind_to_thread().map_err(cuda_err("bind context"))
+    }
+
+    /// Forgets the cached bf16 copy of the last GEMM input; call after anything that may write a buffer.
+    pub fn invalidate(&self) -> Result<()> {
+        self.lock()?.converted = None;
+        Ok(())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Scratch>> {
@@ -223,6 +235,7 @@ impl Backend for CudaBackend {
     }
 
     fn write(&self, dst: &mut CudaBuf, src: &[f32]) -> Result<()> {
+        self.invalidate()?;
         if src.len() > dst.0.len() {
             return Err(Error::Internal(format!("write of {} floats into {}", src.len(), dst.0.len())));
         }
@@ -276,11 +289,17 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        self.bind()?;
+        self.ctx.bind_to_thread().map_err(cuda_err("bind context"))?;
+        let key = (x.0.device_ptr(&self.stream).0, n * k);
         let mut s = self.lock()?;
-        self.grow(&mut s.bf16, n * k)?;
-        let xb = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
-        ffi::f32_to_bf16(&self.stream, xb, &x.0, n * k)?;
+        if s.converted != Some(key) {
+            s.converted = None;
+            self.grow(&mut s.bf16, n * k)?;
+            let xb = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
+            ffi::f32_to_bf16(&self.stream, xb, &x.0, n * k)?;
+            s.converted = Some(key);
+        }
+        let xb = s.bf16.as_ref().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
         ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, data, n, m, k)
     }
 
