@@ -192,11 +192,13 @@ fn f32_vec(t: &Tensor) -> Vec<f32> {
     }
 }
 
-fn bf16_bits(t: &Tensor) -> Vec<u16> {
+/// The bf16 bit patterns of a matrix: borrowed when already bf16 (no host copy), converted otherwise.
+fn bf16_bits(t: &Tensor) -> std::borrow::Cow<'_, [u16]> {
+    use std::borrow::Cow;
     match &t.data {
-        TensorData::BF16(v) => v.iter().map(|b| b.to_bits()).collect(),
-        TensorData::F32(v) => v.iter().map(|&f| half::bf16::from_f32(f).to_bits()).collect(),
-        TensorData::F16(v) => v.iter().map(|&f| half::bf16::from_f32(f.to_f32()).to_bits()).collect(),
+        TensorData::BF16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+        TensorData::F32(v) => Cow::Owned(v.iter().map(|&f| half::bf16::from_f32(f).to_bits()).collect()),
+        TensorData::F16(v) => Cow::Owned(v.iter().map(|&f| half::bf16::from_f32(f.to_f32()).to_bits()).collect()),
     }
 }
 
@@ -222,7 +224,7 @@ impl Backend for CudaBackend {
             1 => Ok(CudaWeight::F32 { data: self.stream.clone_htod(&f32_vec(&t)).map_err(cuda_err("upload"))? }),
             2 => {
                 let (rows, cols) = (t.shape[0], t.shape[1]);
-                let data = self.stream.clone_htod(&bf16_bits(&t)).map_err(cuda_err("upload"))?;
+                let data = self.stream.clone_htod(bf16_bits(&t).as_ref()).map_err(cuda_err("upload"))?;
                 Ok(CudaWeight::Bf16 { data, rows, cols })
             }
             _ => Err(Error::Internal(format!("cannot upload a tensor of shape {:?}", t.shape))),
