@@ -92,7 +92,7 @@ summary = {
     "bench_llama2_7b_shape": bench,
     "bench_rc": int(sys.argv[6]), "bench_seconds": float(sys.argv[7]),
     "triton": "TODO: not run (Triton backend on GPU not wired yet)",
-    "tolerance": "kernels: rel 1e-5 (norms), 2e-5 (rope), 1e-4 (attention); models: |gpu-cpu| <= 0.03*max(1,max|cpu|) per row",
+    "tolerance": "kernels: rel 1e-5 (norms), 1e-3 (rope at positions up to 1100), 1e-4 (attention); models: |gpu-cpu| <= 0.03*max(1,max|cpu|) per row",
 }
 summary["ok"] = all(s["rc"] == 0 and s["failed"] == 0 and s["passed"] > 0 for s in (summary["kernels_vs_cpu"], summary["fixture_models_cuda_vs_cpu"])) and summary["bench_rc"] == 0
 text = json.dumps(summary, indent=2)

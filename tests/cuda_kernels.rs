@@ -156,10 +156,12 @@ fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize) {
         CpuBackend.rope_write_kv(&mut cq, &mut ck, &v, &mut ckc, &mut cvc, meta, d).unwrap();
         let (mut gq, mut gk) = (up(g, &q), up(g, &k));
         g.rope_write_kv(&mut gq, &mut gk, &up(g, &v), &mut gkc, &mut gvc, meta, d).unwrap();
-        assert!(max_rel(&down(g, &gq, n * qw), &cq) < 2e-5, "rope q (hd {hd}, step {i})");
-        assert!(max_rel(&down(g, &gk, n * kw), &ck) < 2e-5, "rope k (hd {hd}, step {i})");
+        // CUDA powf may differ from the host's by 2 ulp; at position ~1100 that moves an angle by ~3e-4 rad.
+        let tol = 1e-3;
+        assert!(max_rel(&down(g, &gq, n * qw), &cq) < tol, "rope q (hd {hd}, step {i})");
+        assert!(max_rel(&down(g, &gk, n * kw), &ck) < tol, "rope k (hd {hd}, step {i})");
         let gkc_h = down(g, &gkc, slots * kw);
-        assert!(max_rel(&gkc_h, &ckc) < 2e-5, "k cache (hd {hd}, step {i})");
+        assert!(max_rel(&gkc_h, &ckc) < tol, "k cache (hd {hd}, step {i})");
         assert_eq!(down(g, &gvc, slots * kw), cvc, "v cache (hd {hd}, step {i})");
         {
             // Attention on identical inputs: the CPU's rotated q and caches (step 0: long prefill chunks).
