@@ -68,6 +68,9 @@ step() { # name timeout command...
 }
 step kernels 300 "$BUNDLE/cuda_kernels" --test-threads=1
 step models 300 "$BUNDLE/cuda_models" --test-threads=1
+CKPT="$TL_FIXTURES/models/gqa_bf16/hf"
+step score_cpu 120 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --json > \"$R/score_cpu.json\""
+step score_cuda 120 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --device cuda:0 --json > \"$R/score_cuda.json\""
 step bench 420 sh -c "\"$BUNDLE/triton-llama\" bench-cuda --json > \"$R/bench.json\""
 # TODO(triton): start tritonserver with libtriton_llama.so on the GPU and run the seed client, once the Triton
 # backend is merged and its model config takes a device/gpu list.
@@ -80,6 +83,14 @@ def test_step(name, rc, secs):
     res = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", log)
     return {"rc": int(rc), "seconds": float(secs), "passed": sum(int(a) for a, _ in res), "failed": sum(int(b) for _, b in res),
             "skipped": re.findall(r"SKIPPED [^\n]*", log), "tail": log[-3000:]}
+def cli_score():
+    try:
+        c = json.load(open(os.path.join(r, "score_cpu.json")))["logprobs"]
+        g = json.load(open(os.path.join(r, "score_cuda.json")))["logprobs"]
+        d = max(abs(a - b) for a, b in zip(c, g)) if len(c) == len(g) else None
+        return {"tokens": len(c), "max_abs_logprob_diff": d, "ok": d is not None and d < 0.1}
+    except Exception as e:
+        return {"error": str(e), "ok": False}
 bench = None
 try:
     bench = json.load(open(os.path.join(r, "bench.json")))
@@ -91,10 +102,11 @@ summary = {
     "fixture_models_cuda_vs_cpu": test_step("models", sys.argv[4], sys.argv[5]),
     "bench_llama2_7b_shape": bench,
     "bench_rc": int(sys.argv[6]), "bench_seconds": float(sys.argv[7]),
+    "cli_score_cuda_vs_cpu": cli_score(),
     "triton": "TODO: not run (Triton backend on GPU not wired yet)",
     "tolerance": "kernels: rel 1e-5 (norms), 1e-3 (rope at positions up to 1100), 1e-4 (attention); models: |gpu-cpu| <= 0.03*max(1,max|cpu|) per row",
 }
-summary["ok"] = all(s["rc"] == 0 and s["failed"] == 0 and s["passed"] > 0 for s in (summary["kernels_vs_cpu"], summary["fixture_models_cuda_vs_cpu"])) and summary["bench_rc"] == 0
+summary["ok"] = all(s["rc"] == 0 and s["failed"] == 0 and s["passed"] > 0 for s in (summary["kernels_vs_cpu"], summary["fixture_models_cuda_vs_cpu"])) and summary["bench_rc"] == 0 and summary["cli_score_cuda_vs_cpu"]["ok"]
 text = json.dumps(summary, indent=2)
 open(os.path.join(r, "gpu_check.json"), "w").write(text)
 print(text if not os.environ.get("OUT") else "wrote " + os.path.join(r, "gpu_check.json"))

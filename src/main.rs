@@ -14,7 +14,7 @@ const USAGE: &str = "usage:
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
                          [--ignore-eos] [--bos|--no-bos] [--tp N] [--json]
-  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--json]
+  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
   triton-llama bench [--steps N] [--prefill N] [--json]
   triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
                          (needs a build with --features cuda; random Llama-2-7B-shape weights)
@@ -235,10 +235,16 @@ fn generate(a: &Args) -> Result<()> {
 }
 
 fn score(a: &Args) -> Result<()> {
-    a.allow_only(&["prompt", "tp"])?;
-    let mut engine = engine_for(a)?;
-    let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
-    let lp = engine.score(&ids)?;
+    a.allow_only(&["prompt", "tp", "device"])?;
+    let (ids, lp) = match a.get("device").unwrap_or("cpu") {
+        "cpu" => {
+            let mut engine = engine_for(a)?;
+            let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
+            let lp = engine.score(&ids)?;
+            (ids, lp)
+        }
+        dev => score_on_gpus(a, dev)?,
+    };
     if a.flag("json") {
         print_json(json!({"ids": ids, "logprobs": lp}));
     } else {
@@ -300,4 +306,37 @@ fn bench_cuda(a: &Args) -> Result<()> {
     }
     println!("batch-1 weight bandwidth / copy read+write bandwidth: {:.3}", r.batch1_bandwidth_ratio);
     Ok(())
+}
+
+/// `score --device cuda:IDS`: the prompt's logits from GPU ranks (one step, every row), scored on the host.
+fn score_on_gpus(a: &Args, dev: &str) -> Result<(Vec<u32>, Vec<f32>)> {
+    let ids_spec = dev.strip_prefix("cuda").map(|r| r.trim_start_matches(':')).ok_or_else(|| Error::InvalidRequest(format!("--device: `{dev}` is not cpu or cuda[:ids]")))?;
+    let gpus = if ids_spec.is_empty() { vec![0] } else { list_str(ids_spec, "device")? };
+    let src: std::sync::Arc<dyn loader::CheckpointSource> = std::sync::Arc::from(loader::open(&a.ckpt()?)?);
+    let ids = src.tokenizer()?.encode(a.need("prompt")?, a.bos(src.default_add_bos()))?;
+    let v = src.config().vocab_size;
+    let logits = gpu_prompt_logits(src, &gpus, &ids)?;
+    let lp = (1..ids.len()).map(|i| triton_llama::sampling::logprob_of(&logits[(i - 1) * v..i * v], ids[i] as usize)).collect();
+    Ok((ids, lp))
+}
+
+fn list_str(v: &str, k: &str) -> Result<Vec<usize>> {
+    v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`")))).collect()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_prompt_logits(_: std::sync::Arc<dyn loader::CheckpointSource>, _: &[usize], _: &[u32]) -> Result<Vec<f32>> {
+    Err(Error::Unavailable("this binary was built without the `cuda` feature (cargo build --release --features cuda)".into()))
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_prompt_logits(src: std::sync::Arc<dyn loader::CheckpointSource>, gpus: &[usize], ids: &[u32]) -> Result<Vec<f32>> {
+    use triton_llama::engine::runner::{Runner, StepInput};
+    let bs = 16;
+    let blocks = ids.len().div_ceil(bs).max(1);
+    let runner = Runner::start_cuda(src, gpus, bs, 0.9, Some(blocks))?;
+    let mut input = StepInput::default();
+    input.meta.block_size = bs;
+    input.push_seq(ids, 0, &(0..blocks as u32).collect::<Vec<_>>(), true);
+    runner.run(input)
 }
