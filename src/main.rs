@@ -273,6 +273,7 @@ fn bench(a: &Args) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "cuda")]
 fn list(a: &Args, k: &str, default: &[usize]) -> Result<Vec<usize>> {
     match a.get(k) {
         None => Ok(default.to_vec()),
