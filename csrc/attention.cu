@@ -158,34 +158,42 @@ __global__ void prefill_kernel(float *out, const float *q, const float *kc, cons
             vs[j * hd + d] = vv;
         }
         __syncthreads();
+        // Scores of this lane's key against the warp's RPW rows: one K load serves all rows.
+        float sc[RPW], p[RPW];
+#pragma unroll
+        for (int rr = 0; rr < RPW; ++rr) sc[rr] = 0.f;
+        const float *krow = ks + lane * (hd + 1), *qw = qs + warp * RPW * hd;
+        for (int d = 0; d < hd; ++d) {
+            const float kd = krow[d];
+#pragma unroll
+            for (int rr = 0; rr < RPW; ++rr) sc[rr] += qw[rr * hd + d] * kd;
+        }
 #pragma unroll
         for (int rr = 0; rr < RPW; ++rr) {
-            const int row = warp * RPW + rr;
-            if (row >= rows || kt >= vis[rr]) continue; // warp-uniform
-            const int key = kt + lane;
-            float score = -INFINITY;
-            if (key < vis[rr]) {
-                float a = 0.f;
-                const float *qrow = qs + row * hd, *krow = ks + lane * (hd + 1);
-                for (int d = 0; d < hd; ++d) a += qrow[d] * krow[d];
-                score = a;
-            }
+            p[rr] = 0.f;
+            if (warp * RPW + rr >= rows || kt >= vis[rr]) continue; // warp-uniform; p stays 0
+            const float score = kt + lane < vis[rr] ? sc[rr] : -INFINITY;
             const float nm = fmaxf(mx[rr], warp_max(score));
-            const float p = score == -INFINITY ? 0.f : __expf(score - nm);
+            p[rr] = score == -INFINITY ? 0.f : __expf(score - nm);
             const float corr = __expf(mx[rr] - nm);
-            l[rr] = l[rr] * corr + warp_sum(p);
+            l[rr] = l[rr] * corr + warp_sum(p[rr]);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) acc[rr][e] *= corr;
-            const int nkeys = min(PF_KEYS, vis[rr] - kt);
-            for (int j = 0; j < nkeys; ++j) {
-                const float pj = __shfl_sync(0xffffffffu, p, j);
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) {
-                    const int d = lane + 32 * e;
-                    if (d < hd) acc[rr][e] += pj * vs[j * hd + d];
-                }
-            }
             mx[rr] = nm;
+        }
+        // P·V: one V load serves all rows; masked keys and finished rows carry p = 0.
+        const int nkeys = min(PF_KEYS, max_vis - kt);
+        for (int j = 0; j < nkeys; ++j) {
+            float pj[RPW];
+#pragma unroll
+            for (int rr = 0; rr < RPW; ++rr) pj[rr] = __shfl_sync(0xffffffffu, p[rr], j);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const int d = lane + 32 * e;
+                const float vv = d < hd ? vs[j * hd + d] : 0.f;
+#pragma unroll
+                for (int rr = 0; rr < RPW; ++rr) acc[rr][e] += pj[rr] * vv;
+            }
         }
     }
 #pragma unroll
