@@ -227,7 +227,9 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     ready: Sender<Result<usize>>,
 ) {
     let rank = comm.rank();
-    let setup = Llama::load(src.as_ref(), backend, comm);
+    // A panic while loading must not leave the other ranks waiting at the KV-size vote.
+    let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Llama::load(src.as_ref(), backend, comm)))
+        .unwrap_or_else(|_| Err(Error::Internal(format!("rank {rank} panicked while loading"))));
     let setup = match kv {
         KvSizing::Fixed(p) => setup.and_then(|m| Ok((m.new_kv_cache(p.num_blocks, p.block_size)?, m))),
         KvSizing::Sized { block_size, blocks_for, agree } => {
