@@ -14,9 +14,11 @@ const USAGE: &str = "usage:
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
                          [--ignore-eos] [--bos|--no-bos] [--tp N] [--json]
-  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--json]
+  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
   triton-llama bench [--steps N] [--prefill N] [--json]
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
+  triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
+                         (needs a build with --features cuda; random Llama-2-7B-shape weights)
 CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).";
 
 /// Parsed command line: positional arguments, repeated `--key value` options and bare flags.
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
         "score" => score(&args),
         "bench" => bench(&args),
         "demo-model" => args.pos.get(1).ok_or_else(|| Error::InvalidRequest("demo-model needs a directory".into())).and_then(|d| triton_llama::demo::write(std::path::Path::new(d))),
+        "bench-cuda" => bench_cuda(&args),
         other => Err(Error::InvalidRequest(format!("unknown command `{other}`\n{USAGE}"))),
     };
     match r {
@@ -234,10 +237,16 @@ fn generate(a: &Args) -> Result<()> {
 }
 
 fn score(a: &Args) -> Result<()> {
-    a.allow_only(&["prompt", "tp"])?;
-    let mut engine = engine_for(a)?;
-    let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
-    let lp = engine.score(&ids)?;
+    a.allow_only(&["prompt", "tp", "device"])?;
+    let (ids, lp) = match a.get("device").unwrap_or("cpu") {
+        "cpu" => {
+            let mut engine = engine_for(a)?;
+            let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
+            let lp = engine.score(&ids)?;
+            (ids, lp)
+        }
+        dev => score_on_gpus(a, dev)?,
+    };
     if a.flag("json") {
         print_json(json!({"ids": ids, "logprobs": lp}));
     } else {
@@ -264,4 +273,73 @@ fn bench(a: &Args) -> Result<()> {
     println!("prefill {} tokens: {:.1} tok/s", r.prefill_tokens, r.prefill_tok_s);
     println!("batch-1 weight bandwidth / copy bandwidth (faster copy): {:.2}", r.batch1_bandwidth_ratio);
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn list(a: &Args, k: &str, default: &[usize]) -> Result<Vec<usize>> {
+    match a.get(k) {
+        None => Ok(default.to_vec()),
+        Some(v) => v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`")))).collect(),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_cuda(_: &Args) -> Result<()> {
+    Err(Error::Unavailable("this binary was built without the `cuda` feature (cargo build --release --features cuda)".into()))
+}
+
+#[cfg(feature = "cuda")]
+fn bench_cuda(a: &Args) -> Result<()> {
+    a.allow_only(&["gpu", "steps", "batches", "prefill", "layers"])?;
+    let mut cfg = triton_llama::backend::cuda::bench::llama2_7b();
+    cfg.num_layers = a.num("layers", cfg.num_layers)?;
+    let (batches, prefill) = (list(a, "batches", &[1, 16, 64])?, list(a, "prefill", &[512, 2048])?);
+    let r = triton_llama::backend::cuda::bench::run(a.num("gpu", 0)?, cfg, &batches, a.num("steps", 32)?, &prefill)?;
+    if a.flag("json") {
+        print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    println!("device: {}  model: {} params, {:.2} GB bf16, loaded in {:.1} s, {} KV blocks", r.device, r.model_params, r.weight_bytes as f64 / 1e9, r.load_s, r.kv_blocks);
+    println!("device-to-device copy: {:.0} GB/s copied ({:.0} GB/s read+write)", r.copy_gbps, r.copy_traffic_gbps);
+    for d in &r.decode {
+        println!("decode batch {:>2}: {:8.2} ms/step {:9.1} tok/s  weights {:7.1} GB/s", d.batch, d.ms_per_step, d.tok_s, d.weight_gbps);
+    }
+    for p in &r.prefill {
+        println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
+    }
+    println!("batch-1 weight bandwidth / copy read+write bandwidth: {:.3}", r.batch1_bandwidth_ratio);
+    Ok(())
+}
+
+/// `score --device cuda:IDS`: the prompt's logits from GPU ranks (one step, every row), scored on the host.
+fn score_on_gpus(a: &Args, dev: &str) -> Result<(Vec<u32>, Vec<f32>)> {
+    let ids_spec = dev.strip_prefix("cuda").map(|r| r.trim_start_matches(':')).ok_or_else(|| Error::InvalidRequest(format!("--device: `{dev}` is not cpu or cuda[:ids]")))?;
+    let gpus = if ids_spec.is_empty() { vec![0] } else { list_str(ids_spec, "device")? };
+    let src: std::sync::Arc<dyn loader::CheckpointSource> = std::sync::Arc::from(loader::open(&a.ckpt()?)?);
+    let ids = src.tokenizer()?.encode(a.need("prompt")?, a.bos(src.default_add_bos()))?;
+    let v = src.config().vocab_size;
+    let logits = gpu_prompt_logits(src, &gpus, &ids)?;
+    let lp = (1..ids.len()).map(|i| triton_llama::sampling::logprob_of(&logits[(i - 1) * v..i * v], ids[i] as usize)).collect();
+    Ok((ids, lp))
+}
+
+fn list_str(v: &str, k: &str) -> Result<Vec<usize>> {
+    v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`")))).collect()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_prompt_logits(_: std::sync::Arc<dyn loader::CheckpointSource>, _: &[usize], _: &[u32]) -> Result<Vec<f32>> {
+    Err(Error::Unavailable("this binary was built without the `cuda` feature (cargo build --release --features cuda)".into()))
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_prompt_logits(src: std::sync::Arc<dyn loader::CheckpointSource>, gpus: &[usize], ids: &[u32]) -> Result<Vec<f32>> {
+    use triton_llama::engine::runner::{Runner, StepInput};
+    let bs = 16;
+    let blocks = ids.len().div_ceil(bs).max(1);
+    let runner = Runner::start_cuda(src, gpus, bs, 0.9, Some(blocks))?;
+    let mut input = StepInput::default();
+    input.meta.block_size = bs;
+    input.push_seq(ids, 0, &(0..blocks as u32).collect::<Vec<_>>(), true);
+    runner.run(input)
 }

@@ -1,6 +1,8 @@
 //! The device interface the model is written against: a few fused ops named like the CUDA kernels.
 //! Model code never knows which device runs it.
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::Result;
 use crate::tensor::Tensor;

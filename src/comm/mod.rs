@@ -1,5 +1,7 @@
 //! Collectives between tensor-parallel ranks: an in-process implementation on threads (CPU, tests) and, later, NCCL.
 pub mod local;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 
 use crate::Result;
 use crate::backend::Backend;

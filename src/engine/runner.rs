@@ -7,7 +7,7 @@ use crate::comm::Communicator;
 use crate::loader::CheckpointSource;
 use crate::model::Llama;
 use crate::{Error, Result};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier, Mutex};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
@@ -58,6 +58,51 @@ pub struct KvPlan {
     pub block_size: usize,
 }
 
+/// A rank's KV block budget once its weights are loaded: (its backend, bytes per block) -> blocks.
+pub type BlocksFor<B> = Arc<dyn Fn(&B, usize) -> Result<usize> + Send + Sync>;
+
+/// The ranks' shared vote on the block count.
+struct Agree {
+    counts: Mutex<Vec<Option<usize>>>,
+    barrier: Barrier,
+}
+
+impl Agree {
+    /// Posts this rank's count and returns the minimum over all ranks (None if any rank failed).
+    fn vote(&self, mine: Option<usize>) -> Option<usize> {
+        if let Ok(mut c) = self.counts.lock() {
+            c.push(mine);
+        }
+        self.barrier.wait();
+        let all = self.counts.lock().ok()?;
+        all.iter().try_fold(usize::MAX, |acc, c| c.map(|c| acc.min(c)))
+    }
+}
+
+/// How ranks size their KV cache.
+enum KvSizing<B: Backend> {
+    Fixed(KvPlan),
+    Sized { block_size: usize, blocks_for: BlocksFor<B>, agree: Arc<Agree> },
+}
+
+impl<B: Backend> Clone for KvSizing<B> {
+    fn clone(&self) -> Self {
+        match self {
+            KvSizing::Fixed(p) => KvSizing::Fixed(*p),
+            KvSizing::Sized { block_size, blocks_for, agree } => KvSizing::Sized { block_size: *block_size, blocks_for: blocks_for.clone(), agree: agree.clone() },
+        }
+    }
+}
+
+impl<B: Backend> KvSizing<B> {
+    fn block_size(&self) -> usize {
+        match self {
+            KvSizing::Fixed(p) => p.block_size,
+            KvSizing::Sized { block_size, .. } => *block_size,
+        }
+    }
+}
+
 impl Runner {
     /// Loads `src` on `tp` CPU ranks (threads with in-process collectives).
     pub fn start_cpu(src: Arc<dyn CheckpointSource>, tp: usize, kv: KvPlan) -> Result<Runner> {
@@ -65,17 +110,52 @@ impl Runner {
         Self::start(src, ranks, kv)
     }
 
+    /// Loads `src` on the GPUs `gpu_ids` (rank = position in the list), one thread per GPU, NCCL between them.
+    /// Each rank's KV cache takes `kv_fraction` of the device memory still free after its weights (capped at
+    /// `max_blocks`); the ranks agree on the smallest count, reported by `Runner::num_blocks`.
+    #[cfg(feature = "cuda")]
+    pub fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64, max_blocks: Option<usize>) -> Result<Runner> {
+        use crate::backend::cuda::CudaBackend;
+        use crate::comm::nccl::NcclComm;
+        if gpu_ids.is_empty() || block_size == 0 {
+            return Err(Error::Config("start_cuda needs at least one GPU id and a positive block size".into()));
+        }
+        if !(kv_fraction > 0.0 && kv_fraction <= 1.0) {
+            return Err(Error::Config(format!("kv_fraction must be in (0, 1], got {kv_fraction}")));
+        }
+        let backends = gpu_ids.iter().map(|&g| CudaBackend::new(g)).collect::<Result<Vec<_>>>()?;
+        let comms = NcclComm::group(&backends)?;
+        let blocks_for: BlocksFor<CudaBackend> = Arc::new(move |b: &CudaBackend, bytes: usize| {
+            b.synchronize()?;
+            let (free, _) = b.mem_info()?;
+            let n = (free as f64 * kv_fraction) as usize / bytes.max(1);
+            Ok(max_blocks.map_or(n, |m| n.min(m)))
+        });
+        Self::start_sized(src, backends.into_iter().zip(comms).collect(), block_size, blocks_for)
+    }
+
     /// Spawns one thread per (backend, communicator) pair; each loads its shard and allocates its cache.
     pub fn start<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>, kv: KvPlan) -> Result<Runner> {
+        Self::spawn(src, ranks, KvSizing::Fixed(kv))
+    }
+
+    /// Like `start`, but each rank sizes its KV cache after loading its weights with `blocks_for(backend,
+    /// bytes_per_block)`; all ranks take the smallest count, which `Runner::num_blocks` reports.
+    pub fn start_sized<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>, block_size: usize, blocks_for: BlocksFor<B>) -> Result<Runner> {
+        let agree = Arc::new(Agree { counts: Mutex::new(Vec::new()), barrier: Barrier::new(ranks.len()) });
+        Self::spawn(src, ranks, KvSizing::Sized { block_size, blocks_for, agree })
+    }
+
+    fn spawn<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>, kv: KvSizing<B>) -> Result<Runner> {
         let (res_tx, results) = channel();
-        let (ready_tx, ready_rx) = channel::<Result<()>>();
+        let (ready_tx, ready_rx) = channel::<Result<usize>>();
         let mut jobs = Vec::new();
         let mut threads = Vec::new();
         let n = ranks.len();
         for (backend, comm) in ranks {
             let (job_tx, job_rx) = channel::<Arc<StepInput>>();
             jobs.push(job_tx);
-            let (src, res_tx, ready_tx) = (src.clone(), res_tx.clone(), ready_tx.clone());
+            let (src, res_tx, ready_tx, kv) = (src.clone(), res_tx.clone(), ready_tx.clone(), kv.clone());
             let rank = comm.rank();
             let t = std::thread::Builder::new()
                 .name(format!("llama-rank{rank}"))
@@ -85,14 +165,19 @@ impl Runner {
         }
         drop(ready_tx);
         let mut first_err = None;
+        let mut num_blocks = match &kv {
+            KvSizing::Fixed(p) => p.num_blocks,
+            KvSizing::Sized { .. } => usize::MAX,
+        };
+        let block_size = kv.block_size();
         for _ in 0..n {
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(b)) => num_blocks = num_blocks.min(b),
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
                 Err(_) => first_err = first_err.or(Some(Error::Internal("a rank thread died while loading".into()))),
             }
         }
-        let runner = Runner { jobs, results, threads, num_blocks: kv.num_blocks, block_size: kv.block_size };
+        let runner = Runner { jobs, results, threads, num_blocks, block_size };
         match first_err {
             Some(e) => Err(e), // dropping the runner stops the other ranks
             None => Ok(runner),
@@ -136,20 +221,37 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     src: Arc<dyn CheckpointSource>,
     backend: B,
     comm: C,
-    kv: KvPlan,
+    kv: KvSizing<B>,
     jobs: Receiver<Arc<StepInput>>,
     results: Sender<(usize, Result<Vec<f32>>)>,
-    ready: Sender<Result<()>>,
+    ready: Sender<Result<usize>>,
 ) {
     let rank = comm.rank();
-    let setup = Llama::load(src.as_ref(), backend, comm).and_then(|m| {
-        let cache = m.new_kv_cache(kv.num_blocks, kv.block_size)?;
-        Ok((m, cache))
-    });
+    // A panic while loading must not leave the other ranks waiting at the KV-size vote.
+    let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Llama::load(src.as_ref(), backend, comm)))
+        .unwrap_or_else(|_| Err(Error::Internal(format!("rank {rank} panicked while loading"))));
+    let setup = match kv {
+        KvSizing::Fixed(p) => setup.and_then(|m| Ok((m.new_kv_cache(p.num_blocks, p.block_size)?, m))),
+        KvSizing::Sized { block_size, blocks_for, agree } => {
+            let mine = setup.and_then(|m| {
+                let b = blocks_for(&m.backend, m.kv_floats_per_block(block_size) * 4)?;
+                Ok((m, b))
+            });
+            // Every rank votes, even after a failed load, so no rank waits forever at the barrier.
+            let agreed = agree.vote(mine.as_ref().ok().map(|x| x.1));
+            mine.and_then(|(m, _)| {
+                let n = agreed.ok_or_else(|| Error::Internal("another tensor-parallel rank failed to load".into()))?;
+                if n == 0 {
+                    return Err(Error::Unavailable(format!("rank {rank}: no device memory left for one KV block of {block_size} tokens")));
+                }
+                Ok((m.new_kv_cache(n, block_size)?, m))
+            })
+        }
+    };
     drop(src);
-    let (model, mut cache) = match setup {
+    let (mut cache, model) = match setup {
         Ok(x) => {
-            let _ = ready.send(Ok(()));
+            let _ = ready.send(Ok(x.0.num_blocks));
             x
         }
         Err(e) => {

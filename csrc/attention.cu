@@ -1,0 +1,249 @@
+// attention.cu: causal attention over the paged KV cache, grouped-query aware. Token t of a sequence sees
+// cached positions 0 ..= ctx - len + (t - start). Decode tokens use a split-K kernel (one block per token,
+// head and 512-key split, plus a combine pass); prompt chunks use 16-row query tiles that stream 32-key K/V
+// tiles through shared memory with an online softmax, so no score matrix is ever stored.
+// CPU twin: CpuBackend::paged_attention.
+#include "common.cuh"
+
+#define DEC_WARPS 4
+#define PF_ROWS 16      // query rows per prefill block
+#define PF_WARPS 4      // each warp owns PF_ROWS / PF_WARPS rows
+#define PF_KEYS 32      // keys per shared-memory tile (one per lane)
+
+__device__ __forceinline__ int64_t slot_of(const int32_t *bt, int j, int bs) {
+    return static_cast<int64_t>(bt[j / bs]) * bs + j % bs;
+}
+
+__device__ __forceinline__ int visible_of(const TlAttnMeta &m, int s, int t) {
+    return m.seq_ctx[s] - m.seq_len[s] + (t - m.seq_start[s]) + 1;
+}
+
+// grid (n_dec, nh, splits), DEC_WARPS warps. Lane owns dims lane + 32 e.
+template <int VEC>
+__global__ void decode_kernel(float *out, const float *q, const float *kc, const float *vc, float *scratch,
+                              TlAttnMeta m, int nh, int nkv, int hd, float scale) {
+    extern __shared__ float sh[]; // [DEC_WARPS][hd] acc, then [DEC_WARPS] max, [DEC_WARPS] sum
+    const int i = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+    const int t = m.dec_tokens[i], s = m.tok_seq[t];
+    const int visible = visible_of(m, s, t);
+    const int kvh = h / (nh / nkv);
+    const int begin = split * TL_DECODE_SPLIT;
+    const int end = min(visible, begin + TL_DECODE_SPLIT);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int32_t *bt = m.block_tables + m.seq_bt[s];
+    const float *qh = q + (static_cast<int64_t>(t) * nh + h) * hd;
+    float qr[VEC], acc[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        const int d = lane + 32 * e;
+        qr[e] = d < hd ? qh[d] * scale : 0.f;
+        acc[e] = 0.f;
+    }
+    float mx = -INFINITY, l = 0.f;
+    for (int j = begin + warp; j < end; j += DEC_WARPS) {
+        const int64_t off = (slot_of(bt, j, m.block_size) * nkv + kvh) * hd;
+        float part = 0.f;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int d = lane + 32 * e;
+            if (d < hd) part += qr[e] * kc[off + d];
+        }
+        const float score = warp_sum(part);
+        const float nm = fmaxf(mx, score);
+        const float corr = __expf(mx - nm), p = __expf(score - nm);
+        l = l * corr + p;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int d = lane + 32 * e;
+            acc[e] = acc[e] * corr + (d < hd ? p * vc[off + d] : 0.f);
+        }
+        mx = nm;
+    }
+    float *sh_acc = sh, *sh_m = sh + DEC_WARPS * hd, *sh_l = sh_m + DEC_WARPS;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        const int d = lane + 32 * e;
+        if (d < hd) sh_acc[warp * hd + d] = acc[e];
+    }
+    if (lane == 0) {
+        sh_m[warp] = mx;
+        sh_l[warp] = l;
+    }
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < DEC_WARPS; ++w) M = fmaxf(M, sh_m[w]);
+    float f[DEC_WARPS], L = 0.f;
+    for (int w = 0; w < DEC_WARPS; ++w) {
+        f[w] = sh_m[w] == -INFINITY ? 0.f : __expf(sh_m[w] - M);
+        L += f[w] * sh_l[w];
+    }
+    const int splits = gridDim.z;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.f;
+        for (int w = 0; w < DEC_WARPS; ++w) a += f[w] * sh_acc[w * hd + d];
+        if (splits == 1) {
+            out[(static_cast<int64_t>(t) * nh + h) * hd + d] = L > 0.f ? a / L : 0.f;
+        } else {
+            float *part = scratch + ((static_cast<int64_t>(i) * nh + h) * splits + split) * (hd + 2);
+            part[d] = a;
+            if (d == 0) {
+                part[hd] = M;
+                part[hd + 1] = L;
+            }
+        }
+    }
+}
+
+// grid (n_dec, nh): merges the splits' (acc, max, sum) partials.
+__global__ void decode_combine_kernel(float *out, const float *scratch, TlAttnMeta m, int nh, int hd, int splits) {
+    const int i = blockIdx.x, h = blockIdx.y;
+    const int t = m.dec_tokens[i];
+    const float *base = scratch + (static_cast<int64_t>(i) * nh + h) * splits * (hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < splits; ++s) M = fmaxf(M, base[s * (hd + 2) + hd]);
+    float L = 0.f;
+    for (int s = 0; s < splits; ++s) {
+        const float ms = base[s * (hd + 2) + hd];
+        if (ms != -INFINITY) L += __expf(ms - M) * base[s * (hd + 2) + hd + 1];
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.f;
+        for (int s = 0; s < splits; ++s) {
+            const float ms = base[s * (hd + 2) + hd];
+            if (ms != -INFINITY) a += __expf(ms - M) * base[s * (hd + 2) + d];
+        }
+        out[(static_cast<int64_t>(t) * nh + h) * hd + d] = L > 0.f ? a / L : 0.f;
+    }
+}
+
+// grid (n_tiles, nh), PF_WARPS warps. Shared: q [PF_ROWS][hd], k [PF_KEYS][hd + 1], v [PF_KEYS][hd].
+template <int VEC>
+__global__ void prefill_kernel(float *out, const float *q, const float *kc, const float *vc, TlAttnMeta m,
+                               int nh, int nkv, int hd, float scale) {
+    extern __shared__ float sh[];
+    constexpr int RPW = PF_ROWS / PF_WARPS;
+    const int s = m.tiles[2 * blockIdx.x], r0 = m.tiles[2 * blockIdx.x + 1], h = blockIdx.y;
+    const int len = m.seq_len[s], start = m.seq_start[s], ctx = m.seq_ctx[s];
+    const int rows = min(PF_ROWS, len - r0);
+    const int kvh = h / (nh / nkv);
+    const int32_t *bt = m.block_tables + m.seq_bt[s];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float *qs = sh, *ks = qs + PF_ROWS * hd, *vs = ks + PF_KEYS * (hd + 1);
+    for (int idx = threadIdx.x; idx < PF_ROWS * hd; idx += blockDim.x) {
+        const int r = idx / hd, d = idx % hd;
+        qs[idx] = r < rows ? q[(static_cast<int64_t>(start + r0 + r) * nh + h) * hd + d] * scale : 0.f;
+    }
+    float mx[RPW], l[RPW], acc[RPW][VEC];
+    int vis[RPW];
+#pragma unroll
+    for (int rr = 0; rr < RPW; ++rr) {
+        mx[rr] = -INFINITY;
+        l[rr] = 0.f;
+        vis[rr] = ctx - len + r0 + warp * RPW + rr + 1;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[rr][e] = 0.f;
+    }
+    const int max_vis = ctx - len + r0 + rows;
+    for (int kt = 0; kt < max_vis; kt += PF_KEYS) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < PF_KEYS * hd; idx += blockDim.x) {
+            const int j = idx / hd, d = idx % hd, key = kt + j;
+            float kv = 0.f, vv = 0.f;
+            if (key < max_vis) {
+                const int64_t off = (slot_of(bt, key, m.block_size) * nkv + kvh) * hd + d;
+                kv = kc[off];
+                vv = vc[off];
+            }
+            ks[j * (hd + 1) + d] = kv;
+            vs[j * hd + d] = vv;
+        }
+        __syncthreads();
+        // Scores of this lane's key against the warp's RPW rows: one K load serves all rows.
+        float sc[RPW], p[RPW];
+#pragma unroll
+        for (int rr = 0; rr < RPW; ++rr) sc[rr] = 0.f;
+        const float *krow = ks + lane * (hd + 1), *qw = qs + warp * RPW * hd;
+        for (int d = 0; d < hd; ++d) {
+            const float kd = krow[d];
+#pragma unroll
+            for (int rr = 0; rr < RPW; ++rr) sc[rr] += qw[rr * hd + d] * kd;
+        }
+#pragma unroll
+        for (int rr = 0; rr < RPW; ++rr) {
+            p[rr] = 0.f;
+            if (warp * RPW + rr >= rows || kt >= vis[rr]) continue; // warp-uniform; p stays 0
+            const float score = kt + lane < vis[rr] ? sc[rr] : -INFINITY;
+            const float nm = fmaxf(mx[rr], warp_max(score));
+            p[rr] = score == -INFINITY ? 0.f : __expf(score - nm);
+            const float corr = __expf(mx[rr] - nm);
+            l[rr] = l[rr] * corr + warp_sum(p[rr]);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[rr][e] *= corr;
+            mx[rr] = nm;
+        }
+        // P·V: one V load serves all rows; masked keys and finished rows carry p = 0.
+        const int nkeys = min(PF_KEYS, max_vis - kt);
+        for (int j = 0; j < nkeys; ++j) {
+            float pj[RPW];
+#pragma unroll
+            for (int rr = 0; rr < RPW; ++rr) pj[rr] = __shfl_sync(0xffffffffu, p[rr], j);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const int d = lane + 32 * e;
+                const float vv = d < hd ? vs[j * hd + d] : 0.f;
+#pragma unroll
+                for (int rr = 0; rr < RPW; ++rr) acc[rr][e] += pj[rr] * vv;
+            }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < RPW; ++rr) {
+        const int row = warp * RPW + rr;
+        if (row >= rows) continue;
+        float *o = out + (static_cast<int64_t>(start + r0 + row) * nh + h) * hd;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int d = lane + 32 * e;
+            if (d < hd) o[d] = l[rr] > 0.f ? acc[rr][e] / l[rr] : 0.f;
+        }
+    }
+}
+
+template <int VEC>
+static int launch(float *out, const float *q, const float *kc, const float *vc, float *scratch, const TlAttnMeta &m,
+                  int nh, int nkv, int hd, cudaStream_t st) {
+    const float scale = 1.f / sqrtf(static_cast<float>(hd));
+    if (m.n_dec > 0) {
+        dim3 grid(m.n_dec, nh, m.dec_splits);
+        const size_t smem = (DEC_WARPS * hd + 2 * DEC_WARPS) * sizeof(float);
+        decode_kernel<VEC><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale);
+        if (m.dec_splits > 1) decode_combine_kernel<<<dim3(m.n_dec, nh), 128, 0, st>>>(out, scratch, m, nh, hd, m.dec_splits);
+    }
+    if (m.n_tiles > 0) {
+        const size_t smem = (PF_ROWS * hd + PF_KEYS * (hd + 1) + PF_KEYS * hd) * sizeof(float);
+        if (smem > 48 * 1024) {
+            cudaError_t e = cudaFuncSetAttribute(prefill_kernel<VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+            if (e != cudaSuccess) return static_cast<int>(e);
+        }
+        prefill_kernel<VEC><<<dim3(m.n_tiles, nh), PF_WARPS * 32, smem, st>>>(out, q, kc, vc, m, nh, nkv, hd, scale);
+    }
+    return tl_launch_status();
+}
+
+extern "C" int tl_paged_attention(float *out, const float *q, const float *k_cache, const float *v_cache, float *scratch,
+                                  const TlAttnMeta *meta, int nh, int nkv, int hd, void *stream) {
+    if (!meta || nh <= 0 || nkv <= 0 || nh % nkv != 0 || hd <= 0 || hd > TL_MAX_HEAD_DIM || meta->dec_splits < 1 || meta->block_size <= 0)
+        return TL_ERR_ARGS;
+    const TlAttnMeta m = *meta;
+    cudaStream_t st = TL_STREAM(stream);
+    switch ((hd + 31) / 32) {
+    case 1: return launch<1>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
+    case 2: return launch<2>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
+    case 3: return launch<3>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
+    case 4: return launch<4>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
+    case 5: return launch<5>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
+    case 6: return launch<6>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
+    case 7: return launch<7>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
+    default: return launch<8>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
+    }
+}

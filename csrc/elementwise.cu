@@ -1,0 +1,97 @@
+// elementwise.cu: embedding gather, RMSNorm (plain and fused with the residual add), SiLU-times-up,
+// row gather and the f32 -> bf16 conversion of GEMM inputs. CPU twins: src/backend/cpu.rs.
+#include "common.cuh"
+
+__global__ void embedding_kernel(float *out, const uint16_t *table, const int32_t *ids, int h) {
+    const int64_t row = blockIdx.x;
+    const uint16_t *src = table + static_cast<int64_t>(ids[row]) * h;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) out[row * h + j] = bf16_bits_to_f32(src[j]);
+}
+
+extern "C" int tl_embedding(float *out, const uint16_t *table, const int32_t *ids, int n, int h, void *stream) {
+    if (n <= 0 || h <= 0) return n == 0 ? 0 : TL_ERR_ARGS;
+    embedding_kernel<<<n, 256, 0, TL_STREAM(stream)>>>(out, table, ids, h);
+    return tl_launch_status();
+}
+
+// One block per row. With `residual`, residual += x first and the norm is taken of the sum.
+template <bool ADD>
+__global__ void rms_norm_kernel(float *out, float *residual, const float *x, const float *w, int h, float eps) {
+    __shared__ float sh[32];
+    const int64_t base = static_cast<int64_t>(blockIdx.x) * h;
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        float v = x[base + j];
+        if (ADD) {
+            v += residual[base + j];
+            residual[base + j] = v;
+        }
+        ss += v * v;
+    }
+    ss = block_sum(ss, sh);
+    const float inv = 1.f / sqrtf(ss / static_cast<float>(h) + eps);
+    const float *src = ADD ? residual : x;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) out[base + j] = src[base + j] * inv * w[j];
+}
+
+static int norm_threads(int h) { return h >= 1024 ? 1024 : ((h + 31) / 32) * 32; }
+
+extern "C" int tl_rms_norm(float *out, const float *x, const float *w, int n, int h, float eps, void *stream) {
+    if (n <= 0 || h <= 0) return n == 0 ? 0 : TL_ERR_ARGS;
+    rms_norm_kernel<false><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, nullptr, x, w, h, eps);
+    return tl_launch_status();
+}
+
+extern "C" int tl_add_rms_norm(float *residual, const float *x, float *out, const float *w, int n, int h, float eps, void *stream) {
+    if (n <= 0 || h <= 0) return n == 0 ? 0 : TL_ERR_ARGS;
+    rms_norm_kernel<true><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, residual, x, w, h, eps);
+    return tl_launch_status();
+}
+
+__global__ void silu_mul_kernel(float *out, const float *gate, const float *up, int64_t len) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < len; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const float g = gate[i];
+        out[i] = g / (1.f + expf(-g)) * up[i];
+    }
+}
+
+static int grid_for(int64_t len, int threads) {
+    int64_t b = (len + threads - 1) / threads;
+    return static_cast<int>(b < 65535 * 8 ? b : 65535 * 8);
+}
+
+extern "C" int tl_silu_mul(float *out, const float *gate, const float *up, int64_t len, void *stream) {
+    if (len <= 0) return len == 0 ? 0 : TL_ERR_ARGS;
+    silu_mul_kernel<<<grid_for(len, 256), 256, 0, TL_STREAM(stream)>>>(out, gate, up, len);
+    return tl_launch_status();
+}
+
+__global__ void gather_rows_kernel(float *out, const float *x, const int32_t *rows, int h) {
+    const int64_t i = blockIdx.x;
+    const float *src = x + static_cast<int64_t>(rows[i]) * h;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) out[i * h + j] = src[j];
+}
+
+extern "C" int tl_gather_rows(float *out, const float *x, const int32_t *rows, int r, int h, void *stream) {
+    if (r <= 0 || h <= 0) return r == 0 ? 0 : TL_ERR_ARGS;
+    gather_rows_kernel<<<r, 256, 0, TL_STREAM(stream)>>>(out, x, rows, h);
+    return tl_launch_status();
+}
+
+__global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, int64_t len) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < len; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        __nv_bfloat16 b = __float2bfloat16_rn(src[i]);
+        dst[i] = *reinterpret_cast<uint16_t *>(&b);
+    }
+}
+
+extern "C" int tl_f32_to_bf16(uint16_t *dst, const float *src, int64_t len, void *stream) {
+    if (len <= 0) return len == 0 ? 0 : TL_ERR_ARGS;
+    f32_to_bf16_kernel<<<grid_for(len, 256), 256, 0, TL_STREAM(stream)>>>(dst, src, len);
+    return tl_launch_status();
+}
+
+extern "C" const char *tl_status_string(int status) {
+    if (status == TL_ERR_ARGS) return "invalid kernel arguments";
+    return cudaGetErrorString(static_cast<cudaError_t>(status));
+}

@@ -1,0 +1,129 @@
+/* ops.h: the C ABI of the CUDA kernels (csrc/*.cu). Every launcher takes raw device pointers and a
+ * `cudaStream_t` passed as `void*`, enqueues its kernels and returns a status: 0 on success, a cudaError_t
+ * value from the launch, or TL_ERR_ARGS for arguments the kernels cannot handle. Shapes are row-major;
+ * f32 activations, bf16 weights (stored as uint16_t bit patterns), int32 metadata. Plain C: bindgen reads it. */
+#ifndef TL_OPS_H
+#define TL_OPS_H
+#include <stdint.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Returned for arguments a kernel cannot handle (zero or oversized dimensions). */
+#define TL_ERR_ARGS 100000
+/* Largest head_dim the attention kernels support. */
+#define TL_MAX_HEAD_DIM 256
+/* Keys per split of the decode attention. */
+#define TL_DECODE_SPLIT 512
+
+/* Human-readable name of a status returned by a launcher. */
+const char *tl_status_string(int status);
+
+/* out[i, :] = table[ids[i], :] widened to f32. */
+int tl_embedding(float *out,              /* [n, h] */
+                 const uint16_t *table,   /* [vocab, h] bf16 */
+                 const int32_t *ids,      /* [n], each < vocab (checked on the host) */
+                 int n, int h, void *stream);
+
+/* out = x / sqrt(mean(x^2) + eps) * w, row by row. */
+int tl_rms_norm(float *out,       /* [n, h] */
+                const float *x,   /* [n, h] */
+                const float *w,   /* [h] */
+                int n, int h, float eps, void *stream);
+
+/* residual += x; out = rms_norm(residual) * w. */
+int tl_add_rms_norm(float *residual, /* [n, h], updated in place */
+                    const float *x,  /* [n, h] */
+                    float *out,      /* [n, h] */
+                    const float *w,  /* [h] */
+                    int n, int h, float eps, void *stream);
+
+/* out = silu(gate) * up. */
+int tl_silu_mul(float *out,        /* [len] */
+                const float *gate, /* [len] */
+                const float *up,   /* [len] */
+                int64_t len, void *stream);
+
+/* out[i, :] = x[rows[i], :]. */
+int tl_gather_rows(float *out,          /* [r, h] */
+                   const float *x,      /* [*, h] */
+                   const int32_t *rows, /* [r] */
+                   int r, int h, void *stream);
+
+/* dst = bf16(src), round to nearest even (GEMM inputs). */
+int tl_f32_to_bf16(uint16_t *dst,   /* [len] */
+                   const float *src, /* [len] */
+                   int64_t len, void *stream);
+
+/* Split-halves RoPE on q and k in place, then k and v rows written to the paged caches at `slots`. */
+int tl_rope_write_kv(float *q,               /* [n, nh * hd] */
+                     float *k,               /* [n, nkv * hd] */
+                     const float *v,         /* [n, nkv * hd] */
+                     float *k_cache,         /* [num_slots, nkv, hd] (num_slots = blocks * block_size) */
+                     float *v_cache,         /* [num_slots, nkv, hd] */
+                     const int32_t *positions, /* [n] */
+                     const int32_t *slots,   /* [n], each < num_slots (checked on the host) */
+                     int n, int nh, int nkv, int hd, float theta, float rope_scale, void *stream);
+
+/* Per-step attention metadata on the device (see src/backend/cuda/meta.rs, which builds it). */
+typedef struct TlAttnMeta {
+    const int32_t *tok_seq;      /* [n_tokens]: sequence of each token */
+    const int32_t *seq_start;    /* [n_seqs]: first token of the sequence in the step */
+    const int32_t *seq_len;      /* [n_seqs]: new tokens of the sequence this step */
+    const int32_t *seq_ctx;      /* [n_seqs]: cached tokens once this step is written */
+    const int32_t *seq_bt;       /* [n_seqs]: offset of the sequence's block table in block_tables */
+    const int32_t *block_tables; /* [sum of table lengths]: physical block ids */
+    const int32_t *dec_tokens;   /* [n_dec]: tokens handled by the decode kernel */
+    const int32_t *tiles;        /* [n_tiles, 2]: (sequence, first row) tiles of the prefill kernel */
+    int n_dec;
+    int n_tiles;
+    int dec_splits;  /* splits along the context for the decode kernel (>= 1) */
+    int block_size;
+} TlAttnMeta;
+
+/* Causal attention of each new token over its sequence's cached keys, grouped-query aware.
+ * Decode tokens: one block per (token, head, split) plus a combine pass; prefill: tiles of 16 query rows
+ * with 32-key tiles through shared memory and an online softmax (no score matrix). */
+int tl_paged_attention(float *out,            /* [n, nh * hd] */
+                       const float *q,        /* [n, nh * hd] */
+                       const float *k_cache,  /* [num_slots, nkv, hd] */
+                       const float *v_cache,  /* [num_slots, nkv, hd] */
+                       float *scratch,        /* [n_dec, nh, dec_splits, hd + 2] when dec_splits > 1, else unused */
+                       const TlAttnMeta *meta, /* host struct holding device pointers */
+                       int nh, int nkv, int hd, void *stream);
+
+/* Logits processing and sampling, one row per sequence, only the ids cross back to the host.
+ * Penalties: for each row, ids listed in rep_ids get HF repetition penalty; gen_ids/gen_counts get
+ * presence + frequency * count subtracted; mask_ids are set to -inf (bans, EOS before min tokens).
+ * Then temperature == 0: argmax (lowest index on ties); else candidates sorted by (logit desc, id asc),
+ * top_k (0 = off), softmax with temperature in f64, top_p (1 = off), sampled with the row's uniform u. */
+typedef struct TlSampleParams {
+    float temperature;
+    int top_k;
+    float top_p;
+    float repetition_penalty;
+    float presence_penalty;
+    float frequency_penalty;
+    double u; /* uniform in [0, 1) drawn on the host from the request's seeded generator */
+} TlSampleParams;
+
+/* Bytes of device scratch tl_sample needs for `rows` rows of `vocab`. */
+int64_t tl_sample_scratch_bytes(int rows, int vocab);
+
+int tl_sample(int32_t *out_ids,                /* [rows] */
+              float *logits,                   /* [rows, vocab], processed in place */
+              const TlSampleParams *params,    /* [rows] (device) */
+              const int32_t *rep_off,          /* [rows + 1] offsets into rep_ids */
+              const int32_t *rep_ids,          /* [*] distinct ids per row */
+              const int32_t *gen_off,          /* [rows + 1] offsets into gen_ids / gen_counts */
+              const int32_t *gen_ids,          /* [*] distinct ids per row */
+              const int32_t *gen_counts,       /* [*] */
+              const int32_t *mask_off,         /* [rows + 1] offsets into mask_ids */
+              const int32_t *mask_ids,         /* [*] */
+              void *scratch,                   /* tl_sample_scratch_bytes(rows, vocab) bytes */
+              int rows, int vocab, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

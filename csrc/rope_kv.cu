@@ -1,0 +1,47 @@
+// rope_kv.cu: split-halves RoPE on q and k fused with the write of k and v into the paged KV cache.
+// CPU twin: CpuBackend::rope_write_kv (same f32 angle computation, accurate sincosf).
+#include "common.cuh"
+
+// One block per token: rotate q heads, rotate k heads and store them, copy v.
+__global__ void rope_write_kv_kernel(float *q, float *k, const float *v, float *k_cache, float *v_cache,
+                                     const int32_t *positions, const int32_t *slots, int nh, int nkv, int hd,
+                                     float theta, float rope_scale) {
+    const int64_t t = blockIdx.x;
+    const int half = hd / 2;
+    const float pos = static_cast<float>(positions[t]) / rope_scale;
+    const int64_t qw = static_cast<int64_t>(nh) * hd, kw = static_cast<int64_t>(nkv) * hd;
+    const int64_t slot = slots[t];
+    const int pairs = (nh + nkv) * half;
+    for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+        const int head = p / half, i = p % half;
+        const float inv_freq = 1.f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(hd));
+        float s, c;
+        sincosf(pos * inv_freq, &s, &c);
+        if (head < nh) {
+            float *x = q + t * qw + head * hd;
+            const float a = x[i], b = x[i + half];
+            x[i] = a * c - b * s;
+            x[i + half] = b * c + a * s;
+        } else {
+            const int kh = head - nh;
+            float *x = k + t * kw + kh * hd;
+            const float a = x[i], b = x[i + half];
+            const float ra = a * c - b * s, rb = b * c + a * s;
+            x[i] = ra;
+            x[i + half] = rb;
+            float *dst = k_cache + slot * kw + kh * hd;
+            dst[i] = ra;
+            dst[i + half] = rb;
+        }
+    }
+    for (int j = threadIdx.x; j < kw; j += blockDim.x) v_cache[slot * kw + j] = v[t * kw + j];
+}
+
+extern "C" int tl_rope_write_kv(float *q, float *k, const float *v, float *k_cache, float *v_cache,
+                                const int32_t *positions, const int32_t *slots, int n, int nh, int nkv, int hd,
+                                float theta, float rope_scale, void *stream) {
+    if (n == 0) return 0;
+    if (n < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || hd % 2 != 0) return TL_ERR_ARGS;
+    rope_write_kv_kernel<<<n, 256, 0, TL_STREAM(stream)>>>(q, k, v, k_cache, v_cache, positions, slots, nh, nkv, hd, theta, rope_scale);
+    return tl_launch_status();
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# GPU check in one command, in two halves:
+#   on the build machine (Rust + nvcc, no GPU):  bash scripts/gpu_check.sh --stage
+#       builds with --features cuda and puts stripped binaries in target/gpu_bundle/ and target/gpu_bundle.tgz
+#       (about 25 MB: carry that file);
+#   on the GPU machine (no Rust, CUDA driver, Python env with nvidia-cublas and nvidia-nccl):  bash scripts/gpu_check.sh
+#       runs each kernel against its CPU twin, the fixture models on CUDA against the CPU engine (TP=2 when two
+#       GPUs are present), and the Llama-2-7B-shape benchmark, then writes one JSON summary to
+#       $OUT/gpu_check.json (or prints it when OUT is unset). Missing devices fail here (TL_REQUIRE_GPU=1).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUNDLE="${TL_BUNDLE:-target/gpu_bundle}"
+
+if [ "${1:-}" = --stage ]; then
+    set -e
+    # shellcheck source=install_cuda_toolchain.sh
+    source scripts/install_cuda_toolchain.sh
+    cargo build --release --locked --features cuda
+    rm -rf "$BUNDLE" && mkdir -p "$BUNDLE"
+    cargo test --release --locked --features cuda --no-run --message-format=json --test cuda_kernels --test cuda_models 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["target"]["name"], m["executable"])' |
+        while read -r name exe; do cp "$exe" "$BUNDLE/$name"; done
+    cp target/release/triton-llama target/release/libtriton_llama.so "$BUNDLE/"
+    strip --strip-debug "$BUNDLE"/*
+    tar czf "$BUNDLE.tgz" -C "$(dirname "$BUNDLE")" "$(basename "$BUNDLE")"
+    du -sh "$BUNDLE"/* "$BUNDLE.tgz"
+    echo "carry $BUNDLE.tgz (or $BUNDLE) to the GPU machine, then run: bash scripts/gpu_check.sh"
+    exit 0
+fi
+
+if [ ! -d "$BUNDLE" ] && [ -f "$BUNDLE.tgz" ]; then
+    tar xzf "$BUNDLE.tgz" -C "$(dirname "$BUNDLE")"
+fi
+R="${OUT:-$(mktemp -d)}"
+mkdir -p "$R/logs"
+for f in cuda_kernels cuda_models triton-llama; do
+    [ -x "$BUNDLE/$f" ] || { echo "missing $BUNDLE/$f: run 'bash scripts/gpu_check.sh --stage' on the build machine" >&2; exit 2; }
+done
+
+# cuBLAS / NCCL from the Python environment; cudarc looks for libnccl.so, the wheel ships libnccl.so.2.
+SHIM="$(mktemp -d)"
+PYLIBS="$(python3 -c 'import glob, os, sys
+print(":".join(sorted({d for p in sys.path for d in glob.glob(os.path.join(p, "nvidia", "*", "lib"))})))' 2>/dev/null || true)"
+IFS=: read -ra dirs <<< "$PYLIBS"
+for d in "${dirs[@]}"; do
+    for lib in "$d"/libnccl.so.2 "$d"/libcublas.so.* "$d"/libcublasLt.so.*; do
+        [ -e "$lib" ] || continue
+        base="$(basename "$lib")"; short="${base%%.so*}.so"
+        [ -e "$SHIM/$short" ] || ln -s "$lib" "$SHIM/$short"
+    done
+done
+export LD_LIBRARY_PATH="$SHIM:$PYLIBS:${LD_LIBRARY_PATH:-}"
+export TL_REQUIRE_GPU=1 TL_FIXTURES="$PWD/tests/fixtures" RUST_LOG="${RUST_LOG:-warn}"
+
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader > "$R/logs/nvidia-smi.txt" 2>&1 || true
+declare -A RC SECS
+step() { # name timeout command...
+    local name="$1" limit="$2"; shift 2
+    local t0; t0="$(date +%s.%N)"
+    timeout "$limit" "$@" > "$R/logs/$name.log" 2>&1
+    RC[$name]=$?
+    SECS[$name]="$(python3 -c "import time; print(round(time.time() - $t0, 2))")"
+    echo "$name: rc=${RC[$name]} (${SECS[$name]} s)"
+}
+step kernels 300 "$BUNDLE/cuda_kernels" --test-threads=1
+step models 300 "$BUNDLE/cuda_models" --test-threads=1
+CKPT="$TL_FIXTURES/models/gqa_bf16/hf"
+step score_cpu 120 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --json > \"$R/score_cpu.json\""
+step score_cuda 120 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --device cuda:0 --json > \"$R/score_cuda.json\""
+step bench 420 sh -c "\"$BUNDLE/triton-llama\" bench-cuda --json > \"$R/bench.json\""
+# TODO(triton): start tritonserver with libtriton_llama.so on the GPU and run the seed client, once the Triton
+# backend is merged and its model config takes a device/gpu list.
+
+python3 - "$R" "${RC[kernels]}" "${SECS[kernels]}" "${RC[models]}" "${SECS[models]}" "${RC[bench]}" "${SECS[bench]}" <<'PY'
+import json, os, re, sys
+r = sys.argv[1]
+def test_step(name, rc, secs):
+    log = open(os.path.join(r, "logs", name + ".log"), errors="replace").read()
+    res = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", log)
+    return {"rc": int(rc), "seconds": float(secs), "passed": sum(int(a) for a, _ in res), "failed": sum(int(b) for _, b in res),
+            "skipped": re.findall(r"SKIPPED [^\n]*", log), "tail": log[-3000:]}
+def cli_score():
+    try:
+        c = json.load(open(os.path.join(r, "score_cpu.json")))["logprobs"]
+        g = json.load(open(os.path.join(r, "score_cuda.json")))["logprobs"]
+        d = max(abs(a - b) for a, b in zip(c, g)) if len(c) == len(g) else None
+        return {"tokens": len(c), "max_abs_logprob_diff": d, "ok": d is not None and d < 0.1}
+    except Exception as e:
+        return {"error": str(e), "ok": False}
+bench = None
+try:
+    bench = json.load(open(os.path.join(r, "bench.json")))
+except Exception as e:
+    bench = {"error": str(e), "log_tail": open(os.path.join(r, "logs", "bench.log"), errors="replace").read()[-3000:]}
+summary = {
+    "gpus": open(os.path.join(r, "logs", "nvidia-smi.txt"), errors="replace").read().strip().splitlines(),
+    "kernels_vs_cpu": test_step("kernels", sys.argv[2], sys.argv[3]),
+    "fixture_models_cuda_vs_cpu": test_step("models", sys.argv[4], sys.argv[5]),
+    "bench_llama2_7b_shape": bench,
+    "bench_rc": int(sys.argv[6]), "bench_seconds": float(sys.argv[7]),
+    "cli_score_cuda_vs_cpu": cli_score(),
+    "triton": "TODO: not run (Triton backend on GPU not wired yet)",
+    "tolerance": "kernels: rel 1e-5 (norms), 1e-3 (rope at positions up to 1100), 1e-4 (attention); models: |gpu-cpu| <= 0.03*max(1,max|cpu|) per row",
+}
+summary["ok"] = all(s["rc"] == 0 and s["failed"] == 0 and s["passed"] > 0 for s in (summary["kernels_vs_cpu"], summary["fixture_models_cuda_vs_cpu"])) and summary["bench_rc"] == 0 and summary["cli_score_cuda_vs_cpu"]["ok"]
+text = json.dumps(summary, indent=2)
+open(os.path.join(r, "gpu_check.json"), "w").write(text)
+print(text if not os.environ.get("OUT") else "wrote " + os.path.join(r, "gpu_check.json"))
+sys.exit(0 if summary["ok"] else 1)
+PY

@@ -1,0 +1,259 @@
+//! The only raw CUDA calls of the backend: the bindgen declarations of `csrc/ops.h` and safe wrappers that
+//! check every length before handing device pointers to a launcher, plus the cuBLAS GEMM and the library probes.
+#![allow(unsafe_code)]
+use super::meta::DeviceMeta;
+use crate::{Error, Result};
+use cudarc::cublas::{CudaBlas, sys as blas};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use std::ffi::{CStr, c_int, c_void};
+
+#[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
+mod sys {
+    include!(concat!(env!("OUT_DIR"), "/ops.rs"));
+}
+
+pub use sys::{TL_DECODE_SPLIT, TL_MAX_HEAD_DIM, TlSampleParams};
+
+/// Turns a launcher status into an error naming the op.
+fn status(op: &str, s: c_int) -> Result<()> {
+    if s == 0 {
+        return Ok(());
+    }
+    // SAFETY: tl_status_string returns a static NUL-terminated string for any value.
+    let msg = unsafe { CStr::from_ptr(sys::tl_status_string(s)) }.to_string_lossy().into_owned();
+    Err(Error::Internal(format!("CUDA kernel {op}: {msg} (status {s})")))
+}
+
+fn need(op: &str, what: &str, have: usize, want: usize) -> Result<()> {
+    if have < want {
+        return Err(Error::Internal(format!("{op}: {what} holds {have} elements, {want} needed")));
+    }
+    Ok(())
+}
+
+fn int(op: &str, v: usize) -> Result<c_int> {
+    c_int::try_from(v).map_err(|_| Error::Internal(format!("{op}: dimension {v} exceeds the kernels' int range")))
+}
+
+fn raw(st: &CudaStream) -> *mut c_void {
+    st.cu_stream() as *mut c_void
+}
+
+/// Whether the CUDA driver library can be loaded at all (probing never panics, unlike a first call).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+pub fn cublas_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { cudarc::cublas::sys::is_culib_present() }
+}
+
+/// Stops cudarc from recording an event per buffer access: every op of a rank runs on one stream, in order.
+pub fn single_stream_mode(ctx: &CudaContext) {
+    // SAFETY: all work of this context is issued on one stream, so no cross-stream ordering is needed.
+    unsafe { ctx.disable_event_tracking() }
+}
+
+pub fn embedding(st: &CudaStream, out: &mut CudaSlice<f32>, table: &CudaSlice<u16>, vocab: usize, ids: &CudaSlice<i32>, n: usize, h: usize) -> Result<()> {
+    need("embedding", "out", out.len(), n * h)?;
+    need("embedding", "ids", ids.len(), n)?;
+    need("embedding", "table", table.len(), vocab * h)?;
+    let (o, _a) = out.device_ptr_mut(st);
+    let (t, _b) = table.device_ptr(st);
+    let (i, _c) = ids.device_ptr(st);
+    // SAFETY: lengths checked above; ids were checked against the vocabulary on the host.
+    status("embedding", unsafe { sys::tl_embedding(o as *mut f32, t as *const u16, i as *const i32, int("embedding", n)?, int("embedding", h)?, raw(st)) })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn rms_norm(st: &CudaStream, out: &mut CudaSlice<f32>, residual: Option<&mut CudaSlice<f32>>, x: &CudaSlice<f32>, w: &CudaSlice<f32>, n: usize, h: usize, eps: f32) -> Result<()> {
+    need("rms_norm", "out", out.len(), n * h)?;
+    need("rms_norm", "x", x.len(), n * h)?;
+    need("rms_norm", "weight", w.len(), h)?;
+    let (ni, hi) = (int("rms_norm", n)?, int("rms_norm", h)?);
+    let (o, _a) = out.device_ptr_mut(st);
+    let (xp, _b) = x.device_ptr(st);
+    let (wp, _c) = w.device_ptr(st);
+    match residual {
+        None => status("rms_norm", unsafe {
+            // SAFETY: lengths checked above.
+            sys::tl_rms_norm(o as *mut f32, xp as *const f32, wp as *const f32, ni, hi, eps, raw(st))
+        }),
+        Some(r) => {
+            need("add_rms_norm", "residual", r.len(), n * h)?;
+            let (rp, _d) = r.device_ptr_mut(st);
+            // SAFETY: lengths checked above; the borrow checker keeps the three buffers distinct.
+            status("add_rms_norm", unsafe { sys::tl_add_rms_norm(rp as *mut f32, xp as *const f32, o as *mut f32, wp as *const f32, ni, hi, eps, raw(st)) })
+        }
+    }
+}
+
+pub fn silu_mul(st: &CudaStream, out: &mut CudaSlice<f32>, gate: &CudaSlice<f32>, up: &CudaSlice<f32>, len: usize) -> Result<()> {
+    need("silu_mul", "buffers", out.len().min(gate.len()).min(up.len()), len)?;
+    let (o, _a) = out.device_ptr_mut(st);
+    let (g, _b) = gate.device_ptr(st);
+    let (u, _c) = up.device_ptr(st);
+    // SAFETY: lengths checked above.
+    status("silu_mul", unsafe { sys::tl_silu_mul(o as *mut f32, g as *const f32, u as *const f32, len as i64, raw(st)) })
+}
+
+pub fn gather_rows(st: &CudaStream, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>, rows: &CudaSlice<i32>, max_row: usize, r: usize, h: usize) -> Result<()> {
+    need("gather_rows", "out", out.len(), r * h)?;
+    need("gather_rows", "rows", rows.len(), r)?;
+    need("gather_rows", "x", x.len(), (max_row + 1) * h)?;
+    let (o, _a) = out.device_ptr_mut(st);
+    let (xp, _b) = x.device_ptr(st);
+    let (rp, _c) = rows.device_ptr(st);
+    // SAFETY: lengths checked above; every row index is <= max_row (checked by the caller on the host).
+    status("gather_rows", unsafe { sys::tl_gather_rows(o as *mut f32, xp as *const f32, rp as *const i32, int("gather_rows", r)?, int("gather_rows", h)?, raw(st)) })
+}
+
+pub fn f32_to_bf16(st: &CudaStream, dst: &mut CudaSlice<u16>, src: &CudaSlice<f32>, len: usize) -> Result<()> {
+    need("f32_to_bf16", "buffers", dst.len().min(src.len()), len)?;
+    let (d, _a) = dst.device_ptr_mut(st);
+    let (s, _b) = src.device_ptr(st);
+    // SAFETY: lengths checked above.
+    status("f32_to_bf16", unsafe { sys::tl_f32_to_bf16(d as *mut u16, s as *const f32, len as i64, raw(st)) })
+}
+
+/// Head geometry of one rank.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn rope_write_kv(st: &CudaStream, q: &mut CudaSlice<f32>, k: &mut CudaSlice<f32>, v: &CudaSlice<f32>, kc: &mut CudaSlice<f32>, vc: &mut CudaSlice<f32>, m: &DeviceMeta, hs: Heads, theta: f32, scale: f32) -> Result<()> {
+    let n = m.n_tokens;
+    let (qw, kw) = (hs.nh * hs.hd, hs.nkv * hs.hd);
+    need("rope_write_kv", "q", q.len(), n * qw)?;
+    need("rope_write_kv", "k/v", k.len().min(v.len()), n * kw)?;
+    need("rope_write_kv", "kv cache", kc.len().min(vc.len()), m.num_slots * kw)?;
+    let dev = m.buf.device_ptr(st);
+    let (qp, _a) = q.device_ptr_mut(st);
+    let (kp, _b) = k.device_ptr_mut(st);
+    let (vp, _c) = v.device_ptr(st);
+    let (kcp, _d) = kc.device_ptr_mut(st);
+    let (vcp, _e) = vc.device_ptr_mut(st);
+    let at = |off: usize| (dev.0 + (off * 4) as u64) as *const i32;
+    let (n, nh, nkv, hd) = (int("rope", n)?, int("rope", hs.nh)?, int("rope", hs.nkv)?, int("rope", hs.hd)?);
+    // SAFETY: buffer lengths checked above; slots were checked against num_slots when the metadata was built.
+    status("rope_write_kv", unsafe {
+        sys::tl_rope_write_kv(qp as *mut f32, kp as *mut f32, vp as *const f32, kcp as *mut f32, vcp as *mut f32, at(m.off.positions), at(m.off.slots), n, nh, nkv, hd, theta, scale, raw(st))
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(st: &CudaStream, out: &mut CudaSlice<f32>, q: &CudaSlice<f32>, kc: &CudaSlice<f32>, vc: &CudaSlice<f32>, scratch: &mut CudaSlice<f32>, m: &DeviceMeta, hs: Heads) -> Result<()> {
+    let (qw, kw) = (hs.nh * hs.hd, hs.nkv * hs.hd);
+    need("paged_attention", "out/q", out.len().min(q.len()), m.n_tokens * qw)?;
+    need("paged_attention", "kv cache", kc.len().min(vc.len()), m.num_slots * kw)?;
+    if m.dec_splits > 1 {
+        need("paged_attention", "scratch", scratch.len(), m.n_dec * hs.nh * m.dec_splits * (hs.hd + 2))?;
+    }
+    if hs.hd > TL_MAX_HEAD_DIM as usize || hs.nkv == 0 || !hs.nh.is_multiple_of(hs.nkv) {
+        return Err(Error::Internal(format!("paged_attention: unsupported heads {hs:?} (head_dim <= {TL_MAX_HEAD_DIM})")));
+    }
+    let dev = m.buf.device_ptr(st);
+    let at = |off: usize| (dev.0 + (off * 4) as u64) as *const i32;
+    let meta = sys::TlAttnMeta {
+        tok_seq: at(m.off.tok_seq),
+        seq_start: at(m.off.seq_start),
+        seq_len: at(m.off.seq_len),
+        seq_ctx: at(m.off.seq_ctx),
+        seq_bt: at(m.off.seq_bt),
+        block_tables: at(m.off.block_tables),
+        dec_tokens: at(m.off.dec_tokens),
+        tiles: at(m.off.tiles),
+        n_dec: int("attention", m.n_dec)?,
+        n_tiles: int("attention", m.n_tiles)?,
+        dec_splits: int("attention", m.dec_splits)?,
+        block_size: int("attention", m.block_size)?,
+    };
+    let (o, _a) = out.device_ptr_mut(st);
+    let (qp, _b) = q.device_ptr(st);
+    let (kcp, _c) = kc.device_ptr(st);
+    let (vcp, _d) = vc.device_ptr(st);
+    let (sp, _e) = scratch.device_ptr_mut(st);
+    let (nh, nkv, hd) = (int("attention", hs.nh)?, int("attention", hs.nkv)?, int("attention", hs.hd)?);
+    // SAFETY: lengths checked above; every block id, context length and token range in the metadata was
+    // validated against the cache size on the host (meta.rs).
+    status("paged_attention", unsafe {
+        sys::tl_paged_attention(o as *mut f32, qp as *const f32, kcp as *const f32, vcp as *const f32, sp as *mut f32, &meta, nh, nkv, hd, raw(st))
+    })
+}
+
+/// out `[n, m]` (f32) = x `[n, k]` (bf16) · wᵀ with w `[m, k]` (bf16), f32 accumulation, on the blas stream.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16(blas: &CudaBlas, st: &CudaStream, out: &mut CudaSlice<f32>, x: &CudaSlice<u16>, w: &CudaSlice<u16>, n: usize, m: usize, k: usize) -> Result<()> {
+    need("gemm", "out", out.len(), n * m)?;
+    need("gemm", "x", x.len(), n * k)?;
+    need("gemm", "w", w.len(), m * k)?;
+    let (ni, mi, ki) = (int("gemm", n)?, int("gemm", m)?, int("gemm", k)?);
+    let (alpha, beta) = (1f32, 0f32);
+    let (o, _a) = out.device_ptr_mut(st);
+    let (xp, _b) = x.device_ptr(st);
+    let (wp, _c) = w.device_ptr(st);
+    // Column-major view: outᵀ [m, n] = wᵀᵀ... i.e. C(m×n) = op(A)=Wᵀ-view (A is k×m, transposed) · B (k×n).
+    // SAFETY: lengths checked above; the handle is bound to `st`.
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *blas.handle(),
+            blas::cublasOperation_t::CUBLAS_OP_T,
+            blas::cublasOperation_t::CUBLAS_OP_N,
+            mi,
+            ni,
+            ki,
+            &alpha as *const f32 as *const c_void,
+            wp as *const c_void,
+            blas::cudaDataType::CUDA_R_16BF,
+            ki,
+            xp as *const c_void,
+            blas::cudaDataType::CUDA_R_16BF,
+            ki,
+            &beta as *const f32 as *const c_void,
+            o as *mut c_void,
+            blas::cudaDataType::CUDA_R_32F,
+            mi,
+            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| Error::Internal(format!("cuBLAS GemmEx ({n}x{k} · {m}x{k}ᵀ): {e}")))
+}
+
+/// Scratch bytes `sample` needs.
+pub fn sample_scratch_bytes(rows: usize, vocab: usize) -> usize {
+    // SAFETY: pure arithmetic on the host.
+    let b = unsafe { sys::tl_sample_scratch_bytes(rows as c_int, vocab as c_int) };
+    b.max(0) as usize
+}
+
+/// Device inputs of `sample`: CSR lists of penalised / masked ids per row.
+pub struct SampleInputs<'a> {
+    pub params: &'a CudaSlice<u8>,
+    pub ints: &'a CudaSlice<i32>,
+    /// Offsets into `ints` of rep_off, rep_ids, gen_off, gen_ids, gen_counts, mask_off, mask_ids.
+    pub off: [usize; 7],
+}
+
+pub fn sample(st: &CudaStream, out: &mut CudaSlice<i32>, logits: &mut CudaSlice<f32>, inp: &SampleInputs, scratch: &mut CudaSlice<u8>, rows: usize, vocab: usize) -> Result<()> {
+    need("sample", "out", out.len(), rows)?;
+    need("sample", "logits", logits.len(), rows * vocab)?;
+    need("sample", "params", inp.params.len(), rows * std::mem::size_of::<TlSampleParams>())?;
+    need("sample", "scratch", scratch.len(), sample_scratch_bytes(rows, vocab))?;
+    let (o, _a) = out.device_ptr_mut(st);
+    let (l, _b) = logits.device_ptr_mut(st);
+    let (p, _c) = inp.params.device_ptr(st);
+    let (ip, _d) = inp.ints.device_ptr(st);
+    let (sp, _e) = scratch.device_ptr_mut(st);
+    let at = |i: usize| (ip + (inp.off[i] * 4) as u64) as *const i32;
+    // SAFETY: lengths checked above; the CSR lists were built on the host with every id < vocab.
+    status("sample", unsafe {
+        sys::tl_sample(o as *mut i32, l as *mut f32, p as *const TlSampleParams, at(0), at(1), at(2), at(3), at(4), at(5), at(6), sp as *mut c_void, int("sample", rows)?, int("sample", vocab)?, raw(st))
+    })
+}

@@ -1,0 +1,174 @@
+//! Step metadata for the attention kernels: `StepMeta` validated against the cache size and packed into one
+//! int32 array (uploaded once per step and reused by every layer), with the decode/prefill work split.
+use crate::backend::StepMeta;
+use crate::{Error, Result};
+use cudarc::driver::CudaSlice;
+
+/// Query rows per prefill tile (PF_ROWS in csrc/attention.cu).
+pub const PREFILL_ROWS: usize = 16;
+
+/// Offsets (in int32 elements) of each array inside the packed buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub positions: usize,
+    pub slots: usize,
+    pub tok_seq: usize,
+    pub seq_start: usize,
+    pub seq_len: usize,
+    pub seq_ctx: usize,
+    pub seq_bt: usize,
+    pub block_tables: usize,
+    pub dec_tokens: usize,
+    pub tiles: usize,
+}
+
+/// The packed host form; equal packs mean the device copy can be reused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostMeta {
+    pub data: Vec<i32>,
+    pub off: Offsets,
+    pub n_tokens: usize,
+    pub n_dec: usize,
+    pub n_tiles: usize,
+    pub dec_splits: usize,
+    pub block_size: usize,
+    pub num_slots: usize,
+}
+
+/// The packed metadata on the device.
+pub struct DeviceMeta {
+    pub buf: CudaSlice<i32>,
+    pub off: Offsets,
+    pub n_tokens: usize,
+    pub n_dec: usize,
+    pub n_tiles: usize,
+    pub dec_splits: usize,
+    pub block_size: usize,
+    pub num_slots: usize,
+}
+
+fn bad(msg: String) -> Error {
+    Error::Internal(format!("step metadata: {msg}"))
+}
+
+fn i32_of(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| bad(format!("{v} exceeds int32")))
+}
+
+/// Validates `meta` for a cache of `num_slots` slots and packs it. Every index the kernels dereference is
+/// checked here, so a malformed step is an error, never an out-of-bounds access.
+pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
+    let n = meta.n_tokens();
+    let bs = meta.block_size;
+    if bs == 0 || meta.slots.len() != n {
+        return Err(bad(format!("block size {bs}, {n} positions, {} slots", meta.slots.len())));
+    }
+    if let Some(&s) = meta.slots.iter().find(|&&s| s as usize >= num_slots) {
+        return Err(bad(format!("slot {s} outside a cache of {num_slots} slots")));
+    }
+    let mut tok_seq = vec![-1i32; n];
+    let (mut seq_start, mut seq_len, mut seq_ctx, mut seq_bt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tables, mut dec, mut tiles) = (Vec::new(), Vec::new(), Vec::new());
+    let mut max_dec_ctx = 0usize;
+    for (s, m) in meta.seqs.iter().enumerate() {
+        let end = m.token_start.checked_add(m.n_tokens).filter(|&e| e <= n && m.n_tokens > 0);
+        let Some(end) = end else {
+            return Err(bad(format!("sequence {s}: tokens {}+{} outside a step of {n}", m.token_start, m.n_tokens)));
+        };
+        if m.context_len < m.n_tokens || m.block_table.len() * bs < m.context_len {
+            return Err(bad(format!("sequence {s}: context {} with {} new tokens and {} blocks", m.context_len, m.n_tokens, m.block_table.len())));
+        }
+        let needed = m.context_len.div_ceil(bs);
+        if let Some(&b) = m.block_table[..needed].iter().find(|&&b| (b as usize + 1) * bs > num_slots) {
+            return Err(bad(format!("sequence {s}: block {b} outside a cache of {num_slots} slots")));
+        }
+        for (t, owner) in tok_seq[m.token_start..end].iter_mut().enumerate() {
+            if *owner != -1 {
+                return Err(bad(format!("token {} belongs to two sequences", m.token_start + t)));
+            }
+            *owner = s as i32;
+        }
+        seq_start.push(i32_of(m.token_start)?);
+        seq_len.push(i32_of(m.n_tokens)?);
+        seq_ctx.push(i32_of(m.context_len)?);
+        seq_bt.push(i32_of(tables.len())?);
+        for &b in &m.block_table[..needed] {
+            tables.push(i32_of(b as usize)?);
+        }
+        if m.n_tokens == 1 {
+            dec.push(i32_of(m.token_start)?);
+            max_dec_ctx = max_dec_ctx.max(m.context_len);
+        } else {
+            for r0 in (0..m.n_tokens).step_by(PREFILL_ROWS) {
+                tiles.push(s as i32);
+                tiles.push(i32_of(r0)?);
+            }
+        }
+    }
+    if let Some(t) = tok_seq.iter().position(|&s| s < 0) {
+        return Err(bad(format!("token {t} belongs to no sequence")));
+    }
+    let split = super::ffi::TL_DECODE_SPLIT as usize;
+    let dec_splits = max_dec_ctx.div_ceil(split).max(1);
+    let mut data = Vec::with_capacity(3 * n + 4 * meta.seqs.len() + tables.len() + dec.len() + tiles.len());
+    let mut off = Offsets::default();
+    let mut put = |v: &[i32]| {
+        let at = data.len();
+        data.extend_from_slice(v);
+        at
+    };
+    off.positions = put(&meta.positions.iter().map(|&p| p as i32).collect::<Vec<_>>());
+    off.slots = put(&meta.slots.iter().map(|&p| p as i32).collect::<Vec<_>>());
+    off.tok_seq = put(&tok_seq);
+    off.seq_start = put(&seq_start);
+    off.seq_len = put(&seq_len);
+    off.seq_ctx = put(&seq_ctx);
+    off.seq_bt = put(&seq_bt);
+    off.block_tables = put(&tables);
+    off.dec_tokens = put(&dec);
+    off.tiles = put(&tiles);
+    if data.is_empty() {
+        data.push(0);
+    }
+    if meta.positions.iter().any(|&p| p > i32::MAX as u32) {
+        return Err(bad("position exceeds int32".into()));
+    }
+    Ok(HostMeta { data, off, n_tokens: n, n_dec: dec.len(), n_tiles: tiles.len() / 2, dec_splits, block_size: bs, num_slots })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SeqMeta;
+
+    fn step() -> StepMeta {
+        StepMeta {
+            positions: vec![0, 1, 2, 7],
+            slots: vec![16, 17, 18, 39],
+            seqs: vec![
+                SeqMeta { token_start: 0, n_tokens: 3, context_len: 3, block_table: vec![1] },
+                SeqMeta { token_start: 3, n_tokens: 1, context_len: 8, block_table: vec![2, 3] },
+            ],
+            block_size: 4,
+        }
+    }
+
+    #[test]
+    fn packs_decode_and_prefill_work() {
+        let h = pack(&step(), 64).unwrap();
+        assert_eq!((h.n_dec, h.n_tiles, h.dec_splits), (1, 1, 1));
+        assert_eq!(&h.data[h.off.tok_seq..h.off.tok_seq + 4], &[0, 0, 0, 1]);
+        assert_eq!(&h.data[h.off.block_tables..h.off.block_tables + 3], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn rejects_out_of_range_slots_and_blocks() {
+        assert!(pack(&step(), 32).is_err()); // slot 39 and block 3 outside 32 slots
+        let mut s = step();
+        s.seqs[1].context_len = 9; // needs 3 blocks
+        assert!(pack(&s, 64).is_err());
+        let mut s = step();
+        s.seqs[0].n_tokens = 2; // token 2 unowned
+        assert!(pack(&s, 64).is_err());
+    }
+}

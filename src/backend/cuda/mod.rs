@@ -1,0 +1,343 @@
+//! The CUDA backend: device buffers through cudarc, GEMMs through cuBLAS (bf16 operands, f32 accumulation and
+//! output), the fused kernels of `csrc/` through `ffi`. Activations and the KV cache are f32 (the `Backend`
+//! trait's `Buf`); matrices are stored in bf16, norm weights in f32. Every op checks shapes on the host first.
+pub mod bench;
+mod ffi;
+pub mod meta;
+pub mod sample;
+
+use super::{AttnDims, Backend, StepMeta};
+use crate::tensor::{Tensor, TensorData};
+use crate::{Error, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use std::sync::{Arc, Mutex};
+
+pub use ffi::Heads;
+
+fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Internal(format!("CUDA {what}: {e}"))
+}
+
+/// Number of CUDA devices; an error (never a panic) when the driver library or a device is missing.
+pub fn device_count() -> Result<usize> {
+    if !ffi::driver_present() {
+        return Err(Error::Unavailable("no CUDA driver (libcuda.so) found".into()));
+    }
+    let n = CudaContext::device_count().map_err(cuda_err("device count"))?;
+    Ok(n.max(0) as usize)
+}
+
+/// A weight on the device: matrices in bf16, vectors (norms) in f32.
+pub enum CudaWeight {
+    Bf16 { data: CudaSlice<u16>, rows: usize, cols: usize },
+    F32 { data: CudaSlice<f32> },
+}
+
+/// An f32 device buffer.
+pub struct CudaBuf(pub CudaSlice<f32>);
+
+/// Reused device scratch: bf16 GEMM inputs, the step metadata and the split-attention partials.
+struct Scratch {
+    bf16: Option<CudaSlice<u16>>,
+    attn: Option<CudaSlice<f32>>,
+    meta_host: meta::HostMeta,
+    meta_dev: Option<meta::DeviceMeta>,
+    /// (device pointer, elements) of the f32 buffer whose bf16 copy is in `bf16`, valid while the ops since
+    /// were only GEMMs reading it (q/k/v and gate/up share one conversion).
+    converted: Option<(u64, usize)>,
+}
+
+/// One GPU: its primary context, one stream for all work, and a cuBLAS handle bound to that stream.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: Arc<CudaBlas>,
+    scratch: Arc<Mutex<Scratch>>,
+}
+
+impl Clone for CudaBackend {
+    fn clone(&self) -> Self {
+        CudaBackend { ctx: self.ctx.clone(), stream: self.stream.clone(), blas: self.blas.clone(), scratch: self.scratch.clone() }
+    }
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal` with a new stream.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let n = device_count()?;
+        if ordinal >= n {
+            return Err(Error::Unavailable(format!("CUDA device {ordinal} requested, {n} present")));
+        }
+        if !ffi::cublas_present() {
+            return Err(Error::Unavailable("cuBLAS (libcublas.so) not found on LD_LIBRARY_PATH".into()));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(cuda_err("context"))?;
+        ffi::single_stream_mode(&ctx);
+        let stream = ctx.new_stream().map_err(cuda_err("stream"))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Internal(format!("cuBLAS init: {e}")))?;
+        let scratch = Scratch { bf16: None, attn: None, meta_host: meta::HostMeta::default(), meta_dev: None, converted: None };
+        Ok(CudaBackend { ctx, stream, blas: Arc::new(blas), scratch: Arc::new(Mutex::new(scratch)) })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(cuda_err("memory info"))
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
+    /// Binds the context to this thread before an op that may write device buffers (which also
+    /// invalidates the cached bf16 conversion of a GEMM input).
+    fn bind(&self) -> Result<()> {
+        self.invalidate()?;
+        self.ctx.bind_to_thread().map_err(cuda_err("bind context"))
+    }
+
+    /// Forgets the cached bf16 copy of the last GEMM input; call after anything that may write a buffer.
+    pub fn invalidate(&self) -> Result<()> {
+        self.lock()?.converted = None;
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Scratch>> {
+        self.scratch.lock().map_err(|_| Error::Internal("CUDA scratch lock poisoned".into()))
+    }
+
+    pub(crate) fn upload_i32(&self, v: &[i32]) -> Result<CudaSlice<i32>> {
+        let v: &[i32] = if v.is_empty() { &[0] } else { v };
+        self.stream.clone_htod(v).map_err(cuda_err("upload"))
+    }
+
+    pub(crate) fn upload_bytes(&self, v: &[u8]) -> Result<CudaSlice<u8>> {
+        let v: &[u8] = if v.is_empty() { &[0] } else { v };
+        self.stream.clone_htod(v).map_err(cuda_err("upload"))
+    }
+
+    pub(crate) fn alloc_bytes(&self, n: usize) -> Result<CudaSlice<u8>> {
+        self.stream.alloc_zeros::<u8>(n.max(1)).map_err(cuda_err("alloc"))
+    }
+
+    /// Copies a device i32 buffer to the host.
+    pub(crate) fn read_i32(&self, src: &CudaSlice<i32>, n: usize) -> Result<Vec<i32>> {
+        let mut out = vec![0i32; n];
+        if n > src.len() {
+            return Err(Error::Internal(format!("read of {n} ints from {}", src.len())));
+        }
+        self.stream.memcpy_dtoh(&src.slice(0..n), &mut out).map_err(cuda_err("download"))?;
+        Ok(out)
+    }
+
+    /// Copies the first `n` floats of `src` into a fresh buffer of `len >= n` (zero-padded), on the device.
+    pub fn copy_padded(&self, src: &CudaBuf, n: usize, len: usize) -> Result<CudaBuf> {
+        if n > src.0.len() || n > len {
+            return Err(Error::Internal(format!("copy of {n} floats from {} into {len}", src.0.len())));
+        }
+        let mut dst = self.alloc(len)?;
+        if n > 0 {
+            self.stream.memcpy_dtod(&src.0.slice(0..n), &mut dst.0.slice_mut(0..n)).map_err(cuda_err("copy"))?;
+        }
+        Ok(dst)
+    }
+
+    /// The step metadata on the device, uploaded once and reused while the step is unchanged.
+    fn with_meta<T>(&self, meta: &StepMeta, num_slots: usize, f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>) -> Result<T> {
+        let host = meta::pack(meta, num_slots)?;
+        let mut s = self.lock()?;
+        if s.meta_dev.is_none() || s.meta_host != host {
+            let buf = self.upload_i32(&host.data)?;
+            s.meta_dev = Some(meta::DeviceMeta {
+                buf,
+                off: host.off,
+                n_tokens: host.n_tokens,
+                n_dec: host.n_dec,
+                n_tiles: host.n_tiles,
+                dec_splits: host.dec_splits,
+                block_size: host.block_size,
+                num_slots: host.num_slots,
+            });
+            s.meta_host = host;
+        }
+        let dm = s.meta_dev.take().ok_or_else(|| Error::Internal("metadata missing".into()))?;
+        let r = f(&dm, &mut s);
+        s.meta_dev = Some(dm);
+        r
+    }
+
+    /// A reusable scratch slice of at least `n` elements.
+    fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, slot: &mut Option<CudaSlice<T>>, n: usize) -> Result<()> {
+        if slot.as_ref().is_none_or(|b| b.len() < n) {
+            *slot = None;
+            *slot = Some(self.stream.alloc_zeros::<T>(n.max(1).next_power_of_two()).map_err(cuda_err("scratch alloc"))?);
+        }
+        Ok(())
+    }
+}
+
+fn f32_vec(t: &Tensor) -> Vec<f32> {
+    match &t.data {
+        TensorData::F32(v) => v.clone(),
+        _ => t.to_f32_vec(),
+    }
+}
+
+/// The bf16 bit patterns of a matrix: borrowed when already bf16 (no host copy), converted otherwise.
+fn bf16_bits(t: &Tensor) -> std::borrow::Cow<'_, [u16]> {
+    use std::borrow::Cow;
+    match &t.data {
+        TensorData::BF16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+        TensorData::F32(v) => Cow::Owned(v.iter().map(|&f| half::bf16::from_f32(f).to_bits()).collect()),
+        TensorData::F16(v) => Cow::Owned(v.iter().map(|&f| half::bf16::from_f32(f.to_f32()).to_bits()).collect()),
+    }
+}
+
+fn norm_weight<'a>(w: &'a CudaWeight, what: &str) -> Result<&'a CudaSlice<f32>> {
+    match w {
+        CudaWeight::F32 { data } => Ok(data),
+        CudaWeight::Bf16 { .. } => Err(Error::Internal(format!("{what}: expected a vector weight, got a matrix"))),
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+    type Weight = CudaWeight;
+
+    fn name(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        format!("cuda:{} ({name})", self.ctx.ordinal())
+    }
+
+    fn upload(&self, t: Tensor) -> Result<CudaWeight> {
+        self.bind()?;
+        match t.shape.len() {
+            1 => Ok(CudaWeight::F32 { data: self.stream.clone_htod(&f32_vec(&t)).map_err(cuda_err("upload"))? }),
+            2 => {
+                let (rows, cols) = (t.shape[0], t.shape[1]);
+                let data = self.stream.clone_htod(bf16_bits(&t).as_ref()).map_err(cuda_err("upload"))?;
+                Ok(CudaWeight::Bf16 { data, rows, cols })
+            }
+            _ => Err(Error::Internal(format!("cannot upload a tensor of shape {:?}", t.shape))),
+        }
+    }
+
+    fn alloc(&self, n: usize) -> Result<CudaBuf> {
+        self.bind()?;
+        Ok(CudaBuf(self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err(&format!("alloc of {n} floats")))?))
+    }
+
+    fn write(&self, dst: &mut CudaBuf, src: &[f32]) -> Result<()> {
+        self.invalidate()?;
+        if src.len() > dst.0.len() {
+            return Err(Error::Internal(format!("write of {} floats into {}", src.len(), dst.0.len())));
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.stream.memcpy_htod(src, &mut dst.0.slice_mut(0..src.len())).map_err(cuda_err("upload"))
+    }
+
+    fn read(&self, src: &CudaBuf, n: usize) -> Result<Vec<f32>> {
+        if n > src.0.len() {
+            return Err(Error::Internal(format!("read of {n} floats from {}", src.0.len())));
+        }
+        let mut out = vec![0f32; n];
+        if n > 0 {
+            self.stream.memcpy_dtoh(&src.0.slice(0..n), &mut out).map_err(cuda_err("download"))?;
+        }
+        Ok(out)
+    }
+
+    fn embedding(&self, out: &mut CudaBuf, table: &CudaWeight, ids: &[u32], h: usize) -> Result<()> {
+        let CudaWeight::Bf16 { data, rows, cols } = table else {
+            return Err(Error::Internal("embedding: table is not a matrix".into()));
+        };
+        if *cols != h {
+            return Err(Error::Internal(format!("embedding: table width {cols}, hidden {h}")));
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= *rows) {
+            return Err(Error::InvalidRequest(format!("token id {id} is outside the vocabulary of {rows}")));
+        }
+        self.bind()?;
+        let dev_ids = self.upload_i32(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
+        ffi::embedding(&self.stream, &mut out.0, data, *rows, &dev_ids, ids.len(), h)
+    }
+
+    fn rms_norm(&self, out: &mut CudaBuf, x: &CudaBuf, w: &CudaWeight, n: usize, h: usize, eps: f32) -> Result<()> {
+        self.bind()?;
+        ffi::rms_norm(&self.stream, &mut out.0, None, &x.0, norm_weight(w, "rms_norm")?, n, h, eps)
+    }
+
+    fn add_rms_norm(&self, residual: &mut CudaBuf, x: &CudaBuf, out: &mut CudaBuf, w: &CudaWeight, n: usize, h: usize, eps: f32) -> Result<()> {
+        self.bind()?;
+        ffi::rms_norm(&self.stream, &mut out.0, Some(&mut residual.0), &x.0, norm_weight(w, "add_rms_norm")?, n, h, eps)
+    }
+
+    fn gemm(&self, out: &mut CudaBuf, x: &CudaBuf, w: &CudaWeight, n: usize) -> Result<()> {
+        let CudaWeight::Bf16 { data, rows, cols } = w else {
+            return Err(Error::Internal("gemm: weight is not a matrix".into()));
+        };
+        let (m, k) = (*rows, *cols);
+        if n == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(cuda_err("bind context"))?;
+        let key = (x.0.device_ptr(&self.stream).0, n * k);
+        let mut s = self.lock()?;
+        if s.converted != Some(key) {
+            s.converted = None;
+            self.grow(&mut s.bf16, n * k)?;
+            let xb = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
+            ffi::f32_to_bf16(&self.stream, xb, &x.0, n * k)?;
+            s.converted = Some(key);
+        }
+        let xb = s.bf16.as_ref().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
+        ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, data, n, m, k)
+    }
+
+    fn rope_write_kv(&self, q: &mut CudaBuf, k: &mut CudaBuf, v: &CudaBuf, k_cache: &mut CudaBuf, v_cache: &mut CudaBuf, meta: &StepMeta, d: AttnDims) -> Result<()> {
+        let hs = Heads { nh: d.n_heads, nkv: d.n_kv_heads, hd: d.head_dim };
+        let kw = (hs.nkv * hs.hd).max(1);
+        let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
+        self.bind()?;
+        self.with_meta(meta, num_slots, |dm, _| ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, hs, d.rope_theta, d.rope_scale))
+    }
+
+    fn paged_attention(&self, out: &mut CudaBuf, q: &CudaBuf, k_cache: &CudaBuf, v_cache: &CudaBuf, meta: &StepMeta, d: AttnDims) -> Result<()> {
+        let hs = Heads { nh: d.n_heads, nkv: d.n_kv_heads, hd: d.head_dim };
+        let kw = (hs.nkv * hs.hd).max(1);
+        let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
+        self.bind()?;
+        self.with_meta(meta, num_slots, |dm, s| {
+            let need = if dm.dec_splits > 1 { dm.n_dec * hs.nh * dm.dec_splits * (hs.hd + 2) } else { 1 };
+            self.grow(&mut s.attn, need)?;
+            let scratch = s.attn.as_mut().ok_or_else(|| Error::Internal("attention scratch missing".into()))?;
+            ffi::paged_attention(&self.stream, &mut out.0, &q.0, &k_cache.0, &v_cache.0, scratch, dm, hs)
+        })
+    }
+
+    fn silu_mul(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf, len: usize) -> Result<()> {
+        self.bind()?;
+        ffi::silu_mul(&self.stream, &mut out.0, &gate.0, &up.0, len)
+    }
+
+    fn gather_rows(&self, out: &mut CudaBuf, x: &CudaBuf, rows: &[usize], h: usize) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let max_row = rows.iter().copied().max().unwrap_or(0);
+        self.bind()?;
+        let idx = self.upload_i32(&rows.iter().map(|&r| i32::try_from(r).unwrap_or(i32::MAX)).collect::<Vec<_>>())?;
+        ffi::gather_rows(&self.stream, &mut out.0, &x.0, &idx, max_row, rows.len(), h)
+    }
+}
