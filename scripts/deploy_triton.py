@@ -107,6 +107,8 @@ def write_repository(a):
     values = {
         "checkpoint": str(ckpt),
         "device": a.device,
+        # On GPUs the engine owns its devices (one thread per GPU), so Triton must not place instances itself.
+        "instance_kind": "KIND_MODEL" if a.device == "cuda" else "KIND_CPU",
         "tensor_parallel_size": tp,
         "gpu_device_ids": ",".join(str(i) for i in range(tp)) if a.device == "cuda" else "",
         "max_input_len": a.max_input_len or "",

@@ -16,9 +16,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use stop::TextStream;
 
+/// Where the ranks run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Device {
+    /// CPU threads with in-process collectives.
+    Cpu,
+    /// One GPU per rank (rank = position in `gpu_ids`), NCCL between them; the KV cache takes `kv_fraction` of
+    /// the memory free after the weights. Needs a build with the `cuda` feature.
+    Cuda { gpu_ids: Vec<usize>, kv_fraction: f64 },
+}
+
 /// Engine sizing (the Triton model config's parameters map onto these).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    pub device: Device,
     /// Tensor-parallel ranks.
     pub tp: usize,
     pub block_size: usize,
@@ -34,8 +45,22 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { tp: 1, block_size: 16, num_blocks: None, kv_cache_bytes: 1 << 30, max_num_seqs: 16, max_batched_tokens: 2048, max_model_len: None }
+        EngineConfig { device: Device::Cpu, tp: 1, block_size: 16, num_blocks: None, kv_cache_bytes: 1 << 30, max_num_seqs: 16, max_batched_tokens: 2048, max_model_len: None }
     }
+}
+
+#[cfg(feature = "cuda")]
+fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64, max_blocks: Option<usize>) -> Result<Runner> {
+    Runner::start_cuda(src, gpu_ids, block_size, kv_fraction, max_blocks)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn start_cuda(src: Arc<dyn CheckpointSource>, _: &[usize], _: usize, _: f64, _: Option<usize>) -> Result<Runner> {
+    Err(Error::UnsupportedFormat {
+        path: src.path().into(),
+        format: "device cuda".into(),
+        hint: "this build has only the CPU engine; rebuild with `cargo build --release --features cuda`".into(),
+    })
 }
 
 /// One generation request, already tokenized.
@@ -100,7 +125,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads the checkpoint on `ecfg.tp` CPU ranks.
+    /// Loads the checkpoint on `ecfg.tp` ranks of `ecfg.device`.
     pub fn new(src: Box<dyn CheckpointSource>, ecfg: EngineConfig) -> Result<Engine> {
         let cfg = src.config().clone();
         crate::model::ShardSpec::check(&cfg, ecfg.tp)?;
@@ -112,21 +137,35 @@ impl Engine {
         if ecfg.block_size == 0 || ecfg.max_num_seqs == 0 || ecfg.max_batched_tokens == 0 {
             return Err(Error::Config("block_size, max_num_seqs and max_batched_tokens must be positive".into()));
         }
-        let bytes_per_block = 2 * cfg.num_layers * ecfg.block_size * (cfg.num_kv_heads / ecfg.tp) * cfg.head_dim * 4;
-        let num_blocks = match ecfg.num_blocks {
-            Some(n) => n,
-            None => {
-                let want = (ecfg.max_num_seqs * max_model_len).div_ceil(ecfg.block_size);
-                want.min(ecfg.kv_cache_bytes / bytes_per_block.max(1))
-            }
-        };
-        if num_blocks == 0 {
-            return Err(Error::Config(format!("the KV cache budget of {} bytes holds no block of {bytes_per_block} bytes", ecfg.kv_cache_bytes)));
-        }
-        log::info!("KV cache: {num_blocks} blocks of {} tokens ({:.1} MB per rank)", ecfg.block_size, (num_blocks * bytes_per_block) as f64 / 1e6);
         let add_bos = src.default_add_bos();
         let default_stops = src.default_stop_strings();
-        let runner = Runner::start_cpu(Arc::from(src), ecfg.tp, KvPlan { num_blocks, block_size: ecfg.block_size })?;
+        let runner = match &ecfg.device {
+            Device::Cpu => {
+                let bytes_per_block = 2 * cfg.num_layers * ecfg.block_size * (cfg.num_kv_heads / ecfg.tp) * cfg.head_dim * 4;
+                let num_blocks = match ecfg.num_blocks {
+                    Some(n) => n,
+                    None => {
+                        let want = (ecfg.max_num_seqs * max_model_len).div_ceil(ecfg.block_size);
+                        want.min(ecfg.kv_cache_bytes / bytes_per_block.max(1))
+                    }
+                };
+                if num_blocks == 0 {
+                    return Err(Error::Config(format!("the KV cache budget of {} bytes holds no block of {bytes_per_block} bytes", ecfg.kv_cache_bytes)));
+                }
+                Runner::start_cpu(Arc::from(src), ecfg.tp, KvPlan { num_blocks, block_size: ecfg.block_size })?
+            }
+            Device::Cuda { gpu_ids, kv_fraction } => {
+                if gpu_ids.len() != ecfg.tp {
+                    return Err(Error::Config(format!("{} GPU ids for tensor-parallel size {}", gpu_ids.len(), ecfg.tp)));
+                }
+                start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks)?
+            }
+        };
+        let num_blocks = runner.num_blocks;
+        if num_blocks == 0 {
+            return Err(Error::Config("the KV cache holds no block".into()));
+        }
+        log::info!("KV cache: {num_blocks} blocks of {} tokens per rank", ecfg.block_size);
         let sched = Scheduler::new(
             SchedulerConfig { max_num_seqs: ecfg.max_num_seqs, max_batched_tokens: ecfg.max_batched_tokens },
             BlockManager::new(num_blocks, ecfg.block_size),

@@ -2,16 +2,16 @@
 //! contradictions refused naming the field, and auto-complete of inputs/outputs when the config omits them.
 use super::interface::{INPUTS, Limits, OUTPUTS};
 use super::server::ServeSettings;
-use crate::engine::EngineConfig;
+use crate::engine::{Device, EngineConfig};
 use crate::{Error, Result};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
-pub const PARAMS: [&str; 17] = [
+pub const PARAMS: [&str; 18] = [
     "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
     "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
-    "block_size", "max_batched_tokens", "num_blocks", "engine_threads",
+    "block_size", "max_batched_tokens", "num_blocks", "engine_threads", "kv_cache_fraction",
 ];
 
 /// Everything a model's config decides.
@@ -81,13 +81,7 @@ impl ModelSettings {
             "cuda" if !gpus.is_empty() && gpus.len() != tp => {
                 return cfg_err(format!("parameter `gpu_device_ids` lists {} GPUs but `tensor_parallel_size` is {tp}", gpus.len()));
             }
-            "cuda" => {
-                return Err(Error::UnsupportedFormat {
-                    path: checkpoint,
-                    format: "parameter `device` = cuda".into(),
-                    hint: "this build has only the CPU engine; set device to cpu".into(),
-                });
-            }
+            "cuda" => {}
             o => return cfg_err(format!("parameter `device` must be cpu or cuda, got `{o}`")),
         }
         let max_input_len: Option<usize> = num(cfg, "max_input_len")?;
@@ -105,7 +99,16 @@ impl ModelSettings {
             return cfg_err("parameter `max_num_seqs` must be >= 1".into());
         }
         let d = EngineConfig::default();
+        let kv_fraction: f64 = num(cfg, "kv_cache_fraction")?.unwrap_or(0.9);
+        if !(kv_fraction > 0.0 && kv_fraction <= 1.0) {
+            return cfg_err(format!("parameter `kv_cache_fraction` must be in (0, 1], got {kv_fraction}"));
+        }
+        let device = match device.as_str() {
+            "cuda" => Device::Cuda { gpu_ids: if gpus.is_empty() { (0..tp).collect() } else { gpus }, kv_fraction },
+            _ => Device::Cpu,
+        };
         let engine = EngineConfig {
+            device,
             tp,
             block_size: num(cfg, "block_size")?.unwrap_or(d.block_size),
             num_blocks: num(cfg, "num_blocks")?,
