@@ -3,7 +3,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use triton_llama::engine::{Engine, EngineConfig, Request};
+use triton_llama::engine::{Device, Engine, EngineConfig, Request};
 use triton_llama::sampling::SamplingParams;
 use triton_llama::{Error, Result, loader};
 
@@ -13,7 +13,7 @@ const USAGE: &str = "usage:
   triton-llama generate CKPT --prompt TEXT [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
-                         [--ignore-eos] [--bos|--no-bos] [--tp N] [--json]
+                         [--ignore-eos] [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
   triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
   triton-llama bench [--steps N] [--prefill N] [--json]
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
@@ -178,13 +178,21 @@ fn tokenize(a: &Args) -> Result<()> {
 
 fn engine_for(a: &Args) -> Result<Engine> {
     let src = loader::open(&a.ckpt()?)?;
-    Engine::new(src, EngineConfig { tp: a.num("tp", 1)?, max_num_seqs: 1, ..Default::default() })
+    let (device, tp) = match a.get("device").unwrap_or("cpu") {
+        "cpu" => (Device::Cpu, a.num("tp", 1)?),
+        dev => {
+            let spec = dev.strip_prefix("cuda").map(|r| r.trim_start_matches(':')).ok_or_else(|| Error::InvalidRequest(format!("--device: `{dev}` is not cpu or cuda[:ids]")))?;
+            let gpu_ids = if spec.is_empty() { (0..a.num("tp", 1)?).collect() } else { list_str(spec, "device")? };
+            (Device::Cuda { kv_fraction: 0.9, gpu_ids: gpu_ids.clone() }, gpu_ids.len())
+        }
+    };
+    Engine::new(src, EngineConfig { device, tp, max_num_seqs: 1, ..Default::default() })
 }
 
 fn generate(a: &Args) -> Result<()> {
     a.allow_only(&[
         "prompt", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "seed", "repetition-penalty",
-        "presence-penalty", "frequency-penalty", "stop", "ban", "tp",
+        "presence-penalty", "frequency-penalty", "stop", "ban", "tp", "device",
     ])?;
     let mut engine = engine_for(a)?;
     let tok = engine.tokenizer().clone();
