@@ -66,8 +66,8 @@ step() { # name timeout command...
     SECS[$name]="$(python3 -c "import time; print(round(time.time() - $t0, 2))")"
     echo "$name: rc=${RC[$name]} (${SECS[$name]} s)"
 }
-step kernels 300 "$BUNDLE/cuda_kernels" --test-threads=1
-step models 300 "$BUNDLE/cuda_models" --test-threads=1
+step kernels 300 "$BUNDLE/cuda_kernels" --include-ignored --test-threads=1
+step models 300 "$BUNDLE/cuda_models" --include-ignored --test-threads=1
 CKPT="$TL_FIXTURES/models/gqa_bf16/hf"
 step score_cpu 120 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --json > \"$R/score_cpu.json\""
 step score_cuda 120 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --device cuda:0 --json > \"$R/score_cuda.json\""

@@ -50,6 +50,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn embedding_norms_silu_gather_match_cpu() {
     let Some(g) = gpu("embedding_norms_silu_gather_match_cpu") else { return };
     let (v, h, n) = (37, 769, 5);
@@ -95,6 +96,7 @@ fn embedding_norms_silu_gather_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn gemm_matches_cpu_on_odd_shapes() {
     let Some(g) = gpu("gemm_matches_cpu_on_odd_shapes") else { return };
     for (n, m, k) in [(1, 37, 769), (3, 1000, 96), (17, 333, 769), (64, 256, 80)] {
@@ -177,6 +179,7 @@ fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn rope_kv_write_and_paged_attention_match_cpu() {
     let Some(g) = gpu("rope_kv_write_and_paged_attention_match_cpu") else { return };
     attention_case(&g, 8, 2, 128); // GQA, Llama-2-70B-like group of 4
@@ -185,6 +188,7 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn bad_step_metadata_is_an_error_not_a_fault() {
     let Some(g) = gpu("bad_step_metadata_is_an_error_not_a_fault") else { return };
     let d = AttnDims { n_heads: 2, n_kv_heads: 1, head_dim: 64, rope_theta: 10000.0, rope_scale: 1.0 };
@@ -237,6 +241,7 @@ fn sample_lists_reproduce_sampler_process() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn gpu_sampling_matches_cpu_sampler() {
     let Some(g) = gpu("gpu_sampling_matches_cpu_sampler") else { return };
     let vocab = 32000;
