@@ -7,19 +7,30 @@
 #     them as ignored, never as passed) and scripts/gpu_check.sh runs them on a GPU machine;
 #  4. a bounded cargo-fuzz run of every fuzz target (scripts/fuzz.sh).
 # TL_SKIP_CUDA=1 / TL_SKIP_FUZZ=1 / TL_SKIP_E2E=1 leave a stage out (and say so).
+# The last line adds up every stage's counts: `total: N passed, N failed, N skipped` (skipped = ignored GPU tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --release --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
 
-if [ "${TL_SKIP_E2E:-0}" = 1 ]; then echo "TL_SKIP_E2E=1: the end-to-end tests were not run"; else bash scripts/test_e2e.sh; fi
+cargo test --release --locked 2>&1 | tee -a "$log"
+
+if [ "${TL_SKIP_E2E:-0}" = 1 ]; then echo "TL_SKIP_E2E=1: the end-to-end tests were not run"; else bash scripts/test_e2e.sh 2>&1 | tee -a "$log"; fi
 
 if [ "${TL_SKIP_CUDA:-0}" = 1 ]; then
     echo "TL_SKIP_CUDA=1: the --features cuda build and tests were not run"
 else
     # shellcheck source=install_cuda_toolchain.sh
     source scripts/install_cuda_toolchain.sh
-    cargo test --release --locked --features cuda
+    cargo test --release --locked --features cuda 2>&1 | tee -a "$log"
     echo "cuda build: every CPU test passed; the GPU tests are ignored here - run scripts/gpu_check.sh on a GPU machine"
 fi
 
 if [ "${TL_SKIP_FUZZ:-0}" = 1 ]; then echo "TL_SKIP_FUZZ=1: the fuzz targets were not run"; else bash scripts/fuzz.sh "${TL_FUZZ_SECONDS:-20}"; fi
+
+# cargo: "test result: ok. P passed; F failed; I ignored; ..."; pytest: "P passed[, F failed][, S skipped] in ...".
+awk '
+    /^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
+    !/^test result:/ && / passed.* in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^skipped/) s += $(i-1) } }
+    END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }
+' "$log"
