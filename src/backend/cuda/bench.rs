@@ -3,6 +3,7 @@
 //! as a ratio to a device-to-device copy measured in the same run.
 use super::CudaBackend;
 use crate::backend::SeqMeta;
+pub use crate::bench::DecodePoint;
 use crate::config::LlamaConfig;
 use crate::engine::runner::{Runner, StepInput};
 use crate::loader::{CheckpointSource, TensorInfo, canonical_names, canonical_shape};
@@ -112,14 +113,6 @@ pub struct CudaBenchReport {
     /// Weight bytes read per second at batch 1 divided by the copy's traffic (read + write) bandwidth.
     pub batch1_bandwidth_ratio: f64,
     pub notes: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DecodePoint {
-    pub batch: usize,
-    pub ms_per_step: f64,
-    pub tok_s: f64,
-    pub weight_gbps: f64,
 }
 
 #[derive(Debug, Serialize)]
