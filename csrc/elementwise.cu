@@ -91,6 +91,33 @@ extern "C" int tl_f32_to_bf16(uint16_t *dst, const float *src, int64_t len, void
     return tl_launch_status();
 }
 
+__global__ void unshard_vocab_kernel(float *out, const float *parts, int rows, int vocab, int world, int width) {
+    const int base = vocab / world, extra = vocab % world, w_max = base + (extra > 0);
+    const int64_t big = static_cast<int64_t>(extra) * (base + 1); // columns held by the ranks with one more
+    const int64_t total = static_cast<int64_t>(rows) * width;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total; idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t i = idx / width, j = idx % width;
+        int64_t k, local;
+        if (j < big) {
+            k = j / (base + 1);
+            local = j - k * (base + 1);
+        } else {
+            k = extra + (j - big) / base;
+            local = j - big - (k - extra) * base;
+        }
+        const int64_t w_k = base + (k < extra);
+        out[idx] = parts[k * rows * w_max + i * w_k + local];
+    }
+}
+
+extern "C" int tl_unshard_vocab(float *out, const float *parts, int rows, int vocab, int world, int width, void *stream) {
+    if (rows == 0 || width == 0) return 0;
+    if (rows < 0 || width < 0 || world <= 0 || vocab < world || width > vocab) return TL_ERR_ARGS;
+    const int64_t total = static_cast<int64_t>(rows) * width;
+    unshard_vocab_kernel<<<grid_for(total, 256), 256, 0, TL_STREAM(stream)>>>(out, parts, rows, vocab, world, width);
+    return tl_launch_status();
+}
+
 extern "C" const char *tl_status_string(int status) {
     if (status == TL_ERR_ARGS) return "invalid kernel arguments";
     return cudaGetErrorString(static_cast<cudaError_t>(status));

@@ -123,6 +123,21 @@ int tl_sample(int32_t *out_ids,                /* [rows] */
               void *scratch,                   /* tl_sample_scratch_bytes(rows, vocab) bytes */
               int rows, int vocab, void *stream);
 
+/* Reassembles vocabulary-split logits gathered rank-major: rank k of `world` owns the columns
+ * [k * base + min(k, extra), +base + (k < extra)) with base = vocab / world, extra = vocab % world, stored as
+ * [rows, w_k] at the start of its slot of rows * w_max floats (w_max = ceil(vocab / world)). Keeps columns
+ * [0, width). CPU twin: CpuBackend::unshard_vocab. */
+int tl_unshard_vocab(float *out,         /* [rows, width] */
+                     const float *parts, /* [world, rows * w_max] */
+                     int rows, int vocab, int world, int width, void *stream);
+
+/* lp[i] = logits[i, ids[i]] - logsumexp(logits[i, :]) (f64 sum): the log-probability of the sampled token
+ * under the unprocessed logits. CPU twin: sampling::logprob_of. */
+int tl_token_logprob(float *lp,           /* [rows] */
+                     const float *logits, /* [rows, vocab] */
+                     const int32_t *ids,  /* [rows], each < vocab */
+                     int rows, int vocab, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -169,3 +169,29 @@ extern "C" int tl_sample(int32_t *out_ids, float *logits, const TlSampleParams *
     pick_kernel<<<rows, SAMPLE_THREADS, 0, st>>>(out_ids, logits, static_cast<double *>(scratch), params, vocab);
     return tl_launch_status();
 }
+
+// One block per row: max, then the f64 sum of exp(l - max), then l[id] - max - log(sum).
+__global__ void token_logprob_kernel(float *lp, const float *logits, const int32_t *ids, int vocab) {
+    __shared__ double sh[32];
+    __shared__ float shf[32];
+    const int row = blockIdx.x;
+    const float *l = logits + static_cast<int64_t>(row) * vocab;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, l[i]);
+    mx = warp_max(mx);
+    if ((threadIdx.x & 31) == 0) shf[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = (threadIdx.x & 31) < static_cast<int>(blockDim.x >> 5) ? shf[threadIdx.x & 31] : -INFINITY;
+    mx = warp_max(mx);
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) acc += exp(static_cast<double>(l[i] - mx));
+    const double sum = block_sum_d(acc, sh);
+    if (threadIdx.x == 0) lp[row] = (l[ids[row]] - mx) - static_cast<float>(log(sum));
+}
+
+extern "C" int tl_token_logprob(float *lp, const float *logits, const int32_t *ids, int rows, int vocab, void *stream) {
+    if (rows == 0) return 0;
+    if (rows < 0 || vocab <= 0) return TL_ERR_ARGS;
+    token_logprob_kernel<<<rows, 256, 0, TL_STREAM(stream)>>>(lp, logits, ids, vocab);
+    return tl_launch_status();
+}

@@ -349,5 +349,5 @@ fn gpu_prompt_logits(src: std::sync::Arc<dyn loader::CheckpointSource>, gpus: &[
     let mut input = StepInput::default();
     input.meta.block_size = bs;
     input.push_seq(ids, 0, &(0..blocks as u32).collect::<Vec<_>>(), true);
-    runner.run(input)
+    runner.run(input).map(|o| o.logits)
 }

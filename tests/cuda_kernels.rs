@@ -1,15 +1,15 @@
 //! Each CUDA kernel against its CPU twin on odd sizes (hidden 769, head_dim 80 and 128, ragged batches mixing
-//! prefill chunks and long decodes, grouped-query heads), plus the GPU sampler against `Sampler`.
+//! prefill chunks and long decodes, grouped-query heads), plus the GPU sampler against `Sampler`, the
+//! log-probabilities against `logprob_of` and the vocabulary reassembly against the CPU op.
 //! Without a GPU every device test prints `SKIPPED (no CUDA device ...)` and returns: it did not run and is
 //! not a pass. With `TL_REQUIRE_GPU=1` (scripts/gpu_check.sh) a missing device fails the test instead.
 #![cfg(feature = "cuda")]
 use std::io::Write;
 use half::bf16;
 use triton_llama::backend::cpu::CpuBackend;
-use triton_llama::backend::cuda::sample::{SampleRow, lists};
 use triton_llama::backend::cuda::{CudaBackend, device_count};
 use triton_llama::backend::{AttnDims, Backend, SeqMeta, StepMeta};
-use triton_llama::sampling::{Rng, Sampler, SamplingParams};
+use triton_llama::sampling::{Rng, SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of};
 use triton_llama::tensor::{Tensor, TensorData};
 
 /// GPU 0, or None after saying loudly that the test is skipped.
@@ -213,33 +213,6 @@ fn sample_params() -> Vec<SamplingParams> {
     ]
 }
 
-/// The host lists the kernel applies reproduce `Sampler::process` (this part needs no GPU).
-#[test]
-fn sample_lists_reproduce_sampler_process() {
-    let vocab = 50;
-    let context = [1u32, 7, 9, 9, 7, 2, 60];
-    let generated = &context[3..];
-    for params in sample_params() {
-        let logits = rand_vec(40, vocab, 3.0);
-        let mut want = logits.clone();
-        Sampler::new(params.clone(), 0).process(&mut want, &context, generated, 2);
-        let rows = [SampleRow { params: &params, u: 0.5, context: &context, generated, eos: 2 }];
-        let l = lists(&rows, vocab);
-        let mut got = logits.clone();
-        for &t in &l.rep_ids {
-            let v = &mut got[t as usize];
-            *v = if *v > 0.0 { *v / params.repetition_penalty } else { *v * params.repetition_penalty };
-        }
-        for (&t, &c) in l.gen_ids.iter().zip(&l.gen_counts) {
-            got[t as usize] -= params.presence_penalty + params.frequency_penalty * c as f32;
-        }
-        for &t in &l.mask_ids {
-            got[t as usize] = f32::NEG_INFINITY;
-        }
-        assert_eq!(got, want, "{params:?}");
-    }
-}
-
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn gpu_sampling_matches_cpu_sampler() {
@@ -264,11 +237,30 @@ fn gpu_sampling_matches_cpu_sampler() {
         }
         let rows: Vec<SampleRow> = params.iter().zip(&us).map(|(p, &u)| SampleRow { params: p, u, context: &context, generated, eos: 2 }).collect();
         let mut buf = up(&g, &logits);
-        let got = g.sample(&mut buf, vocab, &rows).unwrap();
-        mismatches += got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        let got = g.sample(&mut buf, vocab, &SampleBatch::new(&rows, vocab)).unwrap();
+        mismatches += got.iter().zip(&want).filter(|(a, b)| a.id != **b).count();
+        for (i, p) in got.iter().enumerate() {
+            let want_lp = logprob_of(&logits[i * vocab..(i + 1) * vocab], p.id as usize);
+            assert!((p.logprob - want_lp).abs() <= 1e-4 * want_lp.abs().max(1.0), "row {i}: logprob {} vs {want_lp}", p.logprob);
+        }
     }
     // Parallel sums may flip a draw that lands within ~1e-12 of a boundary; anything more is a bug.
     assert!(mismatches <= 1, "{mismatches} of {} sampled ids differ from the CPU sampler", 20 * params.len());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn unshard_vocab_matches_cpu() {
+    let Some(g) = gpu("unshard_vocab_matches_cpu") else { return };
+    for (rows, vocab, world, width) in [(1usize, 37usize, 1usize, 30usize), (3, 37, 2, 37), (5, 101, 4, 99), (2, 32003, 4, 32000), (7, 9, 3, 9)] {
+        let w_max = vocab.div_ceil(world);
+        let parts = rand_vec((rows * vocab + world) as u64, world * rows * w_max, 5.0);
+        let mut want = vec![0f32; rows * width];
+        CpuBackend.unshard_vocab(&mut want, &parts, rows, vocab, world, width).unwrap();
+        let mut out = g.alloc(rows * width).unwrap();
+        g.unshard_vocab(&mut out, &up(&g, &parts), rows, vocab, world, width).unwrap();
+        assert_eq!(down(&g, &out, rows * width), want, "rows {rows} vocab {vocab} world {world} width {width}");
+    }
 }
 
 /// Writes straight to the process's stderr, past the test harness's capture, so a skip is always visible.

@@ -84,7 +84,7 @@ fn mixed_prefill_and_decode_batch_matches_solo_runs() {
     mixed.push_seq(&a[a.len() - 1..], a.len() - 1, &ta, false);
     mixed.push_seq(b, 0, &tb, false);
     mixed.push_seq(&c[10..20], 10, &tc, false);
-    let got = r.run(mixed).unwrap();
+    let got = r.run(mixed).unwrap().logits;
     let v = 1000;
     for (i, (ids, name)) in [(&a[..], "a"), (&b[..], "b"), (&c[..20], "c")].into_iter().enumerate() {
         let solo = prompt_logits(&r, ids);

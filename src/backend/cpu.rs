@@ -1,6 +1,8 @@
 //! The CPU reference backend: plain loops over `&[f32]`, one function per op, named like the CUDA kernels.
 //! Weights stay in their stored dtype and are widened to f32 one row at a time inside `gemm`.
 use super::{AttnDims, Backend, StepMeta};
+use crate::model::shard::ShardSpec;
+use crate::sampling::{Picked, SampleBatch, logprob_of};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
 use multiversion::multiversion;
@@ -373,6 +375,36 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+
+    fn unshard_vocab(&self, out: &mut Vec<f32>, parts: &Vec<f32>, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
+        if world == 0 || vocab < world || width > vocab {
+            return Err(Error::Internal(format!("unshard_vocab: {vocab} columns over {world} ranks, {width} kept")));
+        }
+        let w_max = vocab.div_ceil(world);
+        check_len("unshard_vocab out", out.len(), rows * width)?;
+        check_len("unshard_vocab parts", parts.len(), world * rows * w_max)?;
+        for rank in 0..world {
+            let (a, b) = ShardSpec { rank, world }.range(vocab);
+            let (w, base) = (b - a, rank * rows * w_max);
+            let keep = b.min(width).saturating_sub(a);
+            for i in 0..rows {
+                let src = &parts[base + i * w..base + i * w + keep];
+                out[i * width + a..i * width + a + keep].copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
+    fn sample(&self, logits: &mut Vec<f32>, vocab: usize, batch: &SampleBatch) -> Result<Vec<Picked>> {
+        check_len("sample logits", logits.len(), batch.len() * vocab)?;
+        let mut picks = Vec::with_capacity(batch.len());
+        for (i, row) in logits.chunks_mut(vocab.max(1)).take(batch.len()).enumerate() {
+            let raw = row.to_vec();
+            let id = batch.pick(i, row);
+            picks.push(Picked { id, logprob: logprob_of(&raw, id as usize) });
+        }
+        Ok(picks)
+    }
 }
 
 /// In-place softmax, max-subtracted.
@@ -391,6 +423,29 @@ pub fn softmax(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every rank's `[rows, w_k]` block in its padded slot comes back at its vocabulary columns.
+    #[test]
+    fn unshard_vocab_places_each_rank_share() {
+        for (rows, vocab, world, width) in [(3usize, 11usize, 4usize, 11usize), (2, 10, 3, 7), (1, 5, 1, 4), (4, 9, 2, 9)] {
+            let w_max = vocab.div_ceil(world);
+            // Value = 1000 * row + column, written where rank k keeps it; padding holds -1.
+            let mut parts = vec![-1f32; world * rows * w_max];
+            for rank in 0..world {
+                let (a, b) = ShardSpec { rank, world }.range(vocab);
+                for i in 0..rows {
+                    for j in a..b {
+                        parts[rank * rows * w_max + i * (b - a) + (j - a)] = (1000 * i + j) as f32;
+                    }
+                }
+            }
+            let mut out = vec![0f32; rows * width];
+            CpuBackend.unshard_vocab(&mut out, &parts, rows, vocab, world, width).unwrap();
+            let want: Vec<f32> = (0..rows).flat_map(|i| (0..width).map(move |j| (1000 * i + j) as f32)).collect();
+            assert_eq!(out, want, "rows {rows} vocab {vocab} world {world} width {width}");
+        }
+        assert!(CpuBackend.unshard_vocab(&mut vec![0.0; 4], &vec![0.0; 8], 1, 3, 4, 3).is_err());
+    }
 
     #[test]
     fn gemm_matches_naive_on_odd_sizes_and_dtypes() {

@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::Result;
+use crate::sampling::{Picked, SampleBatch};
 use crate::tensor::Tensor;
 
 /// Per-step batch layout, plain host data: tokens of several sequences, prefill and decode mixed.
@@ -84,4 +85,12 @@ pub trait Backend: Send + Sync + 'static {
     fn silu_mul(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// Copies rows `rows` of x `[*, h]` into out `[rows.len(), h]`.
     fn gather_rows(&self, out: &mut Self::Buf, x: &Self::Buf, rows: &[usize], h: usize) -> Result<()>;
+    /// Reassembles vocabulary-split logits: `parts` `[world, rows * w_max]` holds each rank's `[rows, w_k]`
+    /// (rank k owns `ShardSpec::range(vocab)`, `w_max` is the largest share); out `[rows, width]` keeps
+    /// columns `0..width` (width <= vocab).
+    #[allow(clippy::too_many_arguments)]
+    fn unshard_vocab(&self, out: &mut Self::Buf, parts: &Self::Buf, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()>;
+    /// Applies each row's penalties and masks to logits `[batch.len(), vocab]` in place and picks one token per
+    /// row, returned with its log-probability under the logits as they were. Only the picks leave the device.
+    fn sample(&self, logits: &mut Self::Buf, vocab: usize, batch: &SampleBatch) -> Result<Vec<Picked>>;
 }

@@ -53,7 +53,10 @@ impl<B: Backend> Communicator<B> for LocalComm {
         }
         backend.write(buf, &sum)
     }
-    fn all_gather(&self, backend: &B, buf: &B::Buf, n_local: usize) -> Result<Vec<f32>> {
-        Ok(self.exchange(backend.read(buf, n_local)?)?.concat())
+    fn all_gather(&self, backend: &B, buf: &B::Buf, n: usize) -> Result<B::Buf> {
+        let all = self.exchange(backend.read(buf, n)?)?.concat();
+        let mut out = backend.alloc(all.len())?;
+        backend.write(&mut out, &all)?;
+        Ok(out)
     }
 }

@@ -1,4 +1,4 @@
-//! Collectives between tensor-parallel ranks: an in-process implementation on threads (CPU, tests) and, later, NCCL.
+//! Collectives between tensor-parallel ranks: an in-process implementation on threads (CPU, tests) and NCCL (GPUs).
 pub mod local;
 #[cfg(feature = "cuda")]
 pub mod nccl;
@@ -12,8 +12,9 @@ pub trait Communicator<B: Backend>: Send {
     fn world_size(&self) -> usize;
     /// Sums the first `n` elements of `buf` across ranks; every rank ends with the same sum.
     fn all_reduce_sum(&self, backend: &B, buf: &mut B::Buf, n: usize) -> Result<()>;
-    /// Concatenates each rank's first `n_local` elements of `buf` in rank order (sizes may differ by rank).
-    fn all_gather(&self, backend: &B, buf: &B::Buf, n_local: usize) -> Result<Vec<f32>>;
+    /// Concatenates every rank's first `n` elements of `buf` in rank order into a new device buffer
+    /// `[world * n]` on every rank (all ranks send the same count).
+    fn all_gather(&self, backend: &B, buf: &B::Buf, n: usize) -> Result<B::Buf>;
 }
 
 /// The trivial group of one rank.
@@ -30,7 +31,9 @@ impl<B: Backend> Communicator<B> for SingleRank {
     fn all_reduce_sum(&self, _: &B, _: &mut B::Buf, _: usize) -> Result<()> {
         Ok(())
     }
-    fn all_gather(&self, backend: &B, buf: &B::Buf, n_local: usize) -> Result<Vec<f32>> {
-        backend.read(buf, n_local)
+    fn all_gather(&self, backend: &B, buf: &B::Buf, n: usize) -> Result<B::Buf> {
+        let mut out = backend.alloc(n)?;
+        backend.write(&mut out, &backend.read(buf, n)?)?;
+        Ok(out)
     }
 }

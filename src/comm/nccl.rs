@@ -66,28 +66,19 @@ impl Communicator<CudaBackend> for NcclComm {
         self.comm()?.all_reduce_in_place(&mut buf.0.slice_mut(0..n), &ReduceOp::Sum).map_err(nccl_err("all_reduce"))?;
         Ok(())
     }
-    fn all_gather(&self, backend: &CudaBackend, buf: &CudaBuf, n_local: usize) -> Result<Vec<f32>> {
-        let world = self.world_size();
-        if world == 1 {
-            return backend.read(buf, n_local);
+    fn all_gather(&self, backend: &CudaBackend, buf: &CudaBuf, n: usize) -> Result<CudaBuf> {
+        if n > buf.0.len() {
+            return Err(Error::Internal(format!("all_gather of {n} floats from a buffer of {}", buf.0.len())));
         }
-        // Ranks may hold different counts (uneven vocabulary split): share the counts, pad to the largest.
-        let st = backend.stream();
-        let drv = |e: cudarc::driver::DriverError| Error::Internal(format!("CUDA: {e}"));
-        let mine = st.clone_htod(&[n_local as u64]).map_err(drv)?;
-        let mut all_counts = st.alloc_zeros::<u64>(world).map_err(drv)?;
-        self.comm()?.all_gather(&mine, &mut all_counts).map_err(nccl_err("all_gather counts"))?;
-        let mut counts = vec![0u64; world];
-        st.memcpy_dtoh(&all_counts, &mut counts).map_err(drv)?;
-        let counts: Vec<usize> = counts.into_iter().map(|c| c as usize).collect();
-        let max = counts.iter().copied().max().unwrap_or(0);
-        if max == 0 {
-            return Ok(Vec::new());
+        let mut recv = backend.alloc(self.world * n)?;
+        if n == 0 {
+            return Ok(recv);
         }
-        let send = backend.copy_padded(buf, n_local, max)?;
-        let mut recv = backend.alloc(world * max)?;
-        self.comm()?.all_gather(&send.0.slice(0..max), &mut recv.0.slice_mut(0..world * max)).map_err(nccl_err("all_gather"))?;
-        let all = backend.read(&recv, world * max)?;
-        Ok(counts.iter().enumerate().flat_map(|(r, &c)| all[r * max..r * max + c].iter().copied()).collect())
+        if self.world == 1 {
+            backend.copy_into(&mut recv, buf, n)?;
+            return Ok(recv);
+        }
+        self.comm()?.all_gather(&buf.0.slice(0..n), &mut recv.0.slice_mut(0..self.world * n)).map_err(nccl_err("all_gather"))?;
+        Ok(recv)
     }
 }

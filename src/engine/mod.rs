@@ -6,7 +6,7 @@ pub mod scheduler;
 pub mod stop;
 
 use crate::loader::CheckpointSource;
-use crate::sampling::{Sampler, SamplingParams, logprob_of};
+use crate::sampling::{SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use block_manager::BlockManager;
@@ -255,9 +255,10 @@ impl Engine {
             return Ok(outputs);
         }
         let input = self.build_step(&plan);
-        let logits = match self.runner.run(input) {
-            Ok(l) => l,
-            Err(e) => {
+        let sampled = input.logit_rows.len();
+        let picks = match self.runner.run(input) {
+            Ok(out) if out.picks.len() == sampled => out.picks,
+            r => {
                 // A failed step leaves the caches in an unknown state: end every sequence (the caller
                 // answers each of its requests with the error) so that nothing hangs or leaks.
                 let ids: Vec<u64> = self.seqs.keys().copied().collect();
@@ -265,22 +266,17 @@ impl Engine {
                     self.sched.finish(id);
                     self.seqs.remove(&id);
                 }
-                return Err(e);
+                return Err(match r {
+                    Err(e) => e,
+                    Ok(out) => Error::Internal(format!("step returned {} tokens for {sampled} sequences", out.picks.len())),
+                });
             }
         };
         self.sched.update(&plan);
-        let v = self.cfg.vocab_size;
-        let tok_vocab = self.tokenizer.vocab_size().min(v);
         let eos = self.cfg.eos_id;
-        for (row, it) in plan.items.iter().filter(|i| i.sample).enumerate() {
-            let mut l = logits[row * v..(row + 1) * v].to_vec();
-            l[tok_vocab..].fill(f32::NEG_INFINITY);
+        for (it, pick) in plan.items.iter().filter(|i| i.sample).zip(picks) {
             let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
-            let raw_lp = l.clone();
-            let (context, generated) = (&s.ids[..], &s.ids[s.prompt_len..]);
-            s.sampler.process(&mut l, context, generated, eos);
-            let tok = s.sampler.pick(&l);
-            let logprob = logprob_of(&raw_lp, tok as usize);
+            let (tok, logprob) = (pick.id, pick.logprob);
             s.ids.push(tok);
             self.sched.append_token(it.id);
             let n_gen = s.ids.len() - s.prompt_len;
@@ -310,16 +306,30 @@ impl Engine {
         Ok(outputs)
     }
 
-    fn build_step(&self, plan: &Plan) -> StepInput {
+    /// The step's tokens and layout, and the sampling of each sequence that gets a token this step (its
+    /// uniform draw is taken now). Ids the tokenizer cannot decode are never sampled.
+    fn build_step(&mut self, plan: &Plan) -> StepInput {
         let mut input = StepInput::default();
         input.meta.block_size = self.runner.block_size;
+        let mut draws = Vec::new();
         for it in &plan.items {
-            let ids = &self.seqs[&it.id].ids[it.start..it.start + it.len];
-            input.push_seq(ids, it.start, &it.block_table, false);
-            if !it.sample {
+            let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
+            input.push_seq(&s.ids[it.start..it.start + it.len], it.start, &it.block_table, false);
+            if it.sample {
+                draws.push(s.sampler.draw());
+            } else {
                 input.logit_rows.pop();
             }
         }
+        let eos = self.cfg.eos_id;
+        let rows: Vec<SampleRow> = (plan.items.iter().filter(|i| i.sample).zip(draws))
+            .map(|(it, u)| {
+                let s = &self.seqs[&it.id];
+                SampleRow { params: &s.sampler.params, u, context: &s.ids, generated: &s.ids[s.prompt_len..], eos }
+            })
+            .collect();
+        input.sample_width = self.tokenizer.vocab_size().min(self.cfg.vocab_size);
+        input.sample = Some(SampleBatch::new(&rows, input.sample_width));
         input
     }
 
@@ -340,7 +350,7 @@ impl Engine {
         let mut input = StepInput::default();
         input.meta.block_size = bs;
         input.push_seq(ids, 0, &table, true);
-        self.runner.run(input)
+        Ok(self.runner.run(input)?.logits)
     }
 
     /// Log-probability of each token of `ids` after the first, given the tokens before it.

@@ -1,11 +1,12 @@
 //! Tensor-parallel execution: one thread per rank, each owning its weight shard and KV cache. Every step is
-//! sent to all ranks; rank 0 returns the logits.
+//! sent to all ranks; rank 0 returns the sampled tokens (or, when asked, the logits).
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, SeqMeta, StepMeta};
 use crate::comm::local::LocalComm;
 use crate::comm::Communicator;
 use crate::loader::CheckpointSource;
 use crate::model::Llama;
+use crate::sampling::{Picked, SampleBatch};
 use crate::{Error, Result};
 use std::sync::{Arc, Barrier, Mutex};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -18,6 +19,17 @@ pub struct StepInput {
     pub meta: StepMeta,
     /// Token rows whose logits are wanted.
     pub logit_rows: Vec<usize>,
+    /// Pick one token per logit row on the device with these rows' sampling (then only the picks come
+    /// back), never one of the columns `sample_width..V`; None returns the logits themselves.
+    pub sample: Option<SampleBatch>,
+    pub sample_width: usize,
+}
+
+/// What rank 0 returns for a step: picks when the step sampled, else logits `[logit_rows.len(), V]`.
+#[derive(Debug, Default)]
+pub struct StepOutput {
+    pub logits: Vec<f32>,
+    pub picks: Vec<Picked>,
 }
 
 impl StepInput {
@@ -45,7 +57,7 @@ impl StepInput {
 /// Handles to the rank threads.
 pub struct Runner {
     jobs: Vec<Sender<Arc<StepInput>>>,
-    results: Receiver<(usize, Result<Vec<f32>>)>,
+    results: Receiver<(usize, Result<StepOutput>)>,
     threads: Vec<JoinHandle<()>>,
     pub num_blocks: usize,
     pub block_size: usize,
@@ -184,8 +196,8 @@ impl Runner {
         }
     }
 
-    /// Runs one step on every rank; returns rank 0's logits `[logit_rows.len(), V]`.
-    pub fn run(&self, input: StepInput) -> Result<Vec<f32>> {
+    /// Runs one step on every rank; returns rank 0's picks or logits.
+    pub fn run(&self, input: StepInput) -> Result<StepOutput> {
         let input = Arc::new(input);
         for j in &self.jobs {
             j.send(input.clone()).map_err(|_| Error::Internal("rank thread is gone".into()))?;
@@ -223,7 +235,7 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     comm: C,
     kv: KvSizing<B>,
     jobs: Receiver<Arc<StepInput>>,
-    results: Sender<(usize, Result<Vec<f32>>)>,
+    results: Sender<(usize, Result<StepOutput>)>,
     ready: Sender<Result<usize>>,
 ) {
     let rank = comm.rank();
@@ -260,8 +272,11 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
         }
     };
     while let Ok(job) = jobs.recv() {
-        let r = model.forward(&job.tokens, &job.meta, &job.logit_rows, &mut cache);
-        let r = if rank == 0 { r } else { r.map(|_| Vec::new()) };
+        let r = match &job.sample {
+            Some(b) => model.forward_sample(&job.tokens, &job.meta, &job.logit_rows, &mut cache, job.sample_width, b).map(|picks| StepOutput { picks, logits: Vec::new() }),
+            None => model.forward(&job.tokens, &job.meta, &job.logit_rows, &mut cache).map(|logits| StepOutput { logits, picks: Vec::new() }),
+        };
+        let r = if rank == 0 { r } else { r.map(|_| StepOutput::default()) };
         if results.send((rank, r)).is_err() {
             break;
         }

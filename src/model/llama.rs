@@ -5,6 +5,7 @@ use crate::backend::{AttnDims, Backend, StepMeta};
 use crate::comm::Communicator;
 use crate::config::LlamaConfig;
 use crate::loader::{CheckpointSource, Progress, canonical_shape, layer_name};
+use crate::sampling::{Picked, SampleBatch};
 use crate::{Error, Result};
 
 /// One layer's weights on one rank.
@@ -36,11 +37,10 @@ pub struct Llama<B: Backend, C: Communicator<B>> {
     tok_emb: B::Weight,
     layers: Vec<LayerWeights<B>>,
     final_norm: B::Weight,
-    /// Rows [vocab_start, vocab_start + vocab_local) of the LM head.
+    /// This rank's rows of the LM head (`ShardSpec::range(vocab)`).
     lm_head: B::Weight,
     dims: AttnDims,
     ffn_local: usize,
-    vocab_local: usize,
 }
 
 impl<B: Backend, C: Communicator<B>> Llama<B, C> {
@@ -78,7 +78,6 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         }
         let final_norm = get("final_norm")?;
         let lm_head = get("lm_head")?;
-        let (a, b) = shard.range(cfg.vocab_size);
         let dims = AttnDims {
             n_heads: cfg.num_heads / shard.world,
             n_kv_heads: cfg.num_kv_heads / shard.world,
@@ -87,7 +86,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             rope_scale: cfg.rope_scaling,
         };
         let ffn_local = cfg.intermediate_size / shard.world;
-        Ok(Llama { cfg, shard, backend, comm, tok_emb, layers, final_norm, lm_head, dims, ffn_local, vocab_local: b - a })
+        Ok(Llama { cfg, shard, backend, comm, tok_emb, layers, final_norm, lm_head, dims, ffn_local })
     }
 
     /// Floats one KV block takes on this rank, k and v together, all layers.
@@ -107,8 +106,30 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     }
 
     /// Runs one step: writes the tokens' K/V into `kv` and returns full-vocabulary logits `[logit_rows.len(), V]`
-    /// for the requested token rows (row-major).
+    /// for the requested token rows (row-major), on the host of rank 0 (the other ranks return nothing).
     pub fn forward(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>) -> Result<Vec<f32>> {
+        let v = self.cfg.vocab_size;
+        match self.forward_logits(tokens, meta, logit_rows, kv, v)? {
+            Some(l) => self.backend.read(&l, logit_rows.len() * v),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Runs one step and picks one token per logit row on the device, never one of the columns `width..V`;
+    /// only the picks cross to the host. Rank 0 samples and returns them; the other ranks return nothing.
+    pub fn forward_sample(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>, width: usize, batch: &SampleBatch) -> Result<Vec<Picked>> {
+        if batch.len() != logit_rows.len() || width == 0 || width > self.cfg.vocab_size {
+            return Err(Error::Internal(format!("{} sampling rows for {} logit rows of width {width}", batch.len(), logit_rows.len())));
+        }
+        match self.forward_logits(tokens, meta, logit_rows, kv, width)? {
+            Some(mut l) => self.backend.sample(&mut l, width, batch),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The step's logits `[logit_rows.len(), width]` (columns `0..width` of the vocabulary) on rank 0's device;
+    /// None on the other ranks and when no row is asked for.
+    fn forward_logits(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>, width: usize) -> Result<Option<B::Buf>> {
         let n = tokens.len();
         if n == 0 || meta.n_tokens() != n || meta.slots.len() != n {
             return Err(Error::Internal(format!("step of {n} tokens with {} positions", meta.n_tokens())));
@@ -153,36 +174,27 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         be.add_rms_norm(&mut x, &proj, &mut normed, &self.final_norm, n, h, eps)?;
         let r = logit_rows.len();
         if r == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         if let Some(&bad) = logit_rows.iter().find(|&&i| i >= n) {
             return Err(Error::Internal(format!("logit row {bad} outside a step of {n} tokens")));
         }
         let mut last = be.alloc(r * h)?;
         be.gather_rows(&mut last, &normed, logit_rows, h)?;
-        let mut logits = be.alloc(r * self.vocab_local)?;
-        be.gemm(&mut logits, &last, &self.lm_head, r)?;
-        let parts = self.comm.all_gather(be, &logits, r * self.vocab_local)?;
-        Ok(self.reassemble(parts, r))
-    }
-
-    /// Turns rank-major `[rank][r, V_rank]` logits into row-major `[r, V]`.
-    fn reassemble(&self, parts: Vec<f32>, r: usize) -> Vec<f32> {
-        let world = self.shard.world;
-        if world == 1 {
-            return parts;
+        // Each rank's share padded to the largest one, so the gather moves equal counts.
+        let (vocab, world) = (self.cfg.vocab_size, self.shard.world);
+        let w_max = vocab.div_ceil(world);
+        let mut local = be.alloc(r * w_max)?;
+        be.gemm(&mut local, &last, &self.lm_head, r)?;
+        if world == 1 && width == vocab {
+            return Ok(Some(local));
         }
-        let v = self.cfg.vocab_size;
-        let mut out = vec![0f32; r * v];
-        let mut base = 0;
-        for rank in 0..world {
-            let (a, b) = ShardSpec { rank, world }.range(v);
-            let w = b - a;
-            for row in 0..r {
-                out[row * v + a..row * v + b].copy_from_slice(&parts[base + row * w..base + (row + 1) * w]);
-            }
-            base += r * w;
+        let parts = if world == 1 { local } else { self.comm.all_gather(be, &local, r * w_max)? };
+        if self.shard.rank != 0 {
+            return Ok(None);
         }
-        out
+        let mut out = be.alloc(r * width)?;
+        be.unshard_vocab(&mut out, &parts, r, vocab, world, width)?;
+        Ok(Some(out))
     }
 }

@@ -61,7 +61,7 @@ pub fn prompt_logits(r: &Runner, ids: &[u32]) -> Vec<f32> {
     input.meta.block_size = r.block_size;
     let table: Vec<u32> = (0..ids.len().div_ceil(r.block_size) as u32).collect();
     input.push_seq(ids, 0, &table, true);
-    r.run(input).unwrap()
+    r.run(input).unwrap().logits
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

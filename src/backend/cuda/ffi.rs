@@ -257,3 +257,29 @@ pub fn sample(st: &CudaStream, out: &mut CudaSlice<i32>, logits: &mut CudaSlice<
         sys::tl_sample(o as *mut i32, l as *mut f32, p as *const TlSampleParams, at(0), at(1), at(2), at(3), at(4), at(5), at(6), sp as *mut c_void, int("sample", rows)?, int("sample", vocab)?, raw(st))
     })
 }
+
+pub fn unshard_vocab(st: &CudaStream, out: &mut CudaSlice<f32>, parts: &CudaSlice<f32>, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
+    if world == 0 || vocab < world || width > vocab {
+        return Err(Error::Internal(format!("unshard_vocab: {vocab} columns over {world} ranks, {width} kept")));
+    }
+    need("unshard_vocab", "out", out.len(), rows * width)?;
+    need("unshard_vocab", "parts", parts.len(), world * rows * vocab.div_ceil(world))?;
+    let (o, _a) = out.device_ptr_mut(st);
+    let (p, _b) = parts.device_ptr(st);
+    let op = "unshard_vocab";
+    // SAFETY: lengths checked above for the layout the kernel reads.
+    status(op, unsafe { sys::tl_unshard_vocab(o as *mut f32, p as *const f32, int(op, rows)?, int(op, vocab)?, int(op, world)?, int(op, width)?, raw(st)) })
+}
+
+/// `ids` must hold values < vocab (the sampling kernel's output does).
+pub fn token_logprob(st: &CudaStream, lp: &mut CudaSlice<f32>, logits: &CudaSlice<f32>, ids: &CudaSlice<i32>, rows: usize, vocab: usize) -> Result<()> {
+    need("token_logprob", "lp", lp.len(), rows)?;
+    need("token_logprob", "ids", ids.len(), rows)?;
+    need("token_logprob", "logits", logits.len(), rows * vocab)?;
+    let (o, _a) = lp.device_ptr_mut(st);
+    let (l, _b) = logits.device_ptr(st);
+    let (i, _c) = ids.device_ptr(st);
+    let op = "token_logprob";
+    // SAFETY: lengths checked above; every id is < vocab (the caller's contract).
+    status(op, unsafe { sys::tl_token_logprob(o as *mut f32, l as *const f32, i as *const i32, int(op, rows)?, int(op, vocab)?, raw(st)) })
+}

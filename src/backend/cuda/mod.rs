@@ -7,6 +7,7 @@ pub mod meta;
 pub mod sample;
 
 use super::{AttnDims, Backend, StepMeta};
+use crate::sampling::{Picked, SampleBatch};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
 use cudarc::cublas::CudaBlas;
@@ -149,6 +150,17 @@ impl CudaBackend {
             self.stream.memcpy_dtod(&src.0.slice(0..n), &mut dst.0.slice_mut(0..n)).map_err(cuda_err("copy"))?;
         }
         Ok(dst)
+    }
+
+    /// Copies the first `n` floats of `src` into the start of `dst`, on the device.
+    pub fn copy_into(&self, dst: &mut CudaBuf, src: &CudaBuf, n: usize) -> Result<()> {
+        if n > src.0.len() || n > dst.0.len() {
+            return Err(Error::Internal(format!("copy of {n} floats from {} into {}", src.0.len(), dst.0.len())));
+        }
+        if n > 0 {
+            self.stream.memcpy_dtod(&src.0.slice(0..n), &mut dst.0.slice_mut(0..n)).map_err(cuda_err("copy"))?;
+        }
+        Ok(())
     }
 
     /// The step metadata on the device, uploaded once and reused while the step is unchanged.
@@ -339,5 +351,14 @@ impl Backend for CudaBackend {
         self.bind()?;
         let idx = self.upload_i32(&rows.iter().map(|&r| i32::try_from(r).unwrap_or(i32::MAX)).collect::<Vec<_>>())?;
         ffi::gather_rows(&self.stream, &mut out.0, &x.0, &idx, max_row, rows.len(), h)
+    }
+
+    fn unshard_vocab(&self, out: &mut CudaBuf, parts: &CudaBuf, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
+        self.bind()?;
+        ffi::unshard_vocab(&self.stream, &mut out.0, &parts.0, rows, vocab, world, width)
+    }
+
+    fn sample(&self, logits: &mut CudaBuf, vocab: usize, batch: &SampleBatch) -> Result<Vec<Picked>> {
+        self.sample_rows(logits, vocab, batch)
     }
 }

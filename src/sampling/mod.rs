@@ -2,6 +2,9 @@
 //! The reference for the GPU sampling kernel.
 use crate::{Error, Result};
 
+pub mod batch;
+pub use batch::{Picked, SampleBatch, SampleLists, SampleRow};
+
 /// Per-request sampling and stopping parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -182,47 +185,87 @@ impl Sampler {
         }
     }
 
+    /// The uniform draw for this request's next token: one value of its generator when sampling, none
+    /// (0.0) when greedy.
+    pub fn draw(&mut self) -> f64 {
+        if self.params.is_greedy() { 0.0 } else { self.rng.next_f64() }
+    }
+
     /// Picks a token from processed logits.
     pub fn pick(&mut self, logits: &[f32]) -> u32 {
-        let p = &self.params;
-        if p.is_greedy() {
-            return argmax(logits) as u32;
-        }
-        let mut cand: Vec<(usize, f32)> = logits.iter().cloned().enumerate().filter(|(_, l)| l.is_finite()).collect();
-        if cand.is_empty() {
-            return argmax(logits) as u32;
-        }
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
-            cand.truncate(p.top_k);
-        }
-        let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= total);
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, q) in probs.iter().enumerate() {
-                acc += q;
-                if acc >= p.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
-            let t: f64 = probs.iter().sum();
-            probs.iter_mut().for_each(|q| *q /= t);
-        }
-        let mut r = self.rng.next_f64();
-        for (i, q) in probs.iter().enumerate() {
-            if r < *q {
-                return cand[i].0 as u32;
-            }
-            r -= q;
-        }
-        cand[probs.len() - 1].0 as u32
+        let u = self.draw();
+        pick_row(&RowParams::new(&self.params, u), logits)
     }
+}
+
+/// The knobs of one row's pick with its uniform draw: what the sampling kernel reads per row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowParams {
+    /// 0 means greedy (also set for top_k == 1).
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// Uniform in [0, 1) (ignored when greedy).
+    pub u: f64,
+}
+
+impl RowParams {
+    pub fn new(p: &SamplingParams, u: f64) -> Self {
+        RowParams {
+            temperature: if p.is_greedy() { 0.0 } else { p.temperature },
+            top_k: p.top_k,
+            top_p: p.top_p,
+            repetition_penalty: p.repetition_penalty,
+            presence_penalty: p.presence_penalty,
+            frequency_penalty: p.frequency_penalty,
+            u,
+        }
+    }
+}
+
+/// Picks a token from processed logits: argmax when greedy, else candidates in (logit desc, id asc) order,
+/// top-k, softmax with temperature in f64, top-p, and the draw `p.u`.
+pub fn pick_row(p: &RowParams, logits: &[f32]) -> u32 {
+    if p.temperature == 0.0 {
+        return argmax(logits) as u32;
+    }
+    let mut cand: Vec<(usize, f32)> = logits.iter().cloned().enumerate().filter(|(_, l)| l.is_finite()).collect();
+    if cand.is_empty() {
+        return argmax(logits) as u32;
+    }
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 {
+        cand.truncate(p.top_k);
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f64> = cand.iter().map(|(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|q| *q /= total);
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, q) in probs.iter().enumerate() {
+            acc += q;
+            if acc >= p.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        let t: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= t);
+    }
+    let mut r = p.u;
+    for (i, q) in probs.iter().enumerate() {
+        if r < *q {
+            return cand[i].0 as u32;
+        }
+        r -= q;
+    }
+    cand[probs.len() - 1].0 as u32
 }
 
 /// Index of the largest value; the lowest index wins ties.
