@@ -1,0 +1,463 @@
+#!/usr/bin/env python3
+"""Load and soak test for the `llama` backend (issue #5).
+
+N concurrent asyncio clients loop for --duration seconds over a mix of HTTP unary, gRPC unary and gRPC streaming
+requests (the decoupled `<model>_stream` twin): random prompt lengths, random small max_tokens, greedy and
+sampled. About 10% of the streams are cancelled after their first few responses and about 5% of the requests are
+deliberately bad (each must be refused). The run fails (exit 1) when any check fails:
+
+- every good request completes without error or timeout; every bad request is refused;
+- greedy answers equal `triton-llama generate --json` for the same checkpoint, prompt and max_tokens
+  (references precomputed for a fixed pool of prompts x max_tokens before the load);
+- nothing lost or duplicated: a stream has exactly one FINAL flag and nothing after it, and its deltas add up
+  to the text it reports so far;
+- `llama_requests_finished_total` deltas by reason match what the clients sent and saw;
+- `/v2/health/ready` (polled every 0.5 s from a separate process) always answers 200 within 1 s;
+- the server's RSS once idle at the end is within 10% of its RSS after the warm-up phase;
+- once idle, running/waiting gauges and `llama_kv_cache_blocks_used` are 0.
+
+It prints one summary line. By default it starts its own server (demo model, free ports, via
+scripts/deploy_triton.py); --url/--grpc-url/--metrics-url/--pid/--checkpoint attach to a running one.
+"""
+import argparse
+import asyncio
+import collections
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http.aio as httpaio
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ("the quick brown fox jumps over lazy dog Triton serves llama models on CPU and GPU with continuous "
+         "batching streaming stop strings cancellation metrics hello world what is a token").split()
+POOL_PROMPTS = 8                      # greedy reference pool: POOL_PROMPTS x len(POOL_MAX_TOKENS) CLI runs
+POOL_MAX_TOKENS = (1, 2, 5, 11, 23, 48)
+# Bad request kinds. The bool says whether the backend sees (and counts as `rejected`) the request: Triton
+# itself refuses a wrong dtype or an unknown input name before the backend's execute, so those never reach
+# llama_requests_finished_total.
+BAD_KINDS = {"wrong_dtype": False, "unknown_input": False, "missing_input": True, "empty_prompt": True,
+             "absurd_max_tokens": True, "invalid_utf8": True}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=int, default=256)
+    p.add_argument("--duration", type=float, default=600, help="seconds of load (warm-up included)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds before the RSS baseline; default min(60, duration/4)")
+    p.add_argument("--request-timeout", type=float, default=180, help="a good request slower than this fails the run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="llama")
+    p.add_argument("--url", help="attach: HTTP host:port of a running server (then also --grpc-url, --metrics-url, --pid, --checkpoint)")
+    p.add_argument("--grpc-url")
+    p.add_argument("--metrics-url", help="host:port of the metrics endpoint")
+    p.add_argument("--pid", type=int, help="tritonserver pid (for RSS)")
+    p.add_argument("--checkpoint", help="checkpoint the server serves (for the greedy references)")
+    p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"))
+    a = p.parse_args()
+    if a.url and not (a.grpc_url and a.metrics_url and a.pid and a.checkpoint):
+        p.error("--url needs --grpc-url, --metrics-url, --pid and --checkpoint")
+    a.warmup = min(60.0, a.duration / 4) if a.warmup is None else a.warmup
+    return a
+
+
+# ---------------------------------------------------------------- server, process, metrics helpers
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def child_pids(pid):
+    """Direct children of `pid` (scans /proc, so no CONFIG_PROC_CHILDREN needed)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def start_server(a, tmp):
+    """Deploys the demo model on free ports with room for every client in flight; returns the Popen."""
+    http, grpc, metrics = free_ports(3)
+    repo = Path(tmp) / "repo"
+    log = open(Path(tmp) / "server.log", "w")
+    cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", str(repo), "-tmn", a.model,
+           "--triton_port", str(http), "--grpc_port", str(grpc), "--metrics_port", str(metrics),
+           "--max_num_seqs", "32", "--max_queue_size", str(a.clients + 64), "--cli", a.cli]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    a.url, a.grpc_url, a.metrics_url = f"localhost:{http}", f"localhost:{grpc}", f"localhost:{metrics}"
+    a.checkpoint = str(repo.parent / (repo.name + ".demo_model"))
+    a.log_path = Path(tmp) / "server.log"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"loadtest: tritonserver exited early:\n{a.log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{a.url}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    kids = child_pids(proc.pid)
+                    if kids:
+                        a.pid = kids[0]
+                        return proc
+        except OSError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    sys.exit("loadtest: tritonserver not ready in time")
+
+
+def stop_server(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rss_mb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def metrics(a):
+    """{(name, reason): value} for the llama_* samples of our two models (summed over the two)."""
+    with urllib.request.urlopen(f"http://{a.metrics_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = collections.Counter()
+    for line in text.splitlines():
+        if not line.startswith("llama_") or "{" not in line:
+            continue
+        key, value = line.rsplit(" ", 1)
+        name, labels = key.split("{", 1)
+        lab = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",") if "=" in kv)
+        if lab.get("model", "").strip('"') in (a.model, a.model + "_stream"):
+            out[(name, lab.get("reason", "").strip('"'))] += float(value)
+    return out
+
+
+def health_poller(url, stop, result):
+    """Separate process: GET /v2/health/ready every 0.5 s; reports (polls, failures, max seconds)."""
+    polls = fails = 0
+    worst = 0.0
+    while not stop.is_set():
+        t = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as r:
+                ok = r.status == 200
+        except OSError:
+            ok = False
+        dt = time.monotonic() - t
+        polls, worst = polls + 1, max(worst, dt)
+        fails += (not ok) or dt > 1.0
+        stop.wait(max(0.0, 0.5 - dt))
+    result.put((polls, fails, worst))
+
+
+# ---------------------------------------------------------------- prompts and greedy references
+
+def make_prompt(rng, n_words):
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+def reference_pool(a):
+    """{(prompt, max_tokens): text} from `triton-llama generate --json`, run two at a time."""
+    rng = random.Random(1234)
+    prompts = [make_prompt(rng, n) for n in np.linspace(1, 120, POOL_PROMPTS).astype(int)]
+    jobs = [(p, m) for p in prompts for m in POOL_MAX_TOKENS]
+
+    def run(job):
+        out = subprocess.run([a.cli, "generate", a.checkpoint, "--prompt", job[0], "--max-tokens", str(job[1]), "--json"],
+                             check=True, capture_output=True, text=True, env=dict(os.environ, RUST_LOG="warn"))
+        return job, json.loads(out.stdout)["text"]
+
+    with ThreadPoolExecutor(2) as ex:
+        return dict(ex.map(run, jobs))
+
+
+# ---------------------------------------------------------------- requests
+
+def tensor(mod, name, value, dtype):
+    arr = np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "INT64": np.int64,
+                   "FP32": np.float32, "UINT64": np.uint64}[dtype])
+    t = mod.InferInput(name, list(arr.shape), dtype)
+    t.set_data_from_numpy(arr)
+    return t
+
+
+def good_inputs(mod, req):
+    ins = [tensor(mod, "text_input", req["prompt"].encode(), "BYTES"), tensor(mod, "max_tokens", req["max_tokens"], "INT32")]
+    if not req["greedy"]:
+        ins += [tensor(mod, "temperature", 0.8, "FP32"), tensor(mod, "top_k", 40, "INT64"),
+                tensor(mod, "top_p", 0.9, "FP32"), tensor(mod, "seed", req["seed"], "UINT64")]
+    return ins
+
+
+def bad_inputs(mod, kind):
+    t = tensor(mod, "text_input", b"a perfectly fine prompt", "BYTES")
+    return {"wrong_dtype": [t, tensor(mod, "max_tokens", 8, "INT64")],
+            "unknown_input": [t, tensor(mod, "no_such_input", 1, "INT32")],
+            "missing_input": [tensor(mod, "max_tokens", 8, "INT32")],
+            "empty_prompt": [tensor(mod, "text_input", b"", "BYTES")],
+            "absurd_max_tokens": [t, tensor(mod, "max_tokens", 2**31 - 1, "INT32")],
+            "invalid_utf8": [tensor(mod, "text_input", b"\xff\xfe\xc3(", "BYTES")]}[kind]
+
+
+async def unary(st, proto, model, inputs):
+    """One HTTP or gRPC unary request -> text (exceptions propagate)."""
+    if proto == "http":
+        r = await st.http.infer(model, inputs)
+    else:
+        r = await st.grpc[random.randrange(len(st.grpc))].infer(model, inputs)
+    return r.as_numpy("text_output")[0][0].decode(), r.as_numpy("finish_reason")[0][0].decode()
+
+
+async def stream(st, model, inputs, cancel_after=None):
+    """One request on its own gRPC stream. Returns (text, finish_reason, cancelled); raises on an error response or on a
+    broken stream (no FINAL, a response after FINAL, deltas that disagree with `outputs`)."""
+    done = asyncio.Event()
+
+    async def requests():
+        yield {"model_name": model, "inputs": inputs, "parameters": {"triton_enable_empty_final_response": True}}
+        await done.wait()  # keep the request side open until the answer is complete
+
+    it = st.grpc[random.randrange(len(st.grpc))].stream_infer(requests())
+    text, so_far, reason, n, final = "", "", "", 0, False
+    try:
+        async for result, error in it:
+            if error is not None:
+                raise error
+            if final:
+                st.dup += 1
+                raise RuntimeError("response after the FINAL flag")
+            resp = result.get_response()
+            final = resp.parameters["triton_final_response"].bool_param
+            if result.as_numpy("text_output") is not None:
+                n += 1
+                text += result.as_numpy("text_output")[0][0].decode()
+                so_far = result.as_numpy("outputs")[0][0].decode()
+                reason = result.as_numpy("finish_reason")[0][0].decode() or reason
+                if so_far != text:
+                    raise RuntimeError(f"stream deltas {text!r} disagree with outputs {so_far!r}")
+            if final:
+                done.set()  # ends the request iterator, hence the call; anything still queued shows up below
+            elif cancel_after is not None and n >= cancel_after:
+                it.cancel()
+                return text, reason, True
+    finally:
+        done.set()
+        if not final:
+            it.cancel()
+    if not final:
+        st.lost += 1
+        raise RuntimeError("stream ended without a FINAL response")
+    return text, reason, False
+
+
+class State:
+    """Everything the clients count."""
+
+    def __init__(self, a, refs):
+        self.a, self.refs = a, refs
+        self.sent = collections.Counter()          # good requests by interface
+        self.ok = 0
+        self.finish = collections.Counter()        # finish reason seen on completed good requests
+        self.cancelled = 0                         # streams the client cancelled before seeing FINAL
+        self.bad = collections.Counter()           # bad requests refused, by kind/status
+        self.bad_backend = 0                       # ... of which the backend saw (counted `rejected`)
+        self.errors = collections.Counter()        # check failures, by kind
+        self.lost = self.dup = self.mismatch = self.greedy_checked = 0
+        self.latencies = []
+        self.http = self.grpc = None
+
+
+async def one_good(st, rng):
+    """Sends one good request on a random interface and checks its answer."""
+    greedy = rng.random() < 0.5
+    if greedy:
+        prompt, max_tokens = rng.choice(list(st.refs))
+    else:
+        prompt, max_tokens = make_prompt(rng, rng.randint(1, 150)), rng.randint(1, 48)
+    req = {"prompt": prompt, "max_tokens": max_tokens, "greedy": greedy, "seed": rng.randrange(2**32)}
+    proto = rng.choice(["http", "grpc", "stream"])
+    cancel = proto == "stream" and rng.random() < 0.10
+    st.sent[proto] += 1
+    t0 = time.monotonic()
+    try:
+        if proto == "stream":
+            coro = stream(st, st.a.model + "_stream", good_inputs(grpcaio, req), rng.randint(1, 3) if cancel else None)
+        else:
+            coro = unary(st, proto, st.a.model, good_inputs(grpcaio if proto == "grpc" else httpaio, req))
+        out = await asyncio.wait_for(coro, st.a.request_timeout)
+        text, reason, was_cancelled = out if proto == "stream" else (*out, False)
+    except asyncio.TimeoutError:
+        st.errors[f"{proto}:timeout"] += 1
+        return
+    except Exception as e:  # noqa: BLE001 (every failure is counted by kind, then the run fails)
+        st.errors[f"{proto}:{type(e).__name__}:{str(e)[:60]}"] += 1
+        return
+    if was_cancelled:
+        st.cancelled += 1
+        return
+    st.ok += 1
+    st.latencies.append(time.monotonic() - t0)
+    st.finish[reason] += 1
+    if greedy:
+        st.greedy_checked += 1
+        st.mismatch += text != st.refs[(prompt, max_tokens)]
+
+
+async def one_bad(st, rng):
+    """Sends one bad request; it must be refused."""
+    kind = rng.choice(list(BAD_KINDS))
+    proto = rng.choice(["http", "grpc", "stream"])
+    try:
+        if proto == "stream":
+            coro = stream(st, st.a.model + "_stream", bad_inputs(grpcaio, kind))
+        else:
+            coro = unary(st, proto, st.a.model, bad_inputs(grpcaio if proto == "grpc" else httpaio, kind))
+        await asyncio.wait_for(coro, st.a.request_timeout)
+    except asyncio.TimeoutError:
+        st.errors[f"bad_{kind}:timeout"] += 1
+        return
+    except Exception as e:  # noqa: BLE001
+        status = (e.status() if callable(getattr(e, "status", None)) else None) or "stream_error"
+        st.bad[f"{kind}:{status}"] += 1
+        st.bad_backend += BAD_KINDS[kind]
+        return
+    st.errors[f"bad_{kind}:succeeded"] += 1
+
+
+async def client(st, idx, deadline):
+    rng = random.Random(st.a.seed * 100003 + idx)
+    while time.monotonic() < deadline:
+        await (one_bad(st, rng) if rng.random() < 0.05 else one_good(st, rng))
+
+
+async def run_load(a, st):
+    """Runs the clients for a.duration seconds; returns the RSS (MB) sampled at the end of the warm-up."""
+    st.http = httpaio.InferenceServerClient(a.url, conn_limit=a.clients + 8, conn_timeout=a.request_timeout)
+    st.grpc = [grpcaio.InferenceServerClient(a.grpc_url) for _ in range(max(1, a.clients // 32))]
+    t0 = time.monotonic()
+    tasks = [asyncio.create_task(client(st, i, t0 + a.duration)) for i in range(a.clients)]
+    await asyncio.sleep(a.warmup)
+    rss_warm = rss_mb(a.pid)
+    await asyncio.gather(*tasks)
+    await st.http.close()
+    for g in st.grpc:
+        await g.close()
+    return rss_warm
+
+
+def wait_idle(a, timeout=60):
+    """Waits until nothing runs or waits; returns the last metrics."""
+    deadline = time.time() + timeout
+    while True:
+        m = metrics(a)
+        idle = m[("llama_num_requests_running", "")] == 0 and m[("llama_num_requests_waiting", "")] == 0
+        if idle or time.time() > deadline:
+            return m
+        time.sleep(0.5)
+
+
+def check_metrics(st, d):
+    """Reconciles the finished-request counter deltas with what the clients saw; returns failed checks.
+
+    Good requests: each ends as stop, length or cancelled. A cancel is only a *request* to stop: when the server
+    had already sent (or was about to send) the final answer before it noticed the cancel, the request finished
+    normally and is counted stop/length. So the server's `cancelled` is at most the client's cancels, and the
+    late ones show up as extra stop/length. Bad requests: the backend counts `rejected` once per request it
+    refuses; Triton's own refusals (wrong dtype, unknown input) never reach it (BAD_KINDS says which is which).
+    """
+    fin = {r: d[("llama_requests_finished_total", r)] for r in ("stop", "length", "cancelled", "error", "rejected")}
+    late = st.cancelled - fin["cancelled"]
+    bad = []
+    if fin["error"]:
+        bad.append(f"error={fin['error']:.0f}")
+    if fin["rejected"] != st.bad_backend:
+        bad.append(f"rejected={fin['rejected']:.0f}!=client {st.bad_backend}")
+    if not 0 <= late <= st.cancelled:
+        bad.append(f"cancelled={fin['cancelled']:.0f} vs client {st.cancelled}")
+    if fin["stop"] + fin["length"] != st.ok + late:
+        bad.append(f"stop+length={fin['stop'] + fin['length']:.0f}!=ok {st.ok}+late cancels {late:.0f}")
+    if fin["stop"] < st.finish["stop"] or fin["length"] < st.finish["length"]:
+        bad.append(f"stop/length {fin['stop']:.0f}/{fin['length']:.0f} < client {st.finish['stop']}/{st.finish['length']}")
+    return fin, bad
+
+
+def main():
+    a = parse_args()
+    tmp = tempfile.TemporaryDirectory(prefix="loadtest-")
+    proc = None if a.url else start_server(a, tmp.name)
+    try:
+        t = time.time()
+        refs = reference_pool(a)
+        print(f"loadtest: {len(refs)} greedy references in {time.time() - t:.1f}s; load: {a.clients} clients, {a.duration:.0f}s", flush=True)
+        st = State(a, refs)
+        before = metrics(a)
+        ctx = mp.get_context("spawn")
+        stop, result = ctx.Event(), ctx.Queue()
+        poller = ctx.Process(target=health_poller, args=(a.url, stop, result), daemon=True)
+        poller.start()
+        rss_warm = asyncio.run(run_load(a, st))
+        after = wait_idle(a)
+        time.sleep(1)
+        after = metrics(a)
+        rss_end = rss_mb(a.pid)
+        stop.set()
+        polls, health_fails, health_max = result.get(timeout=30)
+        poller.join(10)
+    finally:
+        if proc:
+            stop_server(proc)
+    fin, failed = check_metrics(st, {k: after[k] - before.get(k, 0) for k in after})
+    kv, running, waiting = (after[(n, "")] for n in ("llama_kv_cache_blocks_used", "llama_num_requests_running", "llama_num_requests_waiting"))
+    drift = (rss_end - rss_warm) / rss_warm * 100
+    lat = sorted(st.latencies) or [0.0]
+    if st.errors:
+        failed.append("errors")
+    if st.lost or st.dup or st.mismatch:
+        failed.append("lost/dup/greedy_mismatch")
+    if health_fails or polls == 0:
+        failed.append(f"health ({health_fails} of {polls} polls failed or >1s)")
+    if abs(drift) > 10:
+        failed.append("rss drift")
+    if not after[("llama_kv_cache_blocks_total", "")]:
+        failed.append(f"no llama_* metrics for model {a.model}")
+    if kv or running or waiting:
+        failed.append(f"not idle: kv_used={kv:.0f} running={running:.0f} waiting={waiting:.0f}")
+    print(f"loadtest: clients={a.clients} duration={a.duration:.0f}s requests={sum(st.sent.values()) + sum(st.bad.values())} "
+          f"ok={st.ok} bad_rejected={sum(st.bad.values())} cancelled={st.cancelled}(server {fin['cancelled']:.0f}) "
+          f"finished={{{', '.join(f'{k}: {v:.0f}' for k, v in fin.items())}}} errors={dict(st.errors)} lost={st.lost} "
+          f"dup={st.dup} greedy_checked={st.greedy_checked} greedy_mismatch={st.mismatch} p50={lat[len(lat) // 2] * 1e3:.0f}ms p99={lat[int(len(lat) * 0.99)] * 1e3:.0f}ms "
+          f"health_max={health_max * 1e3:.0f}ms rss_warm={rss_warm:.0f}MB rss_end={rss_end:.0f}MB drift={drift:+.1f}% "
+          f"kv_used_idle={kv:.0f} " + ("PASS" if not failed else "FAIL: " + "; ".join(failed)), flush=True)
+    print(f"loadtest: bad requests by kind:status: {dict(st.bad)}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
