@@ -14,7 +14,8 @@ deliberately bad (each must be refused). The run fails (exit 1) when any check f
 - `llama_requests_finished_total` deltas by reason match what the clients sent and saw;
 - `/v2/health/ready` (polled every 0.5 s from a separate process) always answers 200 within 1 s;
 - the server's RSS once idle at the end is within 10% of its RSS after the warm-up phase;
-- once idle, running/waiting gauges and `llama_kv_cache_blocks_used` are 0.
+- once idle, running/waiting gauges and `llama_kv_cache_blocks_used` are 0;
+- a server it started stops on SIGTERM with status 0 (a request never released would block the unload).
 
 It prints one summary line. By default it starts its own server (demo model, free ports, via
 scripts/deploy_triton.py); --url/--grpc-url/--metrics-url/--pid/--checkpoint attach to a running one.
@@ -39,10 +40,11 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http.aio as httpaio
+from tritonclient.utils import InferenceServerException
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the quick brown fox jumps over lazy dog Triton serves llama models on CPU and GPU with continuous "
-         "batching streaming stop strings cancellation metrics hello world what is a token").split()
+         "batching streaming stop strings cancellation metrics hello world what is a token naïve café 日本語 🤖").split()
 POOL_PROMPTS = 8                      # greedy reference pool: POOL_PROMPTS x len(POOL_MAX_TOKENS) CLI runs
 POOL_MAX_TOKENS = (1, 2, 5, 11, 23, 48)
 # Bad request kinds. The bool says whether the backend sees (and counts as `rejected`) the request: Triton
@@ -336,6 +338,9 @@ async def one_good(st, rng):
         return
     if was_cancelled:
         st.cancelled += 1
+        if greedy:  # what a cancelled greedy stream got so far is the start of the full answer
+            st.greedy_checked += 1
+            st.mismatch += not st.refs[(prompt, max_tokens)].startswith(text)
         return
     st.ok += 1
     st.latencies.append(time.monotonic() - t0)
@@ -358,10 +363,12 @@ async def one_bad(st, rng):
     except asyncio.TimeoutError:
         st.errors[f"bad_{kind}:timeout"] += 1
         return
-    except Exception as e:  # noqa: BLE001
-        status = (e.status() if callable(getattr(e, "status", None)) else None) or "stream_error"
-        st.bad[f"{kind}:{status}"] += 1
+    except InferenceServerException as e:  # the server's refusal (anything else is a failure of the run)
+        st.bad[f"{kind}:{e.status() or 'stream_error'}"] += 1
         st.bad_backend += BAD_KINDS[kind]
+        return
+    except Exception as e:  # noqa: BLE001
+        st.errors[f"bad_{kind}:{type(e).__name__}:{str(e)[:60]}"] += 1
         return
     st.errors[f"bad_{kind}:succeeded"] += 1
 
