@@ -3,7 +3,7 @@
 
 N concurrent asyncio clients loop for --duration seconds over a mix of HTTP unary, gRPC unary and gRPC streaming
 requests (the decoupled `<model>_stream` twin): random prompt lengths, random small max_tokens, greedy and
-sampled. About 10% of the streams are cancelled after their first few responses and about 5% of the requests are
+sampled, 10% of them batches of 2-4 prompts ([N,1]). About 10% of the streams are cancelled after their first few responses and about 5% of the requests are
 deliberately bad (each must be refused). The run fails (exit 1) when any check fails:
 
 - every good request completes without error or timeout; every bad request is refused;
@@ -109,7 +109,7 @@ def start_server(a, tmp):
     log = open(a.log_path, "w")
     cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", str(repo), "-tmn", a.model,
            "--triton_port", str(http), "--grpc_port", str(grpc), "--metrics_port", str(metrics),
-           "--max_num_seqs", "32", "--max_queue_size", str(a.clients + 64), "--cli", a.cli]
+           "--max_num_seqs", "32", "--max_queue_size", str(4 * a.clients), "--cli", a.cli]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     a.url, a.grpc_url, a.metrics_url = f"localhost:{http}", f"localhost:{grpc}", f"localhost:{metrics}"
     a.checkpoint = str(repo.parent / (repo.name + ".demo_model"))
@@ -208,7 +208,8 @@ def reference_pool(a):
 # ---------------------------------------------------------------- requests
 
 def tensor(mod, name, value, dtype):
-    arr = np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "INT64": np.int64,
+    """A [1,1] tensor, or [N,1] when `value` is a list (one value per prompt row)."""
+    arr = np.array([[v] for v in value] if isinstance(value, list) else [[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "INT64": np.int64,
                    "FP32": np.float32, "UINT64": np.uint64}[dtype])
     t = mod.InferInput(name, list(arr.shape), dtype)
     t.set_data_from_numpy(arr)
@@ -216,10 +217,12 @@ def tensor(mod, name, value, dtype):
 
 
 def good_inputs(mod, req):
-    ins = [tensor(mod, "text_input", req["prompt"].encode(), "BYTES"), tensor(mod, "max_tokens", req["max_tokens"], "INT32")]
+    ins = [tensor(mod, "text_input", [p.encode() for p, _ in req["rows"]], "BYTES"),
+           tensor(mod, "max_tokens", [m for _, m in req["rows"]], "INT32")]
     if not req["greedy"]:
-        ins += [tensor(mod, "temperature", 0.8, "FP32"), tensor(mod, "top_k", 40, "INT64"),
-                tensor(mod, "top_p", 0.9, "FP32"), tensor(mod, "seed", req["seed"], "UINT64")]
+        n = len(req["rows"])  # Triton wants every input with the same batch size
+        ins += [tensor(mod, "temperature", [0.8] * n, "FP32"), tensor(mod, "top_k", [40] * n, "INT64"),
+                tensor(mod, "top_p", [0.9] * n, "FP32"), tensor(mod, "seed", [req["seed"] + i for i in range(n)], "UINT64")]
     return ins
 
 
@@ -234,16 +237,16 @@ def bad_inputs(mod, kind):
 
 
 async def unary(st, proto, model, inputs):
-    """One HTTP or gRPC unary request -> text (exceptions propagate)."""
+    """One HTTP or gRPC unary request -> ([text per row], [finish_reason per row]) (exceptions propagate)."""
     if proto == "http":
         r = await st.http.infer(model, inputs)
     else:
         r = await st.grpc[random.randrange(len(st.grpc))].infer(model, inputs)
-    return r.as_numpy("text_output")[0][0].decode(), r.as_numpy("finish_reason")[0][0].decode()
+    return [t[0].decode() for t in r.as_numpy("text_output")], [f[0].decode() for f in r.as_numpy("finish_reason")]
 
 
 async def stream(st, model, inputs, cancel_after=None):
-    """One request on its own gRPC stream. Returns (text, finish_reason, cancelled); raises on an error response or on a
+    """One request on its own gRPC stream. Returns ([text per row], [finish_reason per row], cancelled); raises on an error response or on a
     broken stream (no FINAL, a response after FINAL or after the error, deltas that disagree with `outputs`).
 
     After the FINAL flag or an error the stream is closed cleanly (half-close, then read to its end), never
@@ -258,7 +261,7 @@ async def stream(st, model, inputs, cancel_after=None):
         await done.wait()  # keep the request side open until the answer is complete
 
     it = st.grpc[random.randrange(len(st.grpc))].stream_infer(requests())
-    text, so_far, reason, n, final, err = "", "", "", 0, False, None
+    texts, reasons, n, final, err = None, None, 0, False, None
     try:
         async for result, error in it:
             if final:
@@ -272,16 +275,16 @@ async def stream(st, model, inputs, cancel_after=None):
             final = resp.parameters["triton_final_response"].bool_param
             if result.as_numpy("text_output") is not None:
                 n += 1
-                text += result.as_numpy("text_output")[0][0].decode()
-                so_far = result.as_numpy("outputs")[0][0].decode()
-                reason = result.as_numpy("finish_reason")[0][0].decode() or reason
-                if so_far != text:
-                    raise RuntimeError(f"stream deltas {text!r} disagree with outputs {so_far!r}")
+                deltas, so_far = result.as_numpy("text_output")[:, 0], result.as_numpy("outputs")[:, 0]
+                texts = [t + d.decode() for t, d in zip(texts or [""] * len(deltas), deltas)]
+                reasons = [f.decode() or r for r, f in zip(reasons or [""] * len(deltas), result.as_numpy("finish_reason")[:, 0])]
+                if [x.decode() for x in so_far] != texts:
+                    raise RuntimeError(f"stream deltas {texts!r} disagree with outputs {so_far!r}")
             if final:
                 done.set()  # ends the request iterator, hence the call; anything still queued shows up below
             elif cancel_after is not None and n >= cancel_after:
                 it.cancel()
-                return text, reason, True
+                return texts, reasons, True
     finally:
         done.set()
         if not final:
@@ -291,7 +294,7 @@ async def stream(st, model, inputs, cancel_after=None):
     if not final:
         st.lost += 1
         raise RuntimeError("stream ended without a FINAL response")
-    return text, reason, False
+    return texts, reasons, False
 
 
 class State:
@@ -300,7 +303,8 @@ class State:
     def __init__(self, a, refs):
         self.a, self.refs = a, refs
         self.sent = collections.Counter()          # good requests by interface
-        self.ok = 0
+        self.ok = 0                                # good requests answered in full
+        self.ok_rows = self.cancelled_rows = 0     # the same in prompts (the metrics count prompts)
         self.finish = collections.Counter()        # finish reason seen on completed good requests
         self.cancelled = 0                         # streams the client cancelled before seeing FINAL
         self.bad = collections.Counter()           # bad requests refused, by kind/status
@@ -312,13 +316,12 @@ class State:
 
 
 async def one_good(st, rng):
-    """Sends one good request on a random interface and checks its answer."""
+    """Sends one good request (one prompt, or a [2..4, 1] batch 10% of the time) on a random interface and
+    checks its answer."""
     greedy = rng.random() < 0.5
-    if greedy:
-        prompt, max_tokens = rng.choice(list(st.refs))
-    else:
-        prompt, max_tokens = make_prompt(rng, rng.randint(1, 150)), rng.randint(1, 48)
-    req = {"prompt": prompt, "max_tokens": max_tokens, "greedy": greedy, "seed": rng.randrange(2**32)}
+    rows = [rng.choice(list(st.refs)) if greedy else (make_prompt(rng, rng.randint(1, 150)), rng.randint(1, 48))
+            for _ in range(1 if rng.random() < 0.9 else rng.randint(2, 4))]
+    req = {"rows": rows, "greedy": greedy, "seed": rng.randrange(2**32)}
     proto = rng.choice(["http", "grpc", "stream"])
     cancel = proto == "stream" and rng.random() < 0.10
     st.sent[proto] += 1
@@ -329,7 +332,7 @@ async def one_good(st, rng):
         else:
             coro = unary(st, proto, st.a.model, good_inputs(grpcaio if proto == "grpc" else httpaio, req))
         out = await asyncio.wait_for(coro, st.a.request_timeout)
-        text, reason, was_cancelled = out if proto == "stream" else (*out, False)
+        texts, reasons, was_cancelled = out if proto == "stream" else (*out, False)
     except asyncio.TimeoutError:
         st.errors[f"{proto}:timeout"] += 1
         return
@@ -338,16 +341,18 @@ async def one_good(st, rng):
         return
     if was_cancelled:
         st.cancelled += 1
+        st.cancelled_rows += len(rows)
         if greedy:  # what a cancelled greedy stream got so far is the start of the full answer
-            st.greedy_checked += 1
-            st.mismatch += not st.refs[(prompt, max_tokens)].startswith(text)
+            st.greedy_checked += len(rows)
+            st.mismatch += sum(not st.refs[row].startswith(t) for row, t in zip(rows, texts))
         return
     st.ok += 1
+    st.ok_rows += len(rows)
     st.latencies.append(time.monotonic() - t0)
-    st.finish[reason] += 1
+    st.finish.update(reasons)
     if greedy:
-        st.greedy_checked += 1
-        st.mismatch += text != st.refs[(prompt, max_tokens)]
+        st.greedy_checked += len(rows)
+        st.mismatch += sum(st.refs[row] != t for row, t in zip(rows, texts))
 
 
 async def one_bad(st, rng):
@@ -411,23 +416,24 @@ def wait_idle(a, timeout=60):
 def check_metrics(st, d):
     """Reconciles the finished-request counter deltas with what the clients saw; returns failed checks.
 
-    Good requests: each ends as stop, length or cancelled. A cancel is only a *request* to stop: when the server
+    Counted in prompts (a batched request has several). Good prompts: each ends as stop, length or cancelled
+    (a cancelled request counts all its prompts cancelled). A cancel is only a *request* to stop: when the server
     had already sent (or was about to send) the final answer before it noticed the cancel, the request finished
     normally and is counted stop/length. So the server's `cancelled` is at most the client's cancels, and the
     late ones show up as extra stop/length. Bad requests: the backend counts `rejected` once per request it
     refuses; Triton's own refusals (wrong dtype, unknown input) never reach it (BAD_KINDS says which is which).
     """
     fin = {r: d[("llama_requests_finished_total", r)] for r in ("stop", "length", "cancelled", "error", "rejected")}
-    late = st.cancelled - fin["cancelled"]
+    late = st.cancelled_rows - fin["cancelled"]
     bad = []
     if fin["error"]:
         bad.append(f"error={fin['error']:.0f}")
     if fin["rejected"] != st.bad_backend:
         bad.append(f"rejected={fin['rejected']:.0f}!=client {st.bad_backend}")
-    if not 0 <= late <= st.cancelled:
-        bad.append(f"cancelled={fin['cancelled']:.0f} vs client {st.cancelled}")
-    if fin["stop"] + fin["length"] != st.ok + late:
-        bad.append(f"stop+length={fin['stop'] + fin['length']:.0f}!=ok {st.ok}+late cancels {late:.0f}")
+    if not 0 <= late <= st.cancelled_rows:
+        bad.append(f"cancelled={fin['cancelled']:.0f} vs client {st.cancelled_rows}")
+    if fin["stop"] + fin["length"] != st.ok_rows + late:
+        bad.append(f"stop+length={fin['stop'] + fin['length']:.0f}!=ok prompts {st.ok_rows}+late cancels {late:.0f}")
     if fin["stop"] < st.finish["stop"] or fin["length"] < st.finish["length"]:
         bad.append(f"stop/length {fin['stop']:.0f}/{fin['length']:.0f} < client {st.finish['stop']}/{st.finish['length']}")
     return fin, bad
@@ -482,7 +488,8 @@ def main():
     if kv or running or waiting:
         failed.append(f"not idle: kv_used={kv:.0f} running={running:.0f} waiting={waiting:.0f}")
     print(f"loadtest: clients={a.clients} duration={a.duration:.0f}s requests={sum(st.sent.values()) + sum(st.bad.values())} "
-          f"ok={st.ok} bad_rejected={sum(st.bad.values())} cancelled={st.cancelled}(server {fin['cancelled']:.0f}) "
+          f"ok={st.ok} ok_prompts={st.ok_rows} bad_rejected={sum(st.bad.values())} cancelled={st.cancelled} "
+          f"cancelled_prompts={st.cancelled_rows}(server {fin['cancelled']:.0f}) "
           f"finished={{{', '.join(f'{k}: {v:.0f}' for k, v in fin.items())}}} errors={dict(st.errors)} lost={st.lost} dup={st.dup} "
           f"greedy_checked={st.greedy_checked} greedy_mismatch={st.mismatch} p50={lat[len(lat) // 2] * 1e3:.0f}ms "
           f"p99={lat[int(len(lat) * 0.99)] * 1e3:.0f}ms health_polls={polls} health_max={health_max * 1e3:.0f}ms "
