@@ -3,8 +3,8 @@
 
 N concurrent asyncio clients loop for --duration seconds over a mix of HTTP unary, gRPC unary and gRPC streaming
 requests (the decoupled `<model>_stream` twin): random prompt lengths, random small max_tokens, greedy and
-sampled, 10% of them batches of 2-4 prompts ([N,1]). About 10% of the streams are cancelled after their first few responses and about 5% of the requests are
-deliberately bad (each must be refused). The run fails (exit 1) when any check fails:
+sampled, 10% of them batches of 2-4 prompts ([N,1]). About 10% of the streams are cancelled after their first
+few responses and about 5% of the requests are deliberately bad (each must be refused). The run fails (exit 1) when any check fails:
 
 - every good request completes without error or timeout; every bad request is refused;
 - greedy answers equal `triton-llama generate --json` for the same checkpoint, prompt and max_tokens
