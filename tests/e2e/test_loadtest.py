@@ -1,0 +1,16 @@
+"""scripts/loadtest.py, short: 64 clients for 60 s against its own demo-model server must pass every check."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_short_load_run_passes():
+    p = subprocess.run([sys.executable, str(ROOT / "scripts/loadtest.py"), "--clients", "64", "--duration", "60"],
+                       capture_output=True, text=True, timeout=600)
+    print(p.stdout[-6000:], p.stderr[-6000:], sep="\n")
+    summary = [line for line in p.stdout.splitlines() if line.startswith("loadtest: clients=")]
+    assert summary, "no summary line"
+    assert p.returncode == 0, summary[-1]
+    assert " lost=0 " in summary[-1] and summary[-1].endswith("PASS")
