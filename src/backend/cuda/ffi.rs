@@ -8,6 +8,7 @@ use cudarc::cublas::{CudaBlas, sys as blas};
 use cudarc::cublaslt::{result as ltr, sys as lt};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -310,11 +311,11 @@ impl Lt {
     fn gemm(&self, st: &CudaStream, o: u64, xp: u64, wp: u64, n: usize, m: usize, k: usize) -> std::result::Result<bool, String> {
         let key = (n, m, k, alignment(xp), alignment(wp), alignment(o));
         let mut plans = self.plans.lock().map_err(|_| "cuBLASLt plan cache poisoned".to_string())?;
-        if !plans.contains_key(&key) {
-            let p = self.plan(key)?;
-            plans.insert(key, p);
-        }
-        let Some(Some(p)) = plans.get(&key) else { return Ok(false) };
+        let p = match plans.entry(key) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(self.plan(key)?),
+        };
+        let Some(p) = p.as_ref() else { return Ok(false) };
         let (alpha, beta) = (1f32, 0f32);
         let (ws, _w) = self.workspace.device_ptr(st);
         // SAFETY: operand lengths were checked by the caller; the layouts describe exactly those buffers; the
