@@ -1,4 +1,4 @@
-//! `triton-llama`: inspect, tokenize, generate with, score and benchmark Llama-2 checkpoints on the CPU engine.
+//! `triton-llama`: inspect, tokenize, generate with, score and benchmark Llama-2 checkpoints on the CPU or CUDA engine.
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
