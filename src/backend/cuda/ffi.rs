@@ -312,7 +312,7 @@ impl Lt {
         let key = (n, m, k, alignment(xp), alignment(wp), alignment(o));
         let mut plans = self.plans.lock().map_err(|_| "cuBLASLt plan cache poisoned".to_string())?;
         let p = match plans.entry(key) {
-            Entry::Occupied(o) => o.into_mut(),
+            Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => v.insert(self.plan(key)?),
         };
         let Some(p) = p.as_ref() else { return Ok(false) };
