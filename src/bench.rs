@@ -1,5 +1,7 @@
 //! CPU throughput benchmark on a random-weight model: decode tokens/s at several batch sizes, prefill
 //! tokens/s, and weight bytes streamed per second as a ratio to a memory copy measured in the same run.
+//! The pieces both benchmarks share (steps on a synthetic batch, the decode measurement, the copy baseline
+//! and the bandwidth ratio with its printing) live here; the GPU benchmark is `backend::cuda::bench`.
 use crate::backend::SeqMeta;
 use crate::engine::runner::{KvPlan, Runner, StepInput};
 use crate::loader::CheckpointSource;
@@ -16,13 +18,12 @@ pub struct BenchReport {
     pub model_params: usize,
     pub weight_bytes: u64,
     pub threads: usize,
-    /// Bytes copied per second by a parallel memcpy of a buffer far larger than the caches.
-    pub copy_gbps: f64,
-    pub copy_gbps_1thread: f64,
+    /// A parallel and a single-threaded memcpy of a buffer far larger than the caches.
+    pub copies: Vec<CopyBaseline>,
     pub decode: Vec<DecodePoint>,
     pub prefill_tokens: usize,
     pub prefill_tok_s: f64,
-    /// Weight bytes read per second at batch 1 divided by the faster of the two copy bandwidths.
+    /// See [`bandwidth_ratio`].
     pub batch1_bandwidth_ratio: f64,
 }
 
@@ -31,10 +32,64 @@ pub struct DecodePoint {
     pub batch: usize,
     pub ms_per_step: f64,
     pub tok_s: f64,
+    /// Weight bytes read per second (every weight but the embedding table is read once per step).
     pub weight_gbps: f64,
 }
 
-/// Best-of-`reps` parallel copy bandwidth of `bytes`-sized buffers, GB/s (bytes copied / s).
+/// A memory copy measured in the same run as the benchmark it normalises.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyBaseline {
+    /// What was copied how, e.g. "memcpy, 1 thread" or "device-to-device".
+    pub what: String,
+    /// Bytes copied per second (GB/s).
+    pub copied_gbps: f64,
+    /// The memory traffic that implies: every byte is read once and written once (2 × copied), the
+    /// convention of STREAM's Copy and CUDA's bandwidthTest.
+    pub traffic_gbps: f64,
+}
+
+impl CopyBaseline {
+    pub fn new(what: impl Into<String>, copied_gbps: f64) -> Self {
+        CopyBaseline { what: what.into(), copied_gbps, traffic_gbps: 2.0 * copied_gbps }
+    }
+}
+
+/// The copy with the most traffic, or none.
+fn fastest(copies: &[CopyBaseline]) -> Option<&CopyBaseline> {
+    copies.iter().max_by(|a, b| a.traffic_gbps.total_cmp(&b.traffic_gbps))
+}
+
+/// Weight bytes read per second divided by the read + write traffic of the fastest copy: the fraction of
+/// the measured memory bandwidth a step streaming the weights achieves (0 without a copy).
+pub fn ratio_to_copy(weight_gbps: f64, copies: &[CopyBaseline]) -> f64 {
+    fastest(copies).map_or(0.0, |c| weight_gbps / c.traffic_gbps)
+}
+
+/// [`ratio_to_copy`] of the batch-1 decode point (0 without one).
+pub fn bandwidth_ratio(decode: &[DecodePoint], copies: &[CopyBaseline]) -> f64 {
+    decode.iter().find(|d| d.batch == 1).map_or(0.0, |d| ratio_to_copy(d.weight_gbps, copies))
+}
+
+/// The copy and decode lines both benchmarks print.
+pub fn print_bandwidth(copies: &[CopyBaseline], decode: &[DecodePoint]) {
+    for c in copies {
+        println!("copy ({}): {:.2} GB/s copied, {:.2} GB/s read+write", c.what, c.copied_gbps, c.traffic_gbps);
+    }
+    for d in decode {
+        println!(
+            "decode batch {:>2}: {:8.2} ms/step {:9.1} tok/s  weights {:7.2} GB/s ({:.3} of copy read+write)",
+            d.batch,
+            d.ms_per_step,
+            d.tok_s,
+            d.weight_gbps,
+            ratio_to_copy(d.weight_gbps, copies)
+        );
+    }
+    let what = fastest(copies).map_or("none", |c| c.what.as_str());
+    println!("batch-1 weight bandwidth / copy read+write bandwidth ({what}): {:.3}", bandwidth_ratio(decode, copies));
+}
+
+/// Best-of-`reps` copy bandwidth of `bytes`-sized buffers, GB/s (bytes copied / s).
 fn copy_bandwidth(bytes: usize, reps: usize, parallel: bool) -> f64 {
     let src = vec![1u8; bytes];
     let mut dst = vec![0u8; bytes];
@@ -53,14 +108,16 @@ fn copy_bandwidth(bytes: usize, reps: usize, parallel: bool) -> f64 {
     bytes as f64 / best / 1e9
 }
 
-fn step_for(seqs: usize, len: usize, start: usize, blocks_per_seq: usize, block_size: usize) -> StepInput {
+/// A step of `seqs` sequences, each `len` new tokens from position `start`, sequence s owning blocks
+/// `s * blocks_per_seq ..`; deterministic token ids in `3..vocab`.
+pub(crate) fn step_for(seqs: usize, len: usize, start: usize, blocks_per_seq: usize, block_size: usize, vocab: usize) -> StepInput {
     let mut input = StepInput::default();
     input.meta.block_size = block_size;
     for s in 0..seqs {
         let table: Vec<u32> = (0..blocks_per_seq).map(|b| (s * blocks_per_seq + b) as u32).collect();
         let token_start = input.tokens.len();
         for p in start..start + len {
-            input.tokens.push(((s * 7919 + p * 31) % 30000 + 3) as u32);
+            input.tokens.push(((s * 7919 + p * 31) % (vocab - 3) + 3) as u32);
             input.meta.positions.push(p as u32);
             input.meta.slots.push(table[p / block_size] * block_size as u32 + (p % block_size) as u32);
         }
@@ -70,44 +127,61 @@ fn step_for(seqs: usize, len: usize, start: usize, blocks_per_seq: usize, block_
     input
 }
 
+/// Decode at batch `b`: a 16-token prompt per sequence, one warm-up step, then `steps` timed steps;
+/// `streamed_bytes` are the weight bytes one step reads. Needs `16 + steps + 1` positions per sequence.
+pub(crate) fn decode_point(runner: &Runner, b: usize, steps: usize, blocks_per_seq: usize, block_size: usize, vocab: usize, streamed_bytes: u64) -> Result<DecodePoint> {
+    runner.run(step_for(b, 16, 0, blocks_per_seq, block_size, vocab))?; // prompt
+    runner.run(step_for(b, 1, 16, blocks_per_seq, block_size, vocab))?; // warm-up
+    let t = Instant::now();
+    for i in 0..steps {
+        runner.run(step_for(b, 1, 17 + i, blocks_per_seq, block_size, vocab))?;
+    }
+    let step = t.elapsed().as_secs_f64() / steps.max(1) as f64;
+    Ok(DecodePoint { batch: b, ms_per_step: step * 1e3, tok_s: b as f64 / step, weight_gbps: streamed_bytes as f64 / step / 1e9 })
+}
+
 /// Runs the benchmark; `decode_steps` per batch size.
 pub fn run(batches: &[usize], decode_steps: usize, prefill_tokens: usize) -> Result<BenchReport> {
     let cfg = RandomSource::bench_config();
     let src = RandomSource::new(cfg.clone(), DType::BF16, 1)?;
     let weight_bytes: u64 = src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
     let emb_bytes = (cfg.vocab_size * cfg.hidden_size * 2) as u64;
-    let block_size = 16;
+    let (block_size, vocab) = (16, cfg.vocab_size);
     let max_batch = batches.iter().cloned().max().unwrap_or(1);
     let ctx = (prefill_tokens.max(16 + decode_steps + 8)).div_ceil(block_size);
     let runner = Runner::start_cpu(Arc::new(src), 1, KvPlan { num_blocks: ctx * max_batch, block_size })?;
-    let copy_gbps = copy_bandwidth(256 << 20, 5, true);
-    let copy_gbps_1thread = copy_bandwidth(256 << 20, 5, false);
-    let mut decode = Vec::new();
-    for &b in batches {
-        runner.run(step_for(b, 16, 0, ctx, block_size))?; // prompt
-        runner.run(step_for(b, 1, 16, ctx, block_size))?; // warm-up
-        let t = Instant::now();
-        for i in 0..decode_steps {
-            runner.run(step_for(b, 1, 17 + i, ctx, block_size))?;
-        }
-        let step = t.elapsed().as_secs_f64() / decode_steps as f64;
-        // Every weight except the embedding table is read once per step.
-        let gbps = (weight_bytes - emb_bytes) as f64 / step / 1e9;
-        decode.push(DecodePoint { batch: b, ms_per_step: step * 1e3, tok_s: b as f64 / step, weight_gbps: gbps });
-    }
+    let threads = rayon::current_num_threads();
+    let copies = vec![
+        CopyBaseline::new(format!("memcpy, {threads} threads"), copy_bandwidth(256 << 20, 5, true)),
+        CopyBaseline::new("memcpy, 1 thread", copy_bandwidth(256 << 20, 5, false)),
+    ];
+    let decode = batches.iter().map(|&b| decode_point(&runner, b, decode_steps, ctx, block_size, vocab, weight_bytes - emb_bytes)).collect::<Result<Vec<_>>>()?;
     let t = Instant::now();
-    runner.run(step_for(1, prefill_tokens, 0, ctx, block_size))?;
+    runner.run(step_for(1, prefill_tokens, 0, ctx, block_size, vocab))?;
     let prefill_tok_s = prefill_tokens as f64 / t.elapsed().as_secs_f64();
-    let b1 = decode.iter().find(|d| d.batch == 1).map(|d| d.weight_gbps).unwrap_or(0.0);
     Ok(BenchReport {
         model_params: cfg.num_params(),
         weight_bytes,
-        threads: rayon::current_num_threads(),
-        copy_gbps,
-        copy_gbps_1thread,
+        threads,
+        batch1_bandwidth_ratio: bandwidth_ratio(&decode, &copies),
+        copies,
         decode,
         prefill_tokens,
         prefill_tok_s,
-        batch1_bandwidth_ratio: b1 / copy_gbps.max(copy_gbps_1thread),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_uses_the_fastest_copy_read_plus_write() {
+        let copies = [CopyBaseline::new("a", 10.0), CopyBaseline::new("b", 20.0)];
+        assert_eq!(copies[1].traffic_gbps, 40.0);
+        assert_eq!(ratio_to_copy(8.0, &copies), 0.2);
+        let decode = [DecodePoint { batch: 8, ms_per_step: 1.0, tok_s: 1.0, weight_gbps: 1.0 }, DecodePoint { batch: 1, ms_per_step: 1.0, tok_s: 1.0, weight_gbps: 20.0 }];
+        assert_eq!(bandwidth_ratio(&decode, &copies), 0.5);
+        assert_eq!(bandwidth_ratio(&decode, &[]), 0.0);
+    }
 }

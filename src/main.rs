@@ -1,4 +1,4 @@
-//! `triton-llama`: inspect, tokenize, generate with, score and benchmark Llama-2 checkpoints on the CPU engine.
+//! `triton-llama`: inspect, tokenize, generate with, score and benchmark Llama-2 checkpoints on the CPU or CUDA engine.
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -246,15 +246,9 @@ fn generate(a: &Args) -> Result<()> {
 
 fn score(a: &Args) -> Result<()> {
     a.allow_only(&["prompt", "tp", "device"])?;
-    let (ids, lp) = match a.get("device").unwrap_or("cpu") {
-        "cpu" => {
-            let mut engine = engine_for(a)?;
-            let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
-            let lp = engine.score(&ids)?;
-            (ids, lp)
-        }
-        dev => score_on_gpus(a, dev)?,
-    };
+    let mut engine = engine_for(a)?;
+    let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
+    let lp = engine.score(&ids)?;
     if a.flag("json") {
         print_json(json!({"ids": ids, "logprobs": lp}));
     } else {
@@ -274,12 +268,8 @@ fn bench(a: &Args) -> Result<()> {
         return Ok(());
     }
     println!("model: {} params, {:.1} MB bf16 weights, {} threads", r.model_params, r.weight_bytes as f64 / 1e6, r.threads);
-    println!("memory copy: {:.2} GB/s ({} threads), {:.2} GB/s (1 thread)", r.copy_gbps, r.threads, r.copy_gbps_1thread);
-    for d in &r.decode {
-        println!("decode batch {:>2}: {:8.2} ms/step {:9.1} tok/s  weights {:6.2} GB/s ({:.2}x copy)", d.batch, d.ms_per_step, d.tok_s, d.weight_gbps, d.weight_gbps / r.copy_gbps.max(r.copy_gbps_1thread));
-    }
+    triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
     println!("prefill {} tokens: {:.1} tok/s", r.prefill_tokens, r.prefill_tok_s);
-    println!("batch-1 weight bandwidth / copy bandwidth (faster copy): {:.2}", r.batch1_bandwidth_ratio);
     Ok(())
 }
 
@@ -308,46 +298,13 @@ fn bench_cuda(a: &Args) -> Result<()> {
         return Ok(());
     }
     println!("device: {}  model: {} params, {:.2} GB bf16, loaded in {:.1} s, {} KV blocks", r.device, r.model_params, r.weight_bytes as f64 / 1e9, r.load_s, r.kv_blocks);
-    println!("device-to-device copy: {:.0} GB/s copied ({:.0} GB/s read+write)", r.copy_gbps, r.copy_traffic_gbps);
-    for d in &r.decode {
-        println!("decode batch {:>2}: {:8.2} ms/step {:9.1} tok/s  weights {:7.1} GB/s", d.batch, d.ms_per_step, d.tok_s, d.weight_gbps);
-    }
+    triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
     for p in &r.prefill {
         println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
     }
-    println!("batch-1 weight bandwidth / copy read+write bandwidth: {:.3}", r.batch1_bandwidth_ratio);
     Ok(())
-}
-
-/// `score --device cuda:IDS`: the prompt's logits from GPU ranks (one step, every row), scored on the host.
-fn score_on_gpus(a: &Args, dev: &str) -> Result<(Vec<u32>, Vec<f32>)> {
-    let ids_spec = dev.strip_prefix("cuda").map(|r| r.trim_start_matches(':')).ok_or_else(|| Error::InvalidRequest(format!("--device: `{dev}` is not cpu or cuda[:ids]")))?;
-    let gpus = if ids_spec.is_empty() { vec![0] } else { list_str(ids_spec, "device")? };
-    let src: std::sync::Arc<dyn loader::CheckpointSource> = std::sync::Arc::from(loader::open(&a.ckpt()?)?);
-    let ids = src.tokenizer()?.encode(a.need("prompt")?, a.bos(src.default_add_bos()))?;
-    let v = src.config().vocab_size;
-    let logits = gpu_prompt_logits(src, &gpus, &ids)?;
-    let lp = (1..ids.len()).map(|i| triton_llama::sampling::logprob_of(&logits[(i - 1) * v..i * v], ids[i] as usize)).collect();
-    Ok((ids, lp))
 }
 
 fn list_str(v: &str, k: &str) -> Result<Vec<usize>> {
     v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`")))).collect()
-}
-
-#[cfg(not(feature = "cuda"))]
-fn gpu_prompt_logits(_: std::sync::Arc<dyn loader::CheckpointSource>, _: &[usize], _: &[u32]) -> Result<Vec<f32>> {
-    Err(Error::Unavailable("this binary was built without the `cuda` feature (cargo build --release --features cuda)".into()))
-}
-
-#[cfg(feature = "cuda")]
-fn gpu_prompt_logits(src: std::sync::Arc<dyn loader::CheckpointSource>, gpus: &[usize], ids: &[u32]) -> Result<Vec<f32>> {
-    use triton_llama::engine::runner::{Runner, StepInput};
-    let bs = 16;
-    let blocks = ids.len().div_ceil(bs).max(1);
-    let runner = Runner::start_cuda(src, gpus, bs, 0.9, Some(blocks))?;
-    let mut input = StepInput::default();
-    input.meta.block_size = bs;
-    input.push_seq(ids, 0, &(0..blocks as u32).collect::<Vec<_>>(), true);
-    runner.run(input).map(|o| o.logits)
 }

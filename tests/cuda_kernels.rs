@@ -99,18 +99,40 @@ fn embedding_norms_silu_gather_match_cpu() {
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn gemm_matches_cpu_on_odd_shapes() {
     let Some(g) = gpu("gemm_matches_cpu_on_odd_shapes") else { return };
-    for (n, m, k) in [(1, 37, 769), (3, 1000, 96), (17, 333, 769), (64, 256, 80)] {
-        let w = bf16_tensor(&[m, k], &rand_vec(7, m * k, 0.5));
+    // Odd n, m and k (cuBLASLt with 2-byte-aligned rows, or the GemmEx fallback), then aligned shapes that
+    // cuBLASLt must take itself.
+    let odd = [(1, 37, 769), (3, 1001, 97), (17, 333, 769), (1, 4099, 11), (3, 1, 5)];
+    let aligned = [(1, 4096, 4096), (17, 1024, 512), (64, 256, 128)];
+    let mut paths = Vec::new();
+    for (i, &(n, m, k)) in odd.iter().chain(&aligned).enumerate() {
+        let w = bf16_tensor(&[m, k], &rand_vec(7 + i as u64, m * k, 0.5));
         // The GPU rounds activations to bf16 before the GEMM; give the CPU the same inputs.
-        let x: Vec<f32> = rand_vec(8, n * k, 2.0).iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        let x: Vec<f32> = rand_vec(100 + i as u64, n * k, 2.0).iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
         let mut c = vec![0f32; n * m];
         CpuBackend.gemm(&mut c, &x, &w, n).unwrap();
+        let (_, lt0, ex0) = g.gemm_stats();
         let mut o = g.alloc(n * m).unwrap();
         g.gemm(&mut o, &up(&g, &x), &g.upload(w).unwrap(), n).unwrap();
         let got = down(&g, &o, n * m);
+        let (has_lt, lt1, ex1) = g.gemm_stats();
+        let path = if lt1 > lt0 { "cuBLASLt" } else if ex1 > ex0 { "GemmEx" } else { "none" };
         let err = got.iter().zip(&c).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(err < 1e-3 * (k as f32).sqrt(), "gemm {n}x{m}x{k}: max abs error {err}");
+        assert!(err < 1e-3 * (k as f32).sqrt(), "gemm {n}x{m}x{k} ({path}): max abs error {err}");
+        assert!(path != "none", "gemm {n}x{m}x{k}: neither GEMM path counted");
+        if i >= odd.len() {
+            assert!(has_lt && path == "cuBLASLt", "gemm {n}x{m}x{k}: aligned shape ran on {path} (cuBLASLt loaded: {has_lt})");
+        }
+        paths.push(format!("{n}x{m}x{k}: {path} (max abs error {err:.2e})"));
     }
+    // A second call of a shape reuses its cached plan and gives the same result.
+    let (n, m, k) = odd[1];
+    let w = g.upload(bf16_tensor(&[m, k], &rand_vec(8, m * k, 0.5))).unwrap();
+    let x = up(&g, &rand_vec(101, n * k, 2.0));
+    let (mut o1, mut o2) = (g.alloc(n * m).unwrap(), g.alloc(n * m).unwrap());
+    g.gemm(&mut o1, &x, &w, n).unwrap();
+    g.gemm(&mut o2, &x, &w, n).unwrap();
+    assert_eq!(down(&g, &o1, n * m), down(&g, &o2, n * m), "repeated gemm {n}x{m}x{k}");
+    println!("GEMM paths: {}", paths.join("; "));
 }
 
 /// A ragged step on a shuffled block table: a fresh 37-token prompt, a 1100-token decode (3 splits), a

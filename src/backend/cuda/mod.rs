@@ -1,4 +1,4 @@
-//! The CUDA backend: device buffers through cudarc, GEMMs through cuBLAS (bf16 operands, f32 accumulation and
+//! The CUDA backend: device buffers through cudarc, GEMMs through cuBLASLt (bf16 operands, f32 accumulation and
 //! output), the fused kernels of `csrc/` through `ffi`. Activations and the KV cache are f32 (the `Backend`
 //! trait's `Buf`); matrices are stored in bf16, norm weights in f32. Every op checks shapes on the host first.
 pub mod bench;
@@ -10,7 +10,6 @@ use super::{AttnDims, Backend, StepMeta};
 use crate::sampling::{Picked, SampleBatch};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
-use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::sync::{Arc, Mutex};
 
@@ -49,11 +48,11 @@ struct Scratch {
     converted: Option<(u64, usize)>,
 }
 
-/// One GPU: its primary context, one stream for all work, and a cuBLAS handle bound to that stream.
+/// One GPU: its primary context, one stream for all work, and the cuBLASLt/cuBLAS handles bound to that stream.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    blas: Arc<CudaBlas>,
+    blas: Arc<ffi::Blas>,
     scratch: Arc<Mutex<Scratch>>,
 }
 
@@ -76,7 +75,7 @@ impl CudaBackend {
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("context"))?;
         ffi::single_stream_mode(&ctx);
         let stream = ctx.new_stream().map_err(cuda_err("stream"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Internal(format!("cuBLAS init: {e}")))?;
+        let blas = ffi::Blas::new(&stream)?;
         let scratch = Scratch { bf16: None, attn: None, meta_host: meta::HostMeta::default(), meta_dev: None, converted: None };
         Ok(CudaBackend { ctx, stream, blas: Arc::new(blas), scratch: Arc::new(Mutex::new(scratch)) })
     }
@@ -92,6 +91,11 @@ impl CudaBackend {
     /// (free, total) device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         self.ctx.mem_get_info().map_err(cuda_err("memory info"))
+    }
+
+    /// (cuBLASLt loaded, GEMMs run by cuBLASLt, GEMMs that fell back to cuBLAS GemmEx) since the backend opened.
+    pub fn gemm_stats(&self) -> (bool, u64, u64) {
+        self.blas.stats()
     }
 
     /// Waits for all queued work.
@@ -138,18 +142,6 @@ impl CudaBackend {
         }
         self.stream.memcpy_dtoh(&src.slice(0..n), &mut out).map_err(cuda_err("download"))?;
         Ok(out)
-    }
-
-    /// Copies the first `n` floats of `src` into a fresh buffer of `len >= n` (zero-padded), on the device.
-    pub fn copy_padded(&self, src: &CudaBuf, n: usize, len: usize) -> Result<CudaBuf> {
-        if n > src.0.len() || n > len {
-            return Err(Error::Internal(format!("copy of {n} floats from {} into {len}", src.0.len())));
-        }
-        let mut dst = self.alloc(len)?;
-        if n > 0 {
-            self.stream.memcpy_dtod(&src.0.slice(0..n), &mut dst.0.slice_mut(0..n)).map_err(cuda_err("copy"))?;
-        }
-        Ok(dst)
     }
 
     /// Copies the first `n` floats of `src` into the start of `dst`, on the device.
