@@ -4,7 +4,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 use super::error::{TritonLogger, check, new_error, read_cstr, to_triton};
 use super::ffi::{self, Err};
-use super::interface::parse_job;
+use super::interface::{max_prompt_bytes, parse_job};
 use super::metrics::{NoMetrics, TritonMetrics};
 use super::model::{ModelSettings, autocomplete};
 use super::request::RequestPtr;
@@ -121,8 +121,11 @@ pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut ffi::TRITONBACKEND_M
             log::info!("{name}: auto-completed inputs/outputs/max_batch_size");
             set_model_config(model, &cfg)?;
         }
-        let settings = ModelSettings::from_config(&cfg, &dir).map_err(|e| Error::Config(format!("model `{name}`: {e}")))?;
+        let mut settings = ModelSettings::from_config(&cfg, &dir).map_err(|e| Error::Config(format!("model `{name}`: {e}")))?;
         let engine = super::registry::acquire(&settings)?;
+        let tokens = settings.serve.max_input_len.unwrap_or(engine.info.max_model_len - 1);
+        settings.limits.max_input_tokens = tokens;
+        settings.limits.max_prompt_bytes = max_prompt_bytes(tokens, engine.info.longest_piece_bytes);
         let obs: Arc<dyn Observer> = match TritonMetrics::new(&name, version) {
             Ok(m) => Arc::new(m),
             Err(e) => {
@@ -133,11 +136,13 @@ pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut ffi::TRITONBACKEND_M
         let key = MODEL_KEYS.fetch_add(1, Ordering::SeqCst);
         engine.attach(key, obs.clone());
         log::info!(
-            "{name} v{version}: serving {} (decoupled: {}, max_model_len {}, {} KV blocks)",
+            "{name} v{version}: serving {} (decoupled: {}, max_model_len {}, {} KV blocks, prompts up to {} tokens / {} bytes)",
             settings.checkpoint.display(),
             settings.limits.decoupled,
             engine.info.max_model_len,
-            engine.info.kv_blocks_total
+            engine.info.kv_blocks_total,
+            settings.limits.max_input_tokens,
+            settings.limits.max_prompt_bytes
         );
         let state = Box::new(ModelState { name, settings, engine, obs, key });
         // SAFETY: ownership of the box passes to Triton until ModelFinalize takes it back.
