@@ -1,5 +1,5 @@
-//! The `TRITONBACKEND_*` entry points Triton calls. Each is a thin shim: `catch_unwind` around a `Result`
-//! body, the error mapped once by `error::to_triton`. State: `ModelState` per model, `InstanceState` per instance.
+//! The `TRITONBACKEND_*` entry points Triton calls. Each is a thin shim: `no_unwind` (the one `catch_unwind`)
+//! around a `Result` body, the error mapped once by `error::to_triton`. State: `ModelState` per model, `InstanceState` per instance.
 // The entry points take Triton's raw pointers by the C ABI's contract; they are only called by Triton.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 use super::error::{TritonLogger, check, new_error, read_cstr, to_triton};
@@ -21,19 +21,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static LOGGER: TritonLogger = TritonLogger;
 static MODEL_KEYS: AtomicU64 = AtomicU64::new(1);
 
+/// Runs `f`, turning a panic into its message (logged under `what`): the one place panics stop before the FFI.
+fn no_unwind<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        log::error!("{what}: panic: {msg}");
+        msg
+    })
+}
+
 /// Runs an entry point body: errors become Triton errors, panics become INTERNAL errors.
 fn shim(what: &str, f: impl FnOnce() -> Result<()>) -> Err {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match no_unwind(what, f) {
         Ok(Ok(())) => ptr::null_mut(),
         Ok(Err(e)) => {
             log::error!("{what}: {e}");
             to_triton(&e)
         }
-        Err(p) => {
-            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
-            log::error!("{what}: panic: {msg}");
-            new_error(ffi::ERROR_INTERNAL, &format!("{what}: internal panic: {msg}"))
-        }
+        Err(msg) => new_error(ffi::ERROR_INTERNAL, &format!("{what}: internal panic: {msg}")),
     }
 }
 
@@ -214,7 +219,8 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
     // SAFETY: the model state outlives its instances.
     let model: &ModelState = unsafe { &*(*(state as *const InstanceState)).model };
     for req in reqs {
-        let r = catch_unwind(AssertUnwindSafe(|| {
+        // A panic here drops the sink, which answers the request with INTERNAL and releases it.
+        let _ = no_unwind(&format!("{}: enqueueing a request", model.name), || {
             let Some(mut sink) = TritonSink::new(req, instance, start) else { return };
             let parsed = req.inputs().and_then(|inputs| parse_job(&inputs, &req.requested_outputs()?, &model.settings.limits));
             match parsed {
@@ -228,10 +234,7 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
                     super::server::Sink::fail(&mut sink, &e);
                 }
             }
-        }));
-        if r.is_err() {
-            log::error!("{}: panic while enqueueing a request; it was answered with INTERNAL", model.name);
-        }
+        });
     }
     let end = now_ns();
     // SAFETY: live instance.
