@@ -428,3 +428,19 @@ def test_prompts_and_outputs_never_reach_the_log(server):
     for out in (text, streamed):
         assert len(out.strip()) >= 12
         assert out.strip() not in log
+
+
+# --- bookkeeping is done before the answer goes out ---------------------------------------------------------
+
+
+def test_an_answered_request_is_already_counted_and_its_slot_free(small_queue_server):
+    """Capacity 2 (one running, one queued): each [2, 1] request fills it. The next one, sent the moment the
+    answer arrives, must be admitted, and the metrics read at that moment must already count the answer."""
+    s = small_queue_server
+    for i in range(30):
+        before = s.metric("llama_requests_finished_total", model="llama", reason="length")
+        status, r = gen(s, {"text_input": [f"a{i}", f"b{i}"], "max_tokens": [2, 2], "ignore_eos": [True, True]})
+        assert status == 200, (i, r)
+        assert s.metric("llama_requests_finished_total", model="llama", reason="length") == before + 2, i
+        assert s.metric("llama_kv_cache_blocks_used", model="llama") == 0, i
+        assert s.metric("llama_num_requests_running", model="llama") == 0, i
