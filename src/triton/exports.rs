@@ -164,7 +164,9 @@ pub extern "C" fn TRITONBACKEND_ModelFinalize(model: *mut ffi::TRITONBACKEND_Mod
         // SAFETY: the state was set by ModelInitialize from a Box and is taken back exactly once here.
         check(unsafe { ffi::TRITONBACKEND_ModelState(model, &mut p) }, "ModelState")?;
         if !p.is_null() {
-            drop(unsafe { Box::from_raw(p as *mut ModelState) });
+            let state = unsafe { Box::from_raw(p as *mut ModelState) };
+            log::info!("{}: finalizing (every request of it has been released)", state.name);
+            drop(state);
         }
         Ok(())
     })

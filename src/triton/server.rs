@@ -123,6 +123,7 @@ impl EngineHandle {
                     log::error!("the engine thread panicked; its requests were failed and the model stops accepting work");
                 }
                 dd.store(true, Ordering::SeqCst);
+                log::info!("engine thread stopped");
             })
             .map_err(|e| Error::Internal(format!("cannot spawn the engine thread: {e}")))?;
         let info = match ready_rx.recv() {
