@@ -53,8 +53,9 @@ def wait_for(pred, timeout=15):
     return pred()
 
 
-def grpc_stream(url, prompt, max_tokens, model="llama_stream"):
-    """Runs one gRPC stream to its end; returns (text, tokens, finish_reason) or raises its error."""
+def grpc_stream(url, prompt, max_tokens, model="llama_stream", started=None):
+    """Runs one gRPC stream to its end; returns (text, tokens, finish_reason) or raises its error. `started`
+    (an Event) is set when the first response arrives."""
     c = grpcclient.InferenceServerClient(url)
     q = queue.Queue()
     c.start_stream(callback=lambda result, error: q.put((result, error)))
@@ -66,6 +67,8 @@ def grpc_stream(url, prompt, max_tokens, model="llama_stream"):
             result, error = q.get(timeout=TIMEOUT)  # queue.Empty here means the server went silent
             if error is not None:
                 raise error
+            if started is not None:
+                started.set()
             if result.as_numpy("text_output") is not None:
                 text += result.as_numpy("text_output")[0][0].decode()
                 n += int(result.as_numpy("num_output_tokens")[0][0])
@@ -270,10 +273,11 @@ def model_ready(s, name):
 def test_unload_under_load_answers_every_request_then_reloads(explicit_server):
     s = explicit_server
     want = cli_generate(HF, "Unload me", "--max-tokens", "190", "--ignore-eos")["text"]
-    jobs = [lambda: http_unary(s.url, "Unload me", 190) for _ in range(6)] + [lambda: grpc_stream(s.grpc_url, "Unload me", 190) for _ in range(6)]
+    started = [threading.Event() for _ in range(6)]
+    jobs = [lambda: http_unary(s.url, "Unload me", 190) for _ in range(6)] + [lambda e=e: grpc_stream(s.grpc_url, "Unload me", 190, started=e) for e in started]
     threads, results = run_all(jobs)
-    # Wait until the engine is busy with them, then unload both models (the twin shares the engine).
-    assert wait_for(lambda: s.metric("llama_num_requests_running", model="llama") > 0, 30)
+    # Wait until the streams are generating, then unload both models (the twin shares the engine).
+    assert all(e.wait(TIMEOUT) for e in started)
     admin = httpclient.InferenceServerClient(s.url, network_timeout=TIMEOUT)
     t0 = time.time()
     admin.unload_model("llama")
@@ -305,17 +309,20 @@ def test_unload_under_load_answers_every_request_then_reloads(explicit_server):
 
 def test_unload_one_twin_keeps_the_other_serving(explicit_server):
     s = explicit_server
-    want = cli_generate(HF, "Twin", "--max-tokens", "100", "--ignore-eos")["text"]
-    threads, results = run_all([lambda: grpc_stream(s.grpc_url, "Twin", 100) for _ in range(3)])
-    assert wait_for(lambda: s.metric("llama_num_requests_running", model="llama") > 0, 30)
+    want = cli_generate(HF, "Twin", "--max-tokens", "190", "--ignore-eos")["text"]
+    started = [threading.Event() for _ in range(3)]
+    threads, results = run_all([lambda e=e: grpc_stream(s.grpc_url, "Twin", 190, started=e) for e in started])
+    assert all(e.wait(TIMEOUT) for e in started)
     admin = httpclient.InferenceServerClient(s.url, network_timeout=TIMEOUT)
+    t0 = time.time()
     admin.unload_model("llama")
     assert wait_for(lambda: not model_ready(s, "llama"), TIMEOUT)
     for kind, value in join_all(threads, results):
-        assert kind == "ok" and value == (want, 100, "length"), value
-    assert grpc_stream(s.grpc_url, "Twin", 100) == (want, 100, "length")
+        assert kind == "ok" and value == (want, 190, "length"), value
+    assert any(finished_at(results, i) > t0 for i in range(3)), "the streams had finished before the unload"
+    assert grpc_stream(s.grpc_url, "Twin", 190) == (want, 190, "length")
     admin.load_model("llama")
-    assert http_unary(s.url, "Twin", 100) == (want, 100, "length")
+    assert http_unary(s.url, "Twin", 190) == (want, 190, "length")
     admin.close()
 
 
@@ -326,9 +333,10 @@ def test_sigterm_drains_unary_and_streams_in_flight(tmp_path):
     s = Server("drain_many", ["--hf_checkpoint", str(HF), "--max_output_len", "192"], tmp_path)
     try:
         want = cli_generate(HF, "Drain me", "--max-tokens", "190", "--ignore-eos")["text"]
-        jobs = [lambda: http_unary(s.url, "Drain me", 190) for _ in range(4)] + [lambda: grpc_stream(s.grpc_url, "Drain me", 190) for _ in range(4)]
+        started = [threading.Event() for _ in range(4)]
+        jobs = [lambda: http_unary(s.url, "Drain me", 190) for _ in range(4)] + [lambda e=e: grpc_stream(s.grpc_url, "Drain me", 190, started=e) for e in started]
         threads, results = run_all(jobs)
-        assert wait_for(lambda: s.metric("llama_num_requests_running", model="llama") >= 1, 30)
+        assert all(e.wait(TIMEOUT) for e in started)
         t0 = time.time()
         s.proc.send_signal(15)
         for kind, value in join_all(threads, results):
