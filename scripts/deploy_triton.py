@@ -46,6 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--add_bos", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--include_input_in_output", action="store_true", help="echo the prompt before the completion")
     p.add_argument("--default_max_tokens", type=int, default=None)
+    p.add_argument("--model_control_mode", choices=["none", "explicit"], default="none",
+                   help="explicit: both models are loaded at start and can be unloaded/loaded through the repository API")
+    p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
+    p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
     p.add_argument("-dm", "--debug_mode", default="False")
     p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"), help="triton-llama binary (writes the demo model)")
@@ -121,6 +125,8 @@ def write_repository(a):
         "stop_strings": a.stop_strings.replace("\\", "\\\\").replace('"', '\\"'),
         "exclude_input_in_output": "false" if a.include_input_in_output else "true",
         "default_max_tokens": a.default_max_tokens or "",
+        "num_blocks": a.num_blocks or "",
+        "block_size": a.block_size or "",
     }
     for name, decoupled in ((a.triton_model_name, "false"), (a.triton_model_name + "_stream", "true")):
         d = repo / name
@@ -155,6 +161,8 @@ def main(argv=None):
         "--allow-gpu-metrics=false",
         "--allow-cpu-metrics=true",
     ]
+    if a.model_control_mode == "explicit":
+        cmd += ["--model-control-mode=explicit", "--load-model=*"]
     if a.debug_mode.lower() == "true":
         cmd.append("--log-verbose=1")
     print("starting:", " ".join(cmd), flush=True)

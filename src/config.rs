@@ -1,5 +1,18 @@
 //! Model hyper-parameters, as read from any checkpoint format.
 
+/// Upper bounds `validate` enforces on each dimension: generous (Llama-2-70B has hidden 8192, intermediate 28672,
+/// 80 layers, 64 heads, head_dim 128, vocab 32000, 4096 positions; these allow 8x to 256x that), but a hostile
+/// config cannot make the loader or the KV sizing allocate by a giant dimension.
+pub mod caps {
+    pub const HIDDEN_SIZE: usize = 1 << 16;
+    pub const INTERMEDIATE_SIZE: usize = 1 << 18;
+    pub const NUM_LAYERS: usize = 1024;
+    pub const NUM_HEADS: usize = 1024;
+    pub const HEAD_DIM: usize = 1024;
+    pub const VOCAB_SIZE: usize = 1 << 22;
+    pub const MAX_POSITION_EMBEDDINGS: usize = 1 << 20;
+}
+
 /// Llama-2 architecture parameters (HF `config.json` or NeMo `model_config.yaml`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -40,6 +53,20 @@ impl LlamaConfig {
         let e = |m: String| Err(crate::Error::Config(m));
         if self.hidden_size == 0 || self.num_layers == 0 || self.num_heads == 0 || self.num_kv_heads == 0 {
             return e(format!("zero-sized model dimension in {self:?}"));
+        }
+        for (name, v, cap) in [
+            ("hidden_size", self.hidden_size, caps::HIDDEN_SIZE),
+            ("intermediate_size", self.intermediate_size, caps::INTERMEDIATE_SIZE),
+            ("num_layers", self.num_layers, caps::NUM_LAYERS),
+            ("num_heads", self.num_heads, caps::NUM_HEADS),
+            ("num_kv_heads", self.num_kv_heads, caps::NUM_HEADS),
+            ("head_dim", self.head_dim, caps::HEAD_DIM),
+            ("vocab_size", self.vocab_size, caps::VOCAB_SIZE),
+            ("max_position_embeddings", self.max_position_embeddings, caps::MAX_POSITION_EMBEDDINGS),
+        ] {
+            if v > cap {
+                return e(format!("{name} {v} is above this loader's limit of {cap}"));
+            }
         }
         if self.num_heads % self.num_kv_heads != 0 {
             return e(format!("num_heads {} is not a multiple of num_kv_heads {}", self.num_heads, self.num_kv_heads));
@@ -85,7 +112,7 @@ impl LlamaConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::LlamaConfig;
+    use super::{LlamaConfig, caps};
 
     fn tiny() -> LlamaConfig {
         LlamaConfig {
@@ -113,5 +140,36 @@ mod tests {
         assert!(LlamaConfig { vocab_size: usize::MAX / 2, ..tiny() }.validate().is_err());
         assert!(LlamaConfig { num_layers: usize::MAX / 1000, ..tiny() }.validate().is_err());
         assert_eq!(LlamaConfig { num_layers: usize::MAX, ..tiny() }.num_params(), usize::MAX);
+    }
+
+    #[test]
+    fn dimensions_above_the_caps_are_refused_and_70b_passes() {
+        let l70b = LlamaConfig {
+            hidden_size: 8192,
+            intermediate_size: 28672,
+            num_layers: 80,
+            num_heads: 64,
+            num_kv_heads: 8,
+            head_dim: 128,
+            vocab_size: 32000,
+            max_position_embeddings: 4096,
+            ..tiny()
+        };
+        l70b.validate().unwrap();
+        let cases: [(&str, LlamaConfig); 7] = [
+            ("hidden_size", LlamaConfig { hidden_size: caps::HIDDEN_SIZE + 1, ..tiny() }),
+            ("intermediate_size", LlamaConfig { intermediate_size: caps::INTERMEDIATE_SIZE + 1, ..tiny() }),
+            ("num_layers", LlamaConfig { num_layers: caps::NUM_LAYERS + 1, ..tiny() }),
+            ("num_heads", LlamaConfig { num_heads: 2048, num_kv_heads: 4, ..tiny() }),
+            ("head_dim", LlamaConfig { head_dim: caps::HEAD_DIM + 2, ..tiny() }),
+            ("vocab_size", LlamaConfig { vocab_size: caps::VOCAB_SIZE + 1, ..tiny() }),
+            ("max_position_embeddings", LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS + 1, ..tiny() }),
+        ];
+        for (name, c) in cases {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("limit"), "{name}: {err}");
+        }
+        // At the caps themselves each is accepted (the overflow check still applies on top).
+        LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS, vocab_size: caps::VOCAB_SIZE, ..tiny() }.validate().unwrap();
     }
 }

@@ -241,3 +241,33 @@ fn abort_frees_blocks_at_once() {
     assert_eq!(e.kv_blocks_used(), 0);
     assert!(!e.has_work());
 }
+
+/// A KV cache of 4 blocks of 16 tokens (64 slots): a prompt that fills it is refused up front; a generation
+/// that outgrows it ends with `length` after exactly the tokens that fit, equal to the solo run's first tokens,
+/// and frees every block; the engine keeps serving.
+#[test]
+fn work_beyond_the_whole_kv_cache_is_refused_or_ends_with_length() {
+    let c = &golden("gqa_bf16")[0];
+    let mut e = engine("models/gqa_bf16/hf", EngineConfig { num_blocks: Some(4), max_model_len: Some(256), ..Default::default() });
+    assert_eq!(e.kv_blocks_total() * 16, 64);
+    let err = e.add_request(Request { id: 1, prompt_ids: vec![5; 64], params: greedy(4) }).unwrap_err();
+    assert!(err.to_string().contains("whole KV cache holds 64"), "{err}");
+    assert_eq!(err.kind(), triton_llama::ErrorKind::InvalidArg);
+    assert!(!e.has_work());
+    let n = c.input_ids.len();
+    let fits = 64 - n + 1;
+    let mut solo = engine("models/gqa_bf16/hf", EngineConfig::default());
+    let want = run_all(&mut solo, vec![Request { id: 2, prompt_ids: c.input_ids.clone(), params: greedy(fits) }]);
+    let got = run_all(&mut e, vec![Request { id: 2, prompt_ids: c.input_ids.clone(), params: greedy(200) }]);
+    assert_eq!(got[&2].2, FinishReason::Length);
+    assert_eq!(got[&2].0, want[&2].0, "the tokens that fit are the solo run's");
+    assert_eq!(got[&2].1, want[&2].1);
+    assert_eq!(e.kv_blocks_used(), 0);
+    // Two that each fit but not together: both finish by preemption with their solo tokens.
+    let reqs: Vec<Request> = (10..12).map(|id| Request { id, prompt_ids: c.input_ids.clone(), params: greedy(40 - n) }).collect();
+    let want = run_all(&mut solo, vec![reqs[0].clone()]);
+    let got = run_all(&mut e, reqs);
+    assert_eq!(got[&10].0, want[&10].0);
+    assert_eq!(got[&11].0, want[&10].0);
+    assert_eq!(e.kv_blocks_used(), 0);
+}

@@ -260,6 +260,8 @@ pub fn decode_request(data: &[u8]) -> (Vec<triton_llama::triton::tensors::InputT
     let mut it = data.iter().copied();
     let flags = it.next().unwrap_or(0);
     let lim = Limits {
+        max_prompt_bytes: 4096,
+        max_input_tokens: 128,
         max_output_len: usize::from(it.next().unwrap_or(100)),
         default_max_tokens: 16,
         decoupled: flags & 1 != 0,

@@ -219,6 +219,14 @@ impl Engine {
         if n >= self.max_model_len {
             return Err(Error::InvalidRequest(format!("the prompt has {n} tokens; the limit is {} (context {})", self.max_model_len - 1, self.max_model_len)));
         }
+        let pool = self.sched.blocks().num_blocks().saturating_mul(self.runner.block_size);
+        if n >= pool {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {n} tokens; the whole KV cache holds {pool} ({} blocks of {}), so it could never run",
+                self.sched.blocks().num_blocks(),
+                self.runner.block_size
+            )));
+        }
         let vocab = self.cfg.vocab_size as u32;
         if let Some(bad) = req.prompt_ids.iter().find(|&&t| t >= vocab) {
             return Err(Error::InvalidRequest(format!("prompt token id {bad} is outside the vocabulary of {vocab}")));
@@ -244,7 +252,9 @@ impl Engine {
         let plan = self.sched.schedule();
         let mut outputs = Vec::new();
         for id in &plan.too_large {
-            // A sequence that cannot fit even in the empty cache ends with what it has.
+            // A sequence that cannot fit even in the empty cache ends with what it has (finish reason `length`:
+            // the KV cache is its context limit).
+            log::warn!("request {id}: outgrew the whole KV cache ({} blocks); finished with reason `length`", self.sched.blocks().num_blocks());
             self.sched.finish(*id);
             if let Some(mut s) = self.seqs.remove(id) {
                 let text = s.text.finish(&self.tokenizer)?;

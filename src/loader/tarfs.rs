@@ -13,6 +13,13 @@ use std::path::{Path, PathBuf};
 
 /// Largest file `Fs::read` returns whole (configs, `.zarray`, tokenizers); bigger ones are chunks to read in place.
 pub const MAX_SMALL_FILE: u64 = 64 << 20;
+/// Hard links re-expose an earlier member's bytes under a new name without storing them again, so a small
+/// archive could name one large member a million times. The bytes reachable through links may add up to at
+/// most the archive's own length (a GNU tar of a repository links each file to its `.git/` twin at most once,
+/// which stays within this), so a reader never materialises more than twice what is on disk.
+pub fn max_linked_bytes(archive_len: u64) -> u64 {
+    archive_len
+}
 /// Deepest folder nesting followed in directory mode.
 const MAX_DEPTH: usize = 16;
 
@@ -97,6 +104,8 @@ impl Fs {
         let mut archive = tar::Archive::new(&file);
         // End of the last member's data: an end-of-archive zero block must follow it.
         let mut last_end = 0u64;
+        // Bytes re-exposed through hard links so far (bounded by `max_linked_bytes`).
+        let mut linked = 0u64;
         for entry in archive.entries_with_seek().map_err(bad)? {
             let entry = entry.map_err(bad)?;
             last_end = entry.raw_file_position().saturating_add(entry.size());
@@ -120,7 +129,16 @@ impl Fs {
                 let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
                 let target = normalize(path, &target)?.unwrap_or_default();
                 match all.get(&target) {
-                    Some(m) => Member::clone(m),
+                    Some(m) => {
+                        linked = linked.saturating_add(m.size);
+                        if linked > max_linked_bytes(len) {
+                            return Err(Error::ckpt(
+                                path,
+                                format!("tar hard links (the last `{name}` -> `{target}`) re-expose {linked} bytes, more than the archive's {len}: refusing"),
+                            ));
+                        }
+                        Member::clone(m)
+                    }
                     None => return Err(Error::ckpt(path, format!("tar entry `{name}` is a hard link to `{target}`, which is not an earlier member"))),
                 }
             } else if ty.is_file() || ty == tar::EntryType::Continuous {
@@ -311,5 +329,56 @@ impl Handle<'_> {
             HandleFile::Owned(f) => f,
         };
         f.read_exact_at(buf, self.base + offset).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h
+    }
+
+    /// A tar with one `data` member of `size` bytes and `links` hard links to it.
+    fn tar_with_links(path: &Path, size: usize, links: usize) {
+        let mut b = tar::Builder::new(File::create(path).unwrap());
+        let mut h = header("data", tar::EntryType::Regular, size as u64);
+        h.set_cksum();
+        b.append(&h, vec![7u8; size].as_slice()).unwrap();
+        for i in 0..links {
+            let mut h = header(&format!("link{i}"), tar::EntryType::Link, 0);
+            h.set_link_name("data").unwrap();
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        }
+        b.finish().unwrap();
+    }
+
+    #[test]
+    fn hard_links_cannot_expand_a_small_archive() {
+        let dir = std::env::temp_dir().join(format!("tarfs_links_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // One link: the linked bytes (64 KiB) are within the archive's length; both names read the same bytes.
+        let ok = dir.join("one_link.tar");
+        tar_with_links(&ok, 64 << 10, 1);
+        let fs = Fs::open(&ok).unwrap();
+        assert_eq!(fs.size("link0"), Some(64 << 10));
+        let mut buf = [0u8; 4];
+        fs.read_at("link0", 100, &mut buf).unwrap();
+        assert_eq!(buf, [7; 4]);
+        // 1000 links to a 64 KiB member (a ~600 KiB archive naming 64 MB): refused, naming the cap.
+        let bomb = dir.join("bomb.tar");
+        tar_with_links(&bomb, 64 << 10, 1000);
+        let len = std::fs::metadata(&bomb).unwrap().len();
+        assert!(len < 1 << 20);
+        let err = Fs::open(&bomb).unwrap_err().to_string();
+        assert!(err.contains("hard links") && err.contains(&len.to_string()), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -165,6 +165,12 @@ impl Tokenizer {
         self.pieces.get(id as usize).cloned()
     }
 
+    /// Bytes of the longest vocabulary entry (`▁` counted as its 3 UTF-8 bytes, byte pieces as `<0xNN>`): no
+    /// token stands for more input text than this, so it bounds a prompt's bytes per token.
+    pub fn longest_piece_bytes(&self) -> usize {
+        self.pieces.iter().map(String::len).max().unwrap_or(1)
+    }
+
     /// The id of a vocabulary entry.
     pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
         self.inner.token_to_id(piece)

@@ -1,10 +1,10 @@
-//! The `TRITONBACKEND_*` entry points Triton calls. Each is a thin shim: `catch_unwind` around a `Result`
-//! body, the error mapped once by `error::to_triton`. State: `ModelState` per model, `InstanceState` per instance.
+//! The `TRITONBACKEND_*` entry points Triton calls. Each is a thin shim: `no_unwind` (the one `catch_unwind`)
+//! around a `Result` body, the error mapped once by `error::to_triton`. State: `ModelState` per model, `InstanceState` per instance.
 // The entry points take Triton's raw pointers by the C ABI's contract; they are only called by Triton.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 use super::error::{TritonLogger, check, new_error, read_cstr, to_triton};
 use super::ffi::{self, Err};
-use super::interface::parse_job;
+use super::interface::{max_prompt_bytes, parse_job};
 use super::metrics::{NoMetrics, TritonMetrics};
 use super::model::{ModelSettings, autocomplete};
 use super::request::RequestPtr;
@@ -21,19 +21,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static LOGGER: TritonLogger = TritonLogger;
 static MODEL_KEYS: AtomicU64 = AtomicU64::new(1);
 
+/// Runs `f`, turning a panic into its message (logged under `what`): the one place panics stop before the FFI.
+fn no_unwind<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        log::error!("{what}: panic: {msg}");
+        msg
+    })
+}
+
 /// Runs an entry point body: errors become Triton errors, panics become INTERNAL errors.
 fn shim(what: &str, f: impl FnOnce() -> Result<()>) -> Err {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match no_unwind(what, f) {
         Ok(Ok(())) => ptr::null_mut(),
         Ok(Err(e)) => {
             log::error!("{what}: {e}");
             to_triton(&e)
         }
-        Err(p) => {
-            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
-            log::error!("{what}: panic: {msg}");
-            new_error(ffi::ERROR_INTERNAL, &format!("{what}: internal panic: {msg}"))
-        }
+        Err(msg) => new_error(ffi::ERROR_INTERNAL, &format!("{what}: internal panic: {msg}")),
     }
 }
 
@@ -121,8 +126,11 @@ pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut ffi::TRITONBACKEND_M
             log::info!("{name}: auto-completed inputs/outputs/max_batch_size");
             set_model_config(model, &cfg)?;
         }
-        let settings = ModelSettings::from_config(&cfg, &dir).map_err(|e| Error::Config(format!("model `{name}`: {e}")))?;
+        let mut settings = ModelSettings::from_config(&cfg, &dir).map_err(|e| Error::Config(format!("model `{name}`: {e}")))?;
         let engine = super::registry::acquire(&settings)?;
+        let tokens = settings.serve.max_input_len.unwrap_or(engine.info.max_model_len - 1);
+        settings.limits.max_input_tokens = tokens;
+        settings.limits.max_prompt_bytes = max_prompt_bytes(tokens, engine.info.longest_piece_bytes);
         let obs: Arc<dyn Observer> = match TritonMetrics::new(&name, version) {
             Ok(m) => Arc::new(m),
             Err(e) => {
@@ -133,11 +141,13 @@ pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut ffi::TRITONBACKEND_M
         let key = MODEL_KEYS.fetch_add(1, Ordering::SeqCst);
         engine.attach(key, obs.clone());
         log::info!(
-            "{name} v{version}: serving {} (decoupled: {}, max_model_len {}, {} KV blocks)",
+            "{name} v{version}: serving {} (decoupled: {}, max_model_len {}, {} KV blocks, prompts up to {} tokens / {} bytes)",
             settings.checkpoint.display(),
             settings.limits.decoupled,
             engine.info.max_model_len,
-            engine.info.kv_blocks_total
+            engine.info.kv_blocks_total,
+            settings.limits.max_input_tokens,
+            settings.limits.max_prompt_bytes
         );
         let state = Box::new(ModelState { name, settings, engine, obs, key });
         // SAFETY: ownership of the box passes to Triton until ModelFinalize takes it back.
@@ -154,7 +164,9 @@ pub extern "C" fn TRITONBACKEND_ModelFinalize(model: *mut ffi::TRITONBACKEND_Mod
         // SAFETY: the state was set by ModelInitialize from a Box and is taken back exactly once here.
         check(unsafe { ffi::TRITONBACKEND_ModelState(model, &mut p) }, "ModelState")?;
         if !p.is_null() {
-            drop(unsafe { Box::from_raw(p as *mut ModelState) });
+            let state = unsafe { Box::from_raw(p as *mut ModelState) };
+            log::info!("{}: finalizing (every request of it has been released)", state.name);
+            drop(state);
         }
         Ok(())
     })
@@ -209,7 +221,8 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
     // SAFETY: the model state outlives its instances.
     let model: &ModelState = unsafe { &*(*(state as *const InstanceState)).model };
     for req in reqs {
-        let r = catch_unwind(AssertUnwindSafe(|| {
+        // A panic here drops the sink, which answers the request with INTERNAL and releases it.
+        let _ = no_unwind(&format!("{}: enqueueing a request", model.name), || {
             let Some(mut sink) = TritonSink::new(req, instance, start) else { return };
             let parsed = req.inputs().and_then(|inputs| parse_job(&inputs, &req.requested_outputs()?, &model.settings.limits));
             match parsed {
@@ -223,10 +236,7 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
                     super::server::Sink::fail(&mut sink, &e);
                 }
             }
-        }));
-        if r.is_err() {
-            log::error!("{}: panic while enqueueing a request; it was answered with INTERNAL", model.name);
-        }
+        });
     }
     let end = now_ns();
     // SAFETY: live instance.

@@ -79,9 +79,30 @@ pub struct JobSpec {
     pub outputs: OutputSet,
 }
 
+/// Most stop strings (or banned words) one prompt may carry, counted after NeMo's comma split; the model's
+/// default stop strings come on top. vLLM and TGI take lists of this size; more is refused (INVALID_ARG) so
+/// that the per-token stop check stays cheap.
+pub const MAX_STOP_STRINGS: usize = 32;
+/// Longest stop string (or banned word) in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Bytes per prompt token assumed by the cheap pre-tokenizer length check: at least this, or the tokenizer's
+/// longest piece if that is longer, times `PROMPT_BYTES_SLACK` (normalisation may shrink text).
+pub const MIN_BYTES_PER_TOKEN: usize = 16;
+pub const PROMPT_BYTES_SLACK: usize = 2;
+
+/// The byte length beyond which a prompt cannot fit `max_tokens` tokens: `max_tokens` × max(longest piece, 16)
+/// × 2. Checked before tokenizing, so a 100 MB prompt is refused without being tokenized.
+pub fn max_prompt_bytes(max_tokens: usize, longest_piece_bytes: usize) -> usize {
+    max_tokens.saturating_mul(longest_piece_bytes.max(MIN_BYTES_PER_TOKEN)).saturating_mul(PROMPT_BYTES_SLACK)
+}
+
 /// Model-level settings the parser needs.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Prompts longer than this many bytes are refused before tokenizing (see `max_prompt_bytes`).
+    pub max_prompt_bytes: usize,
+    /// Prompt tokens allowed (for the message only; the engine thread checks the tokenized length).
+    pub max_input_tokens: usize,
     pub max_output_len: usize,
     pub default_max_tokens: usize,
     pub decoupled: bool,
@@ -175,6 +196,14 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
         let s = String::from_utf8(raw).map_err(|_| Error::InvalidRequest(format!("input `{pname}` element {i} is not valid UTF-8")))?;
         if s.is_empty() {
             return bad(format!("input `{pname}` element {i} is an empty prompt"));
+        }
+        if s.len() > lim.max_prompt_bytes {
+            return bad(format!(
+                "input `{pname}` element {i} is {} bytes; this model's prompts are at most {} bytes (max_input_len tokens at most {} bytes each)",
+                s.len(),
+                lim.max_prompt_bytes,
+                lim.max_prompt_bytes / lim.max_input_tokens.max(1)
+            ));
         }
         texts.push(s);
     }
@@ -274,7 +303,15 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
         p.stop_strings = stops_nemo[i].iter().flat_map(|s| s.split(',').map(str::to_string)).filter(|s| !s.is_empty()).collect();
         p.stop_strings.extend(stops_trt[i].iter().cloned());
         p.stop_strings.extend(stops_end[i].iter().cloned());
-        let bad_words = bads.iter().flat_map(|b| b[i].iter().cloned()).collect();
+        let bad_words: Vec<String> = bads.iter().flat_map(|b| b[i].iter().cloned()).collect();
+        for (what, list) in [("stop strings", &p.stop_strings), ("bad words", &bad_words)] {
+            if list.len() > MAX_STOP_STRINGS {
+                return bad(format!("prompt {i} has {} {what}; at most {MAX_STOP_STRINGS} are allowed", list.len()));
+            }
+            if let Some(s) = list.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+                return bad(format!("prompt {i}: one of the {what} is {} bytes; each may be at most {MAX_STOP_BYTES} bytes", s.len()));
+            }
+        }
         prompts.push(PromptSpec { text, params: p, bad_words, add_bos: add_bos.as_ref().map(|(_, v)| v[i] != 0.0) });
     }
 

@@ -18,7 +18,7 @@ fn boolean(name: &str, b: bool) -> InputTensor {
     InputTensor { name: name.into(), dtype: ffi::TYPE_BOOL, shape: vec![1, 1], data: vec![b as u8] }
 }
 fn lim(decoupled: bool) -> Limits {
-    Limits { max_output_len: 100, default_max_tokens: 16, decoupled, exclude_input_default: true }
+    Limits { max_prompt_bytes: 64 * 32, max_input_tokens: 64, max_output_len: 100, default_max_tokens: 16, decoupled, exclude_input_default: true }
 }
 fn err(inputs: &[InputTensor]) -> String {
     parse_job(inputs, &[], &lim(false)).unwrap_err().to_string()
@@ -89,4 +89,33 @@ fn a_huge_batch_dimension_is_refused_before_allocating() {
         p.shape = vec![rows, 1];
         assert!(err(&[p]).contains("shape says"), "{rows}");
     }
+}
+
+#[test]
+fn prompt_bytes_and_stop_and_bad_word_lists_are_bounded() {
+    // lim(): 64 tokens, 2048 bytes.
+    let long = "x".repeat(2049);
+    let e = err(&[bytes("prompts", &[&[&long]])]);
+    assert!(e.contains("2049 bytes") && e.contains("at most 2048 bytes"), "{e}");
+    assert!(parse_job(&[bytes("prompts", &[&[&"x".repeat(2048)]])], &[], &lim(false)).is_ok());
+    assert_eq!(max_prompt_bytes(4096, 48), 4096 * 48 * 2);
+    assert_eq!(max_prompt_bytes(100, 3), 100 * MIN_BYTES_PER_TOKEN * 2);
+    assert_eq!(max_prompt_bytes(usize::MAX, 16), usize::MAX);
+    let many: Vec<String> = (0..=MAX_STOP_STRINGS).map(|i| format!("s{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let at_cap = &many[..MAX_STOP_STRINGS];
+    for name in ["stop_words", "end_strings", "bad_words", "bad_words_list"] {
+        let e = err(&[bytes("prompts", &[&["a"]]), bytes(name, &[&many])]);
+        assert!(e.contains("33") && e.contains("at most 32"), "{name}: {e}");
+        assert!(parse_job(&[bytes("prompts", &[&["a"]]), bytes(name, &[at_cap])], &[], &lim(false)).is_ok(), "{name}");
+        let big = "y".repeat(MAX_STOP_BYTES + 1);
+        let e = err(&[bytes("prompts", &[&["a"]]), bytes(name, &[&[&big]])]);
+        assert!(e.contains("257 bytes") && e.contains("at most 256"), "{name}: {e}");
+    }
+    // NeMo's comma-separated stop_words_list counts each stop.
+    let csv = many.join(",");
+    assert!(err(&[bytes("prompts", &[&["a"]]), bytes("stop_words_list", &[&[&csv]])]).contains("at most 32"));
+    // stop_words and end_strings add up.
+    let e = err(&[bytes("prompts", &[&["a"]]), bytes("stop_words", &[at_cap]), bytes("end_strings", &[&["z"]])]);
+    assert!(e.contains("33 stop strings"), "{e}");
 }

@@ -134,7 +134,8 @@ impl ModelSettings {
             checkpoint,
             engine,
             serve: ServeSettings { max_input_len, capacity: max_num_seqs + max_queue_size, add_bos: boolean(cfg, "add_bos")?, stop_strings },
-            limits: Limits { max_output_len, default_max_tokens, decoupled, exclude_input_default: boolean(cfg, "exclude_input_in_output")?.is_none_or(|b| b) },
+            // The prompt byte bound needs the tokenizer: ModelInitialize sets it once the engine is loaded.
+            limits: Limits { max_prompt_bytes: usize::MAX, max_input_tokens: max_input_len.unwrap_or(usize::MAX), max_output_len, default_max_tokens, decoupled, exclude_input_default: boolean(cfg, "exclude_input_in_output")?.is_none_or(|b| b) },
             max_batch_size: max_batch_size as usize,
         })
     }

@@ -78,6 +78,8 @@ pub struct ServeSettings {
 pub struct EngineInfo {
     pub max_model_len: usize,
     pub kv_blocks_total: usize,
+    /// Bytes of the tokenizer's longest piece (bounds a prompt's bytes per token).
+    pub longest_piece_bytes: usize,
 }
 
 /// The handle `execute` holds: a channel into the engine thread plus admission control.
@@ -109,7 +111,11 @@ impl EngineHandle {
                             return;
                         }
                     };
-                    let info = EngineInfo { max_model_len: engine.max_model_len(), kv_blocks_total: engine.kv_blocks_total() };
+                    let info = EngineInfo {
+                        max_model_len: engine.max_model_len(),
+                        kv_blocks_total: engine.kv_blocks_total(),
+                        longest_piece_bytes: engine.tokenizer().longest_piece_bytes(),
+                    };
                     let _ = ready_tx.send(Ok(info));
                     Loop { engine, set, rx, inflight: inf, jobs: HashMap::new(), rows: HashMap::new(), observers: HashMap::new(), next_id: 1 }.run();
                 }));
@@ -117,6 +123,7 @@ impl EngineHandle {
                     log::error!("the engine thread panicked; its requests were failed and the model stops accepting work");
                 }
                 dd.store(true, Ordering::SeqCst);
+                log::info!("engine thread stopped");
             })
             .map_err(|e| Error::Internal(format!("cannot spawn the engine thread: {e}")))?;
         let info = match ready_rx.recv() {

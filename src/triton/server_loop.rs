@@ -33,7 +33,11 @@ impl Loop {
             self.check_cancelled();
             if self.engine.has_work() {
                 match self.engine.step() {
-                    Ok(outs) => self.dispatch(outs),
+                    Ok(outs) => {
+                        // Gauges first: a client that reads them right after its final answer sees its blocks freed.
+                        self.publish_gauges();
+                        self.dispatch(outs)
+                    }
                     Err(e) => {
                         log::error!("engine step failed: {e}");
                         let keys: Vec<u64> = self.jobs.keys().copied().collect();
@@ -246,7 +250,28 @@ impl Loop {
                 reply
             })
             .collect();
-        if let Err(e) = j.sink.send(&replies, done) {
+        if done {
+            // The job leaves (its capacity returned) and is counted before the final answer goes out, which
+            // releases the request: a client that reads the metrics, or sends its next request, as soon as it
+            // has its answer sees it finished and its slot free.
+            let Some(mut j) = self.remove(key) else { return };
+            let now = Instant::now();
+            j.obs.e2e(now.duration_since(j.start).as_secs_f64());
+            for r in &j.rows {
+                j.obs.finished(r.finish.map_or("stop", |f| f.as_str()));
+                if let (Some(a), Some(b)) = (r.first_token, r.last_token)
+                    && r.tokens > 1 {
+                        j.obs.tpot(b.duration_since(a).as_secs_f64() / (r.tokens - 1) as f64);
+                    }
+            }
+            if let Err(e) = j.sink.send(&replies, true) {
+                log::warn!("sending the final response failed ({e}); ending the request with the error");
+                j.sink.fail(&e);
+            }
+            return;
+        }
+        let Some(j) = self.jobs.get_mut(&key) else { return };
+        if let Err(e) = j.sink.send(&replies, false) {
             log::warn!("sending a response failed ({e}); ending the request");
             if let Some(mut j) = self.remove(key) {
                 for _ in 0..j.rows.len() {
@@ -254,19 +279,6 @@ impl Loop {
                 }
                 j.sink.fail(&e);
             }
-            return;
         }
-        if done
-            && let Some(j) = self.remove(key) {
-                let now = Instant::now();
-                j.obs.e2e(now.duration_since(j.start).as_secs_f64());
-                for r in &j.rows {
-                    j.obs.finished(r.finish.map_or("stop", |f| f.as_str()));
-                    if let (Some(a), Some(b)) = (r.first_token, r.last_token)
-                        && r.tokens > 1 {
-                            j.obs.tpot(b.duration_since(a).as_secs_f64() / (r.tokens - 1) as f64);
-                        }
-                }
-            }
     }
 }

@@ -49,8 +49,10 @@ class Server:
                 raise RuntimeError(f"tritonserver exited early:\n{self.log_path.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
+                    ready = r.status == 200
+                # The metrics port starts listening a little after the HTTP one reports ready.
+                if ready and self.metrics_text():
+                    return
             except Exception:
                 time.sleep(0.3)
         raise RuntimeError(f"tritonserver not ready in time:\n{self.log_path.read_text()[-4000:]}")
