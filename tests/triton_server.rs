@@ -43,11 +43,11 @@ impl Sink for FakeSink {
 #[derive(Default)]
 struct Gauges(Mutex<Vec<(usize, usize, usize)>>, Mutex<Vec<String>>);
 impl Observer for Gauges {
-    fn finished(&self, r: &str) {
-        self.1.lock().unwrap().push(r.into());
+    fn finished(&self, r: &str, prompts: usize) {
+        self.1.lock().unwrap().extend(std::iter::repeat_n(r.to_string(), prompts));
     }
     fn tokens(&self, _: usize, _: usize) {}
-    fn gauges(&self, running: usize, waiting: usize, kv_used: usize, _: usize) {
+    fn gauges(&self, running: usize, waiting: usize, kv_used: usize, _: usize, _: usize) {
         self.0.lock().unwrap().push((running, waiting, kv_used));
     }
     fn ttft(&self, _: f64) {}

@@ -232,7 +232,7 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
                 }
                 Err(e) => {
                     log::info!("{}: request `{}` refused: {e}", model.name, req.id());
-                    model.obs.finished("rejected");
+                    model.obs.finished("rejected", 1); // inputs unreadable: one request, prompts unknown
                     super::server::Sink::fail(&mut sink, &e);
                 }
             }

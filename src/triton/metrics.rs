@@ -25,6 +25,7 @@ struct Families {
     generated: Fam,
     running: Fam,
     waiting: Fam,
+    in_flight: Fam,
     kv_used: Fam,
     kv_total: Fam,
     ttft: Fam,
@@ -59,6 +60,7 @@ fn make_families() -> Result<Families> {
                 generated: family(c, "llama_generation_tokens_total", "Tokens generated")?,
                 running: family(g, "llama_num_requests_running", "Sequences in the running batch")?,
                 waiting: family(g, "llama_num_requests_waiting", "Sequences waiting for admission")?,
+                in_flight: family(g, "llama_num_requests_in_flight", "Prompts received by the backend and not yet answered in full (queued, waiting or running)")?,
                 kv_used: family(g, "llama_kv_cache_blocks_used", "KV-cache blocks in use")?,
                 kv_total: family(g, "llama_kv_cache_blocks_total", "KV-cache blocks in the pool")?,
                 ttft: family(h, "llama_time_to_first_token_seconds", "Time from arrival to the first generated token")?,
@@ -103,6 +105,7 @@ pub struct TritonMetrics {
     generated: M,
     running: M,
     waiting: M,
+    in_flight: M,
     kv_used: M,
     kv_total: M,
     ttft: M,
@@ -129,6 +132,7 @@ impl TritonMetrics {
             generated: metric(&f.generated, &l, None)?,
             running: metric(&f.running, &l, None)?,
             waiting: metric(&f.waiting, &l, None)?,
+            in_flight: metric(&f.in_flight, &l, None)?,
             kv_used: metric(&f.kv_used, &l, None)?,
             kv_total: metric(&f.kv_total, &l, None)?,
             ttft: metric(&f.ttft, &l, Some(&TTFT_BUCKETS))?,
@@ -152,9 +156,9 @@ fn observe(m: &M, v: f64) {
 }
 
 impl Observer for TritonMetrics {
-    fn finished(&self, reason: &str) {
+    fn finished(&self, reason: &str, prompts: usize) {
         if let Some((_, m)) = self.finished.iter().find(|(r, _)| *r == reason) {
-            inc(m, 1.0);
+            inc(m, prompts as f64);
         }
     }
     fn tokens(&self, prompt: usize, generated: usize) {
@@ -165,7 +169,8 @@ impl Observer for TritonMetrics {
             inc(&self.generated, generated as f64);
         }
     }
-    fn gauges(&self, running: usize, waiting: usize, kv_used: usize, kv_total: usize) {
+    fn gauges(&self, running: usize, waiting: usize, kv_used: usize, kv_total: usize, in_flight: usize) {
+        set(&self.in_flight, in_flight as f64);
         set(&self.running, running as f64);
         set(&self.waiting, waiting as f64);
         set(&self.kv_used, kv_used as f64);
@@ -192,9 +197,9 @@ impl Drop for M {
 /// Used when metrics cannot be created: serving goes on without them.
 pub struct NoMetrics;
 impl Observer for NoMetrics {
-    fn finished(&self, _: &str) {}
+    fn finished(&self, _: &str, _: usize) {}
     fn tokens(&self, _: usize, _: usize) {}
-    fn gauges(&self, _: usize, _: usize, _: usize, _: usize) {}
+    fn gauges(&self, _: usize, _: usize, _: usize, _: usize, _: usize) {}
     fn ttft(&self, _: f64) {}
     fn tpot(&self, _: f64) {}
     fn e2e(&self, _: f64) {}

@@ -41,9 +41,11 @@ pub trait Sink: Send {
 
 /// Metrics hooks (implemented over Triton's metric API), one per model.
 pub trait Observer: Send + Sync {
-    fn finished(&self, reason: &str);
+    /// `prompts` prompts ended for `reason`.
+    fn finished(&self, reason: &str, prompts: usize);
     fn tokens(&self, prompt: usize, generated: usize);
-    fn gauges(&self, running: usize, waiting: usize, kv_used: usize, kv_total: usize);
+    /// Engine-wide gauges; `in_flight` counts prompts received and not yet answered in full (queued included).
+    fn gauges(&self, running: usize, waiting: usize, kv_used: usize, kv_total: usize, in_flight: usize);
     fn ttft(&self, secs: f64);
     fn tpot(&self, secs: f64);
     fn e2e(&self, secs: f64);
@@ -157,7 +159,7 @@ impl EngineHandle {
         let prev = self.inflight.fetch_add(n, Ordering::SeqCst);
         let refuse = |mut sub: Submission, msg: String| {
             self.inflight.fetch_sub(n, Ordering::SeqCst);
-            sub.obs.finished("rejected");
+            sub.obs.finished("rejected", n);
             sub.sink.fail(&Error::Unavailable(msg));
         };
         if self.dead.load(Ordering::SeqCst) {

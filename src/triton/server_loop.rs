@@ -77,7 +77,7 @@ impl Loop {
     fn publish_gauges(&self) {
         let e = &self.engine;
         for o in self.observers.values() {
-            o.gauges(e.num_running(), e.num_waiting(), e.kv_blocks_used(), e.kv_blocks_total());
+            o.gauges(e.num_running(), e.num_waiting(), e.kv_blocks_used(), e.kv_blocks_total(), self.inflight.load(Ordering::SeqCst));
         }
     }
 
@@ -134,7 +134,7 @@ impl Loop {
                 self.engine.abort(*id);
             }
             self.inflight.fetch_sub(n, Ordering::SeqCst);
-            obs.finished("rejected");
+            obs.finished("rejected", n);
             sink.fail(&e);
             return;
         }
@@ -152,9 +152,7 @@ impl Loop {
         let gone: Vec<u64> = self.jobs.iter().filter(|(_, j)| j.sink.is_cancelled()).map(|(k, _)| *k).collect();
         for k in gone {
             if let Some(mut j) = self.remove(k) {
-                for _ in 0..j.rows.len() {
-                    j.obs.finished("cancelled");
-                }
+                j.obs.finished("cancelled", j.rows.len());
                 j.sink.cancelled();
             }
         }
@@ -175,9 +173,7 @@ impl Loop {
 
     fn end_with_error(&mut self, key: u64, e: &Error) {
         if let Some(mut j) = self.remove(key) {
-            for _ in 0..j.rows.len() {
-                j.obs.finished("error");
-            }
+            j.obs.finished("error", j.rows.len());
             j.sink.fail(e);
         }
     }
@@ -258,7 +254,7 @@ impl Loop {
             let now = Instant::now();
             j.obs.e2e(now.duration_since(j.start).as_secs_f64());
             for r in &j.rows {
-                j.obs.finished(r.finish.map_or("stop", |f| f.as_str()));
+                j.obs.finished(r.finish.map_or("stop", |f| f.as_str()), 1);
                 if let (Some(a), Some(b)) = (r.first_token, r.last_token)
                     && r.tokens > 1 {
                         j.obs.tpot(b.duration_since(a).as_secs_f64() / (r.tokens - 1) as f64);
@@ -274,9 +270,7 @@ impl Loop {
         if let Err(e) = j.sink.send(&replies, false) {
             log::warn!("sending a response failed ({e}); ending the request");
             if let Some(mut j) = self.remove(key) {
-                for _ in 0..j.rows.len() {
-                    j.obs.finished("error");
-                }
+                j.obs.finished("error", j.rows.len());
                 j.sink.fail(&e);
             }
         }
