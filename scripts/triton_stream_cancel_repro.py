@@ -1,0 +1,95 @@
+"""Reproduces a Triton 2.51 gRPC frontend leak with no llama backend involved (evidence for README "Load test").
+
+A stock Python-backend identity model (not decoupled) gets N requests, each on its own gRPC stream; after the
+(final) response has arrived the client stops the stream with or without cancelling it. Cancelling a stream whose
+request already completed leaves the request alive inside Triton: the model never unloads and SIGTERM ends with
+"Exit timeout expired" (status 1 after ~30 s). Measured on this repo's pinned tritonserver 2.51 (pip
+nvidia-pytriton 0.7.0): `cancel=False n=20 ok=20 rc=0 shutdown=2.4s`, `cancel=True n=20 ok=20 rc=1 shutdown=30.1s`.
+
+    .venv/bin/python scripts/triton_stream_cancel_repro.py cancel 20
+    .venv/bin/python scripts/triton_stream_cancel_repro.py nocancel 20
+
+The Python backend's stub embeds the interpreter it was built for (3.11 here), which must be able to import numpy.
+"""
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytriton
+import tritonclient.grpc as grpcclient
+
+CONFIG = """name: "identity"
+backend: "python"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+MODEL = """import triton_python_backend_utils as pb_utils
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
+                for r in requests]
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    cancel, n = sys.argv[1] == "cancel", int(sys.argv[2])
+    tri = Path(pytriton.__file__).parent / "tritonserver"
+    work = Path(tempfile.mkdtemp(prefix="stream-cancel-"))
+    shutil.copytree(tri / "backends/python", work / "be/python")
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy2(tri / f"python_backend_stubs/{py}/triton_python_backend_stub", work / "be/python/")
+    (work / "repo/identity/1").mkdir(parents=True)
+    (work / "repo/identity/config.pbtxt").write_text(CONFIG)
+    (work / "repo/identity/1/model.py").write_text(MODEL)
+    libs = [str(Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    env = dict(os.environ, LD_LIBRARY_PATH=":".join(libs + [os.environ.get("LD_LIBRARY_PATH", "")]))
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    log = open(work / "server.log", "w")
+    srv = subprocess.Popen([str(tri / "bin/tritonserver"), f"--model-repository={work / 'repo'}", f"--backend-directory={work / 'be'}",
+                            f"--http-port={http}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    client = grpcclient.InferenceServerClient(f"localhost:{grpc_port}")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if client.is_model_ready("identity"):
+                break
+        except Exception:
+            pass
+        time.sleep(0.5)
+    else:
+        srv.kill()
+        sys.exit(f"identity model not ready; see {work / 'server.log'}")
+    ok = 0
+    for _ in range(n):
+        q = queue.Queue()
+        client.start_stream(callback=lambda result, error: q.put(error))
+        inp = grpcclient.InferInput("INPUT0", [3], "FP32")
+        inp.set_data_from_numpy(np.array([1, 2, 3], dtype=np.float32))
+        client.async_stream_infer("identity", [inp])
+        ok += q.get(timeout=30) is None  # the request's only (final) response has arrived
+        client.stop_stream(cancel_requests=cancel)
+    t = time.time()
+    srv.send_signal(signal.SIGTERM)
+    rc = srv.wait(timeout=90)
+    print(f"cancel={cancel} n={n} ok={ok} rc={rc} shutdown={time.time() - t:.1f}s (server log: {work / 'server.log'})")
+
+
+if __name__ == "__main__":
+    main()
