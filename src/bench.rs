@@ -6,6 +6,7 @@ use crate::backend::SeqMeta;
 use crate::engine::runner::{KvPlan, Runner, StepInput};
 use crate::loader::CheckpointSource;
 use crate::loader::random::RandomSource;
+use crate::sampling::{SampleBatch, SampleRow, SamplingParams};
 use crate::tensor::DType;
 use crate::Result;
 use rayon::prelude::*;
@@ -124,6 +125,11 @@ pub(crate) fn step_for(seqs: usize, len: usize, start: usize, blocks_per_seq: us
         input.meta.seqs.push(SeqMeta { token_start, n_tokens: len, context_len: start + len, block_table: table });
         input.logit_rows.push(token_start + len - 1);
     }
+    // Greedy picks on the device, as the engine's steps do: only ids come back.
+    let greedy = SamplingParams::default();
+    let rows: Vec<SampleRow> = (0..seqs).map(|_| SampleRow { params: &greedy, u: 0.0, context: &[], generated: &[], eos: 2 }).collect();
+    input.sample = Some(SampleBatch::new(&rows, vocab));
+    input.sample_width = vocab;
     input
 }
 
