@@ -9,7 +9,8 @@ nvidia-pytriton 0.7.0): `cancel=False n=20 ok=20 rc=0 shutdown=2.4s`, `cancel=Tr
     .venv/bin/python scripts/triton_stream_cancel_repro.py cancel 20
     .venv/bin/python scripts/triton_stream_cancel_repro.py nocancel 20
 
-The Python backend's stub embeds the interpreter it was built for (3.11 here), which must be able to import numpy.
+The Python backend's stub embeds the base interpreter (3.11 here), which must be able to import numpy; the script
+says how to install it when it cannot.
 """
 import os
 import queue
@@ -50,6 +51,10 @@ def free_port():
 
 def main():
     cancel, n = sys.argv[1] == "cancel", int(sys.argv[2])
+    # The stub embeds the base interpreter (not this venv): it must import numpy on its own.
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if subprocess.run([str(base), "-c", "import numpy"], capture_output=True).returncode != 0:
+        sys.exit(f"the Python backend stub needs numpy in {base}: `{base} -m pip install 'numpy<2'`")
     tri = Path(pytriton.__file__).parent / "tritonserver"
     work = Path(tempfile.mkdtemp(prefix="stream-cancel-"))
     shutil.copytree(tri / "backends/python", work / "be/python")

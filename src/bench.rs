@@ -129,7 +129,6 @@ pub(crate) fn step_for(seqs: usize, len: usize, start: usize, blocks_per_seq: us
     let greedy = SamplingParams::default();
     let rows: Vec<SampleRow> = (0..seqs).map(|_| SampleRow { params: &greedy, u: 0.0, context: &[], generated: &[], eos: 2 }).collect();
     input.sample = Some(SampleBatch::new(&rows, vocab));
-    input.sample_width = vocab;
     input
 }
 

@@ -259,7 +259,7 @@ fn gpu_sampling_matches_cpu_sampler() {
         }
         let rows: Vec<SampleRow> = params.iter().zip(&us).map(|(p, &u)| SampleRow { params: p, u, context: &context, generated, eos: 2 }).collect();
         let mut buf = up(&g, &logits);
-        let got = g.sample(&mut buf, vocab, &SampleBatch::new(&rows, vocab)).unwrap();
+        let got = g.sample(&mut buf, &SampleBatch::new(&rows, vocab)).unwrap();
         mismatches += got.iter().zip(&want).filter(|(a, b)| a.id != **b).count();
         for (i, p) in got.iter().enumerate() {
             let want_lp = logprob_of(&logits[i * vocab..(i + 1) * vocab], p.id as usize);

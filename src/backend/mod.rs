@@ -90,7 +90,7 @@ pub trait Backend: Send + Sync + 'static {
     /// columns `0..width` (width <= vocab).
     #[allow(clippy::too_many_arguments)]
     fn unshard_vocab(&self, out: &mut Self::Buf, parts: &Self::Buf, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()>;
-    /// Applies each row's penalties and masks to logits `[batch.len(), vocab]` in place and picks one token per
-    /// row, returned with its log-probability under the logits as they were. Only the picks leave the device.
-    fn sample(&self, logits: &mut Self::Buf, vocab: usize, batch: &SampleBatch) -> Result<Vec<Picked>>;
+    /// Applies each row's penalties and masks to logits `[batch.len(), batch.vocab]` in place and picks one token
+    /// per row, returned with its log-probability under the logits as they were. Only the picks leave the device.
+    fn sample(&self, logits: &mut Self::Buf, batch: &SampleBatch) -> Result<Vec<Picked>>;
 }

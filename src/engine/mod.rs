@@ -338,8 +338,7 @@ impl Engine {
                 SampleRow { params: &s.sampler.params, u, context: &s.ids, generated: &s.ids[s.prompt_len..], eos }
             })
             .collect();
-        input.sample_width = self.tokenizer.vocab_size().min(self.cfg.vocab_size);
-        input.sample = Some(SampleBatch::new(&rows, input.sample_width));
+        input.sample = Some(SampleBatch::new(&rows, self.tokenizer.vocab_size().min(self.cfg.vocab_size)));
         input
     }
 

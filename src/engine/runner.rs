@@ -20,9 +20,8 @@ pub struct StepInput {
     /// Token rows whose logits are wanted.
     pub logit_rows: Vec<usize>,
     /// Pick one token per logit row on the device with these rows' sampling (then only the picks come
-    /// back), never one of the columns `sample_width..V`; None returns the logits themselves.
+    /// back); None returns the logits themselves.
     pub sample: Option<SampleBatch>,
-    pub sample_width: usize,
 }
 
 /// What rank 0 returns for a step: picks when the step sampled, else logits `[logit_rows.len(), V]`.
@@ -273,7 +272,7 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     };
     while let Ok(job) = jobs.recv() {
         let r = match &job.sample {
-            Some(b) => model.forward_sample(&job.tokens, &job.meta, &job.logit_rows, &mut cache, job.sample_width, b).map(|picks| StepOutput { picks, logits: Vec::new() }),
+            Some(b) => model.forward_sample(&job.tokens, &job.meta, &job.logit_rows, &mut cache, b).map(|picks| StepOutput { picks, logits: Vec::new() }),
             None => model.forward(&job.tokens, &job.meta, &job.logit_rows, &mut cache).map(|logits| StepOutput { logits, picks: Vec::new() }),
         };
         let r = if rank == 0 { r } else { r.map(|_| StepOutput::default()) };

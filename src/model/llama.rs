@@ -115,14 +115,16 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         }
     }
 
-    /// Runs one step and picks one token per logit row on the device, never one of the columns `width..V`;
-    /// only the picks cross to the host. Rank 0 samples and returns them; the other ranks return nothing.
-    pub fn forward_sample(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>, width: usize, batch: &SampleBatch) -> Result<Vec<Picked>> {
+    /// Runs one step and picks one token per logit row on the device, never one of the columns
+    /// `batch.vocab..V`; only the picks cross to the host. Rank 0 samples and returns them; the other ranks
+    /// return nothing.
+    pub fn forward_sample(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>, batch: &SampleBatch) -> Result<Vec<Picked>> {
+        let width = batch.vocab;
         if batch.len() != logit_rows.len() || width == 0 || width > self.cfg.vocab_size {
             return Err(Error::Internal(format!("{} sampling rows for {} logit rows of width {width}", batch.len(), logit_rows.len())));
         }
         match self.forward_logits(tokens, meta, logit_rows, kv, width)? {
-            Some(mut l) => self.backend.sample(&mut l, width, batch),
+            Some(mut l) => self.backend.sample(&mut l, batch),
             None => Ok(Vec::new()),
         }
     }

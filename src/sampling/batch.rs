@@ -33,6 +33,8 @@ pub struct SampleLists {
 pub struct SampleBatch {
     pub rows: Vec<RowParams>,
     pub lists: SampleLists,
+    /// Logits per row: the columns `0..vocab` of the vocabulary, the only ids that can be picked.
+    pub vocab: usize,
 }
 
 /// A sampled token and its log-probability under the unprocessed logits.
@@ -86,7 +88,7 @@ pub fn lists(rows: &[SampleRow], vocab: usize) -> SampleLists {
 impl SampleBatch {
     /// The batch of `rows` over a vocabulary of `vocab` logits per row.
     pub fn new(rows: &[SampleRow], vocab: usize) -> Self {
-        SampleBatch { rows: rows.iter().map(|r| RowParams::new(r.params, r.u)).collect(), lists: lists(rows, vocab) }
+        SampleBatch { rows: rows.iter().map(|r| RowParams::new(r.params, r.u)).collect(), lists: lists(rows, vocab), vocab }
     }
 
     pub fn len(&self) -> usize {

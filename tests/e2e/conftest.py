@@ -19,6 +19,19 @@ CLI = ROOT / "target/release/triton-llama"
 LOGS = ROOT / "target/e2e-logs"
 
 
+def gen(server, body, model="llama"):
+    """POST /generate: (status, parsed JSON or the raw text)."""
+    status, text = server.generate(model, body)
+    return status, (json.loads(text) if text.startswith("{") else text)
+
+
+def ok(server, body, model="llama"):
+    """POST /generate that must succeed; its JSON."""
+    status, r = gen(server, body, model)
+    assert status == 200, r
+    return r
+
+
 def free_ports(n):
     socks, ports = [], []
     for _ in range(n):

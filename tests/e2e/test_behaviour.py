@@ -10,18 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import HF, cli_generate
-
-
-def gen(server, body, model="llama"):
-    status, text = server.generate(model, body)
-    return status, (json.loads(text) if text.startswith("{") else text)
-
-
-def ok(server, body, model="llama"):
-    status, r = gen(server, body, model)
-    assert status == 200, r
-    return r
+from conftest import HF, cli_generate, gen, ok
 
 
 def test_stop_string_ends_generation_and_is_trimmed(server):

@@ -16,20 +16,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import CLI, HF, Server, cli_generate, start
+from conftest import CLI, HF, Server, cli_generate, gen, ok, start
 
 TIMEOUT = 90  # any single wait longer than this is a hang
-
-
-def gen(server, body, model="llama"):
-    status, text = server.generate(model, body)
-    return status, (json.loads(text) if text.startswith("{") else text)
-
-
-def ok(server, body, model="llama"):
-    status, r = gen(server, body, model)
-    assert status == 200, r
-    return r
 
 
 def tensor(mod, name, value):

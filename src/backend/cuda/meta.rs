@@ -35,16 +35,18 @@ pub struct HostMeta {
     pub num_slots: usize,
 }
 
-/// The packed metadata on the device.
+/// The packed metadata on the device, with the host pack it was uploaded from (its sizes and offsets,
+/// reached through `Deref`).
 pub struct DeviceMeta {
     pub buf: CudaSlice<i32>,
-    pub off: Offsets,
-    pub n_tokens: usize,
-    pub n_dec: usize,
-    pub n_tiles: usize,
-    pub dec_splits: usize,
-    pub block_size: usize,
-    pub num_slots: usize,
+    pub host: HostMeta,
+}
+
+impl std::ops::Deref for DeviceMeta {
+    type Target = HostMeta;
+    fn deref(&self) -> &HostMeta {
+        &self.host
+    }
 }
 
 fn bad(msg: String) -> Error {

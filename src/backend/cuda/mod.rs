@@ -41,7 +41,6 @@ pub struct CudaBuf(pub CudaSlice<f32>);
 struct Scratch {
     bf16: Option<CudaSlice<u16>>,
     attn: Option<CudaSlice<f32>>,
-    meta_host: meta::HostMeta,
     meta_dev: Option<meta::DeviceMeta>,
     /// (device pointer, elements) of the f32 buffer whose bf16 copy is in `bf16`, valid while the ops since
     /// were only GEMMs reading it (q/k/v and gate/up share one conversion).
@@ -76,7 +75,7 @@ impl CudaBackend {
         ffi::single_stream_mode(&ctx);
         let stream = ctx.new_stream().map_err(cuda_err("stream"))?;
         let blas = ffi::Blas::new(&stream)?;
-        let scratch = Scratch { bf16: None, attn: None, meta_host: meta::HostMeta::default(), meta_dev: None, converted: None };
+        let scratch = Scratch { bf16: None, attn: None, meta_dev: None, converted: None };
         Ok(CudaBackend { ctx, stream, blas: Arc::new(blas), scratch: Arc::new(Mutex::new(scratch)) })
     }
 
@@ -159,19 +158,9 @@ impl CudaBackend {
     fn with_meta<T>(&self, meta: &StepMeta, num_slots: usize, f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>) -> Result<T> {
         let host = meta::pack(meta, num_slots)?;
         let mut s = self.lock()?;
-        if s.meta_dev.is_none() || s.meta_host != host {
+        if s.meta_dev.as_ref().is_none_or(|d| d.host != host) {
             let buf = self.upload_i32(&host.data)?;
-            s.meta_dev = Some(meta::DeviceMeta {
-                buf,
-                off: host.off,
-                n_tokens: host.n_tokens,
-                n_dec: host.n_dec,
-                n_tiles: host.n_tiles,
-                dec_splits: host.dec_splits,
-                block_size: host.block_size,
-                num_slots: host.num_slots,
-            });
-            s.meta_host = host;
+            s.meta_dev = Some(meta::DeviceMeta { buf, host });
         }
         let dm = s.meta_dev.take().ok_or_else(|| Error::Internal("metadata missing".into()))?;
         let r = f(&dm, &mut s);
@@ -350,7 +339,7 @@ impl Backend for CudaBackend {
         ffi::unshard_vocab(&self.stream, &mut out.0, &parts.0, rows, vocab, world, width)
     }
 
-    fn sample(&self, logits: &mut CudaBuf, vocab: usize, batch: &SampleBatch) -> Result<Vec<Picked>> {
-        self.sample_rows(logits, vocab, batch)
+    fn sample(&self, logits: &mut CudaBuf, batch: &SampleBatch) -> Result<Vec<Picked>> {
+        self.sample_rows(logits, batch)
     }
 }

@@ -31,8 +31,9 @@ fn params_bytes(rows: &[RowParams]) -> Vec<u8> {
 }
 
 impl CudaBackend {
-    /// `Backend::sample` on this GPU: logits `[batch.len(), vocab]` processed in place.
-    pub(super) fn sample_rows(&self, logits: &mut CudaBuf, vocab: usize, batch: &SampleBatch) -> Result<Vec<Picked>> {
+    /// `Backend::sample` on this GPU: logits `[batch.len(), batch.vocab]` processed in place.
+    pub(super) fn sample_rows(&self, logits: &mut CudaBuf, batch: &SampleBatch) -> Result<Vec<Picked>> {
+        let vocab = batch.vocab;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
