@@ -13,13 +13,6 @@ use std::path::{Path, PathBuf};
 
 /// Largest file `Fs::read` returns whole (configs, `.zarray`, tokenizers); bigger ones are chunks to read in place.
 pub const MAX_SMALL_FILE: u64 = 64 << 20;
-/// Hard links re-expose an earlier member's bytes under a new name without storing them again, so a small
-/// archive could name one large member a million times. The bytes reachable through links may add up to at
-/// most the archive's own length (a GNU tar of a repository links each file to its `.git/` twin at most once,
-/// which stays within this), so a reader never materialises more than twice what is on disk.
-pub fn max_linked_bytes(archive_len: u64) -> u64 {
-    archive_len
-}
 /// Deepest folder nesting followed in directory mode.
 const MAX_DEPTH: usize = 16;
 
@@ -104,7 +97,10 @@ impl Fs {
         let mut archive = tar::Archive::new(&file);
         // End of the last member's data: an end-of-archive zero block must follow it.
         let mut last_end = 0u64;
-        // Bytes re-exposed through hard links so far (bounded by `max_linked_bytes`).
+        // Hard links re-expose an earlier member's bytes under a new name without storing them again, so a small
+        // archive could name one large member a million times. The bytes reachable through links may add up to
+        // at most the archive's own length (a GNU tar of a repository links each file to its `.git/` twin at
+        // most once, which stays within this), so a reader never materialises more than twice what is on disk.
         let mut linked = 0u64;
         for entry in archive.entries_with_seek().map_err(bad)? {
             let entry = entry.map_err(bad)?;
@@ -131,7 +127,7 @@ impl Fs {
                 match all.get(&target) {
                     Some(m) => {
                         linked = linked.saturating_add(m.size);
-                        if linked > max_linked_bytes(len) {
+                        if linked > len {
                             return Err(Error::ckpt(
                                 path,
                                 format!("tar hard links (the last `{name}` -> `{target}`) re-expose {linked} bytes, more than the archive's {len}: refusing"),

@@ -128,7 +128,7 @@ pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut ffi::TRITONBACKEND_M
         }
         let mut settings = ModelSettings::from_config(&cfg, &dir).map_err(|e| Error::Config(format!("model `{name}`: {e}")))?;
         let engine = super::registry::acquire(&settings)?;
-        let tokens = settings.serve.max_input_len.unwrap_or(engine.info.max_model_len - 1);
+        let tokens = settings.serve.max_input_len.unwrap_or(engine.info.max_model_len.saturating_sub(1));
         settings.limits.max_input_tokens = tokens;
         settings.limits.max_prompt_bytes = max_prompt_bytes(tokens, engine.info.longest_piece_bytes);
         let obs: Arc<dyn Observer> = match TritonMetrics::new(&name, version) {
@@ -222,7 +222,7 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
     let model: &ModelState = unsafe { &*(*(state as *const InstanceState)).model };
     for req in reqs {
         // A panic here drops the sink, which answers the request with INTERNAL and releases it.
-        let _ = no_unwind(&format!("{}: enqueueing a request", model.name), || {
+        let _ = no_unwind(&model.name, || {
             let Some(mut sink) = TritonSink::new(req, instance, start) else { return };
             let parsed = req.inputs().and_then(|inputs| parse_job(&inputs, &req.requested_outputs()?, &model.settings.limits));
             match parsed {
