@@ -45,7 +45,8 @@ find_libclang() {
         # shellcheck disable=SC2206
         dirs+=(${LD_LIBRARY_PATH:-} ${LIBRARY_PATH:-})
         unset IFS
-        dirs+=(/usr/local/llvm*/lib* /usr/local/lib*/*/* /usr/local/lib*/* /usr/local/lib* /usr/lib*/*/* /usr/lib*/* /usr/lib*)
+        dirs+=(/usr/local/llvm*/lib* /usr/local/lib*/*/* /usr/local/lib*/* /usr/local/lib*)
+        dirs+=(/usr/lib*/*/* /usr/lib*/* /usr/lib*)
     fi
     for d in "${dirs[@]}"; do
         [ -d "$d" ] || continue
@@ -60,7 +61,8 @@ if command -v dpkg-query >/dev/null && command -v apt-get >/dev/null \
     && ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q 'ok installed'; then
     if [ "$(id -u)" = 0 ]; then
         echo "installing libclang-dev (bindgen needs libclang)" >&2
-        apt-get install -y -qq libclang-dev >/dev/null || { apt-get update -qq && apt-get install -y -qq libclang-dev >/dev/null; }
+        apt-get install -y -qq libclang-dev >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq libclang-dev >/dev/null; }
     elif ! find_libclang >/dev/null; then
         echo "libclang is required by bindgen: sudo apt-get install libclang-dev (or set LIBCLANG_PATH)" >&2
         exit 1
