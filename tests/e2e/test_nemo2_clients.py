@@ -66,3 +66,13 @@ def test_query_llm_streaming_no_repeat_ngram_size(server):
     chunks = [c[0][0] for c in stream]
     assert len(chunks) > 2 and chunks[-1] == want["text"]
     assert all(want["text"].startswith(c) for c in chunks)
+
+
+def test_trt_style_generate_takes_no_repeat_ngram_size(server):
+    """The same name on the TensorRT-LLM-style inputs (`text_input`, `/generate`): JSON numbers take the config's
+    dtype (FP32), so `{"no_repeat_ngram_size": 1}` works as with TensorRT-LLM's backend."""
+    from conftest import ok
+
+    want = cli(PROMPT, 30, 1)
+    r = ok(server, {"text_input": PROMPT, "max_tokens": 30, "no_repeat_ngram_size": 1})
+    assert r["text_output"] == want["text"] and r["text_output"] != cli(PROMPT, 30, 0)["text"]
