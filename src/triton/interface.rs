@@ -27,10 +27,6 @@ pub const INPUTS: [(&str, &str, i64); 40] = [
     ("compute_logprob", "TYPE_BOOL", 1),
     ("lora_uids", "TYPE_STRING", -1),
     ("task_id", "TYPE_STRING", -1),
-    ("no_repeat_ngram_size", "TYPE_FP32", 1),
-    ("all_probs", "TYPE_BOOL", 1),
-    ("output_context_logits", "TYPE_BOOL", 1),
-    ("output_generation_logits", "TYPE_BOOL", 1),
     ("text_input", "TYPE_STRING", 1),
     ("max_tokens", "TYPE_INT32", 1),
     ("stream", "TYPE_BOOL", 1),
@@ -50,6 +46,11 @@ pub const INPUTS: [(&str, &str, i64); 40] = [
     ("ignore_eos", "TYPE_BOOL", 1),
     ("beam_width", "TYPE_INT32", 1),
     ("num_return_sequences", "TYPE_INT32", 1),
+    // Later additions go last: the fuzz harness (fuzz/src/lib.rs) names inputs by their index here.
+    ("no_repeat_ngram_size", "TYPE_FP32", 1),
+    ("all_probs", "TYPE_BOOL", 1),
+    ("output_context_logits", "TYPE_BOOL", 1),
+    ("output_generation_logits", "TYPE_BOOL", 1),
 ];
 
 /// One prompt of a request with its own sampling values.
