@@ -279,7 +279,7 @@ pub fn pick_row(p: &RowParams, logits: &[f32]) -> u32 {
 
 /// The tokens that would complete an `n`-gram already present in `context` (prompt + output): every token
 /// that follows an earlier occurrence of the last `n - 1` tokens (`n` = 1: every token seen). Empty for
-/// `n` = 0 or a context shorter than `n - 1`. Ids in ascending order, without duplicates.
+/// `n` = 0 or a context shorter than `n`. Ids in ascending order, without duplicates.
 pub fn ngram_repeats(context: &[u32], n: usize) -> Vec<u32> {
     if n == 0 || context.len() < n {
         return Vec::new();
