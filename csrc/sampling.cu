@@ -3,6 +3,8 @@
 // candidates are ordered by the 64-bit key (ordered logit bits << 32 | ~id), so "the first i entries in
 // (logit desc, id asc) order" is "keys >= some threshold", and top-k, top-p and the draw are each a binary
 // search over thresholds with block-wide counts / f64 probability sums (64 steps each).
+// The mask lists carry every ban the host derives from the token history it holds: banned words, EOS / stop ids
+// before min_tokens, and no_repeat_ngram_size (src/sampling/batch.rs `lists`), so one masking pass covers them.
 // CPU twin: Sampler::process + Sampler::pick in src/sampling.rs (same result up to f64 summation order).
 #include "common.cuh"
 #include <limits.h>

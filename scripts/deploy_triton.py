@@ -7,6 +7,11 @@ models sharing one engine: <name> (request/response: NemoQuery, ModelClient, una
 <name>_stream (decoupled: DecoupledModelClient, gRPC streaming, /generate_stream). Starts tritonserver in the
 foreground and forwards SIGTERM/SIGINT to it for a graceful drain. With no checkpoint it serves the demo model
 (random weights, meaningless text) written by `triton-llama demo-model`.
+
+The script owns its model repository, so tritonserver loads only the two models of this run: the default one
+(/tmp/triton_llama_model_repo) is emptied first; in a --triton_model_repository you give, the models that earlier
+runs of this script wrote (listed in its `.triton_llama_models` file) are removed, and any other model folder
+is refused unless --keep_other_models, which leaves them in place unloaded (explicit model control).
 """
 import argparse
 import json
@@ -18,6 +23,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REPO = "/tmp/triton_llama_model_repo"
+MANIFEST = ".triton_llama_models"  # in the repository: the model folders this script wrote there
 
 
 def parse_args(argv=None):
@@ -31,7 +38,11 @@ def parse_args(argv=None):
     p.add_argument("-tha", "--triton_http_address", default="0.0.0.0")
     p.add_argument("--grpc_port", type=int, default=8001)
     p.add_argument("--metrics_port", type=int, default=8002)
-    p.add_argument("-tmr", "--triton_model_repository", default="/tmp/triton_llama_model_repo")
+    p.add_argument("-tmr", "--triton_model_repository", default=None,
+                   help=f"model repository to write (default {DEFAULT_REPO}, emptied on every run)")
+    p.add_argument("--keep_other_models", action="store_true",
+                   help="serve from a repository that holds other models too: they stay there, unloaded "
+                        "(explicit model control)")
     p.add_argument("-ng", "--num_gpus", type=int, default=1, help="tensor-parallel size on cuda; with --device cpu it may be 0")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--tensor_parallel_size", type=int, help="CPU ranks (threads) or GPUs; default: --num_gpus on cuda, 1 on cpu")
@@ -47,7 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--include_input_in_output", action="store_true", help="echo the prompt before the completion")
     p.add_argument("--default_max_tokens", type=int, default=None)
     p.add_argument("--model_control_mode", choices=["none", "explicit"], default="none",
-                   help="explicit: both models are loaded at start and can be unloaded/loaded through the repository API")
+                   help="explicit: only this run's two models are loaded at start (--load-model) and can be "
+                        "unloaded/loaded through the repository API")
     p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
     p.add_argument("-dm", "--debug_mode", default="False")
@@ -98,12 +110,53 @@ def checkpoint_path(a, repo):
     return demo
 
 
+def model_names(a):
+    return [a.triton_model_name, a.triton_model_name + "_stream"]
+
+
+def prepare_repository(a):
+    """Makes the repository hold none of the models an earlier run left: the default one is emptied; in a given
+    one the models listed in its manifest are removed and foreign model folders are refused (or, with
+    --keep_other_models, kept and later left unloaded). Returns (repo, foreign model names)."""
+    if a.triton_model_repository is None:
+        repo = Path(DEFAULT_REPO)
+        if repo.is_symlink() or repo.is_file():
+            repo.unlink()
+        elif repo.exists():
+            shutil.rmtree(repo)
+        repo.mkdir(parents=True)
+        return repo, []
+    repo = Path(a.triton_model_repository).resolve()
+    repo.mkdir(parents=True, exist_ok=True)
+    manifest = repo / MANIFEST
+    ours = set(json.loads(manifest.read_text())) if manifest.exists() else set()
+    for name in sorted(ours):
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+            continue
+        d = repo / name
+        if d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d)
+        elif d.exists() or d.is_symlink():
+            d.unlink()
+    foreign = sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if clash := [n for n in model_names(a) if n in foreign]:
+        sys.exit(f"{repo} already holds a model {clash[0]!r} that this script did not write: choose another "
+                 "--triton_model_name or repository")
+    if foreign and not a.keep_other_models:
+        sys.exit(f"{repo} holds models this script did not write ({', '.join(foreign)}); tritonserver would load "
+                 "them too. Give an empty or new --triton_model_repository, remove them, or pass --keep_other_models "
+                 "to leave them there unloaded (explicit model control loads only this run's two models).")
+    return repo, foreign
+
+
 def write_repository(a):
     if a.model_type not in ("llama",):
         sys.exit(f"--model_type {a.model_type}: only llama is served by this backend")
     if a.device == "cuda" and a.num_gpus < 1:
         sys.exit("--num_gpus must be >= 1 with --device cuda")
-    repo = Path(a.triton_model_repository).resolve()
+    if a.triton_model_name.startswith(".") or "/" in a.triton_model_name:
+        sys.exit(f"--triton_model_name {a.triton_model_name!r}: not a model folder name")
+    repo, foreign = prepare_repository(a)
     ckpt = checkpoint_path(a, repo)
     tp = a.tensor_parallel_size or (a.num_gpus if a.device == "cuda" else 1)
     template = (ROOT / "triton_model_repo/llama/config.pbtxt").read_text()
@@ -128,10 +181,10 @@ def write_repository(a):
         "num_blocks": a.num_blocks or "",
         "block_size": a.block_size or "",
     }
-    for name, decoupled in ((a.triton_model_name, "false"), (a.triton_model_name + "_stream", "true")):
+    if a.triton_model_repository is not None:  # listed first, so a run that fails half-way still owns them
+        (repo / MANIFEST).write_text(json.dumps(model_names(a)) + "\n")
+    for name, decoupled in zip(model_names(a), ("false", "true")):
         d = repo / name
-        if d.exists():  # only our two model folders are replaced; anything else in the repository stays
-            shutil.rmtree(d)
         (d / str(a.triton_model_version)).mkdir(parents=True)
         text = fill(template, dict(values, model_name=name, decoupled=decoupled))
         # An empty string_value vanishes over gRPC (proto3 default) and pytriton's config parser then fails: drop it.
@@ -143,12 +196,12 @@ def write_repository(a):
     if not lib.exists():
         sys.exit(f"{lib} not found: run `cargo build --release` (or scripts/setup.sh)")
     shutil.copy2(lib, backends / "llama/libtriton_llama.so")
-    return repo, backends
+    return repo, backends, foreign
 
 
 def main(argv=None):
     a = parse_args(argv)
-    repo, backends = write_repository(a)
+    repo, backends, foreign = write_repository(a)
     cmd = [
         find_tritonserver(a.tritonserver),
         f"--model-repository={repo}",
@@ -161,8 +214,10 @@ def main(argv=None):
         "--allow-gpu-metrics=false",
         "--allow-cpu-metrics=true",
     ]
-    if a.model_control_mode == "explicit":
-        cmd += ["--model-control-mode=explicit", "--load-model=*"]
+    if a.model_control_mode == "explicit" or foreign:
+        if foreign:
+            print(f"--keep_other_models: {', '.join(foreign)} stay in {repo}, not loaded", flush=True)
+        cmd += ["--model-control-mode=explicit"] + [f"--load-model={n}" for n in model_names(a)]
     if a.debug_mode.lower() == "true":
         cmd.append("--log-verbose=1")
     print("starting:", " ".join(cmd), flush=True)

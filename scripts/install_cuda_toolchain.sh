@@ -10,6 +10,10 @@ PINS=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nv
 PY="${PYTHON:-python3}"
 
 if [ ! -x "$VENV/bin/python" ]; then
+    # Debian's python3 lacks venv/ensurepip until python3-venv is installed.
+    if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    fi
     "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.tl-pins"
@@ -22,13 +26,52 @@ export CUDA_HOME="$SITE/nvidia/cu13"
 export PATH="$CUDA_HOME/bin:$PATH"
 [ -x "$CUDA_HOME/bin/nvcc" ] || { echo "nvcc missing under $CUDA_HOME" >&2; exit 1; }
 
-# bindgen needs libclang.so.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
-    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        apt-get install -y -qq libclang-dev >/dev/null || { apt-get update -qq && apt-get install -y -qq libclang-dev >/dev/null; }
+# bindgen loads libclang at build time (clang-sys, "runtime" feature). find_libclang looks where clang-sys looks
+# (LIBCLANG_PATH alone if set; else `llvm-config --prefix`/{bin,lib,lib64}, LD_LIBRARY_PATH, LIBRARY_PATH and
+# /usr/local/llvm*/lib*, /usr/{local/,}lib*{,/*,/*/*}) for the names it loads (libclang.so, libclang-*.so,
+# libclang.so.*, libclang-*.so.*) and, like clang-sys, skips libclang-cpp (the C++ library, not libclang).
+# The file found is exported as LIBCLANG_PATH, so bindgen uses exactly it. On Debian/Ubuntu libclang-dev is
+# installed when missing: it brings libclang and clang's own headers (stddef.h), which bindgen also needs.
+find_libclang() {
+    local dirs=() d f
+    if [ -n "${LIBCLANG_PATH:-}" ]; then
+        if [ -f "$LIBCLANG_PATH" ]; then echo "$LIBCLANG_PATH"; return 0; fi
+        dirs=("$LIBCLANG_PATH")
     else
-        echo "libclang is required by bindgen: install libclang-dev (apt) or set LIBCLANG_PATH" >&2
+        local prefix
+        prefix="$(llvm-config --prefix 2>/dev/null || true)"
+        [ -n "$prefix" ] && dirs+=("$prefix/bin" "$prefix/lib" "$prefix/lib64")
+        local IFS=:
+        # shellcheck disable=SC2206
+        dirs+=(${LD_LIBRARY_PATH:-} ${LIBRARY_PATH:-})
+        unset IFS
+        dirs+=(/usr/local/llvm*/lib* /usr/local/lib*/*/* /usr/local/lib*/* /usr/local/lib*)
+        dirs+=(/usr/lib*/*/* /usr/lib*/* /usr/lib*)
+    fi
+    for d in "${dirs[@]}"; do
+        [ -d "$d" ] || continue
+        for f in "$d"/libclang.so "$d"/libclang-*.so "$d"/libclang.so.* "$d"/libclang-*.so.*; do
+            case "${f##*/}" in *-cpp.*) continue ;; esac
+            [ -f "$f" ] && { echo "$f"; return 0; }
+        done
+    done
+    return 1
+}
+if command -v dpkg-query >/dev/null && command -v apt-get >/dev/null \
+    && ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q 'ok installed'; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing libclang-dev (bindgen needs libclang)" >&2
+        apt-get install -y -qq libclang-dev >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq libclang-dev >/dev/null; }
+    elif ! find_libclang >/dev/null; then
+        echo "libclang is required by bindgen: sudo apt-get install libclang-dev (or set LIBCLANG_PATH)" >&2
         exit 1
     fi
 fi
-echo "CUDA_HOME=$CUDA_HOME ($(nvcc --version | tail -1))"
+if ! LIBCLANG_PATH="$(find_libclang)"; then
+    echo "libclang is required by bindgen and was not found (libclang-cpp is not libclang): install libclang-dev" \
+         "or set LIBCLANG_PATH to the libclang.so file" >&2
+    exit 1
+fi
+export LIBCLANG_PATH
+echo "CUDA_HOME=$CUDA_HOME ($(nvcc --version | tail -1)); LIBCLANG_PATH=$LIBCLANG_PATH"

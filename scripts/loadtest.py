@@ -413,6 +413,19 @@ def wait_idle(a, timeout=60):
         time.sleep(0.5)
 
 
+def wait_counted(a, before, want, timeout=30):
+    """Waits until the finished-request counters have moved by `want` prompts (every good prompt ends once as
+    stop, length or cancelled; each bad request the backend saw counts once as rejected), or `timeout` passes
+    (check_metrics then says what is missing); returns the last metrics."""
+    deadline = time.time() + timeout
+    while True:
+        m = metrics(a)
+        done = sum(v - before.get(k, 0) for k, v in m.items() if k[0] == "llama_requests_finished_total")
+        if done >= want or time.time() > deadline:
+            return m
+        time.sleep(0.1)
+
+
 def check_metrics(st, d):
     """Reconciles the finished-request counter deltas with what the clients saw; returns failed checks.
 
@@ -456,8 +469,8 @@ def main():
         rss_warm = asyncio.run(run_load(a, st))
         try:
             wait_idle(a)
-            time.sleep(1)  # the last finish counters are bumped just before the gauges
-            after, rss_end = metrics(a), rss_mb(a.pid)
+            after = wait_counted(a, before, st.ok_rows + st.cancelled_rows + st.bad_backend)
+            rss_end = rss_mb(a.pid)
         except OSError as e:  # the server died or hangs: report what the clients saw
             failed.append(f"server gone after the load ({e})")
             after, rss_end = collections.Counter(), float("nan")

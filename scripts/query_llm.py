@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A NemoQuery-compatible client that needs no NeMo install: `NemoQuery(url, model_name)` with
 `query_llm(...)` (returns the `[N,1]` str array, so `output[0][0]` works as in the model card) and
-`query_llm_streaming(...)` (yields the text so far, over gRPC, from the `<model>_stream` twin).
+`query_llm_streaming(...)` (yields the text so far, over gRPC, from the `<model>_stream` twin), and NeMo 2.x's
+`NemoQueryLLM` (the TensorRT-LLM deployable's client) sending exactly the inputs NeMo 2.x sends.
 
     python scripts/query_llm.py --url localhost:8000 --model llama --prompt "What is Triton?"
 """
@@ -53,6 +54,85 @@ class NemoQuery:
         model = self.model_name if self.model_name.endswith("_stream") else self.model_name + "_stream"
         with DecoupledModelClient(url, model, init_timeout_s=init_timeout) as client:
             for chunk in client.infer_batch(**_inputs(prompts, max_output_token, top_k, top_p, temperature, **extra)):
+                yield _decode(chunk)
+
+
+def _col(prompts, value, dtype):
+    return np.full(prompts.shape, value, dtype=dtype)
+
+
+def _words(words):
+    """NeMo 2.x's str_list2numpy: one word per row, `[len(words), 1]` BYTES."""
+    return np.char.encode(np.array(words)[..., np.newaxis], "utf-8")
+
+
+class NemoQueryLLM:
+    """NeMo 2.x `nemo.deploy.nlp.NemoQueryLLM`: same constructor, method names, arguments and input tensors
+    (names, dtypes, shapes): `np.full(prompts.shape, v)` columns of np.int_ (INT64), np.single (FP32) or np.bool_,
+    word lists as `[k, 1]` (query_llm) or `[N, k]` (streaming) BYTES, and the two logits flags always sent.
+    NeMo itself fills `min_output_len` with the max_output_len value; this sends the value given."""
+
+    def __init__(self, url, model_name):
+        self.url = url
+        self.model_name = model_name
+
+    def query_llm(self, prompts, stop_words_list=None, bad_words_list=None, no_repeat_ngram_size=None,
+                  min_output_len=None, max_output_len=None, top_k=None, top_p=None, temperature=None, random_seed=None,
+                  task_id=None, lora_uids=None, use_greedy=None, repetition_penalty=None, add_BOS=None, all_probs=None,
+                  compute_logprob=None, end_strings=None, init_timeout=60.0, output_context_logits=False,
+                  output_generation_logits=False):
+        from pytriton.client import ModelClient
+
+        p = _words(prompts)
+        inputs = {"prompts": p}
+        for name, value, dtype in (("min_output_len", min_output_len, np.int_),
+                                   ("max_output_len", max_output_len, np.int_), ("top_k", top_k, np.int_),
+                                   ("top_p", top_p, np.single),
+                                   ("temperature", temperature, np.single), ("random_seed", random_seed, np.int_),
+                                   ("no_repeat_ngram_size", no_repeat_ngram_size, np.single),
+                                   ("use_greedy", use_greedy, np.bool_),
+                                   ("repetition_penalty", repetition_penalty, np.single),
+                                   ("add_BOS", add_BOS, np.bool_), ("all_probs", all_probs, np.bool_),
+                                   ("compute_logprob", compute_logprob, np.bool_),
+                                   ("output_context_logits", output_context_logits, np.bool_),
+                                   ("output_generation_logits", output_generation_logits, np.bool_)):
+            if value is not None:
+                inputs[name] = _col(p, value, dtype)
+        for name, words in (("stop_words_list", stop_words_list), ("bad_words_list", bad_words_list),
+                            ("end_strings", end_strings)):
+            if words is not None:
+                inputs[name] = _words(words)
+        if task_id is not None:
+            inputs["task_id"] = np.full((p.shape[0], 1), np.char.encode(task_id, "utf-8"))
+        if lora_uids is not None:
+            inputs["lora_uids"] = np.full((p.shape[0], len(lora_uids)), np.char.encode(lora_uids, "utf-8"))
+        with ModelClient(self.url, self.model_name, init_timeout_s=init_timeout) as client:
+            return _decode(client.infer_batch(**inputs))
+
+    def query_llm_streaming(self, prompts, stop_words_list=None, bad_words_list=None, no_repeat_ngram_size=None,
+                            max_output_len=512, top_k=1, top_p=0.0, temperature=1.0, random_seed=None, task_id=None,
+                            lora_uids=None, init_timeout=60.0):
+        """Over `grpc://` to a decoupled model (here the `<name>_stream` twin); yields the text so far."""
+        from pytriton.client import DecoupledModelClient
+
+        p = _words(prompts)
+        n = p.shape[0]
+        inputs = {"prompts": p}
+        for name, value, dtype in (("max_output_len", max_output_len, np.int_), ("top_k", top_k, np.int_),
+                                   ("top_p", top_p, np.single), ("temperature", temperature, np.single),
+                                   ("random_seed", random_seed, np.int_),
+                                   ("no_repeat_ngram_size", no_repeat_ngram_size, np.single)):
+            if value is not None:
+                inputs[name] = _col(p, value, dtype)
+        for name, words in (("stop_words_list", stop_words_list), ("bad_words_list", bad_words_list)):
+            if words is not None:
+                inputs[name] = np.full((n, len(words)), np.char.encode(words, "utf-8"))
+        if task_id is not None:
+            inputs["task_id"] = np.full((n, 1), np.char.encode(task_id, "utf-8"))
+        if lora_uids is not None:
+            inputs["lora_uids"] = np.full((n, len(lora_uids)), np.char.encode(lora_uids, "utf-8"))
+        with DecoupledModelClient(self.url, self.model_name, init_timeout_s=init_timeout) as client:
+            for chunk in client.infer_batch(**inputs):
                 yield _decode(chunk)
 
 

@@ -13,7 +13,8 @@ const USAGE: &str = "usage:
   triton-llama generate CKPT --prompt TEXT [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
-                         [--ignore-eos] [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
+                         [--no-repeat-ngram-size N] [--ignore-eos] [--bos|--no-bos] [--tp N]
+                         [--device cpu|cuda:0,1,...] [--json]
   triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
   triton-llama bench [--steps N] [--prefill N] [--json]
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
@@ -192,7 +193,7 @@ fn engine_for(a: &Args) -> Result<Engine> {
 fn generate(a: &Args) -> Result<()> {
     a.allow_only(&[
         "prompt", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "seed", "repetition-penalty",
-        "presence-penalty", "frequency-penalty", "stop", "ban", "tp", "device",
+        "presence-penalty", "frequency-penalty", "stop", "ban", "tp", "device", "no-repeat-ngram-size",
     ])?;
     let mut engine = engine_for(a)?;
     let tok = engine.tokenizer().clone();
@@ -215,6 +216,7 @@ fn generate(a: &Args) -> Result<()> {
         max_new_tokens: a.num("max-tokens", 64)?,
         ignore_eos: a.flag("ignore-eos"),
         banned,
+        no_repeat_ngram_size: a.num("no-repeat-ngram-size", 0)?,
         stop_strings: stops,
         stop_token_ids: Vec::new(),
     };

@@ -232,7 +232,48 @@ fn sample_params() -> Vec<SamplingParams> {
         p(1.3, 40, 0.95),
         SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.4, frequency_penalty: 0.2, min_new_tokens: 9, banned: vec![vec![7, 11], vec![3]], stop_token_ids: vec![4], ..p(0.8, 0, 0.9) },
         SamplingParams { repetition_penalty: 0.7, ..p(0.0, 0, 1.0) },
+        SamplingParams { no_repeat_ngram_size: 1, ..p(0.9, 0, 1.0) },
     ]
+}
+
+/// `no_repeat_ngram_size` on the GPU: the tokens that would repeat an n-gram carry the largest logits, so a
+/// greedy pick that ignored the ban would pick one; the pick must equal the plain reference's best allowed id.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn gpu_no_repeat_ngram_matches_plain_reference() {
+    let Some(g) = gpu("gpu_no_repeat_ngram_matches_plain_reference") else { return };
+    let vocab = 32003;
+    // After ... 8 5 6: n = 2 bans what followed a 6 (7, 31000, 8), n = 3 what followed 5 6 (7, 31000), n = 4
+    // nothing (8 5 6 is new), n = 1 every seen id, n = 12 nothing (shorter context).
+    let context: Vec<u32> = vec![5, 6, 7, 5, 6, 31000, 9, 6, 8, 5, 6];
+    let params: Vec<SamplingParams> =
+        [0, 1, 2, 3, 4, 12].iter().map(|&n| SamplingParams { no_repeat_ngram_size: n, ..Default::default() }).collect();
+    let mut logits = rand_vec(7, params.len() * vocab, 1.0);
+    for r in 0..params.len() {
+        for (k, &t) in [7u32, 8, 6, 5, 9, 31000].iter().enumerate() {
+            logits[r * vocab + t as usize] = 50.0 - k as f32; // ranked 7 > 8 > 6 > 5 > 9 > 31000
+        }
+    }
+    let generated = &context[6..];
+    let rows: Vec<SampleRow> =
+        params.iter().map(|p| SampleRow { params: p, u: 0.0, context: &context, generated, eos: 2 }).collect();
+    let mut buf = up(&g, &logits);
+    let got = g.sample(&mut buf, &SampleBatch::new(&rows, vocab)).unwrap();
+    for (r, p) in params.iter().enumerate() {
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        // Plain reference: the best id whose appending does not repeat an n-gram of prompt + output.
+        let repeats = |t: u32| {
+            let n = p.no_repeat_ngram_size;
+            let mut ext = context.clone();
+            ext.push(t);
+            n > 0 && ext.len() >= n && (0..ext.len() - n).any(|i| ext[i..i + n] == ext[ext.len() - n..])
+        };
+        let best = |a: &u32, b: &u32| row[*a as usize].total_cmp(&row[*b as usize]).then(b.cmp(a));
+        let want = (0..vocab as u32).filter(|&t| !repeats(t)).max_by(best).unwrap();
+        assert_eq!(got[r].id, want, "no_repeat_ngram_size {}", p.no_repeat_ngram_size);
+    }
+    let ids: Vec<u32> = got.iter().map(|p| p.id).collect();
+    assert_eq!([ids[0], ids[2], ids[3], ids[4], ids[5]], [7, 6, 8, 7, 7], "the ban changes the right picks");
 }
 
 #[test]

@@ -117,7 +117,12 @@ fn cancellation_aborts_and_frees_blocks() {
     let ev = collect(&rx);
     assert!(matches!(ev.last(), Some(Event::Cancelled)), "{:?}", ev.last());
     assert!(ev.len() < 200);
-    std::thread::sleep(Duration::from_millis(50));
+    // The gauges are published after the cancelled sequence is freed: wait for that, not for a fixed time.
+    let idle = || g.0.lock().unwrap().last().copied() == Some((0, 0, 0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !idle() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(g.0.lock().unwrap().last().copied(), Some((0, 0, 0)));
     assert!(g.1.lock().unwrap().contains(&"cancelled".to_string()));
 }

@@ -1,7 +1,7 @@
 //! One step's sampling work as plain data a backend can run: per-row knobs with their uniform draw, and the
 //! penalty / mask id lists (CSR) that reproduce `Sampler::process`. The CPU twin of the GPU sampling kernel
 //! lives here too, so the CPU backend and the kernel apply the same lists.
-use super::{RowParams, SamplingParams, pick_row};
+use super::{RowParams, SamplingParams, ngram_repeats, pick_row};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One row's sampling state, borrowed from its request.
@@ -77,6 +77,7 @@ pub fn lists(rows: &[SampleRow], vocab: usize) -> SampleLists {
                 mask.insert(*last);
             }
         }
+        mask.extend(ngram_repeats(r.context, p.no_repeat_ngram_size).into_iter().filter(|&t| ok(t)));
         l.mask_ids.extend(mask.into_iter().map(|t| t as i32));
         l.rep_off.push(l.rep_ids.len() as i32);
         l.gen_off.push(l.gen_ids.len() as i32);
@@ -140,6 +141,8 @@ mod tests {
             p(1.3, 40, 0.95),
             SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.4, frequency_penalty: 0.2, min_new_tokens: 9, banned: vec![vec![7, 11], vec![3]], stop_token_ids: vec![4], ..p(0.8, 0, 0.9) },
             SamplingParams { repetition_penalty: 0.7, ..p(0.0, 0, 1.0) },
+            SamplingParams { no_repeat_ngram_size: 2, ..p(0.0, 0, 1.0) },
+            SamplingParams { no_repeat_ngram_size: 1, banned: vec![vec![9, 7]], ..p(1.1, 0, 1.0) },
         ]
     }
 

@@ -28,6 +28,9 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Token sequences that must never be produced.
     pub banned: Vec<Vec<u32>>,
+    /// A token that would complete an n-gram of this size already present in prompt + output is banned
+    /// (HF / TensorRT-LLM `no_repeat_ngram_size`); 0 = off.
+    pub no_repeat_ngram_size: usize,
     /// Text that ends generation; trimmed from the output.
     pub stop_strings: Vec<String>,
     /// Extra token ids that end generation (besides EOS).
@@ -48,6 +51,7 @@ impl Default for SamplingParams {
             max_new_tokens: 64,
             ignore_eos: false,
             banned: Vec::new(),
+            no_repeat_ngram_size: 0,
             stop_strings: Vec::new(),
             stop_token_ids: Vec::new(),
         }
@@ -183,6 +187,11 @@ impl Sampler {
                 logits[*last as usize] = f32::NEG_INFINITY;
             }
         }
+        for t in ngram_repeats(context, p.no_repeat_ngram_size) {
+            if (t as usize) < v {
+                logits[t as usize] = f32::NEG_INFINITY;
+            }
+        }
     }
 
     /// The uniform draw for this request's next token: one value of its generator when sampling, none
@@ -268,6 +277,20 @@ pub fn pick_row(p: &RowParams, logits: &[f32]) -> u32 {
     cand[probs.len() - 1].0 as u32
 }
 
+/// The tokens that would complete an `n`-gram already present in `context` (prompt + output): every token
+/// that follows an earlier occurrence of the last `n - 1` tokens (`n` = 1: every token seen). Empty for
+/// `n` = 0 or a context shorter than `n`. Ids in ascending order, without duplicates.
+pub fn ngram_repeats(context: &[u32], n: usize) -> Vec<u32> {
+    if n == 0 || context.len() < n {
+        return Vec::new();
+    }
+    let tail = &context[context.len() + 1 - n..];
+    let mut out: Vec<u32> = context.windows(n).filter(|w| &w[..n - 1] == tail).map(|w| w[n - 1]).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Index of the largest value; the lowest index wins ties.
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
@@ -343,6 +366,40 @@ mod tests {
         assert_eq!(l[2], f32::NEG_INFINITY);
         assert_eq!(l[3], f32::NEG_INFINITY);
         assert_eq!(l[4], 0.0);
+    }
+
+    /// Plain reference: `t` is banned iff the last n-gram of `context + [t]` already occurs earlier in it.
+    fn completes_a_seen_ngram(context: &[u32], t: u32, n: usize) -> bool {
+        let mut ext = context.to_vec();
+        ext.push(t);
+        if n == 0 || ext.len() < n {
+            return false;
+        }
+        let last = ext.len() - n;
+        (0..last).any(|i| ext[i..i + n] == ext[last..])
+    }
+
+    #[test]
+    fn no_repeat_ngram_matches_a_plain_reference() {
+        let mut rng = Rng::new(11);
+        let vocab = 6u32;
+        for case in 0..400 {
+            let len = (rng.next_u64() % 24) as usize;
+            let context: Vec<u32> = (0..len).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+            let n = case % 6;
+            let want: Vec<u32> = (0..vocab).filter(|&t| completes_a_seen_ngram(&context, t, n)).collect();
+            assert_eq!(ngram_repeats(&context, n), want, "context {context:?}, n {n}");
+            let s = Sampler::new(SamplingParams { no_repeat_ngram_size: n, ..Default::default() }, 0);
+            let mut l = vec![1.0f32; vocab as usize];
+            s.process(&mut l, &context, &[], 99);
+            let masked: Vec<u32> = (0..vocab).filter(|&t| l[t as usize] == f32::NEG_INFINITY).collect();
+            assert_eq!(masked, want, "context {context:?}, n {n}");
+        }
+        // Spelled out: after 5 6 7 5 6, n = 3 bans 7 (5 6 7 again) and n = 2 bans 7 (6 7 again).
+        assert_eq!(ngram_repeats(&[5, 6, 7, 5, 6], 3), vec![7]);
+        assert_eq!(ngram_repeats(&[5, 6, 7, 5, 6], 2), vec![7]);
+        assert_eq!(ngram_repeats(&[5, 6, 7, 5, 6], 1), vec![5, 6, 7]);
+        assert!(ngram_repeats(&[5, 6, 7, 5, 6], 4).is_empty());
     }
 
     #[test]

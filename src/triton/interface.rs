@@ -9,7 +9,7 @@ use crate::{Error, Result};
 pub const OUTPUTS: [&str; 7] = ["outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs", "cum_log_probs"];
 
 /// (input name, Triton config dtype, dims) for the auto-completed config. Scalars are `[1]` per batch row.
-pub const INPUTS: [(&str, &str, i64); 36] = [
+pub const INPUTS: [(&str, &str, i64); 40] = [
     ("prompts", "TYPE_STRING", 1),
     ("max_output_token", "TYPE_INT64", 1),
     ("top_k", "TYPE_INT64", 1),
@@ -46,6 +46,11 @@ pub const INPUTS: [(&str, &str, i64); 36] = [
     ("ignore_eos", "TYPE_BOOL", 1),
     ("beam_width", "TYPE_INT32", 1),
     ("num_return_sequences", "TYPE_INT32", 1),
+    // Later additions go last: the fuzz harness (fuzz/src/lib.rs) names inputs by their index here.
+    ("no_repeat_ngram_size", "TYPE_FP32", 1),
+    ("all_probs", "TYPE_BOOL", 1),
+    ("output_context_logits", "TYPE_BOOL", 1),
+    ("output_generation_logits", "TYPE_BOOL", 1),
 ];
 
 /// One prompt of a request with its own sampling values.
@@ -213,6 +218,12 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
             return bad(format!("input `{unsupported}` is not supported by this backend (no LoRA / p-tuning tables); send it empty or omit it"));
         }
     }
+    // NeMo 2.x's TensorRT-LLM client always sends the two logits flags (false unless asked for).
+    for name in ["output_context_logits", "output_generation_logits", "all_probs"] {
+        if inp.flag(name)? == Some(true) {
+            return bad(format!("input `{name}` = true is not supported: this backend returns no logits tensors (send false or omit it)"));
+        }
+    }
     for (name, limit) in [("beam_width", 1), ("num_return_sequences", 1)] {
         if let Some((_, v)) = inp.ints(&[name])?
             && v.iter().any(|&x| x > limit) {
@@ -228,6 +239,7 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
     let rep = inp.nums(&["repetition_penalty"])?;
     let pres = inp.nums(&["presence_penalty"])?;
     let freq = inp.nums(&["frequency_penalty"])?;
+    let ngram = inp.nums(&["no_repeat_ngram_size"])?;
     let end_id = inp.ints(&["end_id"])?;
     let greedy = inp.nums(&["use_greedy"])?;
     let ignore_eos = inp.nums(&["ignore_eos"])?;
@@ -289,6 +301,13 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
         }
         if let Some((_, v)) = &freq {
             p.frequency_penalty = v[i] as f32;
+        }
+        if let Some((_, v)) = &ngram {
+            let x = v[i];
+            if !(x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64) {
+                return bad(format!("input `no_repeat_ngram_size` must be a whole number >= 0 (0 = off), got {x}"));
+            }
+            p.no_repeat_ngram_size = x as usize;
         }
         if let Some((_, v)) = &end_id
             && v[i] >= 0 && v[i] <= u32::MAX as i128 {

@@ -119,3 +119,41 @@ fn prompt_bytes_and_stop_and_bad_word_lists_are_bounded() {
     let e = err(&[bytes("prompts", &[&["a"]]), bytes("stop_words", &[at_cap]), bytes("end_strings", &[&["z"]])]);
     assert!(e.contains("33 stop strings"), "{e}");
 }
+
+/// NeMo 2.x `NemoQueryLLM.query_llm`: `np.full(prompts.shape, v)` columns with its dtypes (np.int_ = INT64,
+/// np.single = FP32, np.bool_ = BOOL), `no_repeat_ngram_size` FP32, and the two logits flags it always sends.
+#[test]
+fn nemo2_query_llm_inputs() {
+    let nemo2 = |ngram: &[f32]| {
+        vec![
+            bytes("prompts", &[&["a"], &["b"]]),
+            i64s("max_output_len", &[9, 9]),
+            i64s("top_k", &[1, 1]),
+            f32s("top_p", &[0.0, 0.0]),
+            f32s("temperature", &[1.0, 1.0]),
+            i64s("random_seed", &[4, 4]),
+            bytes("stop_words_list", &[&["x"], &["y"]]),
+            bytes("bad_words_list", &[&["z"], &["z"]]),
+            f32s("no_repeat_ngram_size", ngram),
+            bytes("task_id", &[&[""], &[""]]),
+            boolean("output_context_logits", false),
+            boolean("output_generation_logits", false),
+        ]
+    };
+    let j = parse_job(&nemo2(&[3.0, 0.0]), &[], &lim(false)).unwrap();
+    let p: Vec<_> = j.prompts.iter().map(|p| &p.params).collect();
+    assert_eq!((p[0].no_repeat_ngram_size, p[1].no_repeat_ngram_size), (3, 0));
+    assert_eq!((p[0].max_new_tokens, p[0].seed, p[1].stop_strings.clone()), (9, Some(4), vec!["y".to_string()]));
+    assert_eq!(j.prompts[0].bad_words, vec!["z"]);
+    for bad_n in [2.5, -1.0, f32::NAN] {
+        let e = parse_job(&nemo2(&[bad_n, 0.0]), &[], &lim(false)).unwrap_err().to_string();
+        assert!(e.contains("`no_repeat_ngram_size` must be a whole number >= 0"), "{e}");
+    }
+    let mut asks_logits = nemo2(&[0.0, 0.0]);
+    asks_logits[11] = boolean("output_generation_logits", true);
+    assert!(err(&asks_logits).contains("`output_generation_logits` = true is not supported"));
+    assert!(err(&[bytes("prompts", &[&["a"]]), boolean("all_probs", true)]).contains("`all_probs`"));
+    let mut task = nemo2(&[0.0, 0.0]);
+    task[9] = bytes("task_id", &[&["squad"], &["squad"]]);
+    assert!(err(&task).contains("`task_id` is not supported"));
+}

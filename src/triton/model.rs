@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
-pub const PARAMS: [&str; 18] = [
+pub const PARAMS: [&str; 17] = [
     "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
     "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
-    "block_size", "max_batched_tokens", "num_blocks", "engine_threads", "kv_cache_fraction",
+    "block_size", "max_batched_tokens", "num_blocks", "kv_cache_fraction",
 ];
 
 /// Everything a model's config decides.
@@ -212,6 +212,8 @@ mod tests {
         assert!(err(json!({"checkpoint": "x", "device": "tpu"})).contains("`device` must be cpu or cuda"));
         assert!(err(json!({"checkpoint": "x", "max_output_len": "8", "default_max_tokens": "9"})).contains("`default_max_tokens`"));
         assert!(err(json!({"checkpoint": "x", "max_num_seq": "8"})).contains("unknown parameter `max_num_seq`"));
+        // It was once accepted and never read; the CPU engine's threads are the process's rayon pool.
+        assert!(err(json!({"checkpoint": "x", "engine_threads": "4"})).contains("unknown parameter `engine_threads`"));
         assert!(err(json!({"checkpoint": "x", "stop_strings": "<x>"})).contains("`stop_strings`"));
         assert!(err(json!({"checkpoint": "x", "add_bos": "maybe"})).contains("`add_bos`"));
     }

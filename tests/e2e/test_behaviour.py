@@ -234,22 +234,35 @@ def test_full_queue_answers_unavailable_at_once(small_queue_server):
     with pytest.raises(InferenceServerException) as e:
         grpcclient.InferenceServerClient(s.grpc_url).infer("llama", [bytes_input(grpcclient, "text_input", [[b"a"], [b"b"], [b"c"]])])
     assert e.value.status() == "StatusCode.UNAVAILABLE", e.value
+    # Hold the whole capacity (one running, one queued) with two requests as long as the model's context allows,
+    # and wait for the gauges to show both held (no fixed sleep: the machine's speed does not matter). The queued
+    # one cannot finish before the running one has generated its 240 tokens.
     results = []
 
     def long_request():
-        results.append(gen(s, {"text_input": "Hello", "max_tokens": 200, "ignore_eos": True})[0])
+        results.append(gen(s, {"text_input": "Hello", "max_tokens": 240, "ignore_eos": True})[0])
 
     threads = [threading.Thread(target=long_request) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.05)
-    t0 = time.time()
+
+    def held():
+        return s.metric("llama_num_requests_running", model="llama"), s.metric("llama_num_requests_waiting", model="llama")
+
+    deadline = time.time() + 60
+    while held() != (1, 1) and time.time() < deadline:
+        time.sleep(0.01)
+    assert held() == (1, 1), held()
     status, r = gen(s, {"text_input": "Hello", "max_tokens": 5})
-    refused_fast = time.time() - t0 < 1.0
+    # Still held once the answer is back: the capacity was full the whole time the third request was handled, and
+    # it was answered without waiting for room (at once).
+    still_held = held() == (1, 1)
     for t in threads:
-        t.join(60)
+        t.join(120)
     assert sorted(results) == [200, 200]
-    assert status in (400, 503) and "at capacity" in r["error"] and refused_fast, r
+    assert still_held, "the held requests ended while the third was handled: make them longer"
+    assert status in (400, 503) and "at capacity" in r["error"], r
+    assert wait_metric(s, "llama_num_requests_in_flight", 0)
     assert gen(s, {"text_input": "Hello", "max_tokens": 5})[0] == 200
 
 

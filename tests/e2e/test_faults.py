@@ -163,7 +163,7 @@ def tolerate_upstream_crash(server):
     try:
         yield
     except BaseException:
-        time.sleep(1)
+        wait_for(lambda: server.proc.poll() is not None, timeout=10)  # a crashing server exits; wait for that
         if upstream_crash(server):
             pytest.xfail("tritonserver 2.51 gRPC-frontend crash on stream cancellation (server#8034/#8078), not the backend")
         raise
