@@ -37,7 +37,8 @@ class Server:
         self.http, grpc, self.metrics_port = free_ports(3)
         self.log = open(ROOT / f"target/bench-prefix-cache-{name}.log", "w")
         cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", str(Path(tmp) / f"{name}_repo"),
-               "--triton_port", str(self.http), "--grpc_port", str(grpc), "--metrics_port", str(self.metrics_port)] + extra
+               "--triton_port", str(self.http), "--grpc_port", str(grpc),
+               "--metrics_port", str(self.metrics_port)] + extra
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -107,13 +108,14 @@ def main():
                     answers[name] = (a1, a2)
                     info[name] = (n1, n2, hits2)
                 same = answers["on"] == answers["off"]
-                print(f"round {r}: turn-2 TTFT on {ttft[('on', 2)][-1] * 1e3:.1f} ms, off {ttft[('off', 2)][-1] * 1e3:.1f} ms; "
-                      f"same answers: {same}", flush=True)
-            med = {k: statistics.median(v) for k, v in ttft.items()}
+                on2, off2 = ttft[("on", 2)][-1] * 1e3, ttft[("off", 2)][-1] * 1e3
+                print(f"round {r}: turn-2 TTFT on {on2:.1f} ms, off {off2:.1f} ms; same answers: {same}", flush=True)
+            med = {k: statistics.median(v) * 1e3 for k, v in ttft.items()}
             n1, n2, hits = info["on"]
             print(f"prompt tokens: turn 1 {n1}, turn 2 {n2} (cache on: {hits} found cached)")
-            print(f"median server-side TTFT over {a.rounds} interleaved rounds: turn 1 on {med[('on', 1)] * 1e3:.1f} ms / "
-                  f"off {med[('off', 1)] * 1e3:.1f} ms; turn 2 on {med[('on', 2)] * 1e3:.1f} ms / off {med[('off', 2)] * 1e3:.1f} ms")
+            print(f"median server-side TTFT over {a.rounds} interleaved rounds: "
+                  f"turn 1 on {med[('on', 1)]:.1f} ms / off {med[('off', 1)]:.1f} ms; "
+                  f"turn 2 on {med[('on', 2)]:.1f} ms / off {med[('off', 2)]:.1f} ms")
             print(f"turn-2 TTFT ratio on/off: {med[('on', 2)] / med[('off', 2)]:.3f}x (goal <= 0.3x)")
         finally:
             for s in servers.values():

@@ -51,7 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
     p.add_argument("--enable_prefix_caching", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse the KV cache of prompt prefixes already computed (default on; --no-enable_prefix_caching)")
+                   help="reuse the KV cache of prompt prefixes already computed (default on: "
+                   "--no-enable_prefix_caching)")
     p.add_argument("--no_prefix_caching", dest="enable_prefix_caching", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("-dm", "--debug_mode", default="False")
     p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))

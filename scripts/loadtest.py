@@ -499,19 +499,21 @@ def main():
     if kv or running or waiting or held:
         failed.append(f"not idle: kv_used={kv:.0f} running={running:.0f} waiting={waiting:.0f} in_flight={held:.0f}")
     # Prefix cache: idle blocks are cached or free, and together they are the whole pool.
-    cached, free, total = (after[(n, "")] for n in ("llama_kv_cache_blocks_cached", "llama_kv_cache_blocks_free", "llama_kv_cache_blocks_total"))
+    cached, free, total = (after[(f"llama_kv_cache_blocks_{n}", "")] for n in ("cached", "free", "total"))
     if kv + cached + free != total:
         failed.append(f"KV blocks used {kv:.0f} + cached {cached:.0f} + free {free:.0f} != total {total:.0f}")
-    queries, hits = (after[(n, "")] - before.get((n, ""), 0) for n in ("llama_prefix_cache_queries_tokens_total", "llama_prefix_cache_hits_tokens_total"))
-    hit_rate = f"prefix_cache_hit_rate={hits / queries:.1%}({hits:.0f}/{queries:.0f} tokens) " if queries else "prefix_cache=off "
+    queries, hits = (after[(n, "")] - before.get((n, ""), 0)
+                     for n in ("llama_prefix_cache_queries_tokens_total", "llama_prefix_cache_hits_tokens_total"))
+    hit_rate = (f"prefix_cache_hit_rate={hits / queries:.1%}({hits:.0f}/{queries:.0f} tokens) " if queries
+                else "prefix_cache=off ")
     print(f"loadtest: clients={a.clients} duration={a.duration:.0f}s requests={sum(st.sent.values()) + sum(st.bad.values())} "
           f"ok={st.ok} ok_prompts={st.ok_rows} bad_rejected={sum(st.bad.values())} cancelled={st.cancelled} "
           f"cancelled_prompts={st.cancelled_rows}(server {fin['cancelled']:.0f}) "
           f"finished={{{', '.join(f'{k}: {v:.0f}' for k, v in fin.items())}}} errors={dict(st.errors)} lost={st.lost} dup={st.dup} "
           f"greedy_checked={st.greedy_checked} greedy_mismatch={st.mismatch} p50={lat[len(lat) // 2] * 1e3:.0f}ms "
           f"p99={lat[int(len(lat) * 0.99)] * 1e3:.0f}ms health_polls={polls} health_max={health_max * 1e3:.0f}ms "
-          f"rss_warm={rss_warm:.0f}MB rss_end={rss_end:.0f}MB drift={drift:+.1f}% kv_used_idle={kv:.0f} held_idle={held:.0f} "
-          f"kv_cached_idle={cached:.0f} {hit_rate}{shutdown}"
+          f"rss_warm={rss_warm:.0f}MB rss_end={rss_end:.0f}MB drift={drift:+.1f}% kv_used_idle={kv:.0f} "
+          f"held_idle={held:.0f} kv_cached_idle={cached:.0f} {hit_rate}{shutdown}"
           + ("PASS" if not failed else "FAIL: " + "; ".join(failed)), flush=True)
     print(f"loadtest: bad requests by kind:status: {dict(sorted(st.bad.items()))}", flush=True)
     if failed and proc:

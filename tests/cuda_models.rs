@@ -200,7 +200,8 @@ fn prefix_cache_on_gpu_gives_the_cache_off_tokens() {
         return;
     }
     let open = |ckpt: &str, device, cache| {
-        let ecfg = EngineConfig { device, block_size: 4, num_blocks: Some(128), enable_prefix_caching: cache, ..Default::default() };
+        let (block_size, num_blocks) = (4, Some(128));
+        let ecfg = EngineConfig { device, block_size, num_blocks, enable_prefix_caching: cache, ..Default::default() };
         Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
     };
     let greedy = SamplingParams { max_new_tokens: 10, ignore_eos: true, ..Default::default() };
@@ -217,7 +218,8 @@ fn prefix_cache_on_gpu_gives_the_cache_off_tokens() {
     };
     for (ckpt, model) in [("models/mha_f32/hf", "mha_f32"), ("models/gqa_bf16/hf", "gqa_bf16")] {
         let gpu = || Device::Cuda { gpu_ids: vec![0], kv_fraction: 0.5 };
-        let (mut on, mut off, mut cpu) = (open(ckpt, gpu(), true), open(ckpt, gpu(), false), open(ckpt, Device::Cpu, false));
+        let (mut on, mut off) = (open(ckpt, gpu(), true), open(ckpt, gpu(), false));
+        let mut cpu = open(ckpt, Device::Cpu, false);
         for (n, base) in prompts(model).into_iter().filter(|p| p.len() > 9).enumerate() {
             let id = 10 * n as u64;
             let mut second = base[..9].to_vec();
@@ -226,7 +228,8 @@ fn prefix_cache_on_gpu_gives_the_cache_off_tokens() {
                 let before = on.prefix_cache_stats().hits;
                 let (g_on, g_off) = (run(&mut on, id + i as u64, p), run(&mut off, id + i as u64, p));
                 if i == 1 {
-                    assert!(on.prefix_cache_stats().hits - before >= 8, "{ckpt}: the shared 9 tokens hold 2 full blocks");
+                    let hits = on.prefix_cache_stats().hits - before;
+                    assert!(hits >= 8, "{ckpt}: the shared 9 tokens hold 2 full blocks, {hits} tokens hit");
                 }
                 let c = run(&mut cpu, id + i as u64, p).0;
                 let margins = cpu_margins(&mut cpu, p, &c);

@@ -19,12 +19,26 @@ use triton_llama::sampling::SamplingParams;
 type Outs = HashMap<u64, (Vec<u32>, Vec<f32>)>;
 
 fn engine(ckpt: &str, tp: usize, block_size: usize, cache: bool) -> Engine {
-    let ecfg = EngineConfig { tp, block_size, num_blocks: Some(256), enable_prefix_caching: cache, ..Default::default() };
+    let ecfg = EngineConfig {
+        tp,
+        block_size,
+        num_blocks: Some(256),
+        enable_prefix_caching: cache,
+        ..Default::default()
+    };
     Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
 }
 
 fn req(id: u64, prompt_ids: Vec<u32>) -> Request {
-    Request { id, prompt_ids, params: SamplingParams { max_new_tokens: 8, ignore_eos: true, ..Default::default() } }
+    Request {
+        id,
+        prompt_ids,
+        params: SamplingParams {
+            max_new_tokens: 8,
+            ignore_eos: true,
+            ..Default::default()
+        },
+    }
 }
 
 fn collect(out: &mut Outs, o: &Output) {
@@ -79,7 +93,11 @@ fn check(ckpt: &str, tp: usize, bs: usize) {
             let hits = on.prefix_cache_stats().hits - before.hits;
             let want = run_pair(&mut off, req(id, a), req(id + 1, b), concurrent);
             let case = format!("{ckpt} TP={tp} block {bs}, shared {shared}, concurrent {concurrent}");
-            assert_eq!(hits as usize, shared / bs * bs, "{case}: prompt tokens found in the cache");
+            assert_eq!(
+                hits as usize,
+                shared / bs * bs,
+                "{case}: prompt tokens found in the cache"
+            );
             for r in [id, id + 1] {
                 assert_eq!(got[&r].0, want[&r].0, "{case}: request {r}'s tokens");
                 assert_eq!(got[&r].1, want[&r].1, "{case}: request {r}'s log-probs (exactly equal)");
@@ -139,5 +157,10 @@ fn second_turn_reuses_the_first_turns_prompt_and_answer() {
 /// Same tokens; log-probs within 1e-5 (see the module note).
 fn close(a: &(Vec<u32>, Vec<f32>), b: &(Vec<u32>, Vec<f32>), what: &str) {
     assert_eq!(a.0, b.0, "{what}: tokens");
-    assert!(max_abs_diff(&a.1, &b.1) <= 1e-5, "{what}: log-probs {:?} vs {:?}", a.1, b.1);
+    assert!(
+        max_abs_diff(&a.1, &b.1) <= 1e-5,
+        "{what}: log-probs {:?} vs {:?}",
+        a.1,
+        b.1
+    );
 }

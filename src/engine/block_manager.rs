@@ -201,8 +201,9 @@ impl BlockManager {
                 return Err(format!("block {b} is in {} states", seen[b] + used as u8));
             }
             if let Some(k) = self.key[b]
-                && self.index.get(&k) != Some(&(b as u32)) {
-                    return Err(format!("block {b}'s key is not indexed to it"));
+                && self.index.get(&k) != Some(&(b as u32))
+            {
+                return Err(format!("block {b}'s key is not indexed to it"));
             }
         }
         if self.index.len() != self.key.iter().filter(|k| k.is_some()).count() {
@@ -242,7 +243,10 @@ mod tests {
         let k1 = block_key(0, None, &[1, 2]);
         assert_eq!(k1, block_key(0, None, &[1, 2]));
         assert_ne!(k1, block_key(1, None, &[1, 2]), "the model identity is part of the key");
-        assert_ne!(block_key(0, Some(k1), &[3, 4]), block_key(0, Some(block_key(0, None, &[9, 2])), &[3, 4]));
+        assert_ne!(
+            block_key(0, Some(k1), &[3, 4]),
+            block_key(0, Some(block_key(0, None, &[9, 2])), &[3, 4])
+        );
     }
 
     #[test]

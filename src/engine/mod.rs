@@ -47,7 +47,17 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { device: Device::Cpu, tp: 1, block_size: 16, num_blocks: None, kv_cache_bytes: 1 << 30, max_num_seqs: 16, max_batched_tokens: 2048, max_model_len: None, enable_prefix_caching: true }
+        EngineConfig {
+            device: Device::Cpu,
+            tp: 1,
+            block_size: 16,
+            num_blocks: None,
+            kv_cache_bytes: 1 << 30,
+            max_num_seqs: 16,
+            max_batched_tokens: 2048,
+            max_model_len: None,
+            enable_prefix_caching: true,
+        }
     }
 }
 

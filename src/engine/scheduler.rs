@@ -77,12 +77,14 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig, bm: BlockManager) -> Self {
-        Scheduler { cfg, bm, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), stats: PrefixCacheStats::default() }
+        let stats = PrefixCacheStats::default();
+        Scheduler { cfg, bm, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), stats }
     }
 
     /// Queues a new sequence with prompt `tokens`.
     pub fn add(&mut self, id: u64, tokens: &[u32]) {
-        self.seqs.insert(id, SeqState { tokens: tokens.to_vec(), num_computed: 0, blocks: Vec::new(), keys: Vec::new() });
+        let s = SeqState { tokens: tokens.to_vec(), num_computed: 0, blocks: Vec::new(), keys: Vec::new() };
+        self.seqs.insert(id, s);
         self.waiting.push_back(id);
     }
 
@@ -108,15 +110,19 @@ impl Scheduler {
         self.bm.check()?;
         let mut held = vec![0u32; self.bm.num_blocks()];
         for (id, s) in &self.seqs {
-            if s.blocks.len() < self.bm.blocks_for(s.num_computed) || s.keys.len() > s.num_computed / self.bm.block_size() {
-                return Err(format!("sequence {id}: {} blocks, {} keys for {} computed tokens", s.blocks.len(), s.keys.len(), s.num_computed));
+            let full = s.num_computed / self.bm.block_size();
+            if s.blocks.len() < self.bm.blocks_for(s.num_computed) || s.keys.len() > full {
+                let (b, k) = (s.blocks.len(), s.keys.len());
+                return Err(format!("sequence {id}: {b} blocks, {k} keys for {} computed tokens", s.num_computed));
             }
             for &b in &s.blocks {
                 held[b as usize] += 1;
             }
         }
         match held.iter().enumerate().find(|&(b, &n)| n != self.bm.ref_count(b as u32)) {
-            Some((b, n)) => Err(format!("block {b}: held by {n} sequences, reference count {}", self.bm.ref_count(b as u32))),
+            Some((b, n)) => {
+                Err(format!("block {b}: held by {n} sequences, reference count {}", self.bm.ref_count(b as u32)))
+            }
             None => Ok(()),
         }
     }
@@ -218,7 +224,8 @@ impl Scheduler {
             }
             let s = self.seqs.get_mut(&id).expect("known");
             self.bm.grow(&mut s.blocks, target);
-            plan.items.push(PlanItem { id, start: s.num_computed, len, block_table: s.blocks.clone(), sample: target == s.tokens.len() });
+            let sample = target == s.tokens.len();
+            plan.items.push(PlanItem { id, start: s.num_computed, len, block_table: s.blocks.clone(), sample });
             budget -= len;
             i += 1;
         }
@@ -255,7 +262,8 @@ impl Scheduler {
             debug_assert!(grown, "availability checked above");
             self.waiting.pop_front();
             self.running.push(id);
-            plan.items.push(PlanItem { id, start, len, block_table: s.blocks.clone(), sample: target == s.tokens.len() });
+            let sample = target == s.tokens.len();
+            plan.items.push(PlanItem { id, start, len, block_table: s.blocks.clone(), sample });
             budget -= len;
         }
         plan

@@ -204,9 +204,11 @@ mod tests {
         assert!(s.limits.exclude_input_default && !s.limits.decoupled);
         assert_eq!(s.serve.capacity, 16 + 64);
         assert!(s.engine.enable_prefix_caching, "prefix caching is on by default");
-        let off = ModelSettings::from_config(&cfg(json!({"checkpoint": "x", "enable_prefix_caching": "false"})), Path::new("/m")).unwrap();
+        let read = |p| ModelSettings::from_config(&cfg(p), Path::new("/m")).unwrap();
+        let off = read(json!({"checkpoint": "x", "enable_prefix_caching": "false"}));
         assert!(!off.engine.enable_prefix_caching);
-        assert_ne!(off.engine_key(), ModelSettings::from_config(&cfg(json!({"checkpoint": "x"})), Path::new("/m")).unwrap().engine_key());
+        let on = read(json!({"checkpoint": "x"}));
+        assert_ne!(off.engine_key(), on.engine_key(), "no engine shared across the switch");
     }
 
     #[test]

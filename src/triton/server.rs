@@ -123,7 +123,18 @@ impl EngineHandle {
                         longest_piece_bytes: engine.tokenizer().longest_piece_bytes(),
                     };
                     let _ = ready_tx.send(Ok(info));
-                    Loop { engine, set, rx, inflight: inf, jobs: HashMap::new(), rows: HashMap::new(), observers: HashMap::new(), next_id: 1, prefix_published: Default::default() }.run();
+                    Loop {
+                        engine,
+                        set,
+                        rx,
+                        inflight: inf,
+                        jobs: HashMap::new(),
+                        rows: HashMap::new(),
+                        observers: HashMap::new(),
+                        next_id: 1,
+                        prefix_published: Default::default(),
+                    }
+                    .run();
                 }));
                 if r.is_err() {
                     log::error!("the engine thread panicked; its requests were failed and the model stops accepting work");

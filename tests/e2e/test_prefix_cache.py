@@ -23,8 +23,9 @@ def chat(turns):
 def ask(server, prompt, max_output_token=24):
     n = lambda v, dt: np.array([[v]], dtype=dt)  # noqa: E731
     with ModelClient(server.url, "chat", init_timeout_s=60) as client:
-        out = client.infer_batch(prompts=np.char.encode(np.array([[prompt]]), "utf-8"), max_output_token=n(max_output_token, np.int64),
-                                 top_k=n(1, np.int64), top_p=n(0.0, np.float32), temperature=n(1.0, np.float32))
+        out = client.infer_batch(prompts=np.char.encode(np.array([[prompt]]), "utf-8"),
+                                 max_output_token=n(max_output_token, np.int64), top_k=n(1, np.int64),
+                                 top_p=n(0.0, np.float32), temperature=n(1.0, np.float32))
     return np.char.decode(out["outputs"].astype("bytes"), "utf-8")[0][0]
 
 
@@ -48,7 +49,8 @@ def two_turns(server):
 
 @pytest.fixture(scope="module")
 def nemo_server_no_cache(request, tmp_path_factory):
-    return start(request, tmp_path_factory, "nemo_no_cache", ["--nemo_checkpoint", str(NEMO), "-tmn", "chat", "--no-enable_prefix_caching"])
+    return start(request, tmp_path_factory, "nemo_no_cache",
+                 ["--nemo_checkpoint", str(NEMO), "-tmn", "chat", "--no-enable_prefix_caching"])
 
 
 def test_second_turn_hits_the_cache_and_answers_as_without_it(nemo_server, nemo_server_no_cache):
@@ -63,8 +65,8 @@ def test_second_turn_hits_the_cache_and_answers_as_without_it(nemo_server, nemo_
     # KV gauges: idle now, so nothing is used and the cached blocks are kept.
     assert nemo_server.metric("llama_kv_cache_blocks_used", model="chat") == 0
     assert nemo_server.metric("llama_kv_cache_blocks_cached", model="chat") > 0
-    total = nemo_server.metric("llama_kv_cache_blocks_total", model="chat")
-    assert nemo_server.metric("llama_kv_cache_blocks_cached", model="chat") + nemo_server.metric("llama_kv_cache_blocks_free", model="chat") == total
+    kv = {k: nemo_server.metric(f"llama_kv_cache_blocks_{k}", model="chat") for k in ("cached", "free", "total")}
+    assert kv["cached"] + kv["free"] == kv["total"]
 
     no_cache_answers, (_, off2) = two_turns(nemo_server_no_cache)
     assert no_cache_answers == answers
