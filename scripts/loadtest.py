@@ -151,7 +151,8 @@ def rss_mb(pid):
 
 
 def metrics(a):
-    """{(name, reason): value} for the llama_* samples of our two models (summed over the two)."""
+    """{(name, reason): value} for the llama_* samples of our two models (summed over the two, except the
+    engine-wide KV-cache and prefix-cache values, which both repeat)."""
     with urllib.request.urlopen(f"http://{a.metrics_url}/metrics", timeout=10) as r:
         text = r.read().decode()
     out = collections.Counter()
@@ -161,7 +162,10 @@ def metrics(a):
         key, value = line.rsplit(" ", 1)
         name, labels = key.split("{", 1)
         lab = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",") if "=" in kv)
-        if lab.get("model", "").strip('"') in (a.model, a.model + "_stream"):
+        model = lab.get("model", "").strip('"')
+        # Engine-wide values (KV blocks, prefix cache) repeat under both twins: counted once.
+        once = name.startswith(("llama_kv_cache", "llama_prefix_cache"))
+        if model == a.model or (model == a.model + "_stream" and not once):
             out[(name, lab.get("reason", "").strip('"'))] += float(value)
     return out
 
