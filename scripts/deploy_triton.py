@@ -62,6 +62,10 @@ def parse_args(argv=None):
                         "unloaded/loaded through the repository API")
     p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
+    p.add_argument("--enable_prefix_caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the KV cache of prompt prefixes already computed (default on: "
+                   "--no-enable_prefix_caching)")
+    p.add_argument("--no_prefix_caching", dest="enable_prefix_caching", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("-dm", "--debug_mode", default="False")
     p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"), help="triton-llama binary (writes the demo model)")
@@ -180,6 +184,7 @@ def write_repository(a):
         "default_max_tokens": a.default_max_tokens or "",
         "num_blocks": a.num_blocks or "",
         "block_size": a.block_size or "",
+        "enable_prefix_caching": str(a.enable_prefix_caching).lower(),
     }
     if a.triton_model_repository is not None:  # listed first, so a run that fails half-way still owns them
         (repo / MANIFEST).write_text(json.dumps(model_names(a)) + "\n")

@@ -151,7 +151,8 @@ def rss_mb(pid):
 
 
 def metrics(a):
-    """{(name, reason): value} for the llama_* samples of our two models (summed over the two)."""
+    """{(name, reason): value} for the llama_* samples of our two models (summed over the two, except the
+    engine-wide KV-cache and prefix-cache values, which both repeat)."""
     with urllib.request.urlopen(f"http://{a.metrics_url}/metrics", timeout=10) as r:
         text = r.read().decode()
     out = collections.Counter()
@@ -161,7 +162,10 @@ def metrics(a):
         key, value = line.rsplit(" ", 1)
         name, labels = key.split("{", 1)
         lab = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",") if "=" in kv)
-        if lab.get("model", "").strip('"') in (a.model, a.model + "_stream"):
+        model = lab.get("model", "").strip('"')
+        # Engine-wide values (KV blocks, prefix cache) repeat under both twins: counted once.
+        once = name.startswith(("llama_kv_cache", "llama_prefix_cache"))
+        if model == a.model or (model == a.model + "_stream" and not once):
             out[(name, lab.get("reason", "").strip('"'))] += float(value)
     return out
 
@@ -511,13 +515,22 @@ def main():
         failed.append(f"no llama_* metrics for model {a.model}")
     if kv or running or waiting or held:
         failed.append(f"not idle: kv_used={kv:.0f} running={running:.0f} waiting={waiting:.0f} in_flight={held:.0f}")
+    # Prefix cache: idle blocks are cached or free, and together they are the whole pool.
+    cached, free, total = (after[(f"llama_kv_cache_blocks_{n}", "")] for n in ("cached", "free", "total"))
+    if kv + cached + free != total:
+        failed.append(f"KV blocks used {kv:.0f} + cached {cached:.0f} + free {free:.0f} != total {total:.0f}")
+    queries, hits = (after[(n, "")] - before.get((n, ""), 0)
+                     for n in ("llama_prefix_cache_queries_tokens_total", "llama_prefix_cache_hits_tokens_total"))
+    hit_rate = (f"prefix_cache_hit_rate={hits / queries:.1%}({hits:.0f}/{queries:.0f} tokens) " if queries
+                else "prefix_cache=off ")
     print(f"loadtest: clients={a.clients} duration={a.duration:.0f}s requests={sum(st.sent.values()) + sum(st.bad.values())} "
           f"ok={st.ok} ok_prompts={st.ok_rows} bad_rejected={sum(st.bad.values())} cancelled={st.cancelled} "
           f"cancelled_prompts={st.cancelled_rows}(server {fin['cancelled']:.0f}) "
           f"finished={{{', '.join(f'{k}: {v:.0f}' for k, v in fin.items())}}} errors={dict(st.errors)} lost={st.lost} dup={st.dup} "
           f"greedy_checked={st.greedy_checked} greedy_mismatch={st.mismatch} p50={lat[len(lat) // 2] * 1e3:.0f}ms "
           f"p99={lat[int(len(lat) * 0.99)] * 1e3:.0f}ms health_polls={polls} health_max={health_max * 1e3:.0f}ms "
-          f"rss_warm={rss_warm:.0f}MB rss_end={rss_end:.0f}MB drift={drift:+.1f}% kv_used_idle={kv:.0f} held_idle={held:.0f} {shutdown}"
+          f"rss_warm={rss_warm:.0f}MB rss_end={rss_end:.0f}MB drift={drift:+.1f}% kv_used_idle={kv:.0f} "
+          f"held_idle={held:.0f} kv_cached_idle={cached:.0f} {hit_rate}{shutdown}"
           + ("PASS" if not failed else "FAIL: " + "; ".join(failed)), flush=True)
     print(f"loadtest: bad requests by kind:status: {dict(sorted(st.bad.items()))}", flush=True)
     if failed and proc:

@@ -186,3 +186,61 @@ fn start_cuda_without_a_gpu_is_an_error() {
 fn skipped(msg: String) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
+
+/// Prefix caching on a GPU (the cache lives in the scheduler, shared by both backends): a second prompt that
+/// shares two blocks and more with a finished one hits the cache, and its greedy tokens equal the cache-off
+/// engine's at every step whose CPU top-2 margin exceeds 0.1 (cuBLAS may pick another algorithm for a shorter
+/// chunk, so log-probs are compared within 1e-2, not bit for bit).
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn prefix_cache_on_gpu_gives_the_cache_off_tokens() {
+    use triton_llama::engine::{Device, Engine, EngineConfig, Request};
+    use triton_llama::sampling::SamplingParams;
+    if gpus("prefix_cache_on_gpu_gives_the_cache_off_tokens", 1).is_none() {
+        return;
+    }
+    let open = |ckpt: &str, device, cache| {
+        let (block_size, num_blocks) = (4, Some(128));
+        let ecfg = EngineConfig { device, block_size, num_blocks, enable_prefix_caching: cache, ..Default::default() };
+        Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
+    };
+    let greedy = SamplingParams { max_new_tokens: 10, ignore_eos: true, ..Default::default() };
+    let run = |e: &mut Engine, id: u64, prompt: &[u32]| {
+        e.add_request(Request { id, prompt_ids: prompt.to_vec(), params: greedy.clone() }).unwrap();
+        let (mut ids, mut lps) = (Vec::new(), Vec::new());
+        e.run_to_completion(|o| {
+            ids.extend(o.token);
+            lps.extend(o.token.map(|_| o.logprob));
+        })
+        .unwrap();
+        assert_eq!(e.kv_blocks_used(), 0, "blocks leaked");
+        (ids, lps)
+    };
+    for (ckpt, model) in [("models/mha_f32/hf", "mha_f32"), ("models/gqa_bf16/hf", "gqa_bf16")] {
+        let gpu = || Device::Cuda { gpu_ids: vec![0], kv_fraction: 0.5 };
+        let (mut on, mut off) = (open(ckpt, gpu(), true), open(ckpt, gpu(), false));
+        let mut cpu = open(ckpt, Device::Cpu, false);
+        for (n, base) in prompts(model).into_iter().filter(|p| p.len() > 9).enumerate() {
+            let id = 10 * n as u64;
+            let mut second = base[..9].to_vec();
+            second.extend([7, 8, 9]);
+            for (i, p) in [&base, &second].into_iter().enumerate() {
+                let before = on.prefix_cache_stats().hits;
+                let (g_on, g_off) = (run(&mut on, id + i as u64, p), run(&mut off, id + i as u64, p));
+                if i == 1 {
+                    let hits = on.prefix_cache_stats().hits - before;
+                    assert!(hits >= 8, "{ckpt}: the shared 9 tokens hold 2 full blocks, {hits} tokens hit");
+                }
+                let c = run(&mut cpu, id + i as u64, p).0;
+                let margins = cpu_margins(&mut cpu, p, &c);
+                for s in 0..c.len() {
+                    if margins[s] <= 0.1 {
+                        break;
+                    }
+                    assert_eq!(g_on.0[s], g_off.0[s], "{ckpt} prompt {n}.{i}: step {s}");
+                    assert!((g_on.1[s] - g_off.1[s]).abs() < 1e-2, "{ckpt} prompt {n}.{i}: log-prob at step {s}");
+                }
+            }
+        }
+    }
+}

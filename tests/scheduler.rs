@@ -1,16 +1,23 @@
 //! Continuous-batching policy on plain data: admission limits, chunked prefill, preemption, block accounting.
+//! The policy tests run with prefix caching off; `prefix_cache.rs` tests the cache.
 use triton_llama::engine::block_manager::BlockManager;
 use triton_llama::engine::scheduler::{Plan, Scheduler, SchedulerConfig};
 
 fn sched(num_blocks: usize, max_num_seqs: usize, max_batched_tokens: usize) -> Scheduler {
-    Scheduler::new(SchedulerConfig { max_num_seqs, max_batched_tokens }, BlockManager::new(num_blocks, 4))
+    let cfg = SchedulerConfig { max_num_seqs, max_batched_tokens, enable_prefix_caching: false, cache_salt: 0 };
+    Scheduler::new(cfg, BlockManager::new(num_blocks, 4))
+}
+
+/// `n` prompt tokens for sequence `id` (distinct per id).
+fn toks(id: u64, n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| id as u32 * 1000 + i).collect()
 }
 
 /// Pretends the model ran the plan and sampled a token for every sampling item.
 fn run(s: &mut Scheduler, plan: &Plan) {
     s.update(plan);
     for it in plan.items.iter().filter(|i| i.sample) {
-        s.append_token(it.id);
+        s.append_token(it.id, 7);
     }
 }
 
@@ -18,7 +25,7 @@ fn run(s: &mut Scheduler, plan: &Plan) {
 fn admits_up_to_max_num_seqs_then_queues() {
     let mut s = sched(100, 2, 1000);
     for id in 0..3 {
-        s.add(id, 5);
+        s.add(id, &toks(id, 5));
     }
     let p = s.schedule();
     assert_eq!(p.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 1]);
@@ -37,7 +44,7 @@ fn admits_up_to_max_num_seqs_then_queues() {
 #[test]
 fn long_prompt_is_prefilled_in_chunks_within_the_token_budget() {
     let mut s = sched(100, 4, 8);
-    s.add(7, 20);
+    s.add(7, &toks(7, 20));
     let mut starts = Vec::new();
     loop {
         let p = s.schedule();
@@ -55,10 +62,10 @@ fn long_prompt_is_prefilled_in_chunks_within_the_token_budget() {
 #[test]
 fn decode_and_new_prefill_share_a_step() {
     let mut s = sched(100, 4, 64);
-    s.add(1, 3);
+    s.add(1, &toks(1, 3));
     let p = s.schedule();
     run(&mut s, &p);
-    s.add(2, 6);
+    s.add(2, &toks(2, 6));
     let p = s.schedule();
     assert_eq!(p.items.iter().map(|i| (i.id, i.start, i.len, i.sample)).collect::<Vec<_>>(), vec![(1, 3, 1, true), (2, 0, 6, true)]);
 }
@@ -66,7 +73,7 @@ fn decode_and_new_prefill_share_a_step() {
 #[test]
 fn block_tables_grow_one_block_per_block_size_tokens() {
     let mut s = sched(100, 1, 64);
-    s.add(1, 4); // exactly one block of 4
+    s.add(1, &toks(1, 4)); // exactly one block of 4
     let p = s.schedule();
     assert_eq!(p.items[0].block_table.len(), 1);
     run(&mut s, &p);
@@ -81,8 +88,8 @@ fn block_tables_grow_one_block_per_block_size_tokens() {
 fn out_of_blocks_preempts_the_newest_and_recomputes_it_later() {
     // 4 blocks of 4 tokens. Two sequences of 8 tokens take all of them.
     let mut s = sched(4, 4, 64);
-    s.add(1, 8);
-    s.add(2, 8);
+    s.add(1, &toks(1, 8));
+    s.add(2, &toks(2, 8));
     let p = s.schedule();
     assert_eq!(p.items.len(), 2);
     run(&mut s, &p);
@@ -102,8 +109,8 @@ fn out_of_blocks_preempts_the_newest_and_recomputes_it_later() {
 #[test]
 fn a_sequence_larger_than_the_whole_cache_is_reported_not_scheduled() {
     let mut s = sched(2, 4, 64);
-    s.add(1, 9); // needs 3 blocks of 4
-    s.add(2, 3);
+    s.add(1, &toks(1, 9)); // needs 3 blocks of 4
+    s.add(2, &toks(2, 3));
     let p = s.schedule();
     assert_eq!(p.too_large, vec![1]);
     assert_eq!(p.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![2]);
@@ -114,9 +121,9 @@ fn a_sequence_larger_than_the_whole_cache_is_reported_not_scheduled() {
 #[test]
 fn fifo_admission_nobody_jumps_the_queue() {
     let mut s = sched(3, 4, 64);
-    s.add(1, 8); // 2 blocks
-    s.add(2, 8); // 2 blocks: does not fit next to 1
-    s.add(3, 2); // would fit, but must wait behind 2
+    s.add(1, &toks(1, 8)); // 2 blocks
+    s.add(2, &toks(2, 8)); // 2 blocks: does not fit next to 1
+    s.add(3, &toks(3, 2)); // would fit, but must wait behind 2
     let p = s.schedule();
     assert_eq!(p.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1]);
     assert_eq!(s.num_waiting(), 2);
@@ -126,7 +133,7 @@ fn fifo_admission_nobody_jumps_the_queue() {
 fn aborting_frees_blocks_and_all_blocks_return_when_idle() {
     let mut s = sched(50, 8, 256);
     for id in 0..8 {
-        s.add(id, 3 + id as usize * 5);
+        s.add(id, &toks(id, 3 + id as usize * 5));
     }
     for step in 0..30 {
         let p = s.schedule();

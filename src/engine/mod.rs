@@ -41,11 +41,23 @@ pub struct EngineConfig {
     pub max_batched_tokens: usize,
     /// Longest prompt + output; defaults to the model's `max_position_embeddings`.
     pub max_model_len: Option<usize>,
+    /// Reuse the KV cache of prompt prefixes already computed (full blocks only).
+    pub enable_prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { device: Device::Cpu, tp: 1, block_size: 16, num_blocks: None, kv_cache_bytes: 1 << 30, max_num_seqs: 16, max_batched_tokens: 2048, max_model_len: None }
+        EngineConfig {
+            device: Device::Cpu,
+            tp: 1,
+            block_size: 16,
+            num_blocks: None,
+            kv_cache_bytes: 1 << 30,
+            max_num_seqs: 16,
+            max_batched_tokens: 2048,
+            max_model_len: None,
+            enable_prefix_caching: true,
+        }
     }
 }
 
@@ -61,6 +73,14 @@ fn start_cuda(src: Arc<dyn CheckpointSource>, _: &[usize], _: usize, _: f64, _: 
         format: "device cuda".into(),
         hint: "this build has only the CPU engine; rebuild with `cargo build --release --features cuda`".into(),
     })
+}
+
+/// The model identity folded into the prefix cache's block keys.
+fn cache_salt(cfg: &crate::config::LlamaConfig, tp: usize) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (format!("{cfg:?}"), tp).hash(&mut h);
+    h.finish()
 }
 
 /// One generation request, already tokenized.
@@ -167,7 +187,12 @@ impl Engine {
         }
         log::info!("KV cache: {num_blocks} blocks of {} tokens per rank", ecfg.block_size);
         let sched = Scheduler::new(
-            SchedulerConfig { max_num_seqs: ecfg.max_num_seqs, max_batched_tokens: ecfg.max_batched_tokens },
+            SchedulerConfig {
+                max_num_seqs: ecfg.max_num_seqs,
+                max_batched_tokens: ecfg.max_batched_tokens,
+                enable_prefix_caching: ecfg.enable_prefix_caching,
+                cache_salt: cache_salt(&cfg, ecfg.tp),
+            },
             BlockManager::new(num_blocks, ecfg.block_size),
         );
         Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs: HashMap::new(), add_bos, default_stops })
@@ -198,6 +223,18 @@ impl Engine {
     }
     pub fn kv_blocks_used(&self) -> usize {
         self.sched.blocks().num_used()
+    }
+    /// KV blocks no sequence holds that keep a cached prefix (reusable, evicted when the pool needs them).
+    pub fn kv_blocks_cached(&self) -> usize {
+        self.sched.blocks().num_cached()
+    }
+    /// KV blocks holding nothing.
+    pub fn kv_blocks_free(&self) -> usize {
+        self.sched.blocks().num_free()
+    }
+    /// Prompt tokens looked up in the prefix cache and found there, since the engine started.
+    pub fn prefix_cache_stats(&self) -> scheduler::PrefixCacheStats {
+        self.sched.prefix_cache_stats()
     }
     pub fn kv_blocks_total(&self) -> usize {
         self.sched.blocks().num_blocks()
@@ -236,7 +273,7 @@ impl Engine {
         }
         let sampler = Sampler::new(req.params.clone(), req.id ^ 0x5EED);
         let text = TextStream::new(&self.tokenizer, &req.prompt_ids, req.params.stop_strings.clone())?;
-        self.sched.add(req.id, n);
+        self.sched.add(req.id, &req.prompt_ids);
         self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text });
         Ok(())
     }
@@ -276,6 +313,7 @@ impl Engine {
                     self.sched.finish(id);
                     self.seqs.remove(&id);
                 }
+                self.sched.clear_prefix_cache();
                 return Err(match r {
                     Err(e) => e,
                     Ok(out) => Error::Internal(format!("step returned {} tokens for {sampled} sequences", out.picks.len())),
@@ -288,7 +326,7 @@ impl Engine {
             let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
             let (tok, logprob) = (pick.id, pick.logprob);
             s.ids.push(tok);
-            self.sched.append_token(it.id);
+            self.sched.append_token(it.id, tok);
             let n_gen = s.ids.len() - s.prompt_len;
             let p = &s.sampler.params;
             let is_stop_token = (!p.ignore_eos && tok == eos) || p.stop_token_ids.contains(&tok);
@@ -350,6 +388,8 @@ impl Engine {
         if ids.is_empty() || ids.len() > self.max_model_len {
             return Err(Error::InvalidRequest(format!("need 1..={} tokens, got {}", self.max_model_len, ids.len())));
         }
+        // This pass writes blocks from 0 up, outside the scheduler: the prefix cache would point at them.
+        self.sched.clear_prefix_cache();
         let bs = self.runner.block_size;
         let mut bm = BlockManager::new(self.runner.num_blocks, bs);
         let mut table = Vec::new();

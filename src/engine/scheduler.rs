@@ -1,7 +1,9 @@
 //! Continuous batching on plain data (vLLM's schedule -> run -> update): which sequences run this step and
 //! how many of their tokens, bounded by KV blocks, concurrent sequences and a per-step token budget.
-//! It never touches tensors or token values, only counts and block tables.
-use super::block_manager::BlockManager;
+//! It never touches tensors, only token ids, counts and block tables. With prefix caching, a new (or
+//! preempted) sequence starts from the longest run of full blocks whose content is already cached, and every
+//! block a sequence fills is registered for later ones (see `block_manager`).
+use super::block_manager::{BlockKey, BlockManager, block_key};
 use std::collections::{HashMap, VecDeque};
 
 /// Scheduler limits.
@@ -10,15 +12,29 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     /// Tokens processed in one step at most (prefill chunks are cut to fit).
     pub max_batched_tokens: usize,
+    /// Share the KV of full prompt blocks already computed (automatic prefix caching).
+    pub enable_prefix_caching: bool,
+    /// Identity of the model (and adapter) folded into every block key: caches of different models never mix.
+    pub cache_salt: u64,
+}
+
+/// Prefix-cache lookups since the start: prompt tokens looked up at admission (a preempted sequence is looked
+/// up again when it comes back) and how many of them were found cached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixCacheStats {
+    pub queries: u64,
+    pub hits: u64,
 }
 
 #[derive(Debug, Clone)]
 struct SeqState {
-    /// Tokens known (prompt + generated).
-    num_tokens: usize,
+    /// Token ids known (prompt + generated).
+    tokens: Vec<u32>,
     /// Tokens whose K/V are in the cache.
     num_computed: usize,
     blocks: Vec<u32>,
+    /// Content keys of the leading full blocks already registered (or found) in the cache.
+    keys: Vec<BlockKey>,
 }
 
 /// One sequence's share of a step.
@@ -56,23 +72,58 @@ pub struct Scheduler {
     waiting: VecDeque<u64>,
     /// In admission order; the newest is preempted first.
     running: Vec<u64>,
+    stats: PrefixCacheStats,
 }
 
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig, bm: BlockManager) -> Self {
-        Scheduler { cfg, bm, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new() }
+        let stats = PrefixCacheStats::default();
+        Scheduler { cfg, bm, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), stats }
     }
 
-    /// Queues a new sequence of `num_tokens` prompt tokens.
-    pub fn add(&mut self, id: u64, num_tokens: usize) {
-        self.seqs.insert(id, SeqState { num_tokens, num_computed: 0, blocks: Vec::new() });
+    /// Queues a new sequence with prompt `tokens`.
+    pub fn add(&mut self, id: u64, tokens: &[u32]) {
+        let s = SeqState { tokens: tokens.to_vec(), num_computed: 0, blocks: Vec::new(), keys: Vec::new() };
+        self.seqs.insert(id, s);
         self.waiting.push_back(id);
     }
 
-    /// A token was sampled for `id`.
-    pub fn append_token(&mut self, id: u64) {
+    /// Token `token` was sampled for `id`.
+    pub fn append_token(&mut self, id: u64, token: u32) {
         if let Some(s) = self.seqs.get_mut(&id) {
-            s.num_tokens += 1;
+            s.tokens.push(token);
+        }
+    }
+
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.stats
+    }
+
+    /// Forgets the cached blocks no sequence holds (e.g. before their memory is written outside the plan).
+    pub fn clear_prefix_cache(&mut self) {
+        self.bm.clear_cached();
+    }
+
+    /// Checks that every block's reference count equals the number of sequences holding it, and the block
+    /// manager's own invariants. For tests.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        self.bm.check()?;
+        let mut held = vec![0u32; self.bm.num_blocks()];
+        for (id, s) in &self.seqs {
+            let full = s.num_computed / self.bm.block_size();
+            if s.blocks.len() < self.bm.blocks_for(s.num_computed) || s.keys.len() > full {
+                let (b, k) = (s.blocks.len(), s.keys.len());
+                return Err(format!("sequence {id}: {b} blocks, {k} keys for {} computed tokens", s.num_computed));
+            }
+            for &b in &s.blocks {
+                held[b as usize] += 1;
+            }
+        }
+        match held.iter().enumerate().find(|&(b, &n)| n != self.bm.ref_count(b as u32)) {
+            Some((b, n)) => {
+                Err(format!("block {b}: held by {n} sequences, reference count {}", self.bm.ref_count(b as u32)))
+            }
+            None => Ok(()),
         }
     }
 
@@ -105,17 +156,45 @@ impl Scheduler {
         let s = self.seqs.get_mut(&id).expect("running ids are known");
         self.bm.release(&mut s.blocks);
         s.num_computed = 0;
+        s.keys.clear();
         self.running.retain(|&r| r != id);
         self.waiting.push_front(id);
     }
 
-    /// Records that a plan ran: its chunks are now cached.
+    /// Records that a plan ran: its chunks are now cached, and the blocks they filled are registered.
     pub fn update(&mut self, plan: &Plan) {
+        let bs = self.bm.block_size();
         for it in &plan.items {
             if let Some(s) = self.seqs.get_mut(&it.id) {
                 s.num_computed = it.start + it.len;
+                if !self.cfg.enable_prefix_caching {
+                    continue;
+                }
+                while s.keys.len() < s.num_computed / bs {
+                    let i = s.keys.len();
+                    let key = block_key(self.cfg.cache_salt, s.keys.last().copied(), &s.tokens[i * bs..(i + 1) * bs]);
+                    self.bm.register(s.blocks[i], key);
+                    s.keys.push(key);
+                }
             }
         }
+    }
+
+    /// The cached blocks holding the longest prefix of `s`'s tokens (full blocks only, leaving at least one
+    /// token to compute so that the last position's logits exist), with their keys.
+    fn cached_prefix(&self, s: &SeqState) -> (Vec<u32>, Vec<BlockKey>) {
+        let bs = self.bm.block_size();
+        let (mut blocks, mut keys) = (Vec::new(), Vec::new());
+        if !self.cfg.enable_prefix_caching {
+            return (blocks, keys);
+        }
+        for chunk in s.tokens[..s.tokens.len().saturating_sub(1)].chunks_exact(bs) {
+            let key = block_key(self.cfg.cache_salt, keys.last().copied(), chunk);
+            let Some(b) = self.bm.lookup(key) else { break };
+            blocks.push(b);
+            keys.push(key);
+        }
+        (blocks, keys)
     }
 
     /// Picks this step's work: running sequences first (decode or the rest of a chunked prefill), preempting
@@ -128,14 +207,14 @@ impl Scheduler {
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
             let s = &self.seqs[&id];
-            let len = (s.num_tokens - s.num_computed).min(budget);
+            let len = (s.tokens.len() - s.num_computed).min(budget);
             let target = s.num_computed + len;
-            if self.bm.blocks_for(s.num_tokens) > total_blocks {
+            if self.bm.blocks_for(s.tokens.len()) > total_blocks {
                 plan.too_large.push(id);
                 self.running.remove(i);
                 continue;
             }
-            if self.bm.shortfall(&s.blocks, target) > self.bm.num_free() {
+            if self.bm.shortfall(&s.blocks, target) > self.bm.num_available() {
                 // Free the newest running sequence (possibly this one) and retry.
                 let victim = *self.running.last().expect("non-empty");
                 self.preempt(victim);
@@ -145,7 +224,8 @@ impl Scheduler {
             }
             let s = self.seqs.get_mut(&id).expect("known");
             self.bm.grow(&mut s.blocks, target);
-            plan.items.push(PlanItem { id, start: s.num_computed, len, block_table: s.blocks.clone(), sample: target == s.num_tokens });
+            let sample = target == s.tokens.len();
+            plan.items.push(PlanItem { id, start: s.num_computed, len, block_table: s.blocks.clone(), sample });
             budget -= len;
             i += 1;
         }
@@ -153,20 +233,37 @@ impl Scheduler {
         budget = self.cfg.max_batched_tokens.saturating_sub(plan.num_tokens());
         while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
             let Some(&id) = self.waiting.front() else { break };
-            let s = self.seqs.get_mut(&id).expect("waiting ids are known");
-            if self.bm.blocks_for(s.num_tokens) > total_blocks {
+            let s = &self.seqs[&id];
+            if self.bm.blocks_for(s.tokens.len()) > total_blocks {
                 self.waiting.pop_front();
                 plan.too_large.push(id);
                 continue;
             }
-            let len = (s.num_tokens - s.num_computed).min(budget);
-            let target = s.num_computed + len;
-            if !self.bm.grow(&mut s.blocks, target) {
+            // Admission by the blocks still needed: the cached prefix is taken, not allocated (though taking
+            // a cached block nobody holds makes it unavailable for allocation).
+            let (hit, keys) = self.cached_prefix(s);
+            let start = hit.len() * self.bm.block_size();
+            let len = (s.tokens.len() - start).min(budget);
+            let target = start + len;
+            let revived = hit.iter().filter(|&&b| self.bm.ref_count(b) == 0).count();
+            if self.bm.blocks_for(target) - hit.len() + revived > self.bm.num_available() {
                 break; // FIFO: nobody jumps the queue
             }
+            if self.cfg.enable_prefix_caching {
+                self.stats.queries += s.tokens.len() as u64;
+                self.stats.hits += start as u64;
+            }
+            let s = self.seqs.get_mut(&id).expect("waiting ids are known");
+            for &b in &hit {
+                self.bm.take(b);
+            }
+            (s.blocks, s.keys, s.num_computed) = (hit, keys, start);
+            let grown = self.bm.grow(&mut s.blocks, target);
+            debug_assert!(grown, "availability checked above");
             self.waiting.pop_front();
             self.running.push(id);
-            plan.items.push(PlanItem { id, start: s.num_computed, len, block_table: s.blocks.clone(), sample: target == s.num_tokens });
+            let sample = target == s.tokens.len();
+            plan.items.push(PlanItem { id, start, len, block_table: s.blocks.clone(), sample });
             budget -= len;
         }
         plan

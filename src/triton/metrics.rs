@@ -1,5 +1,6 @@
 //! Prometheus metrics through Triton's metric API (served on Triton's metrics port next to its own):
-//! finished requests by reason, prompt/generated token counters, running/waiting and KV-block gauges, and
+//! finished requests by reason, prompt/generated token counters, running/waiting and KV-block gauges (used,
+//! cached, free, total), prefix-cache query/hit token counters, and
 //! TTFT / TPOT / end-to-end histograms (API 1.19 `MetricArgs`), all labelled `model` and `version`.
 use super::error::{check, cstring};
 use super::ffi;
@@ -27,7 +28,11 @@ struct Families {
     waiting: Fam,
     in_flight: Fam,
     kv_used: Fam,
+    kv_cached: Fam,
+    kv_free: Fam,
     kv_total: Fam,
+    prefix_queries: Fam,
+    prefix_hits: Fam,
     ttft: Fam,
     tpot: Fam,
     e2e: Fam,
@@ -62,7 +67,14 @@ fn make_families() -> Result<Families> {
                 waiting: family(g, "llama_num_requests_waiting", "Sequences waiting for admission")?,
                 in_flight: family(g, "llama_num_requests_in_flight", "Prompts received by the backend and not yet answered in full (queued, waiting or running)")?,
                 kv_used: family(g, "llama_kv_cache_blocks_used", "KV-cache blocks in use")?,
+                kv_cached: family(g, "llama_kv_cache_blocks_cached",
+                    "KV-cache blocks no sequence holds that keep a reusable prefix (evicted LRU when needed)")?,
+                kv_free: family(g, "llama_kv_cache_blocks_free", "KV-cache blocks holding nothing")?,
                 kv_total: family(g, "llama_kv_cache_blocks_total", "KV-cache blocks in the pool")?,
+                prefix_queries: family(c, "llama_prefix_cache_queries_tokens_total",
+                    "Prompt tokens looked up in the prefix cache at admission")?,
+                prefix_hits: family(c, "llama_prefix_cache_hits_tokens_total",
+                    "Prompt tokens found in the prefix cache (their prefill was skipped)")?,
                 ttft: family(h, "llama_time_to_first_token_seconds", "Time from arrival to the first generated token")?,
                 tpot: family(h, "llama_time_per_output_token_seconds", "Mean time between generated tokens, per sequence")?,
                 e2e: family(h, "llama_e2e_request_latency_seconds", "Time from arrival to the final response")?,
@@ -107,7 +119,11 @@ pub struct TritonMetrics {
     waiting: M,
     in_flight: M,
     kv_used: M,
+    kv_cached: M,
+    kv_free: M,
     kv_total: M,
+    prefix_queries: M,
+    prefix_hits: M,
     ttft: M,
     tpot: M,
     e2e: M,
@@ -134,7 +150,11 @@ impl TritonMetrics {
             waiting: metric(&f.waiting, &l, None)?,
             in_flight: metric(&f.in_flight, &l, None)?,
             kv_used: metric(&f.kv_used, &l, None)?,
+            kv_cached: metric(&f.kv_cached, &l, None)?,
+            kv_free: metric(&f.kv_free, &l, None)?,
             kv_total: metric(&f.kv_total, &l, None)?,
+            prefix_queries: metric(&f.prefix_queries, &l, None)?,
+            prefix_hits: metric(&f.prefix_hits, &l, None)?,
             ttft: metric(&f.ttft, &l, Some(&TTFT_BUCKETS))?,
             tpot: metric(&f.tpot, &l, Some(&TPOT_BUCKETS))?,
             e2e: metric(&f.e2e, &l, Some(&E2E_BUCKETS))?,
@@ -175,6 +195,18 @@ impl Observer for TritonMetrics {
         set(&self.waiting, waiting as f64);
         set(&self.kv_used, kv_used as f64);
         set(&self.kv_total, kv_total as f64);
+    }
+    fn kv_split(&self, cached: usize, free: usize) {
+        set(&self.kv_cached, cached as f64);
+        set(&self.kv_free, free as f64);
+    }
+    fn prefix_cache(&self, queries: u64, hits: u64) {
+        if queries > 0 {
+            inc(&self.prefix_queries, queries as f64);
+        }
+        if hits > 0 {
+            inc(&self.prefix_hits, hits as f64);
+        }
     }
     fn ttft(&self, s: f64) {
         observe(&self.ttft, s);

@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
-pub const PARAMS: [&str; 17] = [
+pub const PARAMS: [&str; 18] = [
     "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
     "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
-    "block_size", "max_batched_tokens", "num_blocks", "kv_cache_fraction",
+    "block_size", "max_batched_tokens", "num_blocks", "kv_cache_fraction", "enable_prefix_caching",
 ];
 
 /// Everything a model's config decides.
@@ -116,6 +116,7 @@ impl ModelSettings {
             max_num_seqs,
             max_batched_tokens: num(cfg, "max_batched_tokens")?.unwrap_or(d.max_batched_tokens),
             max_model_len: max_input_len.map(|i| i + max_output_len),
+            enable_prefix_caching: boolean(cfg, "enable_prefix_caching")?.unwrap_or(d.enable_prefix_caching),
         };
         let stop_strings = match param(cfg, "stop_strings") {
             None => None,
@@ -202,6 +203,12 @@ mod tests {
         assert_eq!(s.limits.default_max_tokens, 20);
         assert!(s.limits.exclude_input_default && !s.limits.decoupled);
         assert_eq!(s.serve.capacity, 16 + 64);
+        assert!(s.engine.enable_prefix_caching, "prefix caching is on by default");
+        let read = |p| ModelSettings::from_config(&cfg(p), Path::new("/m")).unwrap();
+        let off = read(json!({"checkpoint": "x", "enable_prefix_caching": "false"}));
+        assert!(!off.engine.enable_prefix_caching);
+        let on = read(json!({"checkpoint": "x"}));
+        assert_ne!(off.engine_key(), on.engine_key(), "no engine shared across the switch");
     }
 
     #[test]
@@ -216,6 +223,7 @@ mod tests {
         assert!(err(json!({"checkpoint": "x", "engine_threads": "4"})).contains("unknown parameter `engine_threads`"));
         assert!(err(json!({"checkpoint": "x", "stop_strings": "<x>"})).contains("`stop_strings`"));
         assert!(err(json!({"checkpoint": "x", "add_bos": "maybe"})).contains("`add_bos`"));
+        assert!(err(json!({"checkpoint": "x", "enable_prefix_caching": "on"})).contains("`enable_prefix_caching`"));
     }
 
     #[test]

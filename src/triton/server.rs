@@ -46,6 +46,10 @@ pub trait Observer: Send + Sync {
     fn tokens(&self, prompt: usize, generated: usize);
     /// Engine-wide gauges; `in_flight` counts prompts received and not yet answered in full (queued included).
     fn gauges(&self, running: usize, waiting: usize, kv_used: usize, kv_total: usize, in_flight: usize);
+    /// Engine-wide KV blocks held by no sequence: `cached` keep a reusable prefix, `free` hold nothing.
+    fn kv_split(&self, _cached: usize, _free: usize) {}
+    /// Prompt tokens looked up in the prefix cache, and found there, since the previous call (engine-wide).
+    fn prefix_cache(&self, _queries: u64, _hits: u64) {}
     fn ttft(&self, secs: f64);
     fn tpot(&self, secs: f64);
     fn e2e(&self, secs: f64);
@@ -119,7 +123,18 @@ impl EngineHandle {
                         longest_piece_bytes: engine.tokenizer().longest_piece_bytes(),
                     };
                     let _ = ready_tx.send(Ok(info));
-                    Loop { engine, set, rx, inflight: inf, jobs: HashMap::new(), rows: HashMap::new(), observers: HashMap::new(), next_id: 1 }.run();
+                    Loop {
+                        engine,
+                        set,
+                        rx,
+                        inflight: inf,
+                        jobs: HashMap::new(),
+                        rows: HashMap::new(),
+                        observers: HashMap::new(),
+                        next_id: 1,
+                        prefix_published: Default::default(),
+                    }
+                    .run();
                 }));
                 if r.is_err() {
                     log::error!("the engine thread panicked; its requests were failed and the model stops accepting work");
@@ -228,6 +243,8 @@ struct Loop {
     rows: HashMap<u64, (u64, usize)>,
     observers: HashMap<u64, Arc<dyn Observer>>,
     next_id: u64,
+    /// Prefix-cache stats already published (counters get the increase since).
+    prefix_published: std::cell::Cell<crate::engine::scheduler::PrefixCacheStats>,
 }
 
 #[path = "server_loop.rs"]

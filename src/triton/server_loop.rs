@@ -78,6 +78,14 @@ impl Loop {
         let e = &self.engine;
         for o in self.observers.values() {
             o.gauges(e.num_running(), e.num_waiting(), e.kv_blocks_used(), e.kv_blocks_total(), self.inflight.load(Ordering::SeqCst));
+            o.kv_split(e.kv_blocks_cached(), e.kv_blocks_free());
+        }
+        let (now, before) = (e.prefix_cache_stats(), self.prefix_published.get());
+        if now != before {
+            for o in self.observers.values() {
+                o.prefix_cache(now.queries - before.queries, now.hits - before.hits);
+            }
+            self.prefix_published.set(now);
         }
     }
 

@@ -1,4 +1,5 @@
 """scripts/loadtest.py, short: 64 clients for 60 s against its own demo-model server must pass every check."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,3 +15,6 @@ def test_short_load_run_passes():
     assert summary, "no summary line"
     assert p.returncode == 0, summary[-1]
     assert " lost=0 " in summary[-1] and summary[-1].endswith("PASS")
+    # Prefix caching is on by default and the greedy checks repeat prompts: some prompt tokens must hit.
+    m = re.search(r" prefix_cache_hit_rate=[\d.]+%\((\d+)/(\d+) tokens\) ", summary[-1])
+    assert m and 0 < int(m[1]) <= int(m[2]), summary[-1]
