@@ -13,7 +13,6 @@ pub mod model;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
-#[allow(unsafe_code)]
 pub mod triton;
 
 pub use error::{Error, ErrorKind, Result};

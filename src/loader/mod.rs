@@ -15,8 +15,6 @@ use std::path::Path;
 
 /// Canonical per-layer tensor names (suffixes of `layers.{i}.`).
 pub const LAYER_TENSORS: [&str; 9] = ["attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down"];
-/// Canonical model-level tensor names.
-pub const GLOBAL_TENSORS: [&str; 3] = ["tok_emb", "final_norm", "lm_head"];
 
 /// `layers.{i}.{t}`.
 pub fn layer_name(i: usize, t: &str) -> String {

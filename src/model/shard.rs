@@ -25,10 +25,6 @@ pub enum Split {
 }
 
 impl ShardSpec {
-    pub fn single() -> Self {
-        ShardSpec { rank: 0, world: 1 }
-    }
-
     /// Checks the model divides evenly across `world` ranks.
     pub fn check(cfg: &LlamaConfig, world: usize) -> Result<()> {
         if world == 0 {

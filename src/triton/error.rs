@@ -1,5 +1,6 @@
 //! The one place crate errors become Triton error codes, plus reading Triton's own errors and a `log` logger
 //! that writes through Triton's logger.
+#![allow(unsafe_code)]
 use super::ffi;
 use crate::{Error, ErrorKind, Result};
 use std::ffi::{CStr, CString};

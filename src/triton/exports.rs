@@ -1,5 +1,6 @@
 //! The `TRITONBACKEND_*` entry points Triton calls. Each is a thin shim: `no_unwind` (the one `catch_unwind`)
 //! around a `Result` body, the error mapped once by `error::to_triton`. State: `ModelState` per model, `InstanceState` per instance.
+#![allow(unsafe_code)]
 // The entry points take Triton's raw pointers by the C ABI's contract; they are only called by Triton.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 use super::error::{TritonLogger, check, new_error, read_cstr, to_triton};

@@ -1,6 +1,7 @@
 //! Hand-written declarations of the Triton C API (TRITONBACKEND 1.19 / TRITONSERVER 1.34, release 24.10) that
 //! this backend calls. No link directive: the symbols resolve from the already-loaded `libtritonserver` when
 //! Triton `dlopen`s us. `tests/e2e/test_symbols.py` checks every `TRITON*` name below is exported by the server.
+#![allow(unsafe_code)]
 #![allow(non_camel_case_types, dead_code)]
 use std::ffi::{c_char, c_void};
 

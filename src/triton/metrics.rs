@@ -2,6 +2,7 @@
 //! finished requests by reason, prompt/generated token counters, running/waiting and KV-block gauges (used,
 //! cached, free, total), prefix-cache query/hit token counters, and
 //! TTFT / TPOT / end-to-end histograms (API 1.19 `MetricArgs`), all labelled `model` and `version`.
+#![allow(unsafe_code)]
 use super::error::{check, cstring};
 use super::ffi;
 use super::server::Observer;

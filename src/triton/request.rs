@@ -1,5 +1,6 @@
 //! Safe reads of a `TRITONBACKEND_Request`: its inputs copied out by index with dtype, shape and byte-size
 //! checks (CPU memory only), the outputs it asks for, and its id.
+#![allow(unsafe_code)]
 use super::error::{check, read_cstr};
 use super::ffi;
 use super::tensors::{InputTensor, dtype_size};

@@ -1,6 +1,7 @@
 //! Answers one Triton request through its response factory: builds the requested output tensors, sends with
 //! the FINAL flag on the last response, reports statistics and releases the request exactly once (also on
 //! drop, e.g. when the engine thread unwinds, with an INTERNAL error if no answer went out).
+#![allow(unsafe_code)]
 use super::error::{check, cancelled_error, new_error, to_triton};
 use super::ffi;
 use super::interface::OutputSet;

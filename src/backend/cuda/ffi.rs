@@ -3,6 +3,7 @@
 //! as the fallback) and the library probes.
 #![allow(unsafe_code)]
 use super::meta::DeviceMeta;
+use crate::backend::AttnDims;
 use crate::{Error, Result};
 use cudarc::cublas::{CudaBlas, sys as blas};
 use cudarc::cublaslt::{result as ltr, sys as lt};
@@ -124,18 +125,10 @@ pub fn f32_to_bf16(st: &CudaStream, dst: &mut CudaSlice<u16>, src: &CudaSlice<f3
     status("f32_to_bf16", unsafe { sys::tl_f32_to_bf16(d as *mut u16, s as *const f32, len as i64, raw(st)) })
 }
 
-/// Head geometry of one rank.
-#[derive(Debug, Clone, Copy)]
-pub struct Heads {
-    pub nh: usize,
-    pub nkv: usize,
-    pub hd: usize,
-}
-
 #[allow(clippy::too_many_arguments)]
-pub fn rope_write_kv(st: &CudaStream, q: &mut CudaSlice<f32>, k: &mut CudaSlice<f32>, v: &CudaSlice<f32>, kc: &mut CudaSlice<f32>, vc: &mut CudaSlice<f32>, m: &DeviceMeta, hs: Heads, theta: f32, scale: f32) -> Result<()> {
+pub fn rope_write_kv(st: &CudaStream, q: &mut CudaSlice<f32>, k: &mut CudaSlice<f32>, v: &CudaSlice<f32>, kc: &mut CudaSlice<f32>, vc: &mut CudaSlice<f32>, m: &DeviceMeta, d: AttnDims) -> Result<()> {
     let n = m.n_tokens;
-    let (qw, kw) = (hs.nh * hs.hd, hs.nkv * hs.hd);
+    let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     need("rope_write_kv", "q", q.len(), n * qw)?;
     need("rope_write_kv", "k/v", k.len().min(v.len()), n * kw)?;
     need("rope_write_kv", "kv cache", kc.len().min(vc.len()), m.num_slots * kw)?;
@@ -146,7 +139,8 @@ pub fn rope_write_kv(st: &CudaStream, q: &mut CudaSlice<f32>, k: &mut CudaSlice<
     let (kcp, _d) = kc.device_ptr_mut(st);
     let (vcp, _e) = vc.device_ptr_mut(st);
     let at = |off: usize| (dev.0 + (off * 4) as u64) as *const i32;
-    let (n, nh, nkv, hd) = (int("rope", n)?, int("rope", hs.nh)?, int("rope", hs.nkv)?, int("rope", hs.hd)?);
+    let (n, nh, nkv, hd) = (int("rope", n)?, int("rope", d.n_heads)?, int("rope", d.n_kv_heads)?, int("rope", d.head_dim)?);
+    let (theta, scale) = (d.rope_theta, d.rope_scale);
     // SAFETY: buffer lengths checked above; slots were checked against num_slots when the metadata was built.
     status("rope_write_kv", unsafe {
         sys::tl_rope_write_kv(qp as *mut f32, kp as *mut f32, vp as *const f32, kcp as *mut f32, vcp as *mut f32, at(m.off.positions), at(m.off.slots), n, nh, nkv, hd, theta, scale, raw(st))
@@ -154,15 +148,15 @@ pub fn rope_write_kv(st: &CudaStream, q: &mut CudaSlice<f32>, k: &mut CudaSlice<
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention(st: &CudaStream, out: &mut CudaSlice<f32>, q: &CudaSlice<f32>, kc: &CudaSlice<f32>, vc: &CudaSlice<f32>, scratch: &mut CudaSlice<f32>, m: &DeviceMeta, hs: Heads) -> Result<()> {
-    let (qw, kw) = (hs.nh * hs.hd, hs.nkv * hs.hd);
+pub fn paged_attention(st: &CudaStream, out: &mut CudaSlice<f32>, q: &CudaSlice<f32>, kc: &CudaSlice<f32>, vc: &CudaSlice<f32>, scratch: &mut CudaSlice<f32>, m: &DeviceMeta, d: AttnDims) -> Result<()> {
+    let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     need("paged_attention", "out/q", out.len().min(q.len()), m.n_tokens * qw)?;
     need("paged_attention", "kv cache", kc.len().min(vc.len()), m.num_slots * kw)?;
     if m.dec_splits > 1 {
-        need("paged_attention", "scratch", scratch.len(), m.n_dec * hs.nh * m.dec_splits * (hs.hd + 2))?;
+        need("paged_attention", "scratch", scratch.len(), m.n_dec * d.n_heads * m.dec_splits * (d.head_dim + 2))?;
     }
-    if hs.hd > TL_MAX_HEAD_DIM as usize || hs.nkv == 0 || !hs.nh.is_multiple_of(hs.nkv) {
-        return Err(Error::Internal(format!("paged_attention: unsupported heads {hs:?} (head_dim <= {TL_MAX_HEAD_DIM})")));
+    if d.head_dim > TL_MAX_HEAD_DIM as usize || d.n_kv_heads == 0 || !d.n_heads.is_multiple_of(d.n_kv_heads) {
+        return Err(Error::Internal(format!("paged_attention: unsupported heads {d:?} (head_dim <= {TL_MAX_HEAD_DIM})")));
     }
     let dev = m.buf.device_ptr(st);
     let at = |off: usize| (dev.0 + (off * 4) as u64) as *const i32;
@@ -185,7 +179,7 @@ pub fn paged_attention(st: &CudaStream, out: &mut CudaSlice<f32>, q: &CudaSlice<
     let (kcp, _c) = kc.device_ptr(st);
     let (vcp, _d) = vc.device_ptr(st);
     let (sp, _e) = scratch.device_ptr_mut(st);
-    let (nh, nkv, hd) = (int("attention", hs.nh)?, int("attention", hs.nkv)?, int("attention", hs.hd)?);
+    let (nh, nkv, hd) = (int("attention", d.n_heads)?, int("attention", d.n_kv_heads)?, int("attention", d.head_dim)?);
     // SAFETY: lengths checked above; every block id, context length and token range in the metadata was
     // validated against the cache size on the host (meta.rs).
     status("paged_attention", unsafe {

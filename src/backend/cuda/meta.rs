@@ -49,12 +49,12 @@ impl std::ops::Deref for DeviceMeta {
     }
 }
 
-fn bad(msg: String) -> Error {
+fn malformed(msg: String) -> Error {
     Error::Internal(format!("step metadata: {msg}"))
 }
 
 fn i32_of(v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| bad(format!("{v} exceeds int32")))
+    i32::try_from(v).map_err(|_| malformed(format!("{v} exceeds int32")))
 }
 
 /// Validates `meta` for a cache of `num_slots` slots and packs it. Every index the kernels dereference is
@@ -63,10 +63,10 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
     let n = meta.n_tokens();
     let bs = meta.block_size;
     if bs == 0 || meta.slots.len() != n {
-        return Err(bad(format!("block size {bs}, {n} positions, {} slots", meta.slots.len())));
+        return Err(malformed(format!("block size {bs}, {n} positions, {} slots", meta.slots.len())));
     }
     if let Some(&s) = meta.slots.iter().find(|&&s| s as usize >= num_slots) {
-        return Err(bad(format!("slot {s} outside a cache of {num_slots} slots")));
+        return Err(malformed(format!("slot {s} outside a cache of {num_slots} slots")));
     }
     let mut tok_seq = vec![-1i32; n];
     let (mut seq_start, mut seq_len, mut seq_ctx, mut seq_bt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -75,18 +75,18 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
     for (s, m) in meta.seqs.iter().enumerate() {
         let end = m.token_start.checked_add(m.n_tokens).filter(|&e| e <= n && m.n_tokens > 0);
         let Some(end) = end else {
-            return Err(bad(format!("sequence {s}: tokens {}+{} outside a step of {n}", m.token_start, m.n_tokens)));
+            return Err(malformed(format!("sequence {s}: tokens {}+{} outside a step of {n}", m.token_start, m.n_tokens)));
         };
         if m.context_len < m.n_tokens || m.block_table.len() * bs < m.context_len {
-            return Err(bad(format!("sequence {s}: context {} with {} new tokens and {} blocks", m.context_len, m.n_tokens, m.block_table.len())));
+            return Err(malformed(format!("sequence {s}: context {} with {} new tokens and {} blocks", m.context_len, m.n_tokens, m.block_table.len())));
         }
         let needed = m.context_len.div_ceil(bs);
         if let Some(&b) = m.block_table[..needed].iter().find(|&&b| (b as usize + 1) * bs > num_slots) {
-            return Err(bad(format!("sequence {s}: block {b} outside a cache of {num_slots} slots")));
+            return Err(malformed(format!("sequence {s}: block {b} outside a cache of {num_slots} slots")));
         }
         for (t, owner) in tok_seq[m.token_start..end].iter_mut().enumerate() {
             if *owner != -1 {
-                return Err(bad(format!("token {} belongs to two sequences", m.token_start + t)));
+                return Err(malformed(format!("token {} belongs to two sequences", m.token_start + t)));
             }
             *owner = s as i32;
         }
@@ -108,7 +108,7 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
         }
     }
     if let Some(t) = tok_seq.iter().position(|&s| s < 0) {
-        return Err(bad(format!("token {t} belongs to no sequence")));
+        return Err(malformed(format!("token {t} belongs to no sequence")));
     }
     let split = super::ffi::TL_DECODE_SPLIT as usize;
     let dec_splits = max_dec_ctx.div_ceil(split).max(1);
@@ -133,7 +133,7 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
         data.push(0);
     }
     if meta.positions.iter().any(|&p| p > i32::MAX as u32) {
-        return Err(bad("position exceeds int32".into()));
+        return Err(malformed("position exceeds int32".into()));
     }
     Ok(HostMeta { data, off, n_tokens: n, n_dec: dec.len(), n_tiles: tiles.len() / 2, dec_splits, block_size: bs, num_slots })
 }

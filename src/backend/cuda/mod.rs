@@ -13,8 +13,6 @@ use crate::{Error, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::sync::{Arc, Mutex};
 
-pub use ffi::Heads;
-
 fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Internal(format!("CUDA {what}: {e}"))
 }
@@ -299,23 +297,21 @@ impl Backend for CudaBackend {
     }
 
     fn rope_write_kv(&self, q: &mut CudaBuf, k: &mut CudaBuf, v: &CudaBuf, k_cache: &mut CudaBuf, v_cache: &mut CudaBuf, meta: &StepMeta, d: AttnDims) -> Result<()> {
-        let hs = Heads { nh: d.n_heads, nkv: d.n_kv_heads, hd: d.head_dim };
-        let kw = (hs.nkv * hs.hd).max(1);
+        let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
-        self.with_meta(meta, num_slots, |dm, _| ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, hs, d.rope_theta, d.rope_scale))
+        self.with_meta(meta, num_slots, |dm, _| ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, d))
     }
 
     fn paged_attention(&self, out: &mut CudaBuf, q: &CudaBuf, k_cache: &CudaBuf, v_cache: &CudaBuf, meta: &StepMeta, d: AttnDims) -> Result<()> {
-        let hs = Heads { nh: d.n_heads, nkv: d.n_kv_heads, hd: d.head_dim };
-        let kw = (hs.nkv * hs.hd).max(1);
+        let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
         self.with_meta(meta, num_slots, |dm, s| {
-            let need = if dm.dec_splits > 1 { dm.n_dec * hs.nh * dm.dec_splits * (hs.hd + 2) } else { 1 };
+            let need = if dm.dec_splits > 1 { dm.n_dec * d.n_heads * dm.dec_splits * (d.head_dim + 2) } else { 1 };
             self.grow(&mut s.attn, need)?;
             let scratch = s.attn.as_mut().ok_or_else(|| Error::Internal("attention scratch missing".into()))?;
-            ffi::paged_attention(&self.stream, &mut out.0, &q.0, &k_cache.0, &v_cache.0, scratch, dm, hs)
+            ffi::paged_attention(&self.stream, &mut out.0, &q.0, &k_cache.0, &v_cache.0, scratch, dm, d)
         })
     }
 
