@@ -4,7 +4,8 @@ use std::path::PathBuf;
 /// Coarse class of an error: what a client did wrong versus what the server lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The request or the input file is wrong (INVALID_ARG).
+    /// The request is wrong, or the model configuration a deployer wrote (INVALID_ARG, as Triton reports a bad
+    /// `config.pbtxt`).
     InvalidArg,
     /// The server is busy or shutting down (UNAVAILABLE).
     Unavailable,
@@ -12,7 +13,7 @@ pub enum ErrorKind {
     Unsupported,
     /// Something that should exist does not (NOT_FOUND).
     NotFound,
-    /// A bug or an environment failure (INTERNAL).
+    /// A bug or an environment failure: a broken checkpoint or tokenizer file, a device error (INTERNAL).
     Internal,
 }
 
@@ -44,17 +45,29 @@ pub enum Error {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// An error Triton's own API returned; its status code (`TRITONSERVER_Error_Code`) is passed on unchanged.
+    #[error("{msg}")]
+    Triton { code: u32, kind: ErrorKind, msg: String },
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-            Error::Io { .. } | Error::Internal(_) => ErrorKind::Internal,
+            Error::Io { .. } => ErrorKind::Internal,
+            Error::LfsPointer { .. } => ErrorKind::Internal,
             Error::UnsupportedFormat { .. } => ErrorKind::Unsupported,
             Error::MissingTensor { .. } => ErrorKind::NotFound,
+            Error::TensorShape { .. } => ErrorKind::Internal,
+            Error::Truncated { .. } => ErrorKind::Internal,
+            Error::UnsafePath { .. } => ErrorKind::Internal,
+            Error::Checkpoint { .. } => ErrorKind::Internal,
+            Error::Config(_) => ErrorKind::InvalidArg,
+            Error::Tokenizer(_) => ErrorKind::Internal,
+            Error::InvalidRequest(_) => ErrorKind::InvalidArg,
             Error::Unavailable(_) => ErrorKind::Unavailable,
-            _ => ErrorKind::InvalidArg,
+            Error::Internal(_) => ErrorKind::Internal,
+            Error::Triton { kind, .. } => *kind,
         }
     }
 

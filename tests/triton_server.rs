@@ -7,7 +7,7 @@ use std::time::Duration;
 use triton_llama::engine::{Engine, EngineConfig};
 use triton_llama::sampling::SamplingParams;
 use triton_llama::triton::interface::{JobSpec, OutputSet, PromptSpec};
-use triton_llama::triton::server::{EngineHandle, Observer, RowReply, ServeSettings, Sink, Submission};
+use triton_llama::triton::server::{EndReason, EngineHandle, Observer, RowReply, ServeSettings, Sink, Submission};
 use triton_llama::{ErrorKind, loader};
 
 const HF: &str = "tests/fixtures/models/gqa_bf16/hf";
@@ -43,8 +43,8 @@ impl Sink for FakeSink {
 #[derive(Default)]
 struct Gauges(Mutex<Vec<(usize, usize, usize)>>, Mutex<Vec<String>>);
 impl Observer for Gauges {
-    fn finished(&self, r: &str, prompts: usize) {
-        self.1.lock().unwrap().extend(std::iter::repeat_n(r.to_string(), prompts));
+    fn finished(&self, r: EndReason, prompts: usize) {
+        self.1.lock().unwrap().extend(std::iter::repeat_n(r.as_str().to_string(), prompts));
     }
     fn tokens(&self, _: usize, _: usize) {}
     fn gauges(&self, running: usize, waiting: usize, kv_used: usize, _: usize, _: usize) {

@@ -233,7 +233,7 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
                 }
                 Err(e) => {
                     log::info!("{}: request `{}` refused: {e}", model.name, req.id());
-                    model.obs.finished("rejected", 1); // inputs unreadable: one request, prompts unknown
+                    model.obs.finished(super::server::EndReason::Rejected, 1); // inputs unreadable: one request, prompts unknown
                     super::server::Sink::fail(&mut sink, &e);
                 }
             }

@@ -5,13 +5,11 @@
 #![allow(unsafe_code)]
 use super::error::{check, cstring};
 use super::ffi;
-use super::server::Observer;
+use super::server::{EndReason, Observer};
 use crate::Result;
 use std::ptr;
 use std::sync::OnceLock;
 
-/// Finish reasons counted by `llama_requests_finished_total{reason=...}`.
-pub const REASONS: [&str; 5] = ["stop", "length", "cancelled", "error", "rejected"];
 const TTFT_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const TPOT_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 const E2E_BUCKETS: [f64; 11] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -113,7 +111,7 @@ fn metric(f: &Fam, labels: &[(&str, &str)], buckets: Option<&[f64]>) -> Result<M
 
 /// One model's metrics.
 pub struct TritonMetrics {
-    finished: Vec<(&'static str, M)>,
+    finished: Vec<(EndReason, M)>,
     prompt: M,
     generated: M,
     running: M,
@@ -139,9 +137,9 @@ impl TritonMetrics {
         let f = families().map_err(crate::Error::Internal)?;
         let v = version.to_string();
         let l = [("model", model), ("version", v.as_str())];
-        let finished = REASONS
+        let finished = EndReason::ALL
             .iter()
-            .map(|r| metric(&f.finished, &[l[0], l[1], ("reason", r)], None).map(|m| (*r, m)))
+            .map(|&r| metric(&f.finished, &[l[0], l[1], ("reason", r.as_str())], None).map(|m| (r, m)))
             .collect::<Result<Vec<_>>>()?;
         Ok(TritonMetrics {
             finished,
@@ -177,7 +175,7 @@ fn observe(m: &M, v: f64) {
 }
 
 impl Observer for TritonMetrics {
-    fn finished(&self, reason: &str, prompts: usize) {
+    fn finished(&self, reason: EndReason, prompts: usize) {
         if let Some((_, m)) = self.finished.iter().find(|(r, _)| *r == reason) {
             inc(m, prompts as f64);
         }
@@ -230,7 +228,7 @@ impl Drop for M {
 /// Used when metrics cannot be created: serving goes on without them.
 pub struct NoMetrics;
 impl Observer for NoMetrics {
-    fn finished(&self, _: &str, _: usize) {}
+    fn finished(&self, _: EndReason, _: usize) {}
     fn tokens(&self, _: usize, _: usize) {}
     fn gauges(&self, _: usize, _: usize, _: usize, _: usize, _: usize) {}
     fn ttft(&self, _: f64) {}

@@ -138,7 +138,7 @@ impl TritonSink {
                         .map(|r| match name {
                             "outputs" => r.outputs.as_str(),
                             "text_output" => r.text_output.as_str(),
-                            _ => r.finish_reason,
+                            _ => r.finish_reason.map_or("", |f| f.as_str()),
                         })
                         .collect();
                     Self::add_output(resp, name, ffi::TYPE_BYTES, &[n, 1], &encode_bytes(&v))?;

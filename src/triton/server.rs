@@ -22,10 +22,48 @@ pub struct RowReply {
     pub num_input_tokens: i32,
     /// Tokens in this response when streaming, all tokens otherwise.
     pub num_output_tokens: i32,
-    /// Empty until the row finishes.
-    pub finish_reason: &'static str,
+    /// None until the row finishes.
+    pub finish_reason: Option<FinishReason>,
     pub output_log_probs: Vec<f32>,
     pub cum_log_prob: f32,
+}
+
+/// How a request's prompts ended, as `llama_requests_finished_total{reason=...}` counts them: the engine's
+/// finish reasons, plus failures and refusals of the serving layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Stop,
+    Length,
+    Cancelled,
+    /// Failed after it was admitted (a step or a response failed).
+    Error,
+    /// Refused before any work was queued (bad input, full queue, engine gone).
+    Rejected,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 5] = [EndReason::Stop, EndReason::Length, EndReason::Cancelled, EndReason::Error, EndReason::Rejected];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Stop => "stop",
+            EndReason::Length => "length",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Error => "error",
+            EndReason::Rejected => "rejected",
+        }
+    }
+}
+
+impl From<FinishReason> for EndReason {
+    fn from(f: FinishReason) -> Self {
+        match f {
+            FinishReason::Stop => EndReason::Stop,
+            FinishReason::Length => EndReason::Length,
+            FinishReason::Abort => EndReason::Cancelled,
+        }
+    }
 }
 
 /// Where a request's answers go (implemented over a Triton response factory).
@@ -42,7 +80,7 @@ pub trait Sink: Send {
 /// Metrics hooks (implemented over Triton's metric API), one per model.
 pub trait Observer: Send + Sync {
     /// `prompts` prompts ended for `reason`.
-    fn finished(&self, reason: &str, prompts: usize);
+    fn finished(&self, reason: EndReason, prompts: usize);
     fn tokens(&self, prompt: usize, generated: usize);
     /// Engine-wide gauges; `in_flight` counts prompts received and not yet answered in full (queued included).
     fn gauges(&self, running: usize, waiting: usize, kv_used: usize, kv_total: usize, in_flight: usize);
@@ -174,7 +212,7 @@ impl EngineHandle {
         let prev = self.inflight.fetch_add(n, Ordering::SeqCst);
         let refuse = |mut sub: Submission, msg: String| {
             self.inflight.fetch_sub(n, Ordering::SeqCst);
-            sub.obs.finished("rejected", n);
+            sub.obs.finished(EndReason::Rejected, n);
             sub.sink.fail(&Error::Unavailable(msg));
         };
         if self.dead.load(Ordering::SeqCst) {

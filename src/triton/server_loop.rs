@@ -142,7 +142,7 @@ impl Loop {
                 self.engine.abort(*id);
             }
             self.inflight.fetch_sub(n, Ordering::SeqCst);
-            obs.finished("rejected", n);
+            obs.finished(EndReason::Rejected, n);
             sink.fail(&e);
             return;
         }
@@ -160,7 +160,7 @@ impl Loop {
         let gone: Vec<u64> = self.jobs.iter().filter(|(_, j)| j.sink.is_cancelled()).map(|(k, _)| *k).collect();
         for k in gone {
             if let Some(mut j) = self.remove(k) {
-                j.obs.finished("cancelled", j.rows.len());
+                j.obs.finished(EndReason::Cancelled, j.rows.len());
                 j.sink.cancelled();
             }
         }
@@ -181,7 +181,7 @@ impl Loop {
 
     fn end_with_error(&mut self, key: u64, e: &Error) {
         if let Some(mut j) = self.remove(key) {
-            j.obs.finished("error", j.rows.len());
+            j.obs.finished(EndReason::Error, j.rows.len());
             j.sink.fail(e);
         }
     }
@@ -245,7 +245,7 @@ impl Loop {
                     },
                     num_input_tokens: r.num_input as i32,
                     num_output_tokens: if stream { (r.tokens - r.sent_tokens) as i32 } else { r.tokens as i32 },
-                    finish_reason: if done { r.finish.map_or("stop", |f| f.as_str()) } else { r.finish.map_or("", |f| f.as_str()) },
+                    finish_reason: if done { Some(r.finish.unwrap_or(FinishReason::Stop)) } else { r.finish },
                     output_log_probs: if stream { r.logprobs[r.sent_tokens..].to_vec() } else { r.logprobs.clone() },
                     cum_log_prob: r.logprobs.iter().sum(),
                 };
@@ -262,7 +262,7 @@ impl Loop {
             let now = Instant::now();
             j.obs.e2e(now.duration_since(j.start).as_secs_f64());
             for r in &j.rows {
-                j.obs.finished(r.finish.map_or("stop", |f| f.as_str()), 1);
+                j.obs.finished(r.finish.map_or(EndReason::Stop, EndReason::from), 1);
                 if let (Some(a), Some(b)) = (r.first_token, r.last_token)
                     && r.tokens > 1 {
                         j.obs.tpot(b.duration_since(a).as_secs_f64() / (r.tokens - 1) as f64);
@@ -278,7 +278,7 @@ impl Loop {
         if let Err(e) = j.sink.send(&replies, false) {
             log::warn!("sending a response failed ({e}); ending the request");
             if let Some(mut j) = self.remove(key) {
-                j.obs.finished("error", j.rows.len());
+                j.obs.finished(EndReason::Error, j.rows.len());
                 j.sink.fail(&e);
             }
         }
