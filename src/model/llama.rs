@@ -4,7 +4,7 @@ use super::shard::ShardSpec;
 use crate::backend::{AttnDims, Backend, StepMeta};
 use crate::comm::Communicator;
 use crate::config::LlamaConfig;
-use crate::loader::{CheckpointSource, Progress, canonical_shape, layer_name};
+use crate::loader::{CheckpointSource, TensorReader, layer_name};
 use crate::sampling::{Picked, SampleBatch};
 use crate::{Error, Result};
 
@@ -49,17 +49,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         let cfg = src.config().clone();
         let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
         ShardSpec::check(&cfg, shard.world)?;
-        let total: u64 = src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
-        let mut progress = Progress::new(format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world), total);
-        let mut get = |name: &str| -> Result<B::Weight> {
-            let t = src.load(name)?;
-            let want = canonical_shape(&cfg, name).ok_or_else(|| Error::Internal(format!("unknown tensor {name}")))?;
-            if t.shape != want {
-                return Err(Error::TensorShape { path: src.path().into(), name: name.into(), expected: want, got: t.shape });
-            }
-            progress.add(t.nbytes() as u64);
-            backend.upload(shard.shard(&cfg, name, t))
-        };
+        let mut reader = TensorReader::new(src, format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world));
+        let mut get = |name: &str| -> Result<B::Weight> { backend.upload(shard.shard(&cfg, name, reader.read(name)?)) };
         let tok_emb = get("tok_emb")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
