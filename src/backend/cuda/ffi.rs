@@ -19,7 +19,7 @@ mod sys {
     include!(concat!(env!("OUT_DIR"), "/ops.rs"));
 }
 
-pub use sys::{TL_DECODE_SPLIT, TL_MAX_HEAD_DIM, TlSampleParams};
+pub use sys::{TL_DECODE_SPLIT, TL_MAX_HEAD_DIM, TL_PREFILL_ROWS, TlSampleParams};
 
 /// Turns a launcher status into an error naming the op.
 fn status(op: &str, s: c_int) -> Result<()> {

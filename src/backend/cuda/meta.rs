@@ -4,8 +4,15 @@ use crate::backend::StepMeta;
 use crate::{Error, Result};
 use cudarc::driver::CudaSlice;
 
-/// Query rows per prefill tile (PF_ROWS in csrc/attention.cu).
-pub const PREFILL_ROWS: usize = 16;
+/// How the attention kernels divide their work (`TL_DECODE_SPLIT` and `TL_PREFILL_ROWS` of csrc/ops.h, passed in
+/// by the caller so this module stays plain data, below the FFI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiling {
+    /// Keys per split of the decode kernel.
+    pub decode_split: usize,
+    /// Query rows per tile of the prefill kernel.
+    pub prefill_rows: usize,
+}
 
 /// Offsets (in int32 elements) of each array inside the packed buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,9 +64,9 @@ fn i32_of(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| malformed(format!("{v} exceeds int32")))
 }
 
-/// Validates `meta` for a cache of `num_slots` slots and packs it. Every index the kernels dereference is
-/// checked here, so a malformed step is an error, never an out-of-bounds access.
-pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
+/// Validates `meta` for a cache of `num_slots` slots and packs it, cut into the kernels' `tiling`. Every index
+/// the kernels dereference is checked here, so a malformed step is an error, never an out-of-bounds access.
+pub fn pack(meta: &StepMeta, num_slots: usize, tiling: Tiling) -> Result<HostMeta> {
     let n = meta.n_tokens();
     let bs = meta.block_size;
     if bs == 0 || meta.slots.len() != n {
@@ -101,7 +108,7 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
             dec.push(i32_of(m.token_start)?);
             max_dec_ctx = max_dec_ctx.max(m.context_len);
         } else {
-            for r0 in (0..m.n_tokens).step_by(PREFILL_ROWS) {
+            for r0 in (0..m.n_tokens).step_by(tiling.prefill_rows.max(1)) {
                 tiles.push(s as i32);
                 tiles.push(i32_of(r0)?);
             }
@@ -110,8 +117,7 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
     if let Some(t) = tok_seq.iter().position(|&s| s < 0) {
         return Err(malformed(format!("token {t} belongs to no sequence")));
     }
-    let split = super::ffi::TL_DECODE_SPLIT as usize;
-    let dec_splits = max_dec_ctx.div_ceil(split).max(1);
+    let dec_splits = max_dec_ctx.div_ceil(tiling.decode_split.max(1)).max(1);
     let mut data = Vec::with_capacity(3 * n + 4 * meta.seqs.len() + tables.len() + dec.len() + tiles.len());
     let mut off = Offsets::default();
     let mut put = |v: &[i32]| {
@@ -142,6 +148,12 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
 mod tests {
     use super::*;
     use crate::backend::SeqMeta;
+    use crate::backend::cuda::ffi::{TL_DECODE_SPLIT, TL_PREFILL_ROWS};
+
+    /// `meta::pack` with the kernels' tiling.
+    fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
+        super::pack(meta, num_slots, Tiling { decode_split: TL_DECODE_SPLIT as usize, prefill_rows: TL_PREFILL_ROWS as usize })
+    }
 
     fn step() -> StepMeta {
         StepMeta {

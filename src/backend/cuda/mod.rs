@@ -154,7 +154,8 @@ impl CudaBackend {
 
     /// The step metadata on the device, uploaded once and reused while the step is unchanged.
     fn with_meta<T>(&self, meta: &StepMeta, num_slots: usize, f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>) -> Result<T> {
-        let host = meta::pack(meta, num_slots)?;
+        let tiling = meta::Tiling { decode_split: ffi::TL_DECODE_SPLIT as usize, prefill_rows: ffi::TL_PREFILL_ROWS as usize };
+        let host = meta::pack(meta, num_slots, tiling)?;
         let mut s = self.lock()?;
         if s.meta_dev.as_ref().is_none_or(|d| d.host != host) {
             let buf = self.upload_i32(&host.data)?;
