@@ -174,6 +174,7 @@ fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize) {
     let (mut ckc, mut cvc) = (vec![0f32; slots * kw], vec![0f32; slots * kw]);
     let (mut gkc, mut gvc) = (g.alloc(slots * kw).unwrap(), g.alloc(slots * kw).unwrap());
     for (i, meta) in [&hist, &step].into_iter().enumerate() {
+        let meta = meta.check().unwrap();
         let n = meta.n_tokens();
         let (q, k, v) = (rand_vec(10 + i as u64, n * qw, 1.5), rand_vec(20 + i as u64, n * kw, 1.5), rand_vec(30 + i as u64, n * kw, 1.0));
         let (mut cq, mut ck) = (q.clone(), k.clone());
@@ -217,9 +218,11 @@ fn bad_step_metadata_is_an_error_not_a_fault() {
     let meta = StepMeta { positions: vec![0], slots: vec![4096], seqs: vec![SeqMeta { token_start: 0, n_tokens: 1, context_len: 1, block_table: vec![256] }], block_size: 16 };
     let (mut q, mut k, v) = (g.alloc(128).unwrap(), g.alloc(64).unwrap(), g.alloc(64).unwrap());
     let (mut kc, mut vc) = (g.alloc(16 * 64).unwrap(), g.alloc(16 * 64).unwrap());
-    assert!(g.rope_write_kv(&mut q, &mut k, &v, &mut kc, &mut vc, &meta, d).is_err());
+    // Well formed for any device (StepMeta::check passes), but slot and block lie outside this cache.
+    let meta = meta.check().unwrap();
+    assert!(g.rope_write_kv(&mut q, &mut k, &v, &mut kc, &mut vc, meta, d).is_err());
     let mut out = g.alloc(128).unwrap();
-    assert!(g.paged_attention(&mut out, &q, &kc, &vc, &meta, d).is_err());
+    assert!(g.paged_attention(&mut out, &q, &kc, &vc, meta, d).is_err());
 }
 
 fn sample_params() -> Vec<SamplingParams> {

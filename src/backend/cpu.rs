@@ -1,6 +1,6 @@
 //! The CPU reference backend: plain loops over `&[f32]`, one function per op, named like the CUDA kernels.
 //! Weights stay in their stored dtype and are widened to f32 one row at a time inside `gemm`.
-use super::{AttnDims, Backend, StepMeta};
+use super::{AttnDims, Backend, CheckedStep};
 use crate::model::shard::ShardSpec;
 use crate::sampling::{Picked, SampleBatch, logprob_of};
 use crate::tensor::{Tensor, TensorData};
@@ -295,7 +295,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope_write_kv(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, v: &Vec<f32>, k_cache: &mut Vec<f32>, v_cache: &mut Vec<f32>, meta: &StepMeta, d: AttnDims) -> Result<()> {
+    fn rope_write_kv(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, v: &Vec<f32>, k_cache: &mut Vec<f32>, v_cache: &mut Vec<f32>, meta: CheckedStep, d: AttnDims) -> Result<()> {
         let (hd, qw, kw) = (d.head_dim, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
         let n = meta.n_tokens();
         check_len("rope q", q.len(), n * qw)?;
@@ -316,20 +316,17 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn paged_attention(&self, out: &mut Vec<f32>, q: &Vec<f32>, k_cache: &Vec<f32>, v_cache: &Vec<f32>, meta: &StepMeta, d: AttnDims) -> Result<()> {
+    fn paged_attention(&self, out: &mut Vec<f32>, q: &Vec<f32>, k_cache: &Vec<f32>, v_cache: &Vec<f32>, meta: CheckedStep, d: AttnDims) -> Result<()> {
         let (hd, nh) = (d.head_dim, d.n_heads);
         let (qw, kw) = (nh * hd, d.n_kv_heads * hd);
         let group = nh / d.n_kv_heads;
         let n = meta.n_tokens();
-        check_len("attention out", out.len(), n * qw)?;
+        check_len("attention out", out.len().min(q.len()), n * qw)?;
         let bs = meta.block_size;
-        // Which sequence each token belongs to.
+        // Which sequence each token belongs to (the ranges were checked with the step: `CheckedStep`).
         let mut seq_of = vec![0usize; n];
         for (s, m) in meta.seqs.iter().enumerate() {
             seq_of[m.token_start..m.token_start + m.n_tokens].fill(s);
-            if m.block_table.len() * bs < m.context_len {
-                return Err(Error::Internal(format!("block table of {} blocks cannot hold {} tokens", m.block_table.len(), m.context_len)));
-            }
         }
         let scale = 1.0 / (hd as f32).sqrt();
         let cache_len = k_cache.len().min(v_cache.len());

@@ -130,6 +130,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         if meta.block_size != kv.block_size {
             return Err(Error::Internal("step block size differs from the cache's".into()));
         }
+        let step = meta.check()?;
         let be = &self.backend;
         let (h, hd, eps) = (self.cfg.hidden_size, self.dims.head_dim, self.cfg.rms_norm_eps);
         let (qw, kw, f) = (self.dims.n_heads * hd, self.dims.n_kv_heads * hd, self.ffn_local);
@@ -153,8 +154,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             be.gemm(&mut q, &normed, &l.wq, n)?;
             be.gemm(&mut k, &normed, &l.wk, n)?;
             be.gemm(&mut v, &normed, &l.wv, n)?;
-            be.rope_write_kv(&mut q, &mut k, &v, &mut kv.k[i], &mut kv.v[i], meta, self.dims)?;
-            be.paged_attention(&mut attn, &q, &kv.k[i], &kv.v[i], meta, self.dims)?;
+            be.rope_write_kv(&mut q, &mut k, &v, &mut kv.k[i], &mut kv.v[i], step, self.dims)?;
+            be.paged_attention(&mut attn, &q, &kv.k[i], &kv.v[i], step, self.dims)?;
             be.gemm(&mut proj, &attn, &l.wo, n)?;
             self.comm.all_reduce_sum(be, &mut proj, n * h)?;
             be.add_rms_norm(&mut x, &proj, &mut normed, &l.mlp_norm, n, h, eps)?;

@@ -1,6 +1,6 @@
 //! Step metadata for the attention kernels: `StepMeta` validated against the cache size and packed into one
 //! int32 array (uploaded once per step and reused by every layer), with the decode/prefill work split.
-use crate::backend::StepMeta;
+use crate::backend::CheckedStep;
 use crate::{Error, Result};
 use cudarc::driver::CudaSlice;
 
@@ -64,14 +64,12 @@ fn i32_of(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| malformed(format!("{v} exceeds int32")))
 }
 
-/// Validates `meta` for a cache of `num_slots` slots and packs it, cut into the kernels' `tiling`. Every index
-/// the kernels dereference is checked here, so a malformed step is an error, never an out-of-bounds access.
-pub fn pack(meta: &StepMeta, num_slots: usize, tiling: Tiling) -> Result<HostMeta> {
+/// Packs a checked step for a cache of `num_slots` slots, cut into the kernels' `tiling`. The step's own
+/// consistency was checked once before the backend (`StepMeta::check`); what depends on this device is checked
+/// here (slots and blocks inside the cache, int32 ranges), so no index the kernels dereference is out of bounds.
+pub fn pack(meta: CheckedStep, num_slots: usize, tiling: Tiling) -> Result<HostMeta> {
     let n = meta.n_tokens();
     let bs = meta.block_size;
-    if bs == 0 || meta.slots.len() != n {
-        return Err(malformed(format!("block size {bs}, {n} positions, {} slots", meta.slots.len())));
-    }
     if let Some(&s) = meta.slots.iter().find(|&&s| s as usize >= num_slots) {
         return Err(malformed(format!("slot {s} outside a cache of {num_slots} slots")));
     }
@@ -80,23 +78,11 @@ pub fn pack(meta: &StepMeta, num_slots: usize, tiling: Tiling) -> Result<HostMet
     let (mut tables, mut dec, mut tiles) = (Vec::new(), Vec::new(), Vec::new());
     let mut max_dec_ctx = 0usize;
     for (s, m) in meta.seqs.iter().enumerate() {
-        let end = m.token_start.checked_add(m.n_tokens).filter(|&e| e <= n && m.n_tokens > 0);
-        let Some(end) = end else {
-            return Err(malformed(format!("sequence {s}: tokens {}+{} outside a step of {n}", m.token_start, m.n_tokens)));
-        };
-        if m.context_len < m.n_tokens || m.block_table.len() * bs < m.context_len {
-            return Err(malformed(format!("sequence {s}: context {} with {} new tokens and {} blocks", m.context_len, m.n_tokens, m.block_table.len())));
-        }
         let needed = m.context_len.div_ceil(bs);
         if let Some(&b) = m.block_table[..needed].iter().find(|&&b| (b as usize + 1) * bs > num_slots) {
             return Err(malformed(format!("sequence {s}: block {b} outside a cache of {num_slots} slots")));
         }
-        for (t, owner) in tok_seq[m.token_start..end].iter_mut().enumerate() {
-            if *owner != -1 {
-                return Err(malformed(format!("token {} belongs to two sequences", m.token_start + t)));
-            }
-            *owner = s as i32;
-        }
+        tok_seq[m.token_start..m.token_start + m.n_tokens].fill(s as i32);
         seq_start.push(i32_of(m.token_start)?);
         seq_len.push(i32_of(m.n_tokens)?);
         seq_ctx.push(i32_of(m.context_len)?);
@@ -113,9 +99,6 @@ pub fn pack(meta: &StepMeta, num_slots: usize, tiling: Tiling) -> Result<HostMet
                 tiles.push(i32_of(r0)?);
             }
         }
-    }
-    if let Some(t) = tok_seq.iter().position(|&s| s < 0) {
-        return Err(malformed(format!("token {t} belongs to no sequence")));
     }
     let dec_splits = max_dec_ctx.div_ceil(tiling.decode_split.max(1)).max(1);
     let mut data = Vec::with_capacity(3 * n + 4 * meta.seqs.len() + tables.len() + dec.len() + tiles.len());
@@ -147,12 +130,13 @@ pub fn pack(meta: &StepMeta, num_slots: usize, tiling: Tiling) -> Result<HostMet
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::SeqMeta;
+    use crate::backend::{SeqMeta, StepMeta};
     use crate::backend::cuda::ffi::{TL_DECODE_SPLIT, TL_PREFILL_ROWS};
 
-    /// `meta::pack` with the kernels' tiling.
+    /// `StepMeta::check`, then `meta::pack` with the kernels' tiling.
     fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
-        super::pack(meta, num_slots, Tiling { decode_split: TL_DECODE_SPLIT as usize, prefill_rows: TL_PREFILL_ROWS as usize })
+        let tiling = Tiling { decode_split: TL_DECODE_SPLIT as usize, prefill_rows: TL_PREFILL_ROWS as usize };
+        super::pack(meta.check()?, num_slots, tiling)
     }
 
     fn step() -> StepMeta {

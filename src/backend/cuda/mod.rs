@@ -6,7 +6,7 @@ mod ffi;
 pub mod meta;
 pub mod sample;
 
-use super::{AttnDims, Backend, StepMeta};
+use super::{AttnDims, Backend, CheckedStep};
 use crate::sampling::{Picked, SampleBatch};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
@@ -153,7 +153,7 @@ impl CudaBackend {
     }
 
     /// The step metadata on the device, uploaded once and reused while the step is unchanged.
-    fn with_meta<T>(&self, meta: &StepMeta, num_slots: usize, f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>) -> Result<T> {
+    fn with_meta<T>(&self, meta: CheckedStep, num_slots: usize, f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>) -> Result<T> {
         let tiling = meta::Tiling { decode_split: ffi::TL_DECODE_SPLIT as usize, prefill_rows: ffi::TL_PREFILL_ROWS as usize };
         let host = meta::pack(meta, num_slots, tiling)?;
         let mut s = self.lock()?;
@@ -297,14 +297,14 @@ impl Backend for CudaBackend {
         ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, data, n, m, k)
     }
 
-    fn rope_write_kv(&self, q: &mut CudaBuf, k: &mut CudaBuf, v: &CudaBuf, k_cache: &mut CudaBuf, v_cache: &mut CudaBuf, meta: &StepMeta, d: AttnDims) -> Result<()> {
+    fn rope_write_kv(&self, q: &mut CudaBuf, k: &mut CudaBuf, v: &CudaBuf, k_cache: &mut CudaBuf, v_cache: &mut CudaBuf, meta: CheckedStep, d: AttnDims) -> Result<()> {
         let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
         self.with_meta(meta, num_slots, |dm, _| ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, d))
     }
 
-    fn paged_attention(&self, out: &mut CudaBuf, q: &CudaBuf, k_cache: &CudaBuf, v_cache: &CudaBuf, meta: &StepMeta, d: AttnDims) -> Result<()> {
+    fn paged_attention(&self, out: &mut CudaBuf, q: &CudaBuf, k_cache: &CudaBuf, v_cache: &CudaBuf, meta: CheckedStep, d: AttnDims) -> Result<()> {
         let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
