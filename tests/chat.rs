@@ -93,3 +93,39 @@ fn hf_checkpoint_reads_tokenizer_config_and_override_files() {
     assert!(ChatTemplate::from_override(dir.join("missing").to_str().unwrap(), "", "").is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn cli(args: &[&str], stdin: &str) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{args:?}");
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn cli_chat_is_multi_turn_and_equals_generate_on_the_rendered_prompt() {
+    let ckpt = fixture("models/gqa_bf16/model.nemo");
+    let ckpt = ckpt.to_str().unwrap();
+    let turns = cli(&["chat", ckpt, "--max-tokens", "6", "--system", "Be brief.", "--json"], "What is 2+2?\n\nAnd 3+3?\n");
+    assert_eq!(turns.len(), 2, "the empty line is skipped");
+    let (p1, p2) = (turns[0]["prompt"].as_str().unwrap(), turns[1]["prompt"].as_str().unwrap());
+    assert_eq!(p1, "<extra_id_0>System\nBe brief.\n<extra_id_1>User\nWhat is 2+2?\n<extra_id_1>Assistant\n");
+    // Turn 2 carries turn 1's answer.
+    let a1 = turns[0]["text"].as_str().unwrap();
+    assert_eq!(p2, format!("{p1}{a1}\n<extra_id_1>User\nAnd 3+3?\n<extra_id_1>Assistant\n"));
+    // render-chat gives the same prompt, and greedy `generate` on it gives the same tokens.
+    let msgs = r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"What is 2+2?"}]"#;
+    let r = &cli(&["render-chat", ckpt, "--messages", msgs, "--json"], "")[0];
+    assert_eq!(r["prompt"].as_str().unwrap(), p1);
+    assert_eq!(r["ids"], turns[0]["prompt_ids"]);
+    let g = &cli(&["generate", ckpt, "--prompt", p1, "--max-tokens", "6", "--json"], "")[0];
+    assert_eq!(g["prompt_ids"], turns[0]["prompt_ids"]);
+    assert_eq!(g["ids"], turns[0]["ids"]);
+}

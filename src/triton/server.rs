@@ -73,6 +73,8 @@ pub struct ServeSettings {
     pub add_bos: Option<bool>,
     /// `None`: the checkpoint's default stop strings.
     pub stop_strings: Option<Vec<String>>,
+    /// `None`: the checkpoint's chat template; else a `chat::ChatTemplate::from_override` spec (file or `nemo`).
+    pub chat_template: Option<String>,
 }
 
 /// Facts about the loaded engine.
@@ -106,7 +108,7 @@ impl EngineHandle {
             .name("llama-engine".into())
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    let engine = match open() {
+                    let engine = match open().and_then(|e| with_chat_override(e, set.chat_template.as_deref())) {
                         Ok(e) => e,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -191,6 +193,18 @@ impl Drop for EngineHandle {
             let _ = t.join();
         }
     }
+}
+
+/// Applies a chat-template override; BOS / EOS print as the tokenizer's pieces.
+pub fn with_chat_override(mut engine: Engine, spec: Option<&str>) -> Result<Engine> {
+    if let Some(spec) = spec {
+        let tok = engine.tokenizer().clone();
+        let piece = |id| tok.id_to_piece(id).unwrap_or_default();
+        let t = crate::chat::ChatTemplate::from_override(spec, &piece(tok.bos_id()), &piece(tok.eos_id()))?;
+        log::info!("chat template: {} from {spec}", t.kind());
+        engine.set_chat_template(t);
+    }
+    Ok(engine)
 }
 
 struct Row {

@@ -94,14 +94,25 @@ impl Loop {
                 None => self.engine.default_stop_strings().to_vec(),
             };
             for (i, p) in spec.prompts.iter().enumerate() {
-                let bos = p.add_bos.or(self.set.add_bos).unwrap_or(self.engine.default_add_bos());
-                let prompt_ids = tok.encode(&p.text, bos)?;
+                let (text, prompt_ids, chat_stops) = if p.chat {
+                    if p.add_bos.is_some() {
+                        return Err(Error::InvalidRequest("input `add_BOS` cannot be combined with `messages` (the chat template decides)".into()));
+                    }
+                    let msgs = crate::chat::parse_messages(&p.text)?;
+                    let (text, ids) = self.engine.render_chat(&msgs)?;
+                    let stops = self.engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
+                    (text, ids, stops)
+                } else {
+                    let bos = p.add_bos.or(self.set.add_bos).unwrap_or(self.engine.default_add_bos());
+                    (p.text.clone(), tok.encode(&p.text, bos)?, Vec::new())
+                };
                 if let Some(m) = self.set.max_input_len
                     && prompt_ids.len() > m {
                         return Err(Error::InvalidRequest(format!("prompt {i} has {} tokens; this model's max_input_len is {m}", prompt_ids.len())));
                     }
                 let mut params = p.params.clone();
                 params.stop_strings.extend(default_stops.iter().cloned());
+                params.stop_strings.extend(chat_stops.into_iter().filter(|s| !default_stops.contains(s)));
                 for w in &p.bad_words {
                     let t = tok.encode(w, false)?;
                     if !t.is_empty() {
@@ -113,7 +124,7 @@ impl Loop {
                 let num_input = prompt_ids.len();
                 self.engine.add_request(Request { id, prompt_ids, params })?;
                 ids.push(id);
-                let prefix = if spec.exclude_input { String::new() } else { p.text.clone() };
+                let prefix = if spec.exclude_input { String::new() } else { text };
                 rows.push(Row {
                     prefix,
                     num_input,
