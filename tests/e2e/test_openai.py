@@ -1,0 +1,280 @@
+"""The OpenAI-compatible frontend (scripts/openai_frontend.py, started by deploy_triton.py --openai_port) in
+front of a real tritonserver, driven by the real `openai` SDK: chat and completions, streamed and not, stops,
+seeds, usage equal to the backend's token counts, every error case, disconnect-cancels; greedy chat output
+equals `triton-llama generate` on the prompt `triton-llama render-chat` gives."""
+import concurrent.futures
+import json
+import subprocess
+import time
+import urllib.request
+
+import httpx2 as httpx  # the HTTP client the pinned openai SDK is built on
+import openai
+import pytest
+
+from conftest import CLI, NEMO, cli_generate, free_ports, start
+
+MODEL = "chat"
+
+
+def wait_for(pred, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+@pytest.fixture(scope="module")
+def api(request, tmp_path_factory):
+    """The .nemo fixture (NeMo chat format) as `chat` with the frontend; 2 running + 1 queued prompts at most."""
+    (port,) = free_ports(1)
+    s = start(request, tmp_path_factory, "openai", ["--nemo_checkpoint", str(NEMO), "-tmn", MODEL, "--openai_port", str(port),
+                                                    "--max_num_seqs", "2", "--max_queue_size", "1",
+                                                    "--max_input_len", "128", "--max_output_len", "128"])
+    s.openai_url = f"http://localhost:{port}"
+
+    def ready():
+        try:
+            with urllib.request.urlopen(f"{s.openai_url}/health/ready", timeout=1) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    assert wait_for(ready, 60), "the OpenAI frontend did not become ready"
+    return s
+
+
+@pytest.fixture(scope="module")
+def client(api):
+    return openai.OpenAI(base_url=f"{api.openai_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def render(messages):
+    out = subprocess.run([str(CLI), "render-chat", str(NEMO), "--messages", json.dumps(messages), "--json"],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def backend_counts(api, body):
+    """num_input_tokens / num_output_tokens from the backend itself (/generate on the unary model)."""
+    st, text = api.generate(MODEL, dict(body, return_num_input_tokens=True, return_num_output_tokens=True))
+    assert st == 200, text
+    r = json.loads(text)
+    return r["num_input_tokens"], r["num_output_tokens"], r["text_output"]
+
+
+QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
+
+
+def test_models(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("other")
+
+
+def test_chat_greedy_equals_generate_on_the_rendered_prompt(api, client):
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
+    rendered = render(QUESTION)
+    assert rendered["prompt"] == "<extra_id_0>System\nBe brief.\n<extra_id_1>User\nWhat is 2+2?\n<extra_id_1>Assistant\n"
+    g = cli_generate(NEMO, rendered["prompt"], "--max-tokens", "12")
+    assert g["prompt_ids"] == rendered["ids"]
+    assert r.choices[0].message.content == g["text"]
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == ("length" if g["finish_reason"] == "length" else "stop")
+    # usage equals the backend's own counts for the same conversation, and the CLI's.
+    n_in, n_out, text = backend_counts(api, {"messages": json.dumps(QUESTION), "max_tokens": 12, "temperature": 0})
+    assert text == g["text"]
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n_in, n_out) == (len(g["prompt_ids"]), len(g["ids"]))
+    assert r.usage.total_tokens == n_in + n_out
+
+
+def test_chat_stream_matches_unary_and_reports_usage(client):
+    unary = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == unary.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert reasons == [unary.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage == unary.usage
+    # Without include_usage no chunk carries usage.
+    plain = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0, stream=True))
+    assert all(c.usage is None for c in plain)
+
+
+def test_sse_ends_with_done(api):
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 3, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{api.openai_url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert all(json.loads(e[6:])["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_completions_unary_and_stream_equal_generate(api, client):
+    prompt = "The quick brown fox"
+    g = cli_generate(NEMO, prompt, "--max-tokens", "10")
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=10, temperature=0)
+    assert r.choices[0].text == g["text"]
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(g["prompt_ids"]), len(g["ids"]))
+    n_in, n_out, _ = backend_counts(api, {"text_input": prompt, "max_tokens": 10, "temperature": 0})
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n_in, n_out)
+    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=10, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == g["text"]
+    assert chunks[-1].usage.completion_tokens == len(g["ids"])
+    # max_completion_tokens is the chat name of the limit.
+    c = client.chat.completions.create(model=MODEL, messages=QUESTION, max_completion_tokens=3, temperature=0)
+    assert c.usage.completion_tokens == 3 and c.choices[0].finish_reason == "length"
+
+
+def test_stop_strings(client):
+    prompt = "The quick brown fox"
+    full = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0).choices[0].text
+    words = [w for w in full.split(" ") if len(w) >= 3]
+    assert words, full
+    stop = words[len(words) // 2]
+    cut = full[:full.index(stop)]
+    for s in (stop, [stop, "never-appears-xyz"]):
+        r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stop=s)
+        assert r.choices[0].text == cut and r.choices[0].finish_reason == "stop", (s, r)
+    chat_full = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0).choices[0].message.content
+    words = [w for w in chat_full.split(" ") if len(w) >= 3]
+    stop = words[len(words) // 2]
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0, stop=stop)
+    assert r.choices[0].message.content == chat_full[:chat_full.index(stop)] and r.choices[0].finish_reason == "stop"
+
+
+def test_seed_reproducibility_and_penalties(client):
+    kw = dict(model=MODEL, messages=QUESTION, max_tokens=16, temperature=1.0, top_p=0.95)
+    a = client.chat.completions.create(seed=7, **kw).choices[0].message.content
+    b = client.chat.completions.create(seed=7, **kw).choices[0].message.content
+    others = {client.chat.completions.create(seed=s, **kw).choices[0].message.content for s in (8, 9, 10)}
+    assert a == b
+    assert others - {a}, "three other seeds all gave the seed-7 text"
+    # Penalties reach the backend: with a large frequency penalty the greedy text changes.
+    plain = client.completions.create(model=MODEL, prompt="a a a a a a", max_tokens=16, temperature=0).choices[0].text
+    pen = client.completions.create(model=MODEL, prompt="a a a a a a", max_tokens=16, temperature=0,
+                                    frequency_penalty=2.0, presence_penalty=2.0).choices[0].text
+    assert pen != plain
+    # `user` is accepted and ignored.
+    assert client.completions.create(model=MODEL, prompt="a a a a a a", max_tokens=16, temperature=0, user="u1").choices[0].text == plain
+
+
+def test_multi_turn_carries_the_first_answer(client):
+    msgs = [{"role": "user", "content": "Hi"}]
+    first = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, temperature=0).choices[0].message.content
+    msgs += [{"role": "assistant", "content": first}, {"role": "user", "content": "And then?"}]
+    rendered = render(msgs)
+    assert rendered["prompt"] == (f"<extra_id_0>System\n\n<extra_id_1>User\nHi\n<extra_id_1>Assistant\n{first}\n"
+                                  "<extra_id_1>User\nAnd then?\n<extra_id_1>Assistant\n")
+    second = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0)
+    g = cli_generate(NEMO, rendered["prompt"], "--max-tokens", "8")
+    assert second.choices[0].message.content == g["text"]
+    assert second.usage.prompt_tokens == len(rendered["ids"])
+
+
+@pytest.mark.parametrize("kw,param,fragment", [
+    ({"n": 2}, "n", "`n` = 1"),
+    ({"temperature": 3}, "temperature", "`temperature`"),
+    ({"top_p": 1.5}, "top_p", "`top_p`"),
+    ({"max_tokens": 0}, "max_tokens", "`max_tokens`"),
+    ({"logprobs": True}, "logprobs", "not supported"),
+    ({"logprobs": True, "top_logprobs": 2}, "logprobs", "not supported"),
+    ({"logit_bias": {"5": 1}}, "logit_bias", "not supported"),
+    ({"seed": "x"}, "seed", "`seed`"),
+    ({"stop": 5}, "stop", "`stop`"),
+    ({"presence_penalty": 5}, "presence_penalty", "`presence_penalty`"),
+    ({"messages": []}, "messages", "non-empty"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "not supported"),
+])
+def test_chat_bad_input_is_a_400_with_openai_error_body(client, kw, param, fragment):
+    args = dict(model=MODEL, messages=QUESTION, max_tokens=4)
+    args.update(kw)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**args)
+    err = e.value.body
+    assert e.value.status_code == 400 and err["type"] == "invalid_request_error", err
+    assert err["param"] == param and fragment in err["message"], err
+    assert set(err) == {"message", "type", "param", "code"}
+
+
+def test_backend_refusals_and_unknown_model(api, client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4", messages=QUESTION)
+    assert e.value.body["code"] == "model_not_found"
+    # Limits the backend checks (INVALID_ARG) come back as 400 with its message, streamed or not.
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=MODEL, prompt="x", max_tokens=5000, stream=stream)
+        assert "max_output_len" in e.value.body["message"]
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=MODEL, prompt="word " * 200, max_tokens=4, stream=stream)
+        assert "max_input_len" in e.value.body["message"], e.value.body
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt=["a", "b"], max_tokens=4)
+    assert e.value.body["param"] == "prompt"
+    r = httpx.post(f"{api.openai_url}/v1/completions", content=b"{not json", timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def open_streams(api, body, n):
+    """n concurrent streaming requests: [(client, context manager, response)]."""
+    def open_one(_):
+        c = httpx.Client(timeout=60)
+        cm = c.stream("POST", f"{api.openai_url}/v1/completions", json=body)
+        return c, cm, cm.__enter__()
+
+    with concurrent.futures.ThreadPoolExecutor(n) as ex:
+        return list(ex.map(open_one, range(n)))
+
+
+def close(streams):
+    for c, cm, _ in streams:
+        cm.__exit__(None, None, None)
+        c.close()
+
+
+BODY = {"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 128, "temperature": 0, "stream": True, "ignore_eos": True}
+
+
+def test_full_server_is_429(api):
+    """3 prompts fit (2 running + 1 queued): of 6 concurrent streams 3 are refused with 429 at once."""
+    streams = open_streams(api, BODY, 6)
+    try:
+        statuses = sorted(r.status_code for _, _, r in streams)
+        assert statuses == [200] * 3 + [429] * 3, statuses
+        for _, _, r in streams:
+            if r.status_code == 429:
+                err = json.loads(r.read())["error"]
+                assert err["code"] == "server_full" and "capacity" in err["message"] and err["type"] == "rate_limit_exceeded", err
+            else:
+                assert [line for line in r.iter_lines() if line][-1] == "data: [DONE]"
+    finally:
+        close(streams)
+    assert wait_for(lambda: api.metric("llama_num_requests_in_flight", model=MODEL) == 0)
+
+
+def test_disconnect_cancels_in_the_backend(api):
+    """Clients that hang up mid-stream cancel their requests: the KV cache empties, `cancelled` counts them."""
+    reasons = lambda: {r: api.metric("llama_requests_finished_total", model=MODEL + "_stream", reason=r)
+                       for r in ("stop", "length", "cancelled", "rejected")}
+    before = reasons()
+    streams = open_streams(api, BODY, 2)
+    try:
+        for _, _, r in streams:
+            assert r.status_code == 200
+            next(r.iter_lines())  # the first event: generation is under way
+    finally:
+        close(streams)
+    assert wait_for(lambda: api.metric("llama_kv_cache_blocks_used", model=MODEL) == 0)
+    assert wait_for(lambda: api.metric("llama_num_requests_in_flight", model=MODEL) == 0)
+    assert wait_for(lambda: reasons()["cancelled"] == before["cancelled"] + 2), (before, reasons())
+    assert reasons()["length"] == before["length"], (before, reasons())
+    # The server is usable again.
+    r = httpx.post(f"{api.openai_url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200, r.text
