@@ -10,7 +10,7 @@ use triton_llama::{Error, Result, loader};
 const USAGE: &str = "usage:
   triton-llama inspect CKPT [--json]
   triton-llama tokenize CKPT --text TEXT [--bos|--no-bos] [--json]
-  triton-llama generate CKPT --prompt TEXT [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
+  triton-llama generate CKPT (--prompt TEXT | --messages JSON [--chat-template FILE|nemo]) [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
                          [--ignore-eos] [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
@@ -262,12 +262,24 @@ fn run_one(engine: &mut Engine, id: u64, prompt_ids: Vec<u32>, params: SamplingP
 
 fn generate(a: &Args) -> Result<()> {
     let mut allowed = SAMPLING_OPTS.to_vec();
-    allowed.extend(["prompt", "device"]);
+    allowed.extend(["prompt", "messages", "chat-template", "device"]);
     a.allow_only(&allowed)?;
-    let mut engine = engine_for(a)?;
-    let prompt = a.need("prompt")?;
-    let ids = engine.tokenizer().encode(prompt, a.bos(engine.default_add_bos()))?;
-    let params = sampling(a, &engine, &[])?;
+    // --messages JSON: the conversation rendered by the chat template, exactly as the server's `messages` input.
+    let (mut engine, ids, stops) = match (a.get("prompt"), a.get("messages")) {
+        (Some(prompt), None) => {
+            let engine = engine_for(a)?;
+            let ids = engine.tokenizer().encode(prompt, a.bos(engine.default_add_bos()))?;
+            (engine, ids, Vec::new())
+        }
+        (None, Some(m)) => {
+            let engine = chat_engine(a)?;
+            let (_, ids) = engine.render_chat(&triton_llama::chat::parse_messages(m)?)?;
+            let stops = engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
+            (engine, ids, stops)
+        }
+        _ => return Err(Error::InvalidRequest("give --prompt TEXT or --messages JSON".into())),
+    };
+    let params = sampling(a, &engine, &stops)?;
     let json = a.flag("json");
     let g = run_one(&mut engine, 1, ids.clone(), params, json)?;
     if json {

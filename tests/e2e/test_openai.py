@@ -12,7 +12,7 @@ import httpx2 as httpx  # the HTTP client the pinned openai SDK is built on
 import openai
 import pytest
 
-from conftest import CLI, NEMO, cli_generate, free_ports, start
+from conftest import CLI, HF, NEMO, cli_generate, free_ports, start
 
 MODEL = "chat"
 
@@ -34,16 +34,16 @@ def api(request, tmp_path_factory):
                                                     "--max_num_seqs", "2", "--max_queue_size", "1",
                                                     "--max_input_len", "128", "--max_output_len", "128"])
     s.openai_url = f"http://localhost:{port}"
-
-    def ready():
-        try:
-            with urllib.request.urlopen(f"{s.openai_url}/health/ready", timeout=1) as r:
-                return r.status == 200
-        except Exception:
-            return False
-
-    assert wait_for(ready, 60), "the OpenAI frontend did not become ready"
+    assert wait_for(lambda: frontend_ready(s.openai_url), 60), "the OpenAI frontend did not become ready"
     return s
+
+
+def frontend_ready(url):
+    try:
+        with urllib.request.urlopen(f"{url}/health/ready", timeout=1) as r:
+            return r.status == 200
+    except Exception:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +278,65 @@ def test_disconnect_cancels_in_the_backend(api):
     # The server is usable again.
     r = httpx.post(f"{api.openai_url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=60)
     assert r.status_code == 200, r.text
+
+
+def test_model_card_multi_turn(nemo_server):
+    """The model card's NemoQuery example, multi-turn: turn 2 carries turn 1's answer, each answer ends at the
+    stop string on the server (no split("\\n")); query_llm.py's chat() (server-side template) gives the same."""
+    import sys
+    sys.path.insert(0, str(CLI.parents[2] / "scripts"))
+    from query_llm import NemoQuery
+
+    nq = NemoQuery(nemo_server.url, "chat")
+    questions = ["What is 2+2?", "And 3+3?"]
+    history, answers = "<extra_id_0>System\n\n", []
+    for q in questions:
+        history += f"<extra_id_1>User\n{q}\n<extra_id_1>Assistant\n"
+        answer = nq.query_llm(prompts=[history], max_output_token=12, top_k=1, top_p=0.0, temperature=1.0)[0][0]
+        assert "<extra_id_1>" not in answer
+        assert answer == cli_generate(NEMO, history, "--max-tokens", "12")["text"]
+        answers.append(answer)
+        history += answer + "\n"
+    msgs = [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": answers[0]},
+            {"role": "user", "content": questions[1]}]
+    assert render(msgs)["prompt"] == history[:-len(answers[1]) - 1]
+    assert list(nq.chat(questions, max_output_token=12)) == answers
+
+
+LLAMA2_TEMPLATE = CLI.parents[2] / "tests/fixtures/chat/llama2_chat/tokenizer_config.json"
+
+
+@pytest.fixture(scope="module")
+def hf_chat(request, tmp_path_factory):
+    """The HF fixture with Llama-2-chat's template (deploy_triton.py --chat_template) and the frontend."""
+    (port,) = free_ports(1)
+    s = start(request, tmp_path_factory, "openai_hf", ["--hf_checkpoint", str(HF), "--chat_template", str(LLAMA2_TEMPLATE),
+                                                       "--openai_port", str(port), "--max_input_len", "128",
+                                                       "--max_output_len", "64"])
+    s.openai_url = f"http://localhost:{port}"
+    assert wait_for(lambda: frontend_ready(s.openai_url), 60), "the OpenAI frontend did not become ready"
+    return s
+
+
+def test_llama2_chat_template_served(hf_chat):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    client = openai.OpenAI(base_url=f"{hf_chat.openai_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    r = client.chat.completions.create(model="llama", messages=msgs, max_tokens=10, temperature=0)
+    out = subprocess.run([str(CLI), "generate", str(HF), "--messages", json.dumps(msgs), "--chat-template", str(LLAMA2_TEMPLATE),
+                          "--max-tokens", "10", "--json"], check=True, capture_output=True, text=True)
+    g = json.loads(out.stdout)
+    # <s> / </s> of the rendered [INST] prompt are BOS / EOS ids, not text.
+    assert g["prompt_ids"].count(1) == 2 and g["prompt_ids"].count(2) == 1 and g["prompt_ids"][0] == 1
+    assert r.choices[0].message.content == g["text"]
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(g["prompt_ids"]), len(g["ids"]))
+    # The template's own refusal (roles must alternate) is the client's 400.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    assert "must alternate" in e.value.body["message"]
+
+
+def test_no_chat_template_is_a_clear_400(server):
+    """The plain HF fixture has no chat template: a `messages` request is refused, naming the fix."""
+    st, text = server.generate("llama", {"messages": json.dumps([{"role": "user", "content": "hi"}]), "max_tokens": 4})
+    assert st == 400 and "no chat template" in text, text
