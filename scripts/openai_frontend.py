@@ -113,17 +113,24 @@ def triton_inputs(body, chat):
     if rf not in (None, {"type": "text"}):
         raise ApiError(400, "only `response_format` {\"type\": \"text\"} is supported", param="response_format",
                        code="unsupported_value")
-    # Log-probs: the backend returns the log-prob of each chosen token but not its text or the alternatives,
-    # which OpenAI's logprobs objects are made of, so they are refused rather than half-filled.
-    lp_key = "logprobs"
+    # Log-probs: the backend returns each chosen token's text and log-prob, not the top alternatives.
     if chat:
-        if body.get("logprobs") not in (None, False) or body.get("top_logprobs") not in (None, 0):
-            raise ApiError(400, "`logprobs` / `top_logprobs` are not supported: the backend does not return token texts "
-                           "or top alternatives", param=lp_key if body.get("logprobs") else "top_logprobs",
-                           code="unsupported_parameter")
-    elif body.get("logprobs") is not None:
-        raise ApiError(400, "`logprobs` is not supported: the backend does not return token texts or top alternatives",
-                       param=lp_key, code="unsupported_parameter")
+        logprobs = body.get("logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise ApiError(400, "`logprobs` must be a boolean", param="logprobs", code="invalid_value")
+        top = _number(body, "top_logprobs", 0, 20, integer=True)
+        if top and not logprobs:
+            raise ApiError(400, "`top_logprobs` needs `logprobs: true`", param="top_logprobs", code="invalid_value")
+        if top:
+            raise ApiError(400, "`top_logprobs` > 0 is not supported: the backend returns the chosen token's log-prob "
+                           "only, not the top alternatives", param="top_logprobs", code="unsupported_value")
+        logprobs = bool(logprobs)
+    else:
+        top = _number(body, "logprobs", 0, 5, integer=True)
+        if top:
+            raise ApiError(400, "`logprobs` > 0 is not supported: the backend returns the chosen token's log-prob only, "
+                           "not the top alternatives (use 0)", param="logprobs", code="unsupported_value")
+        logprobs = top == 0
 
     inputs = []
 
@@ -210,7 +217,7 @@ def triton_inputs(body, chat):
         raise ApiError(400, "`stream_options` is only allowed with `stream: true`", param="stream_options",
                        code="invalid_value")
     include_usage = bool((so or {}).get("include_usage"))
-    return inputs, bool(stream), include_usage
+    return inputs, bool(stream), include_usage, logprobs
 
 
 # ---- the Triton stream --------------------------------------------------------------------------------------
@@ -218,16 +225,19 @@ def triton_inputs(body, chat):
 class Backend:
     """One request on one gRPC stream; yields (text delta, finish_reason or "", output tokens in it)."""
 
-    def __init__(self, inputs):
+    def __init__(self, inputs, logprobs=False):
         self.inputs = inputs
+        self.logprobs = logprobs
         self.done = asyncio.Event()
         self.call = None
         self.final = False
         self.prompt_tokens = 0
 
     async def _requests(self):
-        outs = [grpcclient.InferRequestedOutput(n)
-                for n in ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")]
+        names = ["text_output", "finish_reason", "num_input_tokens", "num_output_tokens"]
+        if self.logprobs:
+            names += ["output_tokens", "output_log_probs"]
+        outs = [grpcclient.InferRequestedOutput(n) for n in names]
         yield {"model_name": CFG["model"] + "_stream", "inputs": self.inputs, "outputs": outs,
                "request_id": uuid.uuid4().hex, "parameters": {"triton_enable_empty_final_response": True}}
         await self.done.wait()  # keep the request side open until the answer is complete (see loadtest.py)
@@ -245,7 +255,12 @@ class Backend:
                 if text is not None:
                     self.prompt_tokens = int(result.as_numpy("num_input_tokens")[0, 0])
                     reason = result.as_numpy("finish_reason")[0, 0].decode()
-                    yield text[0, 0].decode(), reason, int(result.as_numpy("num_output_tokens")[0, 0])
+                    k = int(result.as_numpy("num_output_tokens")[0, 0])
+                    lps = None
+                    if self.logprobs:
+                        toks = [t.decode("utf-8", "replace") for t in result.as_numpy("output_tokens")[0, :k]]
+                        lps = list(zip(toks, result.as_numpy("output_log_probs")[0, :k].tolist()))
+                    yield text[0, 0].decode(), reason, k, lps
                 if final:
                     self.final = True
                     self.done.set()
@@ -254,6 +269,20 @@ class Backend:
             if not self.final:
                 # Client gone or frontend error mid-stream: cancel, so the backend aborts the request.
                 self.call.cancel()
+
+
+def chat_logprobs(pairs):
+    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []} for t, lp in pairs]}
+
+
+def completion_logprobs(pairs, offset):
+    """OpenAI's legacy completions logprobs; `text_offset` counts characters from `offset`."""
+    offsets, pos = [], offset
+    for t, _ in pairs:
+        offsets.append(pos)
+        pos += len(t)
+    return {"tokens": [t for t, _ in pairs], "token_logprobs": [lp for _, lp in pairs],
+            "top_logprobs": None, "text_offset": offsets}
 
 
 def finish(reason):
@@ -269,24 +298,26 @@ async def handle(request: Request, chat: bool):
         body = await request.json()
     except Exception:
         raise ApiError(400, "the request body is not valid JSON")
-    inputs, stream, include_usage = triton_inputs(body, chat)
+    inputs, stream, include_usage, logprobs = triton_inputs(body, chat)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     created = int(time.time())
     obj = "chat.completion" if chat else "text_completion"
-    be = Backend(inputs)
+    be = Backend(inputs, logprobs)
     it = be.chunks()
 
     if not stream:
-        text, reason, completion = [], "", 0
+        text, reason, completion, pairs = [], "", 0, []
         try:
-            async for delta, r, k in it:
+            async for delta, r, k, lps in it:
                 text.append(delta)
                 completion += k
                 reason = r or reason
+                pairs += lps or []
         except InferenceServerException as e:
             raise from_triton(e)
         content = "".join(text)
-        choice = {"index": 0, "finish_reason": finish(reason), "logprobs": None}
+        lp = (chat_logprobs(pairs) if chat else completion_logprobs(pairs, 0)) if logprobs else None
+        choice = {"index": 0, "finish_reason": finish(reason), "logprobs": lp}
         choice.update({"message": {"role": "assistant", "content": content}} if chat else {"text": content})
         return {"id": rid, "object": obj, "created": created, "model": CFG["model"], "choices": [choice],
                 "usage": usage(be.prompt_tokens, completion)}
@@ -300,10 +331,10 @@ async def handle(request: Request, chat: bool):
         raise from_triton(e)
     chunk_obj = "chat.completion.chunk" if chat else "text_completion"
 
-    def event(delta, reason=None, usage_=None, choices=True):
+    def event(delta, reason=None, usage_=None, choices=True, lp=None):
         d = {"id": rid, "object": chunk_obj, "created": created, "model": CFG["model"]}
         if choices:
-            c = {"index": 0, "finish_reason": reason, "logprobs": None}
+            c = {"index": 0, "finish_reason": reason, "logprobs": lp}
             c.update({"delta": delta} if chat else {"text": delta})
             d["choices"] = [c]
         else:
@@ -313,23 +344,27 @@ async def handle(request: Request, chat: bool):
         return f"data: {json.dumps(d)}\n\n"
 
     async def sse():
-        completion, reason = 0, ""
+        completion, reason, offset = 0, "", 0
         try:
             if chat:
                 yield event({"role": "assistant", "content": ""})
             pending = [first] if first is not None else []
             while True:
                 if pending:
-                    delta, r, k = pending.pop()
+                    delta, r, k, lps = pending.pop()
                 else:
                     try:
-                        delta, r, k = await it.__anext__()
+                        delta, r, k, lps = await it.__anext__()
                     except StopAsyncIteration:
                         break
                 completion += k
                 reason = r or reason
-                if delta:
-                    yield event({"content": delta} if chat else delta)
+                lp = None
+                if logprobs and lps:
+                    lp = chat_logprobs(lps) if chat else completion_logprobs(lps, offset)
+                    offset += sum(len(t) for t, _ in lps)
+                if delta or lp:
+                    yield event({"content": delta} if chat else delta, lp=lp)
             yield event({} if chat else "", finish(reason))
             if include_usage:
                 yield event(None, usage_=usage(be.prompt_tokens, completion), choices=False)

@@ -6,7 +6,10 @@ use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
 /// Every output the backend can produce, in declaration order (`outputs` first: `NemoQuery` reads the first).
-pub const OUTPUTS: [&str; 7] = ["outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs", "cum_log_probs"];
+pub const OUTPUTS: [&str; 8] =
+    ["outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs", "cum_log_probs", "output_tokens"];
+/// Outputs produced only when a client names them (they cost work on every token).
+pub const ON_REQUEST: [&str; 1] = ["output_tokens"];
 
 /// (input name, Triton config dtype, dims) for the auto-completed config. Scalars are `[1]` per batch row.
 pub const INPUTS: [(&str, &str, i64); 37] = [
@@ -336,7 +339,8 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
             "output_log_probs" | "cum_log_probs" => logprobs_off,
             _ => false,
         };
-        if (requested.is_empty() || requested.iter().any(|r| r == o)) && !suppressed {
+        let asked = requested.iter().any(|r| r == o);
+        if (asked || (requested.is_empty() && !ON_REQUEST.contains(&o))) && !suppressed {
             names.push(o);
         }
     }

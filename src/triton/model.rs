@@ -174,6 +174,7 @@ pub fn autocomplete(cfg: &mut Value) -> bool {
                 let (t, d) = match *n {
                     "num_input_tokens" | "num_output_tokens" => ("TYPE_INT32", 1),
                     "output_log_probs" => ("TYPE_FP32", -1),
+                    "output_tokens" => ("TYPE_STRING", -1),
                     "cum_log_probs" => ("TYPE_FP32", 1),
                     _ => ("TYPE_STRING", 1),
                 };

@@ -147,6 +147,12 @@ impl TritonSink {
                         rows.iter().flat_map(|r| if name == "num_input_tokens" { r.num_input_tokens } else { r.num_output_tokens }.to_le_bytes()).collect();
                     Self::add_output(resp, name, ffi::TYPE_INT32, &[n, 1], &b)?;
                 }
+                "output_tokens" => {
+                    let t = rows.iter().map(|r| r.output_tokens.len()).max().unwrap_or(0).max(1);
+                    let v: Vec<&str> =
+                        rows.iter().flat_map(|r| (0..t).map(move |j| r.output_tokens.get(j).map_or("", String::as_str))).collect();
+                    Self::add_output(resp, name, ffi::TYPE_BYTES, &[n, t as i64], &encode_bytes(&v))?;
+                }
                 "cum_log_probs" => {
                     let b: Vec<u8> = rows.iter().flat_map(|r| r.cum_log_prob.to_le_bytes()).collect();
                     Self::add_output(resp, name, ffi::TYPE_FP32, &[n, 1], &b)?;

@@ -26,6 +26,8 @@ pub struct RowReply {
     pub finish_reason: &'static str,
     pub output_log_probs: Vec<f32>,
     pub cum_log_prob: f32,
+    /// Each token's own text (`output_tokens`, only when asked for), aligned with `output_log_probs`.
+    pub output_tokens: Vec<String>,
 }
 
 /// Where a request's answers go (implemented over a Triton response factory).
@@ -215,6 +217,7 @@ struct Row {
     tokens: usize,
     sent_tokens: usize,
     logprobs: Vec<f32>,
+    token_texts: Vec<String>,
     finish: Option<FinishReason>,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
@@ -224,6 +227,8 @@ struct Job {
     sink: Box<dyn Sink>,
     obs: Arc<dyn Observer>,
     stream: bool,
+    /// Whether `output_tokens` was asked for (each token's text is kept).
+    want_tokens: bool,
     ids: Vec<u64>,
     rows: Vec<Row>,
     start: Instant,

@@ -133,6 +133,7 @@ impl Loop {
                     tokens: 0,
                     sent_tokens: 0,
                     logprobs: Vec::new(),
+                    token_texts: Vec::new(),
                     finish: None,
                     first_token: None,
                     last_token: None,
@@ -154,7 +155,8 @@ impl Loop {
             self.rows.insert(*id, (key, i));
         }
         self.next_id = self.next_id.max(key + 1);
-        let job = Job { sink, obs, stream: spec.stream, ids, rows, start: Instant::now(), dirty: false, fresh: 0 };
+        let want_tokens = spec.outputs.has("output_tokens");
+        let job = Job { sink, obs, stream: spec.stream, want_tokens, ids, rows, start: Instant::now(), dirty: false, fresh: 0 };
         // Job keys share the id space with engine ids; `key` equals the first row's id, unique either way.
         self.jobs.insert(key, job);
     }
@@ -192,6 +194,7 @@ impl Loop {
     fn dispatch(&mut self, outs: Vec<crate::engine::Output>) {
         let now = Instant::now();
         let mut touched = Vec::new();
+        let tok = self.engine.tokenizer().clone();
         for o in outs {
             let Some(&(key, i)) = self.rows.get(&o.id) else { continue };
             let Some(j) = self.jobs.get_mut(&key) else { continue };
@@ -201,6 +204,9 @@ impl Loop {
                 r.tokens += 1;
                 j.fresh += 1;
                 r.logprobs.push(o.logprob);
+                if let (true, Some(t)) = (j.want_tokens, o.token) {
+                    r.token_texts.push(tok.token_text(t).unwrap_or_default());
+                }
                 if r.first_token.is_none() {
                     r.first_token = Some(now);
                     j.obs.ttft(now.duration_since(j.start).as_secs_f64());
@@ -251,6 +257,7 @@ impl Loop {
                     finish_reason: if done { r.finish.map_or("stop", |f| f.as_str()) } else { r.finish.map_or("", |f| f.as_str()) },
                     output_log_probs: if stream { r.logprobs[r.sent_tokens..].to_vec() } else { r.logprobs.clone() },
                     cum_log_prob: r.logprobs.iter().sum(),
+                    output_tokens: if stream { r.token_texts[r.sent_tokens.min(r.token_texts.len())..].to_vec() } else { r.token_texts.clone() },
                 };
                 r.sent_text = r.text.len();
                 r.sent_tokens = r.tokens;

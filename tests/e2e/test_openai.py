@@ -184,8 +184,9 @@ def test_multi_turn_carries_the_first_answer(client):
     ({"temperature": 3}, "temperature", "`temperature`"),
     ({"top_p": 1.5}, "top_p", "`top_p`"),
     ({"max_tokens": 0}, "max_tokens", "`max_tokens`"),
-    ({"logprobs": True}, "logprobs", "not supported"),
-    ({"logprobs": True, "top_logprobs": 2}, "logprobs", "not supported"),
+    ({"logprobs": True, "top_logprobs": 2}, "top_logprobs", "not supported"),
+    ({"top_logprobs": 2}, "top_logprobs", "needs `logprobs: true`"),
+    ({"top_logprobs": 50, "logprobs": True}, "top_logprobs", "`top_logprobs`"),
     ({"logit_bias": {"5": 1}}, "logit_bias", "not supported"),
     ({"seed": "x"}, "seed", "`seed`"),
     ({"stop": 5}, "stop", "`stop`"),
@@ -202,6 +203,30 @@ def test_chat_bad_input_is_a_400_with_openai_error_body(client, kw, param, fragm
     assert e.value.status_code == 400 and err["type"] == "invalid_request_error", err
     assert err["param"] == param and fragment in err["message"], err
     assert set(err) == {"message", "type", "param", "code"}
+
+
+def test_logprobs_are_the_backends(client):
+    """logprobs: true gives each chosen token's text and log-prob, equal to the CLI's; alternatives are refused."""
+    rendered = render(QUESTION)
+    g = cli_generate(NEMO, rendered["prompt"], "--max-tokens", "8")
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True)
+    content = r.choices[0].logprobs.content
+    assert [c.logprob for c in content] == pytest.approx(g["logprobs"], abs=1e-5)
+    assert len(content) == r.usage.completion_tokens and all(c.top_logprobs == [] for c in content)
+    # Token texts: the answer is their concatenation (tokens of a split multi-byte character read as U+FFFD).
+    joined = "".join(c.token for c in content)
+    assert joined == r.choices[0].message.content or "\ufffd" in joined
+    streamed = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True,
+                                                   stream=True))
+    s = [c for ch in streamed if ch.choices and ch.choices[0].logprobs for c in ch.choices[0].logprobs.content]
+    assert [(c.token, c.logprob) for c in s] == [(c.token, c.logprob) for c in content]
+    rc = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=6, temperature=0, logprobs=0)
+    gc = cli_generate(NEMO, "The quick brown fox", "--max-tokens", "6")
+    assert rc.choices[0].logprobs.token_logprobs == pytest.approx(gc["logprobs"], abs=1e-5)
+    assert rc.choices[0].logprobs.text_offset[0] == 0 and len(rc.choices[0].logprobs.tokens) == 6
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2, logprobs=2)
+    assert e.value.body["param"] == "logprobs"
 
 
 def test_backend_refusals_and_unknown_model(api, client):
