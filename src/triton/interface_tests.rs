@@ -61,6 +61,14 @@ fn trt_style_names_and_stops() {
 }
 
 #[test]
+fn output_tokens_only_when_named() {
+    let p = [bytes("text_input", &[&["hi"]])];
+    assert!(!parse_job(&p, &[], &lim(true)).unwrap().outputs.has("output_tokens"));
+    let j = parse_job(&p, &["text_output".into(), "output_tokens".into()], &lim(true)).unwrap();
+    assert_eq!(j.outputs.names, vec!["text_output", "output_tokens"]);
+}
+
+#[test]
 fn messages_mark_the_prompt_as_chat() {
     let j = parse_job(&[bytes("messages", &[&[r#"[{"role":"user","content":"hi"}]"#]])], &[], &lim(true)).unwrap();
     assert!(j.prompts[0].chat);
