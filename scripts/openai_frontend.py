@@ -307,12 +307,24 @@ async def handle(request: Request, chat: bool):
 
     if not stream:
         text, reason, completion, pairs = [], "", 0, []
-        try:
+
+        async def collect():
+            nonlocal reason, completion
             async for delta, r, k, lps in it:
                 text.append(delta)
                 completion += k
                 reason = r or reason
-                pairs += lps or []
+                pairs.extend(lps or [])
+
+        # A client that gives up on a unary request (a timeout, a closed connection) cancels it too.
+        task = asyncio.ensure_future(collect())
+        try:
+            while not (await asyncio.wait({task}, timeout=0.05))[0]:
+                if await request.is_disconnected():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    raise ApiError(499, "the client disconnected", etype="cancelled")
+            task.result()
         except InferenceServerException as e:
             raise from_triton(e)
         content = "".join(text)

@@ -329,6 +329,21 @@ def test_disconnect_cancels_in_the_backend(api):
     assert r.status_code == 200, r.text
 
 
+def test_unary_client_timeout_cancels_in_the_backend(api):
+    """A non-streamed request whose client gives up (timeout, connection closed) is cancelled in the backend too."""
+    body = dict(BODY, stream=False)
+    for _ in range(5):
+        before = reasons(api)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{api.openai_url}/v1/completions", json=body, timeout=0.03)
+        assert wait_for(lambda: sum(reasons(api).values()) == sum(before.values()) + 1), (before, reasons(api))
+        assert wait_for(lambda: api.metric("llama_kv_cache_blocks_used", model=MODEL) == 0)
+        if reasons(api)["cancelled"] == before["cancelled"] + 1:
+            return
+        assert reasons(api)["length"] == before["length"] + 1
+    pytest.fail("the backend finished every request before the frontend noticed the client had gone")
+
+
 def test_model_card_multi_turn(nemo_server):
     """The model card's NemoQuery example, multi-turn: turn 2 carries turn 1's answer, each answer ends at the
     stop string on the server (no split("\\n")); query_llm.py's chat() (server-side template) gives the same."""
