@@ -131,7 +131,8 @@ def write_repository(a):
         "default_max_tokens": a.default_max_tokens or "",
         "num_blocks": a.num_blocks or "",
         "block_size": a.block_size or "",
-        "chat_template": a.chat_template if a.chat_template in ("nemo", "auto") else str(Path(a.chat_template).resolve()),
+        "chat_template": a.chat_template if a.chat_template in ("nemo", "auto")
+        else str(Path(a.chat_template).resolve()),
     }
     for name, decoupled in ((a.triton_model_name, "false"), (a.triton_model_name + "_stream", "true")):
         d = repo / name

@@ -13,6 +13,7 @@ Needs only `transformers sentencepiece jinja2 protobuf` (no torch):
   python3 -m venv /tmp/v && /tmp/v/bin/pip install transformers sentencepiece jinja2 protobuf
   /tmp/v/bin/python scripts/gen_chat_fixtures.py [--check]
 """
+
 import argparse
 import json
 import sys
@@ -74,17 +75,31 @@ def meta_llama2_ids(dialog: list) -> list:
     sp = sentencepiece.SentencePieceProcessor(model_file=str(SPM))
     B_INST, E_INST, B_SYS, E_SYS = "[INST]", "[/INST]", "<<SYS>>\n", "\n<</SYS>>\n\n"
     if dialog[0]["role"] == "system":
-        dialog = [{"role": dialog[1]["role"], "content": B_SYS + dialog[0]["content"] + E_SYS + dialog[1]["content"]}] + dialog[2:]
+        dialog = [
+            {"role": dialog[1]["role"], "content": B_SYS + dialog[0]["content"] + E_SYS + dialog[1]["content"]}
+        ] + dialog[2:]
     ids = []
     for prompt, answer in zip(dialog[::2], dialog[1::2]):
-        ids += [sp.bos_id()] + sp.encode(f"{B_INST} {prompt['content'].strip()} {E_INST} {answer['content'].strip()} ") + [sp.eos_id()]
+        ids += (
+            [sp.bos_id()]
+            + sp.encode(f"{B_INST} {prompt['content'].strip()} {E_INST} {answer['content'].strip()} ")
+            + [sp.eos_id()]
+        )
     ids += [sp.bos_id()] + sp.encode(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}")
     return ids
 
 
 def tokenizer_config(template: str) -> dict:
-    return {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
-            "unk_token": "<unk>", "legacy": True, "tokenizer_class": "LlamaTokenizer", "chat_template": template}
+    return {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "legacy": True,
+        "tokenizer_class": "LlamaTokenizer",
+        "chat_template": template,
+    }
 
 
 def render_all(out: Path) -> None:
@@ -94,8 +109,15 @@ def render_all(out: Path) -> None:
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
         (d / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(template), indent=2) + "\n")
-        tok = LlamaTokenizer(vocab_file=str(SPM), legacy=True, bos_token="<s>", eos_token="</s>",
-                             unk_token="<unk>", add_bos_token=True, add_eos_token=False)
+        tok = LlamaTokenizer(
+            vocab_file=str(SPM),
+            legacy=True,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            add_bos_token=True,
+            add_eos_token=False,
+        )
         tok.chat_template = template
         cases = []
         for conv_name, msgs in CONVERSATIONS.items():
@@ -115,7 +137,9 @@ def render_all(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--check", action="store_true", help="regenerate in a temp folder and compare with the committed files")
+    ap.add_argument(
+        "--check", action="store_true", help="regenerate in a temp folder and compare with the committed files"
+    )
     args = ap.parse_args()
     if not args.check:
         render_all(OUT)
@@ -123,8 +147,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         render_all(Path(tmp))
-        bad = [str(p.relative_to(tmp)) for p in Path(tmp).rglob("*") if p.is_file()
-               and (OUT / p.relative_to(tmp)).read_bytes() != p.read_bytes()]
+        bad = [
+            str(p.relative_to(tmp))
+            for p in Path(tmp).rglob("*")
+            if p.is_file() and (OUT / p.relative_to(tmp)).read_bytes() != p.read_bytes()
+        ]
         if bad:
             print("DIFFERENT: " + ", ".join(bad))
             sys.exit(1)

@@ -13,6 +13,7 @@ A client that disconnects mid-stream cancels its gRPC stream, which cancels the 
   .venv/bin/python scripts/openai_frontend.py --grpc_url localhost:8001 --model llama --port 9000
 (`scripts/deploy_triton.py --openai_port 9000` starts it next to the server.)
 """
+
 import argparse
 import asyncio
 import json
@@ -37,8 +38,12 @@ class ApiError(Exception):
     def __init__(self, status, message, param=None, code=None, etype=None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.etype = etype or {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_exceeded",
-                               503: "server_overloaded"}.get(status, "server_error")
+        self.etype = etype or {
+            400: "invalid_request_error",
+            404: "invalid_request_error",
+            429: "rate_limit_exceeded",
+            503: "server_overloaded",
+        }.get(status, "server_error")
 
     def body(self):
         return {"error": {"message": self.message, "type": self.etype, "param": self.param, "code": self.code}}
@@ -62,8 +67,9 @@ def from_triton(e: InferenceServerException) -> ApiError:
     """The one mapping of Triton errors to HTTP statuses. A gRPC stream carries only the error's message (its
     status code is lost on the way), so the backend's messages are classified by their fixed wording."""
     status, msg = str(e.status() or ""), e.message() or str(e)
-    if "UNAVAILABLE" in status or any(m in msg for m in ("at capacity", "engine thread has stopped", "shutting down",
-                                                          "is unloading", "not ready")):
+    if "UNAVAILABLE" in status or any(
+        m in msg for m in ("at capacity", "engine thread has stopped", "shutting down", "is unloading", "not ready")
+    ):
         # A full queue is retryable (429, as TGI answers); an engine that is gone or stopping is 503.
         return ApiError(429, msg, code="server_full") if "capacity" in msg else ApiError(503, msg)
     if "NOT_FOUND" in status or "unknown model" in msg:
@@ -77,6 +83,7 @@ def from_triton(e: InferenceServerException) -> ApiError:
 
 
 # ---- request validation -------------------------------------------------------------------------------------
+
 
 def _number(body, key, lo, hi, integer=False):
     v = body.get(key)
@@ -97,8 +104,12 @@ def triton_inputs(body, chat):
     if not isinstance(model, str) or not model:
         raise ApiError(400, "`model` is required", param="model", code="missing_required_parameter")
     if model != CFG["model"]:
-        raise ApiError(404, f"The model `{model}` does not exist; this server serves `{CFG['model']}`",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist; this server serves `{CFG['model']}`",
+            param="model",
+            code="model_not_found",
+        )
     n = body.get("n")
     if n is not None and n != 1:
         raise ApiError(400, "only `n` = 1 is supported (one choice per request)", param="n", code="unsupported_value")
@@ -111,8 +122,12 @@ def triton_inputs(body, chat):
         raise ApiError(400, "`echo` is not supported by this server", param="echo", code="unsupported_parameter")
     rf = body.get("response_format")
     if rf not in (None, {"type": "text"}):
-        raise ApiError(400, "only `response_format` {\"type\": \"text\"} is supported", param="response_format",
-                       code="unsupported_value")
+        raise ApiError(
+            400,
+            'only `response_format` {"type": "text"} is supported',
+            param="response_format",
+            code="unsupported_value",
+        )
     # Log-probs: the backend returns each chosen token's text and log-prob, not the top alternatives.
     if chat:
         logprobs = body.get("logprobs")
@@ -122,14 +137,24 @@ def triton_inputs(body, chat):
         if top and not logprobs:
             raise ApiError(400, "`top_logprobs` needs `logprobs: true`", param="top_logprobs", code="invalid_value")
         if top:
-            raise ApiError(400, "`top_logprobs` > 0 is not supported: the backend returns the chosen token's log-prob "
-                           "only, not the top alternatives", param="top_logprobs", code="unsupported_value")
+            raise ApiError(
+                400,
+                "`top_logprobs` > 0 is not supported: the backend returns the chosen token's log-prob "
+                "only, not the top alternatives",
+                param="top_logprobs",
+                code="unsupported_value",
+            )
         logprobs = bool(logprobs)
     else:
         top = _number(body, "logprobs", 0, 5, integer=True)
         if top:
-            raise ApiError(400, "`logprobs` > 0 is not supported: the backend returns the chosen token's log-prob only, "
-                           "not the top alternatives (use 0)", param="logprobs", code="unsupported_value")
+            raise ApiError(
+                400,
+                "`logprobs` > 0 is not supported: the backend returns the chosen token's log-prob only, "
+                "not the top alternatives (use 0)",
+                param="logprobs",
+                code="unsupported_value",
+            )
         logprobs = top == 0
 
     inputs = []
@@ -147,25 +172,36 @@ def triton_inputs(body, chat):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise ApiError(400, f"`messages[{i}]` must be an object with a `role`", param=f"messages[{i}]")
             if m["role"] not in ("system", "user", "assistant", "developer"):
-                raise ApiError(400, f"`messages[{i}].role` `{m['role']}` is not supported (system, user, assistant)",
-                               param=f"messages[{i}].role", code="invalid_value")
-        turns = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m.get("content")} for m in msgs]
+                raise ApiError(
+                    400,
+                    f"`messages[{i}].role` `{m['role']}` is not supported (system, user, assistant)",
+                    param=f"messages[{i}].role",
+                    code="invalid_value",
+                )
+        turns = [
+            {"role": "system" if m["role"] == "developer" else m["role"], "content": m.get("content")} for m in msgs
+        ]
         add("messages", np.array([[json.dumps(turns).encode()]], dtype=np.object_), "BYTES")
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str):
-            raise ApiError(400, "`prompt` must be a string (or a list of one string)", param="prompt", code="invalid_value")
+            raise ApiError(
+                400, "`prompt` must be a string (or a list of one string)", param="prompt", code="invalid_value"
+            )
         if not prompt:
             raise ApiError(400, "`prompt` is empty", param="prompt", code="invalid_value")
         add("text_input", np.array([[prompt.encode()]], dtype=np.object_), "BYTES")
 
-    max_tokens = body.get("max_completion_tokens") if chat and body.get("max_completion_tokens") is not None \
+    max_tokens = (
+        body.get("max_completion_tokens")
+        if chat and body.get("max_completion_tokens") is not None
         else body.get("max_tokens")
+    )
     key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     if max_tokens is not None:
-        _number({key: max_tokens}, key, 1, 2 ** 31 - 1, integer=True)
+        _number({key: max_tokens}, key, 1, 2**31 - 1, integer=True)
         add("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32")
     temperature = _number(body, "temperature", 0.0, 2.0)
     top_p = _number(body, "top_p", 0.0, 1.0)
@@ -182,9 +218,9 @@ def triton_inputs(body, chat):
             add(k, np.array([[v]], dtype=np.float32), "FP32")
     seed = body.get("seed")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not (-(2 ** 63) <= seed < 2 ** 64):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not (-(2**63) <= seed < 2**64):
             raise ApiError(400, f"`seed` must be an integer, got {seed!r}", param="seed", code="invalid_value")
-        add("seed", np.array([[seed % 2 ** 64]], dtype=np.uint64), "UINT64")
+        add("seed", np.array([[seed % 2**64]], dtype=np.uint64), "UINT64")
     stop = body.get("stop")
     if stop is not None:
         stops = [stop] if isinstance(stop, str) else stop
@@ -194,10 +230,10 @@ def triton_inputs(body, chat):
         if stops:
             add("stop_words", np.array([[s.encode() for s in stops]], dtype=np.object_), "BYTES")
     # Extensions vLLM's OpenAI server also takes: top_k, ignore_eos, min_tokens, repetition_penalty.
-    top_k = _number(body, "top_k", 0, 2 ** 31 - 1, integer=True)
+    top_k = _number(body, "top_k", 0, 2**31 - 1, integer=True)
     if top_k:
         add("top_k", np.array([[top_k]], dtype=np.int64), "INT64")
-    min_tokens = _number(body, "min_tokens", 0, 2 ** 31 - 1, integer=True)
+    min_tokens = _number(body, "min_tokens", 0, 2**31 - 1, integer=True)
     if min_tokens:
         add("min_tokens", np.array([[min_tokens]], dtype=np.int32), "INT32")
     rep = _number(body, "repetition_penalty", 1e-6, 100.0)
@@ -214,13 +250,15 @@ def triton_inputs(body, chat):
     if so is not None and not isinstance(so, dict):
         raise ApiError(400, "`stream_options` must be an object", param="stream_options", code="invalid_value")
     if so is not None and not stream:
-        raise ApiError(400, "`stream_options` is only allowed with `stream: true`", param="stream_options",
-                       code="invalid_value")
+        raise ApiError(
+            400, "`stream_options` is only allowed with `stream: true`", param="stream_options", code="invalid_value"
+        )
     include_usage = bool((so or {}).get("include_usage"))
     return inputs, bool(stream), include_usage, logprobs
 
 
 # ---- the Triton stream --------------------------------------------------------------------------------------
+
 
 class Backend:
     """One request on one gRPC stream; yields (text delta, finish_reason or "", output tokens in it)."""
@@ -238,8 +276,13 @@ class Backend:
         if self.logprobs:
             names += ["output_tokens", "output_log_probs"]
         outs = [grpcclient.InferRequestedOutput(n) for n in names]
-        yield {"model_name": CFG["model"] + "_stream", "inputs": self.inputs, "outputs": outs,
-               "request_id": uuid.uuid4().hex, "parameters": {"triton_enable_empty_final_response": True}}
+        yield {
+            "model_name": CFG["model"] + "_stream",
+            "inputs": self.inputs,
+            "outputs": outs,
+            "request_id": uuid.uuid4().hex,
+            "parameters": {"triton_enable_empty_final_response": True},
+        }
         await self.done.wait()  # keep the request side open until the answer is complete (see loadtest.py)
 
     async def chunks(self):
@@ -281,8 +324,12 @@ def completion_logprobs(pairs, offset):
     for t, _ in pairs:
         offsets.append(pos)
         pos += len(t)
-    return {"tokens": [t for t, _ in pairs], "token_logprobs": [lp for _, lp in pairs],
-            "top_logprobs": None, "text_offset": offsets}
+    return {
+        "tokens": [t for t, _ in pairs],
+        "token_logprobs": [lp for _, lp in pairs],
+        "top_logprobs": None,
+        "text_offset": offsets,
+    }
 
 
 def finish(reason):
@@ -331,8 +378,14 @@ async def handle(request: Request, chat: bool):
         lp = (chat_logprobs(pairs) if chat else completion_logprobs(pairs, 0)) if logprobs else None
         choice = {"index": 0, "finish_reason": finish(reason), "logprobs": lp}
         choice.update({"message": {"role": "assistant", "content": content}} if chat else {"text": content})
-        return {"id": rid, "object": obj, "created": created, "model": CFG["model"], "choices": [choice],
-                "usage": usage(be.prompt_tokens, completion)}
+        return {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": CFG["model"],
+            "choices": [choice],
+            "usage": usage(be.prompt_tokens, completion),
+        }
 
     # The first answer is awaited before the HTTP status goes out, so a refused request gets its error status.
     try:
@@ -403,8 +456,10 @@ async def completions(request: Request):
 
 @app.get("/v1/models")
 async def models():
-    return {"object": "list", "data": [{"id": CFG["model"], "object": "model", "created": CFG["created"],
-                                        "owned_by": "triton-llama"}]}
+    return {
+        "object": "list",
+        "data": [{"id": CFG["model"], "object": "model", "created": CFG["created"], "owned_by": "triton-llama"}],
+    }
 
 
 @app.get("/v1/models/{name}")

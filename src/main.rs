@@ -10,7 +10,8 @@ use triton_llama::{Error, Result, loader};
 const USAGE: &str = "usage:
   triton-llama inspect CKPT [--json]
   triton-llama tokenize CKPT --text TEXT [--bos|--no-bos] [--json]
-  triton-llama generate CKPT (--prompt TEXT | --messages JSON [--chat-template FILE|nemo]) [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
+  triton-llama generate CKPT (--prompt TEXT | --messages JSON [--chat-template FILE|nemo])
+                         [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
                          [--ignore-eos] [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
@@ -239,8 +240,8 @@ struct Generated {
 }
 
 /// Runs one request to the end, streaming its text to stdout unless `quiet`.
-fn run_one(engine: &mut Engine, id: u64, prompt_ids: Vec<u32>, params: SamplingParams, quiet: bool) -> Result<Generated> {
-    engine.add_request(Request { id, prompt_ids, params })?;
+fn run_one(engine: &mut Engine, id: u64, ids: Vec<u32>, params: SamplingParams, quiet: bool) -> Result<Generated> {
+    engine.add_request(Request { id, prompt_ids: ids, params })?;
     let mut g = Generated { ids: Vec::new(), text: String::new(), logprobs: Vec::new(), reason: "" };
     let mut stdout = std::io::stdout();
     engine.run_to_completion(|o| {
@@ -283,7 +284,8 @@ fn generate(a: &Args) -> Result<()> {
     let json = a.flag("json");
     let g = run_one(&mut engine, 1, ids.clone(), params, json)?;
     if json {
-        print_json(json!({"prompt_ids": ids, "ids": g.ids, "text": g.text, "logprobs": g.logprobs, "finish_reason": g.reason}));
+        let (out, text, logprobs, reason) = (g.ids, g.text, g.logprobs, g.reason);
+        print_json(json!({"prompt_ids": ids, "ids": out, "text": text, "logprobs": logprobs, "finish_reason": reason}));
     } else {
         println!();
     }
@@ -295,7 +297,8 @@ fn chat_engine(a: &Args) -> Result<Engine> {
     let engine = engine_for(a)?;
     let engine = triton_llama::triton::server::with_chat_override(engine, a.get("chat-template"))?;
     if engine.chat_template().is_none() {
-        return Err(Error::InvalidRequest("this checkpoint has no chat template; pass --chat-template FILE (or `nemo`)".into()));
+        let m = "this checkpoint has no chat template; pass --chat-template FILE (or `nemo`)";
+        return Err(Error::InvalidRequest(m.into()));
     }
     Ok(engine)
 }
@@ -308,12 +311,17 @@ fn render_chat(a: &Args) -> Result<()> {
     let tok = src.tokenizer()?;
     let piece = |id| tok.id_to_piece(id).unwrap_or_default();
     let t = match a.get("chat-template") {
-        Some(spec) => triton_llama::chat::ChatTemplate::from_override(spec, &piece(tok.bos_id()), &piece(tok.eos_id()))?,
-        None => src.chat_template()?.ok_or_else(|| Error::InvalidRequest("this checkpoint has no chat template; pass --chat-template".into()))?,
+        Some(spec) => {
+            triton_llama::chat::ChatTemplate::from_override(spec, &piece(tok.bos_id()), &piece(tok.eos_id()))?
+        }
+        None => src.chat_template()?.ok_or_else(|| {
+            Error::InvalidRequest("this checkpoint has no chat template; pass --chat-template".into())
+        })?,
     };
     let text = t.render(&msgs, true)?;
     if a.flag("json") {
-        print_json(json!({"prompt": text, "ids": t.encode(&tok, &text)?, "stop_strings": t.stop_strings(), "template": t.kind()}));
+        let ids = t.encode(&tok, &text)?;
+        print_json(json!({"prompt": text, "ids": ids, "stop_strings": t.stop_strings(), "template": t.kind()}));
     } else {
         print!("{text}");
     }
@@ -351,7 +359,8 @@ fn chat(a: &Args) -> Result<()> {
         let params = sampling(a, &engine, &stops)?;
         let g = run_one(&mut engine, turn, ids.clone(), params, json)?;
         if json {
-            print_json(json!({"prompt": prompt, "prompt_ids": ids, "ids": g.ids, "text": g.text, "finish_reason": g.reason}));
+            let (out, text, reason) = (&g.ids, &g.text, g.reason);
+            print_json(json!({"prompt": prompt, "prompt_ids": ids, "ids": out, "text": text, "finish_reason": reason}));
         } else {
             println!();
         }

@@ -83,7 +83,8 @@ fn hf_checkpoint_reads_tokenizer_config_and_override_files() {
     let t = loader::open(&dir).unwrap().chat_template().unwrap().unwrap();
     assert_eq!(t.render(&[Message::new("user", "x")], true).unwrap(), "<s>[INST] x [/INST]");
     // --chat-template: a tokenizer_config.json, a bare Jinja file, or `nemo`.
-    let o = ChatTemplate::from_override(fixture("chat/chatml/tokenizer_config.json").to_str().unwrap(), "<s>", "</s>").unwrap();
+    let o = ChatTemplate::from_override(fixture("chat/chatml/tokenizer_config.json").to_str().unwrap(), "<s>", "</s>")
+        .unwrap();
     assert!(o.render(&[Message::new("user", "x")], true).unwrap().starts_with("<|im_start|>user\nx<|im_end|>"));
     let j = dir.join("t.jinja");
     std::fs::write(&j, "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}").unwrap();
@@ -113,7 +114,8 @@ fn cli(args: &[&str], stdin: &str) -> Vec<serde_json::Value> {
 fn cli_chat_is_multi_turn_and_equals_generate_on_the_rendered_prompt() {
     let ckpt = fixture("models/gqa_bf16/model.nemo");
     let ckpt = ckpt.to_str().unwrap();
-    let turns = cli(&["chat", ckpt, "--max-tokens", "6", "--system", "Be brief.", "--json"], "What is 2+2?\n\nAnd 3+3?\n");
+    let turns =
+        cli(&["chat", ckpt, "--max-tokens", "6", "--system", "Be brief.", "--json"], "What is 2+2?\n\nAnd 3+3?\n");
     assert_eq!(turns.len(), 2, "the empty line is skipped");
     let (p1, p2) = (turns[0]["prompt"].as_str().unwrap(), turns[1]["prompt"].as_str().unwrap());
     assert_eq!(p1, "<extra_id_0>System\nBe brief.\n<extra_id_1>User\nWhat is 2+2?\n<extra_id_1>Assistant\n");

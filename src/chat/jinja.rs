@@ -31,8 +31,20 @@ fn strftime_now(fmt: String) -> String {
 }
 
 pub(super) fn strftime(fmt: &str, secs: u64) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let days = (secs / 86400) as i64;
     let z = days + 719468;

@@ -53,7 +53,10 @@ impl ChatTemplate {
         }
         let path = Path::new(spec);
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        if text.trim_start().starts_with('{') && !text.trim_start().starts_with("{%") && !text.trim_start().starts_with("{{") {
+        if text.trim_start().starts_with('{')
+            && !text.trim_start().starts_with("{%")
+            && !text.trim_start().starts_with("{{")
+        {
             return from_tokenizer_config(&text, path)?
                 .ok_or_else(|| Error::Config(format!("{}: no `chat_template` in this JSON file", path.display())));
         }
@@ -74,7 +77,10 @@ impl ChatTemplate {
             return Err(Error::InvalidRequest("`messages` is empty".into()));
         }
         if messages.len() > MAX_MESSAGES {
-            return Err(Error::InvalidRequest(format!("{} messages; at most {MAX_MESSAGES} are allowed", messages.len())));
+            return Err(Error::InvalidRequest(format!(
+                "{} messages; at most {MAX_MESSAGES} are allowed",
+                messages.len()
+            )));
         }
         match self {
             ChatTemplate::Nemo(t) => t.render(messages, add_generation_prompt),
@@ -136,7 +142,8 @@ pub fn parse_messages(json: &str) -> Result<Vec<Message>> {
     let arr = v.as_array().ok_or_else(|| bad("must be a JSON list of {\"role\", \"content\"} objects".into()))?;
     let mut out = Vec::with_capacity(arr.len().min(MAX_MESSAGES));
     for (i, m) in arr.iter().enumerate() {
-        let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| bad(format!("message {i} has no string `role`")))?;
+        let role =
+            m.get("role").and_then(|r| r.as_str()).ok_or_else(|| bad(format!("message {i} has no string `role`")))?;
         let content = match m.get("content") {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Null) | None => String::new(),

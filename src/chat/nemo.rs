@@ -50,8 +50,14 @@ impl NemoTokens {
             let name = match m.role.as_str() {
                 "user" => "User",
                 "assistant" => "Assistant",
-                "system" => return Err(Error::InvalidRequest(format!("message {i}: a system message may only come first"))),
-                r => return Err(Error::InvalidRequest(format!("message {i}: unknown role `{r}` (system, user, assistant)"))),
+                "system" => {
+                    return Err(Error::InvalidRequest(format!("message {i}: a system message may only come first")));
+                }
+                r => {
+                    return Err(Error::InvalidRequest(format!(
+                        "message {i}: unknown role `{r}` (system, user, assistant)"
+                    )));
+                }
             };
             s.push_str(&format!("{}{name}{}{}{}", self.turn_start, self.end_of_name, m.content, self.end_of_turn));
         }

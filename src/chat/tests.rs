@@ -16,7 +16,8 @@ fn nemo_matches_the_card_example() {
 
 #[test]
 fn nemo_system_and_multi_turn_follow_the_sft_format() {
-    // docs/checkpoint-formats.md: <extra_id_0>System\n{system}\n<extra_id_1>User\n{msg}\n<extra_id_1>Assistant\n{reply}\n<extra_id_1>User\n...
+    // docs/checkpoint-formats.md: <extra_id_0>System\n{system}\n<extra_id_1>User\n{msg}\n<extra_id_1>Assistant\n
+    // {reply}\n<extra_id_1>User\n...
     let t = ChatTemplate::Nemo(NemoTokens::default());
     let msgs = [
         Message::new("system", "Be brief."),
@@ -24,7 +25,10 @@ fn nemo_system_and_multi_turn_follow_the_sft_format() {
         Message::new("assistant", "Hello."),
         Message::new("user", "Bye"),
     ];
-    let want = "<extra_id_0>System\nBe brief.\n<extra_id_1>User\nHi\n<extra_id_1>Assistant\nHello.\n<extra_id_1>User\nBye\n<extra_id_1>Assistant\n";
+    let want = concat!(
+        "<extra_id_0>System\nBe brief.\n<extra_id_1>User\nHi\n<extra_id_1>Assistant\nHello.\n",
+        "<extra_id_1>User\nBye\n<extra_id_1>Assistant\n"
+    );
     assert_eq!(t.render(&msgs, true).unwrap(), want);
     assert_eq!(t.render(&msgs, false).unwrap(), want.strip_suffix("<extra_id_1>Assistant\n").unwrap());
 }
@@ -33,7 +37,10 @@ fn nemo_system_and_multi_turn_follow_the_sft_format() {
 fn nemo_tokens_come_from_the_config() {
     let pairs = [("turn_start".to_string(), "<T>".to_string()), ("end_of_name".to_string(), ": ".to_string())];
     let t = ChatTemplate::Nemo(NemoTokens::from_pairs(&pairs));
-    assert_eq!(t.render(&[Message::new("user", "x")], true).unwrap(), "<extra_id_0>System: \n<T>User: x\n<T>Assistant: ");
+    assert_eq!(
+        t.render(&[Message::new("user", "x")], true).unwrap(),
+        "<extra_id_0>System: \n<T>User: x\n<T>Assistant: "
+    );
     assert_eq!(t.stop_strings(), vec!["<T>".to_string()]);
 }
 
@@ -49,8 +56,10 @@ fn nemo_refuses_bad_roles() {
 
 #[test]
 fn messages_parse_strings_parts_and_refuse_the_rest() {
-    let m = parse_messages(r#"[{"role":"user","content":"a"},{"role":"assistant","content":null},
-        {"role":"user","content":[{"type":"text","text":"b"},{"type":"text","text":"c"}]}]"#)
+    let m = parse_messages(
+        r#"[{"role":"user","content":"a"},{"role":"assistant","content":null},
+        {"role":"user","content":[{"type":"text","text":"b"},{"type":"text","text":"c"}]}]"#,
+    )
     .unwrap();
     assert_eq!(m, vec![Message::new("user", "a"), Message::new("assistant", ""), Message::new("user", "bc")]);
     for (bad, want) in [
@@ -68,7 +77,10 @@ fn messages_parse_strings_parts_and_refuse_the_rest() {
 #[test]
 fn strftime_formats_a_known_instant() {
     // 2024-02-29 13:05:09 UTC = 1709211909 (date -u -d @1709211909).
-    assert_eq!(jinja::strftime("%Y-%m-%d %H:%M:%S %d %b %Y %B %-d %%", 1709211909), "2024-02-29 13:05:09 29 Feb 2024 February 29 %");
+    assert_eq!(
+        jinja::strftime("%Y-%m-%d %H:%M:%S %d %b %Y %B %-d %%", 1709211909),
+        "2024-02-29 13:05:09 29 Feb 2024 February 29 %"
+    );
     assert_eq!(jinja::strftime("%Y-%m-%d", 0), "1970-01-01");
 }
 

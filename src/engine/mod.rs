@@ -179,7 +179,8 @@ impl Engine {
             SchedulerConfig { max_num_seqs: ecfg.max_num_seqs, max_batched_tokens: ecfg.max_batched_tokens },
             BlockManager::new(num_blocks, ecfg.block_size),
         );
-        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs: HashMap::new(), add_bos, default_stops, chat })
+        let seqs = HashMap::new();
+        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs, add_bos, default_stops, chat })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -204,7 +205,8 @@ impl Engine {
     /// A conversation's prompt text and ids under the chat template (with the assistant turn opened).
     pub fn render_chat(&self, messages: &[crate::chat::Message]) -> Result<(String, Vec<u32>)> {
         let t = self.chat.as_ref().ok_or_else(|| {
-            Error::InvalidRequest("this model has no chat template (none in the checkpoint; set one with `chat_template`)".into())
+            let m = "this model has no chat template (none in the checkpoint; set one with `chat_template`)";
+            Error::InvalidRequest(m.into())
         })?;
         let text = t.render(messages, true)?;
         let ids = t.encode(&self.tokenizer, &text)?;

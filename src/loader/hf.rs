@@ -321,7 +321,8 @@ impl CheckpointSource for HfSource {
     /// `chat_template` of `tokenizer_config.json` (or the older `chat_template.jinja` file), if any.
     fn chat_template(&self) -> Result<Option<crate::chat::ChatTemplate>> {
         let cfg = self.path.join("tokenizer_config.json");
-        let text = if cfg.is_file() { std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))? } else { String::new() };
+        let text =
+            if cfg.is_file() { std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))? } else { String::new() };
         let jinja = self.path.join("chat_template.jinja");
         if jinja.is_file() {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();

@@ -6,8 +6,10 @@ use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
 /// Every output the backend can produce, in declaration order (`outputs` first: `NemoQuery` reads the first).
-pub const OUTPUTS: [&str; 8] =
-    ["outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs", "cum_log_probs", "output_tokens"];
+pub const OUTPUTS: [&str; 8] = [
+    "outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs",
+    "cum_log_probs", "output_tokens",
+];
 /// Outputs produced only when a client names them (they cost work on every token).
 pub const ON_REQUEST: [&str; 1] = ["output_tokens"];
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 /// Every parameter key the backend reads (others are refused, to catch typos).
 pub const PARAMS: [&str; 19] = [
     "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
-    "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "chat_template", "exclude_input_in_output", "default_max_tokens",
-    "block_size", "max_batched_tokens", "num_blocks", "engine_threads", "kv_cache_fraction",
+    "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
+    "block_size", "max_batched_tokens", "num_blocks", "engine_threads", "kv_cache_fraction", "chat_template",
 ];
 
 /// Everything a model's config decides.
@@ -139,7 +139,13 @@ impl ModelSettings {
         Ok(ModelSettings {
             checkpoint,
             engine,
-            serve: ServeSettings { max_input_len, capacity: max_num_seqs + max_queue_size, add_bos: boolean(cfg, "add_bos")?, stop_strings, chat_template },
+            serve: ServeSettings {
+                max_input_len,
+                capacity: max_num_seqs + max_queue_size,
+                add_bos: boolean(cfg, "add_bos")?,
+                stop_strings,
+                chat_template,
+            },
             // The prompt byte bound needs the tokenizer: ModelInitialize sets it once the engine is loaded.
             limits: Limits { max_prompt_bytes: usize::MAX, max_input_tokens: max_input_len.unwrap_or(usize::MAX), max_output_len, default_max_tokens, decoupled, exclude_input_default: boolean(cfg, "exclude_input_in_output")?.is_none_or(|b| b) },
             max_batch_size: max_batch_size as usize,

@@ -149,8 +149,10 @@ impl TritonSink {
                 }
                 "output_tokens" => {
                     let t = rows.iter().map(|r| r.output_tokens.len()).max().unwrap_or(0).max(1);
-                    let v: Vec<&str> =
-                        rows.iter().flat_map(|r| (0..t).map(move |j| r.output_tokens.get(j).map_or("", String::as_str))).collect();
+                    let mut v: Vec<&str> = Vec::with_capacity(rows.len() * t);
+                    for r in rows {
+                        v.extend((0..t).map(|j| r.output_tokens.get(j).map_or("", |s| s.as_str())));
+                    }
                     Self::add_output(resp, name, ffi::TYPE_BYTES, &[n, t as i64], &encode_bytes(&v))?;
                 }
                 "cum_log_probs" => {

@@ -96,7 +96,8 @@ impl Loop {
             for (i, p) in spec.prompts.iter().enumerate() {
                 let (text, prompt_ids, chat_stops) = if p.chat {
                     if p.add_bos.is_some() {
-                        return Err(Error::InvalidRequest("input `add_BOS` cannot be combined with `messages` (the chat template decides)".into()));
+                        let m = "input `add_BOS` cannot be combined with `messages` (the chat template decides)";
+                        return Err(Error::InvalidRequest(m.into()));
                     }
                     let msgs = crate::chat::parse_messages(&p.text)?;
                     let (text, ids) = self.engine.render_chat(&msgs)?;
@@ -156,7 +157,8 @@ impl Loop {
         }
         self.next_id = self.next_id.max(key + 1);
         let want_tokens = spec.outputs.has("output_tokens");
-        let job = Job { sink, obs, stream: spec.stream, want_tokens, ids, rows, start: Instant::now(), dirty: false, fresh: 0 };
+        let (stream, start) = (spec.stream, Instant::now());
+        let job = Job { sink, obs, stream, want_tokens, ids, rows, start, dirty: false, fresh: 0 };
         // Job keys share the id space with engine ids; `key` equals the first row's id, unique either way.
         self.jobs.insert(key, job);
     }
@@ -257,7 +259,8 @@ impl Loop {
                     finish_reason: if done { r.finish.map_or("stop", |f| f.as_str()) } else { r.finish.map_or("", |f| f.as_str()) },
                     output_log_probs: if stream { r.logprobs[r.sent_tokens..].to_vec() } else { r.logprobs.clone() },
                     cum_log_prob: r.logprobs.iter().sum(),
-                    output_tokens: if stream { r.token_texts[r.sent_tokens.min(r.token_texts.len())..].to_vec() } else { r.token_texts.clone() },
+                    output_tokens: r.token_texts[if stream { r.sent_tokens.min(r.token_texts.len()) } else { 0 }..]
+                        .to_vec(),
                 };
                 r.sent_text = r.text.len();
                 r.sent_tokens = r.tokens;

@@ -2,6 +2,7 @@
 front of a real tritonserver, driven by the real `openai` SDK: chat and completions, streamed and not, stops,
 seeds, usage equal to the backend's token counts, every error case, disconnect-cancels; greedy chat output
 equals `triton-llama generate` on the prompt `triton-llama render-chat` gives."""
+
 import concurrent.futures
 import json
 import subprocess
@@ -31,9 +32,27 @@ def wait_for(pred, timeout=20):
 def api(request, tmp_path_factory):
     """The .nemo fixture (NeMo chat format) as `chat` with the frontend; 2 running + 1 queued prompts at most."""
     (port,) = free_ports(1)
-    s = start(request, tmp_path_factory, "openai", ["--nemo_checkpoint", str(NEMO), "-tmn", MODEL, "--openai_port", str(port),
-                                                    "--max_num_seqs", "2", "--max_queue_size", "1",
-                                                    "--max_input_len", "128", "--max_output_len", "128"])
+    s = start(
+        request,
+        tmp_path_factory,
+        "openai",
+        [
+            "--nemo_checkpoint",
+            str(NEMO),
+            "-tmn",
+            MODEL,
+            "--openai_port",
+            str(port),
+            "--max_num_seqs",
+            "2",
+            "--max_queue_size",
+            "1",
+            "--max_input_len",
+            "128",
+            "--max_output_len",
+            "128",
+        ],
+    )
     s.openai_url = f"http://localhost:{port}"
     assert wait_for(lambda: frontend_ready(s.openai_url), 60), "the OpenAI frontend did not become ready"
     return s
@@ -53,8 +72,12 @@ def client(api):
 
 
 def render(messages):
-    out = subprocess.run([str(CLI), "render-chat", str(NEMO), "--messages", json.dumps(messages), "--json"],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [str(CLI), "render-chat", str(NEMO), "--messages", json.dumps(messages), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -79,7 +102,9 @@ def test_models(client):
 def test_chat_greedy_equals_generate_on_the_rendered_prompt(api, client):
     r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0)
     rendered = render(QUESTION)
-    assert rendered["prompt"] == "<extra_id_0>System\nBe brief.\n<extra_id_1>User\nWhat is 2+2?\n<extra_id_1>Assistant\n"
+    assert (
+        rendered["prompt"] == "<extra_id_0>System\nBe brief.\n<extra_id_1>User\nWhat is 2+2?\n<extra_id_1>Assistant\n"
+    )
     g = cli_generate(NEMO, rendered["prompt"], "--max-tokens", "12")
     assert g["prompt_ids"] == rendered["ids"]
     assert r.choices[0].message.content == g["text"]
@@ -94,8 +119,16 @@ def test_chat_greedy_equals_generate_on_the_rendered_prompt(api, client):
 
 def test_chat_stream_matches_unary_and_reports_usage(client):
     unary = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == unary.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -103,7 +136,9 @@ def test_chat_stream_matches_unary_and_reports_usage(client):
     assert reasons == [unary.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage == unary.usage
     # Without include_usage no chunk carries usage.
-    plain = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0, stream=True))
+    plain = list(
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0, stream=True)
+    )
     assert all(c.usage is None for c in plain)
 
 
@@ -124,8 +159,16 @@ def test_completions_unary_and_stream_equal_generate(api, client):
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(g["prompt_ids"]), len(g["ids"]))
     n_in, n_out, _ = backend_counts(api, {"text_input": prompt, "max_tokens": 10, "temperature": 0})
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n_in, n_out)
-    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=10, temperature=0, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == g["text"]
     assert chunks[-1].usage.completion_tokens == len(g["ids"])
     # max_completion_tokens is the chat name of the limit.
@@ -139,15 +182,19 @@ def test_stop_strings(client):
     words = [w for w in full.split(" ") if len(w) >= 3]
     assert words, full
     stop = words[len(words) // 2]
-    cut = full[:full.index(stop)]
+    cut = full[: full.index(stop)]
     for s in (stop, [stop, "never-appears-xyz"]):
         r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stop=s)
         assert r.choices[0].text == cut and r.choices[0].finish_reason == "stop", (s, r)
-    chat_full = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0).choices[0].message.content
+    chat_full = (
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0)
+        .choices[0]
+        .message.content
+    )
     words = [w for w in chat_full.split(" ") if len(w) >= 3]
     stop = words[len(words) // 2]
     r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0, stop=stop)
-    assert r.choices[0].message.content == chat_full[:chat_full.index(stop)] and r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == chat_full[: chat_full.index(stop)] and r.choices[0].finish_reason == "stop"
 
 
 def test_seed_reproducibility_and_penalties(client):
@@ -159,41 +206,60 @@ def test_seed_reproducibility_and_penalties(client):
     assert others - {a}, "three other seeds all gave the seed-7 text"
     # Penalties reach the backend: with a large frequency penalty the greedy text changes.
     plain = client.completions.create(model=MODEL, prompt="a a a a a a", max_tokens=16, temperature=0).choices[0].text
-    pen = client.completions.create(model=MODEL, prompt="a a a a a a", max_tokens=16, temperature=0,
-                                    frequency_penalty=2.0, presence_penalty=2.0).choices[0].text
+    pen = (
+        client.completions.create(
+            model=MODEL, prompt="a a a a a a", max_tokens=16, temperature=0, frequency_penalty=2.0, presence_penalty=2.0
+        )
+        .choices[0]
+        .text
+    )
     assert pen != plain
     # `user` is accepted and ignored.
-    assert client.completions.create(model=MODEL, prompt="a a a a a a", max_tokens=16, temperature=0, user="u1").choices[0].text == plain
+    assert (
+        client.completions.create(model=MODEL, prompt="a a a a a a", max_tokens=16, temperature=0, user="u1")
+        .choices[0]
+        .text
+        == plain
+    )
 
 
 def test_multi_turn_carries_the_first_answer(client):
     msgs = [{"role": "user", "content": "Hi"}]
-    first = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, temperature=0).choices[0].message.content
+    first = (
+        client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, temperature=0)
+        .choices[0]
+        .message.content
+    )
     msgs += [{"role": "assistant", "content": first}, {"role": "user", "content": "And then?"}]
     rendered = render(msgs)
-    assert rendered["prompt"] == (f"<extra_id_0>System\n\n<extra_id_1>User\nHi\n<extra_id_1>Assistant\n{first}\n"
-                                  "<extra_id_1>User\nAnd then?\n<extra_id_1>Assistant\n")
+    assert rendered["prompt"] == (
+        f"<extra_id_0>System\n\n<extra_id_1>User\nHi\n<extra_id_1>Assistant\n{first}\n"
+        "<extra_id_1>User\nAnd then?\n<extra_id_1>Assistant\n"
+    )
     second = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0)
     g = cli_generate(NEMO, rendered["prompt"], "--max-tokens", "8")
     assert second.choices[0].message.content == g["text"]
     assert second.usage.prompt_tokens == len(rendered["ids"])
 
 
-@pytest.mark.parametrize("kw,param,fragment", [
-    ({"n": 2}, "n", "`n` = 1"),
-    ({"temperature": 3}, "temperature", "`temperature`"),
-    ({"top_p": 1.5}, "top_p", "`top_p`"),
-    ({"max_tokens": 0}, "max_tokens", "`max_tokens`"),
-    ({"logprobs": True, "top_logprobs": 2}, "top_logprobs", "not supported"),
-    ({"top_logprobs": 2}, "top_logprobs", "needs `logprobs: true`"),
-    ({"top_logprobs": 50, "logprobs": True}, "top_logprobs", "`top_logprobs`"),
-    ({"logit_bias": {"5": 1}}, "logit_bias", "not supported"),
-    ({"seed": "x"}, "seed", "`seed`"),
-    ({"stop": 5}, "stop", "`stop`"),
-    ({"presence_penalty": 5}, "presence_penalty", "`presence_penalty`"),
-    ({"messages": []}, "messages", "non-empty"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "not supported"),
-])
+@pytest.mark.parametrize(
+    "kw,param,fragment",
+    [
+        ({"n": 2}, "n", "`n` = 1"),
+        ({"temperature": 3}, "temperature", "`temperature`"),
+        ({"top_p": 1.5}, "top_p", "`top_p`"),
+        ({"max_tokens": 0}, "max_tokens", "`max_tokens`"),
+        ({"logprobs": True, "top_logprobs": 2}, "top_logprobs", "not supported"),
+        ({"top_logprobs": 2}, "top_logprobs", "needs `logprobs: true`"),
+        ({"top_logprobs": 50, "logprobs": True}, "top_logprobs", "`top_logprobs`"),
+        ({"logit_bias": {"5": 1}}, "logit_bias", "not supported"),
+        ({"seed": "x"}, "seed", "`seed`"),
+        ({"stop": 5}, "stop", "`stop`"),
+        ({"presence_penalty": 5}, "presence_penalty", "`presence_penalty`"),
+        ({"messages": []}, "messages", "non-empty"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "not supported"),
+    ],
+)
 def test_chat_bad_input_is_a_400_with_openai_error_body(client, kw, param, fragment):
     args = dict(model=MODEL, messages=QUESTION, max_tokens=4)
     args.update(kw)
@@ -216,8 +282,11 @@ def test_logprobs_are_the_backends(client):
     # Token texts: the answer is their concatenation (tokens of a split multi-byte character read as U+FFFD).
     joined = "".join(c.token for c in content)
     assert joined == r.choices[0].message.content or "\ufffd" in joined
-    streamed = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True,
-                                                   stream=True))
+    streamed = list(
+        client.chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True, stream=True
+        )
+    )
     s = [c for ch in streamed if ch.choices and ch.choices[0].logprobs for c in ch.choices[0].logprobs.content]
     assert [(c.token, c.logprob) for c in s] == [(c.token, c.logprob) for c in content]
     rc = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=6, temperature=0, logprobs=0)
@@ -268,13 +337,21 @@ def close(streams):
         c.close()
 
 
-BODY = {"model": MODEL, "prompt": "The quick brown fox jumps over the lazy dog. " * 4, "max_tokens": 128, "temperature": 0,
-        "stream": True, "ignore_eos": True}
+BODY = {
+    "model": MODEL,
+    "prompt": "The quick brown fox jumps over the lazy dog. " * 4,
+    "max_tokens": 128,
+    "temperature": 0,
+    "stream": True,
+    "ignore_eos": True,
+}
 
 
 def reasons(api):
-    return {r: api.metric("llama_requests_finished_total", model=MODEL + "_stream", reason=r)
-            for r in ("stop", "length", "cancelled", "rejected")}
+    return {
+        r: api.metric("llama_requests_finished_total", model=MODEL + "_stream", reason=r)
+        for r in ("stop", "length", "cancelled", "rejected")
+    }
 
 
 def test_full_server_is_429(api):
@@ -325,7 +402,9 @@ def test_disconnect_cancels_in_the_backend(api):
     else:
         pytest.fail(f"no attempt had both streams cancelled: {before} -> {after}")
     # The server is usable again.
-    r = httpx.post(f"{api.openai_url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=60)
+    r = httpx.post(
+        f"{api.openai_url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=60
+    )
     assert r.status_code == 200, r.text
 
 
@@ -348,6 +427,7 @@ def test_model_card_multi_turn(nemo_server):
     """The model card's NemoQuery example, multi-turn: turn 2 carries turn 1's answer, each answer ends at the
     stop string on the server (no split("\\n")); query_llm.py's chat() (server-side template) gives the same."""
     import sys
+
     sys.path.insert(0, str(CLI.parents[2] / "scripts"))
     from query_llm import NemoQuery
 
@@ -361,9 +441,12 @@ def test_model_card_multi_turn(nemo_server):
         assert answer == cli_generate(NEMO, history, "--max-tokens", "12")["text"]
         answers.append(answer)
         history += answer + "\n"
-    msgs = [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": answers[0]},
-            {"role": "user", "content": questions[1]}]
-    assert render(msgs)["prompt"] == history[:-len(answers[1]) - 1]
+    msgs = [
+        {"role": "user", "content": questions[0]},
+        {"role": "assistant", "content": answers[0]},
+        {"role": "user", "content": questions[1]},
+    ]
+    assert render(msgs)["prompt"] == history[: -len(answers[1]) - 1]
     assert list(nq.chat(questions, max_output_token=12)) == answers
 
 
@@ -374,21 +457,54 @@ LLAMA2_TEMPLATE = CLI.parents[2] / "tests/fixtures/chat/llama2_chat/tokenizer_co
 def hf_chat(request, tmp_path_factory):
     """The HF fixture with Llama-2-chat's template (deploy_triton.py --chat_template) and the frontend."""
     (port,) = free_ports(1)
-    s = start(request, tmp_path_factory, "openai_hf", ["--hf_checkpoint", str(HF), "--chat_template", str(LLAMA2_TEMPLATE),
-                                                       "--openai_port", str(port), "--max_input_len", "128",
-                                                       "--max_output_len", "64"])
+    s = start(
+        request,
+        tmp_path_factory,
+        "openai_hf",
+        [
+            "--hf_checkpoint",
+            str(HF),
+            "--chat_template",
+            str(LLAMA2_TEMPLATE),
+            "--openai_port",
+            str(port),
+            "--max_input_len",
+            "128",
+            "--max_output_len",
+            "64",
+        ],
+    )
     s.openai_url = f"http://localhost:{port}"
     assert wait_for(lambda: frontend_ready(s.openai_url), 60), "the OpenAI frontend did not become ready"
     return s
 
 
 def test_llama2_chat_template_served(hf_chat):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
     client = openai.OpenAI(base_url=f"{hf_chat.openai_url}/v1", api_key="unused", max_retries=0, timeout=60)
     r = client.chat.completions.create(model="llama", messages=msgs, max_tokens=10, temperature=0)
-    out = subprocess.run([str(CLI), "generate", str(HF), "--messages", json.dumps(msgs), "--chat-template", str(LLAMA2_TEMPLATE),
-                          "--max-tokens", "10", "--json"], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            str(CLI),
+            "generate",
+            str(HF),
+            "--messages",
+            json.dumps(msgs),
+            "--chat-template",
+            str(LLAMA2_TEMPLATE),
+            "--max-tokens",
+            "10",
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     g = json.loads(out.stdout)
     # <s> / </s> of the rendered [INST] prompt are BOS / EOS ids, not text.
     assert g["prompt_ids"].count(1) == 2 and g["prompt_ids"].count(2) == 1 and g["prompt_ids"][0] == 1
@@ -396,7 +512,9 @@ def test_llama2_chat_template_served(hf_chat):
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(g["prompt_ids"]), len(g["ids"]))
     # The template's own refusal (roles must alternate) is the client's 400.
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+        client.chat.completions.create(
+            model="llama", messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+        )
     assert "must alternate" in e.value.body["message"]
 
 
