@@ -20,6 +20,7 @@ import json
 import time
 import uuid
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 import uvicorn
@@ -307,6 +308,9 @@ class Backend:
                 if final:
                     self.final = True
                     self.done.set()
+        except grpc.RpcError as e:  # the stream itself failed (tritonserver unreachable, gone, ...)
+            self.final = True
+            raise from_triton(InferenceServerException(msg=e.details(), status=str(e.code())))
         finally:
             self.done.set()
             if not self.final:

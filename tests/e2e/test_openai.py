@@ -522,3 +522,45 @@ def test_no_chat_template_is_a_clear_400(server):
     """The plain HF fixture has no chat template: a `messages` request is refused, naming the fix."""
     st, text = server.generate("llama", {"messages": json.dumps([{"role": "user", "content": "hi"}]), "max_tokens": 4})
     assert st == 400 and "no chat template" in text, text
+
+
+def test_no_server_behind_the_frontend_is_503(tmp_path):
+    """The frontend alone, its tritonserver unreachable: requests get 503 in OpenAI's error body, health says so."""
+    import sys
+
+    dead, port = free_ports(2)
+    log = open(tmp_path / "frontend.log", "w")
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(CLI.parents[2] / "scripts/openai_frontend.py"),
+            "--grpc_url",
+            f"localhost:{dead}",
+            "--model",
+            MODEL,
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://localhost:{port}"
+
+        def up():
+            try:
+                return httpx.get(f"{url}/health/ready", timeout=1).status_code == 503
+            except httpx.TransportError:
+                return False
+
+        assert wait_for(up, 30), (tmp_path / "frontend.log").read_text()
+        for stream in (False, True):
+            r = httpx.post(
+                f"{url}/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, "stream": stream}, timeout=30
+            )
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["type"] == "server_overloaded"
+    finally:
+        p.terminate()
+        p.wait(30)
+        log.close()
