@@ -5,6 +5,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod stop;
 
+use crate::chat::ChatTemplate;
 use crate::loader::CheckpointSource;
 use crate::sampling::{SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of};
 use crate::tokenizer::Tokenizer;
@@ -142,6 +143,7 @@ pub struct Engine {
     seqs: HashMap<u64, Seq>,
     add_bos: bool,
     default_stops: Vec<String>,
+    chat: Option<Arc<ChatTemplate>>,
 }
 
 impl Engine {
@@ -159,6 +161,13 @@ impl Engine {
         }
         let add_bos = src.default_add_bos();
         let default_stops = src.default_stop_strings();
+        let chat = match src.chat_template() {
+            Ok(t) => t.map(Arc::new),
+            Err(e) => {
+                log::warn!("the checkpoint's chat template is unusable, chat requests will be refused: {e}");
+                None
+            }
+        };
         let runner = match &ecfg.device {
             Device::Cpu => {
                 let bytes_per_block = 2 * cfg.num_layers * ecfg.block_size * (cfg.num_kv_heads / ecfg.tp) * cfg.head_dim * 4;
@@ -195,7 +204,8 @@ impl Engine {
             },
             BlockManager::new(num_blocks, ecfg.block_size),
         );
-        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs: HashMap::new(), add_bos, default_stops })
+        let seqs = HashMap::new();
+        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs, add_bos, default_stops, chat })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -208,6 +218,24 @@ impl Engine {
     /// Stop strings implied by the checkpoint's chat format.
     pub fn default_stop_strings(&self) -> &[String] {
         &self.default_stops
+    }
+    /// The chat template in use: the checkpoint's, unless [`Engine::set_chat_template`] replaced it.
+    pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
+        self.chat.as_ref()
+    }
+    /// Replaces the checkpoint's chat template (`--chat-template FILE`, the model's `chat_template` parameter).
+    pub fn set_chat_template(&mut self, t: ChatTemplate) {
+        self.chat = Some(Arc::new(t));
+    }
+    /// A conversation's prompt text and ids under the chat template (with the assistant turn opened).
+    pub fn render_chat(&self, messages: &[crate::chat::Message]) -> Result<(String, Vec<u32>)> {
+        let t = self.chat.as_ref().ok_or_else(|| {
+            let m = "this model has no chat template (none in the checkpoint; set one with `chat_template`)";
+            Error::InvalidRequest(m.into())
+        })?;
+        let text = t.render(messages, true)?;
+        let ids = t.encode(&self.tokenizer, &text)?;
+        Ok((text, ids))
     }
     pub fn config(&self) -> &EngineConfig {
         &self.ecfg
