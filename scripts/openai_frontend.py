@@ -344,6 +344,17 @@ def usage(prompt, completion):
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+async def until_disconnect(request: Request, aw):
+    """Awaits `aw`; a client that disconnects meanwhile cancels it (and so its backend request): 499."""
+    task = asyncio.ensure_future(aw)
+    while not (await asyncio.wait({task}, timeout=0.05))[0]:
+        if await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ApiError(499, "the client disconnected", etype="cancelled")
+    return task.result()
+
+
 async def handle(request: Request, chat: bool):
     try:
         body = await request.json()
@@ -368,14 +379,8 @@ async def handle(request: Request, chat: bool):
                 pairs.extend(lps or [])
 
         # A client that gives up on a unary request (a timeout, a closed connection) cancels it too.
-        task = asyncio.ensure_future(collect())
         try:
-            while not (await asyncio.wait({task}, timeout=0.05))[0]:
-                if await request.is_disconnected():
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-                    raise ApiError(499, "the client disconnected", etype="cancelled")
-            task.result()
+            await until_disconnect(request, collect())
         except InferenceServerException as e:
             raise from_triton(e)
         content = "".join(text)
@@ -391,9 +396,10 @@ async def handle(request: Request, chat: bool):
             "usage": usage(be.prompt_tokens, completion),
         }
 
-    # The first answer is awaited before the HTTP status goes out, so a refused request gets its error status.
+    # The first answer is awaited before the HTTP status goes out, so a refused request gets its error status;
+    # a client that leaves meanwhile (still queued, say) cancels it.
     try:
-        first = await it.__anext__()
+        first = await until_disconnect(request, it.__anext__())
     except StopAsyncIteration:
         first = None
     except InferenceServerException as e:

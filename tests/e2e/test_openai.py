@@ -3,10 +3,9 @@ front of a real tritonserver, driven by the real `openai` SDK: chat and completi
 seeds, usage equal to the backend's token counts, every error case, disconnect-cancels; greedy chat output
 equals `triton-llama generate` on the prompt `triton-llama render-chat` gives."""
 
-import concurrent.futures
 import json
+import socket
 import subprocess
-import threading
 import time
 import urllib.request
 
@@ -317,110 +316,111 @@ def test_backend_refusals_and_unknown_model(api, client):
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
 
-def open_streams(api, body, n):
-    """n streaming requests started together (a barrier): [(client, context manager, response)]."""
-    barrier = threading.Barrier(n)
-
-    def open_one(_):
-        c = httpx.Client(timeout=60)
-        cm = c.stream("POST", f"{api.openai_url}/v1/completions", json=body)
-        barrier.wait()
-        return c, cm, cm.__enter__()
-
-    with concurrent.futures.ThreadPoolExecutor(n) as ex:
-        return list(ex.map(open_one, range(n)))
+LONG = "long"
 
 
-def close(streams):
-    for c, cm, _ in streams:
-        cm.__exit__(None, None, None)
-        c.close()
+@pytest.fixture(scope="module")
+def long_api(request, tmp_path_factory):
+    """The demo model (2048 positions) as `long` with the frontend; 1 running + 1 queued prompt at most, so a held
+    request generating 1900 tokens keeps the capacity full for far longer than any check below takes."""
+    (port,) = free_ports(1)
+    s = start(request, tmp_path_factory, "openai_long", [
+        "-tmn", LONG, "--openai_port", str(port), "--max_num_seqs", "1", "--max_queue_size", "1",
+        "--max_input_len", "64", "--max_output_len", "1900",
+    ])
+    s.openai_url = f"http://localhost:{port}"
+    assert wait_for(lambda: frontend_ready(s.openai_url), 60), "the OpenAI frontend did not become ready"
+    return s
 
 
-BODY = {
-    "model": MODEL,
-    "prompt": "The quick brown fox jumps over the lazy dog. " * 4,
-    "max_tokens": 128,
-    "temperature": 0,
-    "stream": True,
-    "ignore_eos": True,
-}
+LONG_BODY = {"model": LONG, "prompt": "Hello", "max_tokens": 1900, "temperature": 0, "stream": True,
+             "ignore_eos": True}
 
 
-def reasons(api):
+def hold(api, body):
+    """A request sent on a raw connection whose answer is not read: the test holds it, and closing the socket is
+    a client disconnecting (whether or not the frontend has answered the headers yet)."""
+    data = json.dumps(body).encode()
+    port = int(api.openai_url.rsplit(":", 1)[1])
+    s = socket.create_connection(("localhost", port), timeout=60)
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    s.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return s
+
+
+def reasons(api, model):
     return {
-        r: api.metric("llama_requests_finished_total", model=MODEL + "_stream", reason=r)
+        r: api.metric("llama_requests_finished_total", model=model + "_stream", reason=r)
         for r in ("stop", "length", "cancelled", "rejected")
     }
 
 
-def test_full_server_is_429(api):
-    """3 prompts fit (2 running + 1 queued): of 6 streams started together, those beyond 3 get 429 at once.
-    The fixture model is fast (a 128-token answer takes ~0.2 s), so an attempt whose first streams finished before
-    the last ones arrived is repeated; every refusal must be a proper 429."""
-    for _ in range(5):
-        streams = open_streams(api, BODY, 6)
-        try:
-            statuses = sorted(r.status_code for _, _, r in streams)
-            for _, _, r in streams:
-                if r.status_code == 429:
-                    err = json.loads(r.read())["error"]
-                    assert err["code"] == "server_full" and "capacity" in err["message"], err
-                    assert err["type"] == "rate_limit_exceeded", err
-                else:
-                    assert r.status_code == 200
-                    assert [line for line in r.iter_lines() if line][-1] == "data: [DONE]"
-        finally:
-            close(streams)
-        assert wait_for(lambda: api.metric("llama_num_requests_in_flight", model=MODEL) == 0)
-        if statuses == [200] * 3 + [429] * 3:
-            return
-        assert statuses.count(200) >= 3, statuses
-    pytest.fail(f"never saw the server full: {statuses}")
+def held(api):
+    return (api.metric("llama_num_requests_running", model=LONG + "_stream"),
+            api.metric("llama_num_requests_waiting", model=LONG + "_stream"))
 
 
-def test_disconnect_cancels_in_the_backend(api):
-    """Clients that hang up mid-stream cancel their requests: the KV cache empties, `cancelled` counts them.
-    Each closed stream ends as `cancelled` or (had it already finished, the fixture model being fast) `length`;
-    an attempt where both were cancelled must come within a few tries."""
-    for _ in range(5):
-        before = reasons(api)
-        streams = open_streams(api, BODY, 2)
-        try:
-            for _, _, r in streams:
-                assert r.status_code == 200
-                next(r.iter_lines())  # the first event: generation is under way
-        finally:
-            close(streams)
-        assert wait_for(lambda: api.metric("llama_kv_cache_blocks_used", model=MODEL) == 0)
-        assert wait_for(lambda: api.metric("llama_num_requests_in_flight", model=MODEL) == 0)
-        assert wait_for(lambda: sum(reasons(api).values()) == sum(before.values()) + 2), (before, reasons(api))
-        after = reasons(api)
-        assert after["cancelled"] + after["length"] == before["cancelled"] + before["length"] + 2, (before, after)
-        if after["cancelled"] == before["cancelled"] + 2:
-            break
-    else:
-        pytest.fail(f"no attempt had both streams cancelled: {before} -> {after}")
+def test_full_server_is_429(long_api):
+    """The capacity (1 running + 1 queued) is held by two 1900-token streams, seen in the gauges (no fixed sleep);
+    the queued one cannot finish before the running one has generated its 1900 tokens. Further requests get a 429
+    at once, and the gauges still show both held once the answers are back: the server was full the whole time."""
+    api = long_api
+    socks = [hold(api, LONG_BODY) for _ in range(2)]
+    try:
+        assert wait_for(lambda: held(api) == (1, 1), 60), held(api)
+        for stream in (True, False):
+            r = httpx.post(f"{api.openai_url}/v1/completions", json=dict(LONG_BODY, stream=stream), timeout=60)
+            assert r.status_code == 429, r.text
+            err = r.json()["error"]
+            assert err["code"] == "server_full" and "capacity" in err["message"], err
+            assert err["type"] == "rate_limit_exceeded", err
+        assert held(api) == (1, 1), "the held requests ended while the refusals were handled: make them longer"
+    finally:
+        for s in socks:
+            s.close()
+    assert wait_for(lambda: api.metric("llama_num_requests_in_flight", model=LONG) == 0)
+    assert wait_for(lambda: api.metric("llama_kv_cache_blocks_used", model=LONG) == 0)
+
+
+def test_disconnect_cancels_in_the_backend(long_api):
+    """Clients that hang up cancel their requests: one mid-stream (its first token read), one still queued (no
+    headers yet). Both would generate 1900 tokens; the KV cache empties and `cancelled` counts both."""
+    api = long_api
+    before = reasons(api, LONG)
+    socks = [hold(api, LONG_BODY) for _ in range(2)]
+    try:
+        assert wait_for(lambda: held(api) == (1, 1), 60), held(api)
+        f = socks[0].makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 200"), "the running stream's status"
+        while not f.readline().startswith(b"data: "):  # the first token: generation is under way
+            pass
+        f.close()
+    finally:
+        for s in socks:
+            s.close()
+    assert wait_for(lambda: sum(reasons(api, LONG).values()) == sum(before.values()) + 2), (before, reasons(api, LONG))
+    after = reasons(api, LONG)
+    assert after["cancelled"] == before["cancelled"] + 2, (before, after)
+    assert wait_for(lambda: api.metric("llama_kv_cache_blocks_used", model=LONG) == 0)
+    assert wait_for(lambda: api.metric("llama_num_requests_in_flight", model=LONG) == 0)
     # The server is usable again.
-    r = httpx.post(
-        f"{api.openai_url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=60
-    )
+    r = httpx.post(f"{api.openai_url}/v1/completions", json={"model": LONG, "prompt": "x", "max_tokens": 2}, timeout=60)
     assert r.status_code == 200, r.text
 
 
-def test_unary_client_timeout_cancels_in_the_backend(api):
-    """A non-streamed request whose client gives up (timeout, connection closed) is cancelled in the backend too."""
-    body = dict(BODY, stream=False)
-    for _ in range(5):
-        before = reasons(api)
-        with pytest.raises(httpx.TimeoutException):
-            httpx.post(f"{api.openai_url}/v1/completions", json=body, timeout=0.03)
-        assert wait_for(lambda: sum(reasons(api).values()) == sum(before.values()) + 1), (before, reasons(api))
-        assert wait_for(lambda: api.metric("llama_kv_cache_blocks_used", model=MODEL) == 0)
-        if reasons(api)["cancelled"] == before["cancelled"] + 1:
-            return
-        assert reasons(api)["length"] == before["length"] + 1
-    pytest.fail("the backend finished every request before the frontend noticed the client had gone")
+def test_unary_client_disconnect_cancels_in_the_backend(long_api):
+    """A non-streamed request whose client gives up (connection closed) is cancelled in the backend too: the
+    connection is closed once the running gauge shows the 1900-token request under way."""
+    api = long_api
+    before = reasons(api, LONG)
+    s = hold(api, dict(LONG_BODY, stream=False))
+    try:
+        assert wait_for(lambda: held(api)[0] == 1, 60), held(api)
+    finally:
+        s.close()
+    assert wait_for(lambda: sum(reasons(api, LONG).values()) == sum(before.values()) + 1), (before, reasons(api, LONG))
+    assert reasons(api, LONG)["cancelled"] == before["cancelled"] + 1, (before, reasons(api, LONG))
+    assert wait_for(lambda: api.metric("llama_kv_cache_blocks_used", model=LONG) == 0)
 
 
 def test_model_card_multi_turn(nemo_server):
