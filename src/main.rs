@@ -3,6 +3,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use triton_llama::backend::WeightFormat;
 use triton_llama::engine::{Device, Engine, EngineConfig, Request};
 use triton_llama::sampling::SamplingParams;
 use triton_llama::{Error, Result, loader};
@@ -15,16 +16,18 @@ const USAGE: &str = "usage:
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
                          [--no-repeat-ngram-size N] [--ignore-eos] [--bos|--no-bos] [--tp N]
-                         [--device cpu|cuda:0,1,...] [--json]
+                         [--device cpu|cuda:0,1,...] [--weights W] [--json]
   triton-llama chat CKPT [--system TEXT] [--chat-template FILE|nemo] [generate's sampling options] [--json]
                          (one user turn per stdin line; answers stream to stdout; the history is kept)
   triton-llama render-chat CKPT --messages JSON [--chat-template FILE|nemo] [--json]   (the prompt a chat gets)
-  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
-  triton-llama bench [--steps N] [--prefill N] [--json]
+  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--weights W] [--json]
+  triton-llama bench [--steps N] [--prefill N] [--weights W] [--json]
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
   triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
                          (needs a build with --features cuda; random Llama-2-7B-shape weights)
-CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).";
+CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).
+W (matmul weights): as-loaded (default: the checkpoint's dtype, f32 activations), bf16 (bf16 dot products,
+  AVX512_BF16 on the CPU) or int8 (quantized at load, blocks of 32; CPU only).";
 
 /// Parsed command line: positional arguments, repeated `--key value` options and bare flags.
 struct Args {
@@ -193,7 +196,8 @@ fn engine_for(a: &Args) -> Result<Engine> {
             (Device::Cuda { kv_fraction: 0.9, gpu_ids: gpu_ids.clone() }, gpu_ids.len())
         }
     };
-    Engine::new(src, EngineConfig { device, tp, max_num_seqs: 1, ..Default::default() })
+    let weights = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
+    Engine::new(src, EngineConfig { device, tp, max_num_seqs: 1, weights, ..Default::default() })
 }
 
 /// Sampling options shared by `generate` and `chat`.
@@ -265,7 +269,7 @@ fn run_one(engine: &mut Engine, id: u64, ids: Vec<u32>, params: SamplingParams, 
 
 fn generate(a: &Args) -> Result<()> {
     let mut allowed = SAMPLING_OPTS.to_vec();
-    allowed.extend(["prompt", "messages", "chat-template", "device"]);
+    allowed.extend(["prompt", "messages", "chat-template", "device", "weights"]);
     a.allow_only(&allowed)?;
     // --messages JSON: the conversation rendered by the chat template, exactly as the server's `messages` input.
     let (mut engine, ids, stops) = match (a.get("prompt"), a.get("messages")) {
@@ -333,7 +337,7 @@ fn render_chat(a: &Args) -> Result<()> {
 /// Interactive chat: each stdin line is a user turn; the answer streams to stdout and joins the history.
 fn chat(a: &Args) -> Result<()> {
     let mut allowed = SAMPLING_OPTS.to_vec();
-    allowed.extend(["system", "chat-template", "device"]);
+    allowed.extend(["system", "chat-template", "device", "weights"]);
     a.allow_only(&allowed)?;
     let mut engine = chat_engine(a)?;
     let stops = engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
@@ -372,7 +376,7 @@ fn chat(a: &Args) -> Result<()> {
 }
 
 fn score(a: &Args) -> Result<()> {
-    a.allow_only(&["prompt", "tp", "device"])?;
+    a.allow_only(&["prompt", "tp", "device", "weights"])?;
     let mut engine = engine_for(a)?;
     let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
     let lp = engine.score(&ids)?;
@@ -388,8 +392,9 @@ fn score(a: &Args) -> Result<()> {
 }
 
 fn bench(a: &Args) -> Result<()> {
-    a.allow_only(&["steps", "prefill"])?;
-    let r = triton_llama::bench::run(&[1, 8], a.num("steps", 32)?, a.num("prefill", 256)?)?;
+    a.allow_only(&["steps", "prefill", "weights"])?;
+    let weights = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
+    let r = triton_llama::bench::run_with(&[1, 8], a.num("steps", 32)?, a.num("prefill", 256)?, weights)?;
     if a.flag("json") {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());

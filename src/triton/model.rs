@@ -2,16 +2,18 @@
 //! contradictions refused naming the field, and auto-complete of inputs/outputs when the config omits them.
 use super::interface::{INPUTS, Limits, OUTPUTS};
 use super::server::ServeSettings;
+use crate::backend::WeightFormat;
 use crate::engine::{Device, EngineConfig};
 use crate::{Error, Result};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
-pub const PARAMS: [&str; 19] = [
+pub const PARAMS: [&str; 20] = [
     "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
     "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
     "block_size", "max_batched_tokens", "num_blocks", "kv_cache_fraction", "enable_prefix_caching", "chat_template",
+    "weight_dtype",
 ];
 
 /// Everything a model's config decides.
@@ -117,6 +119,11 @@ impl ModelSettings {
             max_batched_tokens: num(cfg, "max_batched_tokens")?.unwrap_or(d.max_batched_tokens),
             max_model_len: max_input_len.map(|i| i + max_output_len),
             enable_prefix_caching: boolean(cfg, "enable_prefix_caching")?.unwrap_or(d.enable_prefix_caching),
+            weights: match param(cfg, "weight_dtype") {
+                None => WeightFormat::AsLoaded,
+                Some(s) => WeightFormat::parse(&s)
+                    .map_err(|e| Error::Config(format!("parameter `weight_dtype`: {e}")))?,
+            },
         };
         let stop_strings = match param(cfg, "stop_strings") {
             None => None,
@@ -222,6 +229,9 @@ mod tests {
         assert!(!off.engine.enable_prefix_caching);
         let on = read(json!({"checkpoint": "x"}));
         assert_ne!(off.engine_key(), on.engine_key(), "no engine shared across the switch");
+        assert_eq!(s.engine.weights, WeightFormat::AsLoaded);
+        let int8 = cfg(json!({"checkpoint": "c", "weight_dtype": "int8"}));
+        assert_eq!(ModelSettings::from_config(&int8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Int8);
     }
 
     #[test]
@@ -237,6 +247,7 @@ mod tests {
         assert!(err(json!({"checkpoint": "x", "stop_strings": "<x>"})).contains("`stop_strings`"));
         assert!(err(json!({"checkpoint": "x", "add_bos": "maybe"})).contains("`add_bos`"));
         assert!(err(json!({"checkpoint": "x", "enable_prefix_caching": "on"})).contains("`enable_prefix_caching`"));
+        assert!(err(json!({"checkpoint": "x", "weight_dtype": "fp4"})).contains("`weight_dtype`"));
     }
 
     #[test]
