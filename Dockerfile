@@ -18,8 +18,10 @@ COPY --from=build /src/target/release/libtriton_llama.so /opt/tritonserver/backe
 COPY --from=build /src/target/release/triton-llama /usr/local/bin/triton-llama
 COPY scripts /opt/triton-llama/scripts
 COPY triton_model_repo /opt/triton-llama/triton_model_repo
+# The OpenAI-compatible frontend (deploy_triton.py --openai_port 9000): same pins as scripts/setup.sh.
+RUN pip install --no-cache-dir 'fastapi==0.165.0' 'uvicorn==0.55.0' 'tritonclient[grpc]==2.51.0' 'numpy<2'
 WORKDIR /opt/triton-llama
-EXPOSE 8000 8001 8002
+EXPOSE 8000 8001 8002 9000
 # Mount the checkpoint at /models and pass deploy_triton.py flags, e.g.
 #   docker run --gpus all -p 8000-8002:8000-8002 -v $PWD:/models IMAGE --nemo_checkpoint /models/X.nemo --device cuda --num_gpus 2
 ENTRYPOINT ["python3", "scripts/deploy_triton.py", "--tritonserver", "/opt/tritonserver/bin/tritonserver", \

@@ -2,8 +2,11 @@
 # Requests/s and p50/p99 latency of the demo model at concurrency 1 and 16, measured with perf_analyzer from the
 # pinned tritonclient 2.51.0 wheel (HTTP, unary model `llama`, 32 generated tokens per request, EOS ignored).
 # Usage: scripts/bench_triton.sh [extra perf_analyzer args]   (needs scripts/setup.sh first)
+#        scripts/bench_triton.sh --chat                         (genai-perf through the OpenAI frontend)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# --chat: genai-perf --endpoint-type chat (and completions, and direct gRPC) through the OpenAI frontend instead.
+if [ "${1:-}" = "--chat" ]; then shift; exec bash scripts/bench_openai.sh "$@"; fi
 V=.venv
 LIBS=$V/lib/python3.11/site-packages/nvidia_pytriton.libs
 PA_LIBS=target/pa-libs

@@ -66,6 +66,13 @@ def parse_args(argv=None):
                    help="reuse the KV cache of prompt prefixes already computed (default on: "
                    "--no-enable_prefix_caching)")
     p.add_argument("--no_prefix_caching", dest="enable_prefix_caching", action="store_false", help=argparse.SUPPRESS)
+    p.add_argument("--chat_template", default="auto",
+                   help='"auto" (the checkpoint\'s), "nemo", or a Jinja / tokenizer_config.json file (chat requests)')
+    p.add_argument("--openai_port", type=int, default=None,
+                   help="also start the OpenAI-compatible frontend (scripts/openai_frontend.py) on this port")
+    p.add_argument("--weight_dtype", choices=["as-loaded", "bf16", "int8"], default="as-loaded",
+                   help="matmul weights: the checkpoint's dtype with f32 activations, bf16 dot products "
+                        "(AVX512_BF16), or int8 quantized at load (CPU only)")
     p.add_argument("-dm", "--debug_mode", default="False")
     p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"), help="triton-llama binary (writes the demo model)")
@@ -185,6 +192,9 @@ def write_repository(a):
         "num_blocks": a.num_blocks or "",
         "block_size": a.block_size or "",
         "enable_prefix_caching": str(a.enable_prefix_caching).lower(),
+        "chat_template": a.chat_template if a.chat_template in ("nemo", "auto")
+        else str(Path(a.chat_template).resolve()),
+        "weight_dtype": "" if a.weight_dtype == "as-loaded" else a.weight_dtype,
     }
     if a.triton_model_repository is not None:  # listed first, so a run that fails half-way still owns them
         (repo / MANIFEST).write_text(json.dumps(model_names(a)) + "\n")
@@ -229,13 +239,25 @@ def main(argv=None):
     if a.write_only:
         return 0
     proc = subprocess.Popen(cmd)
+    frontend = None
+    if a.openai_port:
+        fcmd = [sys.executable, str(ROOT / "scripts/openai_frontend.py"), "--grpc_url", f"localhost:{a.grpc_port}",
+                "--model", a.triton_model_name, "--host", a.triton_http_address, "--port", str(a.openai_port)]
+        print("starting:", " ".join(fcmd), flush=True)
+        frontend = subprocess.Popen(fcmd)
 
     def forward(sig, _frame):
+        if frontend is not None:
+            frontend.send_signal(sig)
         proc.send_signal(sig)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    return proc.wait()
+    rc = proc.wait()
+    if frontend is not None:
+        frontend.terminate()
+        frontend.wait()
+    return rc
 
 
 if __name__ == "__main__":

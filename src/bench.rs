@@ -2,7 +2,7 @@
 //! tokens/s, and weight bytes streamed per second as a ratio to a memory copy measured in the same run.
 //! The pieces both benchmarks share (steps on a synthetic batch, the decode measurement, the copy baseline
 //! and the bandwidth ratio with its printing) live here; the GPU benchmark is `backend::cuda::bench`.
-use crate::backend::SeqMeta;
+use crate::backend::{SeqMeta, WeightFormat};
 use crate::engine::runner::{KvPlan, Runner, StepInput};
 use crate::loader::CheckpointSource;
 use crate::loader::random::RandomSource;
@@ -147,6 +147,12 @@ pub(crate) fn decode_point(runner: &Runner, b: usize, steps: usize, blocks_per_s
 
 /// Runs the benchmark; `decode_steps` per batch size.
 pub fn run(batches: &[usize], decode_steps: usize, prefill_tokens: usize) -> Result<BenchReport> {
+    run_with(batches, decode_steps, prefill_tokens, WeightFormat::AsLoaded)
+}
+
+/// `run` with the matmul weights held in `fmt`.
+pub fn run_with(batches: &[usize], decode_steps: usize, prefill_tokens: usize, fmt: WeightFormat)
+-> Result<BenchReport> {
     let cfg = RandomSource::bench_config();
     let src = RandomSource::new(cfg.clone(), DType::BF16, 1)?;
     let weight_bytes: u64 = src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
@@ -154,13 +160,19 @@ pub fn run(batches: &[usize], decode_steps: usize, prefill_tokens: usize) -> Res
     let (block_size, vocab) = (16, cfg.vocab_size);
     let max_batch = batches.iter().cloned().max().unwrap_or(1);
     let ctx = (prefill_tokens.max(16 + decode_steps + 8)).div_ceil(block_size);
-    let runner = Runner::start_cpu(Arc::new(src), 1, KvPlan { num_blocks: ctx * max_batch, block_size })?;
+    let runner = Runner::start_cpu_with(Arc::new(src), 1, KvPlan { num_blocks: ctx * max_batch, block_size }, fmt)?;
+    // Bytes a decode step streams: int8 holds 34 bytes per 32 weights (values and an f16 scale) instead of 64.
+    let matmul_bytes = weight_bytes - emb_bytes;
+    let streamed = if fmt == WeightFormat::Int8 { matmul_bytes * 17 / 32 } else { matmul_bytes };
     let threads = rayon::current_num_threads();
     let copies = vec![
         CopyBaseline::new(format!("memcpy, {threads} threads"), copy_bandwidth(256 << 20, 5, true)),
         CopyBaseline::new("memcpy, 1 thread", copy_bandwidth(256 << 20, 5, false)),
     ];
-    let decode = batches.iter().map(|&b| decode_point(&runner, b, decode_steps, ctx, block_size, vocab, weight_bytes - emb_bytes)).collect::<Result<Vec<_>>>()?;
+    let decode = batches
+        .iter()
+        .map(|&b| decode_point(&runner, b, decode_steps, ctx, block_size, vocab, streamed))
+        .collect::<Result<Vec<_>>>()?;
     let t = Instant::now();
     runner.run(step_for(1, prefill_tokens, 0, ctx, block_size, vocab))?;
     let prefill_tok_s = prefill_tokens as f64 / t.elapsed().as_secs_f64();

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod chat;
 pub mod comm;
 pub mod config;
 pub mod demo;

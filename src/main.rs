@@ -3,6 +3,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use triton_llama::backend::WeightFormat;
 use triton_llama::engine::{Device, Engine, EngineConfig, Request};
 use triton_llama::sampling::SamplingParams;
 use triton_llama::{Error, Result, loader};
@@ -10,17 +11,23 @@ use triton_llama::{Error, Result, loader};
 const USAGE: &str = "usage:
   triton-llama inspect CKPT [--json]
   triton-llama tokenize CKPT --text TEXT [--bos|--no-bos] [--json]
-  triton-llama generate CKPT --prompt TEXT [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
+  triton-llama generate CKPT (--prompt TEXT | --messages JSON [--chat-template FILE|nemo])
+                         [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
                          [--no-repeat-ngram-size N] [--ignore-eos] [--bos|--no-bos] [--tp N]
-                         [--device cpu|cuda:0,1,...] [--json]
-  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
-  triton-llama bench [--steps N] [--prefill N] [--json]
+                         [--device cpu|cuda:0,1,...] [--weights W] [--json]
+  triton-llama chat CKPT [--system TEXT] [--chat-template FILE|nemo] [generate's sampling options] [--json]
+                         (one user turn per stdin line; answers stream to stdout; the history is kept)
+  triton-llama render-chat CKPT --messages JSON [--chat-template FILE|nemo] [--json]   (the prompt a chat gets)
+  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--weights W] [--json]
+  triton-llama bench [--steps N] [--prefill N] [--weights W] [--json]
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
   triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
                          (needs a build with --features cuda; random Llama-2-7B-shape weights)
-CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).";
+CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).
+W (matmul weights): as-loaded (default: the checkpoint's dtype, f32 activations), bf16 (bf16 dot products,
+  AVX512_BF16 on the CPU) or int8 (quantized at load, blocks of 32; CPU only).";
 
 /// Parsed command line: positional arguments, repeated `--key value` options and bare flags.
 struct Args {
@@ -105,6 +112,8 @@ fn main() -> ExitCode {
         "tokenize" => tokenize(&args),
         "generate" => generate(&args),
         "score" => score(&args),
+        "chat" => chat(&args),
+        "render-chat" => render_chat(&args),
         "bench" => bench(&args),
         "demo-model" => args.pos.get(1).ok_or_else(|| Error::InvalidRequest("demo-model needs a directory".into())).and_then(|d| triton_llama::demo::write(std::path::Path::new(d))),
         "bench-cuda" => bench_cuda(&args),
@@ -187,24 +196,30 @@ fn engine_for(a: &Args) -> Result<Engine> {
             (Device::Cuda { kv_fraction: 0.9, gpu_ids: gpu_ids.clone() }, gpu_ids.len())
         }
     };
-    Engine::new(src, EngineConfig { device, tp, max_num_seqs: 1, ..Default::default() })
+    let weights = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
+    Engine::new(src, EngineConfig { device, tp, max_num_seqs: 1, weights, ..Default::default() })
 }
 
-fn generate(a: &Args) -> Result<()> {
-    a.allow_only(&[
-        "prompt", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "seed", "repetition-penalty",
-        "presence-penalty", "frequency-penalty", "stop", "ban", "tp", "device", "no-repeat-ngram-size",
-    ])?;
-    let mut engine = engine_for(a)?;
-    let tok = engine.tokenizer().clone();
-    let prompt = a.need("prompt")?;
-    let ids = tok.encode(prompt, a.bos(engine.default_add_bos()))?;
+/// Sampling options shared by `generate` and `chat`.
+const SAMPLING_OPTS: [&str; 13] = [
+    "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "seed", "repetition-penalty", "presence-penalty",
+    "frequency-penalty", "stop", "ban", "tp", "no-repeat-ngram-size",
+];
+
+/// The request's sampling parameters from the command line; `extra_stops` are added (deduplicated).
+fn sampling(a: &Args, engine: &Engine, extra_stops: &[String]) -> Result<SamplingParams> {
+    let tok = engine.tokenizer();
     let mut stops = a.all("stop");
     if !a.flag("no-default-stops") {
         stops.extend(engine.default_stop_strings().iter().cloned());
     }
+    for s in extra_stops {
+        if !stops.contains(s) {
+            stops.push(s.clone());
+        }
+    }
     let banned = a.all("ban").iter().map(|w| tok.encode(w, false)).collect::<Result<Vec<_>>>()?;
-    let params = SamplingParams {
+    Ok(SamplingParams {
         temperature: a.num("temperature", 0.0)?,
         top_k: a.num("top-k", 0)?,
         top_p: a.num("top-p", 1.0)?,
@@ -219,35 +234,149 @@ fn generate(a: &Args) -> Result<()> {
         no_repeat_ngram_size: a.num("no-repeat-ngram-size", 0)?,
         stop_strings: stops,
         stop_token_ids: Vec::new(),
-    };
-    engine.add_request(Request { id: 1, prompt_ids: ids.clone(), params })?;
-    let (mut out_ids, mut text, mut logprobs, mut reason) = (Vec::new(), String::new(), Vec::new(), "");
-    let json = a.flag("json");
+    })
+}
+
+/// What one generation produced.
+struct Generated {
+    ids: Vec<u32>,
+    text: String,
+    logprobs: Vec<f32>,
+    reason: &'static str,
+}
+
+/// Runs one request to the end, streaming its text to stdout unless `quiet`.
+fn run_one(engine: &mut Engine, id: u64, ids: Vec<u32>, params: SamplingParams, quiet: bool) -> Result<Generated> {
+    engine.add_request(Request { id, prompt_ids: ids, params })?;
+    let mut g = Generated { ids: Vec::new(), text: String::new(), logprobs: Vec::new(), reason: "" };
     let mut stdout = std::io::stdout();
     engine.run_to_completion(|o| {
         if let Some(t) = o.token {
-            out_ids.push(t);
-            logprobs.push(o.logprob);
+            g.ids.push(t);
+            g.logprobs.push(o.logprob);
         }
-        text.push_str(&o.text);
-        if !json {
+        g.text.push_str(&o.text);
+        if !quiet {
             let _ = write!(stdout, "{}", o.text);
             let _ = stdout.flush();
         }
         if let Some(f) = o.finish {
-            reason = f.as_str();
+            g.reason = f.as_str();
         }
     })?;
+    Ok(g)
+}
+
+fn generate(a: &Args) -> Result<()> {
+    let mut allowed = SAMPLING_OPTS.to_vec();
+    allowed.extend(["prompt", "messages", "chat-template", "device", "weights"]);
+    a.allow_only(&allowed)?;
+    // --messages JSON: the conversation rendered by the chat template, exactly as the server's `messages` input.
+    let (mut engine, ids, stops) = match (a.get("prompt"), a.get("messages")) {
+        (Some(prompt), None) => {
+            let engine = engine_for(a)?;
+            let ids = engine.tokenizer().encode(prompt, a.bos(engine.default_add_bos()))?;
+            (engine, ids, Vec::new())
+        }
+        (None, Some(m)) => {
+            let engine = chat_engine(a)?;
+            let (_, ids) = engine.render_chat(&triton_llama::chat::parse_messages(m)?)?;
+            let stops = engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
+            (engine, ids, stops)
+        }
+        _ => return Err(Error::InvalidRequest("give --prompt TEXT or --messages JSON".into())),
+    };
+    let params = sampling(a, &engine, &stops)?;
+    let json = a.flag("json");
+    let g = run_one(&mut engine, 1, ids.clone(), params, json)?;
     if json {
-        print_json(json!({"prompt_ids": ids, "ids": out_ids, "text": text, "logprobs": logprobs, "finish_reason": reason}));
+        let (out, text, logprobs, reason) = (g.ids, g.text, g.logprobs, g.reason);
+        print_json(json!({"prompt_ids": ids, "ids": out, "text": text, "logprobs": logprobs, "finish_reason": reason}));
     } else {
         println!();
     }
     Ok(())
 }
 
+/// The checkpoint's engine with `--chat-template` applied.
+fn chat_engine(a: &Args) -> Result<Engine> {
+    let engine = engine_for(a)?;
+    let engine = triton_llama::triton::server::with_chat_override(engine, a.get("chat-template"))?;
+    if engine.chat_template().is_none() {
+        let m = "this checkpoint has no chat template; pass --chat-template FILE (or `nemo`)";
+        return Err(Error::InvalidRequest(m.into()));
+    }
+    Ok(engine)
+}
+
+fn render_chat(a: &Args) -> Result<()> {
+    a.allow_only(&["messages", "chat-template", "device", "tp"])?;
+    let msgs = triton_llama::chat::parse_messages(a.need("messages")?)?;
+    // Only the tokenizer and template are needed, but the loader validates the checkpoint the same way.
+    let src = loader::open(&a.ckpt()?)?;
+    let tok = src.tokenizer()?;
+    let piece = |id| tok.id_to_piece(id).unwrap_or_default();
+    let t = match a.get("chat-template") {
+        Some(spec) => {
+            triton_llama::chat::ChatTemplate::from_override(spec, &piece(tok.bos_id()), &piece(tok.eos_id()))?
+        }
+        None => src.chat_template()?.ok_or_else(|| {
+            Error::InvalidRequest("this checkpoint has no chat template; pass --chat-template".into())
+        })?,
+    };
+    let text = t.render(&msgs, true)?;
+    if a.flag("json") {
+        let ids = t.encode(&tok, &text)?;
+        print_json(json!({"prompt": text, "ids": ids, "stop_strings": t.stop_strings(), "template": t.kind()}));
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
+/// Interactive chat: each stdin line is a user turn; the answer streams to stdout and joins the history.
+fn chat(a: &Args) -> Result<()> {
+    let mut allowed = SAMPLING_OPTS.to_vec();
+    allowed.extend(["system", "chat-template", "device", "weights"]);
+    a.allow_only(&allowed)?;
+    let mut engine = chat_engine(a)?;
+    let stops = engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
+    let json = a.flag("json");
+    let mut history = Vec::new();
+    if let Some(s) = a.get("system") {
+        history.push(triton_llama::chat::Message::new("system", s));
+    }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let mut line = String::new();
+    for turn in 1u64.. {
+        if tty {
+            eprint!("> ");
+        }
+        line.clear();
+        if std::io::stdin().read_line(&mut line).map_err(|e| Error::Internal(format!("stdin: {e}")))? == 0 {
+            break;
+        }
+        let user = line.trim_end_matches(['\n', '\r']);
+        if user.is_empty() {
+            continue;
+        }
+        history.push(triton_llama::chat::Message::new("user", user));
+        let (prompt, ids) = engine.render_chat(&history)?;
+        let params = sampling(a, &engine, &stops)?;
+        let g = run_one(&mut engine, turn, ids.clone(), params, json)?;
+        if json {
+            let (out, text, reason) = (&g.ids, &g.text, g.reason);
+            print_json(json!({"prompt": prompt, "prompt_ids": ids, "ids": out, "text": text, "finish_reason": reason}));
+        } else {
+            println!();
+        }
+        history.push(triton_llama::chat::Message::new("assistant", &g.text));
+    }
+    Ok(())
+}
+
 fn score(a: &Args) -> Result<()> {
-    a.allow_only(&["prompt", "tp", "device"])?;
+    a.allow_only(&["prompt", "tp", "device", "weights"])?;
     let mut engine = engine_for(a)?;
     let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
     let lp = engine.score(&ids)?;
@@ -263,8 +392,9 @@ fn score(a: &Args) -> Result<()> {
 }
 
 fn bench(a: &Args) -> Result<()> {
-    a.allow_only(&["steps", "prefill"])?;
-    let r = triton_llama::bench::run(&[1, 8], a.num("steps", 32)?, a.num("prefill", 256)?)?;
+    a.allow_only(&["steps", "prefill", "weights"])?;
+    let weights = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
+    let r = triton_llama::bench::run_with(&[1, 8], a.num("steps", 32)?, a.num("prefill", 256)?, weights)?;
     if a.flag("json") {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());

@@ -57,14 +57,17 @@ impl Observer for Gauges {
 
 fn start(capacity: usize) -> (EngineHandle, Arc<Gauges>) {
     let open = || Engine::new(loader::open(std::path::Path::new(HF))?, EngineConfig { max_num_seqs: 8, ..Default::default() });
-    let h = EngineHandle::start(open, ServeSettings { max_input_len: Some(32), capacity, add_bos: None, stop_strings: None }).unwrap();
+    let set =
+        ServeSettings { max_input_len: Some(32), capacity, add_bos: None, stop_strings: None, chat_template: None };
+    let h = EngineHandle::start(open, set).unwrap();
     let g = Arc::new(Gauges::default());
     h.attach(1, g.clone());
     (h, g)
 }
 
 fn prompt(text: &str, max: usize, ignore_eos: bool) -> PromptSpec {
-    PromptSpec { text: text.into(), params: SamplingParams { max_new_tokens: max, ignore_eos, ..Default::default() }, bad_words: vec![], add_bos: None }
+    let params = SamplingParams { max_new_tokens: max, ignore_eos, ..Default::default() };
+    PromptSpec { text: text.into(), params, bad_words: vec![], add_bos: None, chat: false }
 }
 
 fn submit(h: &EngineHandle, g: &Arc<Gauges>, prompts: Vec<PromptSpec>, stream: bool) -> (std::sync::mpsc::Receiver<Event>, Arc<AtomicBool>) {

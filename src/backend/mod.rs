@@ -1,6 +1,7 @@
 //! The device interface the model is written against: a few fused ops named like the CUDA kernels.
 //! Model code never knows which device runs it.
 pub mod cpu;
+pub mod cpu_gemm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
@@ -99,6 +100,38 @@ pub struct AttnDims {
     pub rope_scale: f32,
 }
 
+/// How matmul weights are held on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// In the checkpoint's dtype (bf16, f16 or f32), multiplied with f32 activations (exact).
+    #[default]
+    AsLoaded,
+    /// bf16 weights multiplied with activations rounded to bf16 (AVX512_BF16 dot products where present, as
+    /// llama.cpp's bf16 path does): faster for prefill and batches, logits move by ~1e-2 of their spread.
+    Bf16,
+    /// Weight-only int8, one scale per row and 32-block of k (q8_0-like), quantized at load.
+    Int8,
+}
+
+impl WeightFormat {
+    /// `as-loaded` (the checkpoint's dtype, f32 activations), `bf16` (bf16 dot products) or `int8`.
+    pub fn parse(s: &str) -> Result<WeightFormat> {
+        match s.to_ascii_lowercase().as_str() {
+            "as-loaded" | "as_loaded" | "auto" => Ok(WeightFormat::AsLoaded),
+            "bf16" => Ok(WeightFormat::Bf16),
+            "int8" | "q8" | "q8_0" => Ok(WeightFormat::Int8),
+            o => Err(Error::Config(format!("weights must be as-loaded, bf16 or int8, got `{o}`"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::AsLoaded => "as-loaded",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Int8 => "int8",
+        }
+    }
+}
+
 /// A compute device. `Buf` holds f32 activations or KV cache; `Weight` holds a parameter in its stored dtype.
 pub trait Backend: Send + Sync + 'static {
     type Buf: Send;
@@ -107,6 +140,9 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> String;
     /// Moves a host tensor to the device (the host copy is consumed).
     fn upload(&self, t: Tensor) -> Result<Self::Weight>;
+    /// Moves a matmul weight `[m, k]` (the `w` of `gemm`) to the device in `fmt`; backends that lack a
+    /// format refuse it with a clear error.
+    fn upload_matmul(&self, t: Tensor, fmt: WeightFormat) -> Result<Self::Weight>;
     /// A zeroed f32 buffer of `n` elements.
     fn alloc(&self, n: usize) -> Result<Self::Buf>;
     /// Copies `src` into the start of `dst`.

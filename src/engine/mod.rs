@@ -5,6 +5,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod stop;
 
+use crate::chat::ChatTemplate;
 use crate::loader::CheckpointSource;
 use crate::sampling::{SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of};
 use crate::tokenizer::Tokenizer;
@@ -43,6 +44,8 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     /// Reuse the KV cache of prompt prefixes already computed (full blocks only).
     pub enable_prefix_caching: bool,
+    /// How the matmul weights are held (as loaded, or int8 quantized at load).
+    pub weights: crate::backend::WeightFormat,
 }
 
 impl Default for EngineConfig {
@@ -57,17 +60,20 @@ impl Default for EngineConfig {
             max_batched_tokens: 2048,
             max_model_len: None,
             enable_prefix_caching: true,
+            weights: Default::default(),
         }
     }
 }
 
 #[cfg(feature = "cuda")]
-fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64, max_blocks: Option<usize>) -> Result<Runner> {
-    Runner::start_cuda(src, gpu_ids, block_size, kv_fraction, max_blocks)
+fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64,
+              max_blocks: Option<usize>, fmt: crate::backend::WeightFormat) -> Result<Runner> {
+    Runner::start_cuda_with(src, gpu_ids, block_size, kv_fraction, max_blocks, fmt)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn start_cuda(src: Arc<dyn CheckpointSource>, _: &[usize], _: usize, _: f64, _: Option<usize>) -> Result<Runner> {
+fn start_cuda(src: Arc<dyn CheckpointSource>, _: &[usize], _: usize, _: f64, _: Option<usize>,
+              _: crate::backend::WeightFormat) -> Result<Runner> {
     Err(Error::UnsupportedFormat {
         path: src.path().into(),
         format: "device cuda".into(),
@@ -142,6 +148,7 @@ pub struct Engine {
     seqs: HashMap<u64, Seq>,
     add_bos: bool,
     default_stops: Vec<String>,
+    chat: Option<Arc<ChatTemplate>>,
 }
 
 impl Engine {
@@ -159,6 +166,13 @@ impl Engine {
         }
         let add_bos = src.default_add_bos();
         let default_stops = src.default_stop_strings();
+        let chat = match src.chat_template() {
+            Ok(t) => t.map(Arc::new),
+            Err(e) => {
+                log::warn!("the checkpoint's chat template is unusable, chat requests will be refused: {e}");
+                None
+            }
+        };
         let runner = match &ecfg.device {
             Device::Cpu => {
                 let bytes_per_block = 2 * cfg.num_layers * ecfg.block_size * (cfg.num_kv_heads / ecfg.tp) * cfg.head_dim * 4;
@@ -172,13 +186,14 @@ impl Engine {
                 if num_blocks == 0 {
                     return Err(Error::Config(format!("the KV cache budget of {} bytes holds no block of {bytes_per_block} bytes", ecfg.kv_cache_bytes)));
                 }
-                Runner::start_cpu(Arc::from(src), ecfg.tp, KvPlan { num_blocks, block_size: ecfg.block_size })?
+                let plan = KvPlan { num_blocks, block_size: ecfg.block_size };
+                Runner::start_cpu_with(Arc::from(src), ecfg.tp, plan, ecfg.weights)?
             }
             Device::Cuda { gpu_ids, kv_fraction } => {
                 if gpu_ids.len() != ecfg.tp {
                     return Err(Error::Config(format!("{} GPU ids for tensor-parallel size {}", gpu_ids.len(), ecfg.tp)));
                 }
-                start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks)?
+                start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks, ecfg.weights)?
             }
         };
         let num_blocks = runner.num_blocks;
@@ -195,7 +210,8 @@ impl Engine {
             },
             BlockManager::new(num_blocks, ecfg.block_size),
         );
-        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs: HashMap::new(), add_bos, default_stops })
+        let seqs = HashMap::new();
+        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs, add_bos, default_stops, chat })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -208,6 +224,24 @@ impl Engine {
     /// Stop strings implied by the checkpoint's chat format.
     pub fn default_stop_strings(&self) -> &[String] {
         &self.default_stops
+    }
+    /// The chat template in use: the checkpoint's, unless [`Engine::set_chat_template`] replaced it.
+    pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
+        self.chat.as_ref()
+    }
+    /// Replaces the checkpoint's chat template (`--chat-template FILE`, the model's `chat_template` parameter).
+    pub fn set_chat_template(&mut self, t: ChatTemplate) {
+        self.chat = Some(Arc::new(t));
+    }
+    /// A conversation's prompt text and ids under the chat template (with the assistant turn opened).
+    pub fn render_chat(&self, messages: &[crate::chat::Message]) -> Result<(String, Vec<u32>)> {
+        let t = self.chat.as_ref().ok_or_else(|| {
+            let m = "this model has no chat template (none in the checkpoint; set one with `chat_template`)";
+            Error::InvalidRequest(m.into())
+        })?;
+        let text = t.render(messages, true)?;
+        let ids = t.encode(&self.tokenizer, &text)?;
+        Ok((text, ids))
     }
     pub fn config(&self) -> &EngineConfig {
         &self.ecfg

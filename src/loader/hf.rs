@@ -318,6 +318,26 @@ impl CheckpointSource for HfSource {
     fn default_stop_strings(&self) -> Vec<String> {
         vec![]
     }
+    /// `chat_template` of `tokenizer_config.json` (or the older `chat_template.jinja` file), if any.
+    fn chat_template(&self) -> Result<Option<crate::chat::ChatTemplate>> {
+        let cfg = self.path.join("tokenizer_config.json");
+        let text =
+            if cfg.is_file() { std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))? } else { String::new() };
+        let jinja = self.path.join("chat_template.jinja");
+        if jinja.is_file() {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let token = |k: &str| match &v[k] {
+                serde_json::Value::String(s) => s.clone(),
+                o => o["content"].as_str().unwrap_or_default().to_string(),
+            };
+            let src = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
+            return crate::chat::ChatTemplate::jinja(&src, &token("bos_token"), &token("eos_token")).map(Some);
+        }
+        if text.is_empty() {
+            return Ok(None);
+        }
+        crate::chat::from_tokenizer_config(&text, &cfg)
+    }
     fn details(&self) -> Vec<(String, String)> {
         vec![("tied_embeddings".into(), self.tied.to_string())]
     }

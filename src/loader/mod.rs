@@ -77,6 +77,10 @@ pub trait CheckpointSource: Send + Sync {
     fn default_stop_strings(&self) -> Vec<String>;
     /// Detected layout facts for `inspect` (key, value).
     fn details(&self) -> Vec<(String, String)>;
+    /// The chat template the checkpoint declares (NeMo chat format, or a Hugging Face `chat_template`).
+    fn chat_template(&self) -> Result<Option<crate::chat::ChatTemplate>> {
+        Ok(None)
+    }
 }
 
 /// Opens a checkpoint, detecting its format: a `.nemo` tar, a NeMo folder (`model_config.yaml`),

@@ -64,6 +64,7 @@ pub struct NemoSource {
     a: Arrays,
     tp: usize,
     fc1: Fc1Layout,
+    chat: crate::chat::NemoTokens,
 }
 
 fn unsupported(path: PathBuf, format: &str, hint: &str) -> Error {
@@ -168,7 +169,8 @@ impl NemoSource {
         {
             za.check_all_chunks(&fs)?;
         }
-        let src = NemoSource { path: path.into(), fs, root, cfg, tokenizer_file, a, tp, fc1 };
+        let chat = crate::chat::NemoTokens::from_pairs(&nc.chat_prompt_tokens);
+        let src = NemoSource { path: path.into(), fs, root, cfg, tokenizer_file, a, tp, fc1, chat };
         log::info!("{}: {}", path.display(), src.format());
         Ok(src)
     }
@@ -382,7 +384,11 @@ impl CheckpointSource for NemoSource {
         false
     }
     fn default_stop_strings(&self) -> Vec<String> {
-        vec!["<extra_id_1>".into()]
+        vec![self.chat.turn_start.clone()]
+    }
+    /// NeMo chat models (NVIDIA's Llama-2 chat family): the card's format, markers from `data.chat_prompt_tokens`.
+    fn chat_template(&self) -> Result<Option<crate::chat::ChatTemplate>> {
+        Ok(Some(crate::chat::ChatTemplate::Nemo(self.chat.clone())))
     }
     fn details(&self) -> Vec<(String, String)> {
         let dtype = |d: DType| d.name().to_string();

@@ -19,6 +19,8 @@ pub struct NemoConfig {
     pub tokenizer_refs: Vec<(String, String)>,
     /// `make_vocab_size_divisible_by` (informational).
     pub vocab_divisor: usize,
+    /// `data.chat_prompt_tokens` (key, value) pairs, if the config has them.
+    pub chat_prompt_tokens: Vec<(String, String)>,
 }
 
 fn present(y: &Yaml) -> Option<&Yaml> {
@@ -159,6 +161,10 @@ pub fn parse_yaml(origin: &Path, bytes: &[u8]) -> Result<NemoConfig> {
         bias: boolean("bias", true)?,
         tokenizer_refs,
         vocab_divisor: int("make_vocab_size_divisible_by")?.unwrap_or(128),
+        chat_prompt_tokens: match &y["data"]["chat_prompt_tokens"] {
+            Yaml::Hash(h) => h.iter().filter_map(|(k, v)| Some((as_str(k)?, as_str(v)?))).collect(),
+            _ => Vec::new(),
+        },
     })
 }
 

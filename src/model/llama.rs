@@ -1,7 +1,7 @@
 //! The Llama-2 forward pass over any `Backend` and `Communicator`: RMSNorm, split-halves RoPE, grouped-query
 //! attention on a paged KV cache, SwiGLU, untied LM head. One instance is one tensor-parallel rank.
 use super::shard::ShardSpec;
-use crate::backend::{AttnDims, Backend, StepMeta};
+use crate::backend::{AttnDims, Backend, StepMeta, WeightFormat};
 use crate::comm::Communicator;
 use crate::config::LlamaConfig;
 use crate::loader::{CheckpointSource, TensorReader, layer_name};
@@ -46,11 +46,21 @@ pub struct Llama<B: Backend, C: Communicator<B>> {
 impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     /// Reads every tensor from `src`, keeps this rank's shard, and uploads it. Logs progress.
     pub fn load(src: &dyn CheckpointSource, backend: B, comm: C) -> Result<Self> {
+        Self::load_with(src, backend, comm, WeightFormat::AsLoaded)
+    }
+
+    /// `load` with the matmul weights (not the embedding and norms) held in `fmt`.
+    pub fn load_with(src: &dyn CheckpointSource, backend: B, comm: C, fmt: WeightFormat) -> Result<Self> {
         let cfg = src.config().clone();
         let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
         ShardSpec::check(&cfg, shard.world)?;
         let mut reader = TensorReader::new(src, format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world));
-        let mut get = |name: &str| -> Result<B::Weight> { backend.upload(shard.shard(&cfg, name, reader.read(name)?)) };
+        let mut get = |name: &str| -> Result<B::Weight> {
+            let t = shard.shard(&cfg, name, reader.read(name)?);
+            const MATMULS: [&str; 7] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"];
+            let matmul = name == "lm_head" || MATMULS.iter().any(|m| name.ends_with(m));
+            if matmul { backend.upload_matmul(t, fmt) } else { backend.upload(t) }
+        };
         let tok_emb = get("tok_emb")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {

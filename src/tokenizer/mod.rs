@@ -182,6 +182,12 @@ impl Tokenizer {
         self.inner.to_string(false).map_err(|e| Error::Tokenizer(format!("{}: {e}", self.origin.display())))
     }
 
+    /// The text of one token on its own, leading space kept (log-prob reports): `▁the` is " the", a control
+    /// id is "", a lone byte-fallback piece of a multi-byte character is U+FFFD.
+    pub fn token_text(&self, id: u32) -> Result<String> {
+        self.decode_window(&[id], false)
+    }
+
     /// Whether `id` is a control piece (`<s>`, `</s>`, ...) that decodes to nothing.
     pub(crate) fn is_control(&self, id: u32) -> bool {
         matches!(self.kinds.get(id as usize), Some(TokenKind::Control))

@@ -6,10 +6,15 @@ use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
 /// Every output the backend can produce, in declaration order (`outputs` first: `NemoQuery` reads the first).
-pub const OUTPUTS: [&str; 7] = ["outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs", "cum_log_probs"];
+pub const OUTPUTS: [&str; 8] = [
+    "outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs",
+    "cum_log_probs", "output_tokens",
+];
+/// Outputs produced only when a client names them (they cost work on every token).
+pub const ON_REQUEST: [&str; 1] = ["output_tokens"];
 
 /// (input name, Triton config dtype, dims) for the auto-completed config. Scalars are `[1]` per batch row.
-pub const INPUTS: [(&str, &str, i64); 40] = [
+pub const INPUTS: [(&str, &str, i64); 41] = [
     ("prompts", "TYPE_STRING", 1),
     ("max_output_token", "TYPE_INT64", 1),
     ("top_k", "TYPE_INT64", 1),
@@ -51,6 +56,7 @@ pub const INPUTS: [(&str, &str, i64); 40] = [
     ("all_probs", "TYPE_BOOL", 1),
     ("output_context_logits", "TYPE_BOOL", 1),
     ("output_generation_logits", "TYPE_BOOL", 1),
+    ("messages", "TYPE_STRING", 1),
 ];
 
 /// One prompt of a request with its own sampling values.
@@ -62,6 +68,8 @@ pub struct PromptSpec {
     pub bad_words: Vec<String>,
     /// `None`: the model's default.
     pub add_bos: Option<bool>,
+    /// `text` is a JSON list of chat messages (the `messages` input), rendered by the model's chat template.
+    pub chat: bool,
 }
 
 /// Which outputs a response carries.
@@ -182,12 +190,12 @@ impl<'a> Inputs<'a> {
 
 /// Parses one request. `requested` are the output names Triton asks for.
 pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Result<JobSpec> {
-    let prompt_names = ["prompts", "text_input"];
+    let prompt_names = ["prompts", "text_input", "messages"];
     let present: Vec<_> = prompt_names.iter().filter(|n| all.iter().any(|t| &t.name == *n)).collect();
     let pname = match present.as_slice() {
-        [] => return bad("missing required input `prompts` (or `text_input`)".into()),
+        [] => return bad("missing required input `prompts` (or `text_input`, or `messages`)".into()),
         [one] => **one,
-        _ => return bad("send either `prompts` or `text_input`, not both".into()),
+        _ => return bad("send one of `prompts`, `text_input` and `messages`, not several".into()),
     };
     let Some(pt) = all.iter().find(|t| t.name == pname) else { return bad(format!("missing required input `{pname}`")) };
     let (n, k) = pt.rows()?;
@@ -331,7 +339,8 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
                 return bad(format!("prompt {i}: one of the {what} is {} bytes; each may be at most {MAX_STOP_BYTES} bytes", s.len()));
             }
         }
-        prompts.push(PromptSpec { text, params: p, bad_words, add_bos: add_bos.as_ref().map(|(_, v)| v[i] != 0.0) });
+        let add_bos = add_bos.as_ref().map(|(_, v)| v[i] != 0.0);
+        prompts.push(PromptSpec { text, params: p, bad_words, add_bos, chat: pname == "messages" });
     }
 
     let stream = match inp.flag("stream")? {
@@ -351,7 +360,8 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
             "output_log_probs" | "cum_log_probs" => logprobs_off,
             _ => false,
         };
-        if (requested.is_empty() || requested.iter().any(|r| r == o)) && !suppressed {
+        let asked = requested.iter().any(|r| r == o);
+        if (asked || (requested.is_empty() && !ON_REQUEST.contains(&o))) && !suppressed {
             names.push(o);
         }
     }

@@ -61,6 +61,22 @@ fn trt_style_names_and_stops() {
 }
 
 #[test]
+fn output_tokens_only_when_named() {
+    let p = [bytes("text_input", &[&["hi"]])];
+    assert!(!parse_job(&p, &[], &lim(true)).unwrap().outputs.has("output_tokens"));
+    let j = parse_job(&p, &["text_output".into(), "output_tokens".into()], &lim(true)).unwrap();
+    assert_eq!(j.outputs.names, vec!["text_output", "output_tokens"]);
+}
+
+#[test]
+fn messages_mark_the_prompt_as_chat() {
+    let j = parse_job(&[bytes("messages", &[&[r#"[{"role":"user","content":"hi"}]"#]])], &[], &lim(true)).unwrap();
+    assert!(j.prompts[0].chat);
+    assert_eq!(j.prompts[0].text, r#"[{"role":"user","content":"hi"}]"#);
+    assert!(!parse_job(&[bytes("text_input", &[&["hi"]])], &[], &lim(true)).unwrap().prompts[0].chat);
+}
+
+#[test]
 fn refusals_name_the_input() {
     assert!(err(&[i64s("top_k", &[1])]).contains("missing required input `prompts`"));
     assert!(err(&[bytes("prompts", &[&[""]])]).contains("empty prompt"));
@@ -75,7 +91,8 @@ fn refusals_name_the_input() {
     assert!(parse_job(&[bytes("prompts", &[&["a"]]), bytes("lora_uids", &[&[""]])], &[], &lim(false)).is_ok());
     assert!(err(&[bytes("prompts", &[&["a"]]), boolean("stream", true)]).contains("not decoupled"));
     assert!(err(&[bytes("prompts", &[&["a"], &["b"]]), i64s("top_k", &[1, 2, 3])]).contains("3 rows"));
-    assert!(err(&[bytes("prompts", &[&["a"]]), bytes("text_input", &[&["a"]])]).contains("not both"));
+    assert!(err(&[bytes("prompts", &[&["a"]]), bytes("text_input", &[&["a"]])]).contains("not several"));
+    assert!(err(&[bytes("messages", &[&["[]"]]), bytes("text_input", &[&["a"]])]).contains("not several"));
     let wide = bytes("prompts", &[&["a", "b"]]);
     assert!(err(&[wide]).contains("shape [batch, 1]"));
 }

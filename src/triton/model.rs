@@ -2,16 +2,18 @@
 //! contradictions refused naming the field, and auto-complete of inputs/outputs when the config omits them.
 use super::interface::{INPUTS, Limits, OUTPUTS};
 use super::server::ServeSettings;
+use crate::backend::WeightFormat;
 use crate::engine::{Device, EngineConfig};
 use crate::{Error, Result};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
-pub const PARAMS: [&str; 18] = [
+pub const PARAMS: [&str; 20] = [
     "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
     "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
-    "block_size", "max_batched_tokens", "num_blocks", "kv_cache_fraction", "enable_prefix_caching",
+    "block_size", "max_batched_tokens", "num_blocks", "kv_cache_fraction", "enable_prefix_caching", "chat_template",
+    "weight_dtype",
 ];
 
 /// Everything a model's config decides.
@@ -117,6 +119,11 @@ impl ModelSettings {
             max_batched_tokens: num(cfg, "max_batched_tokens")?.unwrap_or(d.max_batched_tokens),
             max_model_len: max_input_len.map(|i| i + max_output_len),
             enable_prefix_caching: boolean(cfg, "enable_prefix_caching")?.unwrap_or(d.enable_prefix_caching),
+            weights: match param(cfg, "weight_dtype") {
+                None => WeightFormat::AsLoaded,
+                Some(s) => WeightFormat::parse(&s)
+                    .map_err(|e| Error::Config(format!("parameter `weight_dtype`: {e}")))?,
+            },
         };
         let stop_strings = match param(cfg, "stop_strings") {
             None => None,
@@ -126,6 +133,12 @@ impl ModelSettings {
         if stop_strings.as_ref().is_some_and(|v| v.iter().any(String::is_empty)) {
             return cfg_err("parameter `stop_strings` must not contain an empty string".into());
         }
+        let chat_template = match param(cfg, "chat_template") {
+            None => None,
+            Some(s) if s == "auto" => None,
+            Some(s) if s == "nemo" || Path::new(&s).is_absolute() => Some(s),
+            Some(s) => Some(model_dir.join(s).to_string_lossy().into_owned()),
+        };
         let max_batch_size = cfg.get("max_batch_size").and_then(int_field).unwrap_or(0);
         if max_batch_size < 1 {
             return cfg_err("`max_batch_size` must be >= 1: the interface has a batch dimension ([N,1] prompts)".into());
@@ -134,7 +147,13 @@ impl ModelSettings {
         Ok(ModelSettings {
             checkpoint,
             engine,
-            serve: ServeSettings { max_input_len, capacity: max_num_seqs + max_queue_size, add_bos: boolean(cfg, "add_bos")?, stop_strings },
+            serve: ServeSettings {
+                max_input_len,
+                capacity: max_num_seqs + max_queue_size,
+                add_bos: boolean(cfg, "add_bos")?,
+                stop_strings,
+                chat_template,
+            },
             // The prompt byte bound needs the tokenizer: ModelInitialize sets it once the engine is loaded.
             limits: Limits { max_prompt_bytes: usize::MAX, max_input_tokens: max_input_len.unwrap_or(usize::MAX), max_output_len, default_max_tokens, decoupled, exclude_input_default: boolean(cfg, "exclude_input_in_output")?.is_none_or(|b| b) },
             max_batch_size: max_batch_size as usize,
@@ -169,6 +188,7 @@ pub fn autocomplete(cfg: &mut Value) -> bool {
                 let (t, d) = match *n {
                     "num_input_tokens" | "num_output_tokens" => ("TYPE_INT32", 1),
                     "output_log_probs" => ("TYPE_FP32", -1),
+                    "output_tokens" => ("TYPE_STRING", -1),
                     "cum_log_probs" => ("TYPE_FP32", 1),
                     _ => ("TYPE_STRING", 1),
                 };
@@ -209,6 +229,9 @@ mod tests {
         assert!(!off.engine.enable_prefix_caching);
         let on = read(json!({"checkpoint": "x"}));
         assert_ne!(off.engine_key(), on.engine_key(), "no engine shared across the switch");
+        assert_eq!(s.engine.weights, WeightFormat::AsLoaded);
+        let int8 = cfg(json!({"checkpoint": "c", "weight_dtype": "int8"}));
+        assert_eq!(ModelSettings::from_config(&int8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Int8);
     }
 
     #[test]
@@ -224,6 +247,7 @@ mod tests {
         assert!(err(json!({"checkpoint": "x", "stop_strings": "<x>"})).contains("`stop_strings`"));
         assert!(err(json!({"checkpoint": "x", "add_bos": "maybe"})).contains("`add_bos`"));
         assert!(err(json!({"checkpoint": "x", "enable_prefix_caching": "on"})).contains("`enable_prefix_caching`"));
+        assert!(err(json!({"checkpoint": "x", "weight_dtype": "fp4"})).contains("`weight_dtype`"));
     }
 
     #[test]

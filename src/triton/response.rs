@@ -148,6 +148,14 @@ impl TritonSink {
                         rows.iter().flat_map(|r| if name == "num_input_tokens" { r.num_input_tokens } else { r.num_output_tokens }.to_le_bytes()).collect();
                     Self::add_output(resp, name, ffi::TYPE_INT32, &[n, 1], &b)?;
                 }
+                "output_tokens" => {
+                    let t = rows.iter().map(|r| r.output_tokens.len()).max().unwrap_or(0).max(1);
+                    let mut v: Vec<&str> = Vec::with_capacity(rows.len() * t);
+                    for r in rows {
+                        v.extend((0..t).map(|j| r.output_tokens.get(j).map_or("", |s| s.as_str())));
+                    }
+                    Self::add_output(resp, name, ffi::TYPE_BYTES, &[n, t as i64], &encode_bytes(&v))?;
+                }
                 "cum_log_probs" => {
                     let b: Vec<u8> = rows.iter().flat_map(|r| r.cum_log_prob.to_le_bytes()).collect();
                     Self::add_output(resp, name, ffi::TYPE_FP32, &[n, 1], &b)?;

@@ -26,6 +26,8 @@ pub struct RowReply {
     pub finish_reason: Option<FinishReason>,
     pub output_log_probs: Vec<f32>,
     pub cum_log_prob: f32,
+    /// Each token's own text (`output_tokens`, only when asked for), aligned with `output_log_probs`.
+    pub output_tokens: Vec<String>,
 }
 
 /// How a request's prompts ended, as `llama_requests_finished_total{reason=...}` counts them: the engine's
@@ -115,6 +117,8 @@ pub struct ServeSettings {
     pub add_bos: Option<bool>,
     /// `None`: the checkpoint's default stop strings.
     pub stop_strings: Option<Vec<String>>,
+    /// `None`: the checkpoint's chat template; else a `chat::ChatTemplate::from_override` spec (file or `nemo`).
+    pub chat_template: Option<String>,
 }
 
 /// Facts about the loaded engine.
@@ -148,7 +152,7 @@ impl EngineHandle {
             .name("llama-engine".into())
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    let engine = match open() {
+                    let engine = match open().and_then(|e| with_chat_override(e, set.chat_template.as_deref())) {
                         Ok(e) => e,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -246,6 +250,18 @@ impl Drop for EngineHandle {
     }
 }
 
+/// Applies a chat-template override; BOS / EOS print as the tokenizer's pieces.
+pub fn with_chat_override(mut engine: Engine, spec: Option<&str>) -> Result<Engine> {
+    if let Some(spec) = spec {
+        let tok = engine.tokenizer().clone();
+        let piece = |id| tok.id_to_piece(id).unwrap_or_default();
+        let t = crate::chat::ChatTemplate::from_override(spec, &piece(tok.bos_id()), &piece(tok.eos_id()))?;
+        log::info!("chat template: {} from {spec}", t.kind());
+        engine.set_chat_template(t);
+    }
+    Ok(engine)
+}
+
 struct Row {
     prefix: String,
     num_input: usize,
@@ -254,6 +270,7 @@ struct Row {
     tokens: usize,
     sent_tokens: usize,
     logprobs: Vec<f32>,
+    token_texts: Vec<String>,
     finish: Option<FinishReason>,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
@@ -263,6 +280,8 @@ struct Job {
     sink: Box<dyn Sink>,
     obs: Arc<dyn Observer>,
     stream: bool,
+    /// Whether `output_tokens` was asked for (each token's text is kept).
+    want_tokens: bool,
     ids: Vec<u64>,
     rows: Vec<Row>,
     start: Instant,

@@ -102,14 +102,26 @@ impl Loop {
                 None => self.engine.default_stop_strings().to_vec(),
             };
             for (i, p) in spec.prompts.iter().enumerate() {
-                let bos = p.add_bos.or(self.set.add_bos).unwrap_or(self.engine.default_add_bos());
-                let prompt_ids = tok.encode(&p.text, bos)?;
+                let (text, prompt_ids, chat_stops) = if p.chat {
+                    if p.add_bos.is_some() {
+                        let m = "input `add_BOS` cannot be combined with `messages` (the chat template decides)";
+                        return Err(Error::InvalidRequest(m.into()));
+                    }
+                    let msgs = crate::chat::parse_messages(&p.text)?;
+                    let (text, ids) = self.engine.render_chat(&msgs)?;
+                    let stops = self.engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
+                    (text, ids, stops)
+                } else {
+                    let bos = p.add_bos.or(self.set.add_bos).unwrap_or(self.engine.default_add_bos());
+                    (p.text.clone(), tok.encode(&p.text, bos)?, Vec::new())
+                };
                 if let Some(m) = self.set.max_input_len
                     && prompt_ids.len() > m {
                         return Err(Error::InvalidRequest(format!("prompt {i} has {} tokens; this model's max_input_len is {m}", prompt_ids.len())));
                     }
                 let mut params = p.params.clone();
                 params.stop_strings.extend(default_stops.iter().cloned());
+                params.stop_strings.extend(chat_stops.into_iter().filter(|s| !default_stops.contains(s)));
                 for w in &p.bad_words {
                     let t = tok.encode(w, false)?;
                     if !t.is_empty() {
@@ -121,7 +133,7 @@ impl Loop {
                 let num_input = prompt_ids.len();
                 self.engine.add_request(Request { id, prompt_ids, params })?;
                 ids.push(id);
-                let prefix = if spec.exclude_input { String::new() } else { p.text.clone() };
+                let prefix = if spec.exclude_input { String::new() } else { text };
                 rows.push(Row {
                     prefix,
                     num_input,
@@ -130,6 +142,7 @@ impl Loop {
                     tokens: 0,
                     sent_tokens: 0,
                     logprobs: Vec::new(),
+                    token_texts: Vec::new(),
                     finish: None,
                     first_token: None,
                     last_token: None,
@@ -151,7 +164,9 @@ impl Loop {
             self.rows.insert(*id, (key, i));
         }
         self.next_id = self.next_id.max(key + 1);
-        let job = Job { sink, obs, stream: spec.stream, ids, rows, start: Instant::now(), dirty: false, fresh: 0 };
+        let want_tokens = spec.outputs.has("output_tokens");
+        let (stream, start) = (spec.stream, Instant::now());
+        let job = Job { sink, obs, stream, want_tokens, ids, rows, start, dirty: false, fresh: 0 };
         // Job keys share the id space with engine ids; `key` equals the first row's id, unique either way.
         self.jobs.insert(key, job);
     }
@@ -189,6 +204,7 @@ impl Loop {
     fn dispatch(&mut self, outs: Vec<crate::engine::Output>) {
         let now = Instant::now();
         let mut touched = Vec::new();
+        let tok = self.engine.tokenizer().clone();
         for o in outs {
             let Some(&(key, i)) = self.rows.get(&o.id) else { continue };
             let Some(j) = self.jobs.get_mut(&key) else { continue };
@@ -198,6 +214,9 @@ impl Loop {
                 r.tokens += 1;
                 j.fresh += 1;
                 r.logprobs.push(o.logprob);
+                if let (true, Some(t)) = (j.want_tokens, o.token) {
+                    r.token_texts.push(tok.token_text(t).unwrap_or_default());
+                }
                 if r.first_token.is_none() {
                     r.first_token = Some(now);
                     j.obs.ttft(now.duration_since(j.start).as_secs_f64());
@@ -248,6 +267,8 @@ impl Loop {
                     finish_reason: if done { Some(r.finish.unwrap_or(FinishReason::Stop)) } else { r.finish },
                     output_log_probs: if stream { r.logprobs[r.sent_tokens..].to_vec() } else { r.logprobs.clone() },
                     cum_log_prob: r.logprobs.iter().sum(),
+                    output_tokens: r.token_texts[if stream { r.sent_tokens.min(r.token_texts.len()) } else { 0 }..]
+                        .to_vec(),
                 };
                 r.sent_text = r.text.len();
                 r.sent_tokens = r.tokens;
