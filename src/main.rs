@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use triton_llama::backend::WeightFormat;
-use triton_llama::engine::{Device, Engine, EngineConfig, Request};
+use triton_llama::engine::serve::{Prepared, PromptDefaults, PromptSpec};
+use triton_llama::engine::{Device, Engine, EngineConfig};
 use triton_llama::sampling::SamplingParams;
 use triton_llama::{Error, Result, loader};
 
@@ -79,12 +80,16 @@ impl Args {
     }
     /// Explicit --bos/--no-bos, else the checkpoint's default.
     fn bos(&self, default: bool) -> bool {
+        self.bos_choice().unwrap_or(default)
+    }
+    /// `--bos` / `--no-bos`, if given.
+    fn bos_choice(&self) -> Option<bool> {
         if self.flag("bos") {
-            true
+            Some(true)
         } else if self.flag("no-bos") {
-            false
+            Some(false)
         } else {
-            default
+            None
         }
     }
     fn allow_only(&self, opts: &[&str]) -> Result<()> {
@@ -206,19 +211,21 @@ const SAMPLING_OPTS: [&str; 13] = [
     "frequency-penalty", "stop", "ban", "tp", "no-repeat-ngram-size",
 ];
 
-/// The request's sampling parameters from the command line; `extra_stops` are added (deduplicated).
-fn sampling(a: &Args, engine: &Engine, extra_stops: &[String]) -> Result<SamplingParams> {
-    let tok = engine.tokenizer();
-    let mut stops = a.all("stop");
-    if !a.flag("no-default-stops") {
-        stops.extend(engine.default_stop_strings().iter().cloned());
-    }
-    for s in extra_stops {
-        if !stops.contains(s) {
-            stops.push(s.clone());
-        }
-    }
-    let banned = a.all("ban").iter().map(|w| tok.encode(w, false)).collect::<Result<Vec<_>>>()?;
+/// One prompt from the command line, as a frontend hands it to `Engine::prepare` (which adds the default and
+/// chat-template stop strings and tokenizes the banned words, as for the server's requests). `chat`: `text` is
+/// a JSON list of messages.
+fn prompt_spec(a: &Args, text: String, chat: bool) -> Result<PromptSpec> {
+    let add_bos = if chat { None } else { a.bos_choice() };
+    Ok(PromptSpec { text, params: sampling(a)?, bad_words: a.all("ban"), add_bos, chat })
+}
+
+/// `--no-default-stops` drops the checkpoint's stop strings.
+fn prompt_defaults(a: &Args) -> PromptDefaults {
+    PromptDefaults { stop_strings: a.flag("no-default-stops").then(Vec::new), ..Default::default() }
+}
+
+/// The request's sampling parameters from the command line.
+fn sampling(a: &Args) -> Result<SamplingParams> {
     Ok(SamplingParams {
         temperature: a.num("temperature", 0.0)?,
         top_k: a.num("top-k", 0)?,
@@ -230,9 +237,9 @@ fn sampling(a: &Args, engine: &Engine, extra_stops: &[String]) -> Result<Samplin
         min_new_tokens: a.num("min-tokens", 0)?,
         max_new_tokens: a.num("max-tokens", 64)?,
         ignore_eos: a.flag("ignore-eos"),
-        banned,
+        banned: Vec::new(),
         no_repeat_ngram_size: a.num("no-repeat-ngram-size", 0)?,
-        stop_strings: stops,
+        stop_strings: a.all("stop"),
         stop_token_ids: Vec::new(),
     })
 }
@@ -246,8 +253,8 @@ struct Generated {
 }
 
 /// Runs one request to the end, streaming its text to stdout unless `quiet`.
-fn run_one(engine: &mut Engine, id: u64, ids: Vec<u32>, params: SamplingParams, quiet: bool) -> Result<Generated> {
-    engine.add_request(Request { id, prompt_ids: ids, params })?;
+fn run_one(engine: &mut Engine, p: Prepared, quiet: bool) -> Result<Generated> {
+    engine.add_request(p.request)?;
     let mut g = Generated { ids: Vec::new(), text: String::new(), logprobs: Vec::new(), reason: "" };
     let mut stdout = std::io::stdout();
     engine.run_to_completion(|o| {
@@ -272,23 +279,15 @@ fn generate(a: &Args) -> Result<()> {
     allowed.extend(["prompt", "messages", "chat-template", "device", "weights"]);
     a.allow_only(&allowed)?;
     // --messages JSON: the conversation rendered by the chat template, exactly as the server's `messages` input.
-    let (mut engine, ids, stops) = match (a.get("prompt"), a.get("messages")) {
-        (Some(prompt), None) => {
-            let engine = engine_for(a)?;
-            let ids = engine.tokenizer().encode(prompt, a.bos(engine.default_add_bos()))?;
-            (engine, ids, Vec::new())
-        }
-        (None, Some(m)) => {
-            let engine = chat_engine(a)?;
-            let (_, ids) = engine.render_chat(&triton_llama::chat::parse_messages(m)?)?;
-            let stops = engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
-            (engine, ids, stops)
-        }
+    let (mut engine, spec) = match (a.get("prompt"), a.get("messages")) {
+        (Some(prompt), None) => (engine_for(a)?, prompt_spec(a, prompt.into(), false)?),
+        (None, Some(m)) => (chat_engine(a)?, prompt_spec(a, m.into(), true)?),
         _ => return Err(Error::InvalidRequest("give --prompt TEXT or --messages JSON".into())),
     };
-    let params = sampling(a, &engine, &stops)?;
+    let prepared = engine.prepare(1, 0, &spec, &prompt_defaults(a))?;
+    let ids = prepared.request.prompt_ids.clone();
     let json = a.flag("json");
-    let g = run_one(&mut engine, 1, ids.clone(), params, json)?;
+    let g = run_one(&mut engine, prepared, json)?;
     if json {
         let (out, text, logprobs, reason) = (g.ids, g.text, g.logprobs, g.reason);
         print_json(json!({"prompt_ids": ids, "ids": out, "text": text, "logprobs": logprobs, "finish_reason": reason}));
@@ -300,8 +299,8 @@ fn generate(a: &Args) -> Result<()> {
 
 /// The checkpoint's engine with `--chat-template` applied.
 fn chat_engine(a: &Args) -> Result<Engine> {
-    let engine = engine_for(a)?;
-    let engine = triton_llama::triton::server::with_chat_override(engine, a.get("chat-template"))?;
+    let mut engine = engine_for(a)?;
+    engine.apply_chat_override(a.get("chat-template"))?;
     if engine.chat_template().is_none() {
         let m = "this checkpoint has no chat template; pass --chat-template FILE (or `nemo`)";
         return Err(Error::InvalidRequest(m.into()));
@@ -340,7 +339,6 @@ fn chat(a: &Args) -> Result<()> {
     allowed.extend(["system", "chat-template", "device", "weights"]);
     a.allow_only(&allowed)?;
     let mut engine = chat_engine(a)?;
-    let stops = engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
     let json = a.flag("json");
     let mut history = Vec::new();
     if let Some(s) = a.get("system") {
@@ -361,9 +359,10 @@ fn chat(a: &Args) -> Result<()> {
             continue;
         }
         history.push(triton_llama::chat::Message::new("user", user));
-        let (prompt, ids) = engine.render_chat(&history)?;
-        let params = sampling(a, &engine, &stops)?;
-        let g = run_one(&mut engine, turn, ids.clone(), params, json)?;
+        let messages = serde_json::to_string(&history).map_err(|e| Error::Internal(e.to_string()))?;
+        let prepared = engine.prepare(turn, 0, &prompt_spec(a, messages, true)?, &prompt_defaults(a))?;
+        let (prompt, ids) = (prepared.text.clone(), prepared.request.prompt_ids.clone());
+        let g = run_one(&mut engine, prepared, json)?;
         if json {
             let (out, text, reason) = (&g.ids, &g.text, g.reason);
             print_json(json!({"prompt": prompt, "prompt_ids": ids, "ids": out, "text": text, "finish_reason": reason}));

@@ -3,6 +3,7 @@
 pub mod block_manager;
 pub mod runner;
 pub mod scheduler;
+pub mod serve;
 pub mod stop;
 
 use crate::chat::ChatTemplate;

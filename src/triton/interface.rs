@@ -2,6 +2,7 @@
 //! NeMo's later optional names, and the TensorRT-LLM-style text names used by genai-perf, `/generate` and
 //! Triton's OpenAI frontend. Turns a request's tensors into a `JobSpec`; every refusal names the input.
 use super::tensors::InputTensor;
+pub use crate::engine::serve::PromptSpec;
 use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
@@ -58,19 +59,6 @@ pub const INPUTS: [(&str, &str, i64); 41] = [
     ("output_generation_logits", "TYPE_BOOL", 1),
     ("messages", "TYPE_STRING", 1),
 ];
-
-/// One prompt of a request with its own sampling values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptSpec {
-    pub text: String,
-    /// `banned` is left empty: the engine thread tokenizes `bad_words` into it.
-    pub params: SamplingParams,
-    pub bad_words: Vec<String>,
-    /// `None`: the model's default.
-    pub add_bos: Option<bool>,
-    /// `text` is a JSON list of chat messages (the `messages` input), rendered by the model's chat template.
-    pub chat: bool,
-}
 
 /// Which outputs a response carries.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -3,7 +3,9 @@
 //! Polls every sink for cancellation at each step and aborts cancelled sequences, which frees their KV blocks
 //! at once. No FFI here: the Triton side plugs in through the `Sink` and `Observer` traits.
 use super::interface::JobSpec;
-use crate::engine::{Engine, FinishReason, Request};
+pub use crate::engine::serve::RowReply;
+use crate::engine::serve::{OutputTracker, PromptDefaults};
+use crate::engine::{Engine, FinishReason};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,24 +13,6 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
-
-/// What one response carries for one prompt of a request.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RowReply {
-    /// Text so far (NeMo's streaming contract), with the prompt in front unless it is excluded.
-    pub outputs: String,
-    /// New text when streaming, the whole text otherwise.
-    pub text_output: String,
-    pub num_input_tokens: i32,
-    /// Tokens in this response when streaming, all tokens otherwise.
-    pub num_output_tokens: i32,
-    /// None until the row finishes.
-    pub finish_reason: Option<FinishReason>,
-    pub output_log_probs: Vec<f32>,
-    pub cum_log_prob: f32,
-    /// Each token's own text (`output_tokens`, only when asked for), aligned with `output_log_probs`.
-    pub output_tokens: Vec<String>,
-}
 
 /// How a request's prompts ended, as `llama_requests_finished_total{reason=...}` counts them: the engine's
 /// finish reasons, plus failures and refusals of the serving layer.
@@ -152,7 +136,8 @@ impl EngineHandle {
             .name("llama-engine".into())
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    let engine = match open().and_then(|e| with_chat_override(e, set.chat_template.as_deref())) {
+                    let opened = open().and_then(|mut e| e.apply_chat_override(set.chat_template.as_deref()).map(|_| e));
+                    let engine = match opened {
                         Ok(e) => e,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -165,9 +150,14 @@ impl EngineHandle {
                         longest_piece_bytes: engine.tokenizer().longest_piece_bytes(),
                     };
                     let _ = ready_tx.send(Ok(info));
+                    let defaults = PromptDefaults {
+                        max_input_len: set.max_input_len,
+                        add_bos: set.add_bos,
+                        stop_strings: set.stop_strings.clone(),
+                    };
                     Loop {
                         engine,
-                        set,
+                        defaults,
                         rx,
                         inflight: inf,
                         jobs: HashMap::new(),
@@ -250,28 +240,9 @@ impl Drop for EngineHandle {
     }
 }
 
-/// Applies a chat-template override; BOS / EOS print as the tokenizer's pieces.
-pub fn with_chat_override(mut engine: Engine, spec: Option<&str>) -> Result<Engine> {
-    if let Some(spec) = spec {
-        let tok = engine.tokenizer().clone();
-        let piece = |id| tok.id_to_piece(id).unwrap_or_default();
-        let t = crate::chat::ChatTemplate::from_override(spec, &piece(tok.bos_id()), &piece(tok.eos_id()))?;
-        log::info!("chat template: {} from {spec}", t.kind());
-        engine.set_chat_template(t);
-    }
-    Ok(engine)
-}
-
+/// One prompt of a job: its output (the engine's tracker) and the times its metrics need.
 struct Row {
-    prefix: String,
-    num_input: usize,
-    text: String,
-    sent_text: usize,
-    tokens: usize,
-    sent_tokens: usize,
-    logprobs: Vec<f32>,
-    token_texts: Vec<String>,
-    finish: Option<FinishReason>,
+    out: OutputTracker,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
 }
@@ -292,7 +263,7 @@ struct Job {
 
 struct Loop {
     engine: Engine,
-    set: ServeSettings,
+    defaults: PromptDefaults,
     rx: Receiver<Msg>,
     inflight: Arc<AtomicUsize>,
     jobs: HashMap<u64, Job>,
