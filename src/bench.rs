@@ -1,7 +1,10 @@
 //! CPU throughput benchmark on a random-weight model: decode tokens/s at several batch sizes, prefill
 //! tokens/s, and weight bytes streamed per second as a ratio to a memory copy measured in the same run.
 //! The pieces both benchmarks share (steps on a synthetic batch, the decode measurement, the copy baseline
-//! and the bandwidth ratio with its printing) live here; the GPU benchmark is `backend::cuda::bench`.
+//! and the bandwidth ratio with its printing) live here; the GPU benchmark is `bench::cuda`.
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 use crate::backend::{SeqMeta, WeightFormat};
 use crate::engine::runner::{KvPlan, Runner, StepInput};
 use crate::loader::CheckpointSource;

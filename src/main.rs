@@ -420,10 +420,10 @@ fn bench_cuda(_: &Args) -> Result<()> {
 #[cfg(feature = "cuda")]
 fn bench_cuda(a: &Args) -> Result<()> {
     a.allow_only(&["gpu", "steps", "batches", "prefill", "layers"])?;
-    let mut cfg = triton_llama::backend::cuda::bench::llama2_7b();
+    let mut cfg = triton_llama::bench::cuda::llama2_7b();
     cfg.num_layers = a.num("layers", cfg.num_layers)?;
     let (batches, prefill) = (list(a, "batches", &[1, 16, 64])?, list(a, "prefill", &[512, 2048])?);
-    let r = triton_llama::backend::cuda::bench::run(a.num("gpu", 0)?, cfg, &batches, a.num("steps", 32)?, &prefill)?;
+    let r = triton_llama::bench::cuda::run(a.num("gpu", 0)?, cfg, &batches, a.num("steps", 32)?, &prefill)?;
     if a.flag("json") {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());

@@ -1,7 +1,6 @@
 //! The CUDA backend: device buffers through cudarc, GEMMs through cuBLASLt (bf16 operands, f32 accumulation and
 //! output), the fused kernels of `csrc/` through `ffi`. Activations and the KV cache are f32 (the `Backend`
 //! trait's `Buf`); matrices are stored in bf16, norm weights in f32. Every op checks shapes on the host first.
-pub mod bench;
 mod ffi;
 pub mod meta;
 pub mod sample;

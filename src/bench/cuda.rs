@@ -1,9 +1,9 @@
 //! GPU benchmark on a random-weight model (Llama-2-7B shape by default), generated on the benchmarking machine:
 //! decode ms/step at several batch sizes, prefill tokens/s, and the weight bytes streamed per second at batch 1
 //! as a ratio to a device-to-device copy measured in the same run.
-use super::CudaBackend;
-use crate::bench::{CopyBaseline, bandwidth_ratio, decode_point, step_for};
-pub use crate::bench::DecodePoint;
+use super::{CopyBaseline, bandwidth_ratio, decode_point, step_for};
+pub use super::DecodePoint;
+use crate::backend::cuda::CudaBackend;
 use crate::config::LlamaConfig;
 use crate::engine::runner::Runner;
 use crate::loader::CheckpointSource;
