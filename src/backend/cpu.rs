@@ -2,8 +2,7 @@
 //! Matmul weights are packed at load for the kernels of `cpu_gemm` (bf16, or int8); other weights stay in their
 //! stored dtype. f32/f16 matmul weights (and TL_CPU_KERNEL=legacy) take the row-dot `gemm` below.
 use super::cpu_gemm::{self, Packed};
-use super::{AttnDims, Backend, CheckedStep, WeightFormat};
-use crate::model::shard::ShardSpec;
+use super::{AttnDims, Backend, CheckedStep, WeightFormat, check_token_ids, even_share, unshard_shape};
 use crate::sampling::{Picked, SampleBatch, logprob_of};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
@@ -297,12 +296,9 @@ impl Backend for CpuBackend {
     fn embedding(&self, out: &mut Vec<f32>, table: &CpuWeight, ids: &[u32], h: usize) -> Result<()> {
         check_len("embedding", out.len(), ids.len() * h)?;
         let table = table.plain()?;
-        let v = table.shape[0];
+        check_token_ids(ids, table.shape[0])?;
         for (i, &id) in ids.iter().enumerate() {
             let id = id as usize;
-            if id >= v {
-                return Err(Error::InvalidRequest(format!("token id {id} is outside the vocabulary of {v}")));
-            }
             for j in 0..h {
                 out[i * h + j] = table.get_f32(id * h + j);
             }
@@ -368,7 +364,7 @@ impl Backend for CpuBackend {
     fn paged_attention(&self, out: &mut Vec<f32>, q: &Vec<f32>, k_cache: &Vec<f32>, v_cache: &Vec<f32>, meta: CheckedStep, d: AttnDims) -> Result<()> {
         let (hd, nh) = (d.head_dim, d.n_heads);
         let (qw, kw) = (nh * hd, d.n_kv_heads * hd);
-        let group = nh / d.n_kv_heads;
+        let group = d.group()?;
         let n = meta.n_tokens();
         check_len("attention out", out.len().min(q.len()), n * qw)?;
         let bs = meta.block_size;
@@ -423,14 +419,11 @@ impl Backend for CpuBackend {
     }
 
     fn unshard_vocab(&self, out: &mut Vec<f32>, parts: &Vec<f32>, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
-        if world == 0 || vocab < world || width > vocab {
-            return Err(Error::Internal(format!("unshard_vocab: {vocab} columns over {world} ranks, {width} kept")));
-        }
-        let w_max = vocab.div_ceil(world);
+        let w_max = unshard_shape(vocab, world, width)?;
         check_len("unshard_vocab out", out.len(), rows * width)?;
         check_len("unshard_vocab parts", parts.len(), world * rows * w_max)?;
         for rank in 0..world {
-            let (a, b) = ShardSpec { rank, world }.range(vocab);
+            let (a, b) = even_share(vocab, world, rank);
             let (w, base) = (b - a, rank * rows * w_max);
             let keep = b.min(width).saturating_sub(a);
             for i in 0..rows {
@@ -487,7 +480,7 @@ mod tests {
             // Value = 1000 * row + column, written where rank k keeps it; padding holds -1.
             let mut parts = vec![-1f32; world * rows * w_max];
             for rank in 0..world {
-                let (a, b) = ShardSpec { rank, world }.range(vocab);
+                let (a, b) = even_share(vocab, world, rank);
                 for i in 0..rows {
                     for j in a..b {
                         parts[rank * rows * w_max + i * (b - a) + (j - a)] = (1000 * i + j) as f32;

@@ -75,6 +75,43 @@ impl StepMeta {
     }
 }
 
+/// Share `[start, end)` of `rank` when `total` items are split over `world` ranks as evenly as possible (the first
+/// `total % world` ranks hold one more). The vocabulary split of the LM head (`ShardSpec::range`) and the CUDA
+/// kernel `tl_unshard_vocab` use this rule.
+pub fn even_share(total: usize, world: usize, rank: usize) -> (usize, usize) {
+    let base = total / world;
+    let extra = total % world;
+    let start = rank * base + rank.min(extra);
+    (start, start + base + usize::from(rank < extra))
+}
+
+/// The argument check every backend's `unshard_vocab` makes: `world` ranks each own at least one of `vocab`
+/// columns and `width <= vocab` are kept. Returns `w_max`, the largest share (each rank's padded slot).
+pub fn unshard_shape(vocab: usize, world: usize, width: usize) -> Result<usize> {
+    if world == 0 || vocab < world || width > vocab {
+        return Err(Error::Internal(format!("unshard_vocab: {vocab} columns over {world} ranks, {width} kept")));
+    }
+    Ok(vocab.div_ceil(world))
+}
+
+/// The token-id check every backend's `embedding` makes (a bad id is the request's fault).
+pub fn check_token_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(id) => Err(Error::InvalidRequest(format!("token id {id} is outside the vocabulary of {vocab}"))),
+        None => Ok(()),
+    }
+}
+
+impl AttnDims {
+    /// Query heads per KV head; an error unless the KV heads divide the query heads.
+    pub fn group(&self) -> Result<usize> {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(Error::Internal(format!("attention: unsupported heads {self:?}")));
+        }
+        Ok(self.n_heads / self.n_kv_heads)
+    }
+}
+
 /// A step that passed [`StepMeta::check`] (only `check` makes one): token ranges, contexts and block tables are
 /// consistent, so a backend indexes them without checking again.
 #[derive(Debug, Clone, Copy)]

@@ -57,10 +57,7 @@ impl ShardSpec {
 
     /// This rank's [start, end) of `total` items split as evenly as possible.
     pub fn range(&self, total: usize) -> (usize, usize) {
-        let base = total / self.world;
-        let extra = total % self.world;
-        let start = self.rank * base + self.rank.min(extra);
-        (start, start + base + usize::from(self.rank < extra))
+        crate::backend::even_share(total, self.world, self.rank)
     }
 
     /// This rank's part of a full canonical tensor.

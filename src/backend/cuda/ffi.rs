@@ -155,8 +155,9 @@ pub fn paged_attention(st: &CudaStream, out: &mut CudaSlice<f32>, q: &CudaSlice<
     if m.dec_splits > 1 {
         need("paged_attention", "scratch", scratch.len(), m.n_dec * d.n_heads * m.dec_splits * (d.head_dim + 2))?;
     }
-    if d.head_dim > TL_MAX_HEAD_DIM as usize || d.n_kv_heads == 0 || !d.n_heads.is_multiple_of(d.n_kv_heads) {
-        return Err(Error::Internal(format!("paged_attention: unsupported heads {d:?} (head_dim <= {TL_MAX_HEAD_DIM})")));
+    d.group()?;
+    if d.head_dim > TL_MAX_HEAD_DIM as usize {
+        return Err(Error::Internal(format!("paged_attention: head_dim {} > {TL_MAX_HEAD_DIM}", d.head_dim)));
     }
     let dev = m.buf.device_ptr(st);
     let at = |off: usize| (dev.0 + (off * 4) as u64) as *const i32;
@@ -459,11 +460,9 @@ pub fn sample(st: &CudaStream, out: &mut CudaSlice<i32>, logits: &mut CudaSlice<
 }
 
 pub fn unshard_vocab(st: &CudaStream, out: &mut CudaSlice<f32>, parts: &CudaSlice<f32>, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
-    if world == 0 || vocab < world || width > vocab {
-        return Err(Error::Internal(format!("unshard_vocab: {vocab} columns over {world} ranks, {width} kept")));
-    }
+    let w_max = crate::backend::unshard_shape(vocab, world, width)?;
     need("unshard_vocab", "out", out.len(), rows * width)?;
-    need("unshard_vocab", "parts", parts.len(), world * rows * vocab.div_ceil(world))?;
+    need("unshard_vocab", "parts", parts.len(), world * rows * w_max)?;
     let (o, _a) = out.device_ptr_mut(st);
     let (p, _b) = parts.device_ptr(st);
     let op = "unshard_vocab";

@@ -268,9 +268,7 @@ impl Backend for CudaBackend {
         if *cols != h {
             return Err(Error::Internal(format!("embedding: table width {cols}, hidden {h}")));
         }
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= *rows) {
-            return Err(Error::InvalidRequest(format!("token id {id} is outside the vocabulary of {rows}")));
-        }
+        super::check_token_ids(ids, *rows)?;
         self.bind()?;
         let dev_ids = self.upload_i32(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
         ffi::embedding(&self.stream, &mut out.0, data, *rows, &dev_ids, ids.len(), h)
