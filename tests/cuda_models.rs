@@ -193,6 +193,7 @@ fn skipped(msg: String) {
 /// chunk, so log-probs are compared within 1e-2, not bit for bit).
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+#[allow(clippy::needless_range_loop)] // steps index several parallel arrays
 fn prefix_cache_on_gpu_gives_the_cache_off_tokens() {
     use triton_llama::engine::{Device, Engine, EngineConfig, Request};
     use triton_llama::sampling::SamplingParams;

@@ -274,6 +274,7 @@ impl Rng {
 /// checks that each sequence reads its own tokens from every block before `start`, that no write goes to a
 /// shared or indexed block, and that reference counts equal the holders. At the end, nothing is leaked.
 #[test]
+#[allow(clippy::needless_range_loop)] // positions index the block table and the token list
 fn random_events_leak_nothing_and_shared_blocks_hold_the_right_tokens() {
     let mut total_hits = 0;
     for seed in 1..=40u64 {

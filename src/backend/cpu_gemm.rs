@@ -371,6 +371,8 @@ pub fn gemm_with(kernel: Kernel, out: &mut [f32], x: &[f32], w: &Packed, n: usiz
         // Enough tasks to balance two cores, each a contiguous run of tiles.
         let per_task = tiles.div_ceil(rayon::current_num_threads() * 8).max(1);
         (0..tiles.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            // Rebound so the closure captures the whole (Send) wrapper, not its raw pointer field.
+            #[allow(clippy::redundant_locals)]
             let ptr = ptr;
             for tile in task * per_task..((task + 1) * per_task).min(tiles) {
                 run_tile(kernel, w, acts, n, m, tile, ptr);

@@ -198,6 +198,7 @@ pub trait Backend: Send + Sync + 'static {
     fn gemm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Weight, n: usize) -> Result<()>;
     /// Rotates q `[n, nh*hd]` and k `[n, nkv*hd]` in place (split-halves RoPE), then writes k and v
     /// into the paged caches `[blocks, block_size, nkv, hd]` at `meta.slots`.
+    #[allow(clippy::too_many_arguments)]
     fn rope_write_kv(&self, q: &mut Self::Buf, k: &mut Self::Buf, v: &Self::Buf, k_cache: &mut Self::Buf, v_cache: &mut Self::Buf, meta: CheckedStep, d: AttnDims) -> Result<()>;
     /// Causal attention of each new token over its sequence's cached keys; out `[n, nh*hd]`.
     fn paged_attention(&self, out: &mut Self::Buf, q: &Self::Buf, k_cache: &Self::Buf, v_cache: &Self::Buf, meta: CheckedStep, d: AttnDims) -> Result<()>;

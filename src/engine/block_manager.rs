@@ -195,10 +195,10 @@ impl BlockManager {
                 return Err(format!("cached block {b} is held, not indexed or misfiled"));
             }
         }
-        for b in 0..self.num_blocks {
+        for (b, &states) in seen.iter().enumerate() {
             let used = self.ref_count[b] > 0;
-            if seen[b] + used as u8 != 1 {
-                return Err(format!("block {b} is in {} states", seen[b] + used as u8));
+            if states + used as u8 != 1 {
+                return Err(format!("block {b} is in {} states", states + used as u8));
             }
             if let Some(k) = self.key[b]
                 && self.index.get(&k) != Some(&(b as u32))

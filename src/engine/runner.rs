@@ -245,6 +245,7 @@ impl Drop for Runner {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn rank_loop<B: Backend, C: Communicator<B>>(
     src: Arc<dyn CheckpointSource>,
     backend: B,

@@ -44,18 +44,18 @@ fn parse_config(path: &Path, v: &Value) -> Result<(LlamaConfig, bool)> {
     let req = |k: &str| -> Result<usize> {
         get(k).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| Error::ckpt(path, format!("missing or non-integer `{k}`")))
     };
-    if let Some(mt) = get("model_type").and_then(Value::as_str) {
-        if mt != "llama" {
-            return Err(Error::UnsupportedFormat { path: path.into(), format: format!("model_type `{mt}`"), hint: "only Llama checkpoints are served".into() });
-        }
+    if let Some(mt) = get("model_type").and_then(Value::as_str)
+        && mt != "llama"
+    {
+        return Err(Error::UnsupportedFormat { path: path.into(), format: format!("model_type `{mt}`"), hint: "only Llama checkpoints are served".into() });
     }
     if get("attention_bias").and_then(Value::as_bool) == Some(true) || get("mlp_bias").and_then(Value::as_bool) == Some(true) {
         return Err(Error::UnsupportedFormat { path: path.into(), format: "Llama with biases".into(), hint: "Llama-2 has no bias terms".into() });
     }
-    if let Some(act) = get("hidden_act").and_then(Value::as_str) {
-        if act != "silu" {
-            return Err(Error::UnsupportedFormat { path: path.into(), format: format!("hidden_act `{act}`"), hint: "Llama-2 uses silu".into() });
-        }
+    if let Some(act) = get("hidden_act").and_then(Value::as_str)
+        && act != "silu"
+    {
+        return Err(Error::UnsupportedFormat { path: path.into(), format: format!("hidden_act `{act}`"), hint: "Llama-2 uses silu".into() });
     }
     let hidden = req("hidden_size")?;
     let heads = req("num_attention_heads")?;
@@ -224,10 +224,11 @@ impl HfSource {
             return Err(Error::UnsupportedFormat { path: path.into(), format: format!("tensor `{name}`"), hint: "Llama-2 has no bias terms".into() });
         }
         // The embedding decides V; config.json may disagree only if it is corrupt.
-        if let Some(e) = stored.get("model.embed_tokens.weight") {
-            if e.shape.len() == 2 && e.shape[0] != cfg.vocab_size {
-                return Err(Error::TensorShape { path: path.into(), name: "model.embed_tokens.weight".into(), expected: vec![cfg.vocab_size, cfg.hidden_size], got: e.shape.clone() });
-            }
+        if let Some(e) = stored.get("model.embed_tokens.weight")
+            && e.shape.len() == 2
+            && e.shape[0] != cfg.vocab_size
+        {
+            return Err(Error::TensorShape { path: path.into(), name: "model.embed_tokens.weight".into(), expected: vec![cfg.vocab_size, cfg.hidden_size], got: e.shape.clone() });
         }
         let src = HfSource { path: path.into(), cfg: cfg.clone(), stored, tied, shards };
         // Validate every tensor now so errors appear before any allocation; names are generated lazily, so
