@@ -82,3 +82,36 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Client errors are the request's (and the deployer's model configuration); broken model files are the
+    /// server's; Triton's own errors keep their kind.
+    #[test]
+    fn kinds_follow_whose_fault_it_is() {
+        let p = || PathBuf::from("m");
+        let io = |k| Error::io("m", std::io::Error::from(k));
+        let cases = [
+            (Error::InvalidRequest("x".into()), ErrorKind::InvalidArg),
+            (Error::Config("x".into()), ErrorKind::InvalidArg),
+            (Error::Tokenizer("x".into()), ErrorKind::Internal),
+            (Error::ckpt("m", "x"), ErrorKind::Internal),
+            (Error::LfsPointer { path: p() }, ErrorKind::Internal),
+            (Error::TensorShape { path: p(), name: "t".into(), expected: vec![1], got: vec![2] }, ErrorKind::Internal),
+            (Error::Truncated { path: p(), name: "t".into(), expected: 2, got: 1 }, ErrorKind::Internal),
+            (Error::UnsafePath { archive: p(), entry: "../x".into() }, ErrorKind::Internal),
+            (Error::MissingTensor { path: p(), name: "t".into() }, ErrorKind::NotFound),
+            (io(std::io::ErrorKind::NotFound), ErrorKind::NotFound),
+            (io(std::io::ErrorKind::PermissionDenied), ErrorKind::Internal),
+            (Error::UnsupportedFormat { path: p(), format: "f".into(), hint: "h".into() }, ErrorKind::Unsupported),
+            (Error::Unavailable("x".into()), ErrorKind::Unavailable),
+            (Error::Internal("x".into()), ErrorKind::Internal),
+            (Error::Triton { code: 4, kind: ErrorKind::Unavailable, msg: "x".into() }, ErrorKind::Unavailable),
+        ];
+        for (e, k) in cases {
+            assert_eq!(e.kind(), k, "{e}");
+        }
+    }
+}
