@@ -110,7 +110,8 @@ pub struct Limits {
     pub exclude_input_default: bool,
 }
 
-fn bad<T>(m: String) -> Result<T> {
+/// Refuses the request (INVALID_ARG) with `m`, which names the input.
+fn refuse<T>(m: String) -> Result<T> {
     Err(Error::InvalidRequest(m))
 }
 
@@ -130,11 +131,11 @@ impl<'a> Inputs<'a> {
     fn check_rows(&self, t: &InputTensor, per_row: Option<usize>) -> Result<usize> {
         let (r, k) = t.rows()?;
         if r != self.n && r != 1 {
-            return bad(format!("input `{}` has {r} rows, the prompts have {}", t.name, self.n));
+            return refuse(format!("input `{}` has {r} rows, the prompts have {}", t.name, self.n));
         }
         if let Some(want) = per_row
             && k != want {
-                return bad(format!("input `{}` must have shape [batch, {want}], got {:?}", t.name, t.shape));
+                return refuse(format!("input `{}` must have shape [batch, {want}], got {:?}", t.name, t.shape));
             }
         Ok(r)
     }
@@ -191,7 +192,7 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
     }
     let stream = match inp.flag("stream")? {
         Some(true) if !lim.decoupled => {
-            return bad("input `stream` is true but this model is not decoupled; use the `_stream` model".into());
+            return refuse("input `stream` is true but this model is not decoupled; use the `_stream` model".into());
         }
         Some(s) => s,
         None => lim.decoupled,
@@ -207,16 +208,16 @@ fn prompt_texts(all: &[InputTensor], lim: &Limits) -> Result<(&'static str, Vec<
     let prompt_names = ["prompts", "text_input", "messages"];
     let present: Vec<_> = prompt_names.iter().filter(|n| all.iter().any(|t| &t.name == *n)).collect();
     let pname = match present.as_slice() {
-        [] => return bad("missing required input `prompts` (or `text_input`, or `messages`)".into()),
+        [] => return refuse("missing required input `prompts` (or `text_input`, or `messages`)".into()),
         [one] => **one,
-        _ => return bad("send one of `prompts`, `text_input` and `messages`, not several".into()),
+        _ => return refuse("send one of `prompts`, `text_input` and `messages`, not several".into()),
     };
     let Some(pt) = all.iter().find(|t| t.name == pname) else {
-        return bad(format!("missing required input `{pname}`"));
+        return refuse(format!("missing required input `{pname}`"));
     };
     let (n, k) = pt.rows()?;
     if n == 0 || k != 1 {
-        return bad(format!("input `{pname}` must have shape [batch, 1] with batch >= 1, got {:?}", pt.shape));
+        return refuse(format!("input `{pname}` must have shape [batch, 1] with batch >= 1, got {:?}", pt.shape));
     }
     // The element count is checked against the buffer before anything is sized by the (untrusted) shape.
     let elements = pt.as_bytes()?;
@@ -225,10 +226,10 @@ fn prompt_texts(all: &[InputTensor], lim: &Limits) -> Result<(&'static str, Vec<
         let s = String::from_utf8(raw)
             .map_err(|_| Error::InvalidRequest(format!("input `{pname}` element {i} is not valid UTF-8")))?;
         if s.is_empty() {
-            return bad(format!("input `{pname}` element {i} is an empty prompt"));
+            return refuse(format!("input `{pname}` element {i} is an empty prompt"));
         }
         if s.len() > lim.max_prompt_bytes {
-            return bad(format!(
+            return refuse(format!(
                 "input `{pname}` element {i} is {} bytes; this model's prompts are at most {} bytes \
                  (max_input_len tokens at most {} bytes each)",
                 s.len(),
@@ -245,7 +246,7 @@ fn prompt_texts(all: &[InputTensor], lim: &Limits) -> Result<(&'static str, Vec<
 fn refuse_unsupported(inp: &Inputs) -> Result<()> {
     for unsupported in ["lora_uids", "task_id"] {
         if inp.strings(unsupported)?.iter().any(|v| !v.is_empty()) {
-            return bad(format!(
+            return refuse(format!(
                 "input `{unsupported}` is not supported by this backend (no LoRA / p-tuning tables); \
                  send it empty or omit it"
             ));
@@ -254,7 +255,7 @@ fn refuse_unsupported(inp: &Inputs) -> Result<()> {
     // NeMo 2.x's TensorRT-LLM client always sends the two logits flags (false unless asked for).
     for name in ["output_context_logits", "output_generation_logits", "all_probs"] {
         if inp.flag(name)? == Some(true) {
-            return bad(format!(
+            return refuse(format!(
                 "input `{name}` = true is not supported: this backend returns no logits tensors (send false or omit it)"
             ));
         }
@@ -263,7 +264,7 @@ fn refuse_unsupported(inp: &Inputs) -> Result<()> {
         if let Some((_, v)) = inp.ints(&[name])?
             && v.iter().any(|&x| x > limit)
         {
-            return bad(format!("input `{name}` > 1 is not supported"));
+            return refuse(format!("input `{name}` > 1 is not supported"));
         }
     }
     Ok(())
@@ -343,16 +344,16 @@ impl PerPrompt {
         if let Some((name, v)) = &self.max_tokens {
             let m = v[i];
             if m < 1 {
-                return bad(format!("input `{name}` must be >= 1, got {m}"));
+                return refuse(format!("input `{name}` must be >= 1, got {m}"));
             }
             if m > lim.max_output_len as i128 {
-                return bad(format!("input `{name}` is {m}; this model's max_output_len is {}", lim.max_output_len));
+                return refuse(format!("input `{name}` is {m}; this model's max_output_len is {}", lim.max_output_len));
             }
             p.max_new_tokens = m as usize;
         }
         if let Some((name, v)) = &self.min_tokens {
             if v[i] < 0 || v[i] > p.max_new_tokens as i128 {
-                return bad(format!("input `{name}` must be in [0, {}], got {}", p.max_new_tokens, v[i]));
+                return refuse(format!("input `{name}` must be in [0, {}], got {}", p.max_new_tokens, v[i]));
             }
             p.min_new_tokens = v[i] as usize;
         }
@@ -363,20 +364,20 @@ impl PerPrompt {
     fn sampler_values(&self, i: usize, p: &mut SamplingParams) -> Result<()> {
         if let Some((_, v)) = &self.top_k {
             if v[i] < 0 {
-                return bad(format!("input `top_k` must be >= 0, got {}", v[i]));
+                return refuse(format!("input `top_k` must be >= 0, got {}", v[i]));
             }
             p.top_k = v[i].min(u32::MAX as i128) as usize;
         }
         if let Some((_, v)) = &self.top_p {
             let x = v[i];
             if !(0.0..=1.0).contains(&x) {
-                return bad(format!("input `top_p` must be in [0, 1] (0 = off), got {x}"));
+                return refuse(format!("input `top_p` must be in [0, 1] (0 = off), got {x}"));
             }
             p.top_p = if x == 0.0 { 1.0 } else { x as f32 };
         }
         if let Some((_, v)) = &self.temperature {
             if !(v[i] >= 0.0 && v[i].is_finite()) {
-                return bad(format!("input `temperature` must be >= 0, got {}", v[i]));
+                return refuse(format!("input `temperature` must be >= 0, got {}", v[i]));
             }
             p.temperature = v[i] as f32;
         }
@@ -385,7 +386,7 @@ impl PerPrompt {
         }
         if let Some((_, v)) = &self.rep {
             if !(v[i] > 0.0 && v[i].is_finite()) {
-                return bad(format!("input `repetition_penalty` must be > 0, got {}", v[i]));
+                return refuse(format!("input `repetition_penalty` must be > 0, got {}", v[i]));
             }
             p.repetition_penalty = v[i] as f32;
         }
@@ -398,7 +399,7 @@ impl PerPrompt {
         if let Some((_, v)) = &self.ngram {
             let x = v[i];
             if !(x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64) {
-                return bad(format!("input `no_repeat_ngram_size` must be a whole number >= 0 (0 = off), got {x}"));
+                return refuse(format!("input `no_repeat_ngram_size` must be a whole number >= 0 (0 = off), got {x}"));
             }
             p.no_repeat_ngram_size = x as usize;
         }
@@ -415,11 +416,11 @@ impl PerPrompt {
         let bad_words: Vec<String> = self.bads.iter().flat_map(|b| b[i].iter().cloned()).collect();
         for (what, list) in [("stop strings", &p.stop_strings), ("bad words", &bad_words)] {
             if list.len() > MAX_STOP_STRINGS {
-                return bad(format!("prompt {i} has {} {what}; at most {MAX_STOP_STRINGS} are allowed", list.len()));
+                return refuse(format!("prompt {i} has {} {what}; at most {MAX_STOP_STRINGS} are allowed", list.len()));
             }
             if let Some(s) = list.iter().find(|s| s.len() > MAX_STOP_BYTES) {
                 let n = s.len();
-                return bad(format!("prompt {i}: one of the {what} is {n} bytes; each may be at most {MAX_STOP_BYTES} bytes"));
+                return refuse(format!("prompt {i}: one of the {what} is {n} bytes; each may be at most {MAX_STOP_BYTES} bytes"));
             }
         }
         Ok(bad_words)
