@@ -15,7 +15,8 @@ const USAGE: &str = "usage:
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
                          [--ignore-eos] [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
   triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
-  triton-llama bench [--steps N] [--prefill N] [--json]
+  triton-llama bench [--checkpoint CKPT] [--batches 1,8] [--steps N] [--prefill 256,...] [--json]
+                         (without --checkpoint: a random 44M-parameter bf16 model)
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
   triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
                          (needs a build with --features cuda; random Llama-2-7B-shape weights)
@@ -194,7 +195,9 @@ fn generate(a: &Args) -> Result<()> {
         "prompt", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "seed", "repetition-penalty",
         "presence-penalty", "frequency-penalty", "stop", "ban", "tp", "device",
     ])?;
+    let loading = std::time::Instant::now();
     let mut engine = engine_for(a)?;
+    let load_s = loading.elapsed().as_secs_f64();
     let tok = engine.tokenizer().clone();
     let prompt = a.need("prompt")?;
     let ids = tok.encode(prompt, a.bos(engine.default_add_bos()))?;
@@ -219,7 +222,7 @@ fn generate(a: &Args) -> Result<()> {
         stop_token_ids: Vec::new(),
     };
     engine.add_request(Request { id: 1, prompt_ids: ids.clone(), params })?;
-    let (mut out_ids, mut text, mut logprobs, mut reason) = (Vec::new(), String::new(), Vec::new(), "");
+    let (mut out_ids, mut text, mut logprobs, mut reason, mut timings) = (Vec::new(), String::new(), Vec::new(), "", None);
     let json = a.flag("json");
     let mut stdout = std::io::stdout();
     engine.run_to_completion(|o| {
@@ -235,9 +238,17 @@ fn generate(a: &Args) -> Result<()> {
         if let Some(f) = o.finish {
             reason = f.as_str();
         }
+        if o.timings.is_some() {
+            timings = o.timings.clone();
+        }
     })?;
     if json {
-        print_json(json!({"prompt_ids": ids, "ids": out_ids, "text": text, "logprobs": logprobs, "finish_reason": reason}));
+        let t = timings.unwrap_or_default();
+        let timings = json!({
+            "load_s": load_s, "prompt_tokens": t.prompt_tokens, "prefill_ms": t.prefill_ms,
+            "decode_tokens": t.decode_tokens, "decode_ms": t.decode_ms, "decode_ms_per_token": t.decode_ms_per_token(),
+        });
+        print_json(json!({"prompt_ids": ids, "ids": out_ids, "text": text, "logprobs": logprobs, "finish_reason": reason, "timings": timings}));
     } else {
         println!();
     }
@@ -261,23 +272,34 @@ fn score(a: &Args) -> Result<()> {
 }
 
 fn bench(a: &Args) -> Result<()> {
-    a.allow_only(&["steps", "prefill"])?;
-    let r = triton_llama::bench::run(&[1, 8], a.num("steps", 32)?, a.num("prefill", 256)?)?;
+    a.allow_only(&["checkpoint", "batches", "steps", "prefill"])?;
+    let (batches, prefills) = (list_or(a, "batches", &[1, 8])?, list_or(a, "prefill", &[256])?);
+    let steps = a.num("steps", 32)?;
+    let r = match a.get("checkpoint") {
+        None => triton_llama::bench::run(&batches, steps, &prefills)?,
+        Some(p) => {
+            let opened = std::time::Instant::now();
+            let src = loader::open(std::path::Path::new(p))?;
+            triton_llama::bench::run_on(std::sync::Arc::from(src), opened, &batches, steps, &prefills)?
+        }
+    };
     if a.flag("json") {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());
     }
-    println!("model: {} params, {:.1} MB bf16 weights, {} threads", r.model_params, r.weight_bytes as f64 / 1e6, r.threads);
+    println!("model: {}: {} params, {:.1} MB weights, loaded in {:.1} s, {} threads", r.model, r.model_params, r.weight_bytes as f64 / 1e6, r.load_s, r.threads);
     triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
-    println!("prefill {} tokens: {:.1} tok/s", r.prefill_tokens, r.prefill_tok_s);
+    for p in &r.prefill {
+        println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
+    }
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
-fn list(a: &Args, k: &str, default: &[usize]) -> Result<Vec<usize>> {
+/// A comma-separated list of numbers, or `default` when the option is absent.
+fn list_or(a: &Args, k: &str, default: &[usize]) -> Result<Vec<usize>> {
     match a.get(k) {
         None => Ok(default.to_vec()),
-        Some(v) => v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`")))).collect(),
+        Some(v) => list_str(v, k),
     }
 }
 
@@ -291,7 +313,7 @@ fn bench_cuda(a: &Args) -> Result<()> {
     a.allow_only(&["gpu", "steps", "batches", "prefill", "layers"])?;
     let mut cfg = triton_llama::backend::cuda::bench::llama2_7b();
     cfg.num_layers = a.num("layers", cfg.num_layers)?;
-    let (batches, prefill) = (list(a, "batches", &[1, 16, 64])?, list(a, "prefill", &[512, 2048])?);
+    let (batches, prefill) = (list_or(a, "batches", &[1, 16, 64])?, list_or(a, "prefill", &[512, 2048])?);
     let r = triton_llama::backend::cuda::bench::run(a.num("gpu", 0)?, cfg, &batches, a.num("steps", 32)?, &prefill)?;
     if a.flag("json") {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);

@@ -14,6 +14,7 @@ use runner::{KvPlan, Runner, StepInput};
 use scheduler::{Plan, Scheduler, SchedulerConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 use stop::TextStream;
 
 /// Where the ranks run.
@@ -102,6 +103,28 @@ pub struct Output {
     /// Newly released text (may be empty while a multi-byte char or a possible stop string is held).
     pub text: String,
     pub finish: Option<FinishReason>,
+    /// The request's timings, on its final output only (None on an abort).
+    pub timings: Option<Timings>,
+}
+
+/// Wall-clock time of the engine steps a request took part in (a step shared by several requests counts
+/// for each of them; time spent waiting for a slot is not counted).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    /// Steps that computed the prompt, up to and including the one that sampled the first token.
+    pub prefill_ms: f64,
+    /// Tokens sampled after the first one, and the time of their steps (recomputation after a preemption
+    /// included).
+    pub decode_tokens: usize,
+    pub decode_ms: f64,
+}
+
+impl Timings {
+    /// Mean time per token after the first; None when only one token was generated.
+    pub fn decode_ms_per_token(&self) -> Option<f64> {
+        (self.decode_tokens > 0).then(|| self.decode_ms / self.decode_tokens as f64)
+    }
 }
 
 struct Seq {
@@ -110,6 +133,7 @@ struct Seq {
     ids: Vec<u32>,
     sampler: Sampler,
     text: TextStream,
+    timings: Timings,
 }
 
 pub struct Engine {
@@ -237,14 +261,15 @@ impl Engine {
         let sampler = Sampler::new(req.params.clone(), req.id ^ 0x5EED);
         let text = TextStream::new(&self.tokenizer, &req.prompt_ids, req.params.stop_strings.clone())?;
         self.sched.add(req.id, n);
-        self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text });
+        let timings = Timings { prompt_tokens: n, ..Default::default() };
+        self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text, timings });
         Ok(())
     }
 
     /// Cancels a request; its KV blocks are free at once. Returns its final output if it was known.
     pub fn abort(&mut self, id: u64) -> Option<Output> {
         self.sched.finish(id);
-        self.seqs.remove(&id).map(|_| Output { id, token: None, logprob: 0.0, text: String::new(), finish: Some(FinishReason::Abort) })
+        self.seqs.remove(&id).map(|_| Output { id, token: None, logprob: 0.0, text: String::new(), finish: Some(FinishReason::Abort), timings: None })
     }
 
     /// Runs one scheduling step and returns what each affected request produced.
@@ -258,12 +283,13 @@ impl Engine {
             self.sched.finish(*id);
             if let Some(mut s) = self.seqs.remove(id) {
                 let text = s.text.finish(&self.tokenizer)?;
-                outputs.push(Output { id: *id, token: None, logprob: 0.0, text, finish: Some(FinishReason::Length) });
+                outputs.push(Output { id: *id, token: None, logprob: 0.0, text, finish: Some(FinishReason::Length), timings: Some(s.timings) });
             }
         }
         if plan.items.is_empty() {
             return Ok(outputs);
         }
+        let started = Instant::now();
         let input = self.build_step(&plan);
         let sampled = input.logit_rows.len();
         let picks = match self.runner.run(input) {
@@ -283,6 +309,16 @@ impl Engine {
             }
         };
         self.sched.update(&plan);
+        let step_ms = started.elapsed().as_secs_f64() * 1e3;
+        for it in &plan.items {
+            let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
+            if s.ids.len() == s.prompt_len {
+                s.timings.prefill_ms += step_ms;
+            } else {
+                s.timings.decode_ms += step_ms;
+                s.timings.decode_tokens += it.sample as usize;
+            }
+        }
         let eos = self.cfg.eos_id;
         for (it, pick) in plan.items.iter().filter(|i| i.sample).zip(picks) {
             let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
@@ -307,11 +343,12 @@ impl Engine {
             if finish == Some(FinishReason::Length) || (is_stop_token && finish.is_some()) {
                 text.push_str(&s.text.finish(&self.tokenizer)?);
             }
+            let mut timings = None;
             if finish.is_some() {
                 self.sched.finish(it.id);
-                self.seqs.remove(&it.id);
+                timings = self.seqs.remove(&it.id).map(|s| s.timings);
             }
-            outputs.push(Output { id: it.id, token: Some(tok), logprob, text, finish });
+            outputs.push(Output { id: it.id, token: Some(tok), logprob, text, finish, timings });
         }
         Ok(outputs)
     }
