@@ -14,7 +14,8 @@ const USAGE: &str = "usage:
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
                          [--ignore-eos] [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
-  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
+  triton-llama score CKPT (--prompt TEXT [--bos|--no-bos] | --ids 1,2,...) [--logits-out FILE] [--tp N]
+                         [--device cpu|cuda:0,1,...] [--json]  (FILE: raw f32 logits [tokens, vocab])
   triton-llama bench [--checkpoint CKPT] [--batches 1,8] [--steps N] [--prefill 256,...] [--json]
                          (without --checkpoint: a random 44M-parameter bf16 model)
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
@@ -256,10 +257,23 @@ fn generate(a: &Args) -> Result<()> {
 }
 
 fn score(a: &Args) -> Result<()> {
-    a.allow_only(&["prompt", "tp", "device"])?;
+    a.allow_only(&["prompt", "ids", "logits-out", "tp", "device"])?;
     let mut engine = engine_for(a)?;
-    let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
-    let lp = engine.score(&ids)?;
+    let ids = match a.get("ids") {
+        Some(v) => v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--ids: cannot parse `{x}`")))).collect::<Result<Vec<u32>>>()?,
+        None => engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?,
+    };
+    let lp = match a.get("logits-out") {
+        None => engine.score(&ids)?,
+        Some(path) => {
+            // Raw little-endian f32 logits, [ids.len(), vocab] row-major, for drift comparisons.
+            let logits = engine.prompt_logits(&ids)?;
+            let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(path, bytes).map_err(|e| Error::io(path, e))?;
+            let v = engine.cfg.vocab_size;
+            (1..ids.len()).map(|i| triton_llama::sampling::logprob_of(&logits[(i - 1) * v..i * v], ids[i] as usize)).collect()
+        }
+    };
     if a.flag("json") {
         print_json(json!({"ids": ids, "logprobs": lp}));
     } else {

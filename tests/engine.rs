@@ -144,6 +144,40 @@ fn cli_generate_json_reports_timings() {
     assert!(v["timings"]["decode_ms_per_token"].is_null());
 }
 
+/// `score --ids ... --logits-out FILE` writes every position's logits; the log-probs it prints (and the file's
+/// rows) match transformers' prompt log-probs.
+#[test]
+fn cli_score_writes_the_logits_of_every_position() {
+    let c = &golden("gqa_bf16")[0];
+    let file = std::env::temp_dir().join(format!("tl_score_logits_{}.f32", std::process::id()));
+    let ids = c.input_ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama"))
+        .arg("score")
+        .arg(fixture("models/gqa_bf16/hf"))
+        .args(["--ids", &ids, "--json", "--logits-out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lp: Vec<f64> = v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let raw = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let vocab = loader::open(&fixture("models/gqa_bf16/hf")).unwrap().config().vocab_size;
+    assert_eq!(raw.len(), c.input_ids.len() * vocab * 4);
+    let logits: Vec<f64> = raw.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect();
+    assert_eq!(lp.len(), c.prompt_logprobs.len());
+    let d = logits.iter().zip(c.logits.iter().flatten()).map(|(a, b)| (a - *b as f64).abs()).fold(0.0, f64::max);
+    assert!(d < 1e-3, "max-abs logit diff to transformers {d}");
+    for i in 1..c.input_ids.len() {
+        let row = &logits[(i - 1) * vocab..i * vocab];
+        let m = row.iter().cloned().fold(f64::MIN, f64::max);
+        let from_file = row[c.input_ids[i] as usize] - m - row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        assert!((from_file - c.prompt_logprobs[i - 1]).abs() < 1e-4, "token {i}: {from_file} vs {}", c.prompt_logprobs[i - 1]);
+        assert!((lp[i - 1] - c.prompt_logprobs[i - 1]).abs() < 1e-4, "token {i}");
+    }
+}
+
 /// Requests batched together each get their own timings on their final output only.
 #[test]
 fn timings_come_with_each_final_output() {
