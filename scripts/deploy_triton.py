@@ -50,6 +50,9 @@ def parse_args(argv=None):
                    help="explicit: both models are loaded at start and can be unloaded/loaded through the repository API")
     p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
+    p.add_argument("--max_batched_tokens", type=int, default=None, help="tokens per engine step at most (default 2048)")
+    p.add_argument("--mixed_prefill_tokens", type=int, default=None,
+                   help="prompt tokens per step while other streams decode (default: CPU 32, CUDA no separate limit)")
     p.add_argument("-dm", "--debug_mode", default="False")
     p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"), help="triton-llama binary (writes the demo model)")
@@ -127,6 +130,8 @@ def write_repository(a):
         "default_max_tokens": a.default_max_tokens or "",
         "num_blocks": a.num_blocks or "",
         "block_size": a.block_size or "",
+        "max_batched_tokens": a.max_batched_tokens or "",
+        "mixed_prefill_tokens": a.mixed_prefill_tokens or "",
     }
     for name, decoupled in ((a.triton_model_name, "false"), (a.triton_model_name + "_stream", "true")):
         d = repo / name

@@ -3,7 +3,7 @@ use triton_llama::engine::block_manager::BlockManager;
 use triton_llama::engine::scheduler::{Plan, Scheduler, SchedulerConfig};
 
 fn sched(num_blocks: usize, max_num_seqs: usize, max_batched_tokens: usize) -> Scheduler {
-    Scheduler::new(SchedulerConfig { max_num_seqs, max_batched_tokens }, BlockManager::new(num_blocks, 4))
+    Scheduler::new(SchedulerConfig { max_num_seqs, max_batched_tokens, mixed_prefill_tokens: max_batched_tokens }, BlockManager::new(num_blocks, 4))
 }
 
 /// Pretends the model ran the plan and sampled a token for every sampling item.
@@ -149,4 +149,41 @@ fn aborting_frees_blocks_and_all_blocks_return_when_idle() {
         }
     }
     assert_eq!(s.blocks().num_used(), 0);
+}
+
+fn sched_mixed(max_batched_tokens: usize, mixed_prefill_tokens: usize) -> Scheduler {
+    Scheduler::new(SchedulerConfig { max_num_seqs: 8, max_batched_tokens, mixed_prefill_tokens }, BlockManager::new(200, 4))
+}
+
+/// While streams decode, a long prompt gets at most `mixed_prefill_tokens` per step, after every decode row;
+/// alone, it gets the whole `max_batched_tokens`.
+#[test]
+fn long_prompt_is_spread_over_steps_while_others_decode() {
+    let mut s = sched_mixed(64, 5);
+    for id in [1, 2] {
+        s.add(id, 3);
+    }
+    let p = s.schedule();
+    run(&mut s, &p);
+    s.add(9, 23);
+    let mut chunks = Vec::new();
+    loop {
+        let p = s.schedule();
+        let items: Vec<(u64, usize)> = p.items.iter().map(|i| (i.id, i.len)).collect();
+        assert_eq!(&items[..2], &[(1, 1), (2, 1)], "decode rows first, every step");
+        assert_eq!(items.len(), 3);
+        chunks.push(items[2]);
+        run(&mut s, &p);
+        if p.items[2].sample {
+            break;
+        }
+    }
+    assert_eq!(chunks, vec![(9, 5), (9, 5), (9, 5), (9, 5), (9, 3)]);
+    // Once the others are gone, a prompt is not held back.
+    s.finish(1);
+    s.finish(2);
+    s.finish(9);
+    s.add(10, 40);
+    let p = s.schedule();
+    assert_eq!(p.items.iter().map(|i| (i.id, i.len)).collect::<Vec<_>>(), vec![(10, 40)]);
 }
