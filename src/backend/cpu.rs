@@ -1,6 +1,8 @@
 //! The CPU reference backend: plain loops over `&[f32]`, one function per op, named like the CUDA kernels.
-//! Weights stay in their stored dtype and are widened to f32 one row at a time inside `gemm`.
-use super::{AttnDims, Backend, StepMeta};
+//! Matmul weights are packed at load for the kernels of `cpu_gemm` (bf16, or int8); other weights stay in their
+//! stored dtype. f32/f16 matmul weights (and TL_CPU_KERNEL=legacy) take the row-dot `gemm` below.
+use super::cpu_gemm::{self, Packed};
+use super::{AttnDims, Backend, StepMeta, WeightFormat};
 use crate::model::shard::ShardSpec;
 use crate::sampling::{Picked, SampleBatch, logprob_of};
 use crate::tensor::{Tensor, TensorData};
@@ -11,6 +13,31 @@ use rayon::prelude::*;
 /// Runs on the host; parallel over output rows with rayon.
 #[derive(Debug, Clone, Default)]
 pub struct CpuBackend;
+
+/// A weight on the CPU: as loaded, or packed for the matmul kernels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CpuWeight {
+    Plain(Tensor),
+    Packed(Packed),
+}
+
+impl CpuWeight {
+    /// The tensor of a weight that is not packed (embedding, norms).
+    fn plain(&self) -> Result<&Tensor> {
+        match self {
+            CpuWeight::Plain(t) => Ok(t),
+            CpuWeight::Packed(_) => Err(Error::Internal("a packed matmul weight used as a plain tensor".into())),
+        }
+    }
+
+    /// (rows, columns) of a matrix.
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            CpuWeight::Plain(t) => (t.shape[0], t.shape.get(1).copied().unwrap_or(1)),
+            CpuWeight::Packed(p) => p.shape(),
+        }
+    }
+}
 
 /// Bytes of weights one rayon task handles in `gemm` (keeps tasks cache-sized).
 const GEMM_TASK_BYTES: usize = 64 << 10;
@@ -226,14 +253,25 @@ fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
 
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
-    type Weight = Tensor;
+    type Weight = CpuWeight;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn upload(&self, t: Tensor) -> Result<Tensor> {
-        Ok(t)
+    fn upload(&self, t: Tensor) -> Result<CpuWeight> {
+        Ok(CpuWeight::Plain(t))
+    }
+
+    fn upload_matmul(&self, t: Tensor, fmt: WeightFormat) -> Result<CpuWeight> {
+        if t.shape.len() != 2 {
+            return Err(Error::Internal(format!("matmul weight of shape {:?}", t.shape)));
+        }
+        Ok(match (fmt, t.dtype(), cpu_gemm::selected()) {
+            (WeightFormat::Int8, _, _) => CpuWeight::Packed(Packed::q8(&t)),
+            (WeightFormat::AsLoaded, crate::tensor::DType::BF16, Some(_)) => CpuWeight::Packed(Packed::bf16(&t)),
+            (WeightFormat::AsLoaded, _, _) => CpuWeight::Plain(t),
+        })
     }
 
     fn alloc(&self, n: usize) -> Result<Vec<f32>> {
@@ -254,8 +292,9 @@ impl Backend for CpuBackend {
         Ok(src[..n].to_vec())
     }
 
-    fn embedding(&self, out: &mut Vec<f32>, table: &Tensor, ids: &[u32], h: usize) -> Result<()> {
+    fn embedding(&self, out: &mut Vec<f32>, table: &CpuWeight, ids: &[u32], h: usize) -> Result<()> {
         check_len("embedding", out.len(), ids.len() * h)?;
+        let table = table.plain()?;
         let v = table.shape[0];
         for (i, &id) in ids.iter().enumerate() {
             let id = id as usize;
@@ -269,7 +308,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Tensor, n: usize, h: usize, eps: f32) -> Result<()> {
+    fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &CpuWeight, n: usize, h: usize, eps: f32) -> Result<()> {
+        let w = w.plain()?;
         check_len("rms_norm", out.len().min(x.len()), n * h)?;
         for i in 0..n {
             rms_norm_row(&mut out[i * h..(i + 1) * h], &x[i * h..(i + 1) * h], w, eps);
@@ -277,7 +317,10 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn add_rms_norm(&self, residual: &mut Vec<f32>, x: &Vec<f32>, out: &mut Vec<f32>, w: &Tensor, n: usize, h: usize, eps: f32) -> Result<()> {
+    #[rustfmt::skip]
+    fn add_rms_norm(&self, residual: &mut Vec<f32>, x: &Vec<f32>, out: &mut Vec<f32>, w: &CpuWeight, n: usize, h: usize,
+                    eps: f32) -> Result<()> {
+        let w = w.plain()?;
         check_len("add_rms_norm", residual.len().min(x.len()).min(out.len()), n * h)?;
         for (r, v) in residual[..n * h].iter_mut().zip(&x[..n * h]) {
             *r += v;
@@ -288,10 +331,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gemm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Tensor, n: usize) -> Result<()> {
-        check_len("gemm out", out.len(), n * w.shape[0])?;
-        check_len("gemm x", x.len(), n * w.shape[1])?;
-        gemm(out, x, w, n);
+    fn gemm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &CpuWeight, n: usize) -> Result<()> {
+        let (m, k) = w.dims();
+        check_len("gemm out", out.len(), n * m)?;
+        check_len("gemm x", x.len(), n * k)?;
+        match w {
+            CpuWeight::Plain(t) => gemm(out, x, t, n),
+            CpuWeight::Packed(p) => cpu_gemm::gemm(out, x, p, n),
+        }
         Ok(())
     }
 

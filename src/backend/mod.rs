@@ -1,10 +1,11 @@
 //! The device interface the model is written against: a few fused ops named like the CUDA kernels.
 //! Model code never knows which device runs it.
 pub mod cpu;
+pub mod cpu_gemm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-use crate::Result;
+use crate::{Error, Result};
 use crate::sampling::{Picked, SampleBatch};
 use crate::tensor::Tensor;
 
@@ -52,6 +53,33 @@ pub struct AttnDims {
     pub rope_scale: f32,
 }
 
+/// How matmul weights are held on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// In the checkpoint's dtype (bf16, f16 or f32).
+    #[default]
+    AsLoaded,
+    /// Weight-only int8, one scale per row and 32-block of k (q8_0-like), quantized at load.
+    Int8,
+}
+
+impl WeightFormat {
+    /// `bf16` / `as-loaded` (the checkpoint's dtype) or `int8`.
+    pub fn parse(s: &str) -> Result<WeightFormat> {
+        match s.to_ascii_lowercase().as_str() {
+            "bf16" | "as-loaded" | "as_loaded" | "auto" | "native" => Ok(WeightFormat::AsLoaded),
+            "int8" | "q8" | "q8_0" => Ok(WeightFormat::Int8),
+            o => Err(Error::Config(format!("weight dtype must be bf16 (as loaded) or int8, got `{o}`"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::AsLoaded => "as-loaded",
+            WeightFormat::Int8 => "int8",
+        }
+    }
+}
+
 /// A compute device. `Buf` holds f32 activations or KV cache; `Weight` holds a parameter in its stored dtype.
 pub trait Backend: Send + Sync + 'static {
     type Buf: Send;
@@ -60,6 +88,9 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> String;
     /// Moves a host tensor to the device (the host copy is consumed).
     fn upload(&self, t: Tensor) -> Result<Self::Weight>;
+    /// Moves a matmul weight `[m, k]` (the `w` of `gemm`) to the device in `fmt`; backends that lack a
+    /// format refuse it with a clear error.
+    fn upload_matmul(&self, t: Tensor, fmt: WeightFormat) -> Result<Self::Weight>;
     /// A zeroed f32 buffer of `n` elements.
     fn alloc(&self, n: usize) -> Result<Self::Buf>;
     /// Copies `src` into the start of `dst`.

@@ -45,11 +45,16 @@ pub struct EngineConfig {
     pub mixed_prefill_tokens: Option<usize>,
     /// Longest prompt + output; defaults to the model's `max_position_embeddings`.
     pub max_model_len: Option<usize>,
+    /// How the matmul weights are held (as loaded, or int8 quantized at load).
+    pub weights: crate::backend::WeightFormat,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { device: Device::Cpu, tp: 1, block_size: 16, num_blocks: None, kv_cache_bytes: 1 << 30, max_num_seqs: 16, max_batched_tokens: 2048, mixed_prefill_tokens: None, max_model_len: None }
+        EngineConfig { device: Device::Cpu, tp: 1, block_size: 16, num_blocks: None, kv_cache_bytes: 1 << 30,
+            max_num_seqs: 16, max_batched_tokens: 2048, mixed_prefill_tokens: None,
+            max_model_len: None,
+            weights: Default::default() }
     }
 }
 
@@ -61,12 +66,14 @@ impl Default for EngineConfig {
 pub const CPU_MIXED_PREFILL_TOKENS: usize = 32;
 
 #[cfg(feature = "cuda")]
-fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64, max_blocks: Option<usize>) -> Result<Runner> {
-    Runner::start_cuda(src, gpu_ids, block_size, kv_fraction, max_blocks)
+fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64,
+              max_blocks: Option<usize>, fmt: crate::backend::WeightFormat) -> Result<Runner> {
+    Runner::start_cuda_with(src, gpu_ids, block_size, kv_fraction, max_blocks, fmt)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn start_cuda(src: Arc<dyn CheckpointSource>, _: &[usize], _: usize, _: f64, _: Option<usize>) -> Result<Runner> {
+fn start_cuda(src: Arc<dyn CheckpointSource>, _: &[usize], _: usize, _: f64, _: Option<usize>,
+              _: crate::backend::WeightFormat) -> Result<Runner> {
     Err(Error::UnsupportedFormat {
         path: src.path().into(),
         format: "device cuda".into(),
@@ -186,13 +193,14 @@ impl Engine {
                 if num_blocks == 0 {
                     return Err(Error::Config(format!("the KV cache budget of {} bytes holds no block of {bytes_per_block} bytes", ecfg.kv_cache_bytes)));
                 }
-                Runner::start_cpu(Arc::from(src), ecfg.tp, KvPlan { num_blocks, block_size: ecfg.block_size })?
+                let plan = KvPlan { num_blocks, block_size: ecfg.block_size };
+                Runner::start_cpu_with(Arc::from(src), ecfg.tp, plan, ecfg.weights)?
             }
             Device::Cuda { gpu_ids, kv_fraction } => {
                 if gpu_ids.len() != ecfg.tp {
                     return Err(Error::Config(format!("{} GPU ids for tensor-parallel size {}", gpu_ids.len(), ecfg.tp)));
                 }
-                start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks)?
+                start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks, ecfg.weights)?
             }
         };
         let num_blocks = runner.num_blocks;

@@ -1,7 +1,7 @@
 //! Tensor-parallel execution: one thread per rank, each owning its weight shard and KV cache. Every step is
 //! sent to all ranks; rank 0 returns the sampled tokens (or, when asked, the logits).
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, SeqMeta, StepMeta};
+use crate::backend::{Backend, SeqMeta, StepMeta, WeightFormat};
 use crate::comm::local::LocalComm;
 use crate::comm::Communicator;
 use crate::loader::CheckpointSource;
@@ -117,8 +117,13 @@ impl<B: Backend> KvSizing<B> {
 impl Runner {
     /// Loads `src` on `tp` CPU ranks (threads with in-process collectives).
     pub fn start_cpu(src: Arc<dyn CheckpointSource>, tp: usize, kv: KvPlan) -> Result<Runner> {
+        Self::start_cpu_with(src, tp, kv, WeightFormat::AsLoaded)
+    }
+
+    /// `start_cpu` with the matmul weights held in `fmt` (e.g. int8, quantized at load).
+    pub fn start_cpu_with(src: Arc<dyn CheckpointSource>, tp: usize, kv: KvPlan, fmt: WeightFormat) -> Result<Runner> {
         let ranks = LocalComm::group(tp).into_iter().map(|c| (CpuBackend, c)).collect();
-        Self::start(src, ranks, kv)
+        Self::spawn(src, ranks, KvSizing::Fixed(kv), fmt)
     }
 
     /// Loads `src` on the GPUs `gpu_ids` (rank = position in the list), one thread per GPU, NCCL between them.
@@ -126,6 +131,14 @@ impl Runner {
     /// `max_blocks`); the ranks agree on the smallest count, reported by `Runner::num_blocks`.
     #[cfg(feature = "cuda")]
     pub fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64, max_blocks: Option<usize>) -> Result<Runner> {
+        Self::start_cuda_with(src, gpu_ids, block_size, kv_fraction, max_blocks, WeightFormat::AsLoaded)
+    }
+
+    /// `start_cuda` with the matmul weights in `fmt` (the CUDA backend refuses formats it lacks).
+    #[cfg(feature = "cuda")]
+    #[rustfmt::skip]
+    pub fn start_cuda_with(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64,
+                           max_blocks: Option<usize>, fmt: WeightFormat) -> Result<Runner> {
         use crate::backend::cuda::CudaBackend;
         use crate::comm::nccl::NcclComm;
         if gpu_ids.is_empty() || block_size == 0 {
@@ -142,22 +155,26 @@ impl Runner {
             let n = (free as f64 * kv_fraction) as usize / bytes.max(1);
             Ok(max_blocks.map_or(n, |m| n.min(m)))
         });
-        Self::start_sized(src, backends.into_iter().zip(comms).collect(), block_size, blocks_for)
+        let ranks: Vec<_> = backends.into_iter().zip(comms).collect();
+        let agree = Arc::new(Agree { counts: Mutex::new(Vec::new()), barrier: Barrier::new(ranks.len()) });
+        Self::spawn(src, ranks, KvSizing::Sized { block_size, blocks_for, agree }, fmt)
     }
 
     /// Spawns one thread per (backend, communicator) pair; each loads its shard and allocates its cache.
     pub fn start<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>, kv: KvPlan) -> Result<Runner> {
-        Self::spawn(src, ranks, KvSizing::Fixed(kv))
+        Self::spawn(src, ranks, KvSizing::Fixed(kv), WeightFormat::AsLoaded)
     }
 
     /// Like `start`, but each rank sizes its KV cache after loading its weights with `blocks_for(backend,
     /// bytes_per_block)`; all ranks take the smallest count, which `Runner::num_blocks` reports.
     pub fn start_sized<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>, block_size: usize, blocks_for: BlocksFor<B>) -> Result<Runner> {
         let agree = Arc::new(Agree { counts: Mutex::new(Vec::new()), barrier: Barrier::new(ranks.len()) });
-        Self::spawn(src, ranks, KvSizing::Sized { block_size, blocks_for, agree })
+        Self::spawn(src, ranks, KvSizing::Sized { block_size, blocks_for, agree }, WeightFormat::AsLoaded)
     }
 
-    fn spawn<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>, kv: KvSizing<B>) -> Result<Runner> {
+    #[rustfmt::skip]
+    fn spawn<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>,
+                                                       kv: KvSizing<B>, fmt: WeightFormat) -> Result<Runner> {
         let (res_tx, results) = channel();
         let (ready_tx, ready_rx) = channel::<Result<usize>>();
         let mut jobs = Vec::new();
@@ -170,7 +187,7 @@ impl Runner {
             let rank = comm.rank();
             let t = std::thread::Builder::new()
                 .name(format!("llama-rank{rank}"))
-                .spawn(move || rank_loop(src, backend, comm, kv, job_rx, res_tx, ready_tx))
+                .spawn(move || rank_loop(src, backend, comm, kv, fmt, job_rx, res_tx, ready_tx))
                 .map_err(|e| Error::Internal(format!("cannot spawn rank thread: {e}")))?;
             threads.push(t);
         }
@@ -233,13 +250,15 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     backend: B,
     comm: C,
     kv: KvSizing<B>,
+    fmt: WeightFormat,
     jobs: Receiver<Arc<StepInput>>,
     results: Sender<(usize, Result<StepOutput>)>,
     ready: Sender<Result<usize>>,
 ) {
     let rank = comm.rank();
     // A panic while loading must not leave the other ranks waiting at the KV-size vote.
-    let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Llama::load(src.as_ref(), backend, comm)))
+    let load = || Llama::load_with(src.as_ref(), backend, comm, fmt);
+    let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
         .unwrap_or_else(|_| Err(Error::Internal(format!("rank {rank} panicked while loading"))));
     let setup = match kv {
         KvSizing::Fixed(p) => setup.and_then(|m| Ok((m.new_kv_cache(p.num_blocks, p.block_size)?, m))),

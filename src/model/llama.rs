@@ -1,7 +1,7 @@
 //! The Llama-2 forward pass over any `Backend` and `Communicator`: RMSNorm, split-halves RoPE, grouped-query
 //! attention on a paged KV cache, SwiGLU, untied LM head. One instance is one tensor-parallel rank.
 use super::shard::ShardSpec;
-use crate::backend::{AttnDims, Backend, StepMeta};
+use crate::backend::{AttnDims, Backend, StepMeta, WeightFormat};
 use crate::comm::Communicator;
 use crate::config::LlamaConfig;
 use crate::loader::{CheckpointSource, Progress, canonical_shape, layer_name};
@@ -46,6 +46,11 @@ pub struct Llama<B: Backend, C: Communicator<B>> {
 impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     /// Reads every tensor from `src`, keeps this rank's shard, and uploads it. Logs progress.
     pub fn load(src: &dyn CheckpointSource, backend: B, comm: C) -> Result<Self> {
+        Self::load_with(src, backend, comm, WeightFormat::AsLoaded)
+    }
+
+    /// `load` with the matmul weights (not the embedding and norms) held in `fmt`.
+    pub fn load_with(src: &dyn CheckpointSource, backend: B, comm: C, fmt: WeightFormat) -> Result<Self> {
         let cfg = src.config().clone();
         let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
         ShardSpec::check(&cfg, shard.world)?;
@@ -58,7 +63,10 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
                 return Err(Error::TensorShape { path: src.path().into(), name: name.into(), expected: want, got: t.shape });
             }
             progress.add(t.nbytes() as u64);
-            backend.upload(shard.shard(&cfg, name, t))
+            let t = shard.shard(&cfg, name, t);
+            const MATMULS: [&str; 7] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"];
+            let matmul = name == "lm_head" || MATMULS.iter().any(|m| name.ends_with(m));
+            if matmul { backend.upload_matmul(t, fmt) } else { backend.upload(t) }
         };
         let tok_emb = get("tok_emb")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);

@@ -2,16 +2,18 @@
 //! contradictions refused naming the field, and auto-complete of inputs/outputs when the config omits them.
 use super::interface::{INPUTS, Limits, OUTPUTS};
 use super::server::ServeSettings;
+use crate::backend::WeightFormat;
 use crate::engine::{Device, EngineConfig};
 use crate::{Error, Result};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
-pub const PARAMS: [&str; 19] = [
+pub const PARAMS: [&str; 20] = [
     "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
     "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
     "block_size", "max_batched_tokens", "num_blocks", "engine_threads", "kv_cache_fraction", "mixed_prefill_tokens",
+    "weight_dtype",
 ];
 
 /// Everything a model's config decides.
@@ -117,6 +119,11 @@ impl ModelSettings {
             max_batched_tokens: num(cfg, "max_batched_tokens")?.unwrap_or(d.max_batched_tokens),
             mixed_prefill_tokens: num(cfg, "mixed_prefill_tokens")?,
             max_model_len: max_input_len.map(|i| i + max_output_len),
+            weights: match param(cfg, "weight_dtype") {
+                None => WeightFormat::AsLoaded,
+                Some(s) => WeightFormat::parse(&s)
+                    .map_err(|e| Error::Config(format!("parameter `weight_dtype`: {e}")))?,
+            },
         };
         let stop_strings = match param(cfg, "stop_strings") {
             None => None,

@@ -6,7 +6,7 @@ mod ffi;
 pub mod meta;
 pub mod sample;
 
-use super::{AttnDims, Backend, StepMeta};
+use super::{AttnDims, Backend, StepMeta, WeightFormat};
 use crate::sampling::{Picked, SampleBatch};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
@@ -209,6 +209,17 @@ impl Backend for CudaBackend {
     fn name(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         format!("cuda:{} ({name})", self.ctx.ordinal())
+    }
+
+    fn upload_matmul(&self, t: Tensor, fmt: WeightFormat) -> Result<CudaWeight> {
+        match fmt {
+            WeightFormat::AsLoaded => self.upload(t),
+            WeightFormat::Int8 => Err(Error::Config(
+                "the CUDA backend does not implement int8 weights yet: use weight_dtype bf16 (--weights bf16), \
+                 or int8 on the CPU engine"
+                    .into(),
+            )),
+        }
     }
 
     fn upload(&self, t: Tensor) -> Result<CudaWeight> {

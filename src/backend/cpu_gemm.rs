@@ -1,0 +1,927 @@
+//! CPU matmul kernels: weights packed once at load, SIMD micro-kernels chosen at run time.
+//!
+//! This is the one CPU module with `unsafe`: the AVX-512 / AVX2 intrinsics of `std::arch` and the raw output
+//! pointer that lets the rayon tasks write disjoint column slices of one output. Every SIMD function is
+//! `#[target_feature]` and is only called after `Kernel::available` confirmed the feature at run time;
+//! every pointer offset is derived from lengths checked in `gemm_with` (see the `SAFETY` notes).
+//!
+//! Layouts (out `[n, m]` = x `[n, k]` · wᵀ, w `[m, k]`):
+//! - `Bf16` weights: panels of 16 output rows; in a panel, for each pair of k, 16 lanes of two bf16
+//!   (`w[r, 2j], w[r, 2j+1]`), the operand `vdpbf16ps` takes. m is padded to 32 (two panels, one micro-tile),
+//!   k to even, with zeros.
+//! - `Q8` weights: blocks of 32 along k (q8_0-like): `q = round(w / s)` with `s = max|w| / 127` stored as f16;
+//!   per panel and block, 8 quads of k × 16 lanes × 4 bytes `q + 128` (the unsigned operand of `vpdpbusd`),
+//!   then the 16 rows' scales. Activations are quantized per 32-block to int8 at each call (q8_0 × q8_0,
+//!   as llama.cpp does); `Σ (q_w + 128) q_x − 128 Σ q_x` recovers the signed dot.
+//!
+//! A micro-tile is 32 output rows × up to 8 (bf16) or 4 (int8) activation rows, accumulated in registers over
+//! the whole of k; each rayon task owns a run of 32-row tiles and sweeps every activation row over them, so
+//! the weights stream from memory once per call for any n (a 32-row tile, at most 360 KB, stays in L2 while
+//! the row groups pass). Kernels: `avx512bf16` rounds activations to bf16 (like llama.cpp's bf16 path; opt-in);
+//! `avx512` (the default where present) and `avx2` widen the bf16 weights exactly and keep f32 activations;
+//! `portable` is plain Rust. int8 weights use `vpdpbusd` with avx512bf16/avx512 when AVX512_VNNI is present.
+//! `TL_CPU_KERNEL=avx512bf16|avx512|avx2|portable|legacy` forces one (legacy: the unpacked row-dot gemm).
+#![allow(unsafe_code)]
+use crate::tensor::{Tensor, TensorData};
+use half::f16;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+const PANEL: usize = 16;
+const TILE: usize = 32;
+const QBLOCK: usize = 32;
+/// k pairs the f32 kernels sum in f32 before folding into f64 (as the legacy gemm does), so tensor-parallel
+/// ranks, which split the sums, agree with one rank to ~1e-7.
+const FOLD_PAIRS: usize = 4;
+
+/// A micro-kernel family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// `vdpbf16ps` on bf16 activations; int8 through `vpdpbusd` (AVX512_VNNI).
+    Avx512Bf16,
+    /// f32 FMA on 16 lanes; int8 through `vpdpbusd` when AVX512_VNNI is present.
+    Avx512,
+    /// f32 FMA on 8 lanes; int8 falls back to portable.
+    Avx2,
+    /// Plain Rust loops over the packed layouts.
+    Portable,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 4] = [Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Bf16 => "avx512bf16",
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2 => "avx2",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kernel> {
+        Kernel::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Kernel::Avx512Bf16 => {
+                    is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bf16")
+                        && is_x86_feature_detected!("avx512bw")
+                }
+                Kernel::Avx512 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"),
+                Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                Kernel::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Kernel::Portable
+        }
+    }
+
+    /// The default: the fastest kernel this CPU runs that keeps f32 activations (the golden tests hold
+    /// logits to 1e-4 of transformers in f32; bf16 activations move them by ~0.2 on the fixture model).
+    /// `avx512bf16` is chosen only by `TL_CPU_KERNEL`.
+    pub fn detect() -> Kernel {
+        [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Portable)
+    }
+
+    /// Whether the int8 path of this family uses `vpdpbusd`.
+    fn vnni(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            matches!(self, Kernel::Avx512Bf16 | Kernel::Avx512) && is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// What `TL_CPU_KERNEL` asks for (read once): `None` = the unpacked legacy gemm.
+pub fn selected() -> Option<Kernel> {
+    static SEL: OnceLock<Option<Kernel>> = OnceLock::new();
+    *SEL.get_or_init(|| {
+        let want = std::env::var("TL_CPU_KERNEL").unwrap_or_default();
+        let k = match want.as_str() {
+            "" | "auto" => Some(Kernel::detect()),
+            "legacy" => None,
+            s => match Kernel::parse(s) {
+                Some(k) if k.available() => Some(k),
+                Some(k) => {
+                    log::warn!(
+                        "TL_CPU_KERNEL={s}: this CPU lacks {}; using {}",
+                        k.name(),
+                        Kernel::detect().name()
+                    );
+                    Some(Kernel::detect())
+                }
+                None => {
+                    log::warn!("TL_CPU_KERNEL={s} is not one of avx512bf16, avx512, avx2, portable, legacy; ignored");
+                    Some(Kernel::detect())
+                }
+            },
+        };
+        log::info!("CPU matmul kernel: {}", k.map_or("legacy", Kernel::name));
+        k
+    })
+}
+
+/// A weight matrix `[m, k]` in a kernel layout (see the module doc).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Packed {
+    Bf16 { m: usize, k: usize, data: Vec<u16> },
+    Q8 { m: usize, k: usize, data: Vec<u8> },
+}
+
+fn round_up(v: usize, to: usize) -> usize {
+    v.div_ceil(to) * to
+}
+
+/// Bytes of one 16-row panel of one 32-block in the Q8 layout: 8 quads × 16 lanes × 4, then 16 f16 scales.
+const Q8_PANEL_BLOCK: usize = QBLOCK * PANEL + PANEL * 2;
+
+impl Packed {
+    /// Packs a 2-D weight as bf16 (exact for bf16 weights; f32/f16 are rounded).
+    pub fn bf16(t: &Tensor) -> Packed {
+        let (m, k) = (t.shape[0], t.shape[1]);
+        let (mp, kp) = (round_up(m, TILE), k.div_ceil(2));
+        let mut data = vec![0u16; mp * kp * 2];
+        data.par_chunks_mut(PANEL * kp * 2).enumerate().for_each(|(p, panel)| {
+            let mut row = vec![0f32; k];
+            for l in 0..PANEL {
+                let r = p * PANEL + l;
+                if r >= m {
+                    break;
+                }
+                row_f32(t, r, &mut row);
+                for (c, &v) in row.iter().enumerate() {
+                    panel[((c / 2) * PANEL + l) * 2 + c % 2] = half::bf16::from_f32(v).to_bits();
+                }
+            }
+        });
+        Packed::Bf16 { m, k, data }
+    }
+
+    /// Quantizes a 2-D weight to int8 with one scale per row and 32-block of k.
+    pub fn q8(t: &Tensor) -> Packed {
+        let (m, k) = (t.shape[0], t.shape[1]);
+        let (mp, nb) = (round_up(m, TILE), k.div_ceil(QBLOCK));
+        let mut data = vec![0u8; mp / PANEL * nb * Q8_PANEL_BLOCK];
+        data.par_chunks_mut(nb * Q8_PANEL_BLOCK)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let mut row = vec![0f32; nb * QBLOCK];
+                for l in 0..PANEL {
+                    let r = p * PANEL + l;
+                    row.fill(0.0);
+                    if r < m {
+                        row_f32(t, r, &mut row[..k]);
+                    }
+                    for b in 0..nb {
+                        let xs = &row[b * QBLOCK..(b + 1) * QBLOCK];
+                        let (q, s) = quantize_block(xs);
+                        let blk = &mut panel[b * Q8_PANEL_BLOCK..(b + 1) * Q8_PANEL_BLOCK];
+                        for (c, &v) in q.iter().enumerate() {
+                            blk[((c / 4) * PANEL + l) * 4 + c % 4] = (v as i16 + 128) as u8;
+                        }
+                        let sb = f16::from_f32(s).to_bits().to_le_bytes();
+                        blk[QBLOCK * PANEL + 2 * l..QBLOCK * PANEL + 2 * l + 2].copy_from_slice(&sb);
+                    }
+                }
+            });
+        Packed::Q8 { m, k, data }
+    }
+
+    /// (output rows, inner dimension).
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Packed::Bf16 { m, k, .. } | Packed::Q8 { m, k, .. } => (*m, *k),
+        }
+    }
+
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Packed::Bf16 { data, .. } => data.len() * 2,
+            Packed::Q8 { data, .. } => data.len(),
+        }
+    }
+
+    /// The matrix these weights compute with, as f32 `[m, k]` (dequantized for Q8); for tests and drift checks.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let (m, k) = self.shape();
+        let mut out = vec![0f32; m * k];
+        match self {
+            Packed::Bf16 { data, .. } => {
+                let kp = k.div_ceil(2);
+                for r in 0..m {
+                    let (p, l) = (r / PANEL, r % PANEL);
+                    for c in 0..k {
+                        let v = data[p * PANEL * kp * 2 + ((c / 2) * PANEL + l) * 2 + c % 2];
+                        out[r * k + c] = f32::from_bits((v as u32) << 16);
+                    }
+                }
+            }
+            Packed::Q8 { data, .. } => {
+                let nb = k.div_ceil(QBLOCK);
+                for r in 0..m {
+                    let (p, l) = (r / PANEL, r % PANEL);
+                    for c in 0..k {
+                        let blk = &data[(p * nb + c / QBLOCK) * Q8_PANEL_BLOCK..];
+                        let cc = c % QBLOCK;
+                        let q = blk[((cc / 4) * PANEL + l) * 4 + cc % 4] as i16 - 128;
+                        out[r * k + c] = q as f32 * q8_scale(blk, l);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn q8_scale(blk: &[u8], l: usize) -> f32 {
+    let o = QBLOCK * PANEL + 2 * l;
+    f16::from_bits(u16::from_le_bytes([blk[o], blk[o + 1]])).to_f32()
+}
+
+fn row_f32(t: &Tensor, r: usize, dst: &mut [f32]) {
+    let k = dst.len();
+    match &t.data {
+        TensorData::F32(v) => dst.copy_from_slice(&v[r * k..(r + 1) * k]),
+        TensorData::BF16(v) => dst
+            .iter_mut()
+            .zip(&v[r * k..(r + 1) * k])
+            .for_each(|(d, s)| *d = s.to_f32()),
+        TensorData::F16(v) => dst
+            .iter_mut()
+            .zip(&v[r * k..(r + 1) * k])
+            .for_each(|(d, s)| *d = s.to_f32()),
+    }
+}
+
+/// q8_0: int8 values and the f16-representable scale `max|x| / 127`, rounded to nearest.
+fn quantize_block(xs: &[f32]) -> ([i8; QBLOCK], f32) {
+    let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let s = f16::from_f32(amax / 127.0).to_f32();
+    let mut q = [0i8; QBLOCK];
+    if s > 0.0 {
+        let inv = 1.0 / s;
+        for (q, v) in q.iter_mut().zip(xs) {
+            *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    (q, s)
+}
+
+/// Per-call activation copies in the layout a kernel reads, reused across calls on one thread.
+#[derive(Default)]
+struct Scratch {
+    f: Vec<f32>,
+    h: Vec<u16>,
+    q: Vec<i8>,
+    qs: Vec<f32>,
+    qsum: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// The output matrix shared by the tasks; each writes only its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column ranges of rows of one `&mut [f32]` that outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Activations as one kernel family reads them: row stride in elements (or bytes for int8).
+#[derive(Clone, Copy)]
+enum Acts<'a> {
+    F32 {
+        x: &'a [f32],
+        ld: usize,
+    },
+    Bf16 {
+        x: &'a [u16],
+        ld: usize,
+    },
+    Q8 {
+        q: &'a [i8],
+        s: &'a [f32],
+        sum: &'a [i32],
+        nb: usize,
+    },
+}
+
+/// out `[n, m]` = x `[n, k]` · wᵀ with the kernel `TL_CPU_KERNEL` / the CPU selects.
+pub fn gemm(out: &mut [f32], x: &[f32], w: &Packed, n: usize) {
+    gemm_with(selected().unwrap_or_else(Kernel::detect), out, x, w, n)
+}
+
+/// out `[n, m]` = x `[n, k]` · wᵀ with `kernel` (which must be `available`).
+pub fn gemm_with(kernel: Kernel, out: &mut [f32], x: &[f32], w: &Packed, n: usize) {
+    let (m, k) = w.shape();
+    assert!(
+        kernel.available(),
+        "kernel {} is not available on this CPU",
+        kernel.name()
+    );
+    assert!(
+        out.len() >= n * m && x.len() >= n * k,
+        "gemm: buffers too small for {n}x{m}x{k}"
+    );
+    if n == 0 || m == 0 {
+        return;
+    }
+    SCRATCH.with(|cell| {
+        // A gemm nested in another on this thread (a rayon worker stealing work) gets its own buffers.
+        let mut own = None;
+        let mut guard = cell.try_borrow_mut().ok();
+        let s: &mut Scratch = match guard.as_deref_mut() {
+            Some(s) => s,
+            None => own.insert(Scratch::default()),
+        };
+        let acts = prepare(kernel, w, x, n, k, s);
+        let tiles = round_up(m, TILE) / TILE;
+        let ptr = OutPtr(out.as_mut_ptr());
+        // Enough tasks to balance two cores, each a contiguous run of tiles.
+        let per_task = tiles.div_ceil(rayon::current_num_threads() * 8).max(1);
+        (0..tiles.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            let ptr = ptr;
+            for tile in task * per_task..((task + 1) * per_task).min(tiles) {
+                run_tile(kernel, w, acts, n, m, tile, ptr);
+            }
+        });
+    });
+}
+
+fn prepare<'a>(kernel: Kernel, w: &Packed, x: &[f32], n: usize, k: usize, s: &'a mut Scratch) -> Acts<'a> {
+    match w {
+        Packed::Bf16 { .. } => {
+            let ld = round_up(k, 2);
+            if kernel == Kernel::Avx512Bf16 {
+                s.h.clear();
+                s.h.resize(n * ld, 0);
+                for t in 0..n {
+                    for (d, v) in s.h[t * ld..t * ld + k].iter_mut().zip(&x[t * k..(t + 1) * k]) {
+                        *d = half::bf16::from_f32(*v).to_bits();
+                    }
+                }
+                Acts::Bf16 { x: &s.h, ld }
+            } else {
+                s.f.clear();
+                s.f.resize(n * ld, 0.0);
+                for t in 0..n {
+                    s.f[t * ld..t * ld + k].copy_from_slice(&x[t * k..(t + 1) * k]);
+                }
+                Acts::F32 { x: &s.f, ld }
+            }
+        }
+        Packed::Q8 { .. } => {
+            let nb = k.div_ceil(QBLOCK);
+            s.q.clear();
+            s.q.resize(n * nb * QBLOCK, 0);
+            s.qs.clear();
+            s.qs.resize(n * nb, 0.0);
+            s.qsum.clear();
+            s.qsum.resize(n * nb, 0);
+            let mut buf = [0f32; QBLOCK];
+            for t in 0..n {
+                for b in 0..nb {
+                    let (lo, hi) = (b * QBLOCK, ((b + 1) * QBLOCK).min(k));
+                    buf.fill(0.0);
+                    buf[..hi - lo].copy_from_slice(&x[t * k + lo..t * k + hi]);
+                    let (q, sc) = quantize_block(&buf);
+                    let i = t * nb + b;
+                    s.q[i * QBLOCK..(i + 1) * QBLOCK].copy_from_slice(&q);
+                    s.qs[i] = sc;
+                    s.qsum[i] = q.iter().map(|&v| v as i32).sum();
+                }
+            }
+            Acts::Q8 {
+                q: &s.q,
+                s: &s.qs,
+                sum: &s.qsum,
+                nb,
+            }
+        }
+    }
+}
+
+/// All activation rows against one 32-row tile.
+fn run_tile(kernel: Kernel, w: &Packed, acts: Acts, n: usize, m: usize, tile: usize, out: OutPtr) {
+    let r0 = tile * TILE;
+    let valid = (m - r0).min(TILE);
+    let mut t0 = 0;
+    while t0 < n {
+        let mut buf = [[0f32; TILE]; 8];
+        let rows = match (w, acts) {
+            (Packed::Bf16 { k, data, .. }, Acts::Bf16 { x, ld }) => {
+                let rows = (n - t0).min(8);
+                tile_bf16(kernel, data, k.div_ceil(2), tile, &x[t0 * ld..], ld, rows, &mut buf);
+                rows
+            }
+            (Packed::Bf16 { k, data, .. }, Acts::F32 { x, ld }) => {
+                let rows = (n - t0).min(if kernel == Kernel::Avx2 { 4 } else { 8 });
+                tile_f32(kernel, data, k.div_ceil(2), tile, &x[t0 * ld..], ld, rows, &mut buf);
+                rows
+            }
+            (Packed::Q8 { data, .. }, Acts::Q8 { q, s, sum, nb }) => {
+                let rows = (n - t0).min(4);
+                let xa = QActs {
+                    q: &q[t0 * nb * QBLOCK..],
+                    s: &s[t0 * nb..],
+                    sum: &sum[t0 * nb..],
+                    nb,
+                };
+                tile_q8(kernel, data, tile, xa, rows, &mut buf);
+                rows
+            }
+            _ => unreachable!("activations prepared for another weight layout"),
+        };
+        for (i, b) in buf[..rows].iter().enumerate() {
+            // SAFETY: row t0+i < n and columns r0..r0+valid < m lie inside `out` (len >= n*m, checked in
+            // gemm_with); no other task writes these columns.
+            unsafe {
+                let dst = out.0.add((t0 + i) * m + r0);
+                std::ptr::copy_nonoverlapping(b.as_ptr(), dst, valid);
+            }
+        }
+        t0 += rows;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct QActs<'a> {
+    q: &'a [i8],
+    s: &'a [f32],
+    sum: &'a [i32],
+    nb: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tile_bf16(
+    kernel: Kernel,
+    w: &[u16],
+    kp: usize,
+    tile: usize,
+    x: &[u16],
+    ld: usize,
+    rows: usize,
+    out: &mut [[f32; TILE]; 8],
+) {
+    let w = &w[tile * TILE * kp * 2..(tile + 1) * TILE * kp * 2];
+    assert!(x.len() >= (rows - 1) * ld + kp * 2 && ld >= kp * 2);
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512Bf16 {
+        // SAFETY: the caller checked `available` (avx512f + avx512bf16); slice bounds asserted above.
+        unsafe {
+            match rows {
+                1 => x86::bf16_dp::<1>(w, kp, x, ld, out),
+                2 => x86::bf16_dp::<2>(w, kp, x, ld, out),
+                3 => x86::bf16_dp::<3>(w, kp, x, ld, out),
+                4 => x86::bf16_dp::<4>(w, kp, x, ld, out),
+                5 => x86::bf16_dp::<5>(w, kp, x, ld, out),
+                6 => x86::bf16_dp::<6>(w, kp, x, ld, out),
+                7 => x86::bf16_dp::<7>(w, kp, x, ld, out),
+                _ => x86::bf16_dp::<8>(w, kp, x, ld, out),
+            }
+        }
+        return;
+    }
+    // Only the avx512bf16 kernel reads bf16 activations; others get f32 ones.
+    let _ = kernel;
+    unreachable!("bf16 activations outside the avx512bf16 kernel")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tile_f32(
+    kernel: Kernel,
+    w: &[u16],
+    kp: usize,
+    tile: usize,
+    x: &[f32],
+    ld: usize,
+    rows: usize,
+    out: &mut [[f32; TILE]; 8],
+) {
+    let w = &w[tile * TILE * kp * 2..(tile + 1) * TILE * kp * 2];
+    assert!(x.len() >= (rows - 1) * ld + kp * 2 && ld >= kp * 2);
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `kernel` was checked `available` by gemm_with; slice bounds asserted above.
+        macro_rules! dispatch {
+            ($f:ident) => {
+                unsafe {
+                    match rows {
+                        1 => x86::$f::<1>(w, kp, x, ld, out),
+                        2 => x86::$f::<2>(w, kp, x, ld, out),
+                        3 => x86::$f::<3>(w, kp, x, ld, out),
+                        4 => x86::$f::<4>(w, kp, x, ld, out),
+                        5 => x86::$f::<5>(w, kp, x, ld, out),
+                        6 => x86::$f::<6>(w, kp, x, ld, out),
+                        7 => x86::$f::<7>(w, kp, x, ld, out),
+                        _ => x86::$f::<8>(w, kp, x, ld, out),
+                    }
+                }
+            };
+        }
+        match kernel {
+            Kernel::Avx512 => return dispatch!(f32_fma512),
+            Kernel::Avx2 => return dispatch!(f32_fma256),
+            _ => {}
+        }
+    }
+    let _ = kernel;
+    portable_f32(w, kp, x, ld, rows, out)
+}
+
+/// Plain loops in the kernels' order: per lane, even then odd element of each k pair, f32 sums.
+fn portable_f32(w: &[u16], kp: usize, x: &[f32], ld: usize, rows: usize, out: &mut [[f32; TILE]; 8]) {
+    let wide = |v: u16| f32::from_bits((v as u32) << 16);
+    for (t, o) in out[..rows].iter_mut().enumerate() {
+        let xr = &x[t * ld..t * ld + kp * 2];
+        for p in 0..2 {
+            let wp = &w[p * PANEL * kp * 2..(p + 1) * PANEL * kp * 2];
+            let mut tot = [0f64; PANEL];
+            for j0 in (0..kp).step_by(FOLD_PAIRS) {
+                let mut acc = [0f32; PANEL];
+                for j in j0..(j0 + FOLD_PAIRS).min(kp) {
+                    let (xe, xo) = (xr[2 * j], xr[2 * j + 1]);
+                    let wj = &wp[j * PANEL * 2..(j + 1) * PANEL * 2];
+                    for l in 0..PANEL {
+                        acc[l] = wide(wj[2 * l]).mul_add(xe, acc[l]);
+                        acc[l] = wide(wj[2 * l + 1]).mul_add(xo, acc[l]);
+                    }
+                }
+                for (t, a) in tot.iter_mut().zip(acc) {
+                    *t += a as f64;
+                }
+            }
+            for (d, t) in o[p * PANEL..(p + 1) * PANEL].iter_mut().zip(tot) {
+                *d = t as f32;
+            }
+        }
+    }
+}
+
+fn tile_q8(kernel: Kernel, w: &[u8], tile: usize, x: QActs, rows: usize, out: &mut [[f32; TILE]; 8]) {
+    let span = 2 * x.nb * Q8_PANEL_BLOCK;
+    let w = &w[tile * span..(tile + 1) * span];
+    assert!(x.q.len() >= rows * x.nb * QBLOCK && x.s.len() >= rows * x.nb && x.sum.len() >= rows * x.nb);
+    #[cfg(target_arch = "x86_64")]
+    if kernel.vnni() {
+        // SAFETY: `vnni` confirmed avx512f + avx512bw + avx512vnni; slice bounds asserted above.
+        unsafe {
+            match rows {
+                1 => x86::q8_vnni::<1>(w, x, out),
+                2 => x86::q8_vnni::<2>(w, x, out),
+                3 => x86::q8_vnni::<3>(w, x, out),
+                _ => x86::q8_vnni::<4>(w, x, out),
+            }
+        }
+        return;
+    }
+    let _ = kernel;
+    portable_q8(w, x, rows, out)
+}
+
+fn portable_q8(w: &[u8], x: QActs, rows: usize, out: &mut [[f32; TILE]; 8]) {
+    let nb = x.nb;
+    for (t, o) in out[..rows].iter_mut().enumerate() {
+        for p in 0..2 {
+            let mut acc = [0f32; PANEL];
+            for b in 0..nb {
+                let blk = &w[(p * nb + b) * Q8_PANEL_BLOCK..(p * nb + b + 1) * Q8_PANEL_BLOCK];
+                let xq = &x.q[(t * nb + b) * QBLOCK..(t * nb + b + 1) * QBLOCK];
+                let corr = -128 * x.sum[t * nb + b];
+                for l in 0..PANEL {
+                    let mut d = corr;
+                    for c in 0..QBLOCK {
+                        d += blk[((c / 4) * PANEL + l) * 4 + c % 4] as i32 * xq[c] as i32;
+                    }
+                    acc[l] = (d as f32).mul_add(q8_scale(blk, l) * x.s[t * nb + b], acc[l]);
+                }
+            }
+            o[p * PANEL..(p + 1) * PANEL].copy_from_slice(&acc);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The x86-64 micro-kernels: one 32-row tile (two 16-row panels) × MR activation rows, register-resident
+    //! accumulators over the whole of k, results into `out[..MR]`.
+    use super::{FOLD_PAIRS, PANEL, Q8_PANEL_BLOCK, QActs, QBLOCK, TILE};
+    use std::arch::x86_64::*;
+
+    /// bf16 weights · bf16 activations with `vdpbf16ps`, f32 sums.
+    /// SAFETY (caller): avx512f + avx512bf16; `w` holds `TILE * kp * 2` values, x row t holds `kp * 2` at `t * ld`.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    pub unsafe fn bf16_dp<const MR: usize>(w: &[u16], kp: usize, x: &[u16], ld: usize, out: &mut [[f32; TILE]; 8]) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let (w0, w1) = (w.as_ptr(), unsafe { w.as_ptr().add(PANEL * kp * 2) });
+        let xp = x.as_ptr() as *const i32;
+        for j in 0..kp {
+            unsafe {
+                let a0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w0.add(j * 32) as *const _));
+                let a1: __m512bh = std::mem::transmute(_mm512_loadu_si512(w1.add(j * 32) as *const _));
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(xp.add(t * ld / 2 + j).read_unaligned()));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], a0, b);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], a1, b);
+                }
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            unsafe {
+                _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+                _mm512_storeu_ps(o.as_mut_ptr().add(PANEL), a[1]);
+            }
+        }
+    }
+
+    /// bf16 weights widened exactly (shift / mask), f32 activations, FMA on 16 lanes.
+    /// SAFETY (caller): avx512f; bounds as `bf16_dp`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn f32_fma512<const MR: usize>(w: &[u16], kp: usize, x: &[f32], ld: usize, out: &mut [[f32; TILE]; 8]) {
+        let mut tot = [[0f64; TILE]; MR];
+        let (w0, w1) = (w.as_ptr(), unsafe { w.as_ptr().add(PANEL * kp * 2) });
+        let hi = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let xp = x.as_ptr();
+        let mut j0 = 0;
+        while j0 < kp {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            for j in j0..(j0 + FOLD_PAIRS).min(kp) {
+                unsafe {
+                    let v0 = _mm512_loadu_si512(w0.add(j * 32) as *const _);
+                    let v1 = _mm512_loadu_si512(w1.add(j * 32) as *const _);
+                    let (e0, o0) = (
+                        _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)),
+                        _mm512_castsi512_ps(_mm512_and_si512(v0, hi)),
+                    );
+                    let (e1, o1) = (
+                        _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)),
+                        _mm512_castsi512_ps(_mm512_and_si512(v1, hi)),
+                    );
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let xe = _mm512_set1_ps(*xp.add(t * ld + 2 * j));
+                        let xo = _mm512_set1_ps(*xp.add(t * ld + 2 * j + 1));
+                        acc[0] = _mm512_fmadd_ps(o0, xo, _mm512_fmadd_ps(e0, xe, acc[0]));
+                        acc[1] = _mm512_fmadd_ps(o1, xo, _mm512_fmadd_ps(e1, xe, acc[1]));
+                    }
+                }
+            }
+            for (tt, a) in tot.iter_mut().zip(&acc) {
+                for (h, &v) in a.iter().enumerate() {
+                    let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+                    let up = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+                    unsafe {
+                        let p = tt.as_mut_ptr().add(h * PANEL);
+                        _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
+                        _mm512_storeu_pd(p.add(8), _mm512_add_pd(_mm512_loadu_pd(p.add(8)), up));
+                    }
+                }
+            }
+            j0 += FOLD_PAIRS;
+        }
+        for (o, tt) in out.iter_mut().zip(&tot) {
+            for (d, v) in o.iter_mut().zip(tt) {
+                *d = *v as f32;
+            }
+        }
+    }
+
+    /// As `f32_fma512` on 8 lanes, one panel of 16 rows (two registers) at a time.
+    /// SAFETY (caller): avx2 + fma; bounds as `bf16_dp`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn f32_fma256<const MR: usize>(w: &[u16], kp: usize, x: &[f32], ld: usize, out: &mut [[f32; TILE]; 8]) {
+        let hi = _mm256_set1_epi32(0xffff_0000u32 as i32);
+        let xp = x.as_ptr();
+        let mut tot = [[0f64; TILE]; MR];
+        for p in 0..2 {
+            let wp = unsafe { w.as_ptr().add(p * PANEL * kp * 2) };
+            let mut j0 = 0;
+            while j0 < kp {
+                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+                for j in j0..(j0 + FOLD_PAIRS).min(kp) {
+                    unsafe {
+                        let v0 = _mm256_loadu_si256(wp.add(j * 32) as *const _);
+                        let v1 = _mm256_loadu_si256(wp.add(j * 32 + 16) as *const _);
+                        let (e0, o0) = (
+                            _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)),
+                            _mm256_castsi256_ps(_mm256_and_si256(v0, hi)),
+                        );
+                        let (e1, o1) = (
+                            _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)),
+                            _mm256_castsi256_ps(_mm256_and_si256(v1, hi)),
+                        );
+                        for (t, acc) in acc.iter_mut().enumerate() {
+                            let xe = _mm256_set1_ps(*xp.add(t * ld + 2 * j));
+                            let xo = _mm256_set1_ps(*xp.add(t * ld + 2 * j + 1));
+                            acc[0] = _mm256_fmadd_ps(o0, xo, _mm256_fmadd_ps(e0, xe, acc[0]));
+                            acc[1] = _mm256_fmadd_ps(o1, xo, _mm256_fmadd_ps(e1, xe, acc[1]));
+                        }
+                    }
+                }
+                for (tt, a) in tot.iter_mut().zip(&acc) {
+                    for (h, &v) in a.iter().enumerate() {
+                        let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+                        let up = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+                        unsafe {
+                            let q = tt.as_mut_ptr().add(p * PANEL + h * 8);
+                            _mm256_storeu_pd(q, _mm256_add_pd(_mm256_loadu_pd(q), lo));
+                            _mm256_storeu_pd(q.add(4), _mm256_add_pd(_mm256_loadu_pd(q.add(4)), up));
+                        }
+                    }
+                }
+                j0 += FOLD_PAIRS;
+            }
+        }
+        for (o, tt) in out.iter_mut().zip(&tot) {
+            for (d, v) in o.iter_mut().zip(tt) {
+                *d = *v as f32;
+            }
+        }
+    }
+
+    /// int8 weights (stored + 128) · int8 activations with `vpdpbusd`, per-32-block f32 scaling.
+    /// SAFETY (caller): avx512f + avx512bw + avx512vnni; `w` holds two panels of `x.nb` blocks, `x` MR rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub unsafe fn q8_vnni<const MR: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
+        let nb = x.nb;
+        let mut res = [[_mm512_setzero_ps(); 2]; MR];
+        let wp = w.as_ptr();
+        let xq = x.q.as_ptr() as *const i32;
+        for b in 0..nb {
+            unsafe {
+                let (b0, b1) = (wp.add(b * Q8_PANEL_BLOCK), wp.add((nb + b) * Q8_PANEL_BLOCK));
+                let mut acc = [[_mm512_setzero_si512(); 2]; MR];
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let c = _mm512_set1_epi32(-128 * x.sum[t * nb + b]);
+                    *a = [c, c];
+                }
+                for q in 0..QBLOCK / 4 {
+                    let a0 = _mm512_loadu_si512(b0.add(q * 64) as *const _);
+                    let a1 = _mm512_loadu_si512(b1.add(q * 64) as *const _);
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let bx = _mm512_set1_epi32(xq.add((t * nb + b) * (QBLOCK / 4) + q).read_unaligned());
+                        acc[0] = _mm512_dpbusd_epi32(acc[0], a0, bx);
+                        acc[1] = _mm512_dpbusd_epi32(acc[1], a1, bx);
+                    }
+                }
+                let s0 = _mm512_cvtph_ps(_mm256_loadu_si256(b0.add(QBLOCK * PANEL) as *const _));
+                let s1 = _mm512_cvtph_ps(_mm256_loadu_si256(b1.add(QBLOCK * PANEL) as *const _));
+                for t in 0..MR {
+                    let d = _mm512_set1_ps(x.s[t * nb + b]);
+                    res[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][0]), _mm512_mul_ps(s0, d), res[t][0]);
+                    res[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][1]), _mm512_mul_ps(s1, d), res[t][1]);
+                }
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&res) {
+            unsafe {
+                _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+                _mm512_storeu_ps(o.as_mut_ptr().add(PANEL), a[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// Plain triple loop in f64.
+    fn reference(x: &[f32], w: &[f32], n: usize, m: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * m];
+        for t in 0..n {
+            for r in 0..m {
+                out[t * m + r] = (0..k).map(|c| x[t * k + c] as f64 * w[r * k + c] as f64).sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    fn bf16_tensor(m: usize, k: usize, v: &[f32]) -> Tensor {
+        Tensor {
+            shape: vec![m, k],
+            data: TensorData::BF16(v.iter().map(|&f| half::bf16::from_f32(f)).collect()),
+        }
+    }
+
+    const SHAPES: [(usize, usize, usize); 6] = [
+        (1, 37, 29),
+        (3, 33, 65),
+        (5, 1, 7),
+        (9, 70, 131),
+        (13, 100, 33),
+        (17, 45, 200),
+    ];
+
+    #[test]
+    fn bf16_packing_round_trips() {
+        for &(_, m, k) in &SHAPES {
+            let t = bf16_tensor(m, k, &rand(1, m * k, 1.0));
+            assert_eq!(Packed::bf16(&t).to_f32(), t.to_f32_vec(), "{m}x{k}");
+        }
+    }
+
+    #[test]
+    fn every_bf16_kernel_matches_a_plain_loop_on_odd_shapes() {
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+            for (i, &(n, m, k)) in SHAPES.iter().enumerate() {
+                let t = bf16_tensor(m, k, &rand(10 + i as u64, m * k, 0.5));
+                let x = rand(20 + i as u64, n * k, 2.0);
+                let w = Packed::bf16(&t);
+                let mut out = vec![f32::NAN; n * m];
+                gemm_with(kernel, &mut out, &x, &w, n);
+                // avx512bf16 rounds the activations to bf16: compare with a reference on those.
+                let xr: Vec<f32> = if kernel == Kernel::Avx512Bf16 {
+                    x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
+                } else {
+                    x.clone()
+                };
+                let want = reference(&xr, &t.to_f32_vec(), n, m, k);
+                let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(
+                    err < 1e-4 * (k as f32).sqrt(),
+                    "{} {n}x{m}x{k}: max abs error {err}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_int8_kernel_matches_a_plain_loop_on_odd_shapes() {
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+            for (i, &(n, m, k)) in SHAPES.iter().enumerate() {
+                let wf = rand(30 + i as u64, m * k, 0.5);
+                let x = rand(40 + i as u64, n * k, 2.0);
+                let w = Packed::q8(&Tensor::from_f32(&[m, k], wf.clone()));
+                let mut out = vec![f32::NAN; n * m];
+                gemm_with(kernel, &mut out, &x, &w, n);
+                // Exact reference: dequantized weights against q8_0-quantized activations.
+                let nb = k.div_ceil(QBLOCK);
+                let mut xq = vec![0f32; n * k];
+                for t in 0..n {
+                    for b in 0..nb {
+                        let (lo, hi) = (b * QBLOCK, ((b + 1) * QBLOCK).min(k));
+                        let mut buf = [0f32; QBLOCK];
+                        buf[..hi - lo].copy_from_slice(&x[t * k + lo..t * k + hi]);
+                        let (q, s) = quantize_block(&buf);
+                        for c in lo..hi {
+                            xq[t * k + c] = q[c - lo] as f32 * s;
+                        }
+                    }
+                }
+                let want = reference(&xq, &w.to_f32(), n, m, k);
+                let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(
+                    err < 1e-4 * (k as f32).sqrt(),
+                    "{} int8 {n}x{m}x{k}: max abs error {err}",
+                    kernel.name()
+                );
+                // And the quantization error itself stays small against the unquantized product.
+                let exact = reference(&x, &wf, n, m, k);
+                let rms = (exact.iter().map(|v| v * v).sum::<f32>() / exact.len() as f32).sqrt();
+                let qerr = out.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(
+                    qerr < 0.03 * rms.max(1e-3) * 4.0,
+                    "{} int8 {n}x{m}x{k}: quantization error {qerr} (rms {rms})",
+                    kernel.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_names_parse() {
+        for k in Kernel::ALL {
+            assert_eq!(Kernel::parse(k.name()), Some(k));
+        }
+        assert_eq!(Kernel::parse("sse"), None);
+        assert!(Kernel::Portable.available() && Kernel::detect().available());
+    }
+}
