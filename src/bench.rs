@@ -2,7 +2,7 @@
 //! prefill tokens/s, and weight bytes streamed per second as a ratio to a memory copy measured in the same run.
 //! The pieces both benchmarks share (steps on a synthetic batch, the decode measurement, the copy baseline
 //! and the bandwidth ratio with its printing) live here; the GPU benchmark is `backend::cuda::bench`.
-use crate::backend::SeqMeta;
+use crate::backend::{SeqMeta, WeightFormat};
 use crate::engine::runner::{KvPlan, Runner, StepInput};
 use crate::loader::CheckpointSource;
 use crate::loader::random::RandomSource;
@@ -18,6 +18,8 @@ use std::time::Instant;
 pub struct BenchReport {
     /// What was benchmarked (the checkpoint's format line).
     pub model: String,
+    /// How the matmul weights were held (`WeightFormat::name`).
+    pub weights: String,
     /// Seconds from opening the checkpoint to a ready runner (weights read and laid out).
     pub load_s: f64,
     pub model_params: usize,
@@ -160,23 +162,29 @@ pub(crate) fn decode_point(runner: &Runner, b: usize, steps: usize, blocks_per_s
 pub fn run(batches: &[usize], decode_steps: usize, prefills: &[usize]) -> Result<BenchReport> {
     let t = Instant::now();
     let src = RandomSource::new(RandomSource::bench_config(), DType::BF16, 1)?;
-    run_on(Arc::new(src), t, batches, decode_steps, prefills)
+    run_on(Arc::new(src), t, WeightFormat::AsLoaded, batches, decode_steps, prefills)
 }
 
 /// Runs the benchmark on `src` (opened at `opened`, which starts the load time): decode at each batch size
 /// (`decode_steps` timed steps after a 16-token prompt per sequence and a warm-up step), then each prefill
 /// length as one prompt in one step, after the decode points (so the weights are warm). Token ids are
 /// synthetic (any id below the vocabulary size), so no tokenizer is needed.
-pub fn run_on(src: Arc<dyn CheckpointSource>, opened: Instant, batches: &[usize], decode_steps: usize, prefills: &[usize]) -> Result<BenchReport> {
+/// `fmt` is how the matmul weights are held (int8: quantized at load; the bytes streamed per step count one
+/// byte per weight plus a 2-byte scale per 32).
+pub fn run_on(src: Arc<dyn CheckpointSource>, opened: Instant, fmt: WeightFormat, batches: &[usize], decode_steps: usize, prefills: &[usize]) -> Result<BenchReport> {
     let cfg = src.config().clone();
-    let weight_bytes: u64 = src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
-    let emb_bytes = src.tensors().iter().find(|t| t.name == "tok_emb").map_or(0, |t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64);
+    let held = |t: &crate::loader::TensorInfo| {
+        let n = t.shape.iter().product::<usize>();
+        (if fmt == WeightFormat::Int8 && t.shape.len() == 2 && t.name != "tok_emb" { n + n / 16 } else { n * t.dtype.size() }) as u64
+    };
+    let weight_bytes: u64 = src.tensors().iter().map(held).sum();
+    let emb_bytes = src.tensors().iter().find(|t| t.name == "tok_emb").map_or(0, held);
     let (block_size, vocab) = (16, cfg.vocab_size);
     let max_batch = batches.iter().cloned().max().unwrap_or(1);
     let longest = prefills.iter().cloned().max().unwrap_or(0);
     let ctx = (longest.max(16 + decode_steps + 8)).div_ceil(block_size);
     let model = src.format();
-    let runner = Runner::start_cpu(src, 1, KvPlan { num_blocks: ctx * max_batch, block_size })?;
+    let runner = Runner::start_cpu_with(src, 1, KvPlan { num_blocks: ctx * max_batch, block_size }, fmt)?;
     let load_s = opened.elapsed().as_secs_f64();
     let threads = rayon::current_num_threads();
     let copies = vec![
@@ -193,6 +201,7 @@ pub fn run_on(src: Arc<dyn CheckpointSource>, opened: Instant, batches: &[usize]
     }
     Ok(BenchReport {
         model,
+        weights: fmt.name().into(),
         load_s,
         model_params: cfg.num_params(),
         weight_bytes,

@@ -16,7 +16,7 @@ const USAGE: &str = "usage:
                          [--ignore-eos] [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
   triton-llama score CKPT (--prompt TEXT [--bos|--no-bos] | --ids 1,2,...) [--logits-out FILE] [--tp N]
                          [--device cpu|cuda:0,1,...] [--json]  (FILE: raw f32 logits [tokens, vocab])
-  triton-llama bench [--checkpoint CKPT] [--batches 1,8] [--steps N] [--prefill 256,...] [--json]
+  triton-llama bench [--checkpoint CKPT] [--weights as-loaded|int8] [--batches 1,8] [--steps N] [--prefill 256,...] [--json]
                          (without --checkpoint: a random 44M-parameter bf16 model)
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
   triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
@@ -286,22 +286,38 @@ fn score(a: &Args) -> Result<()> {
 }
 
 fn bench(a: &Args) -> Result<()> {
-    a.allow_only(&["checkpoint", "batches", "steps", "prefill"])?;
+    a.allow_only(&["checkpoint", "batches", "steps", "prefill", "weights"])?;
+    let fmt = triton_llama::backend::WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
     let (batches, prefills) = (list_or(a, "batches", &[1, 8])?, list_or(a, "prefill", &[256])?);
     let steps = a.num("steps", 32)?;
     let r = match a.get("checkpoint") {
-        None => triton_llama::bench::run(&batches, steps, &prefills)?,
-        Some(p) => {
+        None if fmt == triton_llama::backend::WeightFormat::AsLoaded => triton_llama::bench::run(&batches, steps, &prefills)?,
+        ckpt => {
             let opened = std::time::Instant::now();
-            let src = loader::open(std::path::Path::new(p))?;
-            triton_llama::bench::run_on(std::sync::Arc::from(src), opened, &batches, steps, &prefills)?
+            let src: std::sync::Arc<dyn loader::CheckpointSource> = match ckpt {
+                Some(p) => std::sync::Arc::from(loader::open(std::path::Path::new(p))?),
+                None => std::sync::Arc::new(loader::random::RandomSource::new(
+                    loader::random::RandomSource::bench_config(),
+                    triton_llama::tensor::DType::BF16,
+                    1,
+                )?),
+            };
+            triton_llama::bench::run_on(src, opened, fmt, &batches, steps, &prefills)?
         }
     };
     if a.flag("json") {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());
     }
-    println!("model: {}: {} params, {:.1} MB weights, loaded in {:.1} s, {} threads", r.model, r.model_params, r.weight_bytes as f64 / 1e6, r.load_s, r.threads);
+    println!(
+        "model: {}: {} params, {:.1} MB weights ({}), loaded in {:.1} s, {} threads",
+        r.model,
+        r.model_params,
+        r.weight_bytes as f64 / 1e6,
+        r.weights,
+        r.load_s,
+        r.threads
+    );
     triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
     for p in &r.prefill {
         println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
