@@ -187,3 +187,27 @@ fn long_prompt_is_spread_over_steps_while_others_decode() {
     let p = s.schedule();
     assert_eq!(p.items.iter().map(|i| (i.id, i.len)).collect::<Vec<_>>(), vec![(10, 40)]);
 }
+
+/// The mixed budget follows measured costs: (slowdown - 1) decode steps' worth of prompt tokens, within bounds,
+/// the initial value until both costs are known.
+#[test]
+fn step_cost_budget_is_derived_from_measured_step_times() {
+    use triton_llama::engine::step_cost::StepCost;
+    let mut c = StepCost::new(2.0, 32, 8, 2048);
+    assert_eq!(c.budget(), 32);
+    c.record(50.0, 2, 0); // decode-only step: 50 ms
+    assert_eq!(c.budget(), 32, "no prompt-token cost known yet");
+    c.record(50.0 + 64.0 * 2.5, 2, 64); // a mixed step: 2.5 ms per prompt token on top of the decode rows
+    assert_eq!((c.decode_ms(), c.token_ms()), (Some(50.0), Some(2.5)));
+    assert_eq!(c.budget(), 20); // (2 - 1) * 50 / 2.5
+    let mut slow = StepCost::new(2.0, 32, 8, 2048);
+    slow.record(1000.0, 0, 10); // prompt alone: the whole step is charged to its tokens (100 ms each)
+    slow.record(50.0, 1, 0);
+    assert_eq!(slow.budget(), 8, "never below the floor");
+    let mut fast = StepCost::new(3.0, 32, 8, 100);
+    fast.record(100.0, 4, 0);
+    fast.record(101.0, 4, 100);
+    assert_eq!(fast.budget(), 100, "never above max_batched_tokens");
+    fast.record(f64::NAN, 1, 0);
+    assert_eq!(fast.decode_ms(), Some(100.0), "a bad sample is ignored");
+}

@@ -3,6 +3,7 @@
 pub mod block_manager;
 pub mod runner;
 pub mod scheduler;
+pub mod step_cost;
 pub mod stop;
 
 use crate::loader::CheckpointSource;
@@ -12,6 +13,7 @@ use crate::{Error, Result};
 use block_manager::BlockManager;
 use runner::{KvPlan, Runner, StepInput};
 use scheduler::{Plan, Scheduler, SchedulerConfig};
+use step_cost::StepCost;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,8 +42,9 @@ pub struct EngineConfig {
     pub kv_cache_bytes: usize,
     pub max_num_seqs: usize,
     pub max_batched_tokens: usize,
-    /// Prompt tokens per step while other sequences decode (`SchedulerConfig::mixed_prefill_tokens`); None: the
-    /// device's default, [`CPU_MIXED_PREFILL_TOKENS`] on the CPU, no separate limit on CUDA.
+    /// Prompt tokens per step while other sequences decode (`SchedulerConfig::mixed_prefill_tokens`). None: on
+    /// the CPU, derived from measured step times ([`StepCost`], see [`CPU_STEP_SLOWDOWN`]); on CUDA no separate
+    /// limit.
     pub mixed_prefill_tokens: Option<usize>,
     /// Longest prompt + output; defaults to the model's `max_position_embeddings`.
     pub max_model_len: Option<usize>,
@@ -58,12 +61,15 @@ impl Default for EngineConfig {
     }
 }
 
-/// The CPU's prompt tokens per step while other sequences decode. A decode step streams every weight once, and
-/// each prompt token adds ~2 FLOPs per weight; the CPU's FLOP/s over its memory bandwidth (tens of tokens per
-/// weight pass) sets how many prompt tokens fit before a step is much slower than a decode step. Measured through
-/// Triton on a TinyLlama-1.1B-shape model, 2 cores (scripts/itl_probe.py, README "No stalls"): running streams'
-/// inter-token p99 stays within 3x their solo p99 while a 512-token prompt is prefilled.
-pub const CPU_MIXED_PREFILL_TOKENS: usize = 32;
+/// On the CPU a decode step streams every weight once and each prompt token adds ~2 FLOPs per weight, so how many
+/// prompt tokens fit beside running streams depends on the machine's FLOP/s over its bandwidth and on the model;
+/// the engine measures both costs as it runs ([`StepCost`]) and lets a step that carries decode rows take at
+/// most this multiple of a decode-only step's time. 2x leaves room for the noise of a shared machine: through
+/// Triton (scripts/itl_probe.py) the running streams' inter-token p99 stays within 3x their solo p99 while a
+/// 512-token prompt is prefilled beside them.
+pub const CPU_STEP_SLOWDOWN: f64 = 2.0;
+/// The CPU budget before any step has been measured, and its floor (a 512-token prompt in at most 64 steps).
+pub const CPU_MIXED_PREFILL_TOKENS: (usize, usize) = (32, 8);
 
 #[cfg(feature = "cuda")]
 fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64,
@@ -163,6 +169,8 @@ pub struct Engine {
     seqs: HashMap<u64, Seq>,
     add_bos: bool,
     default_stops: Vec<String>,
+    /// Measured step costs that set the scheduler's mixed prefill budget (None: the budget is fixed).
+    step_cost: Option<StepCost>,
 }
 
 impl Engine {
@@ -208,10 +216,18 @@ impl Engine {
             return Err(Error::Config("the KV cache holds no block".into()));
         }
         log::info!("KV cache: {num_blocks} blocks of {} tokens per rank", ecfg.block_size);
-        let mixed_prefill_tokens = ecfg.mixed_prefill_tokens.unwrap_or(match ecfg.device {
-            Device::Cpu => CPU_MIXED_PREFILL_TOKENS,
-            Device::Cuda { .. } => ecfg.max_batched_tokens,
-        });
+        let step_cost = match (ecfg.mixed_prefill_tokens, &ecfg.device) {
+            (None, Device::Cpu) => {
+                let (initial, min) = CPU_MIXED_PREFILL_TOKENS;
+                Some(StepCost::new(CPU_STEP_SLOWDOWN, initial, min.min(ecfg.max_batched_tokens), ecfg.max_batched_tokens))
+            }
+            _ => None,
+        };
+        let mixed_prefill_tokens = match (ecfg.mixed_prefill_tokens, &step_cost) {
+            (Some(n), _) => n,
+            (None, Some(c)) => c.budget(),
+            (None, None) => ecfg.max_batched_tokens,
+        };
         if mixed_prefill_tokens == 0 {
             return Err(Error::Config("mixed_prefill_tokens must be positive".into()));
         }
@@ -219,7 +235,7 @@ impl Engine {
             SchedulerConfig { max_num_seqs: ecfg.max_num_seqs, max_batched_tokens: ecfg.max_batched_tokens, mixed_prefill_tokens },
             BlockManager::new(num_blocks, ecfg.block_size),
         );
-        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs: HashMap::new(), add_bos, default_stops })
+        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs: HashMap::new(), add_bos, default_stops, step_cost })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -253,6 +269,10 @@ impl Engine {
     }
     pub fn has_work(&self) -> bool {
         self.sched.has_work()
+    }
+    /// The measured step costs behind the CPU's mixed prefill budget, if it is derived from them.
+    pub fn step_cost(&self) -> Option<&StepCost> {
+        self.step_cost.as_ref()
     }
 
     /// Validates and queues a request. Errors name the offending field; nothing is queued on error.
@@ -299,6 +319,9 @@ impl Engine {
 
     /// Runs one scheduling step and returns what each affected request produced.
     pub fn step(&mut self) -> Result<Vec<Output>> {
+        if let Some(c) = &self.step_cost {
+            self.sched.set_mixed_prefill_tokens(c.budget());
+        }
         let plan = self.sched.schedule();
         let mut outputs = Vec::new();
         for id in &plan.too_large {
@@ -335,6 +358,10 @@ impl Engine {
         };
         self.sched.update(&plan);
         let step_ms = started.elapsed().as_secs_f64() * 1e3;
+        if let Some(c) = &mut self.step_cost {
+            let decode_rows = plan.items.iter().filter(|i| i.len == 1 && i.sample).count();
+            c.record(step_ms, decode_rows, plan.num_tokens() - decode_rows);
+        }
         for it in &plan.items {
             let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
             if s.ids.len() == s.prompt_len {

@@ -67,6 +67,11 @@ impl Scheduler {
         Scheduler { cfg, bm, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new() }
     }
 
+    /// Changes the prompt-token cap of steps with decode rows (the engine derives it from measured step costs).
+    pub fn set_mixed_prefill_tokens(&mut self, n: usize) {
+        self.cfg.mixed_prefill_tokens = n.max(1);
+    }
+
     /// Queues a new sequence of `num_tokens` prompt tokens.
     pub fn add(&mut self, id: u64, num_tokens: usize) {
         self.seqs.insert(id, SeqState { num_tokens, num_computed: 0, blocks: Vec::new() });
