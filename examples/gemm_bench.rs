@@ -52,7 +52,7 @@ fn main() {
             data: TensorData::BF16(wf.iter().map(|&v| half::bf16::from_f32(v)).collect()),
         };
         let plain = be.upload(t.clone()).unwrap();
-        let pb = Packed::bf16(&t);
+        let pb = Packed::bf16(&t, false);
         let q8 = be.upload_matmul(t, WeightFormat::Int8).unwrap();
         let triton_llama::backend::cpu::CpuWeight::Packed(pq) = &q8 else {
             unreachable!()

@@ -160,17 +160,22 @@ pub(crate) fn decode_point(runner: &Runner, b: usize, steps: usize, blocks_per_s
 
 /// Runs the benchmark on the random bench model; `decode_steps` per batch size.
 pub fn run(batches: &[usize], decode_steps: usize, prefills: &[usize]) -> Result<BenchReport> {
+    run_with(batches, decode_steps, prefills, WeightFormat::AsLoaded)
+}
+
+/// `run` with the matmul weights held in `fmt`.
+pub fn run_with(batches: &[usize], decode_steps: usize, prefills: &[usize], fmt: WeightFormat) -> Result<BenchReport> {
     let t = Instant::now();
     let src = RandomSource::new(RandomSource::bench_config(), DType::BF16, 1)?;
-    run_on(Arc::new(src), t, WeightFormat::AsLoaded, batches, decode_steps, prefills)
+    run_on(Arc::new(src), t, fmt, batches, decode_steps, prefills)
 }
 
 /// Runs the benchmark on `src` (opened at `opened`, which starts the load time): decode at each batch size
 /// (`decode_steps` timed steps after a 16-token prompt per sequence and a warm-up step), then each prefill
 /// length as one prompt in one step, after the decode points (so the weights are warm). Token ids are
 /// synthetic (any id below the vocabulary size), so no tokenizer is needed.
-/// `fmt` is how the matmul weights are held (int8: quantized at load; the bytes streamed per step count one
-/// byte per weight plus a 2-byte scale per 32).
+/// `fmt` is how the matmul weights are held (int8: quantized at load; a decode step streams 34 bytes per 32
+/// weights, values and an f16 scale).
 pub fn run_on(src: Arc<dyn CheckpointSource>, opened: Instant, fmt: WeightFormat, batches: &[usize], decode_steps: usize, prefills: &[usize]) -> Result<BenchReport> {
     let cfg = src.config().clone();
     let held = |t: &crate::loader::TensorInfo| {

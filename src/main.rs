@@ -3,6 +3,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use triton_llama::backend::WeightFormat;
 use triton_llama::engine::{Device, Engine, EngineConfig, Request};
 use triton_llama::sampling::SamplingParams;
 use triton_llama::{Error, Result, loader};
@@ -13,15 +14,17 @@ const USAGE: &str = "usage:
   triton-llama generate CKPT --prompt TEXT [--max-tokens N] [--min-tokens N] [--temperature T] [--top-k K]
                          [--top-p P] [--seed S] [--repetition-penalty R] [--presence-penalty P]
                          [--frequency-penalty F] [--stop TEXT]... [--no-default-stops] [--ban TEXT]...
-                         [--ignore-eos] [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--json]
+                         [--ignore-eos] [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--weights W] [--json]
   triton-llama score CKPT (--prompt TEXT [--bos|--no-bos] | --ids 1,2,...) [--logits-out FILE] [--tp N]
-                         [--device cpu|cuda:0,1,...] [--json]  (FILE: raw f32 logits [tokens, vocab])
-  triton-llama bench [--checkpoint CKPT] [--weights as-loaded|int8] [--batches 1,8] [--steps N] [--prefill 256,...] [--json]
+                         [--device cpu|cuda:0,1,...] [--weights W] [--json]  (FILE: raw f32 logits [tokens, vocab])
+  triton-llama bench [--checkpoint CKPT] [--weights W] [--batches 1,8] [--steps N] [--prefill 256,...] [--json]
                          (without --checkpoint: a random 44M-parameter bf16 model)
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
   triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
                          (needs a build with --features cuda; random Llama-2-7B-shape weights)
-CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).";
+CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).
+W (matmul weights): as-loaded (default: the checkpoint's dtype, f32 activations), bf16 (bf16 dot products,
+  AVX512_BF16 on the CPU) or int8 (quantized at load, blocks of 32; CPU only).";
 
 /// Parsed command line: positional arguments, repeated `--key value` options and bare flags.
 struct Args {
@@ -188,13 +191,14 @@ fn engine_for(a: &Args) -> Result<Engine> {
             (Device::Cuda { kv_fraction: 0.9, gpu_ids: gpu_ids.clone() }, gpu_ids.len())
         }
     };
-    Engine::new(src, EngineConfig { device, tp, max_num_seqs: 1, ..Default::default() })
+    let weights = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
+    Engine::new(src, EngineConfig { device, tp, max_num_seqs: 1, weights, ..Default::default() })
 }
 
 fn generate(a: &Args) -> Result<()> {
     a.allow_only(&[
         "prompt", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "seed", "repetition-penalty",
-        "presence-penalty", "frequency-penalty", "stop", "ban", "tp", "device",
+        "presence-penalty", "frequency-penalty", "stop", "ban", "tp", "device", "weights",
     ])?;
     let loading = std::time::Instant::now();
     let mut engine = engine_for(a)?;
@@ -257,7 +261,7 @@ fn generate(a: &Args) -> Result<()> {
 }
 
 fn score(a: &Args) -> Result<()> {
-    a.allow_only(&["prompt", "ids", "logits-out", "tp", "device"])?;
+    a.allow_only(&["prompt", "ids", "logits-out", "tp", "device", "weights"])?;
     let mut engine = engine_for(a)?;
     let ids = match a.get("ids") {
         Some(v) => v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--ids: cannot parse `{x}`")))).collect::<Result<Vec<u32>>>()?,
@@ -287,22 +291,15 @@ fn score(a: &Args) -> Result<()> {
 
 fn bench(a: &Args) -> Result<()> {
     a.allow_only(&["checkpoint", "batches", "steps", "prefill", "weights"])?;
-    let fmt = triton_llama::backend::WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
+    let fmt = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
     let (batches, prefills) = (list_or(a, "batches", &[1, 8])?, list_or(a, "prefill", &[256])?);
     let steps = a.num("steps", 32)?;
     let r = match a.get("checkpoint") {
-        None if fmt == triton_llama::backend::WeightFormat::AsLoaded => triton_llama::bench::run(&batches, steps, &prefills)?,
-        ckpt => {
+        None => triton_llama::bench::run_with(&batches, steps, &prefills, fmt)?,
+        Some(p) => {
             let opened = std::time::Instant::now();
-            let src: std::sync::Arc<dyn loader::CheckpointSource> = match ckpt {
-                Some(p) => std::sync::Arc::from(loader::open(std::path::Path::new(p))?),
-                None => std::sync::Arc::new(loader::random::RandomSource::new(
-                    loader::random::RandomSource::bench_config(),
-                    triton_llama::tensor::DType::BF16,
-                    1,
-                )?),
-            };
-            triton_llama::bench::run_on(src, opened, fmt, &batches, steps, &prefills)?
+            let src = loader::open(std::path::Path::new(p))?;
+            triton_llama::bench::run_on(std::sync::Arc::from(src), opened, fmt, &batches, steps, &prefills)?
         }
     };
     if a.flag("json") {

@@ -267,10 +267,12 @@ impl Backend for CpuBackend {
         if t.shape.len() != 2 {
             return Err(Error::Internal(format!("matmul weight of shape {:?}", t.shape)));
         }
-        Ok(match (fmt, t.dtype(), cpu_gemm::selected()) {
-            (WeightFormat::Int8, _, _) => CpuWeight::Packed(Packed::q8(&t)),
-            (WeightFormat::AsLoaded, crate::tensor::DType::BF16, Some(_)) => CpuWeight::Packed(Packed::bf16(&t)),
-            (WeightFormat::AsLoaded, _, _) => CpuWeight::Plain(t),
+        let legacy = cpu_gemm::selected() == cpu_gemm::Choice::Legacy;
+        Ok(match (fmt, t.dtype()) {
+            (WeightFormat::Int8, _) => CpuWeight::Packed(Packed::q8(&t)),
+            (WeightFormat::Bf16, _) => CpuWeight::Packed(Packed::bf16(&t, true)),
+            (WeightFormat::AsLoaded, crate::tensor::DType::BF16) if !legacy => CpuWeight::Packed(Packed::bf16(&t, false)),
+            (WeightFormat::AsLoaded, _) => CpuWeight::Plain(t),
         })
     }
 

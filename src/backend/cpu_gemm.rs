@@ -108,39 +108,47 @@ impl Kernel {
     }
 }
 
-/// What `TL_CPU_KERNEL` asks for (read once): `None` = the unpacked legacy gemm.
-pub fn selected() -> Option<Kernel> {
-    static SEL: OnceLock<Option<Kernel>> = OnceLock::new();
+/// What `TL_CPU_KERNEL` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Unset or `auto`: `Kernel::detect`, or avx512bf16 for weights packed with bf16 activations.
+    Auto,
+    /// `legacy`: matmul weights stay unpacked and take the row-dot gemm of `cpu.rs`.
+    Legacy,
+    /// One kernel for every matmul.
+    Forced(Kernel),
+}
+
+/// `TL_CPU_KERNEL`, read once.
+pub fn selected() -> Choice {
+    static SEL: OnceLock<Choice> = OnceLock::new();
     *SEL.get_or_init(|| {
         let want = std::env::var("TL_CPU_KERNEL").unwrap_or_default();
-        let k = match want.as_str() {
-            "" | "auto" => Some(Kernel::detect()),
-            "legacy" => None,
+        let c = match want.as_str() {
+            "" | "auto" => Choice::Auto,
+            "legacy" => Choice::Legacy,
             s => match Kernel::parse(s) {
-                Some(k) if k.available() => Some(k),
+                Some(k) if k.available() => Choice::Forced(k),
                 Some(k) => {
-                    log::warn!(
-                        "TL_CPU_KERNEL={s}: this CPU lacks {}; using {}",
-                        k.name(),
-                        Kernel::detect().name()
-                    );
-                    Some(Kernel::detect())
+                    log::warn!("TL_CPU_KERNEL={s}: this CPU lacks {}; choosing automatically", k.name());
+                    Choice::Auto
                 }
                 None => {
                     log::warn!("TL_CPU_KERNEL={s} is not one of avx512bf16, avx512, avx2, portable, legacy; ignored");
-                    Some(Kernel::detect())
+                    Choice::Auto
                 }
             },
         };
-        log::info!("CPU matmul kernel: {}", k.map_or("legacy", Kernel::name));
-        k
+        log::info!("CPU matmul kernel: {c:?} (default {})", Kernel::detect().name());
+        c
     })
 }
 
 /// A weight matrix `[m, k]` in a kernel layout (see the module doc).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Packed {
-    Bf16 { m: usize, k: usize, data: Vec<u16> },
+    /// `bf16_acts`: multiply with activations rounded to bf16 (`vdpbf16ps`) where the CPU has it.
+    Bf16 { m: usize, k: usize, data: Vec<u16>, bf16_acts: bool },
     Q8 { m: usize, k: usize, data: Vec<u8> },
 }
 
@@ -152,8 +160,9 @@ fn round_up(v: usize, to: usize) -> usize {
 const Q8_PANEL_BLOCK: usize = QBLOCK * PANEL + PANEL * 2;
 
 impl Packed {
-    /// Packs a 2-D weight as bf16 (exact for bf16 weights; f32/f16 are rounded).
-    pub fn bf16(t: &Tensor) -> Packed {
+    /// Packs a 2-D weight as bf16 (exact for bf16 weights; f32/f16 are rounded), for f32 activations or,
+    /// with `bf16_acts`, bf16 ones.
+    pub fn bf16(t: &Tensor, bf16_acts: bool) -> Packed {
         let (m, k) = (t.shape[0], t.shape[1]);
         let (mp, kp) = (round_up(m, TILE), k.div_ceil(2));
         let mut data = vec![0u16; mp * kp * 2];
@@ -170,7 +179,7 @@ impl Packed {
                 }
             }
         });
-        Packed::Bf16 { m, k, data }
+        Packed::Bf16 { m, k, data, bf16_acts }
     }
 
     /// Quantizes a 2-D weight to int8 with one scale per row and 32-block of k.
@@ -323,9 +332,14 @@ enum Acts<'a> {
     },
 }
 
-/// out `[n, m]` = x `[n, k]` · wᵀ with the kernel `TL_CPU_KERNEL` / the CPU selects.
+/// out `[n, m]` = x `[n, k]` · wᵀ with the kernel `TL_CPU_KERNEL`, the weight and the CPU select.
 pub fn gemm(out: &mut [f32], x: &[f32], w: &Packed, n: usize) {
-    gemm_with(selected().unwrap_or_else(Kernel::detect), out, x, w, n)
+    let kernel = match (selected(), w) {
+        (Choice::Forced(k), _) => k,
+        (_, Packed::Bf16 { bf16_acts: true, .. }) if Kernel::Avx512Bf16.available() => Kernel::Avx512Bf16,
+        _ => Kernel::detect(),
+    };
+    gemm_with(kernel, out, x, w, n)
 }
 
 /// out `[n, m]` = x `[n, k]` · wᵀ with `kernel` (which must be `available`).
@@ -629,24 +643,36 @@ mod x86 {
     /// SAFETY (caller): avx512f + avx512bf16; `w` holds `TILE * kp * 2` values, x row t holds `kp * 2` at `t * ld`.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
     pub unsafe fn bf16_dp<const MR: usize>(w: &[u16], kp: usize, x: &[u16], ld: usize, out: &mut [[f32; TILE]; 8]) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        // Two sets of sums (even and odd pairs) when few rows leave the dot-product latency exposed.
+        let mut acc = [[[_mm512_setzero_ps(); 2]; MR]; 2];
         let (w0, w1) = (w.as_ptr(), unsafe { w.as_ptr().add(PANEL * kp * 2) });
         let xp = x.as_ptr() as *const i32;
-        for j in 0..kp {
-            unsafe {
-                let a0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w0.add(j * 32) as *const _));
-                let a1: __m512bh = std::mem::transmute(_mm512_loadu_si512(w1.add(j * 32) as *const _));
-                for (t, acc) in acc.iter_mut().enumerate() {
-                    let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(xp.add(t * ld / 2 + j).read_unaligned()));
-                    acc[0] = _mm512_dpbf16_ps(acc[0], a0, b);
-                    acc[1] = _mm512_dpbf16_ps(acc[1], a1, b);
-                }
+        let step = |acc: &mut [[__m512; 2]; MR], j: usize| unsafe {
+            let a0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w0.add(j * 32) as *const _));
+            let a1: __m512bh = std::mem::transmute(_mm512_loadu_si512(w1.add(j * 32) as *const _));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(xp.add(t * ld / 2 + j).read_unaligned()));
+                acc[0] = _mm512_dpbf16_ps(acc[0], a0, b);
+                acc[1] = _mm512_dpbf16_ps(acc[1], a1, b);
+            }
+        };
+        let mut j = 0;
+        if MR <= 4 {
+            let [even, odd] = &mut acc;
+            while j + 2 <= kp {
+                step(even, j);
+                step(odd, j + 1);
+                j += 2;
             }
         }
-        for (o, a) in out.iter_mut().zip(&acc) {
+        while j < kp {
+            step(&mut acc[0], j);
+            j += 1;
+        }
+        for (t, o) in out[..MR].iter_mut().enumerate() {
             unsafe {
-                _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
-                _mm512_storeu_ps(o.as_mut_ptr().add(PANEL), a[1]);
+                _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(acc[0][t][0], acc[1][t][0]));
+                _mm512_storeu_ps(o.as_mut_ptr().add(PANEL), _mm512_add_ps(acc[0][t][1], acc[1][t][1]));
             }
         }
     }
@@ -843,7 +869,7 @@ mod tests {
     fn bf16_packing_round_trips() {
         for &(_, m, k) in &SHAPES {
             let t = bf16_tensor(m, k, &rand(1, m * k, 1.0));
-            assert_eq!(Packed::bf16(&t).to_f32(), t.to_f32_vec(), "{m}x{k}");
+            assert_eq!(Packed::bf16(&t, false).to_f32(), t.to_f32_vec(), "{m}x{k}");
         }
     }
 
@@ -853,7 +879,7 @@ mod tests {
             for (i, &(n, m, k)) in SHAPES.iter().enumerate() {
                 let t = bf16_tensor(m, k, &rand(10 + i as u64, m * k, 0.5));
                 let x = rand(20 + i as u64, n * k, 2.0);
-                let w = Packed::bf16(&t);
+                let w = Packed::bf16(&t, false);
                 let mut out = vec![f32::NAN; n * m];
                 gemm_with(kernel, &mut out, &x, &w, n);
                 // avx512bf16 rounds the activations to bf16: compare with a reference on those.

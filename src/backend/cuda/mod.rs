@@ -213,10 +213,11 @@ impl Backend for CudaBackend {
 
     fn upload_matmul(&self, t: Tensor, fmt: WeightFormat) -> Result<CudaWeight> {
         match fmt {
-            WeightFormat::AsLoaded => self.upload(t),
+            // The GPU's GEMMs already take bf16 activations.
+            WeightFormat::AsLoaded | WeightFormat::Bf16 => self.upload(t),
             WeightFormat::Int8 => Err(Error::Config(
-                "the CUDA backend does not implement int8 weights yet: use weight_dtype bf16 (--weights bf16), \
-                 or int8 on the CPU engine"
+                "the CUDA backend does not implement int8 weights yet: use weight_dtype as-loaded or bf16 \
+                 (--weights bf16), or int8 on the CPU engine"
                     .into(),
             )),
         }
