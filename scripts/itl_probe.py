@@ -12,8 +12,12 @@ Inter-token latency is client-side: the gap between two responses divided by the
 Prints one JSON line: solo and contended p50/p99/max (ms), the ratio contended p99 / solo p99, the long
 prompt's time to its token, and the engine settings. A measurement, never a pass/fail test.
 
+With --throughput 1,4 it measures instead output tokens/s at each concurrency: that many clients, each sending
+--requests streaming requests back to back (short prompt, TOKENS new tokens, EOS ignored), total tokens over
+the wall time, the concurrencies interleaved twice on one server; and the ratio of each to the first.
+
 Usage: .venv/bin/python scripts/itl_probe.py CHECKPOINT [--streams 2] [--tokens 64] [--long 512]
-           [--mixed_prefill_tokens N] [--max_batched_tokens N]
+           [--mixed_prefill_tokens N] [--max_batched_tokens N] [--throughput 1,4 [--requests 3]]
 """
 import argparse
 import json
@@ -127,6 +131,25 @@ def run_streams(url, n, text, tokens, long_text=None):
     return streams, long
 
 
+def throughput(url, c, text, tokens, requests):
+    """Output tokens/s of c clients each sending `requests` requests back to back."""
+    def client():
+        for _ in range(requests):
+            s = Stream(url, "llama_stream", text, tokens)
+            s.done.wait(600)
+            s.close()
+            if s.error:
+                raise RuntimeError(s.error)
+
+    threads = [threading.Thread(target=client) for _ in range(c)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return c * requests * tokens / (time.perf_counter() - t)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
@@ -136,12 +159,14 @@ def main():
     p.add_argument("--mixed_prefill_tokens", type=int, default=None)
     p.add_argument("--max_batched_tokens", type=int, default=None)
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"))
+    p.add_argument("--throughput", default=None, help="comma list of concurrencies: measure output tokens/s instead")
+    p.add_argument("--requests", type=int, default=3, help="--throughput: requests per client per measurement")
     a = p.parse_args()
     http, grpc, metrics = free_ports(3)
     tmp = tempfile.mkdtemp(prefix="itl_probe_")
     cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", f"{tmp}/repo", "--hf_checkpoint",
            a.checkpoint, "--triton_port", str(http), "--grpc_port", str(grpc), "--metrics_port", str(metrics),
-           "--max_num_seqs", str(a.streams + 2), "--cli", a.cli]
+           "--max_num_seqs", str(max([a.streams + 2] + [int(c) for c in (a.throughput or "1").split(",")])), "--cli", a.cli]
     for k in ("mixed_prefill_tokens", "max_batched_tokens"):
         if getattr(a, k) is not None:
             cmd += [f"--{k}", str(getattr(a, k))]
@@ -161,6 +186,17 @@ def main():
             time.sleep(0.3)
         url = f"localhost:{grpc}"
         short = prompt_of(a.cli, a.checkpoint, 16)
+        if a.throughput:
+            cs = [int(c) for c in a.throughput.split(",")]
+            run_streams(url, max(cs), short, 8)  # warm-up
+            tps = {c: [] for c in cs}
+            for _ in range(2):
+                for c in cs:
+                    tps[c].append(throughput(url, c, short, a.tokens, a.requests))
+            mean = {c: sum(v) / len(v) for c, v in tps.items()}
+            print(json.dumps({"checkpoint": a.checkpoint, "tokens": a.tokens, "requests_per_client": a.requests,
+                              "output_tok_s": tps, "ratio_to_first": {c: mean[c] / mean[cs[0]] for c in cs}}))
+            return
         long_text = prompt_of(a.cli, a.checkpoint, a.long)
         run_streams(url, a.streams, short, 8)  # warm-up
         solo, _ = run_streams(url, a.streams, short, a.tokens)
