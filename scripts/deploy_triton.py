@@ -52,7 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
     p.add_argument("--max_batched_tokens", type=int, default=None, help="tokens per engine step at most (default 2048)")
     p.add_argument("--mixed_prefill_tokens", type=int, default=None,
-                   help="prompt tokens per step while other streams decode (default: CPU 32, CUDA no separate limit)")
+                   help="prompt tokens per step while other streams decode (default: CPU from measured step costs, CUDA no separate limit)")
+    p.add_argument("--weight_dtype", choices=["as-loaded", "bf16", "int8"], default="as-loaded",
+                   help="matmul weights: the checkpoint's dtype with f32 activations, bf16 dot products "
+                        "(AVX512_BF16), or int8 quantized at load (CPU only)")
     p.add_argument("-dm", "--debug_mode", default="False")
     p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"), help="triton-llama binary (writes the demo model)")
@@ -132,6 +135,7 @@ def write_repository(a):
         "block_size": a.block_size or "",
         "max_batched_tokens": a.max_batched_tokens or "",
         "mixed_prefill_tokens": a.mixed_prefill_tokens or "",
+        "weight_dtype": "" if a.weight_dtype == "as-loaded" else a.weight_dtype,
     }
     for name, decoupled in ((a.triton_model_name, "false"), (a.triton_model_name + "_stream", "true")):
         d = repo / name

@@ -210,6 +210,9 @@ mod tests {
         assert_eq!(s.limits.default_max_tokens, 20);
         assert!(s.limits.exclude_input_default && !s.limits.decoupled);
         assert_eq!(s.serve.capacity, 16 + 64);
+        assert_eq!(s.engine.weights, WeightFormat::AsLoaded);
+        let int8 = cfg(json!({"checkpoint": "c", "weight_dtype": "int8"}));
+        assert_eq!(ModelSettings::from_config(&int8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Int8);
     }
 
     #[test]
@@ -222,6 +225,7 @@ mod tests {
         assert!(err(json!({"checkpoint": "x", "max_num_seq": "8"})).contains("unknown parameter `max_num_seq`"));
         assert!(err(json!({"checkpoint": "x", "stop_strings": "<x>"})).contains("`stop_strings`"));
         assert!(err(json!({"checkpoint": "x", "add_bos": "maybe"})).contains("`add_bos`"));
+        assert!(err(json!({"checkpoint": "x", "weight_dtype": "fp4"})).contains("`weight_dtype`"));
     }
 
     #[test]
