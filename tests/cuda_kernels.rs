@@ -6,7 +6,8 @@
 #![cfg(feature = "cuda")]
 use std::io::Write;
 use half::bf16;
-use triton_llama::backend::cpu::CpuBackend;
+use triton_llama::backend::WeightFormat;
+use triton_llama::backend::cpu::{CpuBackend, CpuWeight};
 use triton_llama::backend::cuda::{CudaBackend, device_count};
 use triton_llama::backend::{AttnDims, Backend, SeqMeta, StepMeta};
 use triton_llama::sampling::{Rng, SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of};
@@ -57,7 +58,7 @@ fn embedding_norms_silu_gather_match_cpu() {
     let table = bf16_tensor(&[v, h], &rand_vec(1, v * h, 2.0));
     let ids = [0u32, 36, 5, 5, 17];
     let (mut c_out, mut g_out) = (vec![0f32; n * h], g.alloc(n * h).unwrap());
-    CpuBackend.embedding(&mut c_out, &table, &ids, h).unwrap();
+    CpuBackend.embedding(&mut c_out, &CpuWeight::Plain(table.clone()), &ids, h).unwrap();
     let gt = g.upload(table.clone()).unwrap();
     g.embedding(&mut g_out, &gt, &ids, h).unwrap();
     assert_eq!(down(&g, &g_out, n * h), c_out, "embedding");
@@ -67,14 +68,14 @@ fn embedding_norms_silu_gather_match_cpu() {
     let gw = g.upload(w.clone()).unwrap();
     let x = rand_vec(3, n * h, 3.0);
     let mut c_norm = vec![0f32; n * h];
-    CpuBackend.rms_norm(&mut c_norm, &x, &w, n, h, 1e-5).unwrap();
+    CpuBackend.rms_norm(&mut c_norm, &x, &CpuWeight::Plain(w.clone()), n, h, 1e-5).unwrap();
     let mut g_norm = g.alloc(n * h).unwrap();
     g.rms_norm(&mut g_norm, &up(&g, &x), &gw, n, h, 1e-5).unwrap();
     assert!(max_rel(&down(&g, &g_norm, n * h), &c_norm) < 1e-5, "rms_norm");
 
     let res = rand_vec(4, n * h, 1.0);
     let (mut c_res, mut c_out) = (res.clone(), vec![0f32; n * h]);
-    CpuBackend.add_rms_norm(&mut c_res, &x, &mut c_out, &w, n, h, 1e-6).unwrap();
+    CpuBackend.add_rms_norm(&mut c_res, &x, &mut c_out, &CpuWeight::Plain(w.clone()), n, h, 1e-6).unwrap();
     let (mut g_res, mut g_out) = (up(&g, &res), g.alloc(n * h).unwrap());
     g.add_rms_norm(&mut g_res, &up(&g, &x), &mut g_out, &gw, n, h, 1e-6).unwrap();
     assert!(max_rel(&down(&g, &g_res, n * h), &c_res) < 1e-6, "add_rms_norm residual");
@@ -109,7 +110,7 @@ fn gemm_matches_cpu_on_odd_shapes() {
         // The GPU rounds activations to bf16 before the GEMM; give the CPU the same inputs.
         let x: Vec<f32> = rand_vec(100 + i as u64, n * k, 2.0).iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
         let mut c = vec![0f32; n * m];
-        CpuBackend.gemm(&mut c, &x, &w, n).unwrap();
+        CpuBackend.gemm(&mut c, &x, &CpuBackend.upload_matmul(w.clone(), WeightFormat::AsLoaded).unwrap(), n).unwrap();
         let (_, lt0, ex0) = g.gemm_stats();
         let mut o = g.alloc(n * m).unwrap();
         g.gemm(&mut o, &up(&g, &x), &g.upload(w).unwrap(), n).unwrap();
