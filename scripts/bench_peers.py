@@ -236,7 +236,8 @@ def _prefill(r, n):
 
 def table(d):
     rounds = sorted({f.split("-")[0] for f in os.listdir(d) if f.startswith("r") and f.endswith(".json")})
-    runs = {k: [_load(d, f"{r}-{k}.json") for r in rounds] for k in ("llama-bf16", "llama-q8_0", "ours-bf16", "ours-int8")}
+    kinds = ("llama-bf16", "llama-q8_0", "ours-bf16", "ours-int8")
+    runs = {k: [_load(d, f"{r}-{k}.json") for r in rounds] for k in kinds}
     rows = [  # label, peer key, ours key, getter, arg, goal
         ("decode, batch 1 (bf16)", "llama-bf16", "ours-bf16", _decode, 1, 1.1),
         ("prefill, 128 tokens (bf16)", "llama-bf16", "ours-bf16", _prefill, 128, 1.0),
@@ -267,7 +268,8 @@ def table(d):
         ratios = [b / a for a, b in zip(p, o) if a and b]
         ratio = f"**{statistics.median(ratios):.2f}**" if ratios else "n/a"
         lines.append(f"| {label} | {fmt(p)} | {fmt(o)} | {ratio} | {'>= %.1f' % goal if goal else ''} |")
-    for k, name in (("ours-bf16", "triton-llama bf16"), ("llama-bf16", "llama.cpp bf16"), ("ours-int8", "triton-llama int8"),
+    for k, name in (("ours-bf16", "triton-llama bf16"), ("llama-bf16", "llama.cpp bf16"),
+                    ("ours-int8", "triton-llama int8"),
                     ("llama-q8_0", "llama.cpp q8_0")):
         sc = [_decode(r, 8) / _decode(r, 1) for r in runs[k] if _decode(r, 8) and _decode(r, 1)]
         if sc:
@@ -275,7 +277,8 @@ def table(d):
                          f"{'>= 4.0' if k == 'ours-bf16' else ''} |")
     dr = {k: v for k, v in (_load(d, "drift.json") or {}).items() if v}
     if dr:
-        lines += ["", "Logit drift over %d positions of one prompt (max |diff| / std of the bf16 logits; argmax agreement):"
+        lines += ["", "Logit drift over %d positions of one prompt "
+                  "(max |diff| / std of the bf16 logits; argmax agreement):"
                   % next(iter(dr.values()))["positions"], ""]
         for k, v in dr.items():
             lines.append(f"- {k}: max-abs/std {v['max_abs_over_std']:.4f}, rms/std {v['rms_over_std']:.4f}, "

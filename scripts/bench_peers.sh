@@ -35,12 +35,14 @@ if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null || ! "$PY" -c 'i
 fi
 
 # --- llama.cpp runtime --------------------------------------------------------------------------------------------
-if ! .venv-peers/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" 2>/dev/null; then
+HAVE_LLAMA="import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')"
+if ! .venv-peers/bin/python -c "$HAVE_LLAMA" 2>/dev/null; then
     log "building llama-cpp-python $LLAMA_CPP_VERSION from source (several minutes on 2 cores)"
     [ -x .venv-peers/bin/python ] || "$PY" -m venv .venv-peers
     .venv-peers/bin/pip install -q --upgrade pip
     CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DCMAKE_BUILD_TYPE=Release" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-        .venv-peers/bin/pip install -q --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_VERSION"
+        .venv-peers/bin/pip install -q --no-cache-dir --no-binary llama-cpp-python \
+            "llama-cpp-python==$LLAMA_CPP_VERSION"
 fi
 SYSINFO=$(.venv-peers/bin/python -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())')
 if grep -q avx512_bf16 /proc/cpuinfo && ! grep -q "AVX512_BF16 = 1" <<<"$SYSINFO"; then
@@ -100,10 +102,12 @@ load() { cut -d' ' -f1 /proc/loadavg >> "$R/loadavg.txt"; } # other work on the 
 for r in $(seq 1 "$ROUNDS"); do
     load
     log "round $r/$ROUNDS: llama.cpp bf16"
-    .venv-peers/bin/python scripts/bench_peers.py llamacpp "$DIR/model-bf16.gguf" "$R/r$r-llama-bf16.json" 2> "$R/r$r-llama-bf16.log"
+    .venv-peers/bin/python scripts/bench_peers.py llamacpp "$DIR/model-bf16.gguf" "$R/r$r-llama-bf16.json" \
+        2> "$R/r$r-llama-bf16.log"
     load
     log "round $r/$ROUNDS: llama.cpp q8_0"
-    .venv-peers/bin/python scripts/bench_peers.py llamacpp "$DIR/model-q8_0.gguf" "$R/r$r-llama-q8_0.json" 2> "$R/r$r-llama-q8_0.log"
+    .venv-peers/bin/python scripts/bench_peers.py llamacpp "$DIR/model-q8_0.gguf" "$R/r$r-llama-q8_0.json" \
+        2> "$R/r$r-llama-q8_0.log"
     load
     log "round $r/$ROUNDS: triton-llama bf16"
     ours "$R/r$r-ours-bf16.json"
@@ -123,7 +127,8 @@ drift() { # NAME REF.npy OTHER.npy
 }
 "${P[@]}" logits "$DIR/model-bf16.gguf" "$R/llama-bf16.npy" 2>>"$DL" || log "llama.cpp bf16 logits failed (see $DL)"
 "${P[@]}" logits "$DIR/model-q8_0.gguf" "$R/llama-q8_0.npy" 2>>"$DL" || log "llama.cpp q8_0 logits failed (see $DL)"
-RAYON_NUM_THREADS=$THREADS "${P[@]}" ours-logits "$CLI" "$M" "$R/ours-bf16.npy" 2>>"$DL" || log "triton-llama logits failed (see $DL)"
+RAYON_NUM_THREADS=$THREADS "${P[@]}" ours-logits "$CLI" "$M" "$R/ours-bf16.npy" 2>>"$DL" ||
+    log "triton-llama logits failed (see $DL)"
 if [ ${#INT8[@]} -gt 0 ]; then
     RAYON_NUM_THREADS=$THREADS "${P[@]}" ours-logits "$CLI" "$M" "$R/ours-int8.npy" "${INT8[@]}" 2>>"$DL" ||
         log "triton-llama int8 logits failed: does \`score\` take ${INT8[*]}? (see $DL)"
@@ -137,6 +142,7 @@ fi
 } > "$R/drift.json"
 
 echo
-echo "triton-llama $(git rev-parse --short HEAD) vs llama.cpp $LLAMA_CPP_VERSION, $THREADS threads, $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+CPU_NAME=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
+echo "triton-llama $(git rev-parse --short HEAD) vs llama.cpp $LLAMA_CPP_VERSION, $THREADS threads, $(nproc) cores: $CPU_NAME"
 echo "llama.cpp: $SYSINFO"
 .venv-peers/bin/python scripts/bench_peers.py table "$R" | tee "$DIR/table.md"

@@ -55,7 +55,8 @@ def prompt_of(cli, ckpt, n_tokens):
         return " ".join(WORDS[i % len(WORDS)] for i in range(k))
 
     def count(k):
-        out = subprocess.run([cli, "tokenize", ckpt, "--text", text(k), "--json"], check=True, capture_output=True, text=True)
+        out = subprocess.run([cli, "tokenize", ckpt, "--text", text(k), "--json"], check=True, capture_output=True,
+                             text=True)
         return len(json.loads(out.stdout)["ids"])
 
     lo, hi = 1, n_tokens  # every word is at least one token
@@ -166,7 +167,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="itl_probe_")
     cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", f"{tmp}/repo", "--hf_checkpoint",
            a.checkpoint, "--triton_port", str(http), "--grpc_port", str(grpc), "--metrics_port", str(metrics),
-           "--max_num_seqs", str(max([a.streams + 2] + [int(c) for c in (a.throughput or "1").split(",")])), "--cli", a.cli]
+           "--max_num_seqs", str(max([a.streams + 2] + [int(c) for c in (a.throughput or "1").split(",")])),
+           "--cli", a.cli]
     for k in ("mixed_prefill_tokens", "max_batched_tokens"):
         if getattr(a, k) is not None:
             cmd += [f"--{k}", str(getattr(a, k))]
@@ -207,9 +209,11 @@ def main():
         after_long = all(s.events[-1][0] > t1 for s in busy)
         res = {
             "checkpoint": a.checkpoint, "streams": a.streams, "tokens": a.tokens, "long_prompt_tokens": a.long,
-            "mixed_prefill_tokens": a.mixed_prefill_tokens or "default", "max_batched_tokens": a.max_batched_tokens or "default",
+            "mixed_prefill_tokens": a.mixed_prefill_tokens or "default",
+            "max_batched_tokens": a.max_batched_tokens or "default",
             "solo_ms": {"p50": pct(solo_itl, 50), "p99": pct(solo_itl, 99), "max": max(solo_itl), "n": len(solo_itl)},
-            "during_long_prefill_ms": {"p50": pct(during, 50), "p99": pct(during, 99), "max": max(during, default=float("nan")),
+            "during_long_prefill_ms": {"p50": pct(during, 50), "p99": pct(during, 99),
+                                       "max": max(during, default=float("nan")),
                                        "n": len(during)},
             "p99_ratio": pct(during, 99) / pct(solo_itl, 99),
             "long_prompt_ttft_ms": (t1 - t0) * 1e3,

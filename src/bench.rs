@@ -176,11 +176,19 @@ pub fn run_with(batches: &[usize], decode_steps: usize, prefills: &[usize], fmt:
 /// synthetic (any id below the vocabulary size), so no tokenizer is needed.
 /// `fmt` is how the matmul weights are held (int8: quantized at load; a decode step streams 34 bytes per 32
 /// weights, values and an f16 scale).
-pub fn run_on(src: Arc<dyn CheckpointSource>, opened: Instant, fmt: WeightFormat, batches: &[usize], decode_steps: usize, prefills: &[usize]) -> Result<BenchReport> {
+pub fn run_on(
+    src: Arc<dyn CheckpointSource>,
+    opened: Instant,
+    fmt: WeightFormat,
+    batches: &[usize],
+    decode_steps: usize,
+    prefills: &[usize],
+) -> Result<BenchReport> {
     let cfg = src.config().clone();
     let held = |t: &crate::loader::TensorInfo| {
         let n = t.shape.iter().product::<usize>();
-        (if fmt == WeightFormat::Int8 && t.shape.len() == 2 && t.name != "tok_emb" { n + n / 16 } else { n * t.dtype.size() }) as u64
+        let int8 = fmt == WeightFormat::Int8 && t.shape.len() == 2 && t.name != "tok_emb";
+        (if int8 { n + n / 16 } else { n * t.dtype.size() }) as u64
     };
     let weight_bytes: u64 = src.tensors().iter().map(held).sum();
     let emb_bytes = src.tensors().iter().find(|t| t.name == "tok_emb").map_or(0, held);

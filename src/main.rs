@@ -227,7 +227,8 @@ fn generate(a: &Args) -> Result<()> {
         stop_token_ids: Vec::new(),
     };
     engine.add_request(Request { id: 1, prompt_ids: ids.clone(), params })?;
-    let (mut out_ids, mut text, mut logprobs, mut reason, mut timings) = (Vec::new(), String::new(), Vec::new(), "", None);
+    let (mut out_ids, mut text, mut logprobs, mut reason) = (Vec::new(), String::new(), Vec::new(), "");
+    let mut timings = None;
     let json = a.flag("json");
     let mut stdout = std::io::stdout();
     engine.run_to_completion(|o| {
@@ -253,7 +254,10 @@ fn generate(a: &Args) -> Result<()> {
             "load_s": load_s, "prompt_tokens": t.prompt_tokens, "prefill_ms": t.prefill_ms,
             "decode_tokens": t.decode_tokens, "decode_ms": t.decode_ms, "decode_ms_per_token": t.decode_ms_per_token(),
         });
-        print_json(json!({"prompt_ids": ids, "ids": out_ids, "text": text, "logprobs": logprobs, "finish_reason": reason, "timings": timings}));
+        print_json(json!({
+            "prompt_ids": ids, "ids": out_ids, "text": text, "logprobs": logprobs, "finish_reason": reason,
+            "timings": timings,
+        }));
     } else {
         println!();
     }
@@ -264,7 +268,10 @@ fn score(a: &Args) -> Result<()> {
     a.allow_only(&["prompt", "ids", "logits-out", "tp", "device", "weights"])?;
     let mut engine = engine_for(a)?;
     let ids = match a.get("ids") {
-        Some(v) => v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--ids: cannot parse `{x}`")))).collect::<Result<Vec<u32>>>()?,
+        Some(v) => v
+            .split(',')
+            .map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--ids: cannot parse `{x}`"))))
+            .collect::<Result<Vec<u32>>>()?,
         None => engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?,
     };
     let lp = match a.get("logits-out") {
@@ -275,7 +282,8 @@ fn score(a: &Args) -> Result<()> {
             let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
             std::fs::write(path, bytes).map_err(|e| Error::io(path, e))?;
             let v = engine.cfg.vocab_size;
-            (1..ids.len()).map(|i| triton_llama::sampling::logprob_of(&logits[(i - 1) * v..i * v], ids[i] as usize)).collect()
+            let lp = |i: usize| triton_llama::sampling::logprob_of(&logits[(i - 1) * v..i * v], ids[i] as usize);
+            (1..ids.len()).map(lp).collect()
         }
     };
     if a.flag("json") {

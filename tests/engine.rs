@@ -128,7 +128,8 @@ fn cli_generate_json_reports_timings() {
     assert_eq!(t["prompt_tokens"].as_u64().unwrap() as usize, n_prompt);
     assert_eq!(v["ids"].as_array().unwrap().len(), 7);
     assert_eq!(t["decode_tokens"].as_u64().unwrap(), 6, "every token after the first is a decode token");
-    let (load, prefill, decode) = (t["load_s"].as_f64().unwrap(), t["prefill_ms"].as_f64().unwrap(), t["decode_ms"].as_f64().unwrap());
+    let f = |k: &str| t[k].as_f64().unwrap();
+    let (load, prefill, decode) = (f("load_s"), f("prefill_ms"), f("decode_ms"));
     assert!(load > 0.0 && prefill > 0.0 && decode > 0.0, "{t}");
     let per_token = t["decode_ms_per_token"].as_f64().unwrap();
     assert!((per_token * 6.0 - decode).abs() <= 1e-9 * decode.max(1.0), "{t}");
@@ -173,7 +174,8 @@ fn cli_score_writes_the_logits_of_every_position() {
         let row = &logits[(i - 1) * vocab..i * vocab];
         let m = row.iter().cloned().fold(f64::MIN, f64::max);
         let from_file = row[c.input_ids[i] as usize] - m - row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
-        assert!((from_file - c.prompt_logprobs[i - 1]).abs() < 1e-4, "token {i}: {from_file} vs {}", c.prompt_logprobs[i - 1]);
+        let want = c.prompt_logprobs[i - 1];
+        assert!((from_file - want).abs() < 1e-4, "token {i}: {from_file} vs {want}");
         assert!((lp[i - 1] - c.prompt_logprobs[i - 1]).abs() < 1e-4, "token {i}");
     }
 }
@@ -219,12 +221,14 @@ fn cli_bench_runs_a_checkpoint_at_the_given_batches() {
     let decode = v["decode"].as_array().unwrap();
     assert_eq!(decode.iter().map(|d| d["batch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3]);
     for d in decode {
-        let (b, ms, tok_s) = (d["batch"].as_f64().unwrap(), d["ms_per_step"].as_f64().unwrap(), d["tok_s"].as_f64().unwrap());
+        let f = |k: &str| d[k].as_f64().unwrap();
+        let (b, ms, tok_s) = (f("batch"), f("ms_per_step"), f("tok_s"));
         assert!((tok_s - b * 1e3 / ms).abs() <= 1e-6 * tok_s, "{d}");
     }
     let prefill = v["prefill"].as_array().unwrap();
     assert_eq!(prefill.iter().map(|p| p["tokens"].as_u64().unwrap()).collect::<Vec<_>>(), [5, 17]);
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama")).args(["bench", "--batches", "1,x"]).output().unwrap();
+    let cli = env!("CARGO_BIN_EXE_triton-llama");
+    let bad = std::process::Command::new(cli).args(["bench", "--batches", "1,x"]).output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--batches"));
 }
 

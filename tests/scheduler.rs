@@ -3,7 +3,8 @@ use triton_llama::engine::block_manager::BlockManager;
 use triton_llama::engine::scheduler::{Plan, Scheduler, SchedulerConfig};
 
 fn sched(num_blocks: usize, max_num_seqs: usize, max_batched_tokens: usize) -> Scheduler {
-    Scheduler::new(SchedulerConfig { max_num_seqs, max_batched_tokens, mixed_prefill_tokens: max_batched_tokens }, BlockManager::new(num_blocks, 4))
+    let cfg = SchedulerConfig { max_num_seqs, max_batched_tokens, mixed_prefill_tokens: max_batched_tokens };
+    Scheduler::new(cfg, BlockManager::new(num_blocks, 4))
 }
 
 /// Pretends the model ran the plan and sampled a token for every sampling item.
@@ -152,7 +153,8 @@ fn aborting_frees_blocks_and_all_blocks_return_when_idle() {
 }
 
 fn sched_mixed(max_batched_tokens: usize, mixed_prefill_tokens: usize) -> Scheduler {
-    Scheduler::new(SchedulerConfig { max_num_seqs: 8, max_batched_tokens, mixed_prefill_tokens }, BlockManager::new(200, 4))
+    let cfg = SchedulerConfig { max_num_seqs: 8, max_batched_tokens, mixed_prefill_tokens };
+    Scheduler::new(cfg, BlockManager::new(200, 4))
 }
 
 /// While streams decode, a long prompt gets at most `mixed_prefill_tokens` per step, after every decode row;

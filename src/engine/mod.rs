@@ -219,7 +219,8 @@ impl Engine {
         let step_cost = match (ecfg.mixed_prefill_tokens, &ecfg.device) {
             (None, Device::Cpu) => {
                 let (initial, min) = CPU_MIXED_PREFILL_TOKENS;
-                Some(StepCost::new(CPU_STEP_SLOWDOWN, initial, min.min(ecfg.max_batched_tokens), ecfg.max_batched_tokens))
+                let max = ecfg.max_batched_tokens;
+                Some(StepCost::new(CPU_STEP_SLOWDOWN, initial, min.min(max), max))
             }
             _ => None,
         };
@@ -232,10 +233,15 @@ impl Engine {
             return Err(Error::Config("mixed_prefill_tokens must be positive".into()));
         }
         let sched = Scheduler::new(
-            SchedulerConfig { max_num_seqs: ecfg.max_num_seqs, max_batched_tokens: ecfg.max_batched_tokens, mixed_prefill_tokens },
+            SchedulerConfig {
+                max_num_seqs: ecfg.max_num_seqs,
+                max_batched_tokens: ecfg.max_batched_tokens,
+                mixed_prefill_tokens,
+            },
             BlockManager::new(num_blocks, ecfg.block_size),
         );
-        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs: HashMap::new(), add_bos, default_stops, step_cost })
+        let seqs = HashMap::new();
+        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs, add_bos, default_stops, step_cost })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -314,7 +320,8 @@ impl Engine {
     /// Cancels a request; its KV blocks are free at once. Returns its final output if it was known.
     pub fn abort(&mut self, id: u64) -> Option<Output> {
         self.sched.finish(id);
-        self.seqs.remove(&id).map(|_| Output { id, token: None, logprob: 0.0, text: String::new(), finish: Some(FinishReason::Abort), timings: None })
+        let finish = Some(FinishReason::Abort);
+        self.seqs.remove(&id).map(|_| Output { id, token: None, logprob: 0.0, text: String::new(), finish, timings: None })
     }
 
     /// Runs one scheduling step and returns what each affected request produced.
@@ -331,7 +338,8 @@ impl Engine {
             self.sched.finish(*id);
             if let Some(mut s) = self.seqs.remove(id) {
                 let text = s.text.finish(&self.tokenizer)?;
-                outputs.push(Output { id: *id, token: None, logprob: 0.0, text, finish: Some(FinishReason::Length), timings: Some(s.timings) });
+                let (finish, timings) = (Some(FinishReason::Length), Some(s.timings));
+                outputs.push(Output { id: *id, token: None, logprob: 0.0, text, finish, timings });
             }
         }
         if plan.items.is_empty() {
