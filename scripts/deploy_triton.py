@@ -70,6 +70,9 @@ def parse_args(argv=None):
                    help='"auto" (the checkpoint\'s), "nemo", or a Jinja / tokenizer_config.json file (chat requests)')
     p.add_argument("--openai_port", type=int, default=None,
                    help="also start the OpenAI-compatible frontend (scripts/openai_frontend.py) on this port")
+    p.add_argument("--max_batched_tokens", type=int, default=None, help="tokens per engine step at most (default 2048)")
+    p.add_argument("--mixed_prefill_tokens", type=int, default=None,
+                   help="prompt tokens per step while other streams decode (default: CPU from measured step costs, CUDA no separate limit)")
     p.add_argument("--weight_dtype", choices=["as-loaded", "bf16", "int8"], default="as-loaded",
                    help="matmul weights: the checkpoint's dtype with f32 activations, bf16 dot products "
                         "(AVX512_BF16), or int8 quantized at load (CPU only)")
@@ -194,6 +197,8 @@ def write_repository(a):
         "enable_prefix_caching": str(a.enable_prefix_caching).lower(),
         "chat_template": a.chat_template if a.chat_template in ("nemo", "auto")
         else str(Path(a.chat_template).resolve()),
+        "max_batched_tokens": a.max_batched_tokens or "",
+        "mixed_prefill_tokens": a.mixed_prefill_tokens or "",
         "weight_dtype": "" if a.weight_dtype == "as-loaded" else a.weight_dtype,
     }
     if a.triton_model_repository is not None:  # listed first, so a run that fails half-way still owns them

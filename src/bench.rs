@@ -1,5 +1,5 @@
-//! CPU throughput benchmark on a random-weight model: decode tokens/s at several batch sizes, prefill
-//! tokens/s, and weight bytes streamed per second as a ratio to a memory copy measured in the same run.
+//! CPU throughput benchmark on a random-weight model or any checkpoint: decode tokens/s at several batch sizes,
+//! prefill tokens/s, and weight bytes streamed per second as a ratio to a memory copy measured in the same run.
 //! The pieces both benchmarks share (steps on a synthetic batch, the decode measurement, the copy baseline
 //! and the bandwidth ratio with its printing) live here; the GPU benchmark is `bench::cuda`.
 #[cfg(feature = "cuda")]
@@ -19,14 +19,20 @@ use std::time::Instant;
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
+    /// What was benchmarked (the checkpoint's format line).
+    pub model: String,
+    /// How the matmul weights were held (`WeightFormat::name`).
+    pub weights: String,
+    /// Seconds from opening the checkpoint to a ready runner (weights read and laid out).
+    pub load_s: f64,
     pub model_params: usize,
     pub weight_bytes: u64,
     pub threads: usize,
     /// A parallel and a single-threaded memcpy of a buffer far larger than the caches.
     pub copies: Vec<CopyBaseline>,
     pub decode: Vec<DecodePoint>,
-    pub prefill_tokens: usize,
-    pub prefill_tok_s: f64,
+    /// One prompt of each length, alone, in one step.
+    pub prefill: Vec<PrefillPoint>,
     /// See [`bandwidth_ratio`].
     pub batch1_bandwidth_ratio: f64,
 }
@@ -38,6 +44,13 @@ pub struct DecodePoint {
     pub tok_s: f64,
     /// Weight bytes read per second (every weight but the embedding table is read once per step).
     pub weight_gbps: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PrefillPoint {
+    pub tokens: usize,
+    pub ms: f64,
+    pub tok_s: f64,
 }
 
 /// A memory copy measured in the same run as the benchmark it normalises.
@@ -148,46 +161,71 @@ pub(crate) fn decode_point(runner: &Runner, b: usize, steps: usize, blocks_per_s
     Ok(DecodePoint { batch: b, ms_per_step: step * 1e3, tok_s: b as f64 / step, weight_gbps: streamed_bytes as f64 / step / 1e9 })
 }
 
-/// Runs the benchmark; `decode_steps` per batch size.
-pub fn run(batches: &[usize], decode_steps: usize, prefill_tokens: usize) -> Result<BenchReport> {
-    run_with(batches, decode_steps, prefill_tokens, WeightFormat::AsLoaded)
+/// Runs the benchmark on the random bench model; `decode_steps` per batch size.
+pub fn run(batches: &[usize], decode_steps: usize, prefills: &[usize]) -> Result<BenchReport> {
+    run_with(batches, decode_steps, prefills, WeightFormat::AsLoaded)
 }
 
 /// `run` with the matmul weights held in `fmt`.
-pub fn run_with(batches: &[usize], decode_steps: usize, prefill_tokens: usize, fmt: WeightFormat)
--> Result<BenchReport> {
-    let cfg = RandomSource::bench_config();
-    let src = RandomSource::new(cfg.clone(), DType::BF16, 1)?;
-    let weight_bytes: u64 = src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
-    let emb_bytes = (cfg.vocab_size * cfg.hidden_size * 2) as u64;
+pub fn run_with(batches: &[usize], decode_steps: usize, prefills: &[usize], fmt: WeightFormat) -> Result<BenchReport> {
+    let t = Instant::now();
+    let src = RandomSource::new(RandomSource::bench_config(), DType::BF16, 1)?;
+    run_on(Arc::new(src), t, fmt, batches, decode_steps, prefills)
+}
+
+/// Runs the benchmark on `src` (opened at `opened`, which starts the load time): decode at each batch size
+/// (`decode_steps` timed steps after a 16-token prompt per sequence and a warm-up step), then each prefill
+/// length as one prompt in one step, after the decode points (so the weights are warm). Token ids are
+/// synthetic (any id below the vocabulary size), so no tokenizer is needed.
+/// `fmt` is how the matmul weights are held (int8: quantized at load; a decode step streams 34 bytes per 32
+/// weights, values and an f16 scale).
+pub fn run_on(
+    src: Arc<dyn CheckpointSource>,
+    opened: Instant,
+    fmt: WeightFormat,
+    batches: &[usize],
+    decode_steps: usize,
+    prefills: &[usize],
+) -> Result<BenchReport> {
+    let cfg = src.config().clone();
+    let held = |t: &crate::loader::TensorInfo| {
+        let n = t.shape.iter().product::<usize>();
+        let int8 = fmt == WeightFormat::Int8 && t.shape.len() == 2 && t.name != "tok_emb";
+        (if int8 { n + n / 16 } else { n * t.dtype.size() }) as u64
+    };
+    let weight_bytes: u64 = src.tensors().iter().map(held).sum();
+    let emb_bytes = src.tensors().iter().find(|t| t.name == "tok_emb").map_or(0, held);
     let (block_size, vocab) = (16, cfg.vocab_size);
     let max_batch = batches.iter().cloned().max().unwrap_or(1);
-    let ctx = (prefill_tokens.max(16 + decode_steps + 8)).div_ceil(block_size);
-    let runner = Runner::start_cpu_with(Arc::new(src), 1, KvPlan { num_blocks: ctx * max_batch, block_size }, fmt)?;
-    // Bytes a decode step streams: int8 holds 34 bytes per 32 weights (values and an f16 scale) instead of 64.
-    let matmul_bytes = weight_bytes - emb_bytes;
-    let streamed = if fmt == WeightFormat::Int8 { matmul_bytes * 17 / 32 } else { matmul_bytes };
+    let longest = prefills.iter().cloned().max().unwrap_or(0);
+    let ctx = (longest.max(16 + decode_steps + 8)).div_ceil(block_size);
+    let model = src.format();
+    let runner = Runner::start_cpu_with(src, 1, KvPlan { num_blocks: ctx * max_batch, block_size }, fmt)?;
+    let load_s = opened.elapsed().as_secs_f64();
     let threads = rayon::current_num_threads();
     let copies = vec![
         CopyBaseline::new(format!("memcpy, {threads} threads"), copy_bandwidth(256 << 20, 5, true)),
         CopyBaseline::new("memcpy, 1 thread", copy_bandwidth(256 << 20, 5, false)),
     ];
-    let decode = batches
-        .iter()
-        .map(|&b| decode_point(&runner, b, decode_steps, ctx, block_size, vocab, streamed))
-        .collect::<Result<Vec<_>>>()?;
-    let t = Instant::now();
-    runner.run(step_for(1, prefill_tokens, 0, ctx, block_size, vocab))?;
-    let prefill_tok_s = prefill_tokens as f64 / t.elapsed().as_secs_f64();
+    let decode = batches.iter().map(|&b| decode_point(&runner, b, decode_steps, ctx, block_size, vocab, weight_bytes - emb_bytes)).collect::<Result<Vec<_>>>()?;
+    let mut prefill = Vec::new();
+    for &n in prefills.iter().filter(|&&n| n > 0) {
+        let t = Instant::now();
+        runner.run(step_for(1, n, 0, ctx, block_size, vocab))?;
+        let s = t.elapsed().as_secs_f64();
+        prefill.push(PrefillPoint { tokens: n, ms: s * 1e3, tok_s: n as f64 / s });
+    }
     Ok(BenchReport {
+        model,
+        weights: fmt.name().into(),
+        load_s,
         model_params: cfg.num_params(),
         weight_bytes,
         threads,
         batch1_bandwidth_ratio: bandwidth_ratio(&decode, &copies),
         copies,
         decode,
-        prefill_tokens,
-        prefill_tok_s,
+        prefill,
     })
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use triton_llama::backend::WeightFormat;
 use triton_llama::engine::serve::{Prepared, PromptDefaults, PromptSpec};
-use triton_llama::engine::{Device, Engine, EngineConfig};
+use triton_llama::engine::{Device, Engine, EngineConfig, Timings};
 use triton_llama::sampling::SamplingParams;
 use triton_llama::{Error, Result, loader};
 
@@ -21,8 +21,10 @@ const USAGE: &str = "usage:
   triton-llama chat CKPT [--system TEXT] [--chat-template FILE|nemo] [generate's sampling options] [--json]
                          (one user turn per stdin line; answers stream to stdout; the history is kept)
   triton-llama render-chat CKPT --messages JSON [--chat-template FILE|nemo] [--json]   (the prompt a chat gets)
-  triton-llama score CKPT --prompt TEXT [--bos|--no-bos] [--tp N] [--device cpu|cuda:0,1,...] [--weights W] [--json]
-  triton-llama bench [--steps N] [--prefill N] [--weights W] [--json]
+  triton-llama score CKPT (--prompt TEXT [--bos|--no-bos] | --ids 1,2,...) [--logits-out FILE] [--tp N]
+                         [--device cpu|cuda:0,1,...] [--weights W] [--json]  (FILE: raw f32 logits [tokens, vocab])
+  triton-llama bench [--checkpoint CKPT] [--weights W] [--batches 1,8] [--steps N] [--prefill 256,...] [--json]
+                         (without --checkpoint: a random 44M-parameter bf16 model)
   triton-llama demo-model DIR        (a small random-weight model + trained tokenizer, Hugging Face layout)
   triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
                          (needs a build with --features cuda; random Llama-2-7B-shape weights)
@@ -250,12 +252,13 @@ struct Generated {
     text: String,
     logprobs: Vec<f32>,
     reason: &'static str,
+    timings: Option<Timings>,
 }
 
 /// Runs one request to the end, streaming its text to stdout unless `quiet`.
 fn run_one(engine: &mut Engine, p: Prepared, quiet: bool) -> Result<Generated> {
     engine.add_request(p.request)?;
-    let mut g = Generated { ids: Vec::new(), text: String::new(), logprobs: Vec::new(), reason: "" };
+    let mut g = Generated { ids: Vec::new(), text: String::new(), logprobs: Vec::new(), reason: "", timings: None };
     let mut stdout = std::io::stdout();
     engine.run_to_completion(|o| {
         if let Some(t) = o.token {
@@ -270,6 +273,9 @@ fn run_one(engine: &mut Engine, p: Prepared, quiet: bool) -> Result<Generated> {
         if let Some(f) = o.finish {
             g.reason = f.as_str();
         }
+        if o.timings.is_some() {
+            g.timings = o.timings.clone();
+        }
     })?;
     Ok(g)
 }
@@ -279,6 +285,7 @@ fn generate(a: &Args) -> Result<()> {
     allowed.extend(["prompt", "messages", "chat-template", "device", "weights"]);
     a.allow_only(&allowed)?;
     // --messages JSON: the conversation rendered by the chat template, exactly as the server's `messages` input.
+    let loading = std::time::Instant::now(); // load_s: the engine's load (and the prompt's tokenization)
     let (mut engine, spec) = match (a.get("prompt"), a.get("messages")) {
         (Some(prompt), None) => (engine_for(a)?, prompt_spec(a, prompt.into(), false)?),
         (None, Some(m)) => (chat_engine(a)?, prompt_spec(a, m.into(), true)?),
@@ -286,11 +293,20 @@ fn generate(a: &Args) -> Result<()> {
     };
     let prepared = engine.prepare(1, 0, &spec, &prompt_defaults(a))?;
     let ids = prepared.request.prompt_ids.clone();
+    let load_s = loading.elapsed().as_secs_f64();
     let json = a.flag("json");
     let g = run_one(&mut engine, prepared, json)?;
     if json {
+        let t = g.timings.unwrap_or_default();
+        let timings = json!({
+            "load_s": load_s, "prompt_tokens": t.prompt_tokens, "prefill_ms": t.prefill_ms,
+            "decode_tokens": t.decode_tokens, "decode_ms": t.decode_ms, "decode_ms_per_token": t.decode_ms_per_token(),
+        });
         let (out, text, logprobs, reason) = (g.ids, g.text, g.logprobs, g.reason);
-        print_json(json!({"prompt_ids": ids, "ids": out, "text": text, "logprobs": logprobs, "finish_reason": reason}));
+        print_json(json!({
+            "prompt_ids": ids, "ids": out, "text": text, "logprobs": logprobs, "finish_reason": reason,
+            "timings": timings,
+        }));
     } else {
         println!();
     }
@@ -375,10 +391,27 @@ fn chat(a: &Args) -> Result<()> {
 }
 
 fn score(a: &Args) -> Result<()> {
-    a.allow_only(&["prompt", "tp", "device", "weights"])?;
+    a.allow_only(&["prompt", "ids", "logits-out", "tp", "device", "weights"])?;
     let mut engine = engine_for(a)?;
-    let ids = engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?;
-    let lp = engine.score(&ids)?;
+    let ids = match a.get("ids") {
+        Some(v) => v
+            .split(',')
+            .map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--ids: cannot parse `{x}`"))))
+            .collect::<Result<Vec<u32>>>()?,
+        None => engine.tokenizer().encode(a.need("prompt")?, a.bos(engine.default_add_bos()))?,
+    };
+    let lp = match a.get("logits-out") {
+        None => engine.score(&ids)?,
+        Some(path) => {
+            // Raw little-endian f32 logits, [ids.len(), vocab] row-major, for drift comparisons.
+            let logits = engine.prompt_logits(&ids)?;
+            let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(path, bytes).map_err(|e| Error::io(path, e))?;
+            let v = engine.cfg.vocab_size;
+            let lp = |i: usize| triton_llama::sampling::logprob_of(&logits[(i - 1) * v..i * v], ids[i] as usize);
+            (1..ids.len()).map(lp).collect()
+        }
+    };
     if a.flag("json") {
         print_json(json!({"ids": ids, "logprobs": lp}));
     } else {
@@ -391,24 +424,43 @@ fn score(a: &Args) -> Result<()> {
 }
 
 fn bench(a: &Args) -> Result<()> {
-    a.allow_only(&["steps", "prefill", "weights"])?;
-    let weights = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
-    let r = triton_llama::bench::run_with(&[1, 8], a.num("steps", 32)?, a.num("prefill", 256)?, weights)?;
+    a.allow_only(&["checkpoint", "batches", "steps", "prefill", "weights"])?;
+    let fmt = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
+    let (batches, prefills) = (list_or(a, "batches", &[1, 8])?, list_or(a, "prefill", &[256])?);
+    let steps = a.num("steps", 32)?;
+    let r = match a.get("checkpoint") {
+        None => triton_llama::bench::run_with(&batches, steps, &prefills, fmt)?,
+        Some(p) => {
+            let opened = std::time::Instant::now();
+            let src = loader::open(std::path::Path::new(p))?;
+            triton_llama::bench::run_on(std::sync::Arc::from(src), opened, fmt, &batches, steps, &prefills)?
+        }
+    };
     if a.flag("json") {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());
     }
-    println!("model: {} params, {:.1} MB bf16 weights, {} threads", r.model_params, r.weight_bytes as f64 / 1e6, r.threads);
+    println!(
+        "model: {}: {} params, {:.1} MB weights ({}), loaded in {:.1} s, {} threads",
+        r.model,
+        r.model_params,
+        r.weight_bytes as f64 / 1e6,
+        r.weights,
+        r.load_s,
+        r.threads
+    );
     triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
-    println!("prefill {} tokens: {:.1} tok/s", r.prefill_tokens, r.prefill_tok_s);
+    for p in &r.prefill {
+        println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
+    }
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
-fn list(a: &Args, k: &str, default: &[usize]) -> Result<Vec<usize>> {
+/// A comma-separated list of numbers, or `default` when the option is absent.
+fn list_or(a: &Args, k: &str, default: &[usize]) -> Result<Vec<usize>> {
     match a.get(k) {
         None => Ok(default.to_vec()),
-        Some(v) => v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`")))).collect(),
+        Some(v) => list_str(v, k),
     }
 }
 
@@ -422,7 +474,7 @@ fn bench_cuda(a: &Args) -> Result<()> {
     a.allow_only(&["gpu", "steps", "batches", "prefill", "layers"])?;
     let mut cfg = triton_llama::bench::cuda::llama2_7b();
     cfg.num_layers = a.num("layers", cfg.num_layers)?;
-    let (batches, prefill) = (list(a, "batches", &[1, 16, 64])?, list(a, "prefill", &[512, 2048])?);
+    let (batches, prefill) = (list_or(a, "batches", &[1, 16, 64])?, list_or(a, "prefill", &[512, 2048])?);
     let r = triton_llama::bench::cuda::run(a.num("gpu", 0)?, cfg, &batches, a.num("steps", 32)?, &prefill)?;
     if a.flag("json") {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);

@@ -109,6 +109,130 @@ fn cli_generate_prints_the_golden_greedy_text() {
     }
 }
 
+/// `generate --json` reports its timings: the prompt token count the tokenizer produced, one prefill, one decode
+/// time per token after the first, and consistent totals (values are wall-clock, so only their relations are
+/// checked, never a speed).
+#[test]
+fn cli_generate_json_reports_timings() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama"))
+        .arg("generate")
+        .arg(fixture("models/gqa_bf16/hf"))
+        .args(["--prompt", "hello world, the kernel thread", "--max-tokens", "7", "--ignore-eos", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &v["timings"];
+    let n_prompt = v["prompt_ids"].as_array().unwrap().len();
+    let tok = loader::open(&fixture("models/gqa_bf16/hf")).unwrap().tokenizer().unwrap();
+    assert_eq!(n_prompt, tok.encode("hello world, the kernel thread", true).unwrap().len());
+    assert_eq!(t["prompt_tokens"].as_u64().unwrap() as usize, n_prompt);
+    assert_eq!(v["ids"].as_array().unwrap().len(), 7);
+    assert_eq!(t["decode_tokens"].as_u64().unwrap(), 6, "every token after the first is a decode token");
+    let f = |k: &str| t[k].as_f64().unwrap();
+    let (load, prefill, decode) = (f("load_s"), f("prefill_ms"), f("decode_ms"));
+    assert!(load > 0.0 && prefill > 0.0 && decode > 0.0, "{t}");
+    let per_token = t["decode_ms_per_token"].as_f64().unwrap();
+    assert!((per_token * 6.0 - decode).abs() <= 1e-9 * decode.max(1.0), "{t}");
+    // One generated token: no decode time per token.
+    let one = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama"))
+        .arg("generate")
+        .arg(fixture("models/gqa_bf16/hf"))
+        .args(["--prompt", "hello", "--max-tokens", "1", "--ignore-eos", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(v["timings"]["decode_tokens"], 0);
+    assert!(v["timings"]["decode_ms_per_token"].is_null());
+}
+
+/// `score --ids ... --logits-out FILE` writes every position's logits; the log-probs it prints (and the file's
+/// rows) match transformers' prompt log-probs.
+#[test]
+fn cli_score_writes_the_logits_of_every_position() {
+    let c = &golden("gqa_bf16")[0];
+    let file = std::env::temp_dir().join(format!("tl_score_logits_{}.f32", std::process::id()));
+    let ids = c.input_ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama"))
+        .arg("score")
+        .arg(fixture("models/gqa_bf16/hf"))
+        .args(["--ids", &ids, "--json", "--logits-out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lp: Vec<f64> = v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let raw = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let vocab = loader::open(&fixture("models/gqa_bf16/hf")).unwrap().config().vocab_size;
+    assert_eq!(raw.len(), c.input_ids.len() * vocab * 4);
+    let logits: Vec<f64> = raw.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect();
+    assert_eq!(lp.len(), c.prompt_logprobs.len());
+    let d = logits.iter().zip(c.logits.iter().flatten()).map(|(a, b)| (a - *b as f64).abs()).fold(0.0, f64::max);
+    assert!(d < 1e-3, "max-abs logit diff to transformers {d}");
+    for i in 1..c.input_ids.len() {
+        let row = &logits[(i - 1) * vocab..i * vocab];
+        let m = row.iter().cloned().fold(f64::MIN, f64::max);
+        let from_file = row[c.input_ids[i] as usize] - m - row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        let want = c.prompt_logprobs[i - 1];
+        assert!((from_file - want).abs() < 1e-4, "token {i}: {from_file} vs {want}");
+        assert!((lp[i - 1] - c.prompt_logprobs[i - 1]).abs() < 1e-4, "token {i}");
+    }
+}
+
+/// Requests batched together each get their own timings on their final output only.
+#[test]
+fn timings_come_with_each_final_output() {
+    let mut e = engine("models/gqa_bf16/hf", EngineConfig { max_batched_tokens: 8, ..Default::default() });
+    let prompts: [Vec<u32>; 2] = [(3..23).collect(), vec![5, 6, 7]];
+    for (i, p) in prompts.iter().enumerate() {
+        e.add_request(Request { id: i as u64, prompt_ids: p.clone(), params: greedy(4 + i) }).unwrap();
+    }
+    let mut finals = HashMap::new();
+    e.run_to_completion(|o| {
+        assert_eq!(o.timings.is_some(), o.finish.is_some(), "timings come with the final output only");
+        if let Some(t) = &o.timings {
+            finals.insert(o.id, t.clone());
+        }
+    })
+    .unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let t = &finals[&(i as u64)];
+        assert_eq!(t.prompt_tokens, p.len());
+        assert_eq!(t.decode_tokens, 3 + i);
+        assert!(t.prefill_ms > 0.0 && t.decode_ms > 0.0);
+    }
+}
+
+/// `bench --checkpoint` runs the requested batch sizes and prefill lengths on a real checkpoint.
+#[test]
+fn cli_bench_runs_a_checkpoint_at_the_given_batches() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama"))
+        .args(["bench", "--checkpoint"])
+        .arg(fixture("models/gqa_bf16/hf"))
+        .args(["--batches", "1,3", "--prefill", "5,17", "--steps", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let src = loader::open(&fixture("models/gqa_bf16/hf")).unwrap();
+    assert_eq!(v["model_params"].as_u64().unwrap() as usize, src.config().num_params());
+    assert!(v["model"].as_str().unwrap().contains("safetensors"), "{}", v["model"]);
+    let decode = v["decode"].as_array().unwrap();
+    assert_eq!(decode.iter().map(|d| d["batch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3]);
+    for d in decode {
+        let f = |k: &str| d[k].as_f64().unwrap();
+        let (b, ms, tok_s) = (f("batch"), f("ms_per_step"), f("tok_s"));
+        assert!((tok_s - b * 1e3 / ms).abs() <= 1e-6 * tok_s, "{d}");
+    }
+    let prefill = v["prefill"].as_array().unwrap();
+    assert_eq!(prefill.iter().map(|p| p["tokens"].as_u64().unwrap()).collect::<Vec<_>>(), [5, 17]);
+    let cli = env!("CARGO_BIN_EXE_triton-llama");
+    let bad = std::process::Command::new(cli).args(["bench", "--batches", "1,x"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--batches"));
+}
+
 /// Many requests of different lengths admitted at different times, in a cache so small that sequences are
 /// preempted and recomputed, give exactly their solo outputs and leave no block behind.
 #[test]

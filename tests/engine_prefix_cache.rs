@@ -2,12 +2,10 @@
 //! running) one gives exactly the greedy tokens and per-token log-probs it gives with the cache off, for shared
 //! prefixes of 0, 1, block-1, block, block+1 and many blocks, on TP=1 and TP=2 (threads); the cache is hit.
 //!
-//! What is exact and what is not: the CPU GEMM sums a row's dot products in one order when a step has more
-//! than two token rows (`dot4`) and in another with one or two (`dot`, the decode path). Cached K/V are bit
-//! for bit the recomputed ones when both were computed in steps of more than two rows (every case of `check`).
-//! K/V cached from decode steps (a first turn's answer) or a recompute of a single row (a prompt identical to a
-//! cached one) went through the other order: there the tokens are still equal and the log-probs agree within
-//! 1e-5 (the same batch-composition effect continuous batching has without any cache).
+//! Every case is exact: the CPU matmul kernels give a token row the same bits whatever the step's other rows
+//! (`gemm_rows_do_not_depend_on_the_batch`, `every_kernel_gives_a_row_the_same_bits_in_any_batch`), so K/V
+//! cached from prefill chunks, from decode steps (a first turn's answer) or for a prompt identical to a cached
+//! one are bit for bit the recomputed ones.
 mod common;
 use common::*;
 use std::collections::HashMap;
@@ -154,13 +152,8 @@ fn second_turn_reuses_the_first_turns_prompt_and_answer() {
     }
 }
 
-/// Same tokens; log-probs within 1e-5 (see the module note).
+/// Same tokens and bit-identical log-probs (see the module note).
 fn close(a: &(Vec<u32>, Vec<f32>), b: &(Vec<u32>, Vec<f32>), what: &str) {
     assert_eq!(a.0, b.0, "{what}: tokens");
-    assert!(
-        max_abs_diff(&a.1, &b.1) <= 1e-5,
-        "{what}: log-probs {:?} vs {:?}",
-        a.1,
-        b.1
-    );
+    assert_eq!(a.1, b.1, "{what}: log-probs (exactly equal)");
 }

@@ -14,6 +14,7 @@ fn sched(num_blocks: usize, max_batched_tokens: usize) -> Scheduler {
         max_batched_tokens,
         enable_prefix_caching: true,
         cache_salt: 1,
+        mixed_prefill_tokens: max_batched_tokens,
     };
     Scheduler::new(cfg, BlockManager::new(num_blocks, BS))
 }
@@ -242,6 +243,7 @@ fn disabled_cache_never_shares() {
         max_batched_tokens: 64,
         enable_prefix_caching: false,
         cache_salt: 0,
+        mixed_prefill_tokens: 64,
     };
     let mut s = Scheduler::new(cfg, BlockManager::new(10, BS));
     s.add(1, &seq(0..9));

@@ -4,7 +4,8 @@ use triton_llama::engine::block_manager::BlockManager;
 use triton_llama::engine::scheduler::{Plan, Scheduler, SchedulerConfig};
 
 fn sched(num_blocks: usize, max_num_seqs: usize, max_batched_tokens: usize) -> Scheduler {
-    let cfg = SchedulerConfig { max_num_seqs, max_batched_tokens, enable_prefix_caching: false, cache_salt: 0 };
+    let cfg = SchedulerConfig { max_num_seqs, max_batched_tokens, enable_prefix_caching: false, cache_salt: 0,
+        mixed_prefill_tokens: max_batched_tokens };
     Scheduler::new(cfg, BlockManager::new(num_blocks, 4))
 }
 
@@ -156,4 +157,67 @@ fn aborting_frees_blocks_and_all_blocks_return_when_idle() {
         }
     }
     assert_eq!(s.blocks().num_used(), 0);
+}
+
+fn sched_mixed(max_batched_tokens: usize, mixed_prefill_tokens: usize) -> Scheduler {
+    let cfg = SchedulerConfig { max_num_seqs: 8, max_batched_tokens, mixed_prefill_tokens, enable_prefix_caching: false,
+        cache_salt: 0 };
+    Scheduler::new(cfg, BlockManager::new(200, 4))
+}
+
+/// While streams decode, a long prompt gets at most `mixed_prefill_tokens` per step, after every decode row;
+/// alone, it gets the whole `max_batched_tokens`.
+#[test]
+fn long_prompt_is_spread_over_steps_while_others_decode() {
+    let mut s = sched_mixed(64, 5);
+    for id in [1, 2] {
+        s.add(id, &toks(id, 3));
+    }
+    let p = s.schedule();
+    run(&mut s, &p);
+    s.add(9, &toks(9, 23));
+    let mut chunks = Vec::new();
+    loop {
+        let p = s.schedule();
+        let items: Vec<(u64, usize)> = p.items.iter().map(|i| (i.id, i.len)).collect();
+        assert_eq!(&items[..2], &[(1, 1), (2, 1)], "decode rows first, every step");
+        assert_eq!(items.len(), 3);
+        chunks.push(items[2]);
+        run(&mut s, &p);
+        if p.items[2].sample {
+            break;
+        }
+    }
+    assert_eq!(chunks, vec![(9, 5), (9, 5), (9, 5), (9, 5), (9, 3)]);
+    // Once the others are gone, a prompt is not held back.
+    s.finish(1);
+    s.finish(2);
+    s.finish(9);
+    s.add(10, &toks(10, 40));
+    let p = s.schedule();
+    assert_eq!(p.items.iter().map(|i| (i.id, i.len)).collect::<Vec<_>>(), vec![(10, 40)]);
+}
+
+/// The mixed budget follows measured costs: (slowdown - 1) decode steps' worth of prompt tokens, within bounds,
+/// the initial value until both costs are known.
+#[test]
+fn step_cost_budget_is_derived_from_measured_step_times() {
+    use triton_llama::engine::step_cost::StepCost;
+    let mut c = StepCost::new(2.0, 32, 8, 2048);
+    assert_eq!(c.budget(), 32);
+    c.record(50.0, 2, 0); // decode-only step: 50 ms
+    assert_eq!(c.budget(), 32, "no prompt-token cost known yet");
+    c.record(50.0 + 64.0 * 2.5, 2, 64); // a mixed step: 2.5 ms per prompt token on top of the decode rows
+    assert_eq!((c.decode_ms(), c.token_ms()), (Some(50.0), Some(2.5)));
+    assert_eq!(c.budget(), 20); // (2 - 1) * 50 / 2.5
+    let mut slow = StepCost::new(2.0, 32, 8, 2048);
+    slow.record(1000.0, 0, 10); // prompt alone: the whole step is charged to its tokens (100 ms each)
+    slow.record(50.0, 1, 0);
+    assert_eq!(slow.budget(), 8, "never below the floor");
+    let mut fast = StepCost::new(3.0, 32, 8, 100);
+    fast.record(100.0, 4, 0);
+    fast.record(101.0, 4, 100);
+    assert_eq!(fast.budget(), 100, "never above max_batched_tokens");
+    fast.record(f64::NAN, 1, 0);
+    assert_eq!(fast.decode_ms(), Some(100.0), "a bad sample is ignored");
 }

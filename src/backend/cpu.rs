@@ -76,10 +76,11 @@ fn dot_with<W: Copy>(a: &[f32], b: &[W], f: impl Fn(W) -> f32) -> f32 {
 }
 
 /// Four dot products of `a` with the rows of `w` `[4, len]` (one load of `a` serves four weight rows);
-/// same summation scheme as `dot_with`.
+/// the same summation as `dot_with`, lane for lane, so a row's result does not depend on how many rows the step
+/// has (which path it took): prefix caching reuses K/V computed in other batches bit for bit.
 #[multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
 fn dot4(a: &[f32], w: &[f32]) -> [f32; 4] {
-    const L: usize = 16;
+    const L: usize = LANES;
     let k = a.len();
     let (ca, ra) = a.as_chunks::<L>();
     let rows: [&[f32]; 4] = [&w[..k], &w[k..2 * k], &w[2 * k..3 * k], &w[3 * k..4 * k]];
@@ -510,6 +511,26 @@ mod tests {
                     let want: f32 = (0..k).map(|j| x[t * k + j] * w.get_f32(r * k + j)).sum();
                     assert!((out[t * m + r] - want).abs() < 1e-4, "{t},{r}: {} vs {want}", out[t * m + r]);
                 }
+            }
+        }
+    }
+
+    /// A row's result is bit-identical whatever the number of rows computed with it (1, 2 and 3+ take different
+    /// loops): prefix caching reuses K/V computed in another batch, and cache on/off must agree exactly.
+    #[test]
+    fn gemm_rows_do_not_depend_on_the_batch() {
+        let (n, m, k) = (6, 41, 301);
+        let x: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 333.0).collect();
+        let wf: Vec<f32> = (0..m * k).map(|i| ((i * 104_729 % 2003) as f32 - 1001.0) / 977.0).collect();
+        let w32 = Tensor::from_f32(&[m, k], wf.clone());
+        let w16 = Tensor { shape: vec![m, k], data: TensorData::F16(wf.iter().map(|&v| half::f16::from_f32(v)).collect()) };
+        for w in [&w32, &w16] {
+            let mut all = vec![0f32; n * m];
+            gemm(&mut all, &x, w, n);
+            for rows in [1, 2, 3] {
+                let mut part = vec![0f32; rows * m];
+                gemm(&mut part, &x[..rows * k], w, rows);
+                assert_eq!(part, all[..rows * m], "{rows} rows vs {n}");
             }
         }
     }

@@ -14,7 +14,7 @@
 //!   then the 16 rows' scales. Activations are quantized per 32-block to int8 at each call (q8_0 × q8_0,
 //!   as llama.cpp does); `Σ (q_w + 128) q_x − 128 Σ q_x` recovers the signed dot.
 //!
-//! A micro-tile is 32 output rows × up to 8 (bf16) or 4 (int8) activation rows, accumulated in registers over
+//! A micro-tile is 32 output rows × up to 8 (f32), 6 (bf16) or 4 (int8) activation rows, summed in registers over
 //! the whole of k; each rayon task owns a run of 32-row tiles and sweeps every activation row over them, so
 //! the weights stream from memory once per call for any n (a 32-row tile, at most 360 KB, stays in L2 while
 //! the row groups pass). Kernels: `avx512bf16` rounds activations to bf16 (like llama.cpp's bf16 path; opt-in);
@@ -443,7 +443,7 @@ fn run_tile(kernel: Kernel, w: &Packed, acts: Acts, n: usize, m: usize, tile: us
         let mut buf = [[0f32; TILE]; 8];
         let rows = match (w, acts) {
             (Packed::Bf16 { k, data, .. }, Acts::Bf16 { x, ld }) => {
-                let rows = (n - t0).min(8);
+                let rows = (n - t0).min(6);
                 tile_bf16(kernel, data, k.div_ceil(2), tile, &x[t0 * ld..], ld, rows, &mut buf);
                 rows
             }
@@ -508,9 +508,7 @@ fn tile_bf16(
                 3 => x86::bf16_dp::<3>(w, kp, x, ld, out),
                 4 => x86::bf16_dp::<4>(w, kp, x, ld, out),
                 5 => x86::bf16_dp::<5>(w, kp, x, ld, out),
-                6 => x86::bf16_dp::<6>(w, kp, x, ld, out),
-                7 => x86::bf16_dp::<7>(w, kp, x, ld, out),
-                _ => x86::bf16_dp::<8>(w, kp, x, ld, out),
+                _ => x86::bf16_dp::<6>(w, kp, x, ld, out),
             }
         }
         return;
@@ -645,7 +643,8 @@ mod x86 {
     /// SAFETY (caller): avx512f + avx512bf16; `w` holds `TILE * kp * 2` values, x row t holds `kp * 2` at `t * ld`.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
     pub unsafe fn bf16_dp<const MR: usize>(w: &[u16], kp: usize, x: &[u16], ld: usize, out: &mut [[f32; TILE]; 8]) {
-        // Two sets of sums (even and odd pairs) when few rows leave the dot-product latency exposed.
+        // Two sets of sums (even and odd pairs) hide the dot-product latency; every MR sums in this same order,
+        // so a row gets the same bits in any batch (MR <= 6 keeps the 4 * MR sums and operands in 32 registers).
         let mut acc = [[[_mm512_setzero_ps(); 2]; MR]; 2];
         let (w0, w1) = (w.as_ptr(), unsafe { w.as_ptr().add(PANEL * kp * 2) });
         let xp = x.as_ptr() as *const i32;
@@ -659,13 +658,11 @@ mod x86 {
             }
         };
         let mut j = 0;
-        if MR <= 4 {
-            let [even, odd] = &mut acc;
-            while j + 2 <= kp {
-                step(even, j);
-                step(odd, j + 1);
-                j += 2;
-            }
+        let [even, odd] = &mut acc;
+        while j + 2 <= kp {
+            step(even, j);
+            step(odd, j + 1);
+            j += 2;
         }
         while j < kp {
             step(&mut acc[0], j);
@@ -940,6 +937,26 @@ mod tests {
                     "{} int8 {n}x{m}x{k}: quantization error {qerr} (rms {rms})",
                     kernel.name()
                 );
+            }
+        }
+    }
+
+    /// Every kernel gives a row the same bits whatever the number of rows computed with it, so prefix caching
+    /// (K/V reused across batches) is exact.
+    #[test]
+    fn every_kernel_gives_a_row_the_same_bits_in_any_batch() {
+        let (n, m, k) = (11, 70, 131);
+        let t = bf16_tensor(m, k, &rand(3, m * k, 0.5));
+        let x = rand(4, n * k, 2.0);
+        for w in [Packed::bf16(&t, false), Packed::q8(&t)] {
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+                let mut all = vec![f32::NAN; n * m];
+                gemm_with(kernel, &mut all, &x, &w, n);
+                for rows in [1, 2, 3, 5, 8, 9] {
+                    let mut part = vec![f32::NAN; rows * m];
+                    gemm_with(kernel, &mut part, &x[..rows * k], &w, rows);
+                    assert_eq!(part, all[..rows * m], "{}: {rows} rows vs {n}", kernel.name());
+                }
             }
         }
     }

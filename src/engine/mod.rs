@@ -4,6 +4,7 @@ pub mod block_manager;
 pub mod runner;
 pub mod scheduler;
 pub mod serve;
+pub mod step_cost;
 pub mod stop;
 
 use crate::chat::ChatTemplate;
@@ -14,8 +15,10 @@ use crate::{Error, Result};
 use block_manager::BlockManager;
 use runner::{KvPlan, Runner, StepInput};
 use scheduler::{Plan, Scheduler, SchedulerConfig};
+use step_cost::StepCost;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 use stop::TextStream;
 
 /// Where the ranks run.
@@ -41,6 +44,10 @@ pub struct EngineConfig {
     pub kv_cache_bytes: usize,
     pub max_num_seqs: usize,
     pub max_batched_tokens: usize,
+    /// Prompt tokens per step while other sequences decode (`SchedulerConfig::mixed_prefill_tokens`). None: on
+    /// the CPU, derived from measured step times ([`StepCost`], see [`CPU_STEP_SLOWDOWN`]); on CUDA no separate
+    /// limit.
+    pub mixed_prefill_tokens: Option<usize>,
     /// Longest prompt + output; defaults to the model's `max_position_embeddings`.
     pub max_model_len: Option<usize>,
     /// Reuse the KV cache of prompt prefixes already computed (full blocks only).
@@ -59,12 +66,23 @@ impl Default for EngineConfig {
             kv_cache_bytes: 1 << 30,
             max_num_seqs: 16,
             max_batched_tokens: 2048,
+            mixed_prefill_tokens: None,
             max_model_len: None,
             enable_prefix_caching: true,
             weights: Default::default(),
         }
     }
 }
+
+/// On the CPU a decode step streams every weight once and each prompt token adds ~2 FLOPs per weight, so how many
+/// prompt tokens fit beside running streams depends on the machine's FLOP/s over its bandwidth and on the model;
+/// the engine measures both costs as it runs ([`StepCost`]) and lets a step that carries decode rows take at
+/// most this multiple of a decode-only step's time. 2x leaves room for the noise of a shared machine: through
+/// Triton (scripts/itl_probe.py) the running streams' inter-token p99 stays within 3x their solo p99 while a
+/// 512-token prompt is prefilled beside them.
+pub const CPU_STEP_SLOWDOWN: f64 = 2.0;
+/// The CPU budget before any step has been measured, and its floor (a 512-token prompt in at most 64 steps).
+pub const CPU_MIXED_PREFILL_TOKENS: (usize, usize) = (32, 8);
 
 #[cfg(feature = "cuda")]
 fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64,
@@ -129,6 +147,28 @@ pub struct Output {
     /// Newly released text (may be empty while a multi-byte char or a possible stop string is held).
     pub text: String,
     pub finish: Option<FinishReason>,
+    /// The request's timings, on its final output only (None on an abort).
+    pub timings: Option<Timings>,
+}
+
+/// Wall-clock time of the engine steps a request took part in (a step shared by several requests counts
+/// for each of them; time spent waiting for a slot is not counted).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    /// Steps that computed the prompt, up to and including the one that sampled the first token.
+    pub prefill_ms: f64,
+    /// Tokens sampled after the first one, and the time of their steps (recomputation after a preemption
+    /// included).
+    pub decode_tokens: usize,
+    pub decode_ms: f64,
+}
+
+impl Timings {
+    /// Mean time per token after the first; None when only one token was generated.
+    pub fn decode_ms_per_token(&self) -> Option<f64> {
+        (self.decode_tokens > 0).then(|| self.decode_ms / self.decode_tokens as f64)
+    }
 }
 
 struct Seq {
@@ -137,6 +177,7 @@ struct Seq {
     ids: Vec<u32>,
     sampler: Sampler,
     text: TextStream,
+    timings: Timings,
 }
 
 pub struct Engine {
@@ -150,6 +191,8 @@ pub struct Engine {
     add_bos: bool,
     default_stops: Vec<String>,
     chat: Option<Arc<ChatTemplate>>,
+    /// Measured step costs that set the scheduler's mixed prefill budget (None: the budget is fixed).
+    step_cost: Option<StepCost>,
 }
 
 impl Engine {
@@ -202,17 +245,34 @@ impl Engine {
             return Err(Error::Config("the KV cache holds no block".into()));
         }
         log::info!("KV cache: {num_blocks} blocks of {} tokens per rank", ecfg.block_size);
+        let step_cost = match (ecfg.mixed_prefill_tokens, &ecfg.device) {
+            (None, Device::Cpu) => {
+                let (initial, min) = CPU_MIXED_PREFILL_TOKENS;
+                let max = ecfg.max_batched_tokens;
+                Some(StepCost::new(CPU_STEP_SLOWDOWN, initial, min.min(max), max))
+            }
+            _ => None,
+        };
+        let mixed_prefill_tokens = match (ecfg.mixed_prefill_tokens, &step_cost) {
+            (Some(n), _) => n,
+            (None, Some(c)) => c.budget(),
+            (None, None) => ecfg.max_batched_tokens,
+        };
+        if mixed_prefill_tokens == 0 {
+            return Err(Error::Config("mixed_prefill_tokens must be positive".into()));
+        }
         let sched = Scheduler::new(
             SchedulerConfig {
                 max_num_seqs: ecfg.max_num_seqs,
                 max_batched_tokens: ecfg.max_batched_tokens,
                 enable_prefix_caching: ecfg.enable_prefix_caching,
                 cache_salt: cache_salt(&cfg, ecfg.tp),
+                mixed_prefill_tokens,
             },
             BlockManager::new(num_blocks, ecfg.block_size),
         );
         let seqs = HashMap::new();
-        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs, add_bos, default_stops, chat })
+        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs, add_bos, default_stops, chat, step_cost })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -277,6 +337,10 @@ impl Engine {
     pub fn has_work(&self) -> bool {
         self.sched.has_work()
     }
+    /// The measured step costs behind the CPU's mixed prefill budget, if it is derived from them.
+    pub fn step_cost(&self) -> Option<&StepCost> {
+        self.step_cost.as_ref()
+    }
 
     /// Validates and queues a request. Errors name the offending field; nothing is queued on error.
     pub fn add_request(&mut self, req: Request) -> Result<()> {
@@ -309,18 +373,23 @@ impl Engine {
         let sampler = Sampler::new(req.params.clone(), req.id ^ 0x5EED);
         let text = TextStream::new(&self.tokenizer, &req.prompt_ids, req.params.stop_strings.clone())?;
         self.sched.add(req.id, &req.prompt_ids);
-        self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text });
+        let timings = Timings { prompt_tokens: n, ..Default::default() };
+        self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text, timings });
         Ok(())
     }
 
     /// Cancels a request; its KV blocks are free at once. Returns its final output if it was known.
     pub fn abort(&mut self, id: u64) -> Option<Output> {
         self.sched.finish(id);
-        self.seqs.remove(&id).map(|_| Output { id, token: None, logprob: 0.0, text: String::new(), finish: Some(FinishReason::Abort) })
+        let finish = Some(FinishReason::Abort);
+        self.seqs.remove(&id).map(|_| Output { id, token: None, logprob: 0.0, text: String::new(), finish, timings: None })
     }
 
     /// Runs one scheduling step and returns what each affected request produced.
     pub fn step(&mut self) -> Result<Vec<Output>> {
+        if let Some(c) = &self.step_cost {
+            self.sched.set_mixed_prefill_tokens(c.budget());
+        }
         let plan = self.sched.schedule();
         let mut outputs = Vec::new();
         for id in &plan.too_large {
@@ -330,12 +399,14 @@ impl Engine {
             self.sched.finish(*id);
             if let Some(mut s) = self.seqs.remove(id) {
                 let text = s.text.finish(&self.tokenizer)?;
-                outputs.push(Output { id: *id, token: None, logprob: 0.0, text, finish: Some(FinishReason::Length) });
+                let (finish, timings) = (Some(FinishReason::Length), Some(s.timings));
+                outputs.push(Output { id: *id, token: None, logprob: 0.0, text, finish, timings });
             }
         }
         if plan.items.is_empty() {
             return Ok(outputs);
         }
+        let started = Instant::now();
         let input = self.build_step(&plan);
         let sampled = input.logit_rows.len();
         let picks = match self.runner.run(input) {
@@ -356,6 +427,20 @@ impl Engine {
             }
         };
         self.sched.update(&plan);
+        let step_ms = started.elapsed().as_secs_f64() * 1e3;
+        if let Some(c) = &mut self.step_cost {
+            let decode_rows = plan.items.iter().filter(|i| i.len == 1 && i.sample).count();
+            c.record(step_ms, decode_rows, plan.num_tokens() - decode_rows);
+        }
+        for it in &plan.items {
+            let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
+            if s.ids.len() == s.prompt_len {
+                s.timings.prefill_ms += step_ms;
+            } else {
+                s.timings.decode_ms += step_ms;
+                s.timings.decode_tokens += it.sample as usize;
+            }
+        }
         let eos = self.cfg.eos_id;
         for (it, pick) in plan.items.iter().filter(|i| i.sample).zip(picks) {
             let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
@@ -380,11 +465,12 @@ impl Engine {
             if finish == Some(FinishReason::Length) || (is_stop_token && finish.is_some()) {
                 text.push_str(&s.text.finish(&self.tokenizer)?);
             }
+            let mut timings = None;
             if finish.is_some() {
                 self.sched.finish(it.id);
-                self.seqs.remove(&it.id);
+                timings = self.seqs.remove(&it.id).map(|s| s.timings);
             }
-            outputs.push(Output { id: it.id, token: Some(tok), logprob, text, finish });
+            outputs.push(Output { id: it.id, token: Some(tok), logprob, text, finish, timings });
         }
         Ok(outputs)
     }

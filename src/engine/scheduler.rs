@@ -16,6 +16,10 @@ pub struct SchedulerConfig {
     pub enable_prefix_caching: bool,
     /// Identity of the model (and adapter) folded into every block key: caches of different models never mix.
     pub cache_salt: u64,
+    /// Prompt tokens a step computes at most while it also carries decode rows (which always come first), so
+    /// that a long prompt, spread over several steps, delays each running stream by one bounded chunk instead
+    /// of its whole prefill. `>= max_batched_tokens` means no separate limit.
+    pub mixed_prefill_tokens: usize,
 }
 
 /// Prefix-cache lookups since the start: prompt tokens looked up at admission (a preempted sequence is looked
@@ -79,6 +83,11 @@ impl Scheduler {
     pub fn new(cfg: SchedulerConfig, bm: BlockManager) -> Self {
         let stats = PrefixCacheStats::default();
         Scheduler { cfg, bm, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), stats }
+    }
+
+    /// Changes the prompt-token cap of steps with decode rows (the engine derives it from measured step costs).
+    pub fn set_mixed_prefill_tokens(&mut self, n: usize) {
+        self.cfg.mixed_prefill_tokens = n.max(1);
     }
 
     /// Queues a new sequence with prompt `tokens`.
@@ -197,23 +206,38 @@ impl Scheduler {
         (blocks, keys)
     }
 
-    /// Picks this step's work: running sequences first (decode or the rest of a chunked prefill), preempting
-    /// the newest when blocks run out, then waiting ones in arrival order while limits allow.
+    /// Picks this step's work: running sequences first, decode rows (one token left) before unfinished prefills,
+    /// preempting the newest when blocks run out, then waiting ones in arrival order while limits allow. Prompt
+    /// tokens in a step with decode rows are capped by `mixed_prefill_tokens`.
     pub fn schedule(&mut self) -> Plan {
         let mut plan = Plan::default();
-        let mut budget = self.cfg.max_batched_tokens;
         let total_blocks = self.bm.num_blocks();
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let id = self.running[i];
-            let s = &self.seqs[&id];
-            let len = (s.tokens.len() - s.num_computed).min(budget);
-            let target = s.num_computed + len;
-            if self.bm.blocks_for(s.tokens.len()) > total_blocks {
-                plan.too_large.push(id);
-                self.running.remove(i);
+        let left = |s: &SeqState| s.tokens.len() - s.num_computed;
+        let (decode, prefill): (Vec<u64>, Vec<u64>) = self.running.iter().partition(|id| left(&self.seqs[id]) <= 1);
+        let mut order = decode.into_iter().chain(prefill);
+        let mut next = order.next();
+        while let Some(id) = next {
+            let room = self.room(&plan);
+            if room == 0 {
+                break;
+            }
+            if !self.running.contains(&id) {
+                next = order.next(); // preempted as a victim earlier in this step
                 continue;
             }
+            let s = &self.seqs[&id];
+            if self.bm.blocks_for(s.tokens.len()) > total_blocks {
+                plan.too_large.push(id);
+                self.running.retain(|&r| r != id);
+                next = order.next();
+                continue;
+            }
+            let len = left(s).min(if left(s) > 1 { room.min(self.prefill_room(&plan)) } else { room });
+            if len == 0 {
+                next = order.next();
+                continue;
+            }
+            let target = s.num_computed + len;
             if self.bm.shortfall(&s.blocks, target) > self.bm.num_available() {
                 // Free the newest running sequence (possibly this one) and retry.
                 let victim = *self.running.last().expect("non-empty");
@@ -226,12 +250,13 @@ impl Scheduler {
             self.bm.grow(&mut s.blocks, target);
             let sample = target == s.tokens.len();
             plan.items.push(PlanItem { id, start: s.num_computed, len, block_table: s.blocks.clone(), sample });
-            budget -= len;
-            i += 1;
+            next = order.next();
         }
-        // Budget taken by items that were later preempted is returned by recomputing it.
-        budget = self.cfg.max_batched_tokens.saturating_sub(plan.num_tokens());
-        while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+        while self.running.len() < self.cfg.max_num_seqs {
+            let budget = self.room(&plan).min(self.prefill_room(&plan));
+            if budget == 0 {
+                break;
+            }
             let Some(&id) = self.waiting.front() else { break };
             let s = &self.seqs[&id];
             if self.bm.blocks_for(s.tokens.len()) > total_blocks {
@@ -264,8 +289,23 @@ impl Scheduler {
             self.running.push(id);
             let sample = target == s.tokens.len();
             plan.items.push(PlanItem { id, start, len, block_table: s.blocks.clone(), sample });
-            budget -= len;
         }
         plan
+    }
+
+    /// Tokens the step can still take (budget taken by items later preempted is given back).
+    fn room(&self, plan: &Plan) -> usize {
+        self.cfg.max_batched_tokens.saturating_sub(plan.num_tokens())
+    }
+
+    /// Prompt tokens the step can still take: unlimited (`room` decides) until it carries a decode row.
+    fn prefill_room(&self, plan: &Plan) -> usize {
+        // A one-token item that samples costs what a decode row costs, whether or not it ends a prompt.
+        let is_decode = |it: &PlanItem| it.len == 1 && it.sample;
+        if !plan.items.iter().any(is_decode) {
+            return usize::MAX;
+        }
+        let prefill: usize = plan.items.iter().filter(|it| !is_decode(it)).map(|it| it.len).sum();
+        self.cfg.mixed_prefill_tokens.saturating_sub(prefill)
     }
 }

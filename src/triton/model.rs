@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
-pub const PARAMS: [&str; 20] = [
+pub const PARAMS: [&str; 21] = [
     "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
     "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
     "block_size", "max_batched_tokens", "num_blocks", "kv_cache_fraction", "enable_prefix_caching", "chat_template",
-    "weight_dtype",
+    "mixed_prefill_tokens", "weight_dtype",
 ];
 
 /// Everything a model's config decides.
@@ -210,6 +210,7 @@ fn engine_config(
         kv_cache_bytes: num(cfg, "kv_cache_bytes")?.unwrap_or(d.kv_cache_bytes),
         max_num_seqs,
         max_batched_tokens: num(cfg, "max_batched_tokens")?.unwrap_or(d.max_batched_tokens),
+        mixed_prefill_tokens: num(cfg, "mixed_prefill_tokens")?,
         max_model_len: len.max_input_len.map(|i| i + len.max_output_len),
         enable_prefix_caching: boolean(cfg, "enable_prefix_caching")?.unwrap_or(d.enable_prefix_caching),
         weights: match param(cfg, "weight_dtype") {
