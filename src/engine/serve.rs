@@ -194,7 +194,7 @@ mod tests {
     use super::*;
 
     fn out(text: &str, token: Option<u32>, finish: Option<FinishReason>) -> Output {
-        Output { id: 1, token, logprob: -0.5, text: text.into(), finish }
+        Output { id: 1, token, logprob: -0.5, text: text.into(), finish, timings: None }
     }
 
     /// Streamed deltas concatenate to the unary answer; the prefix comes once, with the first delta.
