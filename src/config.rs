@@ -164,13 +164,18 @@ mod tests {
             ("num_heads", LlamaConfig { num_heads: 2048, num_kv_heads: 4, ..tiny() }),
             ("head_dim", LlamaConfig { head_dim: caps::HEAD_DIM + 2, ..tiny() }),
             ("vocab_size", LlamaConfig { vocab_size: caps::VOCAB_SIZE + 1, ..tiny() }),
-            ("max_position_embeddings", LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS + 1, ..tiny() }),
+            (
+                "max_position_embeddings",
+                LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS + 1, ..tiny() },
+            ),
         ];
         for (name, c) in cases {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(name) && err.contains("limit"), "{name}: {err}");
         }
         // At the caps themselves each is accepted (the overflow check still applies on top).
-        LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS, vocab_size: caps::VOCAB_SIZE, ..tiny() }.validate().unwrap();
+        LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS, vocab_size: caps::VOCAB_SIZE, ..tiny() }
+            .validate()
+            .unwrap();
     }
 }

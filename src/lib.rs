@@ -1,4 +1,5 @@
-//! triton-llama: a Llama-2 inference engine (CPU reference backend, CUDA backend behind the `cuda` feature) served as a Triton backend.
+//! triton-llama: a Llama-2 inference engine (CPU reference backend, CUDA backend behind the `cuda` feature) served
+//! as a Triton backend.
 #![deny(unsafe_code)]
 
 pub mod backend;

@@ -105,7 +105,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).target(env_logger::Target::Stderr).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
     let args = match Args::parse(std::env::args().skip(1).collect()) {
         Ok(a) => a,
         Err(e) => return fail(e),
@@ -122,7 +124,11 @@ fn main() -> ExitCode {
         "chat" => chat(&args),
         "render-chat" => render_chat(&args),
         "bench" => bench(&args),
-        "demo-model" => args.pos.get(1).ok_or_else(|| Error::InvalidRequest("demo-model needs a directory".into())).and_then(|d| triton_llama::demo::write(std::path::Path::new(d))),
+        "demo-model" => args
+            .pos
+            .get(1)
+            .ok_or_else(|| Error::InvalidRequest("demo-model needs a directory".into()))
+            .and_then(|d| triton_llama::demo::write(std::path::Path::new(d))),
         "bench-cuda" => bench_cuda(&args),
         other => Err(Error::InvalidRequest(format!("unknown command `{other}`\n{USAGE}"))),
     };
@@ -152,8 +158,9 @@ fn inspect(a: &Args) -> Result<()> {
             "format": src.format(),
             "config": {
                 "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "num_layers": c.num_layers,
-                "num_heads": c.num_heads, "num_kv_heads": c.num_kv_heads, "head_dim": c.head_dim, "vocab_size": c.vocab_size,
-                "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
+                "num_heads": c.num_heads, "num_kv_heads": c.num_kv_heads, "head_dim": c.head_dim,
+                "vocab_size": c.vocab_size, "max_position_embeddings": c.max_position_embeddings,
+                "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
                 "rope_scaling": c.rope_scaling, "bos_id": c.bos_id, "eos_id": c.eos_id,
             },
             "params": c.num_params(),
@@ -174,7 +181,14 @@ fn inspect(a: &Args) -> Result<()> {
         println!("{k}: {v}");
     }
     for t in &tensors {
-        println!("{:<24} {:<5} {:<16} {:>12}  <- {}", t.name, t.dtype.name(), format!("{:?}", t.shape), t.shape.iter().product::<usize>() * t.dtype.size(), t.origin);
+        println!(
+            "{:<24} {:<5} {:<16} {:>12}  <- {}",
+            t.name,
+            t.dtype.name(),
+            format!("{:?}", t.shape),
+            t.shape.iter().product::<usize>() * t.dtype.size(),
+            t.origin
+        );
     }
     Ok(())
 }
@@ -198,7 +212,10 @@ fn engine_for(a: &Args) -> Result<Engine> {
     let (device, tp) = match a.get("device").unwrap_or("cpu") {
         "cpu" => (Device::Cpu, a.num("tp", 1)?),
         dev => {
-            let spec = dev.strip_prefix("cuda").map(|r| r.trim_start_matches(':')).ok_or_else(|| Error::InvalidRequest(format!("--device: `{dev}` is not cpu or cuda[:ids]")))?;
+            let spec = dev
+                .strip_prefix("cuda")
+                .map(|r| r.trim_start_matches(':'))
+                .ok_or_else(|| Error::InvalidRequest(format!("--device: `{dev}` is not cpu or cuda[:ids]")))?;
             let gpu_ids = if spec.is_empty() { (0..a.num("tp", 1)?).collect() } else { list_str(spec, "device")? };
             (Device::Cuda { kv_fraction: 0.9, gpu_ids: gpu_ids.clone() }, gpu_ids.len())
         }
@@ -209,8 +226,19 @@ fn engine_for(a: &Args) -> Result<Engine> {
 
 /// Sampling options shared by `generate` and `chat`.
 const SAMPLING_OPTS: [&str; 13] = [
-    "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "seed", "repetition-penalty", "presence-penalty",
-    "frequency-penalty", "stop", "ban", "tp", "no-repeat-ngram-size",
+    "max-tokens",
+    "min-tokens",
+    "temperature",
+    "top-k",
+    "top-p",
+    "seed",
+    "repetition-penalty",
+    "presence-penalty",
+    "frequency-penalty",
+    "stop",
+    "ban",
+    "tp",
+    "no-repeat-ngram-size",
 ];
 
 /// One prompt from the command line, as a frontend hands it to `Engine::prepare` (which adds the default and
@@ -232,7 +260,10 @@ fn sampling(a: &Args) -> Result<SamplingParams> {
         temperature: a.num("temperature", 0.0)?,
         top_k: a.num("top-k", 0)?,
         top_p: a.num("top-p", 1.0)?,
-        seed: a.get("seed").map(|s| s.parse().map_err(|_| Error::InvalidRequest(format!("--seed: cannot parse `{s}`")))).transpose()?,
+        seed: a
+            .get("seed")
+            .map(|s| s.parse().map_err(|_| Error::InvalidRequest(format!("--seed: cannot parse `{s}`"))))
+            .transpose()?,
         repetition_penalty: a.num("repetition-penalty", 1.0)?,
         presence_penalty: a.num("presence-penalty", 0.0)?,
         frequency_penalty: a.num("frequency-penalty", 0.0)?,
@@ -466,7 +497,9 @@ fn list_or(a: &Args, k: &str, default: &[usize]) -> Result<Vec<usize>> {
 
 #[cfg(not(feature = "cuda"))]
 fn bench_cuda(_: &Args) -> Result<()> {
-    Err(Error::Unavailable("this binary was built without the `cuda` feature (cargo build --release --features cuda)".into()))
+    Err(Error::Unavailable(
+        "this binary was built without the `cuda` feature (cargo build --release --features cuda)".into(),
+    ))
 }
 
 #[cfg(feature = "cuda")]
@@ -480,7 +513,14 @@ fn bench_cuda(a: &Args) -> Result<()> {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());
     }
-    println!("device: {}  model: {} params, {:.2} GB bf16, loaded in {:.1} s, {} KV blocks", r.device, r.model_params, r.weight_bytes as f64 / 1e9, r.load_s, r.kv_blocks);
+    println!(
+        "device: {}  model: {} params, {:.2} GB bf16, loaded in {:.1} s, {} KV blocks",
+        r.device,
+        r.model_params,
+        r.weight_bytes as f64 / 1e9,
+        r.load_s,
+        r.kv_blocks
+    );
     triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
     for p in &r.prefill {
         println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
@@ -489,5 +529,7 @@ fn bench_cuda(a: &Args) -> Result<()> {
 }
 
 fn list_str(v: &str, k: &str) -> Result<Vec<usize>> {
-    v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`")))).collect()
+    v.split(',')
+        .map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`"))))
+        .collect()
 }

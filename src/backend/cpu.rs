@@ -271,7 +271,9 @@ impl Backend for CpuBackend {
         Ok(match (fmt, t.dtype()) {
             (WeightFormat::Int8, _) => CpuWeight::Packed(Packed::q8(&t)),
             (WeightFormat::Bf16, _) => CpuWeight::Packed(Packed::bf16(&t, true)),
-            (WeightFormat::AsLoaded, crate::tensor::DType::BF16) if !legacy => CpuWeight::Packed(Packed::bf16(&t, false)),
+            (WeightFormat::AsLoaded, crate::tensor::DType::BF16) if !legacy => {
+                CpuWeight::Packed(Packed::bf16(&t, false))
+            }
             (WeightFormat::AsLoaded, _) => CpuWeight::Plain(t),
         })
     }
@@ -341,7 +343,16 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope_write_kv(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, v: &Vec<f32>, k_cache: &mut Vec<f32>, v_cache: &mut Vec<f32>, meta: CheckedStep, d: AttnDims) -> Result<()> {
+    fn rope_write_kv(
+        &self,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        v: &Vec<f32>,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()> {
         let (hd, qw, kw) = (d.head_dim, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
         let n = meta.n_tokens();
         check_len("rope q", q.len(), n * qw)?;
@@ -362,7 +373,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn paged_attention(&self, out: &mut Vec<f32>, q: &Vec<f32>, k_cache: &Vec<f32>, v_cache: &Vec<f32>, meta: CheckedStep, d: AttnDims) -> Result<()> {
+    fn paged_attention(
+        &self,
+        out: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()> {
         let (hd, nh) = (d.head_dim, d.n_heads);
         let (qw, kw) = (nh * hd, d.n_kv_heads * hd);
         let group = d.group()?;
@@ -419,7 +438,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn unshard_vocab(&self, out: &mut Vec<f32>, parts: &Vec<f32>, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
+    fn unshard_vocab(
+        &self,
+        out: &mut Vec<f32>,
+        parts: &Vec<f32>,
+        rows: usize,
+        vocab: usize,
+        world: usize,
+        width: usize,
+    ) -> Result<()> {
         let w_max = unshard_shape(vocab, world, width)?;
         check_len("unshard_vocab out", out.len(), rows * width)?;
         check_len("unshard_vocab parts", parts.len(), world * rows * w_max)?;
@@ -476,7 +503,9 @@ mod tests {
     /// Every rank's `[rows, w_k]` block in its padded slot comes back at its vocabulary columns.
     #[test]
     fn unshard_vocab_places_each_rank_share() {
-        for (rows, vocab, world, width) in [(3usize, 11usize, 4usize, 11usize), (2, 10, 3, 7), (1, 5, 1, 4), (4, 9, 2, 9)] {
+        for (rows, vocab, world, width) in
+            [(3usize, 11usize, 4usize, 11usize), (2, 10, 3, 7), (1, 5, 1, 4), (4, 9, 2, 9)]
+        {
             let w_max = vocab.div_ceil(world);
             // Value = 1000 * row + column, written where rank k keeps it; padding holds -1.
             let mut parts = vec![-1f32; world * rows * w_max];
@@ -502,7 +531,8 @@ mod tests {
         let x: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
         let wf: Vec<f32> = (0..m * k).map(|i| ((i * 11 % 17) as f32 - 8.0) / 8.0).collect();
         let w32 = Tensor::from_f32(&[m, k], wf.clone());
-        let w16 = Tensor { shape: vec![m, k], data: TensorData::BF16(wf.iter().map(|&v| half::bf16::from_f32(v)).collect()) };
+        let w16 =
+            Tensor { shape: vec![m, k], data: TensorData::BF16(wf.iter().map(|&v| half::bf16::from_f32(v)).collect()) };
         for w in [&w32, &w16] {
             let mut out = vec![0f32; n * m];
             gemm(&mut out, &x, w, n);
@@ -523,7 +553,8 @@ mod tests {
         let x: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 333.0).collect();
         let wf: Vec<f32> = (0..m * k).map(|i| ((i * 104_729 % 2003) as f32 - 1001.0) / 977.0).collect();
         let w32 = Tensor::from_f32(&[m, k], wf.clone());
-        let w16 = Tensor { shape: vec![m, k], data: TensorData::F16(wf.iter().map(|&v| half::f16::from_f32(v)).collect()) };
+        let w16 =
+            Tensor { shape: vec![m, k], data: TensorData::F16(wf.iter().map(|&v| half::f16::from_f32(v)).collect()) };
         for w in [&w32, &w16] {
             let mut all = vec![0f32; n * m];
             gemm(&mut all, &x, w, n);

@@ -6,8 +6,8 @@ pub mod cpu_gemm;
 pub mod cuda;
 
 use crate::sampling::{Picked, SampleBatch};
-use crate::{Error, Result};
 use crate::tensor::Tensor;
+use crate::{Error, Result};
 
 /// Per-step batch layout, plain host data: tokens of several sequences, prefill and decode mixed.
 #[derive(Debug, Clone, Default)]
@@ -190,18 +190,52 @@ pub trait Backend: Send + Sync + 'static {
     /// out[i, :] = table[ids[i], :]; out `[n, h]`, table `[V, h]`.
     fn embedding(&self, out: &mut Self::Buf, table: &Self::Weight, ids: &[u32], h: usize) -> Result<()>;
     /// out = rmsnorm(x) * w over rows of width h; x, out `[n, h]`, w `[h]`.
-    fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Weight, n: usize, h: usize, eps: f32) -> Result<()>;
+    fn rms_norm(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        n: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// residual += x; out = rmsnorm(residual) * w. residual, x, out `[n, h]`.
     #[allow(clippy::too_many_arguments)]
-    fn add_rms_norm(&self, residual: &mut Self::Buf, x: &Self::Buf, out: &mut Self::Buf, w: &Self::Weight, n: usize, h: usize, eps: f32) -> Result<()>;
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Buf,
+        x: &Self::Buf,
+        out: &mut Self::Buf,
+        w: &Self::Weight,
+        n: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// out = x · wᵀ; x `[n, k]`, w `[m, k]`, out `[n, m]` (f32 accumulation).
     fn gemm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Weight, n: usize) -> Result<()>;
     /// Rotates q `[n, nh*hd]` and k `[n, nkv*hd]` in place (split-halves RoPE), then writes k and v
     /// into the paged caches `[blocks, block_size, nkv, hd]` at `meta.slots`.
     #[allow(clippy::too_many_arguments)]
-    fn rope_write_kv(&self, q: &mut Self::Buf, k: &mut Self::Buf, v: &Self::Buf, k_cache: &mut Self::Buf, v_cache: &mut Self::Buf, meta: CheckedStep, d: AttnDims) -> Result<()>;
+    fn rope_write_kv(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()>;
     /// Causal attention of each new token over its sequence's cached keys; out `[n, nh*hd]`.
-    fn paged_attention(&self, out: &mut Self::Buf, q: &Self::Buf, k_cache: &Self::Buf, v_cache: &Self::Buf, meta: CheckedStep, d: AttnDims) -> Result<()>;
+    fn paged_attention(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()>;
     /// out = silu(gate) * up, all `[len]`.
     fn silu_mul(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// Copies rows `rows` of x `[*, h]` into out `[rows.len(), h]`.
@@ -210,7 +244,15 @@ pub trait Backend: Send + Sync + 'static {
     /// (rank k owns `ShardSpec::range(vocab)`, `w_max` is the largest share); out `[rows, width]` keeps
     /// columns `0..width` (width <= vocab).
     #[allow(clippy::too_many_arguments)]
-    fn unshard_vocab(&self, out: &mut Self::Buf, parts: &Self::Buf, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()>;
+    fn unshard_vocab(
+        &self,
+        out: &mut Self::Buf,
+        parts: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        world: usize,
+        width: usize,
+    ) -> Result<()>;
     /// Applies each row's penalties and masks to logits `[batch.len(), batch.vocab]` in place and picks one token
     /// per row, returned with its log-probability under the logits as they were. Only the picks leave the device.
     fn sample(&self, logits: &mut Self::Buf, batch: &SampleBatch) -> Result<Vec<Picked>>;
@@ -241,12 +283,12 @@ mod tests {
             |s| {
                 s.slots.pop();
             },
-            |s| s.seqs[1].token_start = 4,              // outside the step
-            |s| s.seqs[1].n_tokens = 0,                 // empty range
-            |s| s.seqs[0].n_tokens = 2,                 // token 2 in no sequence
-            |s| s.seqs[1].token_start = 2,              // token 2 in two sequences
-            |s| s.seqs[1].context_len = 0,              // context shorter than the new tokens
-            |s| s.seqs[1].context_len = 9,              // needs 3 blocks, has 2
+            |s| s.seqs[1].token_start = 4, // outside the step
+            |s| s.seqs[1].n_tokens = 0,    // empty range
+            |s| s.seqs[0].n_tokens = 2,    // token 2 in no sequence
+            |s| s.seqs[1].token_start = 2, // token 2 in two sequences
+            |s| s.seqs[1].context_len = 0, // context shorter than the new tokens
+            |s| s.seqs[1].context_len = 9, // needs 3 blocks, has 2
         ];
         for (i, f) in cases.iter().enumerate() {
             let mut s = step();

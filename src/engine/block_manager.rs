@@ -243,10 +243,7 @@ mod tests {
         let k1 = block_key(0, None, &[1, 2]);
         assert_eq!(k1, block_key(0, None, &[1, 2]));
         assert_ne!(k1, block_key(1, None, &[1, 2]), "the model identity is part of the key");
-        assert_ne!(
-            block_key(0, Some(k1), &[3, 4]),
-            block_key(0, Some(block_key(0, None, &[9, 2])), &[3, 4])
-        );
+        assert_ne!(block_key(0, Some(k1), &[3, 4]), block_key(0, Some(block_key(0, None, &[9, 2])), &[3, 4]));
     }
 
     #[test]

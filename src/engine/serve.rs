@@ -62,7 +62,9 @@ impl Engine {
             && prompt_ids.len() > m
         {
             let n = prompt_ids.len();
-            return Err(Error::InvalidRequest(format!("prompt {index} has {n} tokens; this model's max_input_len is {m}")));
+            return Err(Error::InvalidRequest(format!(
+                "prompt {index} has {n} tokens; this model's max_input_len is {m}"
+            )));
         }
         let default_stops = d.stop_strings.as_deref().unwrap_or(self.default_stop_strings());
         let mut params = p.params.clone();

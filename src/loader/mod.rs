@@ -1,9 +1,9 @@
 //! Checkpoint sources: one trait over Hugging Face safetensors folders and NeMo `.nemo` archives or folders,
 //! yielding canonical per-layer tensors (HF layout, row-major [out, in]) in their stored dtype.
 pub mod hf;
-pub mod random;
 pub mod nemo;
 pub mod nemo_config;
+pub mod random;
 pub mod tarfs;
 pub mod zarr;
 
@@ -125,16 +125,23 @@ pub struct TensorReader<'a> {
 impl<'a> TensorReader<'a> {
     /// `what` names the load in the progress lines.
     pub fn new(src: &'a dyn CheckpointSource, what: impl Into<String>) -> Self {
-        let total: u64 = src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
+        let total: u64 =
+            src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
         TensorReader { src, progress: Progress::new(what, total) }
     }
 
     /// Canonical tensor `name`, in its stored dtype and canonical shape.
     pub fn read(&mut self, name: &str) -> Result<Tensor> {
         let t = self.src.load(name)?;
-        let want = canonical_shape(self.src.config(), name).ok_or_else(|| Error::Internal(format!("unknown tensor {name}")))?;
+        let want = canonical_shape(self.src.config(), name)
+            .ok_or_else(|| Error::Internal(format!("unknown tensor {name}")))?;
         if t.shape != want {
-            return Err(Error::TensorShape { path: self.src.path().into(), name: name.into(), expected: want, got: t.shape });
+            return Err(Error::TensorShape {
+                path: self.src.path().into(),
+                name: name.into(),
+                expected: want,
+                got: t.shape,
+            });
         }
         self.progress.add(t.nbytes() as u64);
         Ok(t)

@@ -54,7 +54,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         let cfg = src.config().clone();
         let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
         ShardSpec::check(&cfg, shard.world)?;
-        let mut reader = TensorReader::new(src, format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world));
+        let mut reader =
+            TensorReader::new(src, format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world));
         let mut get = |name: &str| -> Result<B::Weight> {
             let t = shard.shard(&cfg, name, reader.read(name)?);
             const MATMULS: [&str; 7] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"];
@@ -108,7 +109,13 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
 
     /// Runs one step: writes the tokens' K/V into `kv` and returns full-vocabulary logits `[logit_rows.len(), V]`
     /// for the requested token rows (row-major), on the host of rank 0 (the other ranks return nothing).
-    pub fn forward(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        meta: &StepMeta,
+        logit_rows: &[usize],
+        kv: &mut KvCache<B>,
+    ) -> Result<Vec<f32>> {
         let v = self.cfg.vocab_size;
         match self.forward_logits(tokens, meta, logit_rows, kv, v)? {
             Some(l) => self.backend.read(&l, logit_rows.len() * v),
@@ -119,10 +126,21 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     /// Runs one step and picks one token per logit row on the device, never one of the columns
     /// `batch.vocab..V`; only the picks cross to the host. Rank 0 samples and returns them; the other ranks
     /// return nothing.
-    pub fn forward_sample(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>, batch: &SampleBatch) -> Result<Vec<Picked>> {
+    pub fn forward_sample(
+        &self,
+        tokens: &[u32],
+        meta: &StepMeta,
+        logit_rows: &[usize],
+        kv: &mut KvCache<B>,
+        batch: &SampleBatch,
+    ) -> Result<Vec<Picked>> {
         let width = batch.vocab;
         if batch.len() != logit_rows.len() || width == 0 || width > self.cfg.vocab_size {
-            return Err(Error::Internal(format!("{} sampling rows for {} logit rows of width {width}", batch.len(), logit_rows.len())));
+            return Err(Error::Internal(format!(
+                "{} sampling rows for {} logit rows of width {width}",
+                batch.len(),
+                logit_rows.len()
+            )));
         }
         match self.forward_logits(tokens, meta, logit_rows, kv, width)? {
             Some(mut l) => self.backend.sample(&mut l, batch),
@@ -132,7 +150,14 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
 
     /// The step's logits `[logit_rows.len(), width]` (columns `0..width` of the vocabulary) on rank 0's device;
     /// None on the other ranks and when no row is asked for.
-    fn forward_logits(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>, width: usize) -> Result<Option<B::Buf>> {
+    fn forward_logits(
+        &self,
+        tokens: &[u32],
+        meta: &StepMeta,
+        logit_rows: &[usize],
+        kv: &mut KvCache<B>,
+        width: usize,
+    ) -> Result<Option<B::Buf>> {
         let n = tokens.len();
         if n == 0 || meta.n_tokens() != n || meta.slots.len() != n {
             return Err(Error::Internal(format!("step of {n} tokens with {} positions", meta.n_tokens())));

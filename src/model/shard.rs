@@ -30,13 +30,20 @@ impl ShardSpec {
         if world == 0 {
             return Err(Error::Config("tensor-parallel size must be at least 1".into()));
         }
-        for (what, v) in [("num_kv_heads", cfg.num_kv_heads), ("num_heads", cfg.num_heads), ("intermediate_size", cfg.intermediate_size)] {
+        for (what, v) in [
+            ("num_kv_heads", cfg.num_kv_heads),
+            ("num_heads", cfg.num_heads),
+            ("intermediate_size", cfg.intermediate_size),
+        ] {
             if v % world != 0 {
                 return Err(Error::Config(format!("tensor-parallel size {world} does not divide {what} = {v}")));
             }
         }
         if cfg.vocab_size < world {
-            return Err(Error::Config(format!("vocabulary of {} is smaller than tensor-parallel size {world}", cfg.vocab_size)));
+            return Err(Error::Config(format!(
+                "vocabulary of {} is smaller than tensor-parallel size {world}",
+                cfg.vocab_size
+            )));
         }
         Ok(())
     }

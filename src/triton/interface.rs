@@ -8,8 +8,14 @@ use crate::{Error, Result};
 
 /// Every output the backend can produce, in declaration order (`outputs` first: `NemoQuery` reads the first).
 pub const OUTPUTS: [&str; 8] = [
-    "outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs",
-    "cum_log_probs", "output_tokens",
+    "outputs",
+    "text_output",
+    "finish_reason",
+    "num_input_tokens",
+    "num_output_tokens",
+    "output_log_probs",
+    "cum_log_probs",
+    "output_tokens",
 ];
 /// Outputs produced only when a client names them (they cost work on every token).
 pub const ON_REQUEST: [&str; 1] = ["output_tokens"];
@@ -134,9 +140,10 @@ impl<'a> Inputs<'a> {
             return refuse(format!("input `{}` has {r} rows, the prompts have {}", t.name, self.n));
         }
         if let Some(want) = per_row
-            && k != want {
-                return refuse(format!("input `{}` must have shape [batch, {want}], got {:?}", t.name, t.shape));
-            }
+            && k != want
+        {
+            return refuse(format!("input `{}` must have shape [batch, {want}], got {:?}", t.name, t.shape));
+        }
         Ok(r)
     }
     /// One number per prompt (broadcast from one row).
@@ -166,7 +173,8 @@ impl<'a> Inputs<'a> {
             let row = if r == 1 { 0 } else { i };
             let mut v = Vec::new();
             for e in &els[row * k..(row + 1) * k] {
-                let s = String::from_utf8(e.clone()).map_err(|_| Error::InvalidRequest(format!("input `{name}` is not valid UTF-8")))?;
+                let s = String::from_utf8(e.clone())
+                    .map_err(|_| Error::InvalidRequest(format!("input `{name}` is not valid UTF-8")))?;
                 if !s.is_empty() {
                     v.push(s);
                 }
@@ -420,7 +428,9 @@ impl PerPrompt {
             }
             if let Some(s) = list.iter().find(|s| s.len() > MAX_STOP_BYTES) {
                 let n = s.len();
-                return refuse(format!("prompt {i}: one of the {what} is {n} bytes; each may be at most {MAX_STOP_BYTES} bytes"));
+                return refuse(format!(
+                    "prompt {i}: one of the {what} is {n} bytes; each may be at most {MAX_STOP_BYTES} bytes"
+                ));
             }
         }
         Ok(bad_words)
@@ -448,7 +458,6 @@ fn output_set(inp: &Inputs, requested: &[String]) -> Result<OutputSet> {
     }
     Ok(OutputSet { names })
 }
-
 
 #[cfg(test)]
 #[path = "interface_tests.rs"]

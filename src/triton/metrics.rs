@@ -48,36 +48,48 @@ fn family(kind: u32, name: &str, desc: &str) -> Result<Fam> {
 }
 
 fn families() -> std::result::Result<&'static Families, String> {
-    FAMILIES
-        .get_or_init(|| {
-            make_families().map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| e.clone())
+    FAMILIES.get_or_init(|| make_families().map_err(|e| e.to_string())).as_ref().map_err(|e| e.clone())
 }
 
 fn make_families() -> Result<Families> {
-            let (c, g, h) = (ffi::METRIC_COUNTER, ffi::METRIC_GAUGE, ffi::METRIC_HISTOGRAM);
-            Ok(Families {
-                finished: family(c, "llama_requests_finished_total", "Prompts finished, by reason (stop, length, cancelled, error, rejected)")?,
-                prompt: family(c, "llama_prompt_tokens_total", "Prompt tokens admitted")?,
-                generated: family(c, "llama_generation_tokens_total", "Tokens generated")?,
-                running: family(g, "llama_num_requests_running", "Sequences in the running batch")?,
-                waiting: family(g, "llama_num_requests_waiting", "Sequences waiting for admission")?,
-                in_flight: family(g, "llama_num_requests_in_flight", "Prompts received by the backend and not yet answered in full (queued, waiting or running)")?,
-                kv_used: family(g, "llama_kv_cache_blocks_used", "KV-cache blocks in use")?,
-                kv_cached: family(g, "llama_kv_cache_blocks_cached",
-                    "KV-cache blocks no sequence holds that keep a reusable prefix (evicted LRU when needed)")?,
-                kv_free: family(g, "llama_kv_cache_blocks_free", "KV-cache blocks holding nothing")?,
-                kv_total: family(g, "llama_kv_cache_blocks_total", "KV-cache blocks in the pool")?,
-                prefix_queries: family(c, "llama_prefix_cache_queries_tokens_total",
-                    "Prompt tokens looked up in the prefix cache at admission")?,
-                prefix_hits: family(c, "llama_prefix_cache_hits_tokens_total",
-                    "Prompt tokens found in the prefix cache (their prefill was skipped)")?,
-                ttft: family(h, "llama_time_to_first_token_seconds", "Time from arrival to the first generated token")?,
-                tpot: family(h, "llama_time_per_output_token_seconds", "Mean time between generated tokens, per sequence")?,
-                e2e: family(h, "llama_e2e_request_latency_seconds", "Time from arrival to the final response")?,
-            })
+    let (c, g, h) = (ffi::METRIC_COUNTER, ffi::METRIC_GAUGE, ffi::METRIC_HISTOGRAM);
+    Ok(Families {
+        finished: family(
+            c,
+            "llama_requests_finished_total",
+            "Prompts finished, by reason (stop, length, cancelled, error, rejected)",
+        )?,
+        prompt: family(c, "llama_prompt_tokens_total", "Prompt tokens admitted")?,
+        generated: family(c, "llama_generation_tokens_total", "Tokens generated")?,
+        running: family(g, "llama_num_requests_running", "Sequences in the running batch")?,
+        waiting: family(g, "llama_num_requests_waiting", "Sequences waiting for admission")?,
+        in_flight: family(
+            g,
+            "llama_num_requests_in_flight",
+            "Prompts received by the backend and not yet answered in full (queued, waiting or running)",
+        )?,
+        kv_used: family(g, "llama_kv_cache_blocks_used", "KV-cache blocks in use")?,
+        kv_cached: family(
+            g,
+            "llama_kv_cache_blocks_cached",
+            "KV-cache blocks no sequence holds that keep a reusable prefix (evicted LRU when needed)",
+        )?,
+        kv_free: family(g, "llama_kv_cache_blocks_free", "KV-cache blocks holding nothing")?,
+        kv_total: family(g, "llama_kv_cache_blocks_total", "KV-cache blocks in the pool")?,
+        prefix_queries: family(
+            c,
+            "llama_prefix_cache_queries_tokens_total",
+            "Prompt tokens looked up in the prefix cache at admission",
+        )?,
+        prefix_hits: family(
+            c,
+            "llama_prefix_cache_hits_tokens_total",
+            "Prompt tokens found in the prefix cache (their prefill was skipped)",
+        )?,
+        ttft: family(h, "llama_time_to_first_token_seconds", "Time from arrival to the first generated token")?,
+        tpot: family(h, "llama_time_per_output_token_seconds", "Mean time between generated tokens, per sequence")?,
+        e2e: family(h, "llama_e2e_request_latency_seconds", "Time from arrival to the final response")?,
+    })
 }
 
 struct M(*mut ffi::TRITONSERVER_Metric);
@@ -87,17 +99,32 @@ fn metric(f: &Fam, labels: &[(&str, &str)], buckets: Option<&[f64]>) -> Result<M
     // SAFETY: each parameter copies its name and value; all are deleted below after the metric is made.
     let params: Vec<*const ffi::TRITONSERVER_Parameter> = owned
         .iter()
-        .map(|(k, v)| unsafe { ffi::TRITONSERVER_ParameterNew(k.as_ptr(), ffi::PARAMETER_STRING, v.as_ptr() as *const _) } as *const _)
+        .map(|(k, v)| unsafe {
+            ffi::TRITONSERVER_ParameterNew(k.as_ptr(), ffi::PARAMETER_STRING, v.as_ptr() as *const _)
+        } as *const _)
         .collect();
     let mut m = ptr::null_mut();
     let r = match buckets {
-        None => check(unsafe { ffi::TRITONSERVER_MetricNew(&mut m, f.0, params.as_ptr(), params.len() as u64) }, "MetricNew"),
+        None => check(
+            unsafe { ffi::TRITONSERVER_MetricNew(&mut m, f.0, params.as_ptr(), params.len() as u64) },
+            "MetricNew",
+        ),
         Some(b) => (|| {
             let mut args = ptr::null_mut();
             // SAFETY: valid out-pointer; `b` outlives the call; args deleted after use.
             check(unsafe { ffi::TRITONSERVER_MetricArgsNew(&mut args) }, "MetricArgsNew")?;
-            let r = check(unsafe { ffi::TRITONSERVER_MetricArgsSetHistogram(args, b.as_ptr(), b.len() as u64) }, "MetricArgsSetHistogram")
-                .and_then(|_| check(unsafe { ffi::TRITONSERVER_MetricNewWithArgs(&mut m, f.0, params.as_ptr(), params.len() as u64, args) }, "MetricNewWithArgs"));
+            let r = check(
+                unsafe { ffi::TRITONSERVER_MetricArgsSetHistogram(args, b.as_ptr(), b.len() as u64) },
+                "MetricArgsSetHistogram",
+            )
+            .and_then(|_| {
+                check(
+                    unsafe {
+                        ffi::TRITONSERVER_MetricNewWithArgs(&mut m, f.0, params.as_ptr(), params.len() as u64, args)
+                    },
+                    "MetricNewWithArgs",
+                )
+            });
             let _ = check(unsafe { ffi::TRITONSERVER_MetricArgsDelete(args) }, "MetricArgsDelete");
             r
         })(),

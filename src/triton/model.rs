@@ -10,10 +10,27 @@ use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
 pub const PARAMS: [&str; 21] = [
-    "checkpoint", "device", "tensor_parallel_size", "gpu_device_ids", "max_input_len", "max_output_len", "max_num_seqs",
-    "kv_cache_bytes", "max_queue_size", "add_bos", "stop_strings", "exclude_input_in_output", "default_max_tokens",
-    "block_size", "max_batched_tokens", "num_blocks", "kv_cache_fraction", "enable_prefix_caching", "chat_template",
-    "mixed_prefill_tokens", "weight_dtype",
+    "checkpoint",
+    "device",
+    "tensor_parallel_size",
+    "gpu_device_ids",
+    "max_input_len",
+    "max_output_len",
+    "max_num_seqs",
+    "kv_cache_bytes",
+    "max_queue_size",
+    "add_bos",
+    "stop_strings",
+    "exclude_input_in_output",
+    "default_max_tokens",
+    "block_size",
+    "max_batched_tokens",
+    "num_blocks",
+    "kv_cache_fraction",
+    "enable_prefix_caching",
+    "chat_template",
+    "mixed_prefill_tokens",
+    "weight_dtype",
 ];
 
 /// Everything a model's config decides.
@@ -31,7 +48,12 @@ fn cfg_err<T>(m: String) -> Result<T> {
 }
 
 fn param(cfg: &Value, key: &str) -> Option<String> {
-    cfg.get("parameters")?.get(key)?.get("string_value")?.as_str().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    cfg.get("parameters")?
+        .get(key)?
+        .get("string_value")?
+        .as_str()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn num<T: std::str::FromStr>(cfg: &Value, key: &str) -> Result<Option<T>> {
@@ -167,7 +189,8 @@ impl Lengths {
         let default_max_tokens: usize = num(cfg, "default_max_tokens")?.unwrap_or(64.min(max_output_len));
         if default_max_tokens == 0 || default_max_tokens > max_output_len {
             return cfg_err(format!(
-                "parameter `default_max_tokens` ({default_max_tokens}) must be in [1, max_output_len = {max_output_len}]"
+                "parameter `default_max_tokens` ({default_max_tokens}) must be in \
+                 [1, max_output_len = {max_output_len}]"
             ));
         }
         Ok(Lengths { max_input_len, max_output_len, default_max_tokens })
@@ -222,13 +245,14 @@ fn engine_config(
 
 /// `stop_strings`: a JSON list (no empty string), or `auto` / unset for the checkpoint's.
 fn stop_strings(cfg: &Value) -> Result<Option<Vec<String>>> {
-    let stop_strings = match param(cfg, "stop_strings") {
-        None => None,
-        Some(s) if s == "auto" => None,
-        Some(s) => Some(serde_json::from_str::<Vec<String>>(&s).map_err(|e| {
-            Error::Config(format!("parameter `stop_strings`: a JSON list of strings or `auto` ({e})"))
-        })?),
-    };
+    let stop_strings =
+        match param(cfg, "stop_strings") {
+            None => None,
+            Some(s) if s == "auto" => None,
+            Some(s) => Some(serde_json::from_str::<Vec<String>>(&s).map_err(|e| {
+                Error::Config(format!("parameter `stop_strings`: a JSON list of strings or `auto` ({e})"))
+            })?),
+        };
     if stop_strings.as_ref().is_some_and(|v| v.iter().any(String::is_empty)) {
         return cfg_err("parameter `stop_strings` must not contain an empty string".into());
     }
@@ -264,7 +288,8 @@ pub fn autocomplete(cfg: &mut Value) -> bool {
     }
     let empty = |v: Option<&Value>| v.and_then(Value::as_array).is_none_or(|a| a.is_empty());
     if empty(obj.get("input")) {
-        let inputs: Vec<Value> = INPUTS.iter().map(|(n, t, d)| json!({"name": n, "data_type": t, "dims": [d], "optional": true})).collect();
+        let inputs: Vec<Value> =
+            INPUTS.iter().map(|(n, t, d)| json!({"name": n, "data_type": t, "dims": [d], "optional": true})).collect();
         obj.insert("input".into(), Value::Array(inputs));
         changed = true;
     }
@@ -293,8 +318,12 @@ mod tests {
     use super::*;
 
     fn cfg(params: Value) -> Value {
-        let p: serde_json::Map<String, Value> =
-            params.as_object().unwrap().iter().map(|(k, v)| (k.clone(), json!({"string_value": v.as_str().unwrap()}))).collect();
+        let p: serde_json::Map<String, Value> = params
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), json!({"string_value": v.as_str().unwrap()})))
+            .collect();
         json!({"name": "m", "max_batch_size": 8, "parameters": p})
     }
 
@@ -304,7 +333,11 @@ mod tests {
 
     #[test]
     fn defaults_and_relative_checkpoint() {
-        let s = ModelSettings::from_config(&cfg(json!({"checkpoint": "ckpt/hf", "max_input_len": "100", "max_output_len": "20"})), Path::new("/models/m")).unwrap();
+        let s = ModelSettings::from_config(
+            &cfg(json!({"checkpoint": "ckpt/hf", "max_input_len": "100", "max_output_len": "20"})),
+            Path::new("/models/m"),
+        )
+        .unwrap();
         assert_eq!(s.checkpoint, PathBuf::from("/models/m/ckpt/hf"));
         assert_eq!(s.engine.max_model_len, Some(120));
         assert_eq!(s.limits.default_max_tokens, 20);
@@ -324,10 +357,19 @@ mod tests {
     #[test]
     fn contradictions_name_the_field() {
         assert!(err(json!({})).contains("`checkpoint` is required"));
-        assert!(err(json!({"checkpoint": "x", "gpu_device_ids": "0,1"})).contains("`gpu_device_ids` is set but `device` is cpu"));
-        assert!(err(json!({"checkpoint": "x", "device": "cuda", "gpu_device_ids": "0", "tensor_parallel_size": "2"})).contains("`tensor_parallel_size` is 2"));
+        assert!(
+            err(json!({"checkpoint": "x", "gpu_device_ids": "0,1"}))
+                .contains("`gpu_device_ids` is set but `device` is cpu")
+        );
+        assert!(
+            err(json!({"checkpoint": "x", "device": "cuda", "gpu_device_ids": "0", "tensor_parallel_size": "2"}))
+                .contains("`tensor_parallel_size` is 2")
+        );
         assert!(err(json!({"checkpoint": "x", "device": "tpu"})).contains("`device` must be cpu or cuda"));
-        assert!(err(json!({"checkpoint": "x", "max_output_len": "8", "default_max_tokens": "9"})).contains("`default_max_tokens`"));
+        assert!(
+            err(json!({"checkpoint": "x", "max_output_len": "8", "default_max_tokens": "9"}))
+                .contains("`default_max_tokens`")
+        );
         assert!(err(json!({"checkpoint": "x", "max_num_seq": "8"})).contains("unknown parameter `max_num_seq`"));
         // It was once accepted and never read; the CPU engine's threads are the process's rayon pool.
         assert!(err(json!({"checkpoint": "x", "engine_threads": "4"})).contains("unknown parameter `engine_threads`"));

@@ -28,7 +28,8 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 5] = [EndReason::Stop, EndReason::Length, EndReason::Cancelled, EndReason::Error, EndReason::Rejected];
+    pub const ALL: [EndReason; 5] =
+        [EndReason::Stop, EndReason::Length, EndReason::Cancelled, EndReason::Error, EndReason::Rejected];
 
     /// The metric label.
     pub fn as_str(self) -> &'static str {
@@ -136,7 +137,8 @@ impl EngineHandle {
             .name("llama-engine".into())
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    let opened = open().and_then(|mut e| e.apply_chat_override(set.chat_template.as_deref()).map(|_| e));
+                    let opened =
+                        open().and_then(|mut e| e.apply_chat_override(set.chat_template.as_deref()).map(|_| e));
                     let engine = match opened {
                         Ok(e) => e,
                         Err(e) => {
@@ -169,7 +171,9 @@ impl EngineHandle {
                     .run();
                 }));
                 if r.is_err() {
-                    log::error!("the engine thread panicked; its requests were failed and the model stops accepting work");
+                    log::error!(
+                        "the engine thread panicked; its requests were failed and the model stops accepting work"
+                    );
                 }
                 dd.store(true, Ordering::SeqCst);
                 log::info!("engine thread stopped");
@@ -213,7 +217,10 @@ impl EngineHandle {
             return refuse(sub, "the engine thread has stopped; reload the model".into());
         }
         if prev + n > self.capacity {
-            return refuse(sub, format!("the server is at capacity ({} prompts in flight, limit {}); retry later", prev, self.capacity));
+            return refuse(
+                sub,
+                format!("the server is at capacity ({} prompts in flight, limit {}); retry later", prev, self.capacity),
+            );
         }
         if let Err(Msg::Submit(sub)) = self.send(Msg::Submit(sub)) {
             refuse(sub, "the engine is shutting down".into());

@@ -77,7 +77,13 @@ impl Loop {
     fn publish_gauges(&self) {
         let e = &self.engine;
         for o in self.observers.values() {
-            o.gauges(e.num_running(), e.num_waiting(), e.kv_blocks_used(), e.kv_blocks_total(), self.inflight.load(Ordering::SeqCst));
+            o.gauges(
+                e.num_running(),
+                e.num_waiting(),
+                e.kv_blocks_used(),
+                e.kv_blocks_total(),
+                self.inflight.load(Ordering::SeqCst),
+            );
             o.kv_split(e.kv_blocks_cached(), e.kv_blocks_free());
         }
         let (now, before) = (e.prefix_cache_stats(), self.prefix_published.get());
@@ -196,7 +202,8 @@ impl Loop {
     fn flush(&mut self, key: u64) {
         let Some(j) = self.jobs.get_mut(&key) else { return };
         j.dirty = false;
-        let done = j.rows.iter().all(|r| r.out.finish().is_some()) || j.ids.iter().all(|id| !self.rows.contains_key(id));
+        let done =
+            j.rows.iter().all(|r| r.out.finish().is_some()) || j.ids.iter().all(|id| !self.rows.contains_key(id));
         if j.fresh > 0 {
             j.obs.tokens(0, std::mem::take(&mut j.fresh));
         }

@@ -124,14 +124,23 @@ pub fn pack(meta: CheckedStep, num_slots: usize, tiling: Tiling) -> Result<HostM
     if meta.positions.iter().any(|&p| p > i32::MAX as u32) {
         return Err(malformed("position exceeds int32".into()));
     }
-    Ok(HostMeta { data, off, n_tokens: n, n_dec: dec.len(), n_tiles: tiles.len() / 2, dec_splits, block_size: bs, num_slots })
+    Ok(HostMeta {
+        data,
+        off,
+        n_tokens: n,
+        n_dec: dec.len(),
+        n_tiles: tiles.len() / 2,
+        dec_splits,
+        block_size: bs,
+        num_slots,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{SeqMeta, StepMeta};
     use crate::backend::cuda::ffi::{TL_DECODE_SPLIT, TL_PREFILL_ROWS};
+    use crate::backend::{SeqMeta, StepMeta};
 
     /// `StepMeta::check`, then `meta::pack` with the kernels' tiling.
     fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {

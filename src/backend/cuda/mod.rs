@@ -54,7 +54,12 @@ pub struct CudaBackend {
 
 impl Clone for CudaBackend {
     fn clone(&self) -> Self {
-        CudaBackend { ctx: self.ctx.clone(), stream: self.stream.clone(), blas: self.blas.clone(), scratch: self.scratch.clone() }
+        CudaBackend {
+            ctx: self.ctx.clone(),
+            stream: self.stream.clone(),
+            blas: self.blas.clone(),
+            scratch: self.scratch.clone(),
+        }
     }
 }
 
@@ -152,8 +157,14 @@ impl CudaBackend {
     }
 
     /// The step metadata on the device, uploaded once and reused while the step is unchanged.
-    fn with_meta<T>(&self, meta: CheckedStep, num_slots: usize, f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>) -> Result<T> {
-        let tiling = meta::Tiling { decode_split: ffi::TL_DECODE_SPLIT as usize, prefill_rows: ffi::TL_PREFILL_ROWS as usize };
+    fn with_meta<T>(
+        &self,
+        meta: CheckedStep,
+        num_slots: usize,
+        f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>,
+    ) -> Result<T> {
+        let tiling =
+            meta::Tiling { decode_split: ffi::TL_DECODE_SPLIT as usize, prefill_rows: ffi::TL_PREFILL_ROWS as usize };
         let host = meta::pack(meta, num_slots, tiling)?;
         let mut s = self.lock()?;
         if s.meta_dev.as_ref().is_none_or(|d| d.host != host) {
@@ -167,10 +178,15 @@ impl CudaBackend {
     }
 
     /// A reusable scratch slice of at least `n` elements.
-    fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, slot: &mut Option<CudaSlice<T>>, n: usize) -> Result<()> {
+    fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        slot: &mut Option<CudaSlice<T>>,
+        n: usize,
+    ) -> Result<()> {
         if slot.as_ref().is_none_or(|b| b.len() < n) {
             *slot = None;
-            *slot = Some(self.stream.alloc_zeros::<T>(n.max(1).next_power_of_two()).map_err(cuda_err("scratch alloc"))?);
+            *slot =
+                Some(self.stream.alloc_zeros::<T>(n.max(1).next_power_of_two()).map_err(cuda_err("scratch alloc"))?);
         }
         Ok(())
     }
@@ -279,7 +295,16 @@ impl Backend for CudaBackend {
         ffi::rms_norm(&self.stream, &mut out.0, None, &x.0, norm_weight(w, "rms_norm")?, n, h, eps)
     }
 
-    fn add_rms_norm(&self, residual: &mut CudaBuf, x: &CudaBuf, out: &mut CudaBuf, w: &CudaWeight, n: usize, h: usize, eps: f32) -> Result<()> {
+    fn add_rms_norm(
+        &self,
+        residual: &mut CudaBuf,
+        x: &CudaBuf,
+        out: &mut CudaBuf,
+        w: &CudaWeight,
+        n: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()> {
         self.bind()?;
         ffi::rms_norm(&self.stream, &mut out.0, Some(&mut residual.0), &x.0, norm_weight(w, "add_rms_norm")?, n, h, eps)
     }
@@ -306,14 +331,33 @@ impl Backend for CudaBackend {
         ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, data, n, m, k)
     }
 
-    fn rope_write_kv(&self, q: &mut CudaBuf, k: &mut CudaBuf, v: &CudaBuf, k_cache: &mut CudaBuf, v_cache: &mut CudaBuf, meta: CheckedStep, d: AttnDims) -> Result<()> {
+    fn rope_write_kv(
+        &self,
+        q: &mut CudaBuf,
+        k: &mut CudaBuf,
+        v: &CudaBuf,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()> {
         let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
-        self.with_meta(meta, num_slots, |dm, _| ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, d))
+        self.with_meta(meta, num_slots, |dm, _| {
+            ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, d)
+        })
     }
 
-    fn paged_attention(&self, out: &mut CudaBuf, q: &CudaBuf, k_cache: &CudaBuf, v_cache: &CudaBuf, meta: CheckedStep, d: AttnDims) -> Result<()> {
+    fn paged_attention(
+        &self,
+        out: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()> {
         let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
@@ -340,7 +384,15 @@ impl Backend for CudaBackend {
         ffi::gather_rows(&self.stream, &mut out.0, &x.0, &idx, max_row, rows.len(), h)
     }
 
-    fn unshard_vocab(&self, out: &mut CudaBuf, parts: &CudaBuf, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
+    fn unshard_vocab(
+        &self,
+        out: &mut CudaBuf,
+        parts: &CudaBuf,
+        rows: usize,
+        vocab: usize,
+        world: usize,
+        width: usize,
+    ) -> Result<()> {
         self.bind()?;
         ffi::unshard_vocab(&self.stream, &mut out.0, &parts.0, rows, vocab, world, width)
     }
