@@ -68,7 +68,10 @@ CUDA_HOME=$PWD/.venv-cuda/lib/python3.11/site-packages/nvidia/cu13). See ../shar
                 return d;
             }
         }
-        fail(&format!("libcudart_static.a not found under {}; install nvidia-cuda-runtime (see scripts/install_cuda_toolchain.sh)", home.display()))
+        fail(&format!(
+            "libcudart_static.a not found under {}; install nvidia-cuda-runtime (see scripts/install_cuda_toolchain.sh)",
+            home.display()
+        ))
     }
 
     pub fn build() {
@@ -112,7 +115,9 @@ CUDA_HOME=$PWD/.venv-cuda/lib/python3.11/site-packages/nvidia/cu13). See ../shar
             .layout_tests(false)
             .generate_comments(true)
             .generate()
-            .unwrap_or_else(|e| fail(&format!("bindgen on csrc/ops.h: {e} (needs libclang: apt-get install libclang-dev)")));
+            .unwrap_or_else(|e| {
+                fail(&format!("bindgen on csrc/ops.h: {e} (needs libclang: apt-get install libclang-dev)"))
+            });
         bindings.write_to_file(out.join("ops.rs")).unwrap_or_else(|e| fail(&format!("writing bindings: {e}")));
     }
 }

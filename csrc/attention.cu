@@ -6,7 +6,7 @@
 #include "common.cuh"
 
 #define DEC_WARPS 4
-#define PF_ROWS 16      // query rows per prefill block
+#define PF_ROWS TL_PREFILL_ROWS // query rows per prefill block (ops.h: the host packs the tiles)
 #define PF_WARPS 4      // each warp owns PF_ROWS / PF_WARPS rows
 #define PF_KEYS 32      // keys per shared-memory tile (one per lane)
 

@@ -15,6 +15,8 @@ extern "C" {
 #define TL_MAX_HEAD_DIM 256
 /* Keys per split of the decode attention. */
 #define TL_DECODE_SPLIT 512
+/* Query rows per tile of the prefill attention (the host packs one tile per TL_PREFILL_ROWS prompt rows). */
+#define TL_PREFILL_ROWS 16
 
 /* Human-readable name of a status returned by a launcher. */
 const char *tl_status_string(int status);

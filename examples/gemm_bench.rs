@@ -29,9 +29,8 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let ms: Vec<usize> = std::env::args()
-        .nth(1)
-        .map_or(vec![1, 8, 128], |s| s.split(',').map(|v| v.parse().unwrap()).collect());
+    let ms: Vec<usize> =
+        std::env::args().nth(1).map_or(vec![1, 8, 128], |s| s.split(',').map(|v| v.parse().unwrap()).collect());
     // (name, rows m, inner k): TinyLlama's projections and LM head.
     let shapes = [
         ("wq/wo", 2048, 2048),
@@ -47,16 +46,12 @@ fn main() {
     );
     for &(name, m, k) in &shapes {
         let wf = rand(m as u64, m * k);
-        let t = Tensor {
-            shape: vec![m, k],
-            data: TensorData::BF16(wf.iter().map(|&v| half::bf16::from_f32(v)).collect()),
-        };
+        let t =
+            Tensor { shape: vec![m, k], data: TensorData::BF16(wf.iter().map(|&v| half::bf16::from_f32(v)).collect()) };
         let plain = be.upload(t.clone()).unwrap();
         let pb = Packed::bf16(&t, false);
         let q8 = be.upload_matmul(t, WeightFormat::Int8).unwrap();
-        let triton_llama::backend::cpu::CpuWeight::Packed(pq) = &q8 else {
-            unreachable!()
-        };
+        let triton_llama::backend::cpu::CpuWeight::Packed(pq) = &q8 else { unreachable!() };
         for &n in &ms {
             let x = rand(7, n * k);
             let mut out = vec![0f32; n * m];
@@ -77,10 +72,7 @@ fn main() {
             } else {
                 f64::NAN
             });
-            println!(
-                "{name:<8} {n:>4} {}",
-                cols.iter().map(|c| format!("{c:>9.1}")).collect::<Vec<_>>().join(" ")
-            );
+            println!("{name:<8} {n:>4} {}", cols.iter().map(|c| format!("{c:>9.1}")).collect::<Vec<_>>().join(" "));
         }
     }
 }

@@ -48,16 +48,7 @@ fn main() {
         let (bs, per) = (16, 24);
         let src = RandomSource::new(tinyllama(), DType::BF16, 1).unwrap();
         let t = Instant::now();
-        let r = Runner::start_cpu_with(
-            Arc::new(src),
-            1,
-            KvPlan {
-                num_blocks: 11 * per,
-                block_size: bs,
-            },
-            fmt,
-        )
-        .unwrap();
+        let r = Runner::start_cpu_with(Arc::new(src), 1, KvPlan { num_blocks: 11 * per, block_size: bs }, fmt).unwrap();
         let load = t.elapsed().as_secs_f64();
         // Best of three 128-token prefills of fresh sequences (8..11), then decode 16 steps at batch 1 and 8
         // (sequences 0..8, after a 16-token prompt each).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README; CI runs it through .ci/run):
-#  1. every Rust test in release mode (default build: CPU engine);
+#  1. `cargo fmt --check` (rustfmt.toml: 120 columns), `cargo clippy --all-targets -D warnings` (also with
+#     `--features cuda` unless TL_SKIP_CUDA=1), then every Rust test in release mode (default build: CPU engine);
 #  2. the end-to-end tests against a real tritonserver (scripts/test_e2e.sh; sets up .venv if missing);
 #  3. the same Rust suite built with the CUDA backend (`--features cuda`, nvcc from the pinned PyPI wheels, see
 #     scripts/install_cuda_toolchain.sh). No GPU is needed: the tests that need one are #[ignore]d (cargo reports
@@ -13,6 +14,20 @@ cd "$(dirname "$0")/.."
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 
+# Formatting and lints first: they fail in seconds where the tests take minutes.
+for c in rustfmt clippy; do
+    cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$c"
+done
+cargo fmt --check
+cargo clippy --release --locked --all-targets -- -D warnings
+if [ "${TL_SKIP_CUDA:-0}" != 1 ]; then
+    # A subshell: the CUDA toolchain's PATH and CUDA_HOME stay out of the CPU stages.
+    (
+        # shellcheck source=install_cuda_toolchain.sh
+        source scripts/install_cuda_toolchain.sh
+        cargo clippy --release --locked --all-targets --features cuda -- -D warnings
+    )
+fi
 cargo test --release --locked 2>&1 | tee -a "$log"
 
 if [ "${TL_SKIP_E2E:-0}" = 1 ]; then echo "TL_SKIP_E2E=1: the end-to-end tests were not run"; else bash scripts/test_e2e.sh 2>&1 | tee -a "$log"; fi

@@ -1,14 +1,17 @@
 //! CPU throughput benchmark on a random-weight model or any checkpoint: decode tokens/s at several batch sizes,
 //! prefill tokens/s, and weight bytes streamed per second as a ratio to a memory copy measured in the same run.
 //! The pieces both benchmarks share (steps on a synthetic batch, the decode measurement, the copy baseline
-//! and the bandwidth ratio with its printing) live here; the GPU benchmark is `backend::cuda::bench`.
+//! and the bandwidth ratio with its printing) live here; the GPU benchmark is `bench::cuda`.
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use crate::Result;
 use crate::backend::{SeqMeta, WeightFormat};
 use crate::engine::runner::{KvPlan, Runner, StepInput};
 use crate::loader::CheckpointSource;
 use crate::loader::random::RandomSource;
 use crate::sampling::{SampleBatch, SampleRow, SamplingParams};
 use crate::tensor::DType;
-use crate::Result;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::sync::Arc;
@@ -124,7 +127,14 @@ fn copy_bandwidth(bytes: usize, reps: usize, parallel: bool) -> f64 {
 
 /// A step of `seqs` sequences, each `len` new tokens from position `start`, sequence s owning blocks
 /// `s * blocks_per_seq ..`; deterministic token ids in `3..vocab`.
-pub(crate) fn step_for(seqs: usize, len: usize, start: usize, blocks_per_seq: usize, block_size: usize, vocab: usize) -> StepInput {
+pub(crate) fn step_for(
+    seqs: usize,
+    len: usize,
+    start: usize,
+    blocks_per_seq: usize,
+    block_size: usize,
+    vocab: usize,
+) -> StepInput {
     let mut input = StepInput::default();
     input.meta.block_size = block_size;
     for s in 0..seqs {
@@ -140,14 +150,23 @@ pub(crate) fn step_for(seqs: usize, len: usize, start: usize, blocks_per_seq: us
     }
     // Greedy picks on the device, as the engine's steps do: only ids come back.
     let greedy = SamplingParams::default();
-    let rows: Vec<SampleRow> = (0..seqs).map(|_| SampleRow { params: &greedy, u: 0.0, context: &[], generated: &[], eos: 2 }).collect();
+    let rows: Vec<SampleRow> =
+        (0..seqs).map(|_| SampleRow { params: &greedy, u: 0.0, context: &[], generated: &[], eos: 2 }).collect();
     input.sample = Some(SampleBatch::new(&rows, vocab));
     input
 }
 
 /// Decode at batch `b`: a 16-token prompt per sequence, one warm-up step, then `steps` timed steps;
 /// `streamed_bytes` are the weight bytes one step reads. Needs `16 + steps + 1` positions per sequence.
-pub(crate) fn decode_point(runner: &Runner, b: usize, steps: usize, blocks_per_seq: usize, block_size: usize, vocab: usize, streamed_bytes: u64) -> Result<DecodePoint> {
+pub(crate) fn decode_point(
+    runner: &Runner,
+    b: usize,
+    steps: usize,
+    blocks_per_seq: usize,
+    block_size: usize,
+    vocab: usize,
+    streamed_bytes: u64,
+) -> Result<DecodePoint> {
     runner.run(step_for(b, 16, 0, blocks_per_seq, block_size, vocab))?; // prompt
     runner.run(step_for(b, 1, 16, blocks_per_seq, block_size, vocab))?; // warm-up
     let t = Instant::now();
@@ -155,7 +174,12 @@ pub(crate) fn decode_point(runner: &Runner, b: usize, steps: usize, blocks_per_s
         runner.run(step_for(b, 1, 17 + i, blocks_per_seq, block_size, vocab))?;
     }
     let step = t.elapsed().as_secs_f64() / steps.max(1) as f64;
-    Ok(DecodePoint { batch: b, ms_per_step: step * 1e3, tok_s: b as f64 / step, weight_gbps: streamed_bytes as f64 / step / 1e9 })
+    Ok(DecodePoint {
+        batch: b,
+        ms_per_step: step * 1e3,
+        tok_s: b as f64 / step,
+        weight_gbps: streamed_bytes as f64 / step / 1e9,
+    })
 }
 
 /// Runs the benchmark on the random bench model; `decode_steps` per batch size.
@@ -204,7 +228,10 @@ pub fn run_on(
         CopyBaseline::new(format!("memcpy, {threads} threads"), copy_bandwidth(256 << 20, 5, true)),
         CopyBaseline::new("memcpy, 1 thread", copy_bandwidth(256 << 20, 5, false)),
     ];
-    let decode = batches.iter().map(|&b| decode_point(&runner, b, decode_steps, ctx, block_size, vocab, weight_bytes - emb_bytes)).collect::<Result<Vec<_>>>()?;
+    let decode = batches
+        .iter()
+        .map(|&b| decode_point(&runner, b, decode_steps, ctx, block_size, vocab, weight_bytes - emb_bytes))
+        .collect::<Result<Vec<_>>>()?;
     let mut prefill = Vec::new();
     for &n in prefills.iter().filter(|&&n| n > 0) {
         let t = Instant::now();
@@ -235,7 +262,10 @@ mod tests {
         let copies = [CopyBaseline::new("a", 10.0), CopyBaseline::new("b", 20.0)];
         assert_eq!(copies[1].traffic_gbps, 40.0);
         assert_eq!(ratio_to_copy(8.0, &copies), 0.2);
-        let decode = [DecodePoint { batch: 8, ms_per_step: 1.0, tok_s: 1.0, weight_gbps: 1.0 }, DecodePoint { batch: 1, ms_per_step: 1.0, tok_s: 1.0, weight_gbps: 20.0 }];
+        let decode = [
+            DecodePoint { batch: 8, ms_per_step: 1.0, tok_s: 1.0, weight_gbps: 1.0 },
+            DecodePoint { batch: 1, ms_per_step: 1.0, tok_s: 1.0, weight_gbps: 20.0 },
+        ];
         assert_eq!(bandwidth_ratio(&decode, &copies), 0.5);
         assert_eq!(bandwidth_ratio(&decode, &[]), 0.0);
     }

@@ -68,13 +68,14 @@ impl LlamaConfig {
                 return e(format!("{name} {v} is above this loader's limit of {cap}"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return e(format!("num_heads {} is not a multiple of num_kv_heads {}", self.num_heads, self.num_kv_heads));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return e(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) || !(self.rope_scaling.is_finite() && self.rope_scaling > 0.0) {
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        if !positive(self.rope_theta) || !positive(self.rope_scaling) {
             return e(format!("RoPE base {} and scaling {} must be positive", self.rope_theta, self.rope_scaling));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
@@ -163,13 +164,18 @@ mod tests {
             ("num_heads", LlamaConfig { num_heads: 2048, num_kv_heads: 4, ..tiny() }),
             ("head_dim", LlamaConfig { head_dim: caps::HEAD_DIM + 2, ..tiny() }),
             ("vocab_size", LlamaConfig { vocab_size: caps::VOCAB_SIZE + 1, ..tiny() }),
-            ("max_position_embeddings", LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS + 1, ..tiny() }),
+            (
+                "max_position_embeddings",
+                LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS + 1, ..tiny() },
+            ),
         ];
         for (name, c) in cases {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(name) && err.contains("limit"), "{name}: {err}");
         }
         // At the caps themselves each is accepted (the overflow check still applies on top).
-        LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS, vocab_size: caps::VOCAB_SIZE, ..tiny() }.validate().unwrap();
+        LlamaConfig { max_position_embeddings: caps::MAX_POSITION_EMBEDDINGS, vocab_size: caps::VOCAB_SIZE, ..tiny() }
+            .validate()
+            .unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! `triton-llama demo-model DIR`: a small deterministic Llama in Hugging Face layout for demos and benchmarks
 //! without a real checkpoint: a BPE tokenizer trained with the `tokenizers` crate on `src/demo_corpus.txt`
-//! (the tokenizer test strings, compiled in), and pseudo-random bf16 weights (`loader::random`) sized to its vocabulary. Same binary, same
-//! bytes. Its output is not meaningful text.
+//! (the tokenizer test strings, compiled in), and pseudo-random bf16 weights (`loader::random`) sized to its
+//! vocabulary. Same binary, same bytes. Its output is not meaningful text.
 use crate::config::LlamaConfig;
 use crate::loader::random::RandomSource;
 use crate::loader::{CheckpointSource, canonical_names};
@@ -11,7 +11,9 @@ use serde_json::json;
 use std::path::Path;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder,
+};
 
 /// The training text, fixed at build time (a file of its own, so editing docs or code never changes the demo model).
 const CORPUS: [&str; 1] = [include_str!("demo_corpus.txt")];
@@ -25,15 +27,21 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 /// Trains the demo tokenizer and returns its `tokenizer.json` text.
 pub fn train_tokenizer() -> Result<String> {
     let specials: Vec<AddedToken> = ["<unk>", "<s>", "</s>"].iter().map(|t| AddedToken::from(*t, true)).collect();
-    let mut trainer = BpeTrainerBuilder::new().vocab_size(VOCAB).min_frequency(2).show_progress(false).special_tokens(specials).build();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(VOCAB)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(specials)
+        .build();
     let meta = Metaspace::new('▁', PrependScheme::First, true);
     let model = BPE::builder().unk_token("<unk>".into()).build().map_err(tok_err)?;
-    let mut tok = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-        .with_model(model)
-        .with_pre_tokenizer(Some(meta.clone().into()))
-        .with_decoder(Some(meta.into()))
-        .build()
-        .map_err(tok_err)?;
+    let mut tok =
+        TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
+            .with_model(model)
+            .with_pre_tokenizer(Some(meta.clone().into()))
+            .with_decoder(Some(meta.into()))
+            .build()
+            .map_err(tok_err)?;
     let lines: Vec<&str> = CORPUS.iter().flat_map(|c| c.lines()).filter(|l| !l.trim().is_empty()).collect();
     tok.train(&mut trainer, lines.into_iter()).map_err(tok_err)?;
     tok.to_string(true).map_err(tok_err)
@@ -93,12 +101,17 @@ pub fn write(dir: &Path) -> Result<()> {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16",
         "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
         "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
-        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.max_position_embeddings, "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta, "bos_token_id": bos, "eos_token_id": eos, "tie_word_embeddings": false, "hidden_act": "silu",
+        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta, "bos_token_id": bos, "eos_token_id": eos,
+        "tie_word_embeddings": false, "hidden_act": "silu",
         "_comment": "triton-llama demo model: random weights, meaningless output",
     });
-    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).map_err(|e| Error::io(dir.join(name), e));
-    write("config.json", serde_json::to_string_pretty(&config).map_err(|e| Error::Internal(e.to_string()))?.as_bytes())?;
+    let write =
+        |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).map_err(|e| Error::io(dir.join(name), e));
+    write(
+        "config.json",
+        serde_json::to_string_pretty(&config).map_err(|e| Error::Internal(e.to_string()))?.as_bytes(),
+    )?;
     write("generation_config.json", json!({"bos_token_id": bos, "eos_token_id": eos}).to_string().as_bytes())?;
     write("tokenizer.json", tok_json.as_bytes())?;
     let src = RandomSource::new(cfg.clone(), DType::BF16, SEED)?;
@@ -110,11 +123,14 @@ pub fn write(dir: &Path) -> Result<()> {
     }
     let views = tensors
         .iter()
-        .map(|(n, s, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).map(|v| (n.clone(), v)))
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).map(|v| (n.clone(), v))
+        })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Internal(format!("safetensors: {e}")))?;
     let path = dir.join("model.safetensors");
-    safetensors::tensor::serialize_to_file(views, None, &path).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+    safetensors::tensor::serialize_to_file(views, None, &path)
+        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
     Ok(())
 }
 

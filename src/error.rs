@@ -4,7 +4,8 @@ use std::path::PathBuf;
 /// Coarse class of an error: what a client did wrong versus what the server lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The request or the input file is wrong (INVALID_ARG).
+    /// The request is wrong, or the model configuration a deployer wrote (INVALID_ARG, as Triton reports a bad
+    /// `config.pbtxt`).
     InvalidArg,
     /// The server is busy or shutting down (UNAVAILABLE).
     Unavailable,
@@ -12,7 +13,7 @@ pub enum ErrorKind {
     Unsupported,
     /// Something that should exist does not (NOT_FOUND).
     NotFound,
-    /// A bug or an environment failure (INTERNAL).
+    /// A bug or an environment failure: a broken checkpoint or tokenizer file, a device error (INTERNAL).
     Internal,
 }
 
@@ -44,17 +45,29 @@ pub enum Error {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// An error Triton's own API returned; its status code (`TRITONSERVER_Error_Code`) is passed on unchanged.
+    #[error("{msg}")]
+    Triton { code: u32, kind: ErrorKind, msg: String },
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-            Error::Io { .. } | Error::Internal(_) => ErrorKind::Internal,
+            Error::Io { .. } => ErrorKind::Internal,
+            Error::LfsPointer { .. } => ErrorKind::Internal,
             Error::UnsupportedFormat { .. } => ErrorKind::Unsupported,
             Error::MissingTensor { .. } => ErrorKind::NotFound,
+            Error::TensorShape { .. } => ErrorKind::Internal,
+            Error::Truncated { .. } => ErrorKind::Internal,
+            Error::UnsafePath { .. } => ErrorKind::Internal,
+            Error::Checkpoint { .. } => ErrorKind::Internal,
+            Error::Config(_) => ErrorKind::InvalidArg,
+            Error::Tokenizer(_) => ErrorKind::Internal,
+            Error::InvalidRequest(_) => ErrorKind::InvalidArg,
             Error::Unavailable(_) => ErrorKind::Unavailable,
-            _ => ErrorKind::InvalidArg,
+            Error::Internal(_) => ErrorKind::Internal,
+            Error::Triton { kind, .. } => *kind,
         }
     }
 
@@ -69,3 +82,36 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Client errors are the request's (and the deployer's model configuration); broken model files are the
+    /// server's; Triton's own errors keep their kind.
+    #[test]
+    fn kinds_follow_whose_fault_it_is() {
+        let p = || PathBuf::from("m");
+        let io = |k| Error::io("m", std::io::Error::from(k));
+        let cases = [
+            (Error::InvalidRequest("x".into()), ErrorKind::InvalidArg),
+            (Error::Config("x".into()), ErrorKind::InvalidArg),
+            (Error::Tokenizer("x".into()), ErrorKind::Internal),
+            (Error::ckpt("m", "x"), ErrorKind::Internal),
+            (Error::LfsPointer { path: p() }, ErrorKind::Internal),
+            (Error::TensorShape { path: p(), name: "t".into(), expected: vec![1], got: vec![2] }, ErrorKind::Internal),
+            (Error::Truncated { path: p(), name: "t".into(), expected: 2, got: 1 }, ErrorKind::Internal),
+            (Error::UnsafePath { archive: p(), entry: "../x".into() }, ErrorKind::Internal),
+            (Error::MissingTensor { path: p(), name: "t".into() }, ErrorKind::NotFound),
+            (io(std::io::ErrorKind::NotFound), ErrorKind::NotFound),
+            (io(std::io::ErrorKind::PermissionDenied), ErrorKind::Internal),
+            (Error::UnsupportedFormat { path: p(), format: "f".into(), hint: "h".into() }, ErrorKind::Unsupported),
+            (Error::Unavailable("x".into()), ErrorKind::Unavailable),
+            (Error::Internal("x".into()), ErrorKind::Internal),
+            (Error::Triton { code: 4, kind: ErrorKind::Unavailable, msg: "x".into() }, ErrorKind::Unavailable),
+        ];
+        for (e, k) in cases {
+            assert_eq!(e.kind(), k, "{e}");
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! triton-llama: a Llama-2 inference engine (CPU reference backend, CUDA backend behind the `cuda` feature) served as a Triton backend.
+//! triton-llama: a Llama-2 inference engine (CPU reference backend, CUDA backend behind the `cuda` feature) served
+//! as a Triton backend.
 #![deny(unsafe_code)]
 
 pub mod backend;
@@ -14,7 +15,6 @@ pub mod model;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
-#[allow(unsafe_code)]
 pub mod triton;
 
 pub use error::{Error, ErrorKind, Result};

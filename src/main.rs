@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use triton_llama::backend::WeightFormat;
-use triton_llama::engine::{Device, Engine, EngineConfig, Request, Timings};
+use triton_llama::engine::serve::{Prepared, PromptDefaults, PromptSpec};
+use triton_llama::engine::{Device, Engine, EngineConfig, Timings};
 use triton_llama::sampling::SamplingParams;
 use triton_llama::{Error, Result, loader};
 
@@ -81,12 +82,16 @@ impl Args {
     }
     /// Explicit --bos/--no-bos, else the checkpoint's default.
     fn bos(&self, default: bool) -> bool {
+        self.bos_choice().unwrap_or(default)
+    }
+    /// `--bos` / `--no-bos`, if given.
+    fn bos_choice(&self) -> Option<bool> {
         if self.flag("bos") {
-            true
+            Some(true)
         } else if self.flag("no-bos") {
-            false
+            Some(false)
         } else {
-            default
+            None
         }
     }
     fn allow_only(&self, opts: &[&str]) -> Result<()> {
@@ -100,7 +105,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).target(env_logger::Target::Stderr).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
     let args = match Args::parse(std::env::args().skip(1).collect()) {
         Ok(a) => a,
         Err(e) => return fail(e),
@@ -117,7 +124,11 @@ fn main() -> ExitCode {
         "chat" => chat(&args),
         "render-chat" => render_chat(&args),
         "bench" => bench(&args),
-        "demo-model" => args.pos.get(1).ok_or_else(|| Error::InvalidRequest("demo-model needs a directory".into())).and_then(|d| triton_llama::demo::write(std::path::Path::new(d))),
+        "demo-model" => args
+            .pos
+            .get(1)
+            .ok_or_else(|| Error::InvalidRequest("demo-model needs a directory".into()))
+            .and_then(|d| triton_llama::demo::write(std::path::Path::new(d))),
         "bench-cuda" => bench_cuda(&args),
         other => Err(Error::InvalidRequest(format!("unknown command `{other}`\n{USAGE}"))),
     };
@@ -147,8 +158,9 @@ fn inspect(a: &Args) -> Result<()> {
             "format": src.format(),
             "config": {
                 "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "num_layers": c.num_layers,
-                "num_heads": c.num_heads, "num_kv_heads": c.num_kv_heads, "head_dim": c.head_dim, "vocab_size": c.vocab_size,
-                "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
+                "num_heads": c.num_heads, "num_kv_heads": c.num_kv_heads, "head_dim": c.head_dim,
+                "vocab_size": c.vocab_size, "max_position_embeddings": c.max_position_embeddings,
+                "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
                 "rope_scaling": c.rope_scaling, "bos_id": c.bos_id, "eos_id": c.eos_id,
             },
             "params": c.num_params(),
@@ -169,7 +181,14 @@ fn inspect(a: &Args) -> Result<()> {
         println!("{k}: {v}");
     }
     for t in &tensors {
-        println!("{:<24} {:<5} {:<16} {:>12}  <- {}", t.name, t.dtype.name(), format!("{:?}", t.shape), t.shape.iter().product::<usize>() * t.dtype.size(), t.origin);
+        println!(
+            "{:<24} {:<5} {:<16} {:>12}  <- {}",
+            t.name,
+            t.dtype.name(),
+            format!("{:?}", t.shape),
+            t.shape.iter().product::<usize>() * t.dtype.size(),
+            t.origin
+        );
     }
     Ok(())
 }
@@ -193,7 +212,10 @@ fn engine_for(a: &Args) -> Result<Engine> {
     let (device, tp) = match a.get("device").unwrap_or("cpu") {
         "cpu" => (Device::Cpu, a.num("tp", 1)?),
         dev => {
-            let spec = dev.strip_prefix("cuda").map(|r| r.trim_start_matches(':')).ok_or_else(|| Error::InvalidRequest(format!("--device: `{dev}` is not cpu or cuda[:ids]")))?;
+            let spec = dev
+                .strip_prefix("cuda")
+                .map(|r| r.trim_start_matches(':'))
+                .ok_or_else(|| Error::InvalidRequest(format!("--device: `{dev}` is not cpu or cuda[:ids]")))?;
             let gpu_ids = if spec.is_empty() { (0..a.num("tp", 1)?).collect() } else { list_str(spec, "device")? };
             (Device::Cuda { kv_fraction: 0.9, gpu_ids: gpu_ids.clone() }, gpu_ids.len())
         }
@@ -204,37 +226,53 @@ fn engine_for(a: &Args) -> Result<Engine> {
 
 /// Sampling options shared by `generate` and `chat`.
 const SAMPLING_OPTS: [&str; 13] = [
-    "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "seed", "repetition-penalty", "presence-penalty",
-    "frequency-penalty", "stop", "ban", "tp", "no-repeat-ngram-size",
+    "max-tokens",
+    "min-tokens",
+    "temperature",
+    "top-k",
+    "top-p",
+    "seed",
+    "repetition-penalty",
+    "presence-penalty",
+    "frequency-penalty",
+    "stop",
+    "ban",
+    "tp",
+    "no-repeat-ngram-size",
 ];
 
-/// The request's sampling parameters from the command line; `extra_stops` are added (deduplicated).
-fn sampling(a: &Args, engine: &Engine, extra_stops: &[String]) -> Result<SamplingParams> {
-    let tok = engine.tokenizer();
-    let mut stops = a.all("stop");
-    if !a.flag("no-default-stops") {
-        stops.extend(engine.default_stop_strings().iter().cloned());
-    }
-    for s in extra_stops {
-        if !stops.contains(s) {
-            stops.push(s.clone());
-        }
-    }
-    let banned = a.all("ban").iter().map(|w| tok.encode(w, false)).collect::<Result<Vec<_>>>()?;
+/// One prompt from the command line, as a frontend hands it to `Engine::prepare` (which adds the default and
+/// chat-template stop strings and tokenizes the banned words, as for the server's requests). `chat`: `text` is
+/// a JSON list of messages.
+fn prompt_spec(a: &Args, text: String, chat: bool) -> Result<PromptSpec> {
+    let add_bos = if chat { None } else { a.bos_choice() };
+    Ok(PromptSpec { text, params: sampling(a)?, bad_words: a.all("ban"), add_bos, chat })
+}
+
+/// `--no-default-stops` drops the checkpoint's stop strings.
+fn prompt_defaults(a: &Args) -> PromptDefaults {
+    PromptDefaults { stop_strings: a.flag("no-default-stops").then(Vec::new), ..Default::default() }
+}
+
+/// The request's sampling parameters from the command line.
+fn sampling(a: &Args) -> Result<SamplingParams> {
     Ok(SamplingParams {
         temperature: a.num("temperature", 0.0)?,
         top_k: a.num("top-k", 0)?,
         top_p: a.num("top-p", 1.0)?,
-        seed: a.get("seed").map(|s| s.parse().map_err(|_| Error::InvalidRequest(format!("--seed: cannot parse `{s}`")))).transpose()?,
+        seed: a
+            .get("seed")
+            .map(|s| s.parse().map_err(|_| Error::InvalidRequest(format!("--seed: cannot parse `{s}`"))))
+            .transpose()?,
         repetition_penalty: a.num("repetition-penalty", 1.0)?,
         presence_penalty: a.num("presence-penalty", 0.0)?,
         frequency_penalty: a.num("frequency-penalty", 0.0)?,
         min_new_tokens: a.num("min-tokens", 0)?,
         max_new_tokens: a.num("max-tokens", 64)?,
         ignore_eos: a.flag("ignore-eos"),
-        banned,
+        banned: Vec::new(),
         no_repeat_ngram_size: a.num("no-repeat-ngram-size", 0)?,
-        stop_strings: stops,
+        stop_strings: a.all("stop"),
         stop_token_ids: Vec::new(),
     })
 }
@@ -249,8 +287,8 @@ struct Generated {
 }
 
 /// Runs one request to the end, streaming its text to stdout unless `quiet`.
-fn run_one(engine: &mut Engine, id: u64, ids: Vec<u32>, params: SamplingParams, quiet: bool) -> Result<Generated> {
-    engine.add_request(Request { id, prompt_ids: ids, params })?;
+fn run_one(engine: &mut Engine, p: Prepared, quiet: bool) -> Result<Generated> {
+    engine.add_request(p.request)?;
     let mut g = Generated { ids: Vec::new(), text: String::new(), logprobs: Vec::new(), reason: "", timings: None };
     let mut stdout = std::io::stdout();
     engine.run_to_completion(|o| {
@@ -279,24 +317,16 @@ fn generate(a: &Args) -> Result<()> {
     a.allow_only(&allowed)?;
     // --messages JSON: the conversation rendered by the chat template, exactly as the server's `messages` input.
     let loading = std::time::Instant::now(); // load_s: the engine's load (and the prompt's tokenization)
-    let (mut engine, ids, stops) = match (a.get("prompt"), a.get("messages")) {
-        (Some(prompt), None) => {
-            let engine = engine_for(a)?;
-            let ids = engine.tokenizer().encode(prompt, a.bos(engine.default_add_bos()))?;
-            (engine, ids, Vec::new())
-        }
-        (None, Some(m)) => {
-            let engine = chat_engine(a)?;
-            let (_, ids) = engine.render_chat(&triton_llama::chat::parse_messages(m)?)?;
-            let stops = engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
-            (engine, ids, stops)
-        }
+    let (mut engine, spec) = match (a.get("prompt"), a.get("messages")) {
+        (Some(prompt), None) => (engine_for(a)?, prompt_spec(a, prompt.into(), false)?),
+        (None, Some(m)) => (chat_engine(a)?, prompt_spec(a, m.into(), true)?),
         _ => return Err(Error::InvalidRequest("give --prompt TEXT or --messages JSON".into())),
     };
+    let prepared = engine.prepare(1, 0, &spec, &prompt_defaults(a))?;
+    let ids = prepared.request.prompt_ids.clone();
     let load_s = loading.elapsed().as_secs_f64();
-    let params = sampling(a, &engine, &stops)?;
     let json = a.flag("json");
-    let g = run_one(&mut engine, 1, ids.clone(), params, json)?;
+    let g = run_one(&mut engine, prepared, json)?;
     if json {
         let t = g.timings.unwrap_or_default();
         let timings = json!({
@@ -316,8 +346,8 @@ fn generate(a: &Args) -> Result<()> {
 
 /// The checkpoint's engine with `--chat-template` applied.
 fn chat_engine(a: &Args) -> Result<Engine> {
-    let engine = engine_for(a)?;
-    let engine = triton_llama::triton::server::with_chat_override(engine, a.get("chat-template"))?;
+    let mut engine = engine_for(a)?;
+    engine.apply_chat_override(a.get("chat-template"))?;
     if engine.chat_template().is_none() {
         let m = "this checkpoint has no chat template; pass --chat-template FILE (or `nemo`)";
         return Err(Error::InvalidRequest(m.into()));
@@ -356,7 +386,6 @@ fn chat(a: &Args) -> Result<()> {
     allowed.extend(["system", "chat-template", "device", "weights"]);
     a.allow_only(&allowed)?;
     let mut engine = chat_engine(a)?;
-    let stops = engine.chat_template().map(|t| t.stop_strings()).unwrap_or_default();
     let json = a.flag("json");
     let mut history = Vec::new();
     if let Some(s) = a.get("system") {
@@ -377,9 +406,10 @@ fn chat(a: &Args) -> Result<()> {
             continue;
         }
         history.push(triton_llama::chat::Message::new("user", user));
-        let (prompt, ids) = engine.render_chat(&history)?;
-        let params = sampling(a, &engine, &stops)?;
-        let g = run_one(&mut engine, turn, ids.clone(), params, json)?;
+        let messages = serde_json::to_string(&history).map_err(|e| Error::Internal(e.to_string()))?;
+        let prepared = engine.prepare(turn, 0, &prompt_spec(a, messages, true)?, &prompt_defaults(a))?;
+        let (prompt, ids) = (prepared.text.clone(), prepared.request.prompt_ids.clone());
+        let g = run_one(&mut engine, prepared, json)?;
         if json {
             let (out, text, reason) = (&g.ids, &g.text, g.reason);
             print_json(json!({"prompt": prompt, "prompt_ids": ids, "ids": out, "text": text, "finish_reason": reason}));
@@ -467,21 +497,30 @@ fn list_or(a: &Args, k: &str, default: &[usize]) -> Result<Vec<usize>> {
 
 #[cfg(not(feature = "cuda"))]
 fn bench_cuda(_: &Args) -> Result<()> {
-    Err(Error::Unavailable("this binary was built without the `cuda` feature (cargo build --release --features cuda)".into()))
+    Err(Error::Unavailable(
+        "this binary was built without the `cuda` feature (cargo build --release --features cuda)".into(),
+    ))
 }
 
 #[cfg(feature = "cuda")]
 fn bench_cuda(a: &Args) -> Result<()> {
     a.allow_only(&["gpu", "steps", "batches", "prefill", "layers"])?;
-    let mut cfg = triton_llama::backend::cuda::bench::llama2_7b();
+    let mut cfg = triton_llama::bench::cuda::llama2_7b();
     cfg.num_layers = a.num("layers", cfg.num_layers)?;
     let (batches, prefill) = (list_or(a, "batches", &[1, 16, 64])?, list_or(a, "prefill", &[512, 2048])?);
-    let r = triton_llama::backend::cuda::bench::run(a.num("gpu", 0)?, cfg, &batches, a.num("steps", 32)?, &prefill)?;
+    let r = triton_llama::bench::cuda::run(a.num("gpu", 0)?, cfg, &batches, a.num("steps", 32)?, &prefill)?;
     if a.flag("json") {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());
     }
-    println!("device: {}  model: {} params, {:.2} GB bf16, loaded in {:.1} s, {} KV blocks", r.device, r.model_params, r.weight_bytes as f64 / 1e9, r.load_s, r.kv_blocks);
+    println!(
+        "device: {}  model: {} params, {:.2} GB bf16, loaded in {:.1} s, {} KV blocks",
+        r.device,
+        r.model_params,
+        r.weight_bytes as f64 / 1e9,
+        r.load_s,
+        r.kv_blocks
+    );
     triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
     for p in &r.prefill {
         println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
@@ -490,5 +529,7 @@ fn bench_cuda(a: &Args) -> Result<()> {
 }
 
 fn list_str(v: &str, k: &str) -> Result<Vec<usize>> {
-    v.split(',').map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`")))).collect()
+    v.split(',')
+        .map(|x| x.trim().parse().map_err(|_| Error::InvalidRequest(format!("--{k}: cannot parse `{v}`"))))
+        .collect()
 }

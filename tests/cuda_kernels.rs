@@ -4,8 +4,8 @@
 //! Without a GPU every device test prints `SKIPPED (no CUDA device ...)` and returns: it did not run and is
 //! not a pass. With `TL_REQUIRE_GPU=1` (scripts/gpu_check.sh) a missing device fails the test instead.
 #![cfg(feature = "cuda")]
-use std::io::Write;
 use half::bf16;
+use std::io::Write;
 use triton_llama::backend::WeightFormat;
 use triton_llama::backend::cpu::{CpuBackend, CpuWeight};
 use triton_llama::backend::cuda::{CudaBackend, device_count};
@@ -20,7 +20,10 @@ fn gpu(test: &str) -> Option<CudaBackend> {
         Ok(_) => "0 devices".to_string(),
         Err(e) => e.to_string(),
     };
-    assert!(std::env::var("TL_REQUIRE_GPU").as_deref() != Ok("1"), "{test}: TL_REQUIRE_GPU=1 but no CUDA device: {why}");
+    assert!(
+        std::env::var("TL_REQUIRE_GPU").as_deref() != Ok("1"),
+        "{test}: TL_REQUIRE_GPU=1 but no CUDA device: {why}"
+    );
     skipped(format!("SKIPPED {test}: no CUDA device found ({why}); this test did not run"));
     None
 }
@@ -116,12 +119,21 @@ fn gemm_matches_cpu_on_odd_shapes() {
         g.gemm(&mut o, &up(&g, &x), &g.upload(w).unwrap(), n).unwrap();
         let got = down(&g, &o, n * m);
         let (has_lt, lt1, ex1) = g.gemm_stats();
-        let path = if lt1 > lt0 { "cuBLASLt" } else if ex1 > ex0 { "GemmEx" } else { "none" };
+        let path = if lt1 > lt0 {
+            "cuBLASLt"
+        } else if ex1 > ex0 {
+            "GemmEx"
+        } else {
+            "none"
+        };
         let err = got.iter().zip(&c).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(err < 1e-3 * (k as f32).sqrt(), "gemm {n}x{m}x{k} ({path}): max abs error {err}");
         assert!(path != "none", "gemm {n}x{m}x{k}: neither GEMM path counted");
         if i >= odd.len() {
-            assert!(has_lt && path == "cuBLASLt", "gemm {n}x{m}x{k}: aligned shape ran on {path} (cuBLASLt loaded: {has_lt})");
+            assert!(
+                has_lt && path == "cuBLASLt",
+                "gemm {n}x{m}x{k}: aligned shape ran on {path} (cuBLASLt loaded: {has_lt})"
+            );
         }
         paths.push(format!("{n}x{m}x{k}: {path} (max abs error {err:.2e})"));
     }
@@ -146,7 +158,8 @@ fn ragged_step(bs: usize) -> (StepMeta, StepMeta) {
     for i in (1..order.len()).rev() {
         order.swap(i, (r.next_u64() % (i as u64 + 1)) as usize);
     }
-    let (mut hist, mut step) = (StepMeta { block_size: bs, ..Default::default() }, StepMeta { block_size: bs, ..Default::default() });
+    let (mut hist, mut step) =
+        (StepMeta { block_size: bs, ..Default::default() }, StepMeta { block_size: bs, ..Default::default() });
     let mut next = 0;
     for &(new, ctx) in &shapes {
         let table: Vec<u32> = order[next..next + ctx.div_ceil(bs)].to_vec();
@@ -160,7 +173,12 @@ fn ragged_step(bs: usize) -> (StepMeta, StepMeta) {
                 meta.positions.push(p as u32);
                 meta.slots.push(table[p / bs] * bs as u32 + (p % bs) as u32);
             }
-            meta.seqs.push(SeqMeta { token_start, n_tokens: range.len(), context_len: range.end, block_table: table.clone() });
+            meta.seqs.push(SeqMeta {
+                token_start,
+                n_tokens: range.len(),
+                context_len: range.end,
+                block_table: table.clone(),
+            });
         }
     }
     (hist, step)
@@ -175,8 +193,13 @@ fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize) {
     let (mut ckc, mut cvc) = (vec![0f32; slots * kw], vec![0f32; slots * kw]);
     let (mut gkc, mut gvc) = (g.alloc(slots * kw).unwrap(), g.alloc(slots * kw).unwrap());
     for (i, meta) in [&hist, &step].into_iter().enumerate() {
+        let meta = meta.check().unwrap();
         let n = meta.n_tokens();
-        let (q, k, v) = (rand_vec(10 + i as u64, n * qw, 1.5), rand_vec(20 + i as u64, n * kw, 1.5), rand_vec(30 + i as u64, n * kw, 1.0));
+        let (q, k, v) = (
+            rand_vec(10 + i as u64, n * qw, 1.5),
+            rand_vec(20 + i as u64, n * kw, 1.5),
+            rand_vec(30 + i as u64, n * kw, 1.0),
+        );
         let (mut cq, mut ck) = (q.clone(), k.clone());
         CpuBackend.rope_write_kv(&mut cq, &mut ck, &v, &mut ckc, &mut cvc, meta, d).unwrap();
         let (mut gq, mut gk) = (up(g, &q), up(g, &k));
@@ -215,12 +238,19 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
 fn bad_step_metadata_is_an_error_not_a_fault() {
     let Some(g) = gpu("bad_step_metadata_is_an_error_not_a_fault") else { return };
     let d = AttnDims { n_heads: 2, n_kv_heads: 1, head_dim: 64, rope_theta: 10000.0, rope_scale: 1.0 };
-    let meta = StepMeta { positions: vec![0], slots: vec![4096], seqs: vec![SeqMeta { token_start: 0, n_tokens: 1, context_len: 1, block_table: vec![256] }], block_size: 16 };
+    let meta = StepMeta {
+        positions: vec![0],
+        slots: vec![4096],
+        seqs: vec![SeqMeta { token_start: 0, n_tokens: 1, context_len: 1, block_table: vec![256] }],
+        block_size: 16,
+    };
     let (mut q, mut k, v) = (g.alloc(128).unwrap(), g.alloc(64).unwrap(), g.alloc(64).unwrap());
     let (mut kc, mut vc) = (g.alloc(16 * 64).unwrap(), g.alloc(16 * 64).unwrap());
-    assert!(g.rope_write_kv(&mut q, &mut k, &v, &mut kc, &mut vc, &meta, d).is_err());
+    // Well formed for any device (StepMeta::check passes), but slot and block lie outside this cache.
+    let meta = meta.check().unwrap();
+    assert!(g.rope_write_kv(&mut q, &mut k, &v, &mut kc, &mut vc, meta, d).is_err());
     let mut out = g.alloc(128).unwrap();
-    assert!(g.paged_attention(&mut out, &q, &kc, &vc, &meta, d).is_err());
+    assert!(g.paged_attention(&mut out, &q, &kc, &vc, meta, d).is_err());
 }
 
 fn sample_params() -> Vec<SamplingParams> {
@@ -231,7 +261,15 @@ fn sample_params() -> Vec<SamplingParams> {
         p(1.0, 5, 1.0),
         p(0.9, 0, 0.8),
         p(1.3, 40, 0.95),
-        SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.4, frequency_penalty: 0.2, min_new_tokens: 9, banned: vec![vec![7, 11], vec![3]], stop_token_ids: vec![4], ..p(0.8, 0, 0.9) },
+        SamplingParams {
+            repetition_penalty: 1.3,
+            presence_penalty: 0.4,
+            frequency_penalty: 0.2,
+            min_new_tokens: 9,
+            banned: vec![vec![7, 11], vec![3]],
+            stop_token_ids: vec![4],
+            ..p(0.8, 0, 0.9)
+        },
         SamplingParams { repetition_penalty: 0.7, ..p(0.0, 0, 1.0) },
         SamplingParams { no_repeat_ngram_size: 1, ..p(0.9, 0, 1.0) },
     ]
@@ -299,13 +337,21 @@ fn gpu_sampling_matches_cpu_sampler() {
             want.push(s.pick(&row));
             us.push(Rng::new(seed).next_f64());
         }
-        let rows: Vec<SampleRow> = params.iter().zip(&us).map(|(p, &u)| SampleRow { params: p, u, context: &context, generated, eos: 2 }).collect();
+        let rows: Vec<SampleRow> = params
+            .iter()
+            .zip(&us)
+            .map(|(p, &u)| SampleRow { params: p, u, context: &context, generated, eos: 2 })
+            .collect();
         let mut buf = up(&g, &logits);
         let got = g.sample(&mut buf, &SampleBatch::new(&rows, vocab)).unwrap();
         mismatches += got.iter().zip(&want).filter(|(a, b)| a.id != **b).count();
         for (i, p) in got.iter().enumerate() {
             let want_lp = logprob_of(&logits[i * vocab..(i + 1) * vocab], p.id as usize);
-            assert!((p.logprob - want_lp).abs() <= 1e-4 * want_lp.abs().max(1.0), "row {i}: logprob {} vs {want_lp}", p.logprob);
+            assert!(
+                (p.logprob - want_lp).abs() <= 1e-4 * want_lp.abs().max(1.0),
+                "row {i}: logprob {} vs {want_lp}",
+                p.logprob
+            );
         }
     }
     // Parallel sums may flip a draw that lands within ~1e-12 of a boundary; anything more is a bug.
@@ -316,7 +362,9 @@ fn gpu_sampling_matches_cpu_sampler() {
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn unshard_vocab_matches_cpu() {
     let Some(g) = gpu("unshard_vocab_matches_cpu") else { return };
-    for (rows, vocab, world, width) in [(1usize, 37usize, 1usize, 30usize), (3, 37, 2, 37), (5, 101, 4, 99), (2, 32003, 4, 32000), (7, 9, 3, 9)] {
+    for (rows, vocab, world, width) in
+        [(1usize, 37usize, 1usize, 30usize), (3, 37, 2, 37), (5, 101, 4, 99), (2, 32003, 4, 32000), (7, 9, 3, 9)]
+    {
         let w_max = vocab.div_ceil(world);
         let parts = rand_vec((rows * vocab + world) as u64, world * rows * w_max, 5.0);
         let mut want = vec![0f32; rows * width];

@@ -27,15 +27,24 @@ fn gpus(test: &str, need: usize) -> Option<usize> {
     if n >= need {
         return Some(n);
     }
-    assert!(need > 1 || std::env::var("TL_REQUIRE_GPU").as_deref() != Ok("1"), "{test}: TL_REQUIRE_GPU=1 but no CUDA device: {why}");
+    assert!(
+        need > 1 || std::env::var("TL_REQUIRE_GPU").as_deref() != Ok("1"),
+        "{test}: TL_REQUIRE_GPU=1 but no CUDA device: {why}"
+    );
     skipped(format!("SKIPPED {test}: needs {need} CUDA device(s), found {why}; this test did not run"));
     None
 }
 
 /// The golden prompts' token ids.
 fn prompts(model: &str) -> Vec<Vec<u32>> {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture(&format!("models/{model}/golden.json"))).unwrap()).unwrap();
-    v["cases"].as_array().unwrap().iter().map(|c| c["input_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()).collect()
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(&format!("models/{model}/golden.json"))).unwrap()).unwrap();
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["input_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect())
+        .collect()
 }
 
 fn check_rows(what: &str, gpu: &[f32], cpu: &[f32], vocab: usize) {
@@ -45,7 +54,8 @@ fn check_rows(what: &str, gpu: &[f32], cpu: &[f32], vocab: usize) {
         let err = g.iter().zip(c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err <= 0.03 * scale, "{what} row {r}: max |gpu - cpu| = {err}, scale {scale}");
         let best = argmax(c);
-        let second = c.iter().enumerate().filter(|&(i, _)| i != best).map(|(_, &v)| v).fold(f32::NEG_INFINITY, f32::max);
+        let second =
+            c.iter().enumerate().filter(|&(i, _)| i != best).map(|(_, &v)| v).fold(f32::NEG_INFINITY, f32::max);
         if c[best] - second > 0.1 {
             assert_eq!(argmax(g), best, "{what} row {r}: argmax differs (cpu margin {})", c[best] - second);
         }
@@ -129,7 +139,13 @@ fn engine_on_gpu_generates_the_cpu_greedy_tokens() {
     if gpus("engine_on_gpu_generates_the_cpu_greedy_tokens", 1).is_none() {
         return;
     }
-    let open = |ckpt: &str, device| Engine::new(loader::open(&fixture(ckpt)).unwrap(), EngineConfig { device, num_blocks: Some(64), ..Default::default() }).unwrap();
+    let open = |ckpt: &str, device| {
+        Engine::new(
+            loader::open(&fixture(ckpt)).unwrap(),
+            EngineConfig { device, num_blocks: Some(64), ..Default::default() },
+        )
+        .unwrap()
+    };
     let run = |e: &mut Engine, prompt: &[u32], params: SamplingParams| {
         e.add_request(Request { id: 1, prompt_ids: prompt.to_vec(), params }).unwrap();
         let mut ids = Vec::new();
@@ -150,8 +166,22 @@ fn engine_on_gpu_generates_the_cpu_greedy_tokens() {
                 }
                 assert_eq!(g[i], c[i], "{ckpt}: step {i} of {c:?} vs {g:?}");
             }
-            let sampled = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.9, seed: Some(7), repetition_penalty: 1.2, presence_penalty: 0.3, max_new_tokens: 12, ignore_eos: true, ..Default::default() };
-            assert_eq!(run(&mut gpu, &prompt, sampled.clone()), run(&mut gpu, &prompt, sampled), "{ckpt}: same seed, same tokens");
+            let sampled = SamplingParams {
+                temperature: 0.9,
+                top_k: 40,
+                top_p: 0.9,
+                seed: Some(7),
+                repetition_penalty: 1.2,
+                presence_penalty: 0.3,
+                max_new_tokens: 12,
+                ignore_eos: true,
+                ..Default::default()
+            };
+            assert_eq!(
+                run(&mut gpu, &prompt, sampled.clone()),
+                run(&mut gpu, &prompt, sampled),
+                "{ckpt}: same seed, same tokens"
+            );
         }
     }
 }
@@ -193,6 +223,7 @@ fn skipped(msg: String) {
 /// chunk, so log-probs are compared within 1e-2, not bit for bit).
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+#[allow(clippy::needless_range_loop)] // steps index several parallel arrays
 fn prefix_cache_on_gpu_gives_the_cache_off_tokens() {
     use triton_llama::engine::{Device, Engine, EngineConfig, Request};
     use triton_llama::sampling::SamplingParams;

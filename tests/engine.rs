@@ -33,6 +33,7 @@ fn run_all(e: &mut Engine, reqs: Vec<Request>) -> HashMap<u64, (Vec<u32>, String
 }
 
 /// Greedy generation equals transformers' greedy tokens at every step whose top-2 margin exceeds 1e-3.
+#[allow(clippy::needless_range_loop)] // steps index several parallel arrays
 fn check_greedy(ckpt: &str, model: &str, tp: usize) {
     let mut e = engine(ckpt, EngineConfig { tp, ..Default::default() });
     for c in golden(model) {
@@ -84,19 +85,30 @@ fn score_matches_transformers_prompt_logprobs() {
 
 #[test]
 fn cli_generate_prints_the_golden_greedy_text() {
-    for (ckpt, model, extra) in [("models/mha_f32/hf", "mha_f32", vec![]), ("models/gqa_bf16/model.nemo", "gqa_bf16", vec!["--no-default-stops"])] {
+    for (ckpt, model, extra) in [
+        ("models/mha_f32/hf", "mha_f32", vec![]),
+        ("models/gqa_bf16/model.nemo", "gqa_bf16", vec!["--no-default-stops"]),
+    ] {
         for c in golden(model).iter().filter(|c| c.greedy_margins.iter().all(|&m| m > 1e-3)) {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama"))
                 .arg("generate")
                 .arg(fixture(ckpt))
-                .args(["--prompt", &c.prompt, "--max-tokens", &c.greedy_ids.len().to_string(), "--ignore-eos", "--json"])
+                .args([
+                    "--prompt",
+                    &c.prompt,
+                    "--max-tokens",
+                    &c.greedy_ids.len().to_string(),
+                    "--ignore-eos",
+                    "--json",
+                ])
                 .arg(if c.add_bos { "--bos" } else { "--no-bos" })
                 .args(&extra)
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let prompt_ids: Vec<u32> = v["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let prompt_ids: Vec<u32> =
+                v["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
             let ids: Vec<u32> = v["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
             assert_eq!(prompt_ids, c.input_ids, "{ckpt} case {}: tokenization differs from sentencepiece", c.name);
             assert_eq!(ids, c.greedy_ids, "{ckpt} case {}", c.name);
@@ -245,9 +257,13 @@ fn continuous_batching_with_preemption_matches_solo_runs() {
             Request { id: i, prompt_ids: c.input_ids[..cut].to_vec(), params: greedy(10 + i as usize * 3) }
         })
         .collect();
-    let want: HashMap<u64, Vec<u32>> = reqs.iter().map(|r| (r.id, run_all(&mut solo, vec![r.clone()])[&r.id].0.clone())).collect();
+    let want: HashMap<u64, Vec<u32>> =
+        reqs.iter().map(|r| (r.id, run_all(&mut solo, vec![r.clone()])[&r.id].0.clone())).collect();
     // 14 blocks of 16 tokens: not enough for 8 sequences of up to ~80 tokens at once.
-    let mut e = engine("models/gqa_bf16/hf", EngineConfig { num_blocks: Some(14), max_num_seqs: 6, max_batched_tokens: 40, ..Default::default() });
+    let mut e = engine(
+        "models/gqa_bf16/hf",
+        EngineConfig { num_blocks: Some(14), max_num_seqs: 6, max_batched_tokens: 40, ..Default::default() },
+    );
     let got = run_all(&mut e, reqs);
     for (id, ids) in &want {
         assert_eq!(&got[id].0, ids, "request {id} differs when batched");
@@ -259,14 +275,28 @@ fn continuous_batching_with_preemption_matches_solo_runs() {
 fn same_seed_same_text_and_different_seed_differs() {
     let c = &golden("mha_f32")[0];
     let mut e = engine("models/mha_f32/hf", EngineConfig::default());
-    let p = |seed| SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.95, seed: Some(seed), max_new_tokens: 20, ignore_eos: true, ..Default::default() };
+    let p = |seed| SamplingParams {
+        temperature: 1.0,
+        top_k: 50,
+        top_p: 0.95,
+        seed: Some(seed),
+        max_new_tokens: 20,
+        ignore_eos: true,
+        ..Default::default()
+    };
     let a = run_all(&mut e, vec![Request { id: 1, prompt_ids: c.input_ids.clone(), params: p(42) }]);
     let b = run_all(&mut e, vec![Request { id: 2, prompt_ids: c.input_ids.clone(), params: p(42) }]);
     let d = run_all(&mut e, vec![Request { id: 3, prompt_ids: c.input_ids.clone(), params: p(43) }]);
     assert_eq!(a[&1].0, b[&2].0);
     assert_ne!(a[&1].0, d[&3].0);
     // Seeded requests batched together still reproduce their solo output.
-    let both = run_all(&mut e, vec![Request { id: 4, prompt_ids: c.input_ids.clone(), params: p(42) }, Request { id: 5, prompt_ids: c.input_ids.clone(), params: p(43) }]);
+    let both = run_all(
+        &mut e,
+        vec![
+            Request { id: 4, prompt_ids: c.input_ids.clone(), params: p(42) },
+            Request { id: 5, prompt_ids: c.input_ids.clone(), params: p(43) },
+        ],
+    );
     assert_eq!(both[&4].0, a[&1].0);
     assert_eq!(both[&5].0, d[&3].0);
 }
@@ -372,7 +402,10 @@ fn abort_frees_blocks_at_once() {
 #[test]
 fn work_beyond_the_whole_kv_cache_is_refused_or_ends_with_length() {
     let c = &golden("gqa_bf16")[0];
-    let mut e = engine("models/gqa_bf16/hf", EngineConfig { num_blocks: Some(4), max_model_len: Some(256), ..Default::default() });
+    let mut e = engine(
+        "models/gqa_bf16/hf",
+        EngineConfig { num_blocks: Some(4), max_model_len: Some(256), ..Default::default() },
+    );
     assert_eq!(e.kv_blocks_total() * 16, 64);
     let err = e.add_request(Request { id: 1, prompt_ids: vec![5; 64], params: greedy(4) }).unwrap_err();
     assert!(err.to_string().contains("whole KV cache holds 64"), "{err}");
@@ -388,7 +421,8 @@ fn work_beyond_the_whole_kv_cache_is_refused_or_ends_with_length() {
     assert_eq!(got[&2].1, want[&2].1);
     assert_eq!(e.kv_blocks_used(), 0);
     // Two that each fit but not together: both finish by preemption with their solo tokens.
-    let reqs: Vec<Request> = (10..12).map(|id| Request { id, prompt_ids: c.input_ids.clone(), params: greedy(40 - n) }).collect();
+    let reqs: Vec<Request> =
+        (10..12).map(|id| Request { id, prompt_ids: c.input_ids.clone(), params: greedy(40 - n) }).collect();
     let want = run_all(&mut solo, vec![reqs[0].clone()]);
     let got = run_all(&mut e, reqs);
     assert_eq!(got[&10].0, want[&10].0);

@@ -17,26 +17,13 @@ use triton_llama::sampling::SamplingParams;
 type Outs = HashMap<u64, (Vec<u32>, Vec<f32>)>;
 
 fn engine(ckpt: &str, tp: usize, block_size: usize, cache: bool) -> Engine {
-    let ecfg = EngineConfig {
-        tp,
-        block_size,
-        num_blocks: Some(256),
-        enable_prefix_caching: cache,
-        ..Default::default()
-    };
+    let ecfg =
+        EngineConfig { tp, block_size, num_blocks: Some(256), enable_prefix_caching: cache, ..Default::default() };
     Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
 }
 
 fn req(id: u64, prompt_ids: Vec<u32>) -> Request {
-    Request {
-        id,
-        prompt_ids,
-        params: SamplingParams {
-            max_new_tokens: 8,
-            ignore_eos: true,
-            ..Default::default()
-        },
-    }
+    Request { id, prompt_ids, params: SamplingParams { max_new_tokens: 8, ignore_eos: true, ..Default::default() } }
 }
 
 fn collect(out: &mut Outs, o: &Output) {
@@ -91,11 +78,7 @@ fn check(ckpt: &str, tp: usize, bs: usize) {
             let hits = on.prefix_cache_stats().hits - before.hits;
             let want = run_pair(&mut off, req(id, a), req(id + 1, b), concurrent);
             let case = format!("{ckpt} TP={tp} block {bs}, shared {shared}, concurrent {concurrent}");
-            assert_eq!(
-                hits as usize,
-                shared / bs * bs,
-                "{case}: prompt tokens found in the cache"
-            );
+            assert_eq!(hits as usize, shared / bs * bs, "{case}: prompt tokens found in the cache");
             for r in [id, id + 1] {
                 assert_eq!(got[&r].0, want[&r].0, "{case}: request {r}'s tokens");
                 assert_eq!(got[&r].1, want[&r].1, "{case}: request {r}'s log-probs (exactly equal)");

@@ -69,7 +69,8 @@ fn triton_seeds_decode_to_accepted_requests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/triton_request");
     for name in ["nemo_query", "batch2_stops", "text_input_stream"] {
         let (inputs, requested, lim) = harness::decode_request(&std::fs::read(dir.join(name)).unwrap());
-        let job = triton_llama::triton::interface::parse_job(&inputs, &requested, &lim).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let job = triton_llama::triton::interface::parse_job(&inputs, &requested, &lim)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!job.prompts.is_empty());
     }
 }

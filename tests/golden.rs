@@ -113,7 +113,10 @@ fn nemo_checkpoints_match_transformers() {
 /// The .nemo and the Hugging Face copy of one model compute the same function (same weights, same code path).
 #[test]
 fn nemo_and_hf_copies_give_identical_logits() {
-    for (nemo, hf, model) in [("models/mha_f32/model.nemo", "models/mha_f32/hf", "mha_f32"), ("models/gqa_bf16/model_tp2.nemo", "models/gqa_bf16/hf", "gqa_bf16")] {
+    for (nemo, hf, model) in [
+        ("models/mha_f32/model.nemo", "models/mha_f32/hf", "mha_f32"),
+        ("models/gqa_bf16/model_tp2.nemo", "models/gqa_bf16/hf", "gqa_bf16"),
+    ] {
         let (a, b) = (runner(nemo, 1), runner(hf, 1));
         for c in golden(model) {
             let d = max_abs_diff(&prompt_logits(&a, &c.input_ids), &prompt_logits(&b, &c.input_ids));

@@ -52,7 +52,11 @@ fn good_folder_opens() {
 #[test]
 fn lfs_pointer_instead_of_weights() {
     let d = scratch("lfs");
-    std::fs::write(d.join("model.safetensors"), "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 916840\n").unwrap();
+    std::fs::write(
+        d.join("model.safetensors"),
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 916840\n",
+    )
+    .unwrap();
     let e = open_err(&d);
     assert!(matches!(e, Error::LfsPointer { .. }), "{e}");
     assert!(e.to_string().contains("git lfs pull"));
@@ -61,7 +65,8 @@ fn lfs_pointer_instead_of_weights() {
 #[test]
 fn lfs_pointer_instead_of_config() {
     let d = scratch("lfs-config");
-    std::fs::write(d.join("config.json"), "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 771\n").unwrap();
+    std::fs::write(d.join("config.json"), "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 771\n")
+        .unwrap();
     assert!(matches!(open_err(&d), Error::LfsPointer { .. }));
 }
 
@@ -152,6 +157,10 @@ fn invalid_config_json() {
 #[test]
 fn shard_index_pointing_outside_the_folder() {
     let d = scratch("index");
-    std::fs::write(d.join("model.safetensors.index.json"), r#"{"weight_map": {"model.norm.weight": "../evil.safetensors"}}"#).unwrap();
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"model.norm.weight": "../evil.safetensors"}}"#,
+    )
+    .unwrap();
     assert!(matches!(open_err(&d), Error::UnsafePath { .. }));
 }

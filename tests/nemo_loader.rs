@@ -19,7 +19,11 @@ struct Tmp(PathBuf);
 impl Tmp {
     fn new() -> Tmp {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("nemo_loader_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let p = std::env::temp_dir().join(format!(
+            "nemo_loader_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Tmp(p)
@@ -56,7 +60,23 @@ struct Spec {
 }
 
 fn spec() -> Spec {
-    Spec { l: 2, h: 8, nq: 4, nkv: 2, hd: 2, f: 12, v: 10, vp: 12, tp: 1, interleaved: false, tied: false, te: true, dtype: "<f4", ragged: false, sep: "." }
+    Spec {
+        l: 2,
+        h: 8,
+        nq: 4,
+        nkv: 2,
+        hd: 2,
+        f: 12,
+        v: 10,
+        vp: 12,
+        tp: 1,
+        interleaved: false,
+        tied: false,
+        te: true,
+        dtype: "<f4",
+        ragged: false,
+        sep: ".",
+    }
 }
 
 /// Files of a checkpoint, relative to its root.
@@ -75,7 +95,16 @@ fn put_array(files: &mut Files, s: &Spec, key: &str, shape: &[usize], chunks: &[
     let dir = format!("model_weights/{key}");
     let sep = if s.sep == "/" { ", \"dimension_separator\": \"/\"" } else { "" };
     let zarray = format!(
-        "{{\n    \"chunks\": {chunks:?},\n    \"compressor\": null,\n    \"dtype\": \"{}\",\n    \"fill_value\": null,\n    \"filters\": null,\n    \"order\": \"C\",\n    \"shape\": {shape:?},\n    \"zarr_format\": 2{sep}\n}}",
+        "{{\
+         \n    \"chunks\": {chunks:?},\
+         \n    \"compressor\": null,\
+         \n    \"dtype\": \"{}\",\
+         \n    \"fill_value\": null,\
+         \n    \"filters\": null,\
+         \n    \"order\": \"C\",\
+         \n    \"shape\": {shape:?},\
+         \n    \"zarr_format\": 2{sep}\
+         \n}}",
         s.dtype
     );
     files.insert(format!("{dir}/.zarray"), zarray.into_bytes());
@@ -152,11 +181,14 @@ fn spm(n: usize) -> Vec<u8> {
 
 fn yaml(s: &Spec) -> String {
     format!(
-        "mcore_gpt: true\nnum_layers: {}\nhidden_size: {}\nffn_hidden_size: {}\nnum_attention_heads: {}\nnum_query_groups: {}\n\
+        "mcore_gpt: true\nnum_layers: {}\nhidden_size: {}\nffn_hidden_size: {}\n\
+         num_attention_heads: {}\nnum_query_groups: {}\n\
          kv_channels: null\nmax_position_embeddings: 4096\nencoder_seq_length: 4096\nlayernorm_epsilon: 1.0e-05\n\
-         normalization: rmsnorm\nactivation: fast-swiglu\nbias: false\nposition_embedding_type: rope\nrotary_percentage: 1.0\n\
+         normalization: rmsnorm\nactivation: fast-swiglu\nbias: false\nposition_embedding_type: rope\n\
+         rotary_percentage: 1.0\n\
          share_embeddings_and_output_weights: {}\nmake_vocab_size_divisible_by: 128\ntensor_model_parallel_size: {}\n\
-         precision: bf16\ntokenizer:\n  library: sentencepiece\n  type: null\n  model: nemo:{TOK}\n  vocab_file: null\n",
+         precision: bf16\ntokenizer:\n  library: sentencepiece\n  type: null\n  model: nemo:{TOK}\n\
+         \x20 vocab_file: null\n",
         s.l, s.h, s.f, s.nq, s.nkv, s.tied, s.tp
     )
 }
@@ -168,12 +200,24 @@ fn build(s: &Spec) -> (Files, Globals) {
     let mut files = Files::new();
     files.insert("model_config.yaml".into(), yaml(s).into_bytes());
     files.insert(TOK.into(), spm(s.v));
-    files.insert("model_weights/metadata.json".into(), br#"{"sharded_backend": "zarr", "sharded_backend_version": 1, "common_backend": "torch", "common_backend_version": 1}"#.to_vec());
+    let metadata = concat!(
+        r#"{"sharded_backend": "zarr", "sharded_backend_version": 1, "#,
+        r#""common_backend": "torch", "common_backend_version": 1}"#
+    );
+    files.insert("model_weights/metadata.json".into(), metadata.as_bytes().to_vec());
     files.insert("model_weights/common.pt".into(), b"PK\x03\x04 not read".to_vec());
-    files.insert("model_weights/model.decoder.layers.mlp.linear_fc1._extra_state/shard_0_2.pt".into(), b"junk".to_vec());
+    files
+        .insert("model_weights/model.decoder.layers.mlp.linear_fc1._extra_state/shard_0_2.pt".into(), b"junk".to_vec());
     let qkv = fill(&[l, rows, h], 1);
     put_array(&mut files, s, QKV, &[l, rows, h], &[1, rows / t, h], &qkv);
-    put_array(&mut files, s, "model.decoder.layers.self_attention.linear_proj.weight", &[l, h, q], &[1, h, q / t], &fill(&[l, h, q], 2));
+    put_array(
+        &mut files,
+        s,
+        "model.decoder.layers.self_attention.linear_proj.weight",
+        &[l, h, q],
+        &[1, h, q / t],
+        &fill(&[l, h, q], 2),
+    );
     // fc1 from canonical gate (code 3) and up (code 4), in the requested on-disk layout.
     let mut fc1 = Vec::new();
     for li in 0..l {
@@ -197,7 +241,10 @@ fn build(s: &Spec) -> (Files, Globals) {
     put_array(&mut files, s, FC2, &[l, h, f], &[1, h, f / t], &fill(&[l, h, f], 5));
     let nc = if s.ragged { 3 } else { h };
     let (an, mn) = if s.te {
-        ("model.decoder.layers.self_attention.linear_qkv.layer_norm_weight", "model.decoder.layers.mlp.linear_fc1.layer_norm_weight")
+        (
+            "model.decoder.layers.self_attention.linear_qkv.layer_norm_weight",
+            "model.decoder.layers.mlp.linear_fc1.layer_norm_weight",
+        )
     } else {
         ("model.decoder.layers.input_layernorm.weight", "model.decoder.layers.pre_mlp_layernorm.weight")
     };
@@ -309,7 +356,12 @@ fn write_tar(path: &Path, files: &Files, o: &TarOpts) {
     }
     if o.git_junk {
         raw_append(&mut b, &format!("{d}.git/config"), b"[core]", tar::EntryType::Regular);
-        raw_append(&mut b, &format!("{d}.git/lfs/objects/ab/cd/model_config.yaml"), b"junk: 1", tar::EntryType::Regular);
+        raw_append(
+            &mut b,
+            &format!("{d}.git/lfs/objects/ab/cd/model_config.yaml"),
+            b"junk: 1",
+            tar::EntryType::Regular,
+        );
         raw_append(&mut b, &format!("{d}README.md"), b"# readme", tar::EntryType::Regular);
     }
     for (i, (n, data)) in files.iter().enumerate() {
@@ -355,7 +407,9 @@ fn expected(s: &Spec, g: &Globals, name: &str) -> Vec<Vec<f32>> {
     let (h, hd, grp) = (s.h, s.hd, s.nq / s.nkv);
     let rows = (s.nq + 2 * s.nkv) * hd;
     let qkv_row = |l: usize, r: usize| g.qkv[(l * rows + r) * h..(l * rows + r + 1) * h].to_vec();
-    let canon = |t: usize, l: usize, n: usize, cols: usize| (0..n).map(|r| (0..cols).map(|c| code(t, l, r, c)).collect()).collect();
+    let canon = |t: usize, l: usize, n: usize, cols: usize| {
+        (0..n).map(|r| (0..cols).map(|c| code(t, l, r, c)).collect()).collect()
+    };
     let parts: Vec<&str> = name.split('.').collect();
     match parts.as_slice() {
         ["tok_emb"] => (0..s.v).map(|r| g.emb[r * h..(r + 1) * h].to_vec()).collect(),
@@ -365,7 +419,9 @@ fn expected(s: &Spec, g: &Globals, name: &str) -> Vec<Vec<f32>> {
         ["layers", l, t] => {
             let l: usize = l.parse().unwrap();
             match *t {
-                "wq" => (0..s.nq * hd).map(|r| qkv_row(l, ((r / hd / grp) * (grp + 2) + (r / hd) % grp) * hd + r % hd)).collect(),
+                "wq" => (0..s.nq * hd)
+                    .map(|r| qkv_row(l, ((r / hd / grp) * (grp + 2) + (r / hd) % grp) * hd + r % hd))
+                    .collect(),
                 "wk" => (0..s.nkv * hd).map(|r| qkv_row(l, ((r / hd) * (grp + 2) + grp) * hd + r % hd)).collect(),
                 "wv" => (0..s.nkv * hd).map(|r| qkv_row(l, ((r / hd) * (grp + 2) + grp + 1) * hd + r % hd)).collect(),
                 "wo" => canon(2, l, h, s.nq * hd),

@@ -57,27 +57,10 @@ fn a_second_prompt_takes_the_full_blocks_of_the_common_prefix() {
     let p = s.schedule();
     let (start, len, table) = item(&p, 2);
     assert_eq!((start, len), (8, 3), "two cached blocks, three tokens to compute");
-    assert_eq!(
-        &table[..2],
-        &a[..2],
-        "the shared blocks are the same physical blocks (no copy)"
-    );
+    assert_eq!(&table[..2], &a[..2], "the shared blocks are the same physical blocks (no copy)");
     assert!(!a.contains(&table[2]), "the partial block is private");
-    assert_eq!(
-        (
-            s.blocks().ref_count(a[0]),
-            s.blocks().ref_count(a[1]),
-            s.blocks().ref_count(a[2])
-        ),
-        (2, 2, 1)
-    );
-    assert_eq!(
-        s.prefix_cache_stats(),
-        PrefixCacheStats {
-            queries: 10 + 11,
-            hits: 8
-        }
-    );
+    assert_eq!((s.blocks().ref_count(a[0]), s.blocks().ref_count(a[1]), s.blocks().ref_count(a[2])), (2, 2, 1));
+    assert_eq!(s.prefix_cache_stats(), PrefixCacheStats { queries: 10 + 11, hits: 8 });
     s.check().unwrap();
 }
 
@@ -151,10 +134,7 @@ fn cached_blocks_are_evicted_least_recently_released_first() {
     assert_eq!((s.blocks().num_cached(), s.blocks().num_free()), (4, 2));
     s.add(3, &seq(200..215));
     prefill(&mut s);
-    assert_eq!(
-        (s.blocks().num_used(), s.blocks().num_cached(), s.blocks().num_free()),
-        (4, 2, 0)
-    );
+    assert_eq!((s.blocks().num_used(), s.blocks().num_cached(), s.blocks().num_free()), (4, 2, 0));
     // A's prefix was evicted, B's was not.
     s.finish(3);
     s.add(5, &seq(100..109));
@@ -188,10 +168,7 @@ fn admission_counts_only_the_blocks_still_needed() {
     prefill(&mut s);
     s.add(2, &seq(0..8).into_iter().chain([5, 5, 5]).collect::<Vec<_>>());
     let p = s.schedule();
-    assert!(
-        p.items.iter().all(|i| i.id != 2),
-        "A's decode took the last block; B needs one more"
-    );
+    assert!(p.items.iter().all(|i| i.id != 2), "A's decode took the last block; B needs one more");
     s.finish(1);
     let (start, len, _) = item(&s.schedule(), 2);
     assert_eq!((start, len), (8, 3));
@@ -251,10 +228,7 @@ fn disabled_cache_never_shares() {
     s.finish(1);
     s.add(2, &seq(0..9));
     assert_eq!(item(&s.schedule(), 2).0, 0);
-    assert_eq!(
-        (s.blocks().num_cached(), s.prefix_cache_stats()),
-        (0, PrefixCacheStats::default())
-    );
+    assert_eq!((s.blocks().num_cached(), s.prefix_cache_stats()), (0, PrefixCacheStats::default()));
 }
 
 /// xorshift64*: a tiny deterministic PRNG (no crate needed for a handful of random choices).
@@ -276,15 +250,15 @@ impl Rng {
 /// checks that each sequence reads its own tokens from every block before `start`, that no write goes to a
 /// shared or indexed block, and that reference counts equal the holders. At the end, nothing is leaked.
 #[test]
+#[allow(clippy::needless_range_loop)] // positions index the block table and the token list
 fn random_events_leak_nothing_and_shared_blocks_hold_the_right_tokens() {
     let mut total_hits = 0;
     for seed in 1..=40u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let num_blocks = 6 + rng.below(20);
         let mut s = sched(num_blocks, 4 + rng.below(30));
-        let prefixes: Vec<Vec<u32>> = (0..3)
-            .map(|p| (0..rng.below(14) as u32).map(|i| p * 100 + i).collect())
-            .collect();
+        let prefixes: Vec<Vec<u32>> =
+            (0..3).map(|p| (0..rng.below(14) as u32).map(|i| p * 100 + i).collect()).collect();
         let mut tokens: HashMap<u64, Vec<u32>> = HashMap::new();
         let mut kv: HashMap<u32, Vec<Option<(usize, u32)>>> = HashMap::new();
         let mut next_id = 0u64;
@@ -350,11 +324,7 @@ fn random_events_leak_nothing_and_shared_blocks_hold_the_right_tokens() {
             s.finish(*id);
         }
         let b = s.blocks();
-        assert_eq!(
-            (b.num_used(), b.num_cached() + b.num_free()),
-            (0, num_blocks),
-            "seed {seed}: blocks leaked"
-        );
+        assert_eq!((b.num_used(), b.num_cached() + b.num_free()), (0, num_blocks), "seed {seed}: blocks leaked");
         s.check().unwrap();
         total_hits += s.prefix_cache_stats().hits;
     }

@@ -4,8 +4,13 @@ use triton_llama::engine::block_manager::BlockManager;
 use triton_llama::engine::scheduler::{Plan, Scheduler, SchedulerConfig};
 
 fn sched(num_blocks: usize, max_num_seqs: usize, max_batched_tokens: usize) -> Scheduler {
-    let cfg = SchedulerConfig { max_num_seqs, max_batched_tokens, enable_prefix_caching: false, cache_salt: 0,
-        mixed_prefill_tokens: max_batched_tokens };
+    let cfg = SchedulerConfig {
+        max_num_seqs,
+        max_batched_tokens,
+        enable_prefix_caching: false,
+        cache_salt: 0,
+        mixed_prefill_tokens: max_batched_tokens,
+    };
     Scheduler::new(cfg, BlockManager::new(num_blocks, 4))
 }
 
@@ -68,7 +73,10 @@ fn decode_and_new_prefill_share_a_step() {
     run(&mut s, &p);
     s.add(2, &toks(2, 6));
     let p = s.schedule();
-    assert_eq!(p.items.iter().map(|i| (i.id, i.start, i.len, i.sample)).collect::<Vec<_>>(), vec![(1, 3, 1, true), (2, 0, 6, true)]);
+    assert_eq!(
+        p.items.iter().map(|i| (i.id, i.start, i.len, i.sample)).collect::<Vec<_>>(),
+        vec![(1, 3, 1, true), (2, 0, 6, true)]
+    );
 }
 
 #[test]
@@ -160,8 +168,13 @@ fn aborting_frees_blocks_and_all_blocks_return_when_idle() {
 }
 
 fn sched_mixed(max_batched_tokens: usize, mixed_prefill_tokens: usize) -> Scheduler {
-    let cfg = SchedulerConfig { max_num_seqs: 8, max_batched_tokens, mixed_prefill_tokens, enable_prefix_caching: false,
-        cache_salt: 0 };
+    let cfg = SchedulerConfig {
+        max_num_seqs: 8,
+        max_batched_tokens,
+        mixed_prefill_tokens,
+        enable_prefix_caching: false,
+        cache_salt: 0,
+    };
     Scheduler::new(cfg, BlockManager::new(200, 4))
 }
 

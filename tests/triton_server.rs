@@ -7,7 +7,7 @@ use std::time::Duration;
 use triton_llama::engine::{Engine, EngineConfig};
 use triton_llama::sampling::SamplingParams;
 use triton_llama::triton::interface::{JobSpec, OutputSet, PromptSpec};
-use triton_llama::triton::server::{EngineHandle, Observer, RowReply, ServeSettings, Sink, Submission};
+use triton_llama::triton::server::{EndReason, EngineHandle, Observer, RowReply, ServeSettings, Sink, Submission};
 use triton_llama::{ErrorKind, loader};
 
 const HF: &str = "tests/fixtures/models/gqa_bf16/hf";
@@ -43,8 +43,8 @@ impl Sink for FakeSink {
 #[derive(Default)]
 struct Gauges(Mutex<Vec<(usize, usize, usize)>>, Mutex<Vec<String>>);
 impl Observer for Gauges {
-    fn finished(&self, r: &str, prompts: usize) {
-        self.1.lock().unwrap().extend(std::iter::repeat_n(r.to_string(), prompts));
+    fn finished(&self, r: EndReason, prompts: usize) {
+        self.1.lock().unwrap().extend(std::iter::repeat_n(r.as_str().to_string(), prompts));
     }
     fn tokens(&self, _: usize, _: usize) {}
     fn gauges(&self, running: usize, waiting: usize, kv_used: usize, _: usize, _: usize) {
@@ -56,7 +56,8 @@ impl Observer for Gauges {
 }
 
 fn start(capacity: usize) -> (EngineHandle, Arc<Gauges>) {
-    let open = || Engine::new(loader::open(std::path::Path::new(HF))?, EngineConfig { max_num_seqs: 8, ..Default::default() });
+    let open =
+        || Engine::new(loader::open(std::path::Path::new(HF))?, EngineConfig { max_num_seqs: 8, ..Default::default() });
     let set =
         ServeSettings { max_input_len: Some(32), capacity, add_bos: None, stop_strings: None, chat_template: None };
     let h = EngineHandle::start(open, set).unwrap();
@@ -70,10 +71,16 @@ fn prompt(text: &str, max: usize, ignore_eos: bool) -> PromptSpec {
     PromptSpec { text: text.into(), params, bad_words: vec![], add_bos: None, chat: false }
 }
 
-fn submit(h: &EngineHandle, g: &Arc<Gauges>, prompts: Vec<PromptSpec>, stream: bool) -> (std::sync::mpsc::Receiver<Event>, Arc<AtomicBool>) {
+fn submit(
+    h: &EngineHandle,
+    g: &Arc<Gauges>,
+    prompts: Vec<PromptSpec>,
+    stream: bool,
+) -> (std::sync::mpsc::Receiver<Event>, Arc<AtomicBool>) {
     let (tx, rx) = channel();
     let cancel = Arc::new(AtomicBool::new(false));
-    let spec = JobSpec { prompts, stream, exclude_input: true, outputs: OutputSet { names: vec!["outputs", "text_output"] } };
+    let spec =
+        JobSpec { prompts, stream, exclude_input: true, outputs: OutputSet { names: vec!["outputs", "text_output"] } };
     h.submit(Submission { spec, sink: Box::new(FakeSink { tx, cancel: cancel.clone() }), obs: g.clone() });
     (rx, cancel)
 }
@@ -93,7 +100,8 @@ fn collect(rx: &std::sync::mpsc::Receiver<Event>) -> Vec<Event> {
 #[test]
 fn streamed_deltas_add_up_to_the_unary_answer_and_batches_answer_once() {
     let (h, g) = start(64);
-    let (rx, _) = submit(&h, &g, vec![prompt("Hello world", 12, false), prompt("The quick brown fox", 5, false)], false);
+    let (rx, _) =
+        submit(&h, &g, vec![prompt("Hello world", 12, false), prompt("The quick brown fox", 5, false)], false);
     let ev = collect(&rx);
     assert_eq!(ev.len(), 1);
     let Event::Reply(rows, true) = &ev[0] else { panic!("{ev:?}") };

@@ -12,16 +12,7 @@ use triton_llama::loader;
 
 fn runner_with(ckpt: &str, fmt: WeightFormat) -> Runner {
     let src = loader::open(&fixture(ckpt)).unwrap();
-    Runner::start_cpu_with(
-        Arc::from(src),
-        1,
-        KvPlan {
-            num_blocks: 64,
-            block_size: 4,
-        },
-        fmt,
-    )
-    .unwrap()
+    Runner::start_cpu_with(Arc::from(src), 1, KvPlan { num_blocks: 64, block_size: 4 }, fmt).unwrap()
 }
 
 struct Drift {
@@ -34,30 +25,12 @@ fn drift(exact: &[f32], got: &[f32], vocab: usize) -> Drift {
     let n = exact.len() as f64;
     let mean = exact.iter().map(|&v| v as f64).sum::<f64>() / n;
     let std = (exact.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let max = exact
-        .iter()
-        .zip(got)
-        .map(|(a, b)| (a - b).abs() as f64)
-        .fold(0.0, f64::max);
-    let rms = (exact
-        .iter()
-        .zip(got)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum::<f64>()
-        / n)
-        .sqrt();
+    let max = exact.iter().zip(got).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+    let rms = (exact.iter().zip(got).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / n).sqrt();
     let argmax = |r: &[f32]| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
     let rows = exact.len() / vocab;
-    let agree = exact
-        .chunks(vocab)
-        .zip(got.chunks(vocab))
-        .filter(|(a, b)| argmax(a) == argmax(b))
-        .count();
-    Drift {
-        max_abs_over_std: max / std,
-        rms_over_std: rms / std,
-        argmax_agreement: agree as f64 / rows as f64,
-    }
+    let agree = exact.chunks(vocab).zip(got.chunks(vocab)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    Drift { max_abs_over_std: max / std, rms_over_std: rms / std, argmax_agreement: agree as f64 / rows as f64 }
 }
 
 fn check(model: &str) {
@@ -67,13 +40,7 @@ fn check(model: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| {
-            s.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect()
-        })
+        .map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
         .collect();
     assert!(seqs.len() >= 4 && seqs.iter().all(|s| s.len() == 64));
     let ckpt = format!("models/{model}/hf");
@@ -87,11 +54,8 @@ fn check(model: &str) {
     eprintln!("{model}: llama.cpp q8_0 (numpy): max-abs/std {ref_max:.4}, rms/std {ref_rms:.4}, argmax {ref_agree:.4}");
     for fmt in [WeightFormat::Int8, WeightFormat::Bf16] {
         let r = runner_with(&ckpt, fmt);
-        let ds: Vec<Drift> = seqs
-            .iter()
-            .zip(&exact)
-            .map(|(ids, e)| drift(e, &prompt_logits(&r, ids), e.len() / ids.len()))
-            .collect();
+        let ds: Vec<Drift> =
+            seqs.iter().zip(&exact).map(|(ids, e)| drift(e, &prompt_logits(&r, ids), e.len() / ids.len())).collect();
         let mean = |f: fn(&Drift) -> f64| ds.iter().map(f).sum::<f64>() / ds.len() as f64;
         let d = Drift {
             max_abs_over_std: mean(|d| d.max_abs_over_std),
@@ -112,12 +76,7 @@ fn check(model: &str) {
             fmt.name(),
             d.max_abs_over_std
         );
-        assert!(
-            d.rms_over_std <= ref_rms,
-            "{model} {}: rms/std {} > q8_0's {ref_rms}",
-            fmt.name(),
-            d.rms_over_std
-        );
+        assert!(d.rms_over_std <= ref_rms, "{model} {}: rms/std {} > q8_0's {ref_rms}", fmt.name(), d.rms_over_std);
         // Argmax flips are discrete: one position per 64-token sequence (the binomial noise of 256 samples at
         // ~0.9 agreement is 0.018) is the slack.
         let slack = 1.0 / 64.0;

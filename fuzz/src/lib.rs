@@ -45,7 +45,9 @@ const HF_SAFETENSORS: &[u8] = include_bytes!("../../tests/fixtures/models/mha_f3
 /// The committed SentencePiece fixture, loaded once per process.
 pub fn fixture_tokenizer() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| Tokenizer::from_sentencepiece_bytes(SPM_MODEL, Path::new("llama_bpe.model")).expect("fixture model loads"))
+    TOK.get_or_init(|| {
+        Tokenizer::from_sentencepiece_bytes(SPM_MODEL, Path::new("llama_bpe.model")).expect("fixture model loads")
+    })
 }
 
 /// A scratch folder private to this process (`$TMPDIR/triton-llama-fuzz-<pid>`); folders of dead processes
@@ -217,7 +219,12 @@ fn exercise(src: &dyn loader::CheckpointSource) {
     for t in src.tensors() {
         // Only what the input can justify: the fixture-sized checkpoints hold a few MB.
         let bytes = t.shape.iter().try_fold(t.dtype.size(), |a, &d| a.checked_mul(d));
-        assert!(bytes.is_some_and(|b| b <= 64 << 20), "tensor {} of shape {:?} is larger than any input", t.name, t.shape);
+        assert!(
+            bytes.is_some_and(|b| b <= 64 << 20),
+            "tensor {} of shape {:?} is larger than any input",
+            t.name,
+            t.shape
+        );
         if let Ok(x) = src.load(&t.name) {
             assert_eq!(x.shape, t.shape);
         }
@@ -231,7 +238,12 @@ pub fn safetensors(data: &[u8]) {
     for (name, s) in &map {
         let bytes = s.shape.iter().try_fold(s.dtype.size() as u64, |a, &d| a.checked_mul(d as u64));
         let end = bytes.and_then(|b| b.checked_add(s.offset));
-        assert!(end.is_some_and(|e| e <= data.len() as u64), "tensor {name} at {} of {:?} is outside the file", s.offset, s.shape);
+        assert!(
+            end.is_some_and(|e| e <= data.len() as u64),
+            "tensor {name} at {} of {:?} is outside the file",
+            s.offset,
+            s.shape
+        );
     }
 }
 
@@ -254,7 +266,9 @@ pub fn hf_config(data: &[u8]) {
 /// data..]` until the input ends. `name` indexes the backend's input names (past them: an unknown name),
 /// `dtype` is taken modulo 16 (0 and 15 are invalid types), each dim byte maps to a small size, -1, or a huge
 /// one, and BYTES data is raw, so length prefixes may lie about the bytes that follow.
-pub fn decode_request(data: &[u8]) -> (Vec<triton_llama::triton::tensors::InputTensor>, Vec<String>, triton_llama::triton::interface::Limits) {
+pub fn decode_request(
+    data: &[u8],
+) -> (Vec<triton_llama::triton::tensors::InputTensor>, Vec<String>, triton_llama::triton::interface::Limits) {
     use triton_llama::triton::interface::{INPUTS, Limits, OUTPUTS};
     use triton_llama::triton::tensors::InputTensor;
     let mut it = data.iter().copied();
@@ -268,7 +282,8 @@ pub fn decode_request(data: &[u8]) -> (Vec<triton_llama::triton::tensors::InputT
         exclude_input_default: flags & 2 != 0,
     };
     let mask = it.next().unwrap_or(0);
-    let requested = OUTPUTS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, o)| o.to_string()).collect();
+    let requested =
+        OUTPUTS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, o)| o.to_string()).collect();
     let mut inputs = Vec::new();
     while let Some(n) = it.next() {
         let name = INPUTS.get(usize::from(n)).map_or_else(|| format!("unknown_{n}"), |i| i.0.to_string());

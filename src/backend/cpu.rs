@@ -2,8 +2,7 @@
 //! Matmul weights are packed at load for the kernels of `cpu_gemm` (bf16, or int8); other weights stay in their
 //! stored dtype. f32/f16 matmul weights (and TL_CPU_KERNEL=legacy) take the row-dot `gemm` below.
 use super::cpu_gemm::{self, Packed};
-use super::{AttnDims, Backend, StepMeta, WeightFormat};
-use crate::model::shard::ShardSpec;
+use super::{AttnDims, Backend, CheckedStep, WeightFormat, check_token_ids, even_share, unshard_shape};
 use crate::sampling::{Picked, SampleBatch, logprob_of};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
@@ -272,7 +271,9 @@ impl Backend for CpuBackend {
         Ok(match (fmt, t.dtype()) {
             (WeightFormat::Int8, _) => CpuWeight::Packed(Packed::q8(&t)),
             (WeightFormat::Bf16, _) => CpuWeight::Packed(Packed::bf16(&t, true)),
-            (WeightFormat::AsLoaded, crate::tensor::DType::BF16) if !legacy => CpuWeight::Packed(Packed::bf16(&t, false)),
+            (WeightFormat::AsLoaded, crate::tensor::DType::BF16) if !legacy => {
+                CpuWeight::Packed(Packed::bf16(&t, false))
+            }
             (WeightFormat::AsLoaded, _) => CpuWeight::Plain(t),
         })
     }
@@ -298,12 +299,9 @@ impl Backend for CpuBackend {
     fn embedding(&self, out: &mut Vec<f32>, table: &CpuWeight, ids: &[u32], h: usize) -> Result<()> {
         check_len("embedding", out.len(), ids.len() * h)?;
         let table = table.plain()?;
-        let v = table.shape[0];
+        check_token_ids(ids, table.shape[0])?;
         for (i, &id) in ids.iter().enumerate() {
             let id = id as usize;
-            if id >= v {
-                return Err(Error::InvalidRequest(format!("token id {id} is outside the vocabulary of {v}")));
-            }
             for j in 0..h {
                 out[i * h + j] = table.get_f32(id * h + j);
             }
@@ -345,7 +343,16 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope_write_kv(&self, q: &mut Vec<f32>, k: &mut Vec<f32>, v: &Vec<f32>, k_cache: &mut Vec<f32>, v_cache: &mut Vec<f32>, meta: &StepMeta, d: AttnDims) -> Result<()> {
+    fn rope_write_kv(
+        &self,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        v: &Vec<f32>,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()> {
         let (hd, qw, kw) = (d.head_dim, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
         let n = meta.n_tokens();
         check_len("rope q", q.len(), n * qw)?;
@@ -366,20 +373,25 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn paged_attention(&self, out: &mut Vec<f32>, q: &Vec<f32>, k_cache: &Vec<f32>, v_cache: &Vec<f32>, meta: &StepMeta, d: AttnDims) -> Result<()> {
+    fn paged_attention(
+        &self,
+        out: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()> {
         let (hd, nh) = (d.head_dim, d.n_heads);
         let (qw, kw) = (nh * hd, d.n_kv_heads * hd);
-        let group = nh / d.n_kv_heads;
+        let group = d.group()?;
         let n = meta.n_tokens();
-        check_len("attention out", out.len(), n * qw)?;
+        check_len("attention out", out.len().min(q.len()), n * qw)?;
         let bs = meta.block_size;
-        // Which sequence each token belongs to.
+        // Which sequence each token belongs to (the ranges were checked with the step: `CheckedStep`).
         let mut seq_of = vec![0usize; n];
         for (s, m) in meta.seqs.iter().enumerate() {
             seq_of[m.token_start..m.token_start + m.n_tokens].fill(s);
-            if m.block_table.len() * bs < m.context_len {
-                return Err(Error::Internal(format!("block table of {} blocks cannot hold {} tokens", m.block_table.len(), m.context_len)));
-            }
         }
         let scale = 1.0 / (hd as f32).sqrt();
         let cache_len = k_cache.len().min(v_cache.len());
@@ -426,15 +438,20 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn unshard_vocab(&self, out: &mut Vec<f32>, parts: &Vec<f32>, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
-        if world == 0 || vocab < world || width > vocab {
-            return Err(Error::Internal(format!("unshard_vocab: {vocab} columns over {world} ranks, {width} kept")));
-        }
-        let w_max = vocab.div_ceil(world);
+    fn unshard_vocab(
+        &self,
+        out: &mut Vec<f32>,
+        parts: &Vec<f32>,
+        rows: usize,
+        vocab: usize,
+        world: usize,
+        width: usize,
+    ) -> Result<()> {
+        let w_max = unshard_shape(vocab, world, width)?;
         check_len("unshard_vocab out", out.len(), rows * width)?;
         check_len("unshard_vocab parts", parts.len(), world * rows * w_max)?;
         for rank in 0..world {
-            let (a, b) = ShardSpec { rank, world }.range(vocab);
+            let (a, b) = even_share(vocab, world, rank);
             let (w, base) = (b - a, rank * rows * w_max);
             let keep = b.min(width).saturating_sub(a);
             for i in 0..rows {
@@ -486,12 +503,14 @@ mod tests {
     /// Every rank's `[rows, w_k]` block in its padded slot comes back at its vocabulary columns.
     #[test]
     fn unshard_vocab_places_each_rank_share() {
-        for (rows, vocab, world, width) in [(3usize, 11usize, 4usize, 11usize), (2, 10, 3, 7), (1, 5, 1, 4), (4, 9, 2, 9)] {
+        for (rows, vocab, world, width) in
+            [(3usize, 11usize, 4usize, 11usize), (2, 10, 3, 7), (1, 5, 1, 4), (4, 9, 2, 9)]
+        {
             let w_max = vocab.div_ceil(world);
             // Value = 1000 * row + column, written where rank k keeps it; padding holds -1.
             let mut parts = vec![-1f32; world * rows * w_max];
             for rank in 0..world {
-                let (a, b) = ShardSpec { rank, world }.range(vocab);
+                let (a, b) = even_share(vocab, world, rank);
                 for i in 0..rows {
                     for j in a..b {
                         parts[rank * rows * w_max + i * (b - a) + (j - a)] = (1000 * i + j) as f32;
@@ -512,7 +531,8 @@ mod tests {
         let x: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
         let wf: Vec<f32> = (0..m * k).map(|i| ((i * 11 % 17) as f32 - 8.0) / 8.0).collect();
         let w32 = Tensor::from_f32(&[m, k], wf.clone());
-        let w16 = Tensor { shape: vec![m, k], data: TensorData::BF16(wf.iter().map(|&v| half::bf16::from_f32(v)).collect()) };
+        let w16 =
+            Tensor { shape: vec![m, k], data: TensorData::BF16(wf.iter().map(|&v| half::bf16::from_f32(v)).collect()) };
         for w in [&w32, &w16] {
             let mut out = vec![0f32; n * m];
             gemm(&mut out, &x, w, n);
@@ -533,7 +553,8 @@ mod tests {
         let x: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 333.0).collect();
         let wf: Vec<f32> = (0..m * k).map(|i| ((i * 104_729 % 2003) as f32 - 1001.0) / 977.0).collect();
         let w32 = Tensor::from_f32(&[m, k], wf.clone());
-        let w16 = Tensor { shape: vec![m, k], data: TensorData::F16(wf.iter().map(|&v| half::f16::from_f32(v)).collect()) };
+        let w16 =
+            Tensor { shape: vec![m, k], data: TensorData::F16(wf.iter().map(|&v| half::f16::from_f32(v)).collect()) };
         for w in [&w32, &w16] {
             let mut all = vec![0f32; n * m];
             gemm(&mut all, &x, w, n);

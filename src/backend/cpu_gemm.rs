@@ -89,10 +89,7 @@ impl Kernel {
     /// logits to 1e-4 of transformers in f32; bf16 activations move them by ~0.2 on the fixture model).
     /// `avx512bf16` is chosen only by `TL_CPU_KERNEL`.
     pub fn detect() -> Kernel {
-        [Kernel::Avx512, Kernel::Avx2]
-            .into_iter()
-            .find(|k| k.available())
-            .unwrap_or(Kernel::Portable)
+        [Kernel::Avx512, Kernel::Avx2].into_iter().find(|k| k.available()).unwrap_or(Kernel::Portable)
     }
 
     /// Whether the int8 path of this family uses `vpdpbusd`.
@@ -148,8 +145,17 @@ pub fn selected() -> Choice {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Packed {
     /// `bf16_acts`: multiply with activations rounded to bf16 (`vdpbf16ps`) where the CPU has it.
-    Bf16 { m: usize, k: usize, data: Vec<u16>, bf16_acts: bool },
-    Q8 { m: usize, k: usize, data: Vec<u8> },
+    Bf16 {
+        m: usize,
+        k: usize,
+        data: Vec<u16>,
+        bf16_acts: bool,
+    },
+    Q8 {
+        m: usize,
+        k: usize,
+        data: Vec<u8>,
+    },
 }
 
 fn round_up(v: usize, to: usize) -> usize {
@@ -187,28 +193,26 @@ impl Packed {
         let (m, k) = (t.shape[0], t.shape[1]);
         let (mp, nb) = (round_up(m, TILE), k.div_ceil(QBLOCK));
         let mut data = vec![0u8; mp / PANEL * nb * Q8_PANEL_BLOCK];
-        data.par_chunks_mut(nb * Q8_PANEL_BLOCK)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                let mut row = vec![0f32; nb * QBLOCK];
-                for l in 0..PANEL {
-                    let r = p * PANEL + l;
-                    row.fill(0.0);
-                    if r < m {
-                        row_f32(t, r, &mut row[..k]);
-                    }
-                    for b in 0..nb {
-                        let xs = &row[b * QBLOCK..(b + 1) * QBLOCK];
-                        let (q, s) = quantize_block(xs);
-                        let blk = &mut panel[b * Q8_PANEL_BLOCK..(b + 1) * Q8_PANEL_BLOCK];
-                        for (c, &v) in q.iter().enumerate() {
-                            blk[((c / 4) * PANEL + l) * 4 + c % 4] = (v as i16 + 128) as u8;
-                        }
-                        let sb = f16::from_f32(s).to_bits().to_le_bytes();
-                        blk[QBLOCK * PANEL + 2 * l..QBLOCK * PANEL + 2 * l + 2].copy_from_slice(&sb);
-                    }
+        data.par_chunks_mut(nb * Q8_PANEL_BLOCK).enumerate().for_each(|(p, panel)| {
+            let mut row = vec![0f32; nb * QBLOCK];
+            for l in 0..PANEL {
+                let r = p * PANEL + l;
+                row.fill(0.0);
+                if r < m {
+                    row_f32(t, r, &mut row[..k]);
                 }
-            });
+                for b in 0..nb {
+                    let xs = &row[b * QBLOCK..(b + 1) * QBLOCK];
+                    let (q, s) = quantize_block(xs);
+                    let blk = &mut panel[b * Q8_PANEL_BLOCK..(b + 1) * Q8_PANEL_BLOCK];
+                    for (c, &v) in q.iter().enumerate() {
+                        blk[((c / 4) * PANEL + l) * 4 + c % 4] = (v as i16 + 128) as u8;
+                    }
+                    let sb = f16::from_f32(s).to_bits().to_le_bytes();
+                    blk[QBLOCK * PANEL + 2 * l..QBLOCK * PANEL + 2 * l + 2].copy_from_slice(&sb);
+                }
+            }
+        });
         Packed::Q8 { m, k, data }
     }
 
@@ -267,14 +271,8 @@ fn row_f32(t: &Tensor, r: usize, dst: &mut [f32]) {
     let k = dst.len();
     match &t.data {
         TensorData::F32(v) => dst.copy_from_slice(&v[r * k..(r + 1) * k]),
-        TensorData::BF16(v) => dst
-            .iter_mut()
-            .zip(&v[r * k..(r + 1) * k])
-            .for_each(|(d, s)| *d = s.to_f32()),
-        TensorData::F16(v) => dst
-            .iter_mut()
-            .zip(&v[r * k..(r + 1) * k])
-            .for_each(|(d, s)| *d = s.to_f32()),
+        TensorData::BF16(v) => dst.iter_mut().zip(&v[r * k..(r + 1) * k]).for_each(|(d, s)| *d = s.to_f32()),
+        TensorData::F16(v) => dst.iter_mut().zip(&v[r * k..(r + 1) * k]).for_each(|(d, s)| *d = s.to_f32()),
     }
 }
 
@@ -316,20 +314,9 @@ unsafe impl Sync for OutPtr {}
 /// Activations as one kernel family reads them: row stride in elements (or bytes for int8).
 #[derive(Clone, Copy)]
 enum Acts<'a> {
-    F32 {
-        x: &'a [f32],
-        ld: usize,
-    },
-    Bf16 {
-        x: &'a [u16],
-        ld: usize,
-    },
-    Q8 {
-        q: &'a [i8],
-        s: &'a [f32],
-        sum: &'a [i32],
-        nb: usize,
-    },
+    F32 { x: &'a [f32], ld: usize },
+    Bf16 { x: &'a [u16], ld: usize },
+    Q8 { q: &'a [i8], s: &'a [f32], sum: &'a [i32], nb: usize },
 }
 
 /// out `[n, m]` = x `[n, k]` · wᵀ with the kernel `TL_CPU_KERNEL`, the weight and the CPU select.
@@ -345,15 +332,8 @@ pub fn gemm(out: &mut [f32], x: &[f32], w: &Packed, n: usize) {
 /// out `[n, m]` = x `[n, k]` · wᵀ with `kernel` (which must be `available`).
 pub fn gemm_with(kernel: Kernel, out: &mut [f32], x: &[f32], w: &Packed, n: usize) {
     let (m, k) = w.shape();
-    assert!(
-        kernel.available(),
-        "kernel {} is not available on this CPU",
-        kernel.name()
-    );
-    assert!(
-        out.len() >= n * m && x.len() >= n * k,
-        "gemm: buffers too small for {n}x{m}x{k}"
-    );
+    assert!(kernel.available(), "kernel {} is not available on this CPU", kernel.name());
+    assert!(out.len() >= n * m && x.len() >= n * k, "gemm: buffers too small for {n}x{m}x{k}");
     if n == 0 || m == 0 {
         return;
     }
@@ -371,6 +351,8 @@ pub fn gemm_with(kernel: Kernel, out: &mut [f32], x: &[f32], w: &Packed, n: usiz
         // Enough tasks to balance two cores, each a contiguous run of tiles.
         let per_task = tiles.div_ceil(rayon::current_num_threads() * 8).max(1);
         (0..tiles.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            // Rebound so the closure captures the whole (Send) wrapper, not its raw pointer field.
+            #[allow(clippy::redundant_locals)]
             let ptr = ptr;
             for tile in task * per_task..((task + 1) * per_task).min(tiles) {
                 run_tile(kernel, w, acts, n, m, tile, ptr);
@@ -422,12 +404,7 @@ fn prepare<'a>(kernel: Kernel, w: &Packed, x: &[f32], n: usize, k: usize, s: &'a
                     s.qsum[i] = q.iter().map(|&v| v as i32).sum();
                 }
             }
-            Acts::Q8 {
-                q: &s.q,
-                s: &s.qs,
-                sum: &s.qsum,
-                nb,
-            }
+            Acts::Q8 { q: &s.q, s: &s.qs, sum: &s.qsum, nb }
         }
     }
 }
@@ -452,12 +429,7 @@ fn run_tile(kernel: Kernel, w: &Packed, acts: Acts, n: usize, m: usize, tile: us
             }
             (Packed::Q8 { data, .. }, Acts::Q8 { q, s, sum, nb }) => {
                 let rows = (n - t0).min(4);
-                let xa = QActs {
-                    q: &q[t0 * nb * QBLOCK..],
-                    s: &s[t0 * nb..],
-                    sum: &sum[t0 * nb..],
-                    nb,
-                };
+                let xa = QActs { q: &q[t0 * nb * QBLOCK..], s: &s[t0 * nb..], sum: &sum[t0 * nb..], nb };
                 tile_q8(kernel, data, tile, xa, rows, &mut buf);
                 rows
             }
@@ -689,14 +661,10 @@ mod x86 {
                 unsafe {
                     let v0 = _mm512_loadu_si512(w0.add(j * 32) as *const _);
                     let v1 = _mm512_loadu_si512(w1.add(j * 32) as *const _);
-                    let (e0, o0) = (
-                        _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)),
-                        _mm512_castsi512_ps(_mm512_and_si512(v0, hi)),
-                    );
-                    let (e1, o1) = (
-                        _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)),
-                        _mm512_castsi512_ps(_mm512_and_si512(v1, hi)),
-                    );
+                    let (e0, o0) =
+                        (_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_castsi512_ps(_mm512_and_si512(v0, hi)));
+                    let (e1, o1) =
+                        (_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_castsi512_ps(_mm512_and_si512(v1, hi)));
                     for (t, acc) in acc.iter_mut().enumerate() {
                         let xe = _mm512_set1_ps(*xp.add(t * ld + 2 * j));
                         let xo = _mm512_set1_ps(*xp.add(t * ld + 2 * j + 1));
@@ -847,20 +815,11 @@ mod tests {
     }
 
     fn bf16_tensor(m: usize, k: usize, v: &[f32]) -> Tensor {
-        Tensor {
-            shape: vec![m, k],
-            data: TensorData::BF16(v.iter().map(|&f| half::bf16::from_f32(f)).collect()),
-        }
+        Tensor { shape: vec![m, k], data: TensorData::BF16(v.iter().map(|&f| half::bf16::from_f32(f)).collect()) }
     }
 
-    const SHAPES: [(usize, usize, usize); 6] = [
-        (1, 37, 29),
-        (3, 33, 65),
-        (5, 1, 7),
-        (9, 70, 131),
-        (13, 100, 33),
-        (17, 45, 200),
-    ];
+    const SHAPES: [(usize, usize, usize); 6] =
+        [(1, 37, 29), (3, 33, 65), (5, 1, 7), (9, 70, 131), (13, 100, 33), (17, 45, 200)];
 
     #[test]
     fn bf16_packing_round_trips() {
@@ -887,11 +846,7 @@ mod tests {
                 };
                 let want = reference(&xr, &t.to_f32_vec(), n, m, k);
                 let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(
-                    err < 1e-4 * (k as f32).sqrt(),
-                    "{} {n}x{m}x{k}: max abs error {err}",
-                    kernel.name()
-                );
+                assert!(err < 1e-4 * (k as f32).sqrt(), "{} {n}x{m}x{k}: max abs error {err}", kernel.name());
             }
         }
     }
@@ -921,11 +876,7 @@ mod tests {
                 }
                 let want = reference(&xq, &w.to_f32(), n, m, k);
                 let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(
-                    err < 1e-4 * (k as f32).sqrt(),
-                    "{} int8 {n}x{m}x{k}: max abs error {err}",
-                    kernel.name()
-                );
+                assert!(err < 1e-4 * (k as f32).sqrt(), "{} int8 {n}x{m}x{k}: max abs error {err}", kernel.name());
                 // And the quantization error itself stays small against the unquantized product.
                 let exact = reference(&x, &wf, n, m, k);
                 let rms = (exact.iter().map(|v| v * v).sum::<f32>() / exact.len() as f32).sqrt();

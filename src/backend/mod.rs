@@ -5,9 +5,9 @@ pub mod cpu_gemm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-use crate::{Error, Result};
 use crate::sampling::{Picked, SampleBatch};
 use crate::tensor::Tensor;
+use crate::{Error, Result};
 
 /// Per-step batch layout, plain host data: tokens of several sequences, prefill and decode mixed.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +37,90 @@ pub struct SeqMeta {
 impl StepMeta {
     pub fn n_tokens(&self) -> usize {
         self.positions.len()
+    }
+
+    /// Checks the step is well formed on any device: one slot per token, a positive block size, each
+    /// sequence's tokens a non-empty range inside the step, every token in exactly one sequence, a context at
+    /// least as long as the new tokens and a block table covering it. The model checks each step once, before
+    /// any backend op; backends take only a [`CheckedStep`] and check just their own buffers (cache slots,
+    /// index widths).
+    pub fn check(&self) -> Result<CheckedStep<'_>> {
+        let bad = |m: String| Err(Error::Internal(format!("step metadata: {m}")));
+        let n = self.n_tokens();
+        let bs = self.block_size;
+        if bs == 0 || self.slots.len() != n {
+            return bad(format!("block size {bs}, {n} positions, {} slots", self.slots.len()));
+        }
+        let mut owned = vec![false; n];
+        for (s, m) in self.seqs.iter().enumerate() {
+            let end = m.token_start.checked_add(m.n_tokens).filter(|&e| e <= n && m.n_tokens > 0);
+            let Some(end) = end else {
+                return bad(format!("sequence {s}: tokens {}+{} outside a step of {n}", m.token_start, m.n_tokens));
+            };
+            if m.context_len < m.n_tokens || m.block_table.len().saturating_mul(bs) < m.context_len {
+                let (ctx, len, blocks) = (m.context_len, m.n_tokens, m.block_table.len());
+                return bad(format!("sequence {s}: context {ctx} with {len} new tokens and {blocks} blocks"));
+            }
+            for (t, o) in owned[m.token_start..end].iter_mut().enumerate() {
+                if *o {
+                    return bad(format!("token {} belongs to two sequences", m.token_start + t));
+                }
+                *o = true;
+            }
+        }
+        if let Some(t) = owned.iter().position(|&o| !o) {
+            return bad(format!("token {t} belongs to no sequence"));
+        }
+        Ok(CheckedStep(self))
+    }
+}
+
+/// Share `[start, end)` of `rank` when `total` items are split over `world` ranks as evenly as possible (the first
+/// `total % world` ranks hold one more). The vocabulary split of the LM head (`ShardSpec::range`) and the CUDA
+/// kernel `tl_unshard_vocab` use this rule.
+pub fn even_share(total: usize, world: usize, rank: usize) -> (usize, usize) {
+    let base = total / world;
+    let extra = total % world;
+    let start = rank * base + rank.min(extra);
+    (start, start + base + usize::from(rank < extra))
+}
+
+/// The argument check every backend's `unshard_vocab` makes: `world` ranks each own at least one of `vocab`
+/// columns and `width <= vocab` are kept. Returns `w_max`, the largest share (each rank's padded slot).
+pub fn unshard_shape(vocab: usize, world: usize, width: usize) -> Result<usize> {
+    if world == 0 || vocab < world || width > vocab {
+        return Err(Error::Internal(format!("unshard_vocab: {vocab} columns over {world} ranks, {width} kept")));
+    }
+    Ok(vocab.div_ceil(world))
+}
+
+/// The token-id check every backend's `embedding` makes (a bad id is the request's fault).
+pub fn check_token_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(id) => Err(Error::InvalidRequest(format!("token id {id} is outside the vocabulary of {vocab}"))),
+        None => Ok(()),
+    }
+}
+
+impl AttnDims {
+    /// Query heads per KV head; an error unless the KV heads divide the query heads.
+    pub fn group(&self) -> Result<usize> {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(Error::Internal(format!("attention: unsupported heads {self:?}")));
+        }
+        Ok(self.n_heads / self.n_kv_heads)
+    }
+}
+
+/// A step that passed [`StepMeta::check`] (only `check` makes one): token ranges, contexts and block tables are
+/// consistent, so a backend indexes them without checking again.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedStep<'a>(&'a StepMeta);
+
+impl std::ops::Deref for CheckedStep<'_> {
+    type Target = StepMeta;
+    fn deref(&self) -> &StepMeta {
+        self.0
     }
 }
 
@@ -106,17 +190,52 @@ pub trait Backend: Send + Sync + 'static {
     /// out[i, :] = table[ids[i], :]; out `[n, h]`, table `[V, h]`.
     fn embedding(&self, out: &mut Self::Buf, table: &Self::Weight, ids: &[u32], h: usize) -> Result<()>;
     /// out = rmsnorm(x) * w over rows of width h; x, out `[n, h]`, w `[h]`.
-    fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Weight, n: usize, h: usize, eps: f32) -> Result<()>;
+    fn rms_norm(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        n: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// residual += x; out = rmsnorm(residual) * w. residual, x, out `[n, h]`.
     #[allow(clippy::too_many_arguments)]
-    fn add_rms_norm(&self, residual: &mut Self::Buf, x: &Self::Buf, out: &mut Self::Buf, w: &Self::Weight, n: usize, h: usize, eps: f32) -> Result<()>;
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Buf,
+        x: &Self::Buf,
+        out: &mut Self::Buf,
+        w: &Self::Weight,
+        n: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// out = x · wᵀ; x `[n, k]`, w `[m, k]`, out `[n, m]` (f32 accumulation).
     fn gemm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Weight, n: usize) -> Result<()>;
     /// Rotates q `[n, nh*hd]` and k `[n, nkv*hd]` in place (split-halves RoPE), then writes k and v
     /// into the paged caches `[blocks, block_size, nkv, hd]` at `meta.slots`.
-    fn rope_write_kv(&self, q: &mut Self::Buf, k: &mut Self::Buf, v: &Self::Buf, k_cache: &mut Self::Buf, v_cache: &mut Self::Buf, meta: &StepMeta, d: AttnDims) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn rope_write_kv(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()>;
     /// Causal attention of each new token over its sequence's cached keys; out `[n, nh*hd]`.
-    fn paged_attention(&self, out: &mut Self::Buf, q: &Self::Buf, k_cache: &Self::Buf, v_cache: &Self::Buf, meta: &StepMeta, d: AttnDims) -> Result<()>;
+    fn paged_attention(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()>;
     /// out = silu(gate) * up, all `[len]`.
     fn silu_mul(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// Copies rows `rows` of x `[*, h]` into out `[rows.len(), h]`.
@@ -125,8 +244,59 @@ pub trait Backend: Send + Sync + 'static {
     /// (rank k owns `ShardSpec::range(vocab)`, `w_max` is the largest share); out `[rows, width]` keeps
     /// columns `0..width` (width <= vocab).
     #[allow(clippy::too_many_arguments)]
-    fn unshard_vocab(&self, out: &mut Self::Buf, parts: &Self::Buf, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()>;
+    fn unshard_vocab(
+        &self,
+        out: &mut Self::Buf,
+        parts: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        world: usize,
+        width: usize,
+    ) -> Result<()>;
     /// Applies each row's penalties and masks to logits `[batch.len(), batch.vocab]` in place and picks one token
     /// per row, returned with its log-probability under the logits as they were. Only the picks leave the device.
     fn sample(&self, logits: &mut Self::Buf, batch: &SampleBatch) -> Result<Vec<Picked>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step() -> StepMeta {
+        StepMeta {
+            positions: vec![0, 1, 2, 7],
+            slots: vec![16, 17, 18, 39],
+            seqs: vec![
+                SeqMeta { token_start: 0, n_tokens: 3, context_len: 3, block_table: vec![1] },
+                SeqMeta { token_start: 3, n_tokens: 1, context_len: 8, block_table: vec![2, 3] },
+            ],
+            block_size: 4,
+        }
+    }
+
+    /// Every malformed step is an error from the one check, before any backend could index with it.
+    #[test]
+    fn malformed_steps_are_errors() {
+        assert!(step().check().is_ok());
+        let cases: [fn(&mut StepMeta); 8] = [
+            |s| s.block_size = 0,
+            |s| {
+                s.slots.pop();
+            },
+            |s| s.seqs[1].token_start = 4, // outside the step
+            |s| s.seqs[1].n_tokens = 0,    // empty range
+            |s| s.seqs[0].n_tokens = 2,    // token 2 in no sequence
+            |s| s.seqs[1].token_start = 2, // token 2 in two sequences
+            |s| s.seqs[1].context_len = 0, // context shorter than the new tokens
+            |s| s.seqs[1].context_len = 9, // needs 3 blocks, has 2
+        ];
+        for (i, f) in cases.iter().enumerate() {
+            let mut s = step();
+            f(&mut s);
+            assert!(s.check().is_err(), "case {i}");
+        }
+        let mut s = step();
+        s.seqs[0].token_start = usize::MAX; // overflowing range
+        assert!(s.check().is_err());
+    }
 }

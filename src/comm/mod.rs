@@ -16,24 +16,3 @@ pub trait Communicator<B: Backend>: Send {
     /// `[world * n]` on every rank (all ranks send the same count).
     fn all_gather(&self, backend: &B, buf: &B::Buf, n: usize) -> Result<B::Buf>;
 }
-
-/// The trivial group of one rank.
-#[derive(Debug, Default, Clone)]
-pub struct SingleRank;
-
-impl<B: Backend> Communicator<B> for SingleRank {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn world_size(&self) -> usize {
-        1
-    }
-    fn all_reduce_sum(&self, _: &B, _: &mut B::Buf, _: usize) -> Result<()> {
-        Ok(())
-    }
-    fn all_gather(&self, backend: &B, buf: &B::Buf, n: usize) -> Result<B::Buf> {
-        let mut out = backend.alloc(n)?;
-        backend.write(&mut out, &backend.read(buf, n)?)?;
-        Ok(out)
-    }
-}

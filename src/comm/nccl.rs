@@ -35,7 +35,9 @@ impl NcclComm {
             return Ok(vec![NcclComm { comm: None, rank: 0, world: 1 }]);
         }
         if !nccl_present() {
-            return Err(Error::Unavailable("NCCL (libnccl.so) not found on LD_LIBRARY_PATH; tensor parallelism needs it".into()));
+            return Err(Error::Unavailable(
+                "NCCL (libnccl.so) not found on LD_LIBRARY_PATH; tensor parallelism needs it".into(),
+            ));
         }
         let streams = backends.iter().map(|b| b.stream().clone()).collect();
         let comms = Comm::from_devices(streams).map_err(nccl_err("init"))?;
@@ -78,7 +80,9 @@ impl Communicator<CudaBackend> for NcclComm {
             backend.copy_into(&mut recv, buf, n)?;
             return Ok(recv);
         }
-        self.comm()?.all_gather(&buf.0.slice(0..n), &mut recv.0.slice_mut(0..self.world * n)).map_err(nccl_err("all_gather"))?;
+        self.comm()?
+            .all_gather(&buf.0.slice(0..n), &mut recv.0.slice_mut(0..self.world * n))
+            .map_err(nccl_err("all_gather"))?;
         Ok(recv)
     }
 }

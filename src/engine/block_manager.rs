@@ -195,10 +195,10 @@ impl BlockManager {
                 return Err(format!("cached block {b} is held, not indexed or misfiled"));
             }
         }
-        for b in 0..self.num_blocks {
+        for (b, &states) in seen.iter().enumerate() {
             let used = self.ref_count[b] > 0;
-            if seen[b] + used as u8 != 1 {
-                return Err(format!("block {b} is in {} states", seen[b] + used as u8));
+            if states + used as u8 != 1 {
+                return Err(format!("block {b} is in {} states", states + used as u8));
             }
             if let Some(k) = self.key[b]
                 && self.index.get(&k) != Some(&(b as u32))
@@ -243,10 +243,7 @@ mod tests {
         let k1 = block_key(0, None, &[1, 2]);
         assert_eq!(k1, block_key(0, None, &[1, 2]));
         assert_ne!(k1, block_key(1, None, &[1, 2]), "the model identity is part of the key");
-        assert_ne!(
-            block_key(0, Some(k1), &[3, 4]),
-            block_key(0, Some(block_key(0, None, &[9, 2])), &[3, 4])
-        );
+        assert_ne!(block_key(0, Some(k1), &[3, 4]), block_key(0, Some(block_key(0, None, &[9, 2])), &[3, 4]));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod block_manager;
 pub mod runner;
 pub mod scheduler;
+pub mod serve;
 pub mod step_cost;
 pub mod stop;
 
@@ -14,10 +15,10 @@ use crate::{Error, Result};
 use block_manager::BlockManager;
 use runner::{KvPlan, Runner, StepInput};
 use scheduler::{Plan, Scheduler, SchedulerConfig};
-use step_cost::StepCost;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+use step_cost::StepCost;
 use stop::TextStream;
 
 /// Where the ranks run.
@@ -84,14 +85,26 @@ pub const CPU_STEP_SLOWDOWN: f64 = 2.0;
 pub const CPU_MIXED_PREFILL_TOKENS: (usize, usize) = (32, 8);
 
 #[cfg(feature = "cuda")]
-fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64,
-              max_blocks: Option<usize>, fmt: crate::backend::WeightFormat) -> Result<Runner> {
+fn start_cuda(
+    src: Arc<dyn CheckpointSource>,
+    gpu_ids: &[usize],
+    block_size: usize,
+    kv_fraction: f64,
+    max_blocks: Option<usize>,
+    fmt: crate::backend::WeightFormat,
+) -> Result<Runner> {
     Runner::start_cuda_with(src, gpu_ids, block_size, kv_fraction, max_blocks, fmt)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn start_cuda(src: Arc<dyn CheckpointSource>, _: &[usize], _: usize, _: f64, _: Option<usize>,
-              _: crate::backend::WeightFormat) -> Result<Runner> {
+fn start_cuda(
+    src: Arc<dyn CheckpointSource>,
+    _: &[usize],
+    _: usize,
+    _: f64,
+    _: Option<usize>,
+    _: crate::backend::WeightFormat,
+) -> Result<Runner> {
     Err(Error::UnsupportedFormat {
         path: src.path().into(),
         format: "device cuda".into(),
@@ -218,7 +231,8 @@ impl Engine {
         };
         let runner = match &ecfg.device {
             Device::Cpu => {
-                let bytes_per_block = 2 * cfg.num_layers * ecfg.block_size * (cfg.num_kv_heads / ecfg.tp) * cfg.head_dim * 4;
+                let bytes_per_block =
+                    2 * cfg.num_layers * ecfg.block_size * (cfg.num_kv_heads / ecfg.tp) * cfg.head_dim * 4;
                 let num_blocks = match ecfg.num_blocks {
                     Some(n) => n,
                     None => {
@@ -227,14 +241,21 @@ impl Engine {
                     }
                 };
                 if num_blocks == 0 {
-                    return Err(Error::Config(format!("the KV cache budget of {} bytes holds no block of {bytes_per_block} bytes", ecfg.kv_cache_bytes)));
+                    return Err(Error::Config(format!(
+                        "the KV cache budget of {} bytes holds no block of {bytes_per_block} bytes",
+                        ecfg.kv_cache_bytes
+                    )));
                 }
                 let plan = KvPlan { num_blocks, block_size: ecfg.block_size };
                 Runner::start_cpu_with(Arc::from(src), ecfg.tp, plan, ecfg.weights)?
             }
             Device::Cuda { gpu_ids, kv_fraction } => {
                 if gpu_ids.len() != ecfg.tp {
-                    return Err(Error::Config(format!("{} GPU ids for tensor-parallel size {}", gpu_ids.len(), ecfg.tp)));
+                    return Err(Error::Config(format!(
+                        "{} GPU ids for tensor-parallel size {}",
+                        gpu_ids.len(),
+                        ecfg.tp
+                    )));
                 }
                 start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks, ecfg.weights)?
             }
@@ -352,7 +373,11 @@ impl Engine {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
         }
         if n >= self.max_model_len {
-            return Err(Error::InvalidRequest(format!("the prompt has {n} tokens; the limit is {} (context {})", self.max_model_len - 1, self.max_model_len)));
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {n} tokens; the limit is {} (context {})",
+                self.max_model_len - 1,
+                self.max_model_len
+            )));
         }
         let pool = self.sched.blocks().num_blocks().saturating_mul(self.runner.block_size);
         if n >= pool {
@@ -381,7 +406,14 @@ impl Engine {
     pub fn abort(&mut self, id: u64) -> Option<Output> {
         self.sched.finish(id);
         let finish = Some(FinishReason::Abort);
-        self.seqs.remove(&id).map(|_| Output { id, token: None, logprob: 0.0, text: String::new(), finish, timings: None })
+        self.seqs.remove(&id).map(|_| Output {
+            id,
+            token: None,
+            logprob: 0.0,
+            text: String::new(),
+            finish,
+            timings: None,
+        })
     }
 
     /// Runs one scheduling step and returns what each affected request produced.
@@ -394,7 +426,10 @@ impl Engine {
         for id in &plan.too_large {
             // A sequence that cannot fit even in the empty cache ends with what it has (finish reason `length`:
             // the KV cache is its context limit).
-            log::warn!("request {id}: outgrew the whole KV cache ({} blocks); finished with reason `length`", self.sched.blocks().num_blocks());
+            log::warn!(
+                "request {id}: outgrew the whole KV cache ({} blocks); finished with reason `length`",
+                self.sched.blocks().num_blocks()
+            );
             self.sched.finish(*id);
             if let Some(mut s) = self.seqs.remove(id) {
                 let text = s.text.finish(&self.tokenizer)?;
@@ -421,7 +456,9 @@ impl Engine {
                 self.sched.clear_prefix_cache();
                 return Err(match r {
                     Err(e) => e,
-                    Ok(out) => Error::Internal(format!("step returned {} tokens for {sampled} sequences", out.picks.len())),
+                    Ok(out) => {
+                        Error::Internal(format!("step returned {} tokens for {sampled} sequences", out.picks.len()))
+                    }
                 });
             }
         };

@@ -2,14 +2,14 @@
 //! sent to all ranks; rank 0 returns the sampled tokens (or, when asked, the logits).
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, SeqMeta, StepMeta, WeightFormat};
-use crate::comm::local::LocalComm;
 use crate::comm::Communicator;
+use crate::comm::local::LocalComm;
 use crate::loader::CheckpointSource;
 use crate::model::Llama;
 use crate::sampling::{Picked, SampleBatch};
 use crate::{Error, Result};
-use std::sync::{Arc, Barrier, Mutex};
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 
 /// One step's inputs, shared by all ranks.
@@ -100,7 +100,9 @@ impl<B: Backend> Clone for KvSizing<B> {
     fn clone(&self) -> Self {
         match self {
             KvSizing::Fixed(p) => KvSizing::Fixed(*p),
-            KvSizing::Sized { block_size, blocks_for, agree } => KvSizing::Sized { block_size: *block_size, blocks_for: blocks_for.clone(), agree: agree.clone() },
+            KvSizing::Sized { block_size, blocks_for, agree } => {
+                KvSizing::Sized { block_size: *block_size, blocks_for: blocks_for.clone(), agree: agree.clone() }
+            }
         }
     }
 }
@@ -130,7 +132,13 @@ impl Runner {
     /// Each rank's KV cache takes `kv_fraction` of the device memory still free after its weights (capped at
     /// `max_blocks`); the ranks agree on the smallest count, reported by `Runner::num_blocks`.
     #[cfg(feature = "cuda")]
-    pub fn start_cuda(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64, max_blocks: Option<usize>) -> Result<Runner> {
+    pub fn start_cuda(
+        src: Arc<dyn CheckpointSource>,
+        gpu_ids: &[usize],
+        block_size: usize,
+        kv_fraction: f64,
+        max_blocks: Option<usize>,
+    ) -> Result<Runner> {
         Self::start_cuda_with(src, gpu_ids, block_size, kv_fraction, max_blocks, WeightFormat::AsLoaded)
     }
 
@@ -161,13 +169,22 @@ impl Runner {
     }
 
     /// Spawns one thread per (backend, communicator) pair; each loads its shard and allocates its cache.
-    pub fn start<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>, kv: KvPlan) -> Result<Runner> {
+    pub fn start<B: Backend, C: Communicator<B> + 'static>(
+        src: Arc<dyn CheckpointSource>,
+        ranks: Vec<(B, C)>,
+        kv: KvPlan,
+    ) -> Result<Runner> {
         Self::spawn(src, ranks, KvSizing::Fixed(kv), WeightFormat::AsLoaded)
     }
 
     /// Like `start`, but each rank sizes its KV cache after loading its weights with `blocks_for(backend,
     /// bytes_per_block)`; all ranks take the smallest count, which `Runner::num_blocks` reports.
-    pub fn start_sized<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>, block_size: usize, blocks_for: BlocksFor<B>) -> Result<Runner> {
+    pub fn start_sized<B: Backend, C: Communicator<B> + 'static>(
+        src: Arc<dyn CheckpointSource>,
+        ranks: Vec<(B, C)>,
+        block_size: usize,
+        blocks_for: BlocksFor<B>,
+    ) -> Result<Runner> {
         let agree = Arc::new(Agree { counts: Mutex::new(Vec::new()), barrier: Barrier::new(ranks.len()) });
         Self::spawn(src, ranks, KvSizing::Sized { block_size, blocks_for, agree }, WeightFormat::AsLoaded)
     }
@@ -245,6 +262,7 @@ impl Drop for Runner {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn rank_loop<B: Backend, C: Communicator<B>>(
     src: Arc<dyn CheckpointSource>,
     backend: B,
@@ -272,7 +290,9 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
             mine.and_then(|(m, _)| {
                 let n = agreed.ok_or_else(|| Error::Internal("another tensor-parallel rank failed to load".into()))?;
                 if n == 0 {
-                    return Err(Error::Unavailable(format!("rank {rank}: no device memory left for one KV block of {block_size} tokens")));
+                    return Err(Error::Unavailable(format!(
+                        "rank {rank}: no device memory left for one KV block of {block_size} tokens"
+                    )));
                 }
                 Ok((m.new_kv_cache(n, block_size)?, m))
             })
@@ -291,8 +311,12 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     };
     while let Ok(job) = jobs.recv() {
         let r = match &job.sample {
-            Some(b) => model.forward_sample(&job.tokens, &job.meta, &job.logit_rows, &mut cache, b).map(|picks| StepOutput { picks, logits: Vec::new() }),
-            None => model.forward(&job.tokens, &job.meta, &job.logit_rows, &mut cache).map(|logits| StepOutput { logits, picks: Vec::new() }),
+            Some(b) => model
+                .forward_sample(&job.tokens, &job.meta, &job.logit_rows, &mut cache, b)
+                .map(|picks| StepOutput { picks, logits: Vec::new() }),
+            None => model
+                .forward(&job.tokens, &job.meta, &job.logit_rows, &mut cache)
+                .map(|logits| StepOutput { logits, picks: Vec::new() }),
         };
         let r = if rank == 0 { r } else { r.map(|_| StepOutput::default()) };
         if results.send((rank, r)).is_err() {

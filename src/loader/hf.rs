@@ -42,20 +42,37 @@ fn read_json(path: &Path) -> Result<Value> {
 fn parse_config(path: &Path, v: &Value) -> Result<(LlamaConfig, bool)> {
     let get = |k: &str| v.get(k).filter(|x| !x.is_null());
     let req = |k: &str| -> Result<usize> {
-        get(k).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| Error::ckpt(path, format!("missing or non-integer `{k}`")))
+        get(k)
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .ok_or_else(|| Error::ckpt(path, format!("missing or non-integer `{k}`")))
     };
-    if let Some(mt) = get("model_type").and_then(Value::as_str) {
-        if mt != "llama" {
-            return Err(Error::UnsupportedFormat { path: path.into(), format: format!("model_type `{mt}`"), hint: "only Llama checkpoints are served".into() });
-        }
+    if let Some(mt) = get("model_type").and_then(Value::as_str)
+        && mt != "llama"
+    {
+        return Err(Error::UnsupportedFormat {
+            path: path.into(),
+            format: format!("model_type `{mt}`"),
+            hint: "only Llama checkpoints are served".into(),
+        });
     }
-    if get("attention_bias").and_then(Value::as_bool) == Some(true) || get("mlp_bias").and_then(Value::as_bool) == Some(true) {
-        return Err(Error::UnsupportedFormat { path: path.into(), format: "Llama with biases".into(), hint: "Llama-2 has no bias terms".into() });
+    if get("attention_bias").and_then(Value::as_bool) == Some(true)
+        || get("mlp_bias").and_then(Value::as_bool) == Some(true)
+    {
+        return Err(Error::UnsupportedFormat {
+            path: path.into(),
+            format: "Llama with biases".into(),
+            hint: "Llama-2 has no bias terms".into(),
+        });
     }
-    if let Some(act) = get("hidden_act").and_then(Value::as_str) {
-        if act != "silu" {
-            return Err(Error::UnsupportedFormat { path: path.into(), format: format!("hidden_act `{act}`"), hint: "Llama-2 uses silu".into() });
-        }
+    if let Some(act) = get("hidden_act").and_then(Value::as_str)
+        && act != "silu"
+    {
+        return Err(Error::UnsupportedFormat {
+            path: path.into(),
+            format: format!("hidden_act `{act}`"),
+            hint: "Llama-2 uses silu".into(),
+        });
     }
     let hidden = req("hidden_size")?;
     let heads = req("num_attention_heads")?;
@@ -66,7 +83,11 @@ fn parse_config(path: &Path, v: &Value) -> Result<(LlamaConfig, bool)> {
         let ty = rs.get("type").or_else(|| rs.get("rope_type")).and_then(Value::as_str).unwrap_or("");
         let factor = rs.get("factor").and_then(Value::as_f64).unwrap_or(1.0);
         if ty != "linear" && ty != "default" {
-            return Err(Error::UnsupportedFormat { path: path.into(), format: format!("rope_scaling type `{ty}`"), hint: "only linear RoPE scaling is implemented".into() });
+            return Err(Error::UnsupportedFormat {
+                path: path.into(),
+                format: format!("rope_scaling type `{ty}`"),
+                hint: "only linear RoPE scaling is implemented".into(),
+            });
         }
         if ty == "linear" {
             rope_scaling = factor as f32;
@@ -132,8 +153,10 @@ fn header_len(file: &Path, head: [u8; 8], len: u64) -> Result<u64> {
 /// Indexes a whole safetensors file held in memory (length prefix, JSON header, data), exactly as the
 /// loader does for a file on disk; `file` names it in errors. Used by the fuzz targets.
 pub fn parse_file_bytes(file: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Stored>> {
-    let head: [u8; 8] =
-        bytes.get(..8).and_then(|h| h.try_into().ok()).ok_or_else(|| Error::ckpt(file, "file too short for a safetensors header"))?;
+    let head: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| Error::ckpt(file, "file too short for a safetensors header"))?;
     check_lfs(file, &head)?;
     let n = header_len(file, head, bytes.len() as u64)?;
     parse_header(file, &bytes[8..8 + n as usize], bytes.len() as u64)
@@ -143,7 +166,8 @@ pub fn parse_file_bytes(file: &Path, bytes: &[u8]) -> Result<BTreeMap<String, St
 /// every float tensor lies inside the file with a byte size matching its shape; other dtypes are skipped.
 pub fn parse_header(file: &Path, hdr: &[u8], len: u64) -> Result<BTreeMap<String, Stored>> {
     let mut out = BTreeMap::new();
-    let v: Value = serde_json::from_slice(hdr).map_err(|e| Error::ckpt(file, format!("invalid safetensors header: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(hdr).map_err(|e| Error::ckpt(file, format!("invalid safetensors header: {e}")))?;
     let obj = v.as_object().ok_or_else(|| Error::ckpt(file, "safetensors header is not an object"))?;
     let data_start = 8 + hdr.len() as u64;
     for (name, t) in obj {
@@ -174,15 +198,27 @@ pub fn parse_header(file: &Path, hdr: &[u8], len: u64) -> Result<BTreeMap<String
             (Some(b), Some(e)) if b <= e => (b, e),
             _ => return Err(bad("invalid data_offsets")),
         };
-        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| bad("shape overflows"))?;
+        let numel =
+            shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| bad("shape overflows"))?;
         let want = numel.checked_mul(dtype.size() as u64).ok_or_else(|| bad("shape overflows"))?;
         if e - b != want {
-            return Err(bad(&format!("byte size {} does not match shape {shape:?} of {} ({want} bytes)", e - b, dtype.name())));
+            return Err(bad(&format!(
+                "byte size {} does not match shape {shape:?} of {} ({want} bytes)",
+                e - b,
+                dtype.name()
+            )));
         }
         // Offsets are untrusted u64s: `data_start + e` may overflow (and would then pass a wrapped check).
         match data_start.checked_add(e) {
             Some(end) if end <= len => {}
-            end => return Err(Error::Truncated { path: file.into(), name: name.clone(), expected: end.unwrap_or(u64::MAX), got: len }),
+            end => {
+                return Err(Error::Truncated {
+                    path: file.into(),
+                    name: name.clone(),
+                    expected: end.unwrap_or(u64::MAX),
+                    got: len,
+                });
+            }
         }
         out.insert(name.clone(), Stored { file: file.into(), dtype, shape, offset: data_start + b });
     }
@@ -197,7 +233,10 @@ impl HfSource {
         let index = path.join("model.safetensors.index.json");
         let shards = if index.is_file() {
             let v = read_json(&index)?;
-            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::ckpt(&index, "missing `weight_map`"))?;
+            let map = v
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| Error::ckpt(&index, "missing `weight_map`"))?;
             let mut files: Vec<&str> = map.values().filter_map(Value::as_str).collect();
             files.sort();
             files.dedup();
@@ -214,20 +253,31 @@ impl HfSource {
         } else {
             let bin = path.join("pytorch_model.bin");
             let hint = if bin.exists() || path.join("pytorch_model.bin.index.json").exists() {
-                "only safetensors weights are read; convert pytorch_model.bin with `transformers` (save_pretrained(safe_serialization=True))"
+                "only safetensors weights are read; convert pytorch_model.bin with `transformers` \
+                 (save_pretrained(safe_serialization=True))"
             } else {
                 "expected model.safetensors or model.safetensors.index.json"
             };
             return Err(Error::ckpt(path, hint));
         };
         if let Some(name) = stored.keys().find(|k| k.ends_with(".bias")) {
-            return Err(Error::UnsupportedFormat { path: path.into(), format: format!("tensor `{name}`"), hint: "Llama-2 has no bias terms".into() });
+            return Err(Error::UnsupportedFormat {
+                path: path.into(),
+                format: format!("tensor `{name}`"),
+                hint: "Llama-2 has no bias terms".into(),
+            });
         }
         // The embedding decides V; config.json may disagree only if it is corrupt.
-        if let Some(e) = stored.get("model.embed_tokens.weight") {
-            if e.shape.len() == 2 && e.shape[0] != cfg.vocab_size {
-                return Err(Error::TensorShape { path: path.into(), name: "model.embed_tokens.weight".into(), expected: vec![cfg.vocab_size, cfg.hidden_size], got: e.shape.clone() });
-            }
+        if let Some(e) = stored.get("model.embed_tokens.weight")
+            && e.shape.len() == 2
+            && e.shape[0] != cfg.vocab_size
+        {
+            return Err(Error::TensorShape {
+                path: path.into(),
+                name: "model.embed_tokens.weight".into(),
+                expected: vec![cfg.vocab_size, cfg.hidden_size],
+                got: e.shape.clone(),
+            });
         }
         let src = HfSource { path: path.into(), cfg: cfg.clone(), stored, tied, shards };
         // Validate every tensor now so errors appear before any allocation; names are generated lazily, so
@@ -236,7 +286,12 @@ impl HfSource {
             let s = src.stored_for(&name)?;
             let want = canonical_shape(&cfg, &name).expect("canonical");
             if s.shape != want {
-                return Err(Error::TensorShape { path: s.file.clone(), name: src.hf_name(&name), expected: want, got: s.shape.clone() });
+                return Err(Error::TensorShape {
+                    path: s.file.clone(),
+                    name: src.hf_name(&name),
+                    expected: want,
+                    got: s.shape.clone(),
+                });
             }
         }
         cfg.validate()?;
@@ -347,7 +402,6 @@ impl CheckpointSource for HfSource {
 pub fn total_bytes(src: &dyn CheckpointSource) -> u64 {
     src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum()
 }
-
 
 #[cfg(test)]
 mod tests {

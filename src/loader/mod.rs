@@ -1,9 +1,9 @@
 //! Checkpoint sources: one trait over Hugging Face safetensors folders and NeMo `.nemo` archives or folders,
 //! yielding canonical per-layer tensors (HF layout, row-major [out, in]) in their stored dtype.
 pub mod hf;
-pub mod random;
 pub mod nemo;
 pub mod nemo_config;
+pub mod random;
 pub mod tarfs;
 pub mod zarr;
 
@@ -15,8 +15,6 @@ use std::path::Path;
 
 /// Canonical per-layer tensor names (suffixes of `layers.{i}.`).
 pub const LAYER_TENSORS: [&str; 9] = ["attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down"];
-/// Canonical model-level tensor names.
-pub const GLOBAL_TENSORS: [&str; 3] = ["tok_emb", "final_norm", "lm_head"];
 
 /// `layers.{i}.{t}`.
 pub fn layer_name(i: usize, t: &str) -> String {
@@ -117,8 +115,41 @@ pub fn check_lfs(path: &Path, head: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Reads a checkpoint's canonical tensors one at a time, checking each one's shape and logging the progress of
+/// the whole load.
+pub struct TensorReader<'a> {
+    src: &'a dyn CheckpointSource,
+    progress: Progress,
+}
+
+impl<'a> TensorReader<'a> {
+    /// `what` names the load in the progress lines.
+    pub fn new(src: &'a dyn CheckpointSource, what: impl Into<String>) -> Self {
+        let total: u64 =
+            src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
+        TensorReader { src, progress: Progress::new(what, total) }
+    }
+
+    /// Canonical tensor `name`, in its stored dtype and canonical shape.
+    pub fn read(&mut self, name: &str) -> Result<Tensor> {
+        let t = self.src.load(name)?;
+        let want = canonical_shape(self.src.config(), name)
+            .ok_or_else(|| Error::Internal(format!("unknown tensor {name}")))?;
+        if t.shape != want {
+            return Err(Error::TensorShape {
+                path: self.src.path().into(),
+                name: name.into(),
+                expected: want,
+                got: t.shape,
+            });
+        }
+        self.progress.add(t.nbytes() as u64);
+        Ok(t)
+    }
+}
+
 /// Logs load progress (% and GB/s) at most every ~5% of the bytes.
-pub struct Progress {
+struct Progress {
     what: String,
     total: u64,
     done: u64,
@@ -127,13 +158,13 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(what: impl Into<String>, total: u64) -> Self {
+    fn new(what: impl Into<String>, total: u64) -> Self {
         let what = what.into();
         log::info!("loading {what}: {:.2} GB", total as f64 / 1e9);
         Progress { what, total, done: 0, next_log: total / 20, start: std::time::Instant::now() }
     }
 
-    pub fn add(&mut self, bytes: u64) {
+    fn add(&mut self, bytes: u64) {
         self.done += bytes;
         if self.done >= self.next_log || self.done == self.total {
             let secs = self.start.elapsed().as_secs_f64().max(1e-9);

@@ -25,8 +25,10 @@ const PROJ: &str = "model.decoder.layers.self_attention.linear_proj.weight";
 const FC1: &str = "model.decoder.layers.mlp.linear_fc1.weight";
 const FC2: &str = "model.decoder.layers.mlp.linear_fc2.weight";
 /// Pre-attention and pre-MLP norms: Transformer Engine names, then the local-spec names.
-const ATTN_NORMS: [&str; 2] = ["model.decoder.layers.self_attention.linear_qkv.layer_norm_weight", "model.decoder.layers.input_layernorm.weight"];
-const MLP_NORMS: [&str; 2] = ["model.decoder.layers.mlp.linear_fc1.layer_norm_weight", "model.decoder.layers.pre_mlp_layernorm.weight"];
+const ATTN_NORMS: [&str; 2] =
+    ["model.decoder.layers.self_attention.linear_qkv.layer_norm_weight", "model.decoder.layers.input_layernorm.weight"];
+const MLP_NORMS: [&str; 2] =
+    ["model.decoder.layers.mlp.linear_fc1.layer_norm_weight", "model.decoder.layers.pre_mlp_layernorm.weight"];
 
 /// Where a canonical tensor comes from: array, layer (for stacked arrays), `(first row, rows)` pieces.
 type Plan<'a> = (&'a ZArray, Option<usize>, Vec<(usize, usize)>);
@@ -73,12 +75,14 @@ fn unsupported(path: PathBuf, format: &str, hint: &str) -> Error {
 
 /// Finds the one `model_config.yaml` and returns its folder prefix; refuses NeMo 2.0 layouts.
 fn find_root(fs: &Fs) -> Result<String> {
-    let found: Vec<&str> = fs.list().filter(|n| *n == "model_config.yaml" || n.ends_with("/model_config.yaml")).collect();
+    let found: Vec<&str> =
+        fs.list().filter(|n| *n == "model_config.yaml" || n.ends_with("/model_config.yaml")).collect();
     match found.as_slice() {
         [one] => Ok(one[..one.len() - "model_config.yaml".len()].to_string()),
         [] => {
             let nemo2 = |p: &str| fs.is_dir(&format!("{p}context")) && fs.is_dir(&format!("{p}weights"));
-            let subdirs: Vec<String> = fs.list().filter_map(|n| n.split_once('/').map(|(d, _)| format!("{d}/"))).collect();
+            let subdirs: Vec<String> =
+                fs.list().filter_map(|n| n.split_once('/').map(|(d, _)| format!("{d}/"))).collect();
             if nemo2("") || subdirs.iter().any(|d| nemo2(d)) {
                 return Err(unsupported(
                     fs.path().into(),
@@ -106,14 +110,18 @@ fn check_backend(fs: &Fs, root: &str) -> Result<()> {
                 "the torch_dist distributed-checkpoint format (NeMo >= 24.x)",
                 "convert to HF safetensors or re-save with the zarr backend",
             )),
-            Some(b) => Err(unsupported(origin, &format!("dist-ckpt sharded_backend `{b}`"), "only the zarr backend is read")),
+            Some(b) => {
+                Err(unsupported(origin, &format!("dist-ckpt sharded_backend `{b}`"), "only the zarr backend is read"))
+            }
             None => Err(Error::ckpt(origin, "no `sharded_backend` in metadata.json")),
         };
     }
     let legacy = fs.list().find(|n| {
         n.strip_prefix(root).and_then(|r| r.strip_suffix("model_weights.ckpt")).is_some_and(|d| {
             let d = d.trim_end_matches('/');
-            d.is_empty() || (!d.contains('/') && (d.starts_with("mp_rank_") || (d.starts_with("tp_rank_") && d.contains("_pp_rank_"))))
+            d.is_empty()
+                || (!d.contains('/')
+                    && (d.starts_with("mp_rank_") || (d.starts_with("tp_rank_") && d.contains("_pp_rank_"))))
         })
     });
     if let Some(l) = legacy {
@@ -124,9 +132,15 @@ fn check_backend(fs: &Fs, root: &str) -> Result<()> {
         ));
     }
     if fs.is_dir(&format!("{root}model_weights")) {
-        return Err(Error::ckpt(fs.display(&format!("{root}model_weights")), "no metadata.json: not a Megatron-core distributed checkpoint"));
+        return Err(Error::ckpt(
+            fs.display(&format!("{root}model_weights")),
+            "no metadata.json: not a Megatron-core distributed checkpoint",
+        ));
     }
-    Err(Error::ckpt(fs.display(&format!("{root}model_config.yaml")), "no model_weights/ folder or model_weights.ckpt next to it"))
+    Err(Error::ckpt(
+        fs.display(&format!("{root}model_config.yaml")),
+        "no model_weights/ folder or model_weights.ckpt next to it",
+    ))
 }
 
 impl NemoSource {
@@ -176,11 +190,18 @@ impl NemoSource {
     }
 
     /// Takes the needed arrays out of `arrays` and checks each shape against the config.
-    fn pick_arrays(fs: &Fs, wdir: &str, arrays: &mut BTreeMap<String, ZArray>, cfg: &LlamaConfig, share: bool) -> Result<Arrays> {
+    fn pick_arrays(
+        fs: &Fs,
+        wdir: &str,
+        arrays: &mut BTreeMap<String, ZArray>,
+        cfg: &LlamaConfig,
+        share: bool,
+    ) -> Result<Arrays> {
         let (l, h, f, v) = (cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let over = || Error::Config(format!("model dimensions overflow: {cfg:?}"));
         let q = cfg.num_heads.checked_mul(cfg.head_dim).ok_or_else(over)?;
-        let qkv_rows = cfg.num_kv_heads.checked_mul(2 * cfg.head_dim).and_then(|kv| kv.checked_add(q)).ok_or_else(over)?;
+        let qkv_rows =
+            cfg.num_kv_heads.checked_mul(2 * cfg.head_dim).and_then(|kv| kv.checked_add(q)).ok_or_else(over)?;
         let f2 = f.checked_mul(2).ok_or_else(over)?;
         let missing = |k: &str| Error::MissingTensor { path: fs.display(wdir.trim_end_matches('/')), name: k.into() };
         let shape_err = |za: &ZArray, expected: Vec<usize>| Error::TensorShape {
@@ -297,7 +318,9 @@ impl NemoSource {
             "final_norm" => (&self.a.final_norm, None, vec![(0, self.cfg.hidden_size)]),
             _ => {
                 let mut it = name.split('.');
-                let (Some("layers"), Some(i), Some(t), None) = (it.next(), it.next(), it.next(), it.next()) else { return Err(missing()) };
+                let (Some("layers"), Some(i), Some(t), None) = (it.next(), it.next(), it.next(), it.next()) else {
+                    return Err(missing());
+                };
                 let l: usize = i.parse().map_err(|_| missing())?;
                 if l >= self.cfg.num_layers {
                     return Err(missing());
@@ -314,12 +337,18 @@ fn detect_tp(fs: &Fs, a: &Arrays, cfg: &LlamaConfig) -> Result<(usize, Fc1Layout
     let bad = |za: &ZArray, m: String| Error::ckpt(fs.display(&format!("{}/.zarray", za.dir)), m);
     let (ps, pc) = (a.proj.shape[2], a.proj.chunks[2]);
     if ps % pc != 0 {
-        return Err(bad(&a.proj, format!("chunks {:?} do not divide shape {:?} on the TP axis", a.proj.chunks, a.proj.shape)));
+        return Err(bad(
+            &a.proj,
+            format!("chunks {:?} do not divide shape {:?} on the TP axis", a.proj.chunks, a.proj.shape),
+        ));
     }
     let tp = ps / pc;
     let (qs, qc) = (a.qkv.shape[1], a.qkv.chunks[1]);
     if qs % qc != 0 || qs / qc != tp {
-        return Err(bad(&a.qkv, format!("chunks {:?} imply a TP size other than T={tp} from linear_proj", a.qkv.chunks)));
+        return Err(bad(
+            &a.qkv,
+            format!("chunks {:?} imply a TP size other than T={tp} from linear_proj", a.qkv.chunks),
+        ));
     }
     if !cfg.num_kv_heads.is_multiple_of(tp) {
         return Err(bad(&a.qkv, format!("TP size {tp} does not divide num_query_groups {}", cfg.num_kv_heads)));
@@ -330,7 +359,10 @@ fn detect_tp(fs: &Fs, a: &Arrays, cfg: &LlamaConfig) -> Result<(usize, Fc1Layout
     } else if c.checked_mul(tp) == Some(2 * f) && f % tp == 0 {
         Fc1Layout::RankInterleaved
     } else {
-        return Err(bad(&a.fc1, format!("fc1 chunk rows {c} are neither F/T nor 2F/T (F={f}, T={tp}): unknown layout")));
+        return Err(bad(
+            &a.fc1,
+            format!("fc1 chunk rows {c} are neither F/T nor 2F/T (F={f}, T={tp}): unknown layout"),
+        ));
     };
     Ok((tp, layout))
 }
@@ -360,14 +392,17 @@ impl CheckpointSource for NemoSource {
     }
     fn load(&self, name: &str) -> Result<Tensor> {
         let (za, layer, pieces) = self.plan(name)?;
-        let shape = canonical_shape(&self.cfg, name).ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.into() })?;
+        let shape = canonical_shape(&self.cfg, name)
+            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.into() })?;
         let row_bytes = shape[1..].iter().product::<usize>() * za.dtype.size();
         let mut t = Tensor::zeros(za.dtype, &shape);
         let buf = t.bytes_mut();
         let mut off = 0;
         for (row0, n) in pieces {
             let len = n * row_bytes;
-            let dst = buf.get_mut(off..off + len).ok_or_else(|| Error::Internal(format!("{name}: row plan exceeds the tensor")))?;
+            let dst = buf
+                .get_mut(off..off + len)
+                .ok_or_else(|| Error::Internal(format!("{name}: row plan exceeds the tensor")))?;
             self.read_rows(za, layer, row0, n, dst)?;
             off += len;
         }

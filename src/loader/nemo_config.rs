@@ -49,7 +49,8 @@ fn as_str(y: &Yaml) -> Option<String> {
 /// Parses `model_config.yaml`; `origin` names it in errors.
 pub fn parse_yaml(origin: &Path, bytes: &[u8]) -> Result<NemoConfig> {
     let bad = |m: String| Error::ckpt(origin, m);
-    let unsupported = |format: String, hint: &str| Error::UnsupportedFormat { path: origin.into(), format, hint: hint.into() };
+    let unsupported =
+        |format: String, hint: &str| Error::UnsupportedFormat { path: origin.into(), format, hint: hint.into() };
     let text = std::str::from_utf8(bytes).map_err(|_| bad("model_config.yaml is not UTF-8".into()))?;
     let docs = YamlLoader::load_from_str(text).map_err(|e| bad(format!("invalid YAML: {e}")))?;
     let y = match docs.first() {
@@ -81,7 +82,10 @@ pub fn parse_yaml(origin: &Path, bytes: &[u8]) -> Result<NemoConfig> {
 
     let norm = string("normalization", "layernorm");
     if norm != "rmsnorm" {
-        return Err(unsupported(format!("normalization `{norm}`"), "Llama-2 uses rmsnorm (an absent key means layernorm)"));
+        return Err(unsupported(
+            format!("normalization `{norm}`"),
+            "Llama-2 uses rmsnorm (an absent key means layernorm)",
+        ));
     }
     let act = string("activation", "gelu");
     if !act.ends_with("swiglu") {
@@ -89,7 +93,10 @@ pub fn parse_yaml(origin: &Path, bytes: &[u8]) -> Result<NemoConfig> {
     }
     let pos = string("position_embedding_type", "learned_absolute");
     if pos != "rope" {
-        return Err(unsupported(format!("position_embedding_type `{pos}`"), "Llama-2 uses rope (an absent key means learned_absolute)"));
+        return Err(unsupported(
+            format!("position_embedding_type `{pos}`"),
+            "Llama-2 uses rope (an absent key means learned_absolute)",
+        ));
     }
     let pct = float("rotary_percentage", 1.0)?;
     if pct != 1.0 {
@@ -99,7 +106,10 @@ pub fn parse_yaml(origin: &Path, bytes: &[u8]) -> Result<NemoConfig> {
         return Err(unsupported("rotary_interleaved: true".into(), "only split-halves RoPE is implemented"));
     }
     if boolean("headscale", false)? || !boolean("normalize_attention_scores", true)? {
-        return Err(unsupported("headscale / unnormalized attention scores".into(), "Llama-2 uses plain 1/sqrt(hd) attention"));
+        return Err(unsupported(
+            "headscale / unnormalized attention scores".into(),
+            "Llama-2 uses plain 1/sqrt(hd) attention",
+        ));
     }
     let block = string("transformer_block_type", "pre_ln");
     if block != "pre_ln" {
@@ -149,7 +159,10 @@ pub fn parse_yaml(origin: &Path, bytes: &[u8]) -> Result<NemoConfig> {
     if let Some(lib) = present(&tok["library"]).and_then(as_str)
         && lib != "sentencepiece"
     {
-        return Err(unsupported(format!("tokenizer library `{lib}`"), "only SentencePiece tokenizers are read from .nemo files"));
+        return Err(unsupported(
+            format!("tokenizer library `{lib}`"),
+            "only SentencePiece tokenizers are read from .nemo files",
+        ));
     }
     let tokenizer_refs = ["model", "tokenizer_model"]
         .iter()
@@ -194,7 +207,10 @@ pub fn resolve_tokenizer(fs: &Fs, root: &str, nc: &NemoConfig) -> Result<String>
     let hits = root_files(fs, root, |n| n.ends_with(".model"));
     match hits.as_slice() {
         [one] => Ok(one.to_string()),
-        [] => Err(Error::ckpt(&origin, "no tokenizer: neither tokenizer.model / tokenizer.tokenizer_model nor a single *.model file resolves")),
+        [] => Err(Error::ckpt(
+            &origin,
+            "no tokenizer: neither tokenizer.model / tokenizer.tokenizer_model nor a single *.model file resolves",
+        )),
         many => Err(Error::ckpt(&origin, format!("several *.model files and no usable tokenizer reference: {many:?}"))),
     }
 }

@@ -24,7 +24,8 @@ impl RandomSource {
         Ok(RandomSource { cfg, dtype, seed, path: PathBuf::from("<random>") })
     }
 
-    /// The benchmark model of the engine issue: ~44M parameters, hidden 512, 4 layers, 8 heads, 2 KV heads, vocab 32000.
+    /// The benchmark model of the engine issue: ~44M parameters, hidden 512, 4 layers, 8 heads, 2 KV heads,
+    /// vocab 32000.
     pub fn bench_config() -> LlamaConfig {
         LlamaConfig {
             hidden_size: 512,
@@ -52,7 +53,13 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// `n` values `bias + scale * u`, u uniform in [-1, 1) from the hash of (seed, index), filled in parallel.
-fn fill<T: Copy + Default + Send>(n: usize, seed: u64, scale: f32, bias: f32, conv: impl Fn(f32) -> T + Sync) -> Vec<T> {
+fn fill<T: Copy + Default + Send>(
+    n: usize,
+    seed: u64,
+    scale: f32,
+    bias: f32,
+    conv: impl Fn(f32) -> T + Sync,
+) -> Vec<T> {
     const CHUNK: usize = 1 << 16;
     let mut v = vec![T::default(); n];
     v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
@@ -78,13 +85,21 @@ impl CheckpointSource for RandomSource {
     fn tensors(&self) -> Vec<TensorInfo> {
         canonical_names(&self.cfg)
             .into_iter()
-            .map(|n| TensorInfo { shape: canonical_shape(&self.cfg, &n).expect("canonical"), dtype: self.dtype, origin: "random".into(), name: n })
+            .map(|n| TensorInfo {
+                shape: canonical_shape(&self.cfg, &n).expect("canonical"),
+                dtype: self.dtype,
+                origin: "random".into(),
+                name: n,
+            })
             .collect()
     }
     fn load(&self, name: &str) -> Result<Tensor> {
-        let shape = canonical_shape(&self.cfg, name).ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.into() })?;
+        let shape = canonical_shape(&self.cfg, name)
+            .ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.into() })?;
         let n: usize = shape.iter().product();
-        let seed = mix(self.seed ^ name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)));
+        let seed = mix(
+            self.seed ^ name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+        );
         // Matrices: uniform with std ~ 1/sqrt(fan_in); norms: 1 +- 0.1.
         let (scale, bias) = if shape.len() == 1 { (0.1, 1.0) } else { ((3.0 / shape[1] as f32).sqrt(), 0.0) };
         let data = match self.dtype {
@@ -133,7 +148,11 @@ mod tests {
         assert!(mean.abs() < 1e-3 && (std - want).abs() < 0.01 * want, "mean {mean}, std {std}, want {want}");
         assert_ne!(up, up2);
         assert_ne!(v, a.load(up2).unwrap().to_f32_vec(), "tensors differ");
-        assert_ne!(v, RandomSource::new(cfg.clone(), DType::F32, 8).unwrap().load(up).unwrap().to_f32_vec(), "seeds differ");
+        assert_ne!(
+            v,
+            RandomSource::new(cfg.clone(), DType::F32, 8).unwrap().load(up).unwrap().to_f32_vec(),
+            "seeds differ"
+        );
         let norm = RandomSource::new(cfg, DType::BF16, 7).unwrap().load("final_norm").unwrap().to_f32_vec();
         assert!(norm.iter().all(|x| (0.89..=1.11).contains(x)));
     }

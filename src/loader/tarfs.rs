@@ -83,7 +83,9 @@ impl Fs {
             return Err(Error::UnsupportedFormat {
                 path: path.into(),
                 format: "gzip-compressed .nemo (tar.gz, written by NeMo < 1.7)".into(),
-                hint: "extract it and pass the folder, or repack it as an uncompressed tar (`tar -cf model.nemo -C extracted .`)".into(),
+                hint: "extract it and pass the folder, or repack it as an uncompressed tar \
+                       (`tar -cf model.nemo -C extracted .`)"
+                    .into(),
             });
         }
         if len < 512 {
@@ -107,7 +109,9 @@ impl Fs {
             last_end = entry.raw_file_position().saturating_add(entry.size());
             let raw_bytes = entry.path_bytes();
             let raw = std::str::from_utf8(&raw_bytes)
-                .map_err(|_| Error::ckpt(path, format!("tar entry name is not UTF-8: {:?}", String::from_utf8_lossy(&raw_bytes))))?
+                .map_err(|_| {
+                    Error::ckpt(path, format!("tar entry name is not UTF-8: {:?}", String::from_utf8_lossy(&raw_bytes)))
+                })?
                 .to_string();
             let Some(name) = normalize(path, &raw)? else { continue };
             let ty = entry.header().entry_type();
@@ -118,11 +122,15 @@ impl Fs {
                 continue;
             }
             if ty == tar::EntryType::GNUSparse {
-                return Err(Error::ckpt(path, format!("tar entry `{name}` is a GNU sparse file, which is not supported")));
+                return Err(Error::ckpt(
+                    path,
+                    format!("tar entry `{name}` is a GNU sparse file, which is not supported"),
+                ));
             }
             let member = if ty.is_hard_link() {
                 // GNU tar stores a second path of the same inode as a link to the first (which may be under .git/).
-                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let target =
+                    entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
                 let target = normalize(path, &target)?.unwrap_or_default();
                 match all.get(&target) {
                     Some(m) => {
@@ -130,16 +138,26 @@ impl Fs {
                         if linked > len {
                             return Err(Error::ckpt(
                                 path,
-                                format!("tar hard links (the last `{name}` -> `{target}`) re-expose {linked} bytes, more than the archive's {len}: refusing"),
+                                format!(
+                                    "tar hard links (the last `{name}` -> `{target}`) re-expose {linked} bytes, \
+                                     more than the archive's {len}: refusing"
+                                ),
                             ));
                         }
                         Member::clone(m)
                     }
-                    None => return Err(Error::ckpt(path, format!("tar entry `{name}` is a hard link to `{target}`, which is not an earlier member"))),
+                    None => {
+                        return Err(Error::ckpt(
+                            path,
+                            format!("tar entry `{name}` is a hard link to `{target}`, which is not an earlier member"),
+                        ));
+                    }
                 }
             } else if ty.is_file() || ty == tar::EntryType::Continuous {
                 let (offset, size) = (entry.raw_file_position(), entry.size());
-                let end = offset.checked_add(size).ok_or_else(|| Error::ckpt(path, format!("tar entry `{name}` size overflows")))?;
+                let end = offset
+                    .checked_add(size)
+                    .ok_or_else(|| Error::ckpt(path, format!("tar entry `{name}` size overflows")))?;
                 if end > len {
                     return Err(Error::Truncated { path: path.into(), name, expected: end, got: len });
                 }
@@ -158,7 +176,10 @@ impl Fs {
         }
         let tail = last_end.div_ceil(512).saturating_mul(512);
         let mut zeros = [0u8; 512];
-        if tail.saturating_add(512) > len || file.read_exact_at(&mut zeros, tail).is_err() || zeros.iter().any(|&b| b != 0) {
+        if tail.saturating_add(512) > len
+            || file.read_exact_at(&mut zeros, tail).is_err()
+            || zeros.iter().any(|&b| b != 0)
+        {
             return Err(Error::ckpt(path, "tar archive is truncated: no end-of-archive block after the last member"));
         }
         Ok(Fs { path: path.into(), kind: Kind::Tar(file), files, dirs })
@@ -251,7 +272,10 @@ impl Fs {
             return Err(Error::UnsafePath { archive: self.path.clone(), entry: name.into() });
         }
         self.files.get(name).ok_or_else(|| {
-            Error::io(self.path.join(name), std::io::Error::new(std::io::ErrorKind::NotFound, "no such file in the checkpoint"))
+            Error::io(
+                self.path.join(name),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file in the checkpoint"),
+            )
         })
     }
 
@@ -272,7 +296,12 @@ impl Fs {
         let m = self.member(name)?;
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > m.size) {
-            return Err(Error::Truncated { path: self.display(name), name: name.into(), expected: end.unwrap_or(u64::MAX), got: m.size });
+            return Err(Error::Truncated {
+                path: self.display(name),
+                name: name.into(),
+                expected: end.unwrap_or(u64::MAX),
+                got: m.size,
+            });
         }
         match &self.kind {
             Kind::Tar(f) => f.read_exact_at(buf, m.offset + offset).map_err(|e| Error::io(&self.path, e)),
@@ -287,7 +316,9 @@ impl Fs {
     pub fn handle(&self, name: &str) -> Result<Handle<'_>> {
         let m = self.member(name)?;
         Ok(match &self.kind {
-            Kind::Tar(f) => Handle { file: HandleFile::Borrowed(f), base: m.offset, size: m.size, path: self.path.join(name) },
+            Kind::Tar(f) => {
+                Handle { file: HandleFile::Borrowed(f), base: m.offset, size: m.size, path: self.path.join(name) }
+            }
             Kind::Dir => {
                 let f = File::open(&m.real).map_err(|e| Error::io(&m.real, e))?;
                 Handle { file: HandleFile::Owned(f), base: 0, size: m.size, path: m.real.clone() }
@@ -318,7 +349,12 @@ impl Handle<'_> {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.size) {
-            return Err(Error::Truncated { path: self.path.clone(), name: "chunk".into(), expected: end.unwrap_or(u64::MAX), got: self.size });
+            return Err(Error::Truncated {
+                path: self.path.clone(),
+                name: "chunk".into(),
+                expected: end.unwrap_or(u64::MAX),
+                got: self.size,
+            });
         }
         let f = match &self.file {
             HandleFile::Borrowed(f) => *f,

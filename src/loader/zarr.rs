@@ -59,14 +59,20 @@ impl ZArray {
     /// Parses `.zarray` JSON; `origin` names the file in errors.
     pub fn parse(origin: PathBuf, key: &str, dir: &str, bytes: &[u8]) -> Result<ZArray> {
         let bad = |m: String| Error::ckpt(&origin, format!("array `{key}`: {m}"));
-        let unsupported = |format: String, hint: &str| Error::UnsupportedFormat { path: origin.clone(), format, hint: hint.into() };
+        let unsupported =
+            |format: String, hint: &str| Error::UnsupportedFormat { path: origin.clone(), format, hint: hint.into() };
         let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("invalid .zarray JSON: {e}")))?;
         if !v.is_object() {
             return Err(bad(".zarray is not a JSON object".into()));
         }
         match v.get("zarr_format").and_then(Value::as_u64) {
             Some(2) => {}
-            other => return Err(unsupported(format!("zarr_format {other:?}"), "only zarr v2 arrays (Megatron-core dist-ckpt) are read")),
+            other => {
+                return Err(unsupported(
+                    format!("zarr_format {other:?}"),
+                    "only zarr v2 arrays (Megatron-core dist-ckpt) are read",
+                ));
+            }
         }
         let dtype = match v.get("dtype") {
             Some(Value::String(s)) => match s.as_str() {
@@ -74,9 +80,17 @@ impl ZArray {
                 "<f2" => DType::F16,
                 "<f4" => DType::F32,
                 s if s.starts_with('>') => {
-                    return Err(unsupported(format!("big-endian zarr dtype `{s}` in array `{key}`"), "only little-endian arrays are read"));
+                    return Err(unsupported(
+                        format!("big-endian zarr dtype `{s}` in array `{key}`"),
+                        "only little-endian arrays are read",
+                    ));
                 }
-                s => return Err(unsupported(format!("zarr dtype `{s}` in array `{key}`"), "expected `bfloat16`, `<f2` or `<f4`")),
+                s => {
+                    return Err(unsupported(
+                        format!("zarr dtype `{s}` in array `{key}`"),
+                        "expected `bfloat16`, `<f2` or `<f4`",
+                    ));
+                }
             },
             other => return Err(bad(format!("`dtype` is {other:?}, expected a string"))),
         };
@@ -84,13 +98,18 @@ impl ZArray {
             match v.get(k) {
                 None | Some(Value::Null) => {}
                 Some(c) => {
-                    return Err(unsupported(format!("zarr {k} {c} in array `{key}`"), "mcore dist-ckpt arrays are written uncompressed; re-save without compression"));
+                    return Err(unsupported(
+                        format!("zarr {k} {c} in array `{key}`"),
+                        "mcore dist-ckpt arrays are written uncompressed; re-save without compression",
+                    ));
                 }
             }
         }
         match v.get("order").and_then(Value::as_str) {
             Some("C") | None => {}
-            Some(o) => return Err(unsupported(format!("zarr order `{o}` in array `{key}`"), "only C-order arrays are read")),
+            Some(o) => {
+                return Err(unsupported(format!("zarr order `{o}` in array `{key}`"), "only C-order arrays are read"));
+            }
         }
         let separator = match v.get("dimension_separator") {
             None | Some(Value::Null) => '.',
@@ -142,11 +161,22 @@ impl ZArray {
                 super::check_lfs(&fs.display(&name), &head)?;
             }
             if size < self.chunk_bytes {
-                return Err(Error::Truncated { path: fs.display(&name), name: self.key.clone(), expected: self.chunk_bytes, got: size });
+                return Err(Error::Truncated {
+                    path: fs.display(&name),
+                    name: self.key.clone(),
+                    expected: self.chunk_bytes,
+                    got: size,
+                });
             }
             return Err(Error::ckpt(
                 fs.display(&name),
-                format!("chunk of array `{}` has {size} bytes, expected {} (chunks {:?} of {})", self.key, self.chunk_bytes, self.chunks, self.dtype.name()),
+                format!(
+                    "chunk of array `{}` has {size} bytes, expected {} (chunks {:?} of {})",
+                    self.key,
+                    self.chunk_bytes,
+                    self.chunks,
+                    self.dtype.name()
+                ),
             ));
         }
         Ok(name)
@@ -211,8 +241,12 @@ impl ZArray {
             let whole_chunk = (0..nd).all(|a| n[a] == self.chunks[a]);
             let outer = &n[..j];
             let nruns: usize = outer.iter().product();
-            let src_off = |o: &[usize]| -> usize { (0..nd).map(|a| (lo[a] - origin[a] + o.get(a).copied().unwrap_or(0)) * cstride[a]).sum::<usize>() * isz };
-            let dst_off = |o: &[usize]| -> usize { (0..nd).map(|a| (lo[a] - start[a] + o.get(a).copied().unwrap_or(0)) * rstride[a]).sum::<usize>() * isz };
+            let src_off = |o: &[usize]| -> usize {
+                (0..nd).map(|a| (lo[a] - origin[a] + o.get(a).copied().unwrap_or(0)) * cstride[a]).sum::<usize>() * isz
+            };
+            let dst_off = |o: &[usize]| -> usize {
+                (0..nd).map(|a| (lo[a] - start[a] + o.get(a).copied().unwrap_or(0)) * rstride[a]).sum::<usize>() * isz
+            };
             let mut o = vec![0usize; j];
             if whole_chunk && run < SMALL_RUN && nruns > 1 {
                 // Runs lie back to back in the file: read many at once, then scatter.

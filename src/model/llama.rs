@@ -4,7 +4,7 @@ use super::shard::ShardSpec;
 use crate::backend::{AttnDims, Backend, StepMeta, WeightFormat};
 use crate::comm::Communicator;
 use crate::config::LlamaConfig;
-use crate::loader::{CheckpointSource, Progress, canonical_shape, layer_name};
+use crate::loader::{CheckpointSource, TensorReader, layer_name};
 use crate::sampling::{Picked, SampleBatch};
 use crate::{Error, Result};
 
@@ -54,16 +54,10 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         let cfg = src.config().clone();
         let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
         ShardSpec::check(&cfg, shard.world)?;
-        let total: u64 = src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * t.dtype.size()) as u64).sum();
-        let mut progress = Progress::new(format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world), total);
+        let mut reader =
+            TensorReader::new(src, format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world));
         let mut get = |name: &str| -> Result<B::Weight> {
-            let t = src.load(name)?;
-            let want = canonical_shape(&cfg, name).ok_or_else(|| Error::Internal(format!("unknown tensor {name}")))?;
-            if t.shape != want {
-                return Err(Error::TensorShape { path: src.path().into(), name: name.into(), expected: want, got: t.shape });
-            }
-            progress.add(t.nbytes() as u64);
-            let t = shard.shard(&cfg, name, t);
+            let t = shard.shard(&cfg, name, reader.read(name)?);
             const MATMULS: [&str; 7] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"];
             let matmul = name == "lm_head" || MATMULS.iter().any(|m| name.ends_with(m));
             if matmul { backend.upload_matmul(t, fmt) } else { backend.upload(t) }
@@ -115,7 +109,13 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
 
     /// Runs one step: writes the tokens' K/V into `kv` and returns full-vocabulary logits `[logit_rows.len(), V]`
     /// for the requested token rows (row-major), on the host of rank 0 (the other ranks return nothing).
-    pub fn forward(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        meta: &StepMeta,
+        logit_rows: &[usize],
+        kv: &mut KvCache<B>,
+    ) -> Result<Vec<f32>> {
         let v = self.cfg.vocab_size;
         match self.forward_logits(tokens, meta, logit_rows, kv, v)? {
             Some(l) => self.backend.read(&l, logit_rows.len() * v),
@@ -126,10 +126,21 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     /// Runs one step and picks one token per logit row on the device, never one of the columns
     /// `batch.vocab..V`; only the picks cross to the host. Rank 0 samples and returns them; the other ranks
     /// return nothing.
-    pub fn forward_sample(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>, batch: &SampleBatch) -> Result<Vec<Picked>> {
+    pub fn forward_sample(
+        &self,
+        tokens: &[u32],
+        meta: &StepMeta,
+        logit_rows: &[usize],
+        kv: &mut KvCache<B>,
+        batch: &SampleBatch,
+    ) -> Result<Vec<Picked>> {
         let width = batch.vocab;
         if batch.len() != logit_rows.len() || width == 0 || width > self.cfg.vocab_size {
-            return Err(Error::Internal(format!("{} sampling rows for {} logit rows of width {width}", batch.len(), logit_rows.len())));
+            return Err(Error::Internal(format!(
+                "{} sampling rows for {} logit rows of width {width}",
+                batch.len(),
+                logit_rows.len()
+            )));
         }
         match self.forward_logits(tokens, meta, logit_rows, kv, width)? {
             Some(mut l) => self.backend.sample(&mut l, batch),
@@ -139,7 +150,14 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
 
     /// The step's logits `[logit_rows.len(), width]` (columns `0..width` of the vocabulary) on rank 0's device;
     /// None on the other ranks and when no row is asked for.
-    fn forward_logits(&self, tokens: &[u32], meta: &StepMeta, logit_rows: &[usize], kv: &mut KvCache<B>, width: usize) -> Result<Option<B::Buf>> {
+    fn forward_logits(
+        &self,
+        tokens: &[u32],
+        meta: &StepMeta,
+        logit_rows: &[usize],
+        kv: &mut KvCache<B>,
+        width: usize,
+    ) -> Result<Option<B::Buf>> {
         let n = tokens.len();
         if n == 0 || meta.n_tokens() != n || meta.slots.len() != n {
             return Err(Error::Internal(format!("step of {n} tokens with {} positions", meta.n_tokens())));
@@ -147,6 +165,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         if meta.block_size != kv.block_size {
             return Err(Error::Internal("step block size differs from the cache's".into()));
         }
+        let step = meta.check()?;
         let be = &self.backend;
         let (h, hd, eps) = (self.cfg.hidden_size, self.dims.head_dim, self.cfg.rms_norm_eps);
         let (qw, kw, f) = (self.dims.n_heads * hd, self.dims.n_kv_heads * hd, self.ffn_local);
@@ -170,8 +189,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             be.gemm(&mut q, &normed, &l.wq, n)?;
             be.gemm(&mut k, &normed, &l.wk, n)?;
             be.gemm(&mut v, &normed, &l.wv, n)?;
-            be.rope_write_kv(&mut q, &mut k, &v, &mut kv.k[i], &mut kv.v[i], meta, self.dims)?;
-            be.paged_attention(&mut attn, &q, &kv.k[i], &kv.v[i], meta, self.dims)?;
+            be.rope_write_kv(&mut q, &mut k, &v, &mut kv.k[i], &mut kv.v[i], step, self.dims)?;
+            be.paged_attention(&mut attn, &q, &kv.k[i], &kv.v[i], step, self.dims)?;
             be.gemm(&mut proj, &attn, &l.wo, n)?;
             self.comm.all_reduce_sum(be, &mut proj, n * h)?;
             be.add_rms_norm(&mut x, &proj, &mut normed, &l.mlp_norm, n, h, eps)?;

@@ -25,22 +25,25 @@ pub enum Split {
 }
 
 impl ShardSpec {
-    pub fn single() -> Self {
-        ShardSpec { rank: 0, world: 1 }
-    }
-
     /// Checks the model divides evenly across `world` ranks.
     pub fn check(cfg: &LlamaConfig, world: usize) -> Result<()> {
         if world == 0 {
             return Err(Error::Config("tensor-parallel size must be at least 1".into()));
         }
-        for (what, v) in [("num_kv_heads", cfg.num_kv_heads), ("num_heads", cfg.num_heads), ("intermediate_size", cfg.intermediate_size)] {
+        for (what, v) in [
+            ("num_kv_heads", cfg.num_kv_heads),
+            ("num_heads", cfg.num_heads),
+            ("intermediate_size", cfg.intermediate_size),
+        ] {
             if v % world != 0 {
                 return Err(Error::Config(format!("tensor-parallel size {world} does not divide {what} = {v}")));
             }
         }
         if cfg.vocab_size < world {
-            return Err(Error::Config(format!("vocabulary of {} is smaller than tensor-parallel size {world}", cfg.vocab_size)));
+            return Err(Error::Config(format!(
+                "vocabulary of {} is smaller than tensor-parallel size {world}",
+                cfg.vocab_size
+            )));
         }
         Ok(())
     }
@@ -61,10 +64,7 @@ impl ShardSpec {
 
     /// This rank's [start, end) of `total` items split as evenly as possible.
     pub fn range(&self, total: usize) -> (usize, usize) {
-        let base = total / self.world;
-        let extra = total % self.world;
-        let start = self.rank * base + self.rank.min(extra);
-        (start, start + base + usize::from(self.rank < extra))
+        crate::backend::even_share(total, self.world, self.rank)
     }
 
     /// This rank's part of a full canonical tensor.

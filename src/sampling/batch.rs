@@ -89,7 +89,11 @@ pub fn lists(rows: &[SampleRow], vocab: usize) -> SampleLists {
 impl SampleBatch {
     /// The batch of `rows` over a vocabulary of `vocab` logits per row.
     pub fn new(rows: &[SampleRow], vocab: usize) -> Self {
-        SampleBatch { rows: rows.iter().map(|r| RowParams::new(r.params, r.u)).collect(), lists: lists(rows, vocab), vocab }
+        SampleBatch {
+            rows: rows.iter().map(|r| RowParams::new(r.params, r.u)).collect(),
+            lists: lists(rows, vocab),
+            vocab,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -139,7 +143,15 @@ mod tests {
             p(0.0, 0, 1.0),
             p(0.7, 0, 1.0),
             p(1.3, 40, 0.95),
-            SamplingParams { repetition_penalty: 1.3, presence_penalty: 0.4, frequency_penalty: 0.2, min_new_tokens: 9, banned: vec![vec![7, 11], vec![3]], stop_token_ids: vec![4], ..p(0.8, 0, 0.9) },
+            SamplingParams {
+                repetition_penalty: 1.3,
+                presence_penalty: 0.4,
+                frequency_penalty: 0.2,
+                min_new_tokens: 9,
+                banned: vec![vec![7, 11], vec![3]],
+                stop_token_ids: vec![4],
+                ..p(0.8, 0, 0.9)
+            },
             SamplingParams { repetition_penalty: 0.7, ..p(0.0, 0, 1.0) },
             SamplingParams { no_repeat_ngram_size: 2, ..p(0.0, 0, 1.0) },
             SamplingParams { no_repeat_ngram_size: 1, banned: vec![vec![9, 7]], ..p(1.1, 0, 1.0) },
@@ -147,7 +159,9 @@ mod tests {
     }
 
     fn logits(seed: u32, n: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) % 1000) as f32 / 170.0 - 3.0).collect()
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) % 1000) as f32 / 170.0 - 3.0)
+            .collect()
     }
 
     /// The lists reproduce `Sampler::process`, and a batch pick equals `Sampler::pick` with the same draw.
@@ -158,8 +172,13 @@ mod tests {
         let generated = &context[3..];
         let params = sample_params();
         for seed in 0..20u64 {
-            let mut samplers: Vec<Sampler> = params.iter().map(|p| Sampler::new(SamplingParams { seed: Some(seed), ..p.clone() }, 0)).collect();
-            let rows: Vec<SampleRow> = params.iter().zip(&mut samplers).map(|(p, s)| SampleRow { params: p, u: s.clone().draw(), context: &context, generated, eos: 2 }).collect();
+            let mut samplers: Vec<Sampler> =
+                params.iter().map(|p| Sampler::new(SamplingParams { seed: Some(seed), ..p.clone() }, 0)).collect();
+            let rows: Vec<SampleRow> = params
+                .iter()
+                .zip(&mut samplers)
+                .map(|(p, s)| SampleRow { params: p, u: s.clone().draw(), context: &context, generated, eos: 2 })
+                .collect();
             let batch = SampleBatch::new(&rows, vocab);
             for (i, s) in samplers.iter_mut().enumerate() {
                 let raw = logits(seed as u32 * 7 + i as u32, vocab);

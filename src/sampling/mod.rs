@@ -75,7 +75,10 @@ impl SamplingParams {
             return bad("presence_penalty and frequency_penalty must be finite".into());
         }
         if self.min_new_tokens > self.max_new_tokens {
-            return bad(format!("min_new_tokens {} exceeds max_new_tokens {}", self.min_new_tokens, self.max_new_tokens));
+            return bad(format!(
+                "min_new_tokens {} exceeds max_new_tokens {}",
+                self.min_new_tokens, self.max_new_tokens
+            ));
         }
         if self.banned.iter().any(|b| b.is_empty()) {
             return bad("banned word lists must not be empty".into());
@@ -355,11 +358,19 @@ mod tests {
     #[test]
     fn penalties_and_bans() {
         let s = Sampler::new(
-            SamplingParams { repetition_penalty: 2.0, presence_penalty: 0.5, frequency_penalty: 0.25, banned: vec![vec![1, 3]], min_new_tokens: 5, ..Default::default() },
+            SamplingParams {
+                repetition_penalty: 2.0,
+                presence_penalty: 0.5,
+                frequency_penalty: 0.25,
+                banned: vec![vec![1, 3]],
+                min_new_tokens: 5,
+                ..Default::default()
+            },
             0,
         );
         let mut l = vec![2.0, -2.0, 1.0, 1.0, 0.0];
-        // context 0,1 then generated 1,1: 0 seen (2 -> 1), 1 seen (-2 -> -4, then -0.5 - 0.5 = -5), ban 3 after 1, eos 2 masked.
+        // context 0,1 then generated 1,1: 0 seen (2 -> 1), 1 seen (-2 -> -4, then -0.5 - 0.5 = -5), ban 3 after 1,
+        // eos 2 masked.
         s.process(&mut l, &[0, 1, 1, 1], &[1, 1], 2);
         assert_eq!(l[0], 1.0);
         assert_eq!(l[1], -5.0);

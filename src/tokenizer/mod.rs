@@ -1,4 +1,5 @@
-//! Llama tokenizers: SentencePiece `.model` files rebuilt as a `tokenizers` BPE with byte fallback, or `tokenizer.json`.
+//! Llama tokenizers: SentencePiece `.model` files rebuilt as a `tokenizers` BPE with byte fallback, or
+//! `tokenizer.json`.
 //!
 //! SentencePiece models encode through the `tokenizers` BPE built by [`convert`] and decode with a small routine
 //! that follows sentencepiece's own decoder (control pieces vanish, `<unk>` becomes its surface, byte runs are

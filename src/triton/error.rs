@@ -1,11 +1,15 @@
 //! The one place crate errors become Triton error codes, plus reading Triton's own errors and a `log` logger
 //! that writes through Triton's logger.
+#![allow(unsafe_code)]
 use super::ffi;
 use crate::{Error, ErrorKind, Result};
 use std::ffi::{CStr, CString};
 
 /// Maps a crate error to a new Triton error object (the caller owns it). The only such mapping.
 pub fn to_triton(e: &Error) -> ffi::Err {
+    if let Error::Triton { code, msg, .. } = e {
+        return new_error(*code, msg);
+    }
     let code = match e.kind() {
         ErrorKind::InvalidArg => ffi::ERROR_INVALID_ARG,
         ErrorKind::Unavailable => ffi::ERROR_UNAVAILABLE,
@@ -33,13 +37,25 @@ pub(crate) fn check(err: ffi::Err, what: &str) -> Result<()> {
         return Ok(());
     }
     // SAFETY: a non-null error returned by the API is a live object we own; we read it then delete it once.
-    let msg = unsafe {
+    let (err_code, msg) = unsafe {
+        let code = ffi::TRITONSERVER_ErrorCode(err);
         let m = ffi::TRITONSERVER_ErrorMessage(err);
         let s = if m.is_null() { String::new() } else { CStr::from_ptr(m).to_string_lossy().into_owned() };
         ffi::TRITONSERVER_ErrorDelete(err);
-        s
+        (code, s)
     };
-    Err(Error::Internal(format!("{what}: {msg}")))
+    Err(Error::Triton { code: err_code, kind: kind_of(err_code), msg: format!("{what}: {msg}") })
+}
+
+/// The crate's kind of a Triton status code (codes without a kind of their own count as internal).
+fn kind_of(code: u32) -> ErrorKind {
+    match code {
+        ffi::ERROR_INVALID_ARG => ErrorKind::InvalidArg,
+        ffi::ERROR_UNAVAILABLE => ErrorKind::Unavailable,
+        ffi::ERROR_UNSUPPORTED => ErrorKind::Unsupported,
+        ffi::ERROR_NOT_FOUND => ErrorKind::NotFound,
+        _ => ErrorKind::Internal,
+    }
 }
 
 /// Reads a C string owned by Triton.

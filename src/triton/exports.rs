@@ -1,5 +1,7 @@
 //! The `TRITONBACKEND_*` entry points Triton calls. Each is a thin shim: `no_unwind` (the one `catch_unwind`)
-//! around a `Result` body, the error mapped once by `error::to_triton`. State: `ModelState` per model, `InstanceState` per instance.
+//! around a `Result` body, the error mapped once by `error::to_triton`. State: `ModelState` per model,
+//! `InstanceState` per instance.
+#![allow(unsafe_code)]
 // The entry points take Triton's raw pointers by the C ABI's contract; they are only called by Triton.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 use super::error::{TritonLogger, check, new_error, read_cstr, to_triton};
@@ -24,7 +26,11 @@ static MODEL_KEYS: AtomicU64 = AtomicU64::new(1);
 /// Runs `f`, turning a panic into its message (logged under `what`): the one place panics stop before the FFI.
 fn no_unwind<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
-        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
         log::error!("{what}: panic: {msg}");
         msg
     })
@@ -78,7 +84,10 @@ fn set_model_config(model: *mut ffi::TRITONBACKEND_Model, cfg: &serde_json::Valu
     let mut msg = ptr::null_mut();
     // SAFETY: `s` outlives the call (Triton copies it); the message is deleted after ModelSetConfig.
     unsafe {
-        check(ffi::TRITONSERVER_MessageNewFromSerializedJson(&mut msg, s.as_ptr() as *const _, s.len()), "MessageNewFromSerializedJson")?;
+        check(
+            ffi::TRITONSERVER_MessageNewFromSerializedJson(&mut msg, s.as_ptr() as *const _, s.len()),
+            "MessageNewFromSerializedJson",
+        )?;
         let r = check(ffi::TRITONBACKEND_ModelSetConfig(model, 1, msg), "ModelSetConfig");
         let _ = check(ffi::TRITONSERVER_MessageDelete(msg), "MessageDelete");
         r
@@ -126,7 +135,8 @@ pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut ffi::TRITONBACKEND_M
             log::info!("{name}: auto-completed inputs/outputs/max_batch_size");
             set_model_config(model, &cfg)?;
         }
-        let mut settings = ModelSettings::from_config(&cfg, &dir).map_err(|e| Error::Config(format!("model `{name}`: {e}")))?;
+        let mut settings =
+            ModelSettings::from_config(&cfg, &dir).map_err(|e| Error::Config(format!("model `{name}`: {e}")))?;
         let engine = super::registry::acquire(&settings)?;
         let tokens = settings.serve.max_input_len.unwrap_or(engine.info.max_model_len.saturating_sub(1));
         settings.limits.max_input_tokens = tokens;
@@ -141,7 +151,8 @@ pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut ffi::TRITONBACKEND_M
         let key = MODEL_KEYS.fetch_add(1, Ordering::SeqCst);
         engine.attach(key, obs.clone());
         log::info!(
-            "{name} v{version}: serving {} (decoupled: {}, max_model_len {}, {} KV blocks, prompts up to {} tokens / {} bytes)",
+            "{name} v{version}: serving {} (decoupled: {}, max_model_len {}, {} KV blocks, \
+             prompts up to {} tokens / {} bytes)",
             settings.checkpoint.display(),
             settings.limits.decoupled,
             engine.info.max_model_len,
@@ -182,7 +193,10 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceInitialize(instance: *mut ffi::TRIT
         check(unsafe { ffi::TRITONBACKEND_ModelInstanceModel(instance, &mut model) }, "ModelInstanceModel")?;
         check(unsafe { ffi::TRITONBACKEND_ModelState(model, &mut p) }, "ModelState")?;
         let state = Box::new(InstanceState { model: p as *const ModelState });
-        check(unsafe { ffi::TRITONBACKEND_ModelInstanceSetState(instance, Box::into_raw(state) as *mut c_void) }, "ModelInstanceSetState")
+        check(
+            unsafe { ffi::TRITONBACKEND_ModelInstanceSetState(instance, Box::into_raw(state) as *mut c_void) },
+            "ModelInstanceSetState",
+        )
     })
 }
 
@@ -206,7 +220,9 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceFinalize(instance: *mut ffi::TRITON
 /// generation: it parses, enqueues and returns.
 #[unsafe(no_mangle)]
 pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
-    instance: *mut ffi::TRITONBACKEND_ModelInstance, requests: *mut *mut ffi::TRITONBACKEND_Request, count: u32,
+    instance: *mut ffi::TRITONBACKEND_ModelInstance,
+    requests: *mut *mut ffi::TRITONBACKEND_Request,
+    count: u32,
 ) -> Err {
     let start = now_ns();
     let mut state = ptr::null_mut();
@@ -217,14 +233,16 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
         return new_error(ffi::ERROR_INTERNAL, "execute: the instance has no state");
     }
     // SAFETY: Triton passes `count` valid request pointers.
-    let reqs: Vec<RequestPtr> = unsafe { std::slice::from_raw_parts(requests, count as usize) }.iter().map(|r| RequestPtr(*r)).collect();
+    let reqs: Vec<RequestPtr> =
+        unsafe { std::slice::from_raw_parts(requests, count as usize) }.iter().map(|r| RequestPtr(*r)).collect();
     // SAFETY: the model state outlives its instances.
     let model: &ModelState = unsafe { &*(*(state as *const InstanceState)).model };
     for req in reqs {
         // A panic here drops the sink, which answers the request with INTERNAL and releases it.
         let _ = no_unwind(&model.name, || {
             let Some(mut sink) = TritonSink::new(req, instance, start) else { return };
-            let parsed = req.inputs().and_then(|inputs| parse_job(&inputs, &req.requested_outputs()?, &model.settings.limits));
+            let parsed =
+                req.inputs().and_then(|inputs| parse_job(&inputs, &req.requested_outputs()?, &model.settings.limits));
             match parsed {
                 Ok(spec) => {
                     sink.set_outputs(spec.outputs.clone(), spec.stream);
@@ -232,7 +250,8 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
                 }
                 Err(e) => {
                     log::info!("{}: request `{}` refused: {e}", model.name, req.id());
-                    model.obs.finished("rejected", 1); // inputs unreadable: one request, prompts unknown
+                    // Inputs unreadable: one request, prompts unknown.
+                    model.obs.finished(super::server::EndReason::Rejected, 1);
                     super::server::Sink::fail(&mut sink, &e);
                 }
             }
@@ -240,6 +259,11 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
     }
     let end = now_ns();
     // SAFETY: live instance.
-    let _ = check(unsafe { ffi::TRITONBACKEND_ModelInstanceReportBatchStatistics(instance, count as u64, start, start, end, end) }, "ReportBatchStatistics");
+    let _ = check(
+        unsafe {
+            ffi::TRITONBACKEND_ModelInstanceReportBatchStatistics(instance, count as u64, start, start, end, end)
+        },
+        "ReportBatchStatistics",
+    );
     ptr::null_mut()
 }

@@ -2,13 +2,20 @@
 //! NeMo's later optional names, and the TensorRT-LLM-style text names used by genai-perf, `/generate` and
 //! Triton's OpenAI frontend. Turns a request's tensors into a `JobSpec`; every refusal names the input.
 use super::tensors::InputTensor;
+pub use crate::engine::serve::PromptSpec;
 use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
 /// Every output the backend can produce, in declaration order (`outputs` first: `NemoQuery` reads the first).
 pub const OUTPUTS: [&str; 8] = [
-    "outputs", "text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "output_log_probs",
-    "cum_log_probs", "output_tokens",
+    "outputs",
+    "text_output",
+    "finish_reason",
+    "num_input_tokens",
+    "num_output_tokens",
+    "output_log_probs",
+    "cum_log_probs",
+    "output_tokens",
 ];
 /// Outputs produced only when a client names them (they cost work on every token).
 pub const ON_REQUEST: [&str; 1] = ["output_tokens"];
@@ -58,19 +65,6 @@ pub const INPUTS: [(&str, &str, i64); 41] = [
     ("output_generation_logits", "TYPE_BOOL", 1),
     ("messages", "TYPE_STRING", 1),
 ];
-
-/// One prompt of a request with its own sampling values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptSpec {
-    pub text: String,
-    /// `banned` is left empty: the engine thread tokenizes `bad_words` into it.
-    pub params: SamplingParams,
-    pub bad_words: Vec<String>,
-    /// `None`: the model's default.
-    pub add_bos: Option<bool>,
-    /// `text` is a JSON list of chat messages (the `messages` input), rendered by the model's chat template.
-    pub chat: bool,
-}
 
 /// Which outputs a response carries.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -122,7 +116,8 @@ pub struct Limits {
     pub exclude_input_default: bool,
 }
 
-fn bad<T>(m: String) -> Result<T> {
+/// Refuses the request (INVALID_ARG) with `m`, which names the input.
+fn refuse<T>(m: String) -> Result<T> {
     Err(Error::InvalidRequest(m))
 }
 
@@ -142,12 +137,13 @@ impl<'a> Inputs<'a> {
     fn check_rows(&self, t: &InputTensor, per_row: Option<usize>) -> Result<usize> {
         let (r, k) = t.rows()?;
         if r != self.n && r != 1 {
-            return bad(format!("input `{}` has {r} rows, the prompts have {}", t.name, self.n));
+            return refuse(format!("input `{}` has {r} rows, the prompts have {}", t.name, self.n));
         }
         if let Some(want) = per_row
-            && k != want {
-                return bad(format!("input `{}` must have shape [batch, {want}], got {:?}", t.name, t.shape));
-            }
+            && k != want
+        {
+            return refuse(format!("input `{}` must have shape [batch, {want}], got {:?}", t.name, t.shape));
+        }
         Ok(r)
     }
     /// One number per prompt (broadcast from one row).
@@ -177,7 +173,8 @@ impl<'a> Inputs<'a> {
             let row = if r == 1 { 0 } else { i };
             let mut v = Vec::new();
             for e in &els[row * k..(row + 1) * k] {
-                let s = String::from_utf8(e.clone()).map_err(|_| Error::InvalidRequest(format!("input `{name}` is not valid UTF-8")))?;
+                let s = String::from_utf8(e.clone())
+                    .map_err(|_| Error::InvalidRequest(format!("input `{name}` is not valid UTF-8")))?;
                 if !s.is_empty() {
                     v.push(s);
                 }
@@ -188,31 +185,61 @@ impl<'a> Inputs<'a> {
     }
 }
 
-/// Parses one request. `requested` are the output names Triton asks for.
+/// Parses one request. `requested` are the output names Triton asks for. The steps run in this order, so the
+/// first problem found is the one reported.
 pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Result<JobSpec> {
+    let (pname, texts) = prompt_texts(all, lim)?;
+    let inp = Inputs { all, n: texts.len() };
+    refuse_unsupported(&inp)?;
+    let per_prompt = PerPrompt::read(&inp)?;
+    let mut prompts = Vec::with_capacity(texts.len());
+    for (i, text) in texts.into_iter().enumerate() {
+        let (params, bad_words) = per_prompt.sampling(i, lim)?;
+        let add_bos = per_prompt.add_bos.as_ref().map(|(_, v)| v[i] != 0.0);
+        prompts.push(PromptSpec { text, params, bad_words, add_bos, chat: pname == "messages" });
+    }
+    let stream = match inp.flag("stream")? {
+        Some(true) if !lim.decoupled => {
+            return refuse("input `stream` is true but this model is not decoupled; use the `_stream` model".into());
+        }
+        Some(s) => s,
+        None => lim.decoupled,
+    };
+    let exclude_input = inp.flag("exclude_input_in_output")?.unwrap_or(lim.exclude_input_default);
+    let outputs = output_set(&inp, requested)?;
+    Ok(JobSpec { prompts, stream, exclude_input, outputs })
+}
+
+/// The prompt input (`prompts`, `text_input` or `messages`: exactly one) and its texts: `[batch, 1]`, valid
+/// UTF-8, not empty, at most `max_prompt_bytes` each.
+fn prompt_texts(all: &[InputTensor], lim: &Limits) -> Result<(&'static str, Vec<String>)> {
     let prompt_names = ["prompts", "text_input", "messages"];
     let present: Vec<_> = prompt_names.iter().filter(|n| all.iter().any(|t| &t.name == *n)).collect();
     let pname = match present.as_slice() {
-        [] => return bad("missing required input `prompts` (or `text_input`, or `messages`)".into()),
+        [] => return refuse("missing required input `prompts` (or `text_input`, or `messages`)".into()),
         [one] => **one,
-        _ => return bad("send one of `prompts`, `text_input` and `messages`, not several".into()),
+        _ => return refuse("send one of `prompts`, `text_input` and `messages`, not several".into()),
     };
-    let Some(pt) = all.iter().find(|t| t.name == pname) else { return bad(format!("missing required input `{pname}`")) };
+    let Some(pt) = all.iter().find(|t| t.name == pname) else {
+        return refuse(format!("missing required input `{pname}`"));
+    };
     let (n, k) = pt.rows()?;
     if n == 0 || k != 1 {
-        return bad(format!("input `{pname}` must have shape [batch, 1] with batch >= 1, got {:?}", pt.shape));
+        return refuse(format!("input `{pname}` must have shape [batch, 1] with batch >= 1, got {:?}", pt.shape));
     }
     // The element count is checked against the buffer before anything is sized by the (untrusted) shape.
     let elements = pt.as_bytes()?;
     let mut texts = Vec::with_capacity(elements.len());
     for (i, raw) in elements.into_iter().enumerate() {
-        let s = String::from_utf8(raw).map_err(|_| Error::InvalidRequest(format!("input `{pname}` element {i} is not valid UTF-8")))?;
+        let s = String::from_utf8(raw)
+            .map_err(|_| Error::InvalidRequest(format!("input `{pname}` element {i} is not valid UTF-8")))?;
         if s.is_empty() {
-            return bad(format!("input `{pname}` element {i} is an empty prompt"));
+            return refuse(format!("input `{pname}` element {i} is an empty prompt"));
         }
         if s.len() > lim.max_prompt_bytes {
-            return bad(format!(
-                "input `{pname}` element {i} is {} bytes; this model's prompts are at most {} bytes (max_input_len tokens at most {} bytes each)",
+            return refuse(format!(
+                "input `{pname}` element {i} is {} bytes; this model's prompts are at most {} bytes \
+                 (max_input_len tokens at most {} bytes each)",
                 s.len(),
                 lim.max_prompt_bytes,
                 lim.max_prompt_bytes / lim.max_input_tokens.max(1)
@@ -220,135 +247,199 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
         }
         texts.push(s);
     }
-    let inp = Inputs { all, n };
+    Ok((pname, texts))
+}
+
+/// Refuses what the backend does not do: LoRA / p-tuning tables, logits outputs, beams and several sequences.
+fn refuse_unsupported(inp: &Inputs) -> Result<()> {
     for unsupported in ["lora_uids", "task_id"] {
         if inp.strings(unsupported)?.iter().any(|v| !v.is_empty()) {
-            return bad(format!("input `{unsupported}` is not supported by this backend (no LoRA / p-tuning tables); send it empty or omit it"));
+            return refuse(format!(
+                "input `{unsupported}` is not supported by this backend (no LoRA / p-tuning tables); \
+                 send it empty or omit it"
+            ));
         }
     }
     // NeMo 2.x's TensorRT-LLM client always sends the two logits flags (false unless asked for).
     for name in ["output_context_logits", "output_generation_logits", "all_probs"] {
         if inp.flag(name)? == Some(true) {
-            return bad(format!("input `{name}` = true is not supported: this backend returns no logits tensors (send false or omit it)"));
+            return refuse(format!(
+                "input `{name}` = true is not supported: this backend returns no logits tensors (send false or omit it)"
+            ));
         }
     }
     for (name, limit) in [("beam_width", 1), ("num_return_sequences", 1)] {
         if let Some((_, v)) = inp.ints(&[name])?
-            && v.iter().any(|&x| x > limit) {
-                return bad(format!("input `{name}` > 1 is not supported"));
-            }
+            && v.iter().any(|&x| x > limit)
+        {
+            return refuse(format!("input `{name}` > 1 is not supported"));
+        }
     }
-    let max_tokens = inp.ints(&["max_tokens", "max_output_len", "max_output_token"])?;
-    let min_tokens = inp.ints(&["min_tokens", "min_output_len", "min_length"])?;
-    let top_k = inp.ints(&["top_k"])?;
-    let top_p = inp.nums(&["top_p"])?;
-    let temperature = inp.nums(&["temperature"])?;
-    let seed = inp.ints(&["seed", "random_seed"])?;
-    let rep = inp.nums(&["repetition_penalty"])?;
-    let pres = inp.nums(&["presence_penalty"])?;
-    let freq = inp.nums(&["frequency_penalty"])?;
-    let ngram = inp.nums(&["no_repeat_ngram_size"])?;
-    let end_id = inp.ints(&["end_id"])?;
-    let greedy = inp.nums(&["use_greedy"])?;
-    let ignore_eos = inp.nums(&["ignore_eos"])?;
-    let add_bos = inp.nums(&["add_BOS"])?;
-    let stops_nemo = inp.strings("stop_words_list")?;
-    let stops_trt = inp.strings("stop_words")?;
-    let stops_end = inp.strings("end_strings")?;
-    let bads = [inp.strings("bad_words_list")?, inp.strings("bad_words")?];
+    Ok(())
+}
 
-    let mut prompts = Vec::with_capacity(n);
-    for (i, text) in texts.into_iter().enumerate() {
-        let mut p = SamplingParams { max_new_tokens: lim.default_max_tokens, ..Default::default() };
-        if let Some((name, v)) = &max_tokens {
-            let m = v[i];
-            if m < 1 {
-                return bad(format!("input `{name}` must be >= 1, got {m}"));
-            }
-            if m > lim.max_output_len as i128 {
-                return bad(format!("input `{name}` is {m}; this model's max_output_len is {}", lim.max_output_len));
-            }
-            p.max_new_tokens = m as usize;
+/// A number input: the name the client used and one value per prompt.
+type PerRow<T> = Option<(&'static str, Vec<T>)>;
+
+/// The per-prompt inputs of a request, read (and shape-checked) once, in this order.
+struct PerPrompt {
+    max_tokens: PerRow<i128>,
+    min_tokens: PerRow<i128>,
+    top_k: PerRow<i128>,
+    top_p: PerRow<f64>,
+    temperature: PerRow<f64>,
+    seed: PerRow<i128>,
+    rep: PerRow<f64>,
+    pres: PerRow<f64>,
+    freq: PerRow<f64>,
+    ngram: PerRow<f64>,
+    end_id: PerRow<i128>,
+    greedy: PerRow<f64>,
+    ignore_eos: PerRow<f64>,
+    add_bos: PerRow<f64>,
+    stops_nemo: Vec<Vec<String>>,
+    stops_trt: Vec<Vec<String>>,
+    stops_end: Vec<Vec<String>>,
+    bads: [Vec<Vec<String>>; 2],
+}
+
+impl PerPrompt {
+    fn read(inp: &Inputs) -> Result<PerPrompt> {
+        Ok(PerPrompt {
+            max_tokens: inp.ints(&["max_tokens", "max_output_len", "max_output_token"])?,
+            min_tokens: inp.ints(&["min_tokens", "min_output_len", "min_length"])?,
+            top_k: inp.ints(&["top_k"])?,
+            top_p: inp.nums(&["top_p"])?,
+            temperature: inp.nums(&["temperature"])?,
+            seed: inp.ints(&["seed", "random_seed"])?,
+            rep: inp.nums(&["repetition_penalty"])?,
+            pres: inp.nums(&["presence_penalty"])?,
+            freq: inp.nums(&["frequency_penalty"])?,
+            ngram: inp.nums(&["no_repeat_ngram_size"])?,
+            end_id: inp.ints(&["end_id"])?,
+            greedy: inp.nums(&["use_greedy"])?,
+            ignore_eos: inp.nums(&["ignore_eos"])?,
+            add_bos: inp.nums(&["add_BOS"])?,
+            stops_nemo: inp.strings("stop_words_list")?,
+            stops_trt: inp.strings("stop_words")?,
+            stops_end: inp.strings("end_strings")?,
+            bads: [inp.strings("bad_words_list")?, inp.strings("bad_words")?],
+        })
+    }
+
+    /// Prompt `i`'s sampling values, each checked, and its bad words.
+    fn sampling(&self, i: usize, lim: &Limits) -> Result<(SamplingParams, Vec<String>)> {
+        let mut p = self.lengths(i, lim)?;
+        self.sampler_values(i, &mut p)?;
+        if let Some((_, v)) = &self.end_id
+            && v[i] >= 0
+            && v[i] <= u32::MAX as i128
+        {
+            p.stop_token_ids.push(v[i] as u32);
         }
-        if let Some((name, v)) = &min_tokens {
-            if v[i] < 0 || v[i] > p.max_new_tokens as i128 {
-                return bad(format!("input `{name}` must be in [0, {}], got {}", p.max_new_tokens, v[i]));
-            }
-            p.min_new_tokens = v[i] as usize;
-        }
-        if let Some((_, v)) = &top_k {
-            if v[i] < 0 {
-                return bad(format!("input `top_k` must be >= 0, got {}", v[i]));
-            }
-            p.top_k = v[i].min(u32::MAX as i128) as usize;
-        }
-        if let Some((_, v)) = &top_p {
-            let x = v[i];
-            if !(0.0..=1.0).contains(&x) {
-                return bad(format!("input `top_p` must be in [0, 1] (0 = off), got {x}"));
-            }
-            p.top_p = if x == 0.0 { 1.0 } else { x as f32 };
-        }
-        if let Some((_, v)) = &temperature {
-            if !(v[i] >= 0.0 && v[i].is_finite()) {
-                return bad(format!("input `temperature` must be >= 0, got {}", v[i]));
-            }
-            p.temperature = v[i] as f32;
-        }
-        if let Some((_, v)) = &seed {
-            p.seed = Some(v[i] as u64);
-        }
-        if let Some((_, v)) = &rep {
-            if !(v[i] > 0.0 && v[i].is_finite()) {
-                return bad(format!("input `repetition_penalty` must be > 0, got {}", v[i]));
-            }
-            p.repetition_penalty = v[i] as f32;
-        }
-        if let Some((_, v)) = &pres {
-            p.presence_penalty = v[i] as f32;
-        }
-        if let Some((_, v)) = &freq {
-            p.frequency_penalty = v[i] as f32;
-        }
-        if let Some((_, v)) = &ngram {
-            let x = v[i];
-            if !(x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64) {
-                return bad(format!("input `no_repeat_ngram_size` must be a whole number >= 0 (0 = off), got {x}"));
-            }
-            p.no_repeat_ngram_size = x as usize;
-        }
-        if let Some((_, v)) = &end_id
-            && v[i] >= 0 && v[i] <= u32::MAX as i128 {
-                p.stop_token_ids.push(v[i] as u32);
-            }
-        if greedy.as_ref().is_some_and(|(_, v)| v[i] != 0.0) {
+        if self.greedy.as_ref().is_some_and(|(_, v)| v[i] != 0.0) {
             p.top_k = 1;
             p.temperature = 0.0;
         }
-        p.ignore_eos = ignore_eos.as_ref().is_some_and(|(_, v)| v[i] != 0.0);
-        // NeMo's stop_words_list strings may each hold several comma-separated stops.
-        p.stop_strings = stops_nemo[i].iter().flat_map(|s| s.split(',').map(str::to_string)).filter(|s| !s.is_empty()).collect();
-        p.stop_strings.extend(stops_trt[i].iter().cloned());
-        p.stop_strings.extend(stops_end[i].iter().cloned());
-        let bad_words: Vec<String> = bads.iter().flat_map(|b| b[i].iter().cloned()).collect();
-        for (what, list) in [("stop strings", &p.stop_strings), ("bad words", &bad_words)] {
-            if list.len() > MAX_STOP_STRINGS {
-                return bad(format!("prompt {i} has {} {what}; at most {MAX_STOP_STRINGS} are allowed", list.len()));
-            }
-            if let Some(s) = list.iter().find(|s| s.len() > MAX_STOP_BYTES) {
-                return bad(format!("prompt {i}: one of the {what} is {} bytes; each may be at most {MAX_STOP_BYTES} bytes", s.len()));
-            }
-        }
-        let add_bos = add_bos.as_ref().map(|(_, v)| v[i] != 0.0);
-        prompts.push(PromptSpec { text, params: p, bad_words, add_bos, chat: pname == "messages" });
+        p.ignore_eos = self.ignore_eos.as_ref().is_some_and(|(_, v)| v[i] != 0.0);
+        let bad_words = self.stops_and_bad_words(i, &mut p)?;
+        Ok((p, bad_words))
     }
 
-    let stream = match inp.flag("stream")? {
-        Some(true) if !lim.decoupled => return bad("input `stream` is true but this model is not decoupled; use the `_stream` model".into()),
-        Some(s) => s,
-        None => lim.decoupled,
-    };
-    let exclude_input = inp.flag("exclude_input_in_output")?.unwrap_or(lim.exclude_input_default);
+    /// `max_new_tokens` (the model's default unless given, at most `max_output_len`) and `min_new_tokens`.
+    fn lengths(&self, i: usize, lim: &Limits) -> Result<SamplingParams> {
+        let mut p = SamplingParams { max_new_tokens: lim.default_max_tokens, ..Default::default() };
+        if let Some((name, v)) = &self.max_tokens {
+            let m = v[i];
+            if m < 1 {
+                return refuse(format!("input `{name}` must be >= 1, got {m}"));
+            }
+            if m > lim.max_output_len as i128 {
+                return refuse(format!("input `{name}` is {m}; this model's max_output_len is {}", lim.max_output_len));
+            }
+            p.max_new_tokens = m as usize;
+        }
+        if let Some((name, v)) = &self.min_tokens {
+            if v[i] < 0 || v[i] > p.max_new_tokens as i128 {
+                return refuse(format!("input `{name}` must be in [0, {}], got {}", p.max_new_tokens, v[i]));
+            }
+            p.min_new_tokens = v[i] as usize;
+        }
+        Ok(p)
+    }
+
+    /// top-k, top-p, temperature, seed, the penalties and the n-gram size.
+    fn sampler_values(&self, i: usize, p: &mut SamplingParams) -> Result<()> {
+        if let Some((_, v)) = &self.top_k {
+            if v[i] < 0 {
+                return refuse(format!("input `top_k` must be >= 0, got {}", v[i]));
+            }
+            p.top_k = v[i].min(u32::MAX as i128) as usize;
+        }
+        if let Some((_, v)) = &self.top_p {
+            let x = v[i];
+            if !(0.0..=1.0).contains(&x) {
+                return refuse(format!("input `top_p` must be in [0, 1] (0 = off), got {x}"));
+            }
+            p.top_p = if x == 0.0 { 1.0 } else { x as f32 };
+        }
+        if let Some((_, v)) = &self.temperature {
+            if !(v[i] >= 0.0 && v[i].is_finite()) {
+                return refuse(format!("input `temperature` must be >= 0, got {}", v[i]));
+            }
+            p.temperature = v[i] as f32;
+        }
+        if let Some((_, v)) = &self.seed {
+            p.seed = Some(v[i] as u64);
+        }
+        if let Some((_, v)) = &self.rep {
+            if !(v[i] > 0.0 && v[i].is_finite()) {
+                return refuse(format!("input `repetition_penalty` must be > 0, got {}", v[i]));
+            }
+            p.repetition_penalty = v[i] as f32;
+        }
+        if let Some((_, v)) = &self.pres {
+            p.presence_penalty = v[i] as f32;
+        }
+        if let Some((_, v)) = &self.freq {
+            p.frequency_penalty = v[i] as f32;
+        }
+        if let Some((_, v)) = &self.ngram {
+            let x = v[i];
+            if !(x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64) {
+                return refuse(format!("input `no_repeat_ngram_size` must be a whole number >= 0 (0 = off), got {x}"));
+            }
+            p.no_repeat_ngram_size = x as usize;
+        }
+        Ok(())
+    }
+
+    /// Prompt `i`'s stop strings (into `p`) and bad words, within the count and size limits.
+    fn stops_and_bad_words(&self, i: usize, p: &mut SamplingParams) -> Result<Vec<String>> {
+        // NeMo's stop_words_list strings may each hold several comma-separated stops.
+        let nemo = self.stops_nemo[i].iter().flat_map(|s| s.split(',').map(str::to_string));
+        p.stop_strings = nemo.filter(|s| !s.is_empty()).collect();
+        p.stop_strings.extend(self.stops_trt[i].iter().cloned());
+        p.stop_strings.extend(self.stops_end[i].iter().cloned());
+        let bad_words: Vec<String> = self.bads.iter().flat_map(|b| b[i].iter().cloned()).collect();
+        for (what, list) in [("stop strings", &p.stop_strings), ("bad words", &bad_words)] {
+            if list.len() > MAX_STOP_STRINGS {
+                return refuse(format!("prompt {i} has {} {what}; at most {MAX_STOP_STRINGS} are allowed", list.len()));
+            }
+            if let Some(s) = list.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+                let n = s.len();
+                return refuse(format!(
+                    "prompt {i}: one of the {what} is {n} bytes; each may be at most {MAX_STOP_BYTES} bytes"
+                ));
+            }
+        }
+        Ok(bad_words)
+    }
+}
+
+/// The outputs a response carries: those Triton asks for (all but the on-request ones when it names none), less
+/// those the request switches off.
+fn output_set(inp: &Inputs, requested: &[String]) -> Result<OutputSet> {
     let off = |name: &'static str| -> Result<bool> { Ok(inp.flag(name)? == Some(false)) };
     let logprobs_off = off("return_log_probs")? || off("compute_logprob")?;
     let mut names = Vec::new();
@@ -365,7 +456,7 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
             names.push(o);
         }
     }
-    Ok(JobSpec { prompts, stream, exclude_input, outputs: OutputSet { names } })
+    Ok(OutputSet { names })
 }
 
 #[cfg(test)]

@@ -6,19 +6,41 @@ use crate::triton::tensors::encode_bytes;
 fn bytes(name: &str, rows: &[&[&str]]) -> InputTensor {
     let k = rows.first().map_or(0, |r| r.len());
     let flat: Vec<&str> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-    InputTensor { name: name.into(), dtype: ffi::TYPE_BYTES, shape: vec![rows.len() as i64, k as i64], data: encode_bytes(&flat) }
+    InputTensor {
+        name: name.into(),
+        dtype: ffi::TYPE_BYTES,
+        shape: vec![rows.len() as i64, k as i64],
+        data: encode_bytes(&flat),
+    }
 }
 fn i64s(name: &str, v: &[i64]) -> InputTensor {
-    InputTensor { name: name.into(), dtype: ffi::TYPE_INT64, shape: vec![v.len() as i64, 1], data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+    InputTensor {
+        name: name.into(),
+        dtype: ffi::TYPE_INT64,
+        shape: vec![v.len() as i64, 1],
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
 }
 fn f32s(name: &str, v: &[f32]) -> InputTensor {
-    InputTensor { name: name.into(), dtype: ffi::TYPE_FP32, shape: vec![v.len() as i64, 1], data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+    InputTensor {
+        name: name.into(),
+        dtype: ffi::TYPE_FP32,
+        shape: vec![v.len() as i64, 1],
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
 }
 fn boolean(name: &str, b: bool) -> InputTensor {
     InputTensor { name: name.into(), dtype: ffi::TYPE_BOOL, shape: vec![1, 1], data: vec![b as u8] }
 }
 fn lim(decoupled: bool) -> Limits {
-    Limits { max_prompt_bytes: 64 * 32, max_input_tokens: 64, max_output_len: 100, default_max_tokens: 16, decoupled, exclude_input_default: true }
+    Limits {
+        max_prompt_bytes: 64 * 32,
+        max_input_tokens: 64,
+        max_output_len: 100,
+        default_max_tokens: 16,
+        decoupled,
+        exclude_input_default: true,
+    }
 }
 fn err(inputs: &[InputTensor]) -> String {
     parse_job(inputs, &[], &lim(false)).unwrap_err().to_string()
@@ -83,11 +105,15 @@ fn refusals_name_the_input() {
     let mut bad_utf8 = bytes("prompts", &[&["ab"]]);
     bad_utf8.data[4] = 0xff;
     assert!(err(&[bad_utf8]).contains("not valid UTF-8"));
-    assert!(err(&[bytes("prompts", &[&["a"]]), i64s("max_output_token", &[0])]).contains("`max_output_token` must be >= 1"));
+    assert!(
+        err(&[bytes("prompts", &[&["a"]]), i64s("max_output_token", &[0])]).contains("`max_output_token` must be >= 1")
+    );
     assert!(err(&[bytes("prompts", &[&["a"]]), i64s("max_output_token", &[1000])]).contains("max_output_len is 100"));
     assert!(err(&[bytes("prompts", &[&["a"]]), i64s("top_k", &[-1])]).contains("`top_k` must be >= 0, got -1"));
     assert!(err(&[bytes("prompts", &[&["a"]]), f32s("top_p", &[1.5])]).contains("`top_p` must be in [0, 1]"));
-    assert!(err(&[bytes("prompts", &[&["a"]]), bytes("lora_uids", &[&["l1"]])]).contains("`lora_uids` is not supported"));
+    assert!(
+        err(&[bytes("prompts", &[&["a"]]), bytes("lora_uids", &[&["l1"]])]).contains("`lora_uids` is not supported")
+    );
     assert!(parse_job(&[bytes("prompts", &[&["a"]]), bytes("lora_uids", &[&[""]])], &[], &lim(false)).is_ok());
     assert!(err(&[bytes("prompts", &[&["a"]]), boolean("stream", true)]).contains("not decoupled"));
     assert!(err(&[bytes("prompts", &[&["a"], &["b"]]), i64s("top_k", &[1, 2, 3])]).contains("3 rows"));

@@ -2,15 +2,14 @@
 //! finished requests by reason, prompt/generated token counters, running/waiting and KV-block gauges (used,
 //! cached, free, total), prefix-cache query/hit token counters, and
 //! TTFT / TPOT / end-to-end histograms (API 1.19 `MetricArgs`), all labelled `model` and `version`.
+#![allow(unsafe_code)]
 use super::error::{check, cstring};
 use super::ffi;
-use super::server::Observer;
+use super::server::{EndReason, Observer};
 use crate::Result;
 use std::ptr;
 use std::sync::OnceLock;
 
-/// Finish reasons counted by `llama_requests_finished_total{reason=...}`.
-pub const REASONS: [&str; 5] = ["stop", "length", "cancelled", "error", "rejected"];
 const TTFT_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const TPOT_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 const E2E_BUCKETS: [f64; 11] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -49,36 +48,48 @@ fn family(kind: u32, name: &str, desc: &str) -> Result<Fam> {
 }
 
 fn families() -> std::result::Result<&'static Families, String> {
-    FAMILIES
-        .get_or_init(|| {
-            make_families().map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| e.clone())
+    FAMILIES.get_or_init(|| make_families().map_err(|e| e.to_string())).as_ref().map_err(|e| e.clone())
 }
 
 fn make_families() -> Result<Families> {
-            let (c, g, h) = (ffi::METRIC_COUNTER, ffi::METRIC_GAUGE, ffi::METRIC_HISTOGRAM);
-            Ok(Families {
-                finished: family(c, "llama_requests_finished_total", "Prompts finished, by reason (stop, length, cancelled, error, rejected)")?,
-                prompt: family(c, "llama_prompt_tokens_total", "Prompt tokens admitted")?,
-                generated: family(c, "llama_generation_tokens_total", "Tokens generated")?,
-                running: family(g, "llama_num_requests_running", "Sequences in the running batch")?,
-                waiting: family(g, "llama_num_requests_waiting", "Sequences waiting for admission")?,
-                in_flight: family(g, "llama_num_requests_in_flight", "Prompts received by the backend and not yet answered in full (queued, waiting or running)")?,
-                kv_used: family(g, "llama_kv_cache_blocks_used", "KV-cache blocks in use")?,
-                kv_cached: family(g, "llama_kv_cache_blocks_cached",
-                    "KV-cache blocks no sequence holds that keep a reusable prefix (evicted LRU when needed)")?,
-                kv_free: family(g, "llama_kv_cache_blocks_free", "KV-cache blocks holding nothing")?,
-                kv_total: family(g, "llama_kv_cache_blocks_total", "KV-cache blocks in the pool")?,
-                prefix_queries: family(c, "llama_prefix_cache_queries_tokens_total",
-                    "Prompt tokens looked up in the prefix cache at admission")?,
-                prefix_hits: family(c, "llama_prefix_cache_hits_tokens_total",
-                    "Prompt tokens found in the prefix cache (their prefill was skipped)")?,
-                ttft: family(h, "llama_time_to_first_token_seconds", "Time from arrival to the first generated token")?,
-                tpot: family(h, "llama_time_per_output_token_seconds", "Mean time between generated tokens, per sequence")?,
-                e2e: family(h, "llama_e2e_request_latency_seconds", "Time from arrival to the final response")?,
-            })
+    let (c, g, h) = (ffi::METRIC_COUNTER, ffi::METRIC_GAUGE, ffi::METRIC_HISTOGRAM);
+    Ok(Families {
+        finished: family(
+            c,
+            "llama_requests_finished_total",
+            "Prompts finished, by reason (stop, length, cancelled, error, rejected)",
+        )?,
+        prompt: family(c, "llama_prompt_tokens_total", "Prompt tokens admitted")?,
+        generated: family(c, "llama_generation_tokens_total", "Tokens generated")?,
+        running: family(g, "llama_num_requests_running", "Sequences in the running batch")?,
+        waiting: family(g, "llama_num_requests_waiting", "Sequences waiting for admission")?,
+        in_flight: family(
+            g,
+            "llama_num_requests_in_flight",
+            "Prompts received by the backend and not yet answered in full (queued, waiting or running)",
+        )?,
+        kv_used: family(g, "llama_kv_cache_blocks_used", "KV-cache blocks in use")?,
+        kv_cached: family(
+            g,
+            "llama_kv_cache_blocks_cached",
+            "KV-cache blocks no sequence holds that keep a reusable prefix (evicted LRU when needed)",
+        )?,
+        kv_free: family(g, "llama_kv_cache_blocks_free", "KV-cache blocks holding nothing")?,
+        kv_total: family(g, "llama_kv_cache_blocks_total", "KV-cache blocks in the pool")?,
+        prefix_queries: family(
+            c,
+            "llama_prefix_cache_queries_tokens_total",
+            "Prompt tokens looked up in the prefix cache at admission",
+        )?,
+        prefix_hits: family(
+            c,
+            "llama_prefix_cache_hits_tokens_total",
+            "Prompt tokens found in the prefix cache (their prefill was skipped)",
+        )?,
+        ttft: family(h, "llama_time_to_first_token_seconds", "Time from arrival to the first generated token")?,
+        tpot: family(h, "llama_time_per_output_token_seconds", "Mean time between generated tokens, per sequence")?,
+        e2e: family(h, "llama_e2e_request_latency_seconds", "Time from arrival to the final response")?,
+    })
 }
 
 struct M(*mut ffi::TRITONSERVER_Metric);
@@ -88,17 +99,32 @@ fn metric(f: &Fam, labels: &[(&str, &str)], buckets: Option<&[f64]>) -> Result<M
     // SAFETY: each parameter copies its name and value; all are deleted below after the metric is made.
     let params: Vec<*const ffi::TRITONSERVER_Parameter> = owned
         .iter()
-        .map(|(k, v)| unsafe { ffi::TRITONSERVER_ParameterNew(k.as_ptr(), ffi::PARAMETER_STRING, v.as_ptr() as *const _) } as *const _)
+        .map(|(k, v)| unsafe {
+            ffi::TRITONSERVER_ParameterNew(k.as_ptr(), ffi::PARAMETER_STRING, v.as_ptr() as *const _)
+        } as *const _)
         .collect();
     let mut m = ptr::null_mut();
     let r = match buckets {
-        None => check(unsafe { ffi::TRITONSERVER_MetricNew(&mut m, f.0, params.as_ptr(), params.len() as u64) }, "MetricNew"),
+        None => check(
+            unsafe { ffi::TRITONSERVER_MetricNew(&mut m, f.0, params.as_ptr(), params.len() as u64) },
+            "MetricNew",
+        ),
         Some(b) => (|| {
             let mut args = ptr::null_mut();
             // SAFETY: valid out-pointer; `b` outlives the call; args deleted after use.
             check(unsafe { ffi::TRITONSERVER_MetricArgsNew(&mut args) }, "MetricArgsNew")?;
-            let r = check(unsafe { ffi::TRITONSERVER_MetricArgsSetHistogram(args, b.as_ptr(), b.len() as u64) }, "MetricArgsSetHistogram")
-                .and_then(|_| check(unsafe { ffi::TRITONSERVER_MetricNewWithArgs(&mut m, f.0, params.as_ptr(), params.len() as u64, args) }, "MetricNewWithArgs"));
+            let r = check(
+                unsafe { ffi::TRITONSERVER_MetricArgsSetHistogram(args, b.as_ptr(), b.len() as u64) },
+                "MetricArgsSetHistogram",
+            )
+            .and_then(|_| {
+                check(
+                    unsafe {
+                        ffi::TRITONSERVER_MetricNewWithArgs(&mut m, f.0, params.as_ptr(), params.len() as u64, args)
+                    },
+                    "MetricNewWithArgs",
+                )
+            });
             let _ = check(unsafe { ffi::TRITONSERVER_MetricArgsDelete(args) }, "MetricArgsDelete");
             r
         })(),
@@ -112,7 +138,7 @@ fn metric(f: &Fam, labels: &[(&str, &str)], buckets: Option<&[f64]>) -> Result<M
 
 /// One model's metrics.
 pub struct TritonMetrics {
-    finished: Vec<(&'static str, M)>,
+    finished: Vec<(EndReason, M)>,
     prompt: M,
     generated: M,
     running: M,
@@ -138,9 +164,9 @@ impl TritonMetrics {
         let f = families().map_err(crate::Error::Internal)?;
         let v = version.to_string();
         let l = [("model", model), ("version", v.as_str())];
-        let finished = REASONS
+        let finished = EndReason::ALL
             .iter()
-            .map(|r| metric(&f.finished, &[l[0], l[1], ("reason", r)], None).map(|m| (*r, m)))
+            .map(|&r| metric(&f.finished, &[l[0], l[1], ("reason", r.as_str())], None).map(|m| (r, m)))
             .collect::<Result<Vec<_>>>()?;
         Ok(TritonMetrics {
             finished,
@@ -176,7 +202,7 @@ fn observe(m: &M, v: f64) {
 }
 
 impl Observer for TritonMetrics {
-    fn finished(&self, reason: &str, prompts: usize) {
+    fn finished(&self, reason: EndReason, prompts: usize) {
         if let Some((_, m)) = self.finished.iter().find(|(r, _)| *r == reason) {
             inc(m, prompts as f64);
         }
@@ -229,7 +255,7 @@ impl Drop for M {
 /// Used when metrics cannot be created: serving goes on without them.
 pub struct NoMetrics;
 impl Observer for NoMetrics {
-    fn finished(&self, _: &str, _: usize) {}
+    fn finished(&self, _: EndReason, _: usize) {}
     fn tokens(&self, _: usize, _: usize) {}
     fn gauges(&self, _: usize, _: usize, _: usize, _: usize, _: usize) {}
     fn ttft(&self, _: f64) {}

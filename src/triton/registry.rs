@@ -22,9 +22,12 @@ pub fn acquire(s: &ModelSettings) -> Result<Arc<EngineHandle>> {
         let src = loader::open(&path)?;
         let mpe = src.config().max_position_embeddings;
         if let Some(m) = max_model_len
-            && m > mpe {
-                return Err(Error::Config(format!("max_input_len + max_output_len = {m} exceeds the checkpoint's max_position_embeddings {mpe}")));
-            }
+            && m > mpe
+        {
+            return Err(Error::Config(format!(
+                "max_input_len + max_output_len = {m} exceeds the checkpoint's max_position_embeddings {mpe}"
+            )));
+        }
         log::info!("loading {} ({})", path.display(), src.format());
         Engine::new(src, ecfg)
     };

@@ -1,5 +1,6 @@
 //! Safe reads of a `TRITONBACKEND_Request`: its inputs copied out by index with dtype, shape and byte-size
 //! checks (CPU memory only), the outputs it asks for, and its id.
+#![allow(unsafe_code)]
 use super::error::{check, read_cstr};
 use super::ffi;
 use super::tensors::{InputTensor, dtype_size};
@@ -24,22 +25,43 @@ impl RequestPtr {
         let mut input = ptr::null_mut();
         // SAFETY: as above; `index < count`.
         check(unsafe { ffi::TRITONBACKEND_RequestInputByIndex(self.0, index, &mut input) }, "RequestInputByIndex")?;
-        let (mut name, mut dtype, mut shape, mut dims, mut byte_size, mut buffers) = (ptr::null(), 0u32, ptr::null(), 0u32, 0u64, 0u32);
+        let (mut name, mut dtype, mut shape, mut dims, mut byte_size, mut buffers) =
+            (ptr::null(), 0u32, ptr::null(), 0u32, 0u64, 0u32);
         // SAFETY: `input` was just returned for this request; all out-pointers are valid.
         check(
-            unsafe { ffi::TRITONBACKEND_InputProperties(input, &mut name, &mut dtype, &mut shape, &mut dims, &mut byte_size, &mut buffers) },
+            unsafe {
+                ffi::TRITONBACKEND_InputProperties(
+                    input,
+                    &mut name,
+                    &mut dtype,
+                    &mut shape,
+                    &mut dims,
+                    &mut byte_size,
+                    &mut buffers,
+                )
+            },
             "InputProperties",
         )?;
         // SAFETY: Triton keeps name and shape alive as long as the request.
         let name = unsafe { read_cstr(name) };
-        let shape: Vec<i64> = if shape.is_null() || dims == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(shape, dims as usize) }.to_vec() };
+        let shape: Vec<i64> = if shape.is_null() || dims == 0 {
+            Vec::new()
+        } else {
+            unsafe { std::slice::from_raw_parts(shape, dims as usize) }.to_vec()
+        };
         let mut data = Vec::with_capacity(byte_size.min(1 << 30) as usize);
         for b in 0..buffers {
-            let (mut base, mut size, mut mem, mut mem_id): (*const c_void, u64, u32, i64) = (ptr::null(), 0, ffi::MEMORY_CPU, 0);
+            let (mut base, mut size, mut mem, mut mem_id): (*const c_void, u64, u32, i64) =
+                (ptr::null(), 0, ffi::MEMORY_CPU, 0);
             // SAFETY: `b < buffer_count`; out-pointers are valid; we ask for CPU memory.
-            check(unsafe { ffi::TRITONBACKEND_InputBuffer(input, b, &mut base, &mut size, &mut mem, &mut mem_id) }, "InputBuffer")?;
+            check(
+                unsafe { ffi::TRITONBACKEND_InputBuffer(input, b, &mut base, &mut size, &mut mem, &mut mem_id) },
+                "InputBuffer",
+            )?;
             if mem == ffi::MEMORY_GPU {
-                return Err(Error::InvalidRequest(format!("input `{name}` is in GPU memory; this backend reads host memory")));
+                return Err(Error::InvalidRequest(format!(
+                    "input `{name}` is in GPU memory; this backend reads host memory"
+                )));
             }
             if size > 0 {
                 if base.is_null() {
@@ -50,13 +72,22 @@ impl RequestPtr {
             }
         }
         if data.len() as u64 != byte_size {
-            return Err(Error::InvalidRequest(format!("input `{name}`: buffers hold {} bytes, properties say {byte_size}", data.len())));
+            return Err(Error::InvalidRequest(format!(
+                "input `{name}`: buffers hold {} bytes, properties say {byte_size}",
+                data.len()
+            )));
         }
         let t = InputTensor { name, dtype, shape, data };
         if let Some(sz) = dtype_size(dtype) {
             let n = t.numel()?;
             if t.data.len() != n * sz {
-                return Err(Error::InvalidRequest(format!("input `{}`: shape {:?} needs {} bytes, got {}", t.name, t.shape, n * sz, t.data.len())));
+                return Err(Error::InvalidRequest(format!(
+                    "input `{}`: shape {:?} needs {} bytes, got {}",
+                    t.name,
+                    t.shape,
+                    n * sz,
+                    t.data.len()
+                )));
             }
         }
         Ok(t)

@@ -1,7 +1,8 @@
 //! Answers one Triton request through its response factory: builds the requested output tensors, sends with
 //! the FINAL flag on the last response, reports statistics and releases the request exactly once (also on
 //! drop, e.g. when the engine thread unwinds, with an INTERNAL error if no answer went out).
-use super::error::{check, cancelled_error, new_error, to_triton};
+#![allow(unsafe_code)]
+use super::error::{cancelled_error, check, new_error, to_triton};
 use super::ffi;
 use super::interface::OutputSet;
 use super::request::RequestPtr;
@@ -38,24 +39,39 @@ unsafe impl Send for TritonSink {}
 
 impl TritonSink {
     /// Takes charge of `request`. On failure to make a factory the request is answered and released here.
-    pub fn new(request: RequestPtr, instance: *mut ffi::TRITONBACKEND_ModelInstance, exec_start_ns: u64) -> Option<TritonSink> {
+    pub fn new(
+        request: RequestPtr,
+        instance: *mut ffi::TRITONBACKEND_ModelInstance,
+        exec_start_ns: u64,
+    ) -> Option<TritonSink> {
         let mut factory = ptr::null_mut();
         // SAFETY: `request` is live and owned by us; valid out-pointer.
-        if let Err(e) = check(unsafe { ffi::TRITONBACKEND_ResponseFactoryNew(&mut factory, request.0) }, "ResponseFactoryNew") {
+        if let Err(e) =
+            check(unsafe { ffi::TRITONBACKEND_ResponseFactoryNew(&mut factory, request.0) }, "ResponseFactoryNew")
+        {
             log::error!("{e}");
             // SAFETY: answer directly and release once; the error object is deleted after the send.
             unsafe {
                 let mut resp = ptr::null_mut();
                 if ffi::TRITONBACKEND_ResponseNew(&mut resp, request.0).is_null() && !resp.is_null() {
                     let err = to_triton(&e);
-                    let _ = check(ffi::TRITONBACKEND_ResponseSend(resp, ffi::RESPONSE_COMPLETE_FINAL, err), "ResponseSend");
+                    let _ =
+                        check(ffi::TRITONBACKEND_ResponseSend(resp, ffi::RESPONSE_COMPLETE_FINAL, err), "ResponseSend");
                     ffi::TRITONSERVER_ErrorDelete(err);
                 }
                 let _ = check(ffi::TRITONBACKEND_RequestRelease(request.0, ffi::REQUEST_RELEASE_ALL), "RequestRelease");
             }
             return None;
         }
-        Some(TritonSink { request, factory, instance, outputs: OutputSet::default(), exec_start_ns, stream: false, released: false })
+        Some(TritonSink {
+            request,
+            factory,
+            instance,
+            outputs: OutputSet::default(),
+            exec_start_ns,
+            stream: false,
+            released: false,
+        })
     }
 
     pub fn set_outputs(&mut self, o: OutputSet, stream: bool) {
@@ -73,10 +89,20 @@ impl TritonSink {
         // SAFETY: the request and factory are live until here and never used again.
         unsafe {
             let _ = check(
-                ffi::TRITONBACKEND_ModelInstanceReportStatistics(self.instance, self.request.0, success, self.exec_start_ns, self.exec_start_ns, end, end),
+                ffi::TRITONBACKEND_ModelInstanceReportStatistics(
+                    self.instance,
+                    self.request.0,
+                    success,
+                    self.exec_start_ns,
+                    self.exec_start_ns,
+                    end,
+                    end,
+                ),
                 "ReportStatistics",
             );
-            if let Err(e) = check(ffi::TRITONBACKEND_RequestRelease(self.request.0, ffi::REQUEST_RELEASE_ALL), "RequestRelease") {
+            if let Err(e) =
+                check(ffi::TRITONBACKEND_RequestRelease(self.request.0, ffi::REQUEST_RELEASE_ALL), "RequestRelease")
+            {
                 log::error!("{e}");
             }
             let _ = check(ffi::TRITONBACKEND_ResponseFactoryDelete(self.factory), "ResponseFactoryDelete");
@@ -94,13 +120,18 @@ impl TritonSink {
             let mut resp = ptr::null_mut();
             match check(ffi::TRITONBACKEND_ResponseNewFromFactory(&mut resp, self.factory), "ResponseNewFromFactory") {
                 Ok(()) => {
-                    if let Err(e) = check(ffi::TRITONBACKEND_ResponseSend(resp, ffi::RESPONSE_COMPLETE_FINAL, err), "ResponseSend") {
+                    if let Err(e) =
+                        check(ffi::TRITONBACKEND_ResponseSend(resp, ffi::RESPONSE_COMPLETE_FINAL, err), "ResponseSend")
+                    {
                         log::error!("{e}");
                     }
                 }
                 Err(e) => {
                     log::error!("{e}");
-                    let _ = check(ffi::TRITONBACKEND_ResponseFactorySendFlags(self.factory, ffi::RESPONSE_COMPLETE_FINAL), "SendFlags");
+                    let _ = check(
+                        ffi::TRITONBACKEND_ResponseFactorySendFlags(self.factory, ffi::RESPONSE_COMPLETE_FINAL),
+                        "SendFlags",
+                    );
                 }
             }
             ffi::TRITONSERVER_ErrorDelete(err);
@@ -108,17 +139,38 @@ impl TritonSink {
         self.finish(false);
     }
 
-    fn add_output(resp: *mut ffi::TRITONBACKEND_Response, name: &str, dtype: u32, shape: &[i64], bytes: &[u8]) -> Result<()> {
+    fn add_output(
+        resp: *mut ffi::TRITONBACKEND_Response,
+        name: &str,
+        dtype: u32,
+        shape: &[i64],
+        bytes: &[u8],
+    ) -> Result<()> {
         let cname = super::error::cstring(name);
         let mut out = ptr::null_mut();
         // SAFETY: live response; `shape` outlives the call; Triton copies name and shape.
-        check(unsafe { ffi::TRITONBACKEND_ResponseOutput(resp, &mut out, cname.as_ptr(), dtype, shape.as_ptr(), shape.len() as u32) }, "ResponseOutput")?;
+        check(
+            unsafe {
+                ffi::TRITONBACKEND_ResponseOutput(
+                    resp,
+                    &mut out,
+                    cname.as_ptr(),
+                    dtype,
+                    shape.as_ptr(),
+                    shape.len() as u32,
+                )
+            },
+            "ResponseOutput",
+        )?;
         if bytes.is_empty() {
             return Ok(());
         }
         let (mut buf, mut mem, mut mem_id): (*mut c_void, u32, i64) = (ptr::null_mut(), ffi::MEMORY_CPU, 0);
         // SAFETY: `out` was just created; we ask for CPU memory of exactly `bytes.len()`.
-        check(unsafe { ffi::TRITONBACKEND_OutputBuffer(out, &mut buf, bytes.len() as u64, &mut mem, &mut mem_id) }, "OutputBuffer")?;
+        check(
+            unsafe { ffi::TRITONBACKEND_OutputBuffer(out, &mut buf, bytes.len() as u64, &mut mem, &mut mem_id) },
+            "OutputBuffer",
+        )?;
         if buf.is_null() || mem == ffi::MEMORY_GPU {
             return Err(Error::Internal(format!("output `{name}`: Triton gave no host buffer")));
         }
@@ -137,14 +189,19 @@ impl TritonSink {
                         .map(|r| match name {
                             "outputs" => r.outputs.as_str(),
                             "text_output" => r.text_output.as_str(),
-                            _ => r.finish_reason,
+                            _ => r.finish_reason.map_or("", |f| f.as_str()),
                         })
                         .collect();
                     Self::add_output(resp, name, ffi::TYPE_BYTES, &[n, 1], &encode_bytes(&v))?;
                 }
                 "num_input_tokens" | "num_output_tokens" => {
-                    let b: Vec<u8> =
-                        rows.iter().flat_map(|r| if name == "num_input_tokens" { r.num_input_tokens } else { r.num_output_tokens }.to_le_bytes()).collect();
+                    let b: Vec<u8> = rows
+                        .iter()
+                        .flat_map(|r| {
+                            if name == "num_input_tokens" { r.num_input_tokens } else { r.num_output_tokens }
+                                .to_le_bytes()
+                        })
+                        .collect();
                     Self::add_output(resp, name, ffi::TYPE_INT32, &[n, 1], &b)?;
                 }
                 "output_tokens" => {
@@ -183,7 +240,10 @@ impl Sink for TritonSink {
         }
         let mut c = false;
         // SAFETY: live factory; valid out-pointer.
-        let r = check(unsafe { ffi::TRITONBACKEND_ResponseFactoryIsCancelled(self.factory, &mut c) }, "ResponseFactoryIsCancelled");
+        let r = check(
+            unsafe { ffi::TRITONBACKEND_ResponseFactoryIsCancelled(self.factory, &mut c) },
+            "ResponseFactoryIsCancelled",
+        );
         r.is_ok() && c
     }
 
@@ -204,7 +264,10 @@ impl Sink for TritonSink {
         check(unsafe { ffi::TRITONBACKEND_ResponseSend(resp, flags, ptr::null_mut()) }, "ResponseSend")?;
         if last && self.stream {
             // SAFETY: live factory.
-            check(unsafe { ffi::TRITONBACKEND_ResponseFactorySendFlags(self.factory, ffi::RESPONSE_COMPLETE_FINAL) }, "ResponseFactorySendFlags")?;
+            check(
+                unsafe { ffi::TRITONBACKEND_ResponseFactorySendFlags(self.factory, ffi::RESPONSE_COMPLETE_FINAL) },
+                "ResponseFactorySendFlags",
+            )?;
         }
         if last {
             self.finish(true);
@@ -224,7 +287,10 @@ impl Sink for TritonSink {
 impl Drop for TritonSink {
     fn drop(&mut self) {
         if !self.released {
-            self.send_error(new_error(ffi::ERROR_INTERNAL, "the backend dropped this request without an answer (see the server log)"));
+            self.send_error(new_error(
+                ffi::ERROR_INTERNAL,
+                "the backend dropped this request without an answer (see the server log)",
+            ));
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Polls every sink for cancellation at each step and aborts cancelled sequences, which frees their KV blocks
 //! at once. No FFI here: the Triton side plugs in through the `Sink` and `Observer` traits.
 use super::interface::JobSpec;
-use crate::engine::{Engine, FinishReason, Request};
+pub use crate::engine::serve::RowReply;
+use crate::engine::serve::{OutputTracker, PromptDefaults};
+use crate::engine::{Engine, FinishReason};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,22 +14,43 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-/// What one response carries for one prompt of a request.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RowReply {
-    /// Text so far (NeMo's streaming contract), with the prompt in front unless it is excluded.
-    pub outputs: String,
-    /// New text when streaming, the whole text otherwise.
-    pub text_output: String,
-    pub num_input_tokens: i32,
-    /// Tokens in this response when streaming, all tokens otherwise.
-    pub num_output_tokens: i32,
-    /// Empty until the row finishes.
-    pub finish_reason: &'static str,
-    pub output_log_probs: Vec<f32>,
-    pub cum_log_prob: f32,
-    /// Each token's own text (`output_tokens`, only when asked for), aligned with `output_log_probs`.
-    pub output_tokens: Vec<String>,
+/// How a request's prompts ended, as `llama_requests_finished_total{reason=...}` counts them: the engine's
+/// finish reasons, plus failures and refusals of the serving layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Stop,
+    Length,
+    Cancelled,
+    /// Failed after it was admitted (a step or a response failed).
+    Error,
+    /// Refused before any work was queued (bad input, full queue, engine gone).
+    Rejected,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 5] =
+        [EndReason::Stop, EndReason::Length, EndReason::Cancelled, EndReason::Error, EndReason::Rejected];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Stop => "stop",
+            EndReason::Length => "length",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Error => "error",
+            EndReason::Rejected => "rejected",
+        }
+    }
+}
+
+impl From<FinishReason> for EndReason {
+    fn from(f: FinishReason) -> Self {
+        match f {
+            FinishReason::Stop => EndReason::Stop,
+            FinishReason::Length => EndReason::Length,
+            FinishReason::Abort => EndReason::Cancelled,
+        }
+    }
 }
 
 /// Where a request's answers go (implemented over a Triton response factory).
@@ -44,7 +67,7 @@ pub trait Sink: Send {
 /// Metrics hooks (implemented over Triton's metric API), one per model.
 pub trait Observer: Send + Sync {
     /// `prompts` prompts ended for `reason`.
-    fn finished(&self, reason: &str, prompts: usize);
+    fn finished(&self, reason: EndReason, prompts: usize);
     fn tokens(&self, prompt: usize, generated: usize);
     /// Engine-wide gauges; `in_flight` counts prompts received and not yet answered in full (queued included).
     fn gauges(&self, running: usize, waiting: usize, kv_used: usize, kv_total: usize, in_flight: usize);
@@ -114,7 +137,9 @@ impl EngineHandle {
             .name("llama-engine".into())
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    let engine = match open().and_then(|e| with_chat_override(e, set.chat_template.as_deref())) {
+                    let opened =
+                        open().and_then(|mut e| e.apply_chat_override(set.chat_template.as_deref()).map(|_| e));
+                    let engine = match opened {
                         Ok(e) => e,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -127,9 +152,14 @@ impl EngineHandle {
                         longest_piece_bytes: engine.tokenizer().longest_piece_bytes(),
                     };
                     let _ = ready_tx.send(Ok(info));
+                    let defaults = PromptDefaults {
+                        max_input_len: set.max_input_len,
+                        add_bos: set.add_bos,
+                        stop_strings: set.stop_strings.clone(),
+                    };
                     Loop {
                         engine,
-                        set,
+                        defaults,
                         rx,
                         inflight: inf,
                         jobs: HashMap::new(),
@@ -141,7 +171,9 @@ impl EngineHandle {
                     .run();
                 }));
                 if r.is_err() {
-                    log::error!("the engine thread panicked; its requests were failed and the model stops accepting work");
+                    log::error!(
+                        "the engine thread panicked; its requests were failed and the model stops accepting work"
+                    );
                 }
                 dd.store(true, Ordering::SeqCst);
                 log::info!("engine thread stopped");
@@ -178,14 +210,17 @@ impl EngineHandle {
         let prev = self.inflight.fetch_add(n, Ordering::SeqCst);
         let refuse = |mut sub: Submission, msg: String| {
             self.inflight.fetch_sub(n, Ordering::SeqCst);
-            sub.obs.finished("rejected", n);
+            sub.obs.finished(EndReason::Rejected, n);
             sub.sink.fail(&Error::Unavailable(msg));
         };
         if self.dead.load(Ordering::SeqCst) {
             return refuse(sub, "the engine thread has stopped; reload the model".into());
         }
         if prev + n > self.capacity {
-            return refuse(sub, format!("the server is at capacity ({} prompts in flight, limit {}); retry later", prev, self.capacity));
+            return refuse(
+                sub,
+                format!("the server is at capacity ({} prompts in flight, limit {}); retry later", prev, self.capacity),
+            );
         }
         if let Err(Msg::Submit(sub)) = self.send(Msg::Submit(sub)) {
             refuse(sub, "the engine is shutting down".into());
@@ -212,28 +247,9 @@ impl Drop for EngineHandle {
     }
 }
 
-/// Applies a chat-template override; BOS / EOS print as the tokenizer's pieces.
-pub fn with_chat_override(mut engine: Engine, spec: Option<&str>) -> Result<Engine> {
-    if let Some(spec) = spec {
-        let tok = engine.tokenizer().clone();
-        let piece = |id| tok.id_to_piece(id).unwrap_or_default();
-        let t = crate::chat::ChatTemplate::from_override(spec, &piece(tok.bos_id()), &piece(tok.eos_id()))?;
-        log::info!("chat template: {} from {spec}", t.kind());
-        engine.set_chat_template(t);
-    }
-    Ok(engine)
-}
-
+/// One prompt of a job: its output (the engine's tracker) and the times its metrics need.
 struct Row {
-    prefix: String,
-    num_input: usize,
-    text: String,
-    sent_text: usize,
-    tokens: usize,
-    sent_tokens: usize,
-    logprobs: Vec<f32>,
-    token_texts: Vec<String>,
-    finish: Option<FinishReason>,
+    out: OutputTracker,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
 }
@@ -254,7 +270,7 @@ struct Job {
 
 struct Loop {
     engine: Engine,
-    set: ServeSettings,
+    defaults: PromptDefaults,
     rx: Receiver<Msg>,
     inflight: Arc<AtomicUsize>,
     jobs: HashMap<u64, Job>,

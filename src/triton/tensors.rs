@@ -56,18 +56,28 @@ pub fn parse_bytes(name: &str, buf: &[u8], expected: usize) -> Result<Vec<Vec<u8
     let mut at = 0usize;
     while at < buf.len() {
         let Some(prefix) = buf.get(at..at + 4) else {
-            return Err(bad(format!("input `{name}`: BYTES element {} has a truncated 4-byte length prefix", out.len())));
+            return Err(bad(format!(
+                "input `{name}`: BYTES element {} has a truncated 4-byte length prefix",
+                out.len()
+            )));
         };
         let n = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
         at += 4;
         let Some(body) = at.checked_add(n).and_then(|end| buf.get(at..end)) else {
-            return Err(bad(format!("input `{name}`: BYTES element {} claims {n} bytes but only {} remain", out.len(), buf.len() - at)));
+            return Err(bad(format!(
+                "input `{name}`: BYTES element {} claims {n} bytes but only {} remain",
+                out.len(),
+                buf.len() - at
+            )));
         };
         out.push(body.to_vec());
         at += n;
     }
     if out.len() != expected {
-        return Err(bad(format!("input `{name}`: shape says {expected} BYTES elements, the buffer holds {}", out.len())));
+        return Err(bad(format!(
+            "input `{name}`: shape says {expected} BYTES elements, the buffer holds {}",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -91,7 +101,9 @@ impl InputTensor {
             if d < 0 {
                 return Err(bad(format!("input `{}`: negative dimension in shape {:?}", self.name, self.shape)));
             }
-            n = n.checked_mul(d as usize).ok_or_else(|| bad(format!("input `{}`: shape {:?} overflows", self.name, self.shape)))?;
+            n = n
+                .checked_mul(d as usize)
+                .ok_or_else(|| bad(format!("input `{}`: shape {:?} overflows", self.name, self.shape)))?;
         }
         Ok(n)
     }
@@ -108,10 +120,16 @@ impl InputTensor {
 
     fn check_fixed(&self) -> Result<usize> {
         let n = self.numel()?;
-        let size = dtype_size(self.dtype).ok_or_else(|| bad(format!("input `{}`: BYTES where a number was expected", self.name)))?;
+        let size = dtype_size(self.dtype)
+            .ok_or_else(|| bad(format!("input `{}`: BYTES where a number was expected", self.name)))?;
         // `n * size` may overflow for a hostile shape; wrapped, it could match a short buffer.
         if n.checked_mul(size) != Some(self.data.len()) {
-            return Err(bad(format!("input `{}`: {} bytes for {n} {} elements", self.name, self.data.len(), dtype_name(self.dtype))));
+            return Err(bad(format!(
+                "input `{}`: {} bytes for {n} {} elements",
+                self.name,
+                self.data.len(),
+                dtype_name(self.dtype)
+            )));
         }
         Ok(size)
     }
@@ -150,13 +168,23 @@ impl InputTensor {
                 .chunks_exact(size)
                 .map(|c| {
                     let b: [u8; 8] = c.try_into().unwrap_or([0; 8]);
-                    if self.dtype == ffi::TYPE_UINT64 { u64::from_le_bytes(b) as i128 } else { i64::from_le_bytes(b) as i128 }
+                    if self.dtype == ffi::TYPE_UINT64 {
+                        u64::from_le_bytes(b) as i128
+                    } else {
+                        i64::from_le_bytes(b) as i128
+                    }
                 })
                 .collect());
         }
         self.as_f64s()?
             .into_iter()
-            .map(|x| if x.fract() == 0.0 && x.is_finite() { Ok(x as i128) } else { Err(bad(format!("input `{}`: {x} is not an integer", self.name))) })
+            .map(|x| {
+                if x.fract() == 0.0 && x.is_finite() {
+                    Ok(x as i128)
+                } else {
+                    Err(bad(format!("input `{}`: {x} is not an integer", self.name)))
+                }
+            })
             .collect()
     }
 

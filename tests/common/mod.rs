@@ -7,9 +7,7 @@ use triton_llama::engine::runner::{KvPlan, Runner, StepInput};
 use triton_llama::loader;
 
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
 }
 
 /// One prompt of a golden file, as transformers computed it.
@@ -31,20 +29,8 @@ pub struct Case {
 pub fn golden(model: &str) -> Vec<Case> {
     let path = fixture(&format!("models/{model}/golden.json"));
     let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let ids = |x: &Value| {
-        x.as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect::<Vec<_>>()
-    };
-    let floats = |x: &Value| {
-        x.as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_f64().unwrap())
-            .collect::<Vec<_>>()
-    };
+    let ids = |x: &Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let floats = |x: &Value| x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap()).collect::<Vec<_>>();
     v["cases"]
         .as_array()
         .unwrap()
@@ -71,15 +57,7 @@ pub fn golden(model: &str) -> Vec<Case> {
 
 pub fn runner(ckpt: &str, tp: usize) -> Runner {
     let src = loader::open(&fixture(ckpt)).unwrap_or_else(|e| panic!("{ckpt}: {e}"));
-    Runner::start_cpu(
-        Arc::from(src),
-        tp,
-        KvPlan {
-            num_blocks: 64,
-            block_size: 4,
-        },
-    )
-    .unwrap()
+    Runner::start_cpu(Arc::from(src), tp, KvPlan { num_blocks: 64, block_size: 4 }).unwrap()
 }
 
 /// Logits at every position of `ids` in one prefill step, `[len * V]`.

@@ -1,7 +1,8 @@
 //! The test cases of `nemo_loader`: good layouts first, then one test per refused checkpoint.
 use super::*;
 
-const LFS: &[u8] = b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n";
+const LFS: &[u8] = b"version https://git-lfs.github.com/spec/v1\n\
+    oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n";
 
 fn rows(ids: &[usize], layer: usize, cols: usize) -> Vec<Vec<f32>> {
     ids.iter().map(|r| (0..cols).map(|c| code(1, layer, *r, c)).collect()).collect()
@@ -36,8 +37,14 @@ fn tp1_folder_gqa_loads_every_tensor() {
     let tmp = Tmp::new();
     let src = open_dir(&tmp, &files).unwrap();
     let c = src.config();
-    assert_eq!((c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size), (2, 8, 4, 2, 2, 12));
-    assert_eq!((c.vocab_size, c.max_position_embeddings, c.rms_norm_eps, c.rope_theta, c.rope_scaling), (10, 4096, 1e-5, 10000.0, 1.0));
+    assert_eq!(
+        (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size),
+        (2, 8, 4, 2, 2, 12)
+    );
+    assert_eq!(
+        (c.vocab_size, c.max_position_embeddings, c.rms_norm_eps, c.rope_theta, c.rope_scaling),
+        (10, 4096, 1e-5, 10000.0, 1.0)
+    );
     assert_eq!((src.tp_size(), src.fc1_layout(), src.padded_vocab(), src.tied()), (1, Fc1Layout::GluSplit, 12, false));
     assert_eq!(src.format(), "nemo (folder, zarr dist-ckpt, TP=1 chunks)");
     assert_eq!(src.tokenizer_file(), TOK);
@@ -167,7 +174,12 @@ fn yaml_defaults_and_overrides() {
     for k in ["num_query_groups: 4\n", "kv_channels: null\n", "layernorm_epsilon: 1.0e-05\n", "bias: false\n"] {
         edit(&mut files, "model_config.yaml", k, "");
     }
-    edit(&mut files, "model_config.yaml", "precision", "rotary_base: 500000\nseq_len_interpolation_factor: 4\nprecision");
+    edit(
+        &mut files,
+        "model_config.yaml",
+        "precision",
+        "rotary_base: 500000\nseq_len_interpolation_factor: 4\nprecision",
+    );
     let tmp = Tmp::new();
     let src = open_dir(&tmp, &files).unwrap();
     let c = src.config();
@@ -215,7 +227,11 @@ fn torch_dist_backend_is_refused() {
 fn legacy_pickle_checkpoints_are_refused() {
     let (files, _) = build(&spec());
     for legacy in ["model_weights.ckpt", "mp_rank_00/model_weights.ckpt", "tp_rank_00_pp_rank_000/model_weights.ckpt"] {
-        let mut f: Files = files.iter().filter(|(k, _)| !k.starts_with("model_weights/")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut f: Files = files
+            .iter()
+            .filter(|(k, _)| !k.starts_with("model_weights/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         f.insert(legacy.into(), b"PK\x03\x04".to_vec());
         match dir_err(&f) {
             Error::UnsupportedFormat { format, path, .. } => {
@@ -280,10 +296,14 @@ fn chunk_files_must_exist_with_their_exact_size() {
     }
     let mut f = files.clone();
     f.get_mut(&chunk).unwrap().extend_from_slice(&[0; 4]);
-    assert!(matches!(dir_err(&f), Error::Checkpoint { path, msg } if path.ends_with(&chunk) && msg.contains("expected")));
+    assert!(
+        matches!(dir_err(&f), Error::Checkpoint { path, msg } if path.ends_with(&chunk) && msg.contains("expected"))
+    );
     let mut f = files.clone();
     f.remove(&chunk);
-    assert!(matches!(dir_err(&f), Error::Checkpoint { path, msg } if path.ends_with(&chunk) && msg.contains("missing")));
+    assert!(
+        matches!(dir_err(&f), Error::Checkpoint { path, msg } if path.ends_with(&chunk) && msg.contains("missing"))
+    );
 }
 
 #[test]

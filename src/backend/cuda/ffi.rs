@@ -3,6 +3,7 @@
 //! as the fallback) and the library probes.
 #![allow(unsafe_code)]
 use super::meta::DeviceMeta;
+use crate::backend::AttnDims;
 use crate::{Error, Result};
 use cudarc::cublas::{CudaBlas, sys as blas};
 use cudarc::cublaslt::{result as ltr, sys as lt};
@@ -18,7 +19,7 @@ mod sys {
     include!(concat!(env!("OUT_DIR"), "/ops.rs"));
 }
 
-pub use sys::{TL_DECODE_SPLIT, TL_MAX_HEAD_DIM, TlSampleParams};
+pub use sys::{TL_DECODE_SPLIT, TL_MAX_HEAD_DIM, TL_PREFILL_ROWS, TlSampleParams};
 
 /// Turns a launcher status into an error naming the op.
 fn status(op: &str, s: c_int) -> Result<()> {
@@ -62,7 +63,15 @@ pub fn single_stream_mode(ctx: &CudaContext) {
     unsafe { ctx.disable_event_tracking() }
 }
 
-pub fn embedding(st: &CudaStream, out: &mut CudaSlice<f32>, table: &CudaSlice<u16>, vocab: usize, ids: &CudaSlice<i32>, n: usize, h: usize) -> Result<()> {
+pub fn embedding(
+    st: &CudaStream,
+    out: &mut CudaSlice<f32>,
+    table: &CudaSlice<u16>,
+    vocab: usize,
+    ids: &CudaSlice<i32>,
+    n: usize,
+    h: usize,
+) -> Result<()> {
     need("embedding", "out", out.len(), n * h)?;
     need("embedding", "ids", ids.len(), n)?;
     need("embedding", "table", table.len(), vocab * h)?;
@@ -70,11 +79,29 @@ pub fn embedding(st: &CudaStream, out: &mut CudaSlice<f32>, table: &CudaSlice<u1
     let (t, _b) = table.device_ptr(st);
     let (i, _c) = ids.device_ptr(st);
     // SAFETY: lengths checked above; ids were checked against the vocabulary on the host.
-    status("embedding", unsafe { sys::tl_embedding(o as *mut f32, t as *const u16, i as *const i32, int("embedding", n)?, int("embedding", h)?, raw(st)) })
+    status("embedding", unsafe {
+        sys::tl_embedding(
+            o as *mut f32,
+            t as *const u16,
+            i as *const i32,
+            int("embedding", n)?,
+            int("embedding", h)?,
+            raw(st),
+        )
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn rms_norm(st: &CudaStream, out: &mut CudaSlice<f32>, residual: Option<&mut CudaSlice<f32>>, x: &CudaSlice<f32>, w: &CudaSlice<f32>, n: usize, h: usize, eps: f32) -> Result<()> {
+pub fn rms_norm(
+    st: &CudaStream,
+    out: &mut CudaSlice<f32>,
+    residual: Option<&mut CudaSlice<f32>>,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    n: usize,
+    h: usize,
+    eps: f32,
+) -> Result<()> {
     need("rms_norm", "out", out.len(), n * h)?;
     need("rms_norm", "x", x.len(), n * h)?;
     need("rms_norm", "weight", w.len(), h)?;
@@ -91,21 +118,48 @@ pub fn rms_norm(st: &CudaStream, out: &mut CudaSlice<f32>, residual: Option<&mut
             need("add_rms_norm", "residual", r.len(), n * h)?;
             let (rp, _d) = r.device_ptr_mut(st);
             // SAFETY: lengths checked above; the borrow checker keeps the three buffers distinct.
-            status("add_rms_norm", unsafe { sys::tl_add_rms_norm(rp as *mut f32, xp as *const f32, o as *mut f32, wp as *const f32, ni, hi, eps, raw(st)) })
+            status("add_rms_norm", unsafe {
+                sys::tl_add_rms_norm(
+                    rp as *mut f32,
+                    xp as *const f32,
+                    o as *mut f32,
+                    wp as *const f32,
+                    ni,
+                    hi,
+                    eps,
+                    raw(st),
+                )
+            })
         }
     }
 }
 
-pub fn silu_mul(st: &CudaStream, out: &mut CudaSlice<f32>, gate: &CudaSlice<f32>, up: &CudaSlice<f32>, len: usize) -> Result<()> {
+pub fn silu_mul(
+    st: &CudaStream,
+    out: &mut CudaSlice<f32>,
+    gate: &CudaSlice<f32>,
+    up: &CudaSlice<f32>,
+    len: usize,
+) -> Result<()> {
     need("silu_mul", "buffers", out.len().min(gate.len()).min(up.len()), len)?;
     let (o, _a) = out.device_ptr_mut(st);
     let (g, _b) = gate.device_ptr(st);
     let (u, _c) = up.device_ptr(st);
     // SAFETY: lengths checked above.
-    status("silu_mul", unsafe { sys::tl_silu_mul(o as *mut f32, g as *const f32, u as *const f32, len as i64, raw(st)) })
+    status("silu_mul", unsafe {
+        sys::tl_silu_mul(o as *mut f32, g as *const f32, u as *const f32, len as i64, raw(st))
+    })
 }
 
-pub fn gather_rows(st: &CudaStream, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>, rows: &CudaSlice<i32>, max_row: usize, r: usize, h: usize) -> Result<()> {
+pub fn gather_rows(
+    st: &CudaStream,
+    out: &mut CudaSlice<f32>,
+    x: &CudaSlice<f32>,
+    rows: &CudaSlice<i32>,
+    max_row: usize,
+    r: usize,
+    h: usize,
+) -> Result<()> {
     need("gather_rows", "out", out.len(), r * h)?;
     need("gather_rows", "rows", rows.len(), r)?;
     need("gather_rows", "x", x.len(), (max_row + 1) * h)?;
@@ -113,7 +167,16 @@ pub fn gather_rows(st: &CudaStream, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>
     let (xp, _b) = x.device_ptr(st);
     let (rp, _c) = rows.device_ptr(st);
     // SAFETY: lengths checked above; every row index is <= max_row (checked by the caller on the host).
-    status("gather_rows", unsafe { sys::tl_gather_rows(o as *mut f32, xp as *const f32, rp as *const i32, int("gather_rows", r)?, int("gather_rows", h)?, raw(st)) })
+    status("gather_rows", unsafe {
+        sys::tl_gather_rows(
+            o as *mut f32,
+            xp as *const f32,
+            rp as *const i32,
+            int("gather_rows", r)?,
+            int("gather_rows", h)?,
+            raw(st),
+        )
+    })
 }
 
 pub fn f32_to_bf16(st: &CudaStream, dst: &mut CudaSlice<u16>, src: &CudaSlice<f32>, len: usize) -> Result<()> {
@@ -124,18 +187,19 @@ pub fn f32_to_bf16(st: &CudaStream, dst: &mut CudaSlice<u16>, src: &CudaSlice<f3
     status("f32_to_bf16", unsafe { sys::tl_f32_to_bf16(d as *mut u16, s as *const f32, len as i64, raw(st)) })
 }
 
-/// Head geometry of one rank.
-#[derive(Debug, Clone, Copy)]
-pub struct Heads {
-    pub nh: usize,
-    pub nkv: usize,
-    pub hd: usize,
-}
-
 #[allow(clippy::too_many_arguments)]
-pub fn rope_write_kv(st: &CudaStream, q: &mut CudaSlice<f32>, k: &mut CudaSlice<f32>, v: &CudaSlice<f32>, kc: &mut CudaSlice<f32>, vc: &mut CudaSlice<f32>, m: &DeviceMeta, hs: Heads, theta: f32, scale: f32) -> Result<()> {
+pub fn rope_write_kv(
+    st: &CudaStream,
+    q: &mut CudaSlice<f32>,
+    k: &mut CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    kc: &mut CudaSlice<f32>,
+    vc: &mut CudaSlice<f32>,
+    m: &DeviceMeta,
+    d: AttnDims,
+) -> Result<()> {
     let n = m.n_tokens;
-    let (qw, kw) = (hs.nh * hs.hd, hs.nkv * hs.hd);
+    let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     need("rope_write_kv", "q", q.len(), n * qw)?;
     need("rope_write_kv", "k/v", k.len().min(v.len()), n * kw)?;
     need("rope_write_kv", "kv cache", kc.len().min(vc.len()), m.num_slots * kw)?;
@@ -146,23 +210,50 @@ pub fn rope_write_kv(st: &CudaStream, q: &mut CudaSlice<f32>, k: &mut CudaSlice<
     let (kcp, _d) = kc.device_ptr_mut(st);
     let (vcp, _e) = vc.device_ptr_mut(st);
     let at = |off: usize| (dev.0 + (off * 4) as u64) as *const i32;
-    let (n, nh, nkv, hd) = (int("rope", n)?, int("rope", hs.nh)?, int("rope", hs.nkv)?, int("rope", hs.hd)?);
+    let (n, nh, nkv, hd) =
+        (int("rope", n)?, int("rope", d.n_heads)?, int("rope", d.n_kv_heads)?, int("rope", d.head_dim)?);
+    let (theta, scale) = (d.rope_theta, d.rope_scale);
     // SAFETY: buffer lengths checked above; slots were checked against num_slots when the metadata was built.
     status("rope_write_kv", unsafe {
-        sys::tl_rope_write_kv(qp as *mut f32, kp as *mut f32, vp as *const f32, kcp as *mut f32, vcp as *mut f32, at(m.off.positions), at(m.off.slots), n, nh, nkv, hd, theta, scale, raw(st))
+        sys::tl_rope_write_kv(
+            qp as *mut f32,
+            kp as *mut f32,
+            vp as *const f32,
+            kcp as *mut f32,
+            vcp as *mut f32,
+            at(m.off.positions),
+            at(m.off.slots),
+            n,
+            nh,
+            nkv,
+            hd,
+            theta,
+            scale,
+            raw(st),
+        )
     })
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention(st: &CudaStream, out: &mut CudaSlice<f32>, q: &CudaSlice<f32>, kc: &CudaSlice<f32>, vc: &CudaSlice<f32>, scratch: &mut CudaSlice<f32>, m: &DeviceMeta, hs: Heads) -> Result<()> {
-    let (qw, kw) = (hs.nh * hs.hd, hs.nkv * hs.hd);
+pub fn paged_attention(
+    st: &CudaStream,
+    out: &mut CudaSlice<f32>,
+    q: &CudaSlice<f32>,
+    kc: &CudaSlice<f32>,
+    vc: &CudaSlice<f32>,
+    scratch: &mut CudaSlice<f32>,
+    m: &DeviceMeta,
+    d: AttnDims,
+) -> Result<()> {
+    let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     need("paged_attention", "out/q", out.len().min(q.len()), m.n_tokens * qw)?;
     need("paged_attention", "kv cache", kc.len().min(vc.len()), m.num_slots * kw)?;
     if m.dec_splits > 1 {
-        need("paged_attention", "scratch", scratch.len(), m.n_dec * hs.nh * m.dec_splits * (hs.hd + 2))?;
+        need("paged_attention", "scratch", scratch.len(), m.n_dec * d.n_heads * m.dec_splits * (d.head_dim + 2))?;
     }
-    if hs.hd > TL_MAX_HEAD_DIM as usize || hs.nkv == 0 || !hs.nh.is_multiple_of(hs.nkv) {
-        return Err(Error::Internal(format!("paged_attention: unsupported heads {hs:?} (head_dim <= {TL_MAX_HEAD_DIM})")));
+    d.group()?;
+    if d.head_dim > TL_MAX_HEAD_DIM as usize {
+        return Err(Error::Internal(format!("paged_attention: head_dim {} > {TL_MAX_HEAD_DIM}", d.head_dim)));
     }
     let dev = m.buf.device_ptr(st);
     let at = |off: usize| (dev.0 + (off * 4) as u64) as *const i32;
@@ -185,11 +276,22 @@ pub fn paged_attention(st: &CudaStream, out: &mut CudaSlice<f32>, q: &CudaSlice<
     let (kcp, _c) = kc.device_ptr(st);
     let (vcp, _d) = vc.device_ptr(st);
     let (sp, _e) = scratch.device_ptr_mut(st);
-    let (nh, nkv, hd) = (int("attention", hs.nh)?, int("attention", hs.nkv)?, int("attention", hs.hd)?);
+    let (nh, nkv, hd) = (int("attention", d.n_heads)?, int("attention", d.n_kv_heads)?, int("attention", d.head_dim)?);
     // SAFETY: lengths checked above; every block id, context length and token range in the metadata was
     // validated against the cache size on the host (meta.rs).
     status("paged_attention", unsafe {
-        sys::tl_paged_attention(o as *mut f32, qp as *const f32, kcp as *const f32, vcp as *const f32, sp as *mut f32, &meta, nh, nkv, hd, raw(st))
+        sys::tl_paged_attention(
+            o as *mut f32,
+            qp as *const f32,
+            kcp as *const f32,
+            vcp as *const f32,
+            sp as *mut f32,
+            &meta,
+            nh,
+            nkv,
+            hd,
+            raw(st),
+        )
     })
 }
 
@@ -269,22 +371,42 @@ impl Lt {
             return Err("cuBLASLt (libcublasLt.so) not found on LD_LIBRARY_PATH".into());
         }
         let handle = LtHandle(ltr::create_handle().map_err(lt_err("create"))?);
-        let desc = LtDesc(ltr::create_matmul_desc(lt::cublasComputeType_t::CUBLAS_COMPUTE_32F, lt::cudaDataType::CUDA_R_32F).map_err(lt_err("matmul descriptor"))?);
+        let desc = LtDesc(
+            ltr::create_matmul_desc(lt::cublasComputeType_t::CUBLAS_COMPUTE_32F, lt::cudaDataType::CUDA_R_32F)
+                .map_err(lt_err("matmul descriptor"))?,
+        );
         // out = x · wᵀ in row-major is, column-major, D (m×n) = op(A) · B with A = w stored k×m (ld k),
         // transposed, and B = x stored k×n (ld k): TRANSA = T, TRANSB = N.
         let (t, n) = (blas::cublasOperation_t::CUBLAS_OP_T as i32, blas::cublasOperation_t::CUBLAS_OP_N as i32);
-        for (attr, v) in [(lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, t), (lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, n)] {
+        for (attr, v) in [
+            (lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, t),
+            (lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, n),
+        ] {
             // SAFETY: the descriptor is live; the attribute is an int32 (cublasOperation_t).
-            unsafe { ltr::set_matmul_desc_attribute(desc.0, attr, &v as *const i32 as *const c_void, std::mem::size_of::<i32>()) }.map_err(lt_err("transpose attribute"))?;
+            unsafe {
+                ltr::set_matmul_desc_attribute(
+                    desc.0,
+                    attr,
+                    &v as *const i32 as *const c_void,
+                    std::mem::size_of::<i32>(),
+                )
+            }
+            .map_err(lt_err("transpose attribute"))?;
         }
-        let workspace = st.alloc_zeros::<u8>(LT_WORKSPACE_BYTES).map_err(|e| format!("cuBLASLt workspace of {LT_WORKSPACE_BYTES} bytes: {e}"))?;
+        let workspace = st
+            .alloc_zeros::<u8>(LT_WORKSPACE_BYTES)
+            .map_err(|e| format!("cuBLASLt workspace of {LT_WORKSPACE_BYTES} bytes: {e}"))?;
         Ok(Lt { plans: Mutex::new(HashMap::new()), desc, workspace, handle })
     }
 
     /// Layouts and the heuristic's first algorithm for a shape; `Ok(None)` when cuBLASLt offers none.
     fn plan(&self, key: PlanKey) -> std::result::Result<Option<Plan>, String> {
         let (n, m, k, al_x, al_w, al_o) = key;
-        let layout = |ty, rows: usize, cols: usize, ld: usize| ltr::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map(LtLayout).map_err(lt_err("matrix layout"));
+        let layout = |ty, rows: usize, cols: usize, ld: usize| {
+            ltr::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64)
+                .map(LtLayout)
+                .map_err(lt_err("matrix layout"))
+        };
         let a = layout(lt::cudaDataType::CUDA_R_16BF, k, m, k)?;
         let b = layout(lt::cudaDataType::CUDA_R_16BF, k, n, k)?;
         let d = layout(lt::cudaDataType::CUDA_R_32F, m, n, m)?;
@@ -293,9 +415,21 @@ impl Lt {
         // SAFETY: the preference is live; MAX_WORKSPACE_BYTES is a uint64, the alignments are uint32.
         unsafe {
             use lt::cublasLtMatmulPreferenceAttributes_t as P;
-            ltr::set_matmul_pref_attribute(pref.0, P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const u64 as *const c_void, 8).map_err(lt_err("workspace preference"))?;
-            for (attr, al) in [(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_w), (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_x), (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_o), (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_o)] {
-                ltr::set_matmul_pref_attribute(pref.0, attr, &al as *const u32 as *const c_void, 4).map_err(lt_err("alignment preference"))?;
+            ltr::set_matmul_pref_attribute(
+                pref.0,
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                8,
+            )
+            .map_err(lt_err("workspace preference"))?;
+            for (attr, al) in [
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_w),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_x),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_o),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_o),
+            ] {
+                ltr::set_matmul_pref_attribute(pref.0, attr, &al as *const u32 as *const c_void, 4)
+                    .map_err(lt_err("alignment preference"))?;
             }
         }
         // SAFETY: handle, descriptor, layouts and preference are live; C and D share one layout (beta = 0).
@@ -308,7 +442,16 @@ impl Lt {
 
     /// `Ok(false)` when this shape has no cuBLASLt algorithm (the caller falls back).
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, st: &CudaStream, o: u64, xp: u64, wp: u64, n: usize, m: usize, k: usize) -> std::result::Result<bool, String> {
+    fn gemm(
+        &self,
+        st: &CudaStream,
+        o: u64,
+        xp: u64,
+        wp: u64,
+        n: usize,
+        m: usize,
+        k: usize,
+    ) -> std::result::Result<bool, String> {
         let key = (n, m, k, alignment(xp), alignment(wp), alignment(o));
         let mut plans = self.plans.lock().map_err(|_| "cuBLASLt plan cache poisoned".to_string())?;
         let p = match plans.entry(key) {
@@ -381,7 +524,16 @@ impl Blas {
 /// out `[n, m]` (f32) = x `[n, k]` (bf16) · wᵀ with w `[m, k]` (bf16), f32 accumulation, on `st`: cuBLASLt
 /// with the cached heuristic algorithm of the shape, else cuBLAS GemmEx.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_bf16(blas: &Blas, st: &CudaStream, out: &mut CudaSlice<f32>, x: &CudaSlice<u16>, w: &CudaSlice<u16>, n: usize, m: usize, k: usize) -> Result<()> {
+pub fn gemm_bf16(
+    blas: &Blas,
+    st: &CudaStream,
+    out: &mut CudaSlice<f32>,
+    x: &CudaSlice<u16>,
+    w: &CudaSlice<u16>,
+    n: usize,
+    m: usize,
+    k: usize,
+) -> Result<()> {
     need("gemm", "out", out.len(), n * m)?;
     need("gemm", "x", x.len(), n * k)?;
     need("gemm", "w", w.len(), m * k)?;
@@ -447,7 +599,15 @@ pub struct SampleInputs<'a> {
     pub off: [usize; 7],
 }
 
-pub fn sample(st: &CudaStream, out: &mut CudaSlice<i32>, logits: &mut CudaSlice<f32>, inp: &SampleInputs, scratch: &mut CudaSlice<u8>, rows: usize, vocab: usize) -> Result<()> {
+pub fn sample(
+    st: &CudaStream,
+    out: &mut CudaSlice<i32>,
+    logits: &mut CudaSlice<f32>,
+    inp: &SampleInputs,
+    scratch: &mut CudaSlice<u8>,
+    rows: usize,
+    vocab: usize,
+) -> Result<()> {
     need("sample", "out", out.len(), rows)?;
     need("sample", "logits", logits.len(), rows * vocab)?;
     need("sample", "params", inp.params.len(), rows * std::mem::size_of::<TlSampleParams>())?;
@@ -460,25 +620,63 @@ pub fn sample(st: &CudaStream, out: &mut CudaSlice<i32>, logits: &mut CudaSlice<
     let at = |i: usize| (ip + (inp.off[i] * 4) as u64) as *const i32;
     // SAFETY: lengths checked above; the CSR lists were built on the host with every id < vocab.
     status("sample", unsafe {
-        sys::tl_sample(o as *mut i32, l as *mut f32, p as *const TlSampleParams, at(0), at(1), at(2), at(3), at(4), at(5), at(6), sp as *mut c_void, int("sample", rows)?, int("sample", vocab)?, raw(st))
+        sys::tl_sample(
+            o as *mut i32,
+            l as *mut f32,
+            p as *const TlSampleParams,
+            at(0),
+            at(1),
+            at(2),
+            at(3),
+            at(4),
+            at(5),
+            at(6),
+            sp as *mut c_void,
+            int("sample", rows)?,
+            int("sample", vocab)?,
+            raw(st),
+        )
     })
 }
 
-pub fn unshard_vocab(st: &CudaStream, out: &mut CudaSlice<f32>, parts: &CudaSlice<f32>, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
-    if world == 0 || vocab < world || width > vocab {
-        return Err(Error::Internal(format!("unshard_vocab: {vocab} columns over {world} ranks, {width} kept")));
-    }
+pub fn unshard_vocab(
+    st: &CudaStream,
+    out: &mut CudaSlice<f32>,
+    parts: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    world: usize,
+    width: usize,
+) -> Result<()> {
+    let w_max = crate::backend::unshard_shape(vocab, world, width)?;
     need("unshard_vocab", "out", out.len(), rows * width)?;
-    need("unshard_vocab", "parts", parts.len(), world * rows * vocab.div_ceil(world))?;
+    need("unshard_vocab", "parts", parts.len(), world * rows * w_max)?;
     let (o, _a) = out.device_ptr_mut(st);
     let (p, _b) = parts.device_ptr(st);
     let op = "unshard_vocab";
     // SAFETY: lengths checked above for the layout the kernel reads.
-    status(op, unsafe { sys::tl_unshard_vocab(o as *mut f32, p as *const f32, int(op, rows)?, int(op, vocab)?, int(op, world)?, int(op, width)?, raw(st)) })
+    status(op, unsafe {
+        sys::tl_unshard_vocab(
+            o as *mut f32,
+            p as *const f32,
+            int(op, rows)?,
+            int(op, vocab)?,
+            int(op, world)?,
+            int(op, width)?,
+            raw(st),
+        )
+    })
 }
 
 /// `ids` must hold values < vocab (the sampling kernel's output does).
-pub fn token_logprob(st: &CudaStream, lp: &mut CudaSlice<f32>, logits: &CudaSlice<f32>, ids: &CudaSlice<i32>, rows: usize, vocab: usize) -> Result<()> {
+pub fn token_logprob(
+    st: &CudaStream,
+    lp: &mut CudaSlice<f32>,
+    logits: &CudaSlice<f32>,
+    ids: &CudaSlice<i32>,
+    rows: usize,
+    vocab: usize,
+) -> Result<()> {
     need("token_logprob", "lp", lp.len(), rows)?;
     need("token_logprob", "ids", ids.len(), rows)?;
     need("token_logprob", "logits", logits.len(), rows * vocab)?;
@@ -487,5 +685,7 @@ pub fn token_logprob(st: &CudaStream, lp: &mut CudaSlice<f32>, logits: &CudaSlic
     let (i, _c) = ids.device_ptr(st);
     let op = "token_logprob";
     // SAFETY: lengths checked above; every id is < vocab (the caller's contract).
-    status(op, unsafe { sys::tl_token_logprob(o as *mut f32, l as *const f32, i as *const i32, int(op, rows)?, int(op, vocab)?, raw(st)) })
+    status(op, unsafe {
+        sys::tl_token_logprob(o as *mut f32, l as *const f32, i as *const i32, int(op, rows)?, int(op, vocab)?, raw(st))
+    })
 }

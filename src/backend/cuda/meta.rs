@@ -1,11 +1,18 @@
 //! Step metadata for the attention kernels: `StepMeta` validated against the cache size and packed into one
 //! int32 array (uploaded once per step and reused by every layer), with the decode/prefill work split.
-use crate::backend::StepMeta;
+use crate::backend::CheckedStep;
 use crate::{Error, Result};
 use cudarc::driver::CudaSlice;
 
-/// Query rows per prefill tile (PF_ROWS in csrc/attention.cu).
-pub const PREFILL_ROWS: usize = 16;
+/// How the attention kernels divide their work (`TL_DECODE_SPLIT` and `TL_PREFILL_ROWS` of csrc/ops.h, passed in
+/// by the caller so this module stays plain data, below the FFI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiling {
+    /// Keys per split of the decode kernel.
+    pub decode_split: usize,
+    /// Query rows per tile of the prefill kernel.
+    pub prefill_rows: usize,
+}
 
 /// Offsets (in int32 elements) of each array inside the packed buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,47 +56,33 @@ impl std::ops::Deref for DeviceMeta {
     }
 }
 
-fn bad(msg: String) -> Error {
+fn malformed(msg: String) -> Error {
     Error::Internal(format!("step metadata: {msg}"))
 }
 
 fn i32_of(v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| bad(format!("{v} exceeds int32")))
+    i32::try_from(v).map_err(|_| malformed(format!("{v} exceeds int32")))
 }
 
-/// Validates `meta` for a cache of `num_slots` slots and packs it. Every index the kernels dereference is
-/// checked here, so a malformed step is an error, never an out-of-bounds access.
-pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
+/// Packs a checked step for a cache of `num_slots` slots, cut into the kernels' `tiling`. The step's own
+/// consistency was checked once before the backend (`StepMeta::check`); what depends on this device is checked
+/// here (slots and blocks inside the cache, int32 ranges), so no index the kernels dereference is out of bounds.
+pub fn pack(meta: CheckedStep, num_slots: usize, tiling: Tiling) -> Result<HostMeta> {
     let n = meta.n_tokens();
     let bs = meta.block_size;
-    if bs == 0 || meta.slots.len() != n {
-        return Err(bad(format!("block size {bs}, {n} positions, {} slots", meta.slots.len())));
-    }
     if let Some(&s) = meta.slots.iter().find(|&&s| s as usize >= num_slots) {
-        return Err(bad(format!("slot {s} outside a cache of {num_slots} slots")));
+        return Err(malformed(format!("slot {s} outside a cache of {num_slots} slots")));
     }
     let mut tok_seq = vec![-1i32; n];
     let (mut seq_start, mut seq_len, mut seq_ctx, mut seq_bt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut tables, mut dec, mut tiles) = (Vec::new(), Vec::new(), Vec::new());
     let mut max_dec_ctx = 0usize;
     for (s, m) in meta.seqs.iter().enumerate() {
-        let end = m.token_start.checked_add(m.n_tokens).filter(|&e| e <= n && m.n_tokens > 0);
-        let Some(end) = end else {
-            return Err(bad(format!("sequence {s}: tokens {}+{} outside a step of {n}", m.token_start, m.n_tokens)));
-        };
-        if m.context_len < m.n_tokens || m.block_table.len() * bs < m.context_len {
-            return Err(bad(format!("sequence {s}: context {} with {} new tokens and {} blocks", m.context_len, m.n_tokens, m.block_table.len())));
-        }
         let needed = m.context_len.div_ceil(bs);
         if let Some(&b) = m.block_table[..needed].iter().find(|&&b| (b as usize + 1) * bs > num_slots) {
-            return Err(bad(format!("sequence {s}: block {b} outside a cache of {num_slots} slots")));
+            return Err(malformed(format!("sequence {s}: block {b} outside a cache of {num_slots} slots")));
         }
-        for (t, owner) in tok_seq[m.token_start..end].iter_mut().enumerate() {
-            if *owner != -1 {
-                return Err(bad(format!("token {} belongs to two sequences", m.token_start + t)));
-            }
-            *owner = s as i32;
-        }
+        tok_seq[m.token_start..m.token_start + m.n_tokens].fill(s as i32);
         seq_start.push(i32_of(m.token_start)?);
         seq_len.push(i32_of(m.n_tokens)?);
         seq_ctx.push(i32_of(m.context_len)?);
@@ -101,17 +94,13 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
             dec.push(i32_of(m.token_start)?);
             max_dec_ctx = max_dec_ctx.max(m.context_len);
         } else {
-            for r0 in (0..m.n_tokens).step_by(PREFILL_ROWS) {
+            for r0 in (0..m.n_tokens).step_by(tiling.prefill_rows.max(1)) {
                 tiles.push(s as i32);
                 tiles.push(i32_of(r0)?);
             }
         }
     }
-    if let Some(t) = tok_seq.iter().position(|&s| s < 0) {
-        return Err(bad(format!("token {t} belongs to no sequence")));
-    }
-    let split = super::ffi::TL_DECODE_SPLIT as usize;
-    let dec_splits = max_dec_ctx.div_ceil(split).max(1);
+    let dec_splits = max_dec_ctx.div_ceil(tiling.decode_split.max(1)).max(1);
     let mut data = Vec::with_capacity(3 * n + 4 * meta.seqs.len() + tables.len() + dec.len() + tiles.len());
     let mut off = Offsets::default();
     let mut put = |v: &[i32]| {
@@ -133,15 +122,31 @@ pub fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
         data.push(0);
     }
     if meta.positions.iter().any(|&p| p > i32::MAX as u32) {
-        return Err(bad("position exceeds int32".into()));
+        return Err(malformed("position exceeds int32".into()));
     }
-    Ok(HostMeta { data, off, n_tokens: n, n_dec: dec.len(), n_tiles: tiles.len() / 2, dec_splits, block_size: bs, num_slots })
+    Ok(HostMeta {
+        data,
+        off,
+        n_tokens: n,
+        n_dec: dec.len(),
+        n_tiles: tiles.len() / 2,
+        dec_splits,
+        block_size: bs,
+        num_slots,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::SeqMeta;
+    use crate::backend::cuda::ffi::{TL_DECODE_SPLIT, TL_PREFILL_ROWS};
+    use crate::backend::{SeqMeta, StepMeta};
+
+    /// `StepMeta::check`, then `meta::pack` with the kernels' tiling.
+    fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
+        let tiling = Tiling { decode_split: TL_DECODE_SPLIT as usize, prefill_rows: TL_PREFILL_ROWS as usize };
+        super::pack(meta.check()?, num_slots, tiling)
+    }
 
     fn step() -> StepMeta {
         StepMeta {

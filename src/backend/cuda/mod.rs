@@ -1,19 +1,16 @@
 //! The CUDA backend: device buffers through cudarc, GEMMs through cuBLASLt (bf16 operands, f32 accumulation and
 //! output), the fused kernels of `csrc/` through `ffi`. Activations and the KV cache are f32 (the `Backend`
 //! trait's `Buf`); matrices are stored in bf16, norm weights in f32. Every op checks shapes on the host first.
-pub mod bench;
 mod ffi;
 pub mod meta;
 pub mod sample;
 
-use super::{AttnDims, Backend, StepMeta, WeightFormat};
+use super::{AttnDims, Backend, CheckedStep, WeightFormat};
 use crate::sampling::{Picked, SampleBatch};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::sync::{Arc, Mutex};
-
-pub use ffi::Heads;
 
 fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Internal(format!("CUDA {what}: {e}"))
@@ -57,7 +54,12 @@ pub struct CudaBackend {
 
 impl Clone for CudaBackend {
     fn clone(&self) -> Self {
-        CudaBackend { ctx: self.ctx.clone(), stream: self.stream.clone(), blas: self.blas.clone(), scratch: self.scratch.clone() }
+        CudaBackend {
+            ctx: self.ctx.clone(),
+            stream: self.stream.clone(),
+            blas: self.blas.clone(),
+            scratch: self.scratch.clone(),
+        }
     }
 }
 
@@ -155,8 +157,15 @@ impl CudaBackend {
     }
 
     /// The step metadata on the device, uploaded once and reused while the step is unchanged.
-    fn with_meta<T>(&self, meta: &StepMeta, num_slots: usize, f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>) -> Result<T> {
-        let host = meta::pack(meta, num_slots)?;
+    fn with_meta<T>(
+        &self,
+        meta: CheckedStep,
+        num_slots: usize,
+        f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>,
+    ) -> Result<T> {
+        let tiling =
+            meta::Tiling { decode_split: ffi::TL_DECODE_SPLIT as usize, prefill_rows: ffi::TL_PREFILL_ROWS as usize };
+        let host = meta::pack(meta, num_slots, tiling)?;
         let mut s = self.lock()?;
         if s.meta_dev.as_ref().is_none_or(|d| d.host != host) {
             let buf = self.upload_i32(&host.data)?;
@@ -169,10 +178,15 @@ impl CudaBackend {
     }
 
     /// A reusable scratch slice of at least `n` elements.
-    fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, slot: &mut Option<CudaSlice<T>>, n: usize) -> Result<()> {
+    fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        slot: &mut Option<CudaSlice<T>>,
+        n: usize,
+    ) -> Result<()> {
         if slot.as_ref().is_none_or(|b| b.len() < n) {
             *slot = None;
-            *slot = Some(self.stream.alloc_zeros::<T>(n.max(1).next_power_of_two()).map_err(cuda_err("scratch alloc"))?);
+            *slot =
+                Some(self.stream.alloc_zeros::<T>(n.max(1).next_power_of_two()).map_err(cuda_err("scratch alloc"))?);
         }
         Ok(())
     }
@@ -270,9 +284,7 @@ impl Backend for CudaBackend {
         if *cols != h {
             return Err(Error::Internal(format!("embedding: table width {cols}, hidden {h}")));
         }
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= *rows) {
-            return Err(Error::InvalidRequest(format!("token id {id} is outside the vocabulary of {rows}")));
-        }
+        super::check_token_ids(ids, *rows)?;
         self.bind()?;
         let dev_ids = self.upload_i32(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
         ffi::embedding(&self.stream, &mut out.0, data, *rows, &dev_ids, ids.len(), h)
@@ -283,7 +295,16 @@ impl Backend for CudaBackend {
         ffi::rms_norm(&self.stream, &mut out.0, None, &x.0, norm_weight(w, "rms_norm")?, n, h, eps)
     }
 
-    fn add_rms_norm(&self, residual: &mut CudaBuf, x: &CudaBuf, out: &mut CudaBuf, w: &CudaWeight, n: usize, h: usize, eps: f32) -> Result<()> {
+    fn add_rms_norm(
+        &self,
+        residual: &mut CudaBuf,
+        x: &CudaBuf,
+        out: &mut CudaBuf,
+        w: &CudaWeight,
+        n: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()> {
         self.bind()?;
         ffi::rms_norm(&self.stream, &mut out.0, Some(&mut residual.0), &x.0, norm_weight(w, "add_rms_norm")?, n, h, eps)
     }
@@ -310,24 +331,41 @@ impl Backend for CudaBackend {
         ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, data, n, m, k)
     }
 
-    fn rope_write_kv(&self, q: &mut CudaBuf, k: &mut CudaBuf, v: &CudaBuf, k_cache: &mut CudaBuf, v_cache: &mut CudaBuf, meta: &StepMeta, d: AttnDims) -> Result<()> {
-        let hs = Heads { nh: d.n_heads, nkv: d.n_kv_heads, hd: d.head_dim };
-        let kw = (hs.nkv * hs.hd).max(1);
+    fn rope_write_kv(
+        &self,
+        q: &mut CudaBuf,
+        k: &mut CudaBuf,
+        v: &CudaBuf,
+        k_cache: &mut CudaBuf,
+        v_cache: &mut CudaBuf,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()> {
+        let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
-        self.with_meta(meta, num_slots, |dm, _| ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, hs, d.rope_theta, d.rope_scale))
+        self.with_meta(meta, num_slots, |dm, _| {
+            ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, d)
+        })
     }
 
-    fn paged_attention(&self, out: &mut CudaBuf, q: &CudaBuf, k_cache: &CudaBuf, v_cache: &CudaBuf, meta: &StepMeta, d: AttnDims) -> Result<()> {
-        let hs = Heads { nh: d.n_heads, nkv: d.n_kv_heads, hd: d.head_dim };
-        let kw = (hs.nkv * hs.hd).max(1);
+    fn paged_attention(
+        &self,
+        out: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        meta: CheckedStep,
+        d: AttnDims,
+    ) -> Result<()> {
+        let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
         self.with_meta(meta, num_slots, |dm, s| {
-            let need = if dm.dec_splits > 1 { dm.n_dec * hs.nh * dm.dec_splits * (hs.hd + 2) } else { 1 };
+            let need = if dm.dec_splits > 1 { dm.n_dec * d.n_heads * dm.dec_splits * (d.head_dim + 2) } else { 1 };
             self.grow(&mut s.attn, need)?;
             let scratch = s.attn.as_mut().ok_or_else(|| Error::Internal("attention scratch missing".into()))?;
-            ffi::paged_attention(&self.stream, &mut out.0, &q.0, &k_cache.0, &v_cache.0, scratch, dm, hs)
+            ffi::paged_attention(&self.stream, &mut out.0, &q.0, &k_cache.0, &v_cache.0, scratch, dm, d)
         })
     }
 
@@ -346,7 +384,15 @@ impl Backend for CudaBackend {
         ffi::gather_rows(&self.stream, &mut out.0, &x.0, &idx, max_row, rows.len(), h)
     }
 
-    fn unshard_vocab(&self, out: &mut CudaBuf, parts: &CudaBuf, rows: usize, vocab: usize, world: usize, width: usize) -> Result<()> {
+    fn unshard_vocab(
+        &self,
+        out: &mut CudaBuf,
+        parts: &CudaBuf,
+        rows: usize,
+        vocab: usize,
+        world: usize,
+        width: usize,
+    ) -> Result<()> {
         self.bind()?;
         ffi::unshard_vocab(&self.stream, &mut out.0, &parts.0, rows, vocab, world, width)
     }

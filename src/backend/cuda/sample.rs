@@ -44,11 +44,16 @@ impl CudaBackend {
         let l = &batch.lists;
         let mut ints = Vec::new();
         let mut off = [0usize; 7];
-        for (i, v) in [&l.rep_off, &l.rep_ids, &l.gen_off, &l.gen_ids, &l.gen_counts, &l.mask_off, &l.mask_ids].into_iter().enumerate() {
+        for (i, v) in [&l.rep_off, &l.rep_ids, &l.gen_off, &l.gen_ids, &l.gen_counts, &l.mask_off, &l.mask_ids]
+            .into_iter()
+            .enumerate()
+        {
             off[i] = ints.len();
             ints.extend_from_slice(v);
         }
-        if let Some(&bad) = [&l.rep_ids, &l.gen_ids, &l.mask_ids].into_iter().flatten().find(|&&t| t < 0 || t as usize >= vocab) {
+        if let Some(&bad) =
+            [&l.rep_ids, &l.gen_ids, &l.mask_ids].into_iter().flatten().find(|&&t| t < 0 || t as usize >= vocab)
+        {
             return Err(Error::Internal(format!("sampling list id {bad} outside a vocabulary of {vocab}")));
         }
         self.bind()?;

@@ -1,9 +1,9 @@
 //! GPU benchmark on a random-weight model (Llama-2-7B shape by default), generated on the benchmarking machine:
 //! decode ms/step at several batch sizes, prefill tokens/s, and the weight bytes streamed per second at batch 1
 //! as a ratio to a device-to-device copy measured in the same run.
-use super::CudaBackend;
-use crate::bench::{CopyBaseline, bandwidth_ratio, decode_point, step_for};
-pub use crate::bench::DecodePoint;
+pub use super::DecodePoint;
+use super::{CopyBaseline, bandwidth_ratio, decode_point, step_for};
+use crate::backend::cuda::CudaBackend;
 use crate::config::LlamaConfig;
 use crate::engine::runner::Runner;
 use crate::loader::CheckpointSource;
@@ -16,7 +16,15 @@ use std::time::Instant;
 
 /// Llama-2-7B: hidden 4096, 32 layers, 32 heads (MHA), FFN 11008, vocab 32000 (the rest as the CPU bench model).
 pub fn llama2_7b() -> LlamaConfig {
-    LlamaConfig { hidden_size: 4096, intermediate_size: 11008, num_layers: 32, num_heads: 32, num_kv_heads: 32, head_dim: 128, ..RandomSource::bench_config() }
+    LlamaConfig {
+        hidden_size: 4096,
+        intermediate_size: 11008,
+        num_layers: 32,
+        num_heads: 32,
+        num_kv_heads: 32,
+        head_dim: 128,
+        ..RandomSource::bench_config()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -60,7 +68,13 @@ fn copy_gbps(gpu: usize, bytes: usize, reps: usize) -> Result<f64> {
 }
 
 /// Runs the benchmark on GPU `gpu`.
-pub fn run(gpu: usize, cfg: LlamaConfig, batches: &[usize], decode_steps: usize, prefill_lens: &[usize]) -> Result<CudaBenchReport> {
+pub fn run(
+    gpu: usize,
+    cfg: LlamaConfig,
+    batches: &[usize],
+    decode_steps: usize,
+    prefill_lens: &[usize],
+) -> Result<CudaBenchReport> {
     let bs = 16;
     let vocab = cfg.vocab_size;
     let src = RandomSource::new(cfg.clone(), DType::BF16, 1)?;
@@ -78,7 +92,10 @@ pub fn run(gpu: usize, cfg: LlamaConfig, batches: &[usize], decode_steps: usize,
     if runner.num_blocks < blocks {
         return Err(Error::Unavailable(format!("only {} KV blocks fit, {blocks} needed", runner.num_blocks)));
     }
-    let decode = batches.iter().map(|&b| decode_point(&runner, b, decode_steps, decode_ctx, bs, vocab, weight_bytes - emb_bytes)).collect::<Result<Vec<_>>>()?;
+    let decode = batches
+        .iter()
+        .map(|&b| decode_point(&runner, b, decode_steps, decode_ctx, bs, vocab, weight_bytes - emb_bytes))
+        .collect::<Result<Vec<_>>>()?;
     let mut prefill = Vec::new();
     for &n in prefill_lens {
         runner.run(step_for(1, n, 0, prefill_ctx, bs, vocab))?; // warm-up at this size
