@@ -236,7 +236,7 @@ def _prefill(r, n):
 
 def table(d):
     rounds = sorted({f.split("-")[0] for f in os.listdir(d) if f.startswith("r") and f.endswith(".json")})
-    kinds = ("llama-bf16", "llama-q8_0", "ours-bf16", "ours-int8")
+    kinds = ("llama-bf16", "llama-q8_0", "ours-bf16", "ours-bf16dot", "ours-int8")
     runs = {k: [_load(d, f"{r}-{k}.json") for r in rounds] for k in kinds}
     rows = [  # label, peer key, ours key, getter, arg, goal
         ("decode, batch 1 (bf16)", "llama-bf16", "ours-bf16", _decode, 1, 1.1),
@@ -244,6 +244,10 @@ def table(d):
         ("prefill, 512 tokens (bf16)", "llama-bf16", "ours-bf16", _prefill, 512, 1.0),
         ("aggregate decode, 4 sequences (bf16)", "llama-bf16", "ours-bf16", _decode, 4, None),
         ("aggregate decode, 8 sequences (bf16)", "llama-bf16", "ours-bf16", _decode, 8, None),
+        ("decode, batch 1 (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _decode, 1, 1.1),
+        ("prefill, 128 tokens (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _prefill, 128, 1.0),
+        ("prefill, 512 tokens (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _prefill, 512, 1.0),
+        ("aggregate decode, 8 sequences (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _decode, 8, None),
         ("decode, batch 1: int8 vs q8_0", "llama-q8_0", "ours-int8", _decode, 1, 1.0),
         ("prefill, 128 tokens: int8 vs q8_0", "llama-q8_0", "ours-int8", _prefill, 128, None),
         ("aggregate decode, 8 sequences: int8 vs q8_0", "llama-q8_0", "ours-int8", _decode, 8, None),
@@ -268,13 +272,14 @@ def table(d):
         ratios = [b / a for a, b in zip(p, o) if a and b]
         ratio = f"**{statistics.median(ratios):.2f}**" if ratios else "n/a"
         lines.append(f"| {label} | {fmt(p)} | {fmt(o)} | {ratio} | {'>= %.1f' % goal if goal else ''} |")
-    for k, name in (("ours-bf16", "triton-llama bf16"), ("llama-bf16", "llama.cpp bf16"),
+    for k, name in (("ours-bf16", "triton-llama bf16"), ("ours-bf16dot", "triton-llama --weights bf16"),
+                    ("llama-bf16", "llama.cpp bf16"),
                     ("ours-int8", "triton-llama int8"),
                     ("llama-q8_0", "llama.cpp q8_0")):
         sc = [_decode(r, 8) / _decode(r, 1) for r in runs[k] if _decode(r, 8) and _decode(r, 1)]
         if sc:
             lines.append(f"| {name}: aggregate decode 8 sequences / batch 1 | | | {statistics.median(sc):.2f} | "
-                         f"{'>= 4.0' if k == 'ours-bf16' else ''} |")
+                         f"{'>= 4.0' if k.startswith('ours-bf16') else ''} |")
     dr = {k: v for k, v in (_load(d, "drift.json") or {}).items() if v}
     if dr:
         lines += ["", "Logit drift over %d positions of one prompt "
