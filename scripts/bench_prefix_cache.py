@@ -10,7 +10,6 @@ turn, median over rounds, and the turn-2 ratio on/off (goal <= 0.3 on CPU), plus
 """
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -18,18 +17,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from tl_ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Server:

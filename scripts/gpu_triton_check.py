@@ -17,13 +17,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from tl_ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,16 +48,6 @@ def find_tritonserver(explicit, bundle):
         return found, ""
     return None, (f"no tritonserver: none in the bundle ({packed}; stage with .venv holding nvidia-pytriton and carry "
                   "target/gpu_triton.tgz), no nvidia-pytriton in this Python, none on PATH")
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def post(url, body, timeout):

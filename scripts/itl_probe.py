@@ -22,7 +22,6 @@ Usage: .venv/bin/python scripts/itl_probe.py CHECKPOINT [--streams 2] [--tokens 
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,20 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tl_ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the quick brown fox jumps over lazy dog hello world language learning attention cache memory kernel "
          "thread stream decode encode vocabulary").split()
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def prompt_of(cli, ckpt, n_tokens):

@@ -28,7 +28,6 @@ import multiprocessing as mp
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
+from tl_ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the quick brown fox jumps over lazy dog Triton serves llama models on CPU and GPU with continuous "
@@ -76,16 +76,6 @@ def parse_args():
 
 
 # ---------------------------------------------------------------- server, process, metrics helpers
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
 
 def child_pids(pid):
     """Direct children of `pid` (scans /proc, so no CONFIG_PROC_CHILDREN needed)."""

@@ -259,10 +259,11 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn step() -> StepMeta {
+    /// A well-formed step: a 3-token prefill in block 1 and a decode at position 7 over blocks 2 and 3.
+    pub(crate) fn step() -> StepMeta {
         StepMeta {
             positions: vec![0, 1, 2, 7],
             slots: vec![16, 17, 18, 39],

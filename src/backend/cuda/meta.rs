@@ -139,25 +139,14 @@ pub fn pack(meta: CheckedStep, num_slots: usize, tiling: Tiling) -> Result<HostM
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::StepMeta;
     use crate::backend::cuda::ffi::{TL_DECODE_SPLIT, TL_PREFILL_ROWS};
-    use crate::backend::{SeqMeta, StepMeta};
+    use crate::backend::tests::step;
 
     /// `StepMeta::check`, then `meta::pack` with the kernels' tiling.
     fn pack(meta: &StepMeta, num_slots: usize) -> Result<HostMeta> {
         let tiling = Tiling { decode_split: TL_DECODE_SPLIT as usize, prefill_rows: TL_PREFILL_ROWS as usize };
         super::pack(meta.check()?, num_slots, tiling)
-    }
-
-    fn step() -> StepMeta {
-        StepMeta {
-            positions: vec![0, 1, 2, 7],
-            slots: vec![16, 17, 18, 39],
-            seqs: vec![
-                SeqMeta { token_start: 0, n_tokens: 3, context_len: 3, block_table: vec![1] },
-                SeqMeta { token_start: 3, n_tokens: 1, context_len: 8, block_table: vec![2, 3] },
-            ],
-            block_size: 4,
-        }
     }
 
     #[test]
