@@ -320,10 +320,14 @@ pub fn triton_request(data: &[u8]) {
     }
     let Ok(job) = parse_job(&inputs, &requested, &lim) else { return };
     assert!(!job.prompts.is_empty());
-    let prompts = inputs.iter().find(|t| t.name == "prompts" || t.name == "text_input").expect("a prompt input");
+    let names = ["prompts", "text_input", "messages"];
+    let mut given = inputs.iter().filter(|t| names.contains(&t.name.as_str()));
+    let prompts = given.next().expect("an accepted job has a prompt input");
+    assert!(given.next().is_none(), "an accepted job has exactly one prompt input");
     assert_eq!(prompts.as_bytes().expect("accepted prompts parse").len(), job.prompts.len());
     for p in &job.prompts {
         assert!(!p.text.is_empty());
+        assert_eq!(p.chat, prompts.name == "messages");
         assert!(p.params.max_new_tokens >= 1 && p.params.min_new_tokens <= p.params.max_new_tokens);
         assert!(p.params.max_new_tokens <= lim.max_output_len.max(lim.default_max_tokens));
     }
