@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check in one command, in two halves:
 #   on the build machine (Rust + nvcc, no GPU):  bash scripts/gpu_check.sh --stage
-#       builds with --features cuda and puts stripped binaries in target/gpu_bundle/ and target/gpu_bundle.tgz
-#       (about 16 MB: carry that file);
+#       builds with --features cuda and puts stripped binaries in target/gpu_bundle/ and, with tritonserver
+#       (below), in target/gpu_bundle.tar.xz (about 28 MB: carry that file; the device tool carries 64 MiB);
 #   on the GPU machine (no Rust, CUDA driver, Python env with nvidia-cublas and nvidia-nccl):  bash scripts/gpu_check.sh
 #       runs each kernel against its CPU twin, the fixture models on CUDA against the CPU engine (TP=2 when two
 #       GPUs are present), the Llama-2-7B-shape benchmark, and tritonserver with our backend on the GPU answering
@@ -10,7 +10,7 @@
 #       measured), then writes one JSON summary to $OUT/gpu_check.json (or prints it when OUT is unset).
 #       Missing devices fail here (TL_REQUIRE_GPU=1).
 # tritonserver is not on a typical GPU machine: --stage also packs the one of .venv's nvidia-pytriton (with the
-# libraries it links, about 37 MB) into target/gpu_triton.tgz; carry it next to gpu_bundle.tgz. Without it, and
+# libraries it links, stripped) into the bundle's triton/ folder. Without it, and
 # without a tritonserver there, the Triton step records "skipped" with the reason (never a pass); the summary
 # lists skipped steps under "skipped", and its "ok" means only that nothing which ran failed.
 set -uo pipefail
@@ -32,34 +32,27 @@ for line in sys.stdin:
         while read -r name exe; do cp "$exe" "$BUNDLE/$name"; done
     cp target/release/triton-llama target/release/libtriton_llama.so "$BUNDLE/"
     strip --strip-debug "$BUNDLE"/*
-    tar czf "$BUNDLE.tgz" -C "$(dirname "$BUNDLE")" "$(basename "$BUNDLE")"
-    du -sh "$BUNDLE"/* "$BUNDLE.tgz"
     # tritonserver from pytriton's wheel (RPATH $ORIGIN/../../../nvidia_pytriton.libs) with the libraries it links.
-    TRITON_TGZ="$(dirname "$BUNDLE")/gpu_triton.tgz"
-    rm -f "$TRITON_TGZ"
     SITE="$(.venv/bin/python -c 'import pytriton, os; print(os.path.dirname(os.path.dirname(pytriton.__file__)))' 2>/dev/null || true)"
     if [ -n "$SITE" ] && [ -x "$SITE/pytriton/tritonserver/bin/tritonserver" ]; then
-        PACK="$(mktemp -d)"; T="$PACK/$(basename "$BUNDLE")/triton"
+        T="$BUNDLE/triton"
         mkdir -p "$T/pytriton/tritonserver/bin" "$T/nvidia_pytriton.libs"
         cp "$SITE/pytriton/tritonserver/bin/tritonserver" "$T/pytriton/tritonserver/bin/"
         ldd "$SITE/pytriton/tritonserver/bin/tritonserver" | grep -o '/[^ ]*nvidia_pytriton\.libs/[^ ]*' | sort -u |
             while read -r lib; do cp "$lib" "$T/nvidia_pytriton.libs/"; done
-        tar czf "$TRITON_TGZ" -C "$PACK" "$(basename "$BUNDLE")"
-        rm -rf "$PACK"
-        du -sh "$TRITON_TGZ"
-        echo "for the Triton step also carry $TRITON_TGZ"
+        strip --strip-unneeded "$T/pytriton/tritonserver/bin/tritonserver" "$T"/nvidia_pytriton.libs/*
     else
         echo "no .venv nvidia-pytriton: no tritonserver packed; the Triton step will use one on the GPU machine or be skipped"
     fi
-    echo "carry $BUNDLE.tgz (or $BUNDLE) to the GPU machine, then run: bash scripts/gpu_check.sh"
+    rm -f "$BUNDLE.tgz" "$(dirname "$BUNDLE")/gpu_triton.tgz"
+    tar cf - -C "$(dirname "$BUNDLE")" "$(basename "$BUNDLE")" | xz -6 -T0 > "$BUNDLE.tar.xz"
+    du -sh "$BUNDLE"/* "$BUNDLE.tar.xz"
+    echo "carry $BUNDLE.tar.xz (or $BUNDLE) to the GPU machine, then run: bash scripts/gpu_check.sh"
     exit 0
 fi
 
-if [ ! -d "$BUNDLE" ] && [ -f "$BUNDLE.tgz" ]; then
-    tar xzf "$BUNDLE.tgz" -C "$(dirname "$BUNDLE")"
-fi
-if [ ! -d "$BUNDLE/triton" ] && [ -f "$(dirname "$BUNDLE")/gpu_triton.tgz" ]; then
-    tar xzf "$(dirname "$BUNDLE")/gpu_triton.tgz" -C "$(dirname "$BUNDLE")"
+if [ ! -d "$BUNDLE" ] && [ -f "$BUNDLE.tar.xz" ]; then
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE.tar.xz" "$(dirname "$BUNDLE")"
 fi
 R="${OUT:-$(mktemp -d)}"
 mkdir -p "$R/logs"
@@ -92,13 +85,14 @@ step() { # name timeout command...
     SECS[$name]="$(python3 -c "import time; print(round(time.time() - $t0, 2))")"
     echo "$name: rc=${RC[$name]} (${SECS[$name]} s)"
 }
-step kernels 300 "$BUNDLE/cuda_kernels" --include-ignored --test-threads=1
-step models 300 "$BUNDLE/cuda_models" --include-ignored --test-threads=1
+step kernels "${TL_STEP_S:-150}" "$BUNDLE/cuda_kernels" --include-ignored --test-threads=1
+step models "${TL_STEP_S:-150}" "$BUNDLE/cuda_models" --include-ignored --test-threads=1
 CKPT="$TL_FIXTURES/models/gqa_bf16/hf"
-step score_cpu 120 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --json > \"$R/score_cpu.json\""
-step score_cuda 120 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --device cuda:0 --json > \"$R/score_cuda.json\""
-step bench 420 sh -c "\"$BUNDLE/triton-llama\" bench-cuda --json > \"$R/bench.json\""
-step triton 300 python3 scripts/gpu_triton_check.py --bundle "$BUNDLE" --ckpt "$CKPT" --device cuda --workdir "$R/triton" --out "$R/triton.json"
+step score_cpu 60 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --json > \"$R/score_cpu.json\""
+step score_cpu_bf16 60 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --weights bf16 --json > \"$R/score_cpu_bf16.json\""
+step score_cuda 60 sh -c "\"$BUNDLE/triton-llama\" score \"$CKPT\" --prompt 'The quick brown fox jumps over the lazy dog.' --device cuda:0 --json > \"$R/score_cuda.json\""
+step bench "${TL_BENCH_S:-240}" sh -c "\"$BUNDLE/triton-llama\" bench-cuda --json > \"$R/bench.json\""
+step triton "${TL_STEP_S:-150}" python3 scripts/gpu_triton_check.py --bundle "$BUNDLE" --ckpt "$CKPT" --device cuda --workdir "$R/triton" --out "$R/triton.json"
 
 python3 - "$R" "${RC[kernels]}" "${SECS[kernels]}" "${RC[models]}" "${SECS[models]}" "${RC[bench]}" "${SECS[bench]}" <<'PY'
 import json, os, re, sys
@@ -109,11 +103,14 @@ def test_step(name, rc, secs):
     return {"rc": int(rc), "seconds": float(secs), "passed": sum(int(a) for a, _ in res), "failed": sum(int(b) for _, b in res),
             "skipped": re.findall(r"SKIPPED [^\n]*", log), "tail": log[-3000:]}
 def cli_score():
+    # cuda vs the exact CPU engine (the bf16 drift, < 0.1) and vs the CPU's --weights bf16 (the GPU's arithmetic).
     try:
-        c = json.load(open(os.path.join(r, "score_cpu.json")))["logprobs"]
-        g = json.load(open(os.path.join(r, "score_cuda.json")))["logprobs"]
-        d = max(abs(a - b) for a, b in zip(c, g)) if len(c) == len(g) else None
-        return {"tokens": len(c), "max_abs_logprob_diff": d, "ok": d is not None and d < 0.1}
+        lp = lambda f: json.load(open(os.path.join(r, f)))["logprobs"]
+        c, b, g = lp("score_cpu.json"), lp("score_cpu_bf16.json"), lp("score_cuda.json")
+        diff = lambda x: max(abs(p - q) for p, q in zip(x, g)) if len(x) == len(g) else None
+        d, db = diff(c), diff(b)
+        return {"tokens": len(c), "max_abs_logprob_diff": d, "max_abs_logprob_diff_vs_cpu_bf16": db,
+                "ok": d is not None and d < 0.1 and db is not None and db < 0.03}
     except Exception as e:
         return {"error": str(e), "ok": False}
 def triton():

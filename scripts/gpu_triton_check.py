@@ -7,7 +7,7 @@ Writes one JSON object to --out: {"status": "pass" | "fail" | "skipped", "reason
 (no tritonserver on this machine or in the bundle, ...): it is never reported as a pass.
 
 tritonserver is looked for in this order: --tritonserver / $TRITONSERVER, the bundle's copy
-(`gpu_check.sh --stage` packs pytriton's tritonserver and its libraries into target/gpu_triton.tgz), the
+(`gpu_check.sh --stage` packs pytriton's tritonserver and its libraries into the bundle's triton/ folder), the
 `nvidia-pytriton` package of this Python, `tritonserver` on PATH. The client is the seed-style NemoQuery of
 scripts/query_llm.py when pytriton imports, else tritonclient.http, else Triton's HTTP /generate endpoint
 through the standard library; the JSON names the one used. Only the standard library is required.
@@ -47,7 +47,7 @@ def find_tritonserver(explicit, bundle):
     if found:
         return found, ""
     return None, (f"no tritonserver: none in the bundle ({packed}; stage with .venv holding nvidia-pytriton and carry "
-                  "target/gpu_triton.tgz), no nvidia-pytriton in this Python, none on PATH")
+                  "the bundle's triton/ folder), no nvidia-pytriton in this Python, none on PATH")
 
 
 def post(url, body, timeout):

@@ -102,6 +102,16 @@ impl Tensor {
         (0..self.numel()).map(|i| self.get_f32(i)).collect()
     }
 
+    /// The same tensor in bf16 (round to nearest even); a bf16 tensor is returned as it is.
+    pub fn to_bf16(self) -> Tensor {
+        let data = match self.data {
+            TensorData::BF16(v) => TensorData::BF16(v),
+            TensorData::F32(v) => TensorData::BF16(v.into_iter().map(bf16::from_f32).collect()),
+            TensorData::F16(v) => TensorData::BF16(v.into_iter().map(|x| bf16::from_f32(x.to_f32())).collect()),
+        };
+        Tensor { shape: self.shape, data }
+    }
+
     /// Rows [start, end) of a matrix viewed as [shape[0], rest].
     pub fn slice_rows(&self, start: usize, end: usize) -> Tensor {
         let row: usize = self.shape[1..].iter().product();

@@ -1,12 +1,16 @@
 //! The fixture models end to end on CUDA against the CPU engine: prompt logits (every row) and greedy decode
 //! steps through `Runner::start_cuda` versus `Runner::start_cpu`, on one GPU and, with two or more, TP=2; and
 //! whole generations through `Engine` on a GPU (device-side sampling) against the CPU engine.
-//! Tolerance (bf16): the GPU stores matrices in bf16 and rounds GEMM inputs to bf16, so per row
-//! max |gpu - cpu| <= 0.03 * max(1, max |cpu|), and the argmax agrees wherever the CPU's top-2 margin > 0.1.
+//! The GPU stores matrices in bf16 and rounds GEMM inputs to bf16, the arithmetic of the CPU's `--weights bf16`
+//! format, so the logits are checked twice per row: against that CPU twin, max |gpu - cpu| <= 0.01 * max(1,
+//! max |cpu|) (summation order and the bf16 rounding it flips), and against the exact CPU engine, <= 0.05 * that
+//! scale (the bf16 drift itself); the argmax agrees with the exact engine wherever its top-2 margin > 0.1.
+//! The largest errors seen are printed (`max rel err`).
 //! Without a GPU each test prints `SKIPPED (no CUDA device ...)` and returns (not a pass); TL_REQUIRE_GPU=1 fails.
 #![cfg(feature = "cuda")]
 use std::io::Write;
 use std::sync::Arc;
+use triton_llama::backend::WeightFormat;
 use triton_llama::backend::cuda::device_count;
 use triton_llama::engine::runner::{KvPlan, Runner, StepInput};
 use triton_llama::loader;
@@ -47,12 +51,19 @@ fn prompts(model: &str) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn check_rows(what: &str, gpu: &[f32], cpu: &[f32], vocab: usize) {
+/// Largest per-row max |gpu - cpu| / max(1, max |cpu|) over the rows; panics on a length mismatch.
+fn rel_err(what: &str, gpu: &[f32], cpu: &[f32], vocab: usize) -> f32 {
     assert_eq!(gpu.len(), cpu.len(), "{what}: logits length");
-    for (r, (g, c)) in gpu.chunks(vocab).zip(cpu.chunks(vocab)).enumerate() {
+    let row = |(g, c): (&[f32], &[f32])| {
         let scale = c.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let err = g.iter().zip(c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(err <= 0.03 * scale, "{what} row {r}: max |gpu - cpu| = {err}, scale {scale}");
+        g.iter().zip(c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
+    };
+    gpu.chunks(vocab).zip(cpu.chunks(vocab)).map(row).fold(0f32, f32::max)
+}
+
+/// The argmax of every row agrees with the CPU's wherever the CPU's top-2 margin exceeds 0.1.
+fn check_argmax(what: &str, gpu: &[f32], cpu: &[f32], vocab: usize) {
+    for (r, (g, c)) in gpu.chunks(vocab).zip(cpu.chunks(vocab)).enumerate() {
         let best = argmax(c);
         let second =
             c.iter().enumerate().filter(|&(i, _)| i != best).map(|(_, &v)| v).fold(f32::NEG_INFINITY, f32::max);
@@ -62,30 +73,37 @@ fn check_rows(what: &str, gpu: &[f32], cpu: &[f32], vocab: usize) {
     }
 }
 
-/// All prompts batched into one step (all rows' logits), then 6 greedy decode steps of the batch.
+/// All prompts batched into one step (all rows' logits), then 6 greedy decode steps of the batch, on the GPU,
+/// the exact CPU engine and the bf16-arithmetic CPU twin; the errors are printed, then checked.
 fn compare(ckpt: &str, model: &str, gpu_ids: &[usize]) {
     let bs = 16;
     let src: Arc<dyn loader::CheckpointSource> = Arc::from(loader::open(&fixture(ckpt)).unwrap());
     let vocab = src.config().vocab_size;
-    let cpu = Runner::start_cpu(src.clone(), gpu_ids.len(), KvPlan { num_blocks: 64, block_size: bs }).unwrap();
+    let kv = KvPlan { num_blocks: 64, block_size: bs };
+    let exact = Runner::start_cpu(src.clone(), gpu_ids.len(), kv).unwrap();
+    let twin = Runner::start_cpu_with(src.clone(), gpu_ids.len(), kv, WeightFormat::Bf16).unwrap();
     let gpu = Runner::start_cuda(src, gpu_ids, bs, 0.5, Some(64)).unwrap();
     assert_eq!(gpu.num_blocks, 64, "KV blocks capped at 64");
     let seqs = prompts(model);
     let tables: Vec<Vec<u32>> = (0..seqs.len()).map(|s| (0..8).map(|b| (s * 8 + b) as u32).collect()).collect();
-    let mut step = StepInput::default();
-    step.meta.block_size = bs;
-    for (s, ids) in seqs.iter().enumerate() {
-        step.push_seq(ids, 0, &tables[s], true);
-    }
-    let c = cpu.run(step).unwrap().logits;
-    let mut step = StepInput::default();
-    step.meta.block_size = bs;
-    for (s, ids) in seqs.iter().enumerate() {
-        step.push_seq(ids, 0, &tables[s], true);
-    }
-    let g = gpu.run(step).unwrap().logits;
     let what = format!("{ckpt} on GPUs {gpu_ids:?}");
-    check_rows(&format!("{what} prompt"), &g, &c, vocab);
+    let prompt_step = || {
+        let mut step = StepInput::default();
+        step.meta.block_size = bs;
+        for (s, ids) in seqs.iter().enumerate() {
+            step.push_seq(ids, 0, &tables[s], true);
+        }
+        step
+    };
+    // (phase, gpu vs exact, gpu vs twin), checked after all phases ran so every error is printed.
+    let mut errs = Vec::new();
+    let mut run3 = |phase: String, step: &dyn Fn() -> StepInput| {
+        let (c, t, g) = (exact.run(step()).unwrap().logits, twin.run(step()).unwrap().logits, gpu.run(step()).unwrap().logits);
+        check_argmax(&format!("{what} {phase}"), &g, &c, vocab);
+        errs.push((phase, rel_err(&what, &g, &c, vocab), rel_err(&what, &g, &t, vocab)));
+        c
+    };
+    let c = run3("prompt".into(), &prompt_step);
     let mut next: Vec<u32> = Vec::new();
     let mut row = 0;
     for ids in &seqs {
@@ -101,9 +119,15 @@ fn compare(ckpt: &str, model: &str, gpu_ids: &[usize]) {
             }
             st
         };
-        let (c, g) = (cpu.run(mk()).unwrap().logits, gpu.run(mk()).unwrap().logits);
-        check_rows(&format!("{what} decode {i}"), &g, &c, vocab);
+        let c = run3(format!("decode {i}"), &mk);
         next = c.chunks(vocab).map(|r| argmax(r) as u32).collect();
+    }
+    let worst = |f: fn(&(String, f32, f32)) -> f32| errs.iter().map(f).fold(0f32, f32::max);
+    let (vs_exact, vs_twin) = (worst(|e| e.1), worst(|e| e.2));
+    let _ = writeln!(std::io::stderr(), "{what}: max rel err vs exact CPU {vs_exact:.5}, vs bf16 CPU twin {vs_twin:.5}");
+    for (phase, e, t) in &errs {
+        assert!(*t <= 0.01, "{what} {phase}: vs the bf16 CPU twin, max rel err {t} (vs exact {e})");
+        assert!(*e <= 0.05, "{what} {phase}: vs the exact CPU engine, max rel err {e} (vs twin {t})");
     }
 }
 

@@ -49,7 +49,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         Self::load_with(src, backend, comm, WeightFormat::AsLoaded)
     }
 
-    /// `load` with the matmul weights (not the embedding and norms) held in `fmt`.
+    /// `load` with the matmul weights (not the norms) held in `fmt`. Under `WeightFormat::Bf16` the embedding
+    /// table is rounded to bf16 too, as the CUDA backend and llama.cpp's bf16 files hold it.
     pub fn load_with(src: &dyn CheckpointSource, backend: B, comm: C, fmt: WeightFormat) -> Result<Self> {
         let cfg = src.config().clone();
         let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
@@ -60,7 +61,11 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             let t = shard.shard(&cfg, name, reader.read(name)?);
             const MATMULS: [&str; 7] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"];
             let matmul = name == "lm_head" || MATMULS.iter().any(|m| name.ends_with(m));
-            if matmul { backend.upload_matmul(t, fmt) } else { backend.upload(t) }
+            match (matmul, fmt) {
+                (true, _) => backend.upload_matmul(t, fmt),
+                (false, WeightFormat::Bf16) if name == "tok_emb" => backend.upload(t.to_bf16()),
+                (false, _) => backend.upload(t),
+            }
         };
         let tok_emb = get("tok_emb")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
