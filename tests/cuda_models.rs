@@ -98,7 +98,8 @@ fn compare(ckpt: &str, model: &str, gpu_ids: &[usize]) {
     // (phase, gpu vs exact, gpu vs twin), checked after all phases ran so every error is printed.
     let mut errs = Vec::new();
     let mut run3 = |phase: String, step: &dyn Fn() -> StepInput| {
-        let (c, t, g) = (exact.run(step()).unwrap().logits, twin.run(step()).unwrap().logits, gpu.run(step()).unwrap().logits);
+        let (c, t, g) =
+            (exact.run(step()).unwrap().logits, twin.run(step()).unwrap().logits, gpu.run(step()).unwrap().logits);
         check_argmax(&format!("{what} {phase}"), &g, &c, vocab);
         errs.push((phase, rel_err(&what, &g, &c, vocab), rel_err(&what, &g, &t, vocab)));
         c
@@ -124,7 +125,8 @@ fn compare(ckpt: &str, model: &str, gpu_ids: &[usize]) {
     }
     let worst = |f: fn(&(String, f32, f32)) -> f32| errs.iter().map(f).fold(0f32, f32::max);
     let (vs_exact, vs_twin) = (worst(|e| e.1), worst(|e| e.2));
-    let _ = writeln!(std::io::stderr(), "{what}: max rel err vs exact CPU {vs_exact:.5}, vs bf16 CPU twin {vs_twin:.5}");
+    let _ =
+        writeln!(std::io::stderr(), "{what}: max rel err vs exact CPU {vs_exact:.5}, vs bf16 CPU twin {vs_twin:.5}");
     for (phase, e, t) in &errs {
         assert!(*t <= 0.01, "{what} {phase}: vs the bf16 CPU twin, max rel err {t} (vs exact {e})");
         assert!(*e <= 0.05, "{what} {phase}: vs the exact CPU engine, max rel err {e} (vs twin {t})");

@@ -382,43 +382,7 @@ impl Backend for CpuBackend {
         meta: CheckedStep,
         d: AttnDims,
     ) -> Result<()> {
-        let (hd, nh) = (d.head_dim, d.n_heads);
-        let (qw, kw) = (nh * hd, d.n_kv_heads * hd);
-        let group = d.group()?;
-        let n = meta.n_tokens();
-        check_len("attention out", out.len().min(q.len()), n * qw)?;
-        let bs = meta.block_size;
-        // Which sequence each token belongs to (the ranges were checked with the step: `CheckedStep`).
-        let mut seq_of = vec![0usize; n];
-        for (s, m) in meta.seqs.iter().enumerate() {
-            seq_of[m.token_start..m.token_start + m.n_tokens].fill(s);
-        }
-        let scale = 1.0 / (hd as f32).sqrt();
-        let cache_len = k_cache.len().min(v_cache.len());
-        out[..n * qw].par_chunks_mut(hd).enumerate().try_for_each(|(idx, o)| -> Result<()> {
-            let (t, h) = (idx / nh, idx % nh);
-            let m = &meta.seqs[seq_of[t]];
-            // Causal: this token sees every cached position up to and including its own.
-            let visible = m.context_len - m.n_tokens + (t - m.token_start) + 1;
-            let qh = &q[t * qw + h * hd..t * qw + (h + 1) * hd];
-            let kvh = h / group;
-            let at = |j: usize| (m.block_table[j / bs] as usize * bs + j % bs) * kw + kvh * hd;
-            let mut scores = Vec::with_capacity(visible);
-            for j in 0..visible {
-                let base = at(j);
-                check_len("attention cache", cache_len, base + hd)?;
-                scores.push(dot(qh, &k_cache[base..base + hd]) * scale);
-            }
-            softmax(&mut scores);
-            o.fill(0.0);
-            for (j, p) in scores.iter().enumerate() {
-                let vrow = &v_cache[at(j)..at(j) + hd];
-                for (oi, vi) in o.iter_mut().zip(vrow) {
-                    *oi += p * vi;
-                }
-            }
-            Ok(())
-        })
+        super::cpu_attention::paged_attention(out, q, k_cache, v_cache, meta, d)
     }
 
     fn silu_mul(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {

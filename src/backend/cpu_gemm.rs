@@ -368,11 +368,15 @@ fn prepare<'a>(kernel: Kernel, w: &Packed, x: &[f32], n: usize, k: usize, s: &'a
             if kernel == Kernel::Avx512Bf16 {
                 s.h.clear();
                 s.h.resize(n * ld, 0);
-                for t in 0..n {
-                    for (d, v) in s.h[t * ld..t * ld + k].iter_mut().zip(&x[t * k..(t + 1) * k]) {
-                        *d = half::bf16::from_f32(*v).to_bits();
-                    }
-                }
+                // Rows in parallel once there is enough to share (a prefill's activations are megabytes).
+                let rows_per_task = (ROUND_TASK_FLOATS / k.max(1)).max(1);
+                s.h.par_chunks_mut(ld * rows_per_task).zip(x[..n * k].par_chunks(k * rows_per_task)).for_each(
+                    |(dst, src)| {
+                        for (d, v) in dst.chunks_mut(ld).zip(src.chunks(k)) {
+                            round_to_bf16(&mut d[..k], v);
+                        }
+                    },
+                );
                 Acts::Bf16 { x: &s.h, ld }
             } else {
                 s.f.clear();
@@ -406,6 +410,21 @@ fn prepare<'a>(kernel: Kernel, w: &Packed, x: &[f32], n: usize, k: usize, s: &'a
             }
             Acts::Q8 { q: &s.q, s: &s.qs, sum: &s.qsum, nb }
         }
+    }
+}
+
+/// Activation floats one rayon task rounds to bf16 in `prepare`.
+const ROUND_TASK_FLOATS: usize = 1 << 16;
+
+/// `dst[i]` = the bf16 bits of `src[i]`, rounded to nearest even (NaN stays a quiet NaN): the bits of
+/// `half::bf16::from_f32`, branch-free so that it vectorizes.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+pub fn round_to_bf16(dst: &mut [u16], src: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let b = v.to_bits();
+        let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1))) >> 16;
+        let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
+        *d = if nan { ((b >> 16) | 0x40) as u16 } else { rounded as u16 };
     }
 }
 
@@ -785,6 +804,41 @@ mod x86 {
                 _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
                 _mm512_storeu_ps(o.as_mut_ptr().add(PANEL), a[1]);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::round_to_bf16;
+
+    /// The branch-free rounding gives `half`'s bits on ties, carries into the exponent, infinities, NaNs,
+    /// subnormals and a sweep of ordinary values.
+    #[test]
+    fn round_to_bf16_matches_half() {
+        let mut v: Vec<f32> = [
+            0x3F80_8000u32,
+            0x3F81_8000,
+            0x3F80_8001,
+            0x7F7F_FFFF,
+            0x7F80_0000,
+            0xFF80_0000,
+            0x7FC0_0000,
+            0x7F80_0001,
+            0xFFFF_FFFF,
+            0x0000_0001,
+            0x807F_FFFF,
+            0x0000_8000,
+            0x8000_0000,
+        ]
+        .iter()
+        .map(|&b| f32::from_bits(b))
+        .collect();
+        v.extend((0..100_003u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
+        let mut got = vec![0u16; v.len()];
+        round_to_bf16(&mut got, &v);
+        for (g, x) in got.iter().zip(&v) {
+            assert_eq!(*g, half::bf16::from_f32(*x).to_bits(), "{:#010x}", x.to_bits());
         }
     }
 }

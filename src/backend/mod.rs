@@ -1,6 +1,7 @@
 //! The device interface the model is written against: a few fused ops named like the CUDA kernels.
 //! Model code never knows which device runs it.
 pub mod cpu;
+mod cpu_attention;
 pub mod cpu_gemm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
