@@ -17,7 +17,7 @@ With --throughput 1,4 it measures instead output tokens/s at each concurrency: t
 the wall time, the concurrencies interleaved twice on one server; and the ratio of each to the first.
 
 Usage: .venv/bin/python scripts/itl_probe.py CHECKPOINT [--streams 2] [--tokens 64] [--long 512]
-           [--mixed_prefill_tokens N] [--max_batched_tokens N] [--throughput 1,4 [--requests 3]]
+           [--mixed_prefill_tokens N] [--max_batched_tokens N] [--weight_dtype bf16] [--throughput 1,4 [--requests 3]]
 """
 import argparse
 import json
@@ -149,6 +149,7 @@ def main():
     p.add_argument("--long", type=int, default=512)
     p.add_argument("--mixed_prefill_tokens", type=int, default=None)
     p.add_argument("--max_batched_tokens", type=int, default=None)
+    p.add_argument("--weight_dtype", default=None, help="as-loaded (default), bf16 or int8: passed to deploy_triton.py")
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"))
     p.add_argument("--throughput", default=None, help="comma list of concurrencies: measure output tokens/s instead")
     p.add_argument("--requests", type=int, default=3, help="--throughput: requests per client per measurement")
@@ -159,7 +160,7 @@ def main():
            a.checkpoint, "--triton_port", str(http), "--grpc_port", str(grpc), "--metrics_port", str(metrics),
            "--max_num_seqs", str(max([a.streams + 2] + [int(c) for c in (a.throughput or "1").split(",")])),
            "--cli", a.cli]
-    for k in ("mixed_prefill_tokens", "max_batched_tokens"):
+    for k in ("mixed_prefill_tokens", "max_batched_tokens", "weight_dtype"):
         if getattr(a, k) is not None:
             cmd += [f"--{k}", str(getattr(a, k))]
     log = open(f"{tmp}/server.log", "w")
