@@ -204,8 +204,34 @@ fn attend_group(
     for h in 0..group {
         softmax(&mut scores[h * padded..h * padded + vis]);
     }
-    // Each head's output in column runs of up to 64 held in registers over all the rows of V.
-    for h in 0..group {
+    // Four heads at a time share each load of V: their outputs, 32 columns a pass, stay in registers.
+    let mut h = 0;
+    while h + 4 <= group && hd.is_multiple_of(QUAD_COLS) {
+        let p: [&[f32]; 4] = std::array::from_fn(|u| &scores[(h + u) * padded..(h + u) * padded + vis]);
+        for c0 in (0..hd).step_by(QUAD_COLS) {
+            let (mut a0, mut a1, mut a2, mut a3) =
+                ([0f32; QUAD_COLS], [0f32; QUAD_COLS], [0f32; QUAD_COLS], [0f32; QUAD_COLS]);
+            for &(first, base, n) in task.runs {
+                for i in 0..n.min(vis.saturating_sub(first)) {
+                    let at = base + i * geo.kw + c0;
+                    let v: &[f32; QUAD_COLS] = v_cache[at..at + QUAD_COLS].try_into().expect("QUAD_COLS floats");
+                    let (p0, p1, p2, p3) = (p[0][first + i], p[1][first + i], p[2][first + i], p[3][first + i]);
+                    for j in 0..QUAD_COLS {
+                        a0[j] = p0.mul_add(v[j], a0[j]);
+                        a1[j] = p1.mul_add(v[j], a1[j]);
+                        a2[j] = p2.mul_add(v[j], a2[j]);
+                        a3[j] = p3.mul_add(v[j], a3[j]);
+                    }
+                }
+            }
+            for (u, a) in [a0, a1, a2, a3].iter().enumerate() {
+                o[(h + u) * hd + c0..(h + u) * hd + c0 + QUAD_COLS].copy_from_slice(a);
+            }
+        }
+        h += 4;
+    }
+    // The other heads one at a time, in column runs of up to 64 held in registers over all the rows of V.
+    for h in h..group {
         let p = &scores[h * padded..h * padded + vis];
         for c0 in (0..hd).step_by(COLS) {
             let w = COLS.min(hd - c0);
@@ -231,6 +257,9 @@ fn attend_group(
     }
     Ok(())
 }
+
+/// Output columns of each of four heads one pass over V keeps in registers (8 AVX-512 or 16 AVX2 registers).
+const QUAD_COLS: usize = 32;
 
 /// Output columns one pass over V keeps in registers (4 AVX-512 or 8 AVX2 registers).
 const COLS: usize = 64;
@@ -289,11 +318,12 @@ mod tests {
         out
     }
 
-    /// Odd sizes: head_dim 20 and 72 (not multiples of 16 or 64), GQA groups of 3 and 1, block size 5, a
+    /// Odd sizes: head_dim 20 and 72 (not multiples of 16 or 64), GQA groups of 3, 1, 5 (four heads sharing V
+    /// loads, then one) and 8, block size 5, a
     /// prefill chunk after cached positions beside decode rows, scattered physical blocks.
     #[test]
     fn matches_the_plain_definition_on_odd_sizes() {
-        for (hd, nh, nkv) in [(20, 6, 2), (72, 2, 2), (16, 4, 1)] {
+        for (hd, nh, nkv) in [(20, 6, 2), (72, 2, 2), (16, 4, 1), (64, 10, 2), (32, 8, 1)] {
             let d = AttnDims { n_heads: nh, n_kv_heads: nkv, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0 };
             let bs = 5;
             let num_blocks = 40;
