@@ -45,7 +45,7 @@ pub fn paged_attention(
             Rows { table: &m.block_table, visible: m.context_len, offset: (i % nkv) * hd }.blocks(&geo, len)
         })
         .collect::<Result<_>>()?;
-    let widths: Vec<usize> = meta.seqs.iter().map(|m| round_up(m.context_len, KEYS)).collect();
+    let widths: Vec<usize> = meta.seqs.iter().map(|m| kt_width(m.context_len)).collect();
     KT.with(|cell| -> Result<()> {
         let mut kt_all = cell.borrow_mut();
         let total: usize = widths.iter().map(|w| w * nkv * hd).sum();
@@ -76,6 +76,14 @@ pub fn paged_attention(
 
 /// Positions a query's scores are computed for at once (one vector of 16 lanes).
 const KEYS: usize = 16;
+
+/// Floats per row of a transposed K: the context rounded up to 16 positions, then to an odd number of 64-byte
+/// lines, so the rows of one 16-position column (read by every head of the group) fall in different L1 sets
+/// instead of thrashing a few (a power-of-two stride, e.g. 512 positions, maps all 64 rows to 2 sets).
+fn kt_width(context: usize) -> usize {
+    let w = round_up(context, KEYS);
+    if (w / KEYS).is_multiple_of(2) { w + KEYS } else { w }
+}
 
 fn round_up(v: usize, to: usize) -> usize {
     v.div_ceil(to) * to

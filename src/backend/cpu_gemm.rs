@@ -366,7 +366,7 @@ pub fn gemm_with(kernel: Kernel, out: &mut [f32], x: &[f32], w: &Packed, n: usiz
 fn prepare<'a>(kernel: Kernel, w: &Packed, x: &[f32], n: usize, k: usize, s: &'a mut Scratch) -> Acts<'a> {
     match w {
         Packed::Bf16 { .. } => {
-            let ld = round_up(k, 2);
+            let ld = act_stride(k);
             if kernel == Kernel::Avx512Bf16 {
                 s.h.clear();
                 s.h.resize(n * ld, 0);
@@ -413,6 +413,14 @@ fn prepare<'a>(kernel: Kernel, w: &Packed, x: &[f32], n: usize, k: usize, s: &'a
             Acts::Q8 { q: &s.q, s: &s.qs, sum: &s.qsum, nb }
         }
     }
+}
+
+/// Elements per prepared activation row: k rounded up to even, then padded so that a row is an odd number of
+/// 64-byte lines for bf16 (k = 2048 would put the rows a micro-tile broadcasts from 4 KiB apart, all in one L1
+/// set).
+fn act_stride(k: usize) -> usize {
+    let ld = round_up(k, 2);
+    if (ld * 2).is_multiple_of(128) { ld + 32 } else { ld }
 }
 
 /// Activation floats one rayon task rounds to bf16 in `prepare`.
