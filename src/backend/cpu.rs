@@ -240,8 +240,17 @@ fn rope_row(x: &mut [f32], pos: f32, theta: f32) {
     }
 }
 
+#[inline(always)]
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + super::cpu_math::exp(-x))
+}
+
+/// `out[i] = silu(gate[i]) * up[i]`, vectorized.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn silu_mul_rows(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu(*g) * u;
+    }
 }
 
 fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
@@ -387,9 +396,7 @@ impl Backend for CpuBackend {
 
     fn silu_mul(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         check_len("silu_mul", out.len().min(gate.len()).min(up.len()), len)?;
-        for i in 0..len {
-            out[i] = silu(gate[i]) * up[i];
-        }
+        silu_mul_rows(&mut out[..len], &gate[..len], &up[..len]);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 pub mod cpu;
 mod cpu_attention;
 pub mod cpu_gemm;
+mod cpu_math;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
