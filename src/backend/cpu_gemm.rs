@@ -429,7 +429,7 @@ const ROUND_TASK_FLOATS: usize = 1 << 16;
 /// `dst[i]` = the bf16 bits of `src[i]`, rounded to nearest even (NaN stays a quiet NaN): the bits of
 /// `half::bf16::from_f32`, branch-free so that it vectorizes.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
-pub fn round_to_bf16(dst: &mut [u16], src: &[f32]) {
+fn round_to_bf16(dst: &mut [u16], src: &[f32]) {
     for (d, &v) in dst.iter_mut().zip(src) {
         let b = v.to_bits();
         let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1))) >> 16;

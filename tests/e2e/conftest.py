@@ -3,7 +3,6 @@ ports, waited on until ready, its log kept (and printed when a test fails), stop
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ HF = ROOT / "tests/fixtures/models/gqa_bf16/hf"
 NEMO = ROOT / "tests/fixtures/models/gqa_bf16/model.nemo"
 CLI = ROOT / "target/release/triton-llama"
 LOGS = ROOT / "target/e2e-logs"
+sys.path.insert(0, str(ROOT / "scripts"))
+from tl_ports import free_ports  # noqa: E402  (one copy, shared with the scripts)
 
 
 def gen(server, body, model="llama"):
@@ -32,16 +33,14 @@ def ok(server, body, model="llama"):
     return r
 
 
-def free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+def wait_for(pred, timeout=20):
+    """Polls `pred` every 50 ms until it holds or `timeout` seconds pass; its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
 
 
 class Server:

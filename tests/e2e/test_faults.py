@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import CLI, HF, Server, cli_generate, gen, ok, start
+from conftest import CLI, HF, Server, cli_generate, gen, ok, start, wait_for
 
 TIMEOUT = 90  # any single wait longer than this is a hang
 
@@ -31,15 +31,6 @@ def tensor(mod, name, value):
 
 def req_inputs(mod, prompt, max_tokens, ignore_eos=True):
     return [tensor(mod, "text_input", prompt.encode()), tensor(mod, "max_tokens", max_tokens), tensor(mod, "ignore_eos", ignore_eos)]
-
-
-def wait_for(pred, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def grpc_stream(url, prompt, max_tokens, model="llama_stream", started=None):
@@ -187,15 +178,15 @@ def grpc_client_killed_mid_stream(server):
         assert child.stdout.readline().strip() == "GOT3"
         child.kill()  # the TCP connection goes away with the process: no cancel message is ever sent
         child.wait(timeout=10)
-        assert wait_for(lambda: cancelled(server) == before + 1), cancelled(server) - before
+        assert wait_for(lambda: cancelled(server) == before + 1, 15), cancelled(server) - before
         [(kind, value)] = join_all(threads, results)
         assert kind == "ok", value
         assert value == (want, 120, "length")
     finally:
         if child.poll() is None:
             child.kill()
-    assert wait_for(lambda: server.metric("llama_kv_cache_blocks_used", model="llama") == 0)
-    assert wait_for(lambda: server.metric("llama_num_requests_running", model="llama") == 0)
+    assert wait_for(lambda: server.metric("llama_kv_cache_blocks_used", model="llama") == 0, 15)
+    assert wait_for(lambda: server.metric("llama_num_requests_running", model="llama") == 0, 15)
     assert grpc_stream(server.grpc_url, "Bystander stream", 120) == (want, 120, "length")
 
 
@@ -215,7 +206,7 @@ def grpc_channel_closed_mid_stream(server):
         assert error is None, error
     c._channel.close()  # the channel goes away under the open stream (client.close() would wait for the end)
     assert wait_for(lambda: cancelled(server) == before + 1)
-    assert wait_for(lambda: server.metric("llama_kv_cache_blocks_used", model="llama") == 0)
+    assert wait_for(lambda: server.metric("llama_kv_cache_blocks_used", model="llama") == 0, 15)
     assert ok(server, {"text_input": "Hello world", "max_tokens": 3})["finish_reason"] == "length"
 
 
@@ -238,7 +229,7 @@ def test_http_stream_disconnect_cancels_it_while_a_unary_request_completes(serve
     [(kind, value)] = join_all(threads, results)
     assert kind == "ok", value
     assert value == (want, 150, "length")
-    assert wait_for(lambda: server.metric("llama_kv_cache_blocks_used", model="llama") == 0)
+    assert wait_for(lambda: server.metric("llama_kv_cache_blocks_used", model="llama") == 0, 15)
 
 
 # --- 2. unload under load (explicit model control) ---------------------------------------------------------

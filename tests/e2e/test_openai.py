@@ -13,48 +13,27 @@ import httpx2 as httpx  # the HTTP client the pinned openai SDK is built on
 import openai
 import pytest
 
-from conftest import CLI, HF, NEMO, cli_generate, free_ports, start
+from conftest import CLI, HF, NEMO, cli_generate, free_ports, start, wait_for
 
 MODEL = "chat"
 
 
-def wait_for(pred, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+def start_with_frontend(request, tmp_path_factory, name, args):
+    """`start` with the OpenAI frontend on a free port (`s.openai_url`), waited on until it answers ready."""
+    (port,) = free_ports(1)
+    s = start(request, tmp_path_factory, name, args + ["--openai_port", str(port)])
+    s.openai_url = f"http://localhost:{port}"
+    assert wait_for(lambda: frontend_ready(s.openai_url), 60), "the OpenAI frontend did not become ready"
+    return s
 
 
 @pytest.fixture(scope="module")
 def api(request, tmp_path_factory):
     """The .nemo fixture (NeMo chat format) as `chat` with the frontend; 2 running + 1 queued prompts at most."""
-    (port,) = free_ports(1)
-    s = start(
-        request,
-        tmp_path_factory,
-        "openai",
-        [
-            "--nemo_checkpoint",
-            str(NEMO),
-            "-tmn",
-            MODEL,
-            "--openai_port",
-            str(port),
-            "--max_num_seqs",
-            "2",
-            "--max_queue_size",
-            "1",
-            "--max_input_len",
-            "128",
-            "--max_output_len",
-            "128",
-        ],
-    )
-    s.openai_url = f"http://localhost:{port}"
-    assert wait_for(lambda: frontend_ready(s.openai_url), 60), "the OpenAI frontend did not become ready"
-    return s
+    return start_with_frontend(request, tmp_path_factory, "openai", [
+        "--nemo_checkpoint", str(NEMO), "-tmn", MODEL, "--max_num_seqs", "2", "--max_queue_size", "1",
+        "--max_input_len", "128", "--max_output_len", "128",
+    ])
 
 
 def frontend_ready(url):
@@ -323,14 +302,10 @@ LONG = "long"
 def long_api(request, tmp_path_factory):
     """The demo model (2048 positions) as `long` with the frontend; 1 running + 1 queued prompt at most, so a held
     request generating 1900 tokens keeps the capacity full for far longer than any check below takes."""
-    (port,) = free_ports(1)
-    s = start(request, tmp_path_factory, "openai_long", [
-        "-tmn", LONG, "--openai_port", str(port), "--max_num_seqs", "1", "--max_queue_size", "1",
-        "--max_input_len", "64", "--max_output_len", "1900",
+    return start_with_frontend(request, tmp_path_factory, "openai_long", [
+        "-tmn", LONG, "--max_num_seqs", "1", "--max_queue_size", "1", "--max_input_len", "64",
+        "--max_output_len", "1900",
     ])
-    s.openai_url = f"http://localhost:{port}"
-    assert wait_for(lambda: frontend_ready(s.openai_url), 60), "the OpenAI frontend did not become ready"
-    return s
 
 
 LONG_BODY = {"model": LONG, "prompt": "Hello", "max_tokens": 1900, "temperature": 0, "stream": True,
@@ -456,27 +431,10 @@ LLAMA2_TEMPLATE = CLI.parents[2] / "tests/fixtures/chat/llama2_chat/tokenizer_co
 @pytest.fixture(scope="module")
 def hf_chat(request, tmp_path_factory):
     """The HF fixture with Llama-2-chat's template (deploy_triton.py --chat_template) and the frontend."""
-    (port,) = free_ports(1)
-    s = start(
-        request,
-        tmp_path_factory,
-        "openai_hf",
-        [
-            "--hf_checkpoint",
-            str(HF),
-            "--chat_template",
-            str(LLAMA2_TEMPLATE),
-            "--openai_port",
-            str(port),
-            "--max_input_len",
-            "128",
-            "--max_output_len",
-            "64",
-        ],
-    )
-    s.openai_url = f"http://localhost:{port}"
-    assert wait_for(lambda: frontend_ready(s.openai_url), 60), "the OpenAI frontend did not become ready"
-    return s
+    return start_with_frontend(request, tmp_path_factory, "openai_hf", [
+        "--hf_checkpoint", str(HF), "--chat_template", str(LLAMA2_TEMPLATE), "--max_input_len", "128",
+        "--max_output_len", "64",
+    ])
 
 
 def test_llama2_chat_template_served(hf_chat):
