@@ -280,6 +280,25 @@ def table(d):
         if sc:
             lines.append(f"| {name}: aggregate decode 8 sequences / batch 1 | | | {statistics.median(sc):.2f} | "
                          f"{'>= 4.0' if k.startswith('ours-bf16') else ''} |")
+    # Batch-1 decode is memory-bound: each engine against the most this machine's memory lets a step stream,
+    # measured inside each triton-llama run (read bandwidth / bytes per step); llama.cpp's run of the same round
+    # streams the same bytes (bf16: 2 per weight; q8_0 and our int8: 34 per 32).
+    ceil_rows = [("bf16", "llama-bf16", "ours-bf16"), ("bf16, ours --weights bf16", "llama-bf16", "ours-bf16dot"),
+                 ("int8 vs q8_0", "llama-q8_0", "ours-int8")]
+    head = False
+    for label, pk, ok in ceil_rows:
+        trip = [(r.get("batch1_ceiling_tok_s"), _decode(p, 1), _decode(r, 1))
+                for p, r in zip(runs[pk], runs[ok]) if r and p and r.get("batch1_ceiling_tok_s")]
+        if not trip:
+            continue
+        if not head:
+            lines += ["", "Batch 1 against this machine's ceiling (all threads' read bandwidth, measured in each "
+                      "triton-llama run, / the bytes a step streams):", "",
+                      "| | ceiling tok/s | llama.cpp / ceiling | triton-llama / ceiling |", "|---|---|---|---|"]
+            head = True
+        lines.append(f"| decode, batch 1 ({label}) | {fmt([c for c, _, _ in trip])} | "
+                     f"{statistics.median([a / c for c, a, _ in trip if a]):.2f} | "
+                     f"{statistics.median([b / c for c, _, b in trip if b]):.2f} |")
     dr = {k: v for k, v in (_load(d, "drift.json") or {}).items() if v}
     if dr:
         lines += ["", "Logit drift over %d positions of one prompt "

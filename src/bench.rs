@@ -6,6 +6,7 @@
 pub mod cuda;
 
 use crate::Result;
+use crate::backend::cpu_mem::WeightMem;
 use crate::backend::{SeqMeta, WeightFormat};
 use crate::engine::runner::{KvPlan, Runner, StepInput};
 use crate::loader::CheckpointSource;
@@ -28,6 +29,9 @@ pub struct BenchReport {
     pub model_params: usize,
     pub weight_bytes: u64,
     pub threads: usize,
+    /// Megabytes of this process's memory on transparent huge pages after the load (the packed CPU weights,
+    /// see `backend::cpu_mem`); `None` where the kernel does not say.
+    pub huge_page_mb: Option<f64>,
     /// A parallel and a single-threaded memcpy of a buffer far larger than the caches.
     pub copies: Vec<CopyBaseline>,
     pub decode: Vec<DecodePoint>,
@@ -35,6 +39,11 @@ pub struct BenchReport {
     pub prefill: Vec<PrefillPoint>,
     /// See [`bandwidth_ratio`].
     pub batch1_bandwidth_ratio: f64,
+    /// Bytes read per second (GB/s) by all threads summing a 1 GiB buffer on huge pages, best of before and after
+    /// the decode points: the most a memory-bound step can stream, measured in this run (see [`read_bandwidth`]).
+    pub read_gbps: f64,
+    /// Batch-1 decode's upper bound on this machine now: `read_gbps` over the weight bytes a step streams.
+    pub batch1_ceiling_tok_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +113,30 @@ pub fn print_bandwidth(copies: &[CopyBaseline], decode: &[DecodePoint]) {
     }
     let what = fastest(copies).map_or("none", |c| c.what.as_str());
     println!("batch-1 weight bandwidth / copy read+write bandwidth ({what}): {:.3}", bandwidth_ratio(decode, copies));
+}
+
+/// Best-of-`reps` read bandwidth of a `bytes`-sized buffer held like the packed weights
+/// ([`WeightMem`]: huge pages where the kernel allows), all threads, GB/s. Batch-1 decode reads each weight once
+/// per token and writes almost nothing, so this (not a copy, which also writes) is its ceiling.
+pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
+    let mut buf = WeightMem::<u64>::zeroed(bytes / 8);
+    // Distinct non-zero words, so no page stays the shared zero page and no read can be skipped.
+    buf.par_iter_mut().enumerate().for_each(|(i, v)| *v = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let chunk = buf.len().div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let x = buf.par_chunks(chunk).map(xor_words).reduce(|| 0, |a, b| a ^ b);
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(x);
+    }
+    bytes as f64 / best / 1e9
+}
+
+/// XOR of all words (a reduction the compiler vectorizes, so the loop runs at memory speed).
+#[multiversion::multiversion(targets("x86_64+avx512f", "x86_64+avx2"))]
+fn xor_words(w: &[u64]) -> u64 {
+    w.iter().fold(0, |a, &v| a ^ v)
 }
 
 /// Best-of-`reps` copy bandwidth of `bytes`-sized buffers, GB/s (bytes copied / s).
@@ -224,14 +257,18 @@ pub fn run_on(
     let runner = Runner::start_cpu_with(src, 1, KvPlan { num_blocks: ctx * max_batch, block_size }, fmt)?;
     let load_s = opened.elapsed().as_secs_f64();
     let threads = rayon::current_num_threads();
+    let huge_page_mb = crate::backend::cpu_mem::anon_huge_kb().map(|kb| kb as f64 / 1024.0);
     let copies = vec![
         CopyBaseline::new(format!("memcpy, {threads} threads"), copy_bandwidth(256 << 20, 5, true)),
         CopyBaseline::new("memcpy, 1 thread", copy_bandwidth(256 << 20, 5, false)),
     ];
+    let read_before = read_bandwidth(1 << 30, 3);
     let decode = batches
         .iter()
         .map(|&b| decode_point(&runner, b, decode_steps, ctx, block_size, vocab, weight_bytes - emb_bytes))
         .collect::<Result<Vec<_>>>()?;
+    // The machine's bandwidth drifts (other tenants): the best of before and after the decode points.
+    let read_gbps = read_before.max(read_bandwidth(1 << 30, 3));
     let mut prefill = Vec::new();
     for &n in prefills.iter().filter(|&&n| n > 0) {
         let t = Instant::now();
@@ -246,7 +283,10 @@ pub fn run_on(
         model_params: cfg.num_params(),
         weight_bytes,
         threads,
+        huge_page_mb,
         batch1_bandwidth_ratio: bandwidth_ratio(&decode, &copies),
+        read_gbps,
+        batch1_ceiling_tok_s: read_gbps * 1e9 / (weight_bytes - emb_bytes).max(1) as f64,
         copies,
         decode,
         prefill,

@@ -480,7 +480,14 @@ fn bench(a: &Args) -> Result<()> {
         r.load_s,
         r.threads
     );
+    if let Some(mb) = r.huge_page_mb {
+        println!("on transparent huge pages: {mb:.0} MB (TL_HUGEPAGES=0 turns them off)");
+    }
     triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
+    println!(
+        "read (all threads, 1 GiB): {:.2} GB/s: batch-1 decode can reach at most {:.1} tok/s on this machine now",
+        r.read_gbps, r.batch1_ceiling_tok_s
+    );
     for p in &r.prefill {
         println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
     }

@@ -237,6 +237,10 @@ fn cli_bench_runs_a_checkpoint_at_the_given_batches() {
         let (b, ms, tok_s) = (f("batch"), f("ms_per_step"), f("tok_s"));
         assert!((tok_s - b * 1e3 / ms).abs() <= 1e-6 * tok_s, "{d}");
     }
+    // The batch-1 ceiling is the measured read bandwidth over the bytes the batch-1 point streams per token.
+    let (read, ceil) = (v["read_gbps"].as_f64().unwrap(), v["batch1_ceiling_tok_s"].as_f64().unwrap());
+    let b1 = |k: &str| decode[0][k].as_f64().unwrap();
+    assert!(read > 0.0 && (ceil - read * b1("tok_s") / b1("weight_gbps")).abs() <= 1e-6 * ceil, "{v}");
     let prefill = v["prefill"].as_array().unwrap();
     assert_eq!(prefill.iter().map(|p| p["tokens"].as_u64().unwrap()).collect::<Vec<_>>(), [5, 17]);
     let cli = env!("CARGO_BIN_EXE_triton-llama");

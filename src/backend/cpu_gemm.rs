@@ -22,6 +22,7 @@
 //! `portable` is plain Rust. int8 weights use `vpdpbusd` with avx512bf16/avx512 when AVX512_VNNI is present.
 //! `TL_CPU_KERNEL=avx512bf16|avx512|avx2|portable|legacy` forces one (legacy: the unpacked row-dot gemm).
 #![allow(unsafe_code)]
+use super::cpu_mem::WeightMem;
 use crate::tensor::{Tensor, TensorData};
 use half::f16;
 use rayon::prelude::*;
@@ -150,13 +151,13 @@ pub enum Packed {
     Bf16 {
         m: usize,
         k: usize,
-        data: Vec<u16>,
+        data: WeightMem<u16>,
         bf16_acts: bool,
     },
     Q8 {
         m: usize,
         k: usize,
-        data: Vec<u8>,
+        data: WeightMem<u8>,
     },
 }
 
@@ -173,7 +174,7 @@ impl Packed {
     pub fn bf16(t: &Tensor, bf16_acts: bool) -> Packed {
         let (m, k) = (t.shape[0], t.shape[1]);
         let (mp, kp) = (round_up(m, TILE), k.div_ceil(2));
-        let mut data = vec![0u16; mp * kp * 2];
+        let mut data = WeightMem::<u16>::zeroed(mp * kp * 2);
         data.par_chunks_mut(PANEL * kp * 2).enumerate().for_each(|(p, panel)| {
             let mut row = vec![0f32; k];
             for l in 0..PANEL {
@@ -194,7 +195,7 @@ impl Packed {
     pub fn q8(t: &Tensor) -> Packed {
         let (m, k) = (t.shape[0], t.shape[1]);
         let (mp, nb) = (round_up(m, TILE), k.div_ceil(QBLOCK));
-        let mut data = vec![0u8; mp / PANEL * nb * Q8_PANEL_BLOCK];
+        let mut data = WeightMem::<u8>::zeroed(mp / PANEL * nb * Q8_PANEL_BLOCK);
         data.par_chunks_mut(nb * Q8_PANEL_BLOCK).enumerate().for_each(|(p, panel)| {
             let mut row = vec![0f32; nb * QBLOCK];
             for l in 0..PANEL {

@@ -4,6 +4,7 @@ pub mod cpu;
 mod cpu_attention;
 pub mod cpu_gemm;
 mod cpu_math;
+pub mod cpu_mem;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
