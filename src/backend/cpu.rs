@@ -268,6 +268,10 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn host_threads(&self) -> bool {
+        true
+    }
+
     fn upload(&self, t: Tensor) -> Result<CpuWeight> {
         Ok(CpuWeight::Plain(t))
     }

@@ -178,6 +178,12 @@ pub trait Backend: Send + Sync + 'static {
     type Weight: Send + Sync;
 
     fn name(&self) -> String;
+    /// Whether the ops run on host threads (rayon). A single-rank runner then runs its steps inside a thread
+    /// pool of its own, on one of its workers, so that each op's parallel loop starts without a cross-thread
+    /// wake-up.
+    fn host_threads(&self) -> bool {
+        false
+    }
     /// Moves a host tensor to the device (the host copy is consumed).
     fn upload(&self, t: Tensor) -> Result<Self::Weight>;
     /// Moves a matmul weight `[m, k]` (the `w` of `gemm`) to the device in `fmt`; backends that lack a

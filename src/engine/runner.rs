@@ -202,9 +202,25 @@ impl Runner {
             jobs.push(job_tx);
             let (src, res_tx, ready_tx, kv) = (src.clone(), res_tx.clone(), ready_tx.clone(), kv.clone());
             let rank = comm.rank();
+            let pooled = n == 1 && backend.host_threads();
             let t = std::thread::Builder::new()
                 .name(format!("llama-rank{rank}"))
-                .spawn(move || rank_loop(src, backend, comm, kv, fmt, job_rx, res_tx, ready_tx))
+                .spawn(move || {
+                    let run = move || rank_loop(src, backend, comm, kv, fmt, job_rx, res_tx, ready_tx);
+                    if !pooled {
+                        return run();
+                    }
+                    // The steps run on a worker of a pool of their own, so every op's parallel loop starts
+                    // from a running worker: no injection into the global pool and no sleep and wake-up of
+                    // this thread per op (a decode step has ~250 of them).
+                    match rayon::ThreadPoolBuilder::new().thread_name(|i| format!("llama-cpu{i}")).build() {
+                        Ok(pool) => pool.install(run),
+                        Err(e) => {
+                            log::warn!("no thread pool of its own ({e}); steps use the global one");
+                            run()
+                        }
+                    }
+                })
                 .map_err(|e| Error::Internal(format!("cannot spawn rank thread: {e}")))?;
             threads.push(t);
         }
