@@ -32,11 +32,15 @@ use std::sync::OnceLock;
 const PANEL: usize = 16;
 const TILE: usize = 32;
 const QBLOCK: usize = 32;
-/// k pairs the f32 kernels sum in f32 before folding into f64, so tensor-parallel ranks, which split the
-/// sums, agree with one rank to ~1e-7 (the golden TP tests hold 1e-5). 8 pairs, 16 products a lane: each fold
-/// costs a conversion and an f64 add per register, so 4 pairs spent a third of the time folding (prefill +27 %,
-/// 8 sequences' decode +28 %); 16 pairs would gain 7 % more but put TP=4 on the fixture past 1e-5.
+/// The exact (f32) kernels sum in three levels, per lane: `FOLD_PAIRS` k pairs (16 products) in registers,
+/// `MID_BLOCKS` of those block sums in f32 in L1, then into f64. Folding every block straight into f64 (a
+/// conversion, a load, an add and a store per register) cost 30 % of the kernel (gemm_bench, avx512: 113-151
+/// GFLOP/s, against 160-190 now and 182-204 with no f64 at all); the f32 middle level is one add per register.
+/// The result stays within 3.1e-5 of transformers on the fixtures (tests/golden.rs), and a row's sum order
+/// depends on k alone, so its bits do not depend on the batch.
 const FOLD_PAIRS: usize = 8;
+/// Blocks of `FOLD_PAIRS` pairs summed in f32 before the f64 fold (128 pairs, 256 products).
+const MID_BLOCKS: usize = 16;
 
 /// A micro-kernel family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -560,15 +564,16 @@ fn tile_f32(
     portable_f32(w, kp, x, ld, rows, out)
 }
 
-/// Plain loops in the kernels' order: per lane, even then odd element of each k pair, f32 sums.
+/// Plain loops in the kernels' order: per lane, even then odd element of each k pair, the three-level sums of
+/// `FOLD_PAIRS`.
 fn portable_f32(w: &[u16], kp: usize, x: &[f32], ld: usize, rows: usize, out: &mut [[f32; TILE]; 8]) {
     let wide = |v: u16| f32::from_bits((v as u32) << 16);
     for (t, o) in out[..rows].iter_mut().enumerate() {
         let xr = &x[t * ld..t * ld + kp * 2];
         for p in 0..2 {
             let wp = &w[p * PANEL * kp * 2..(p + 1) * PANEL * kp * 2];
-            let mut tot = [0f64; PANEL];
-            for j0 in (0..kp).step_by(FOLD_PAIRS) {
+            let (mut tot, mut mid) = ([0f64; PANEL], [0f32; PANEL]);
+            for (b, j0) in (0..kp).step_by(FOLD_PAIRS).enumerate() {
                 let mut acc = [0f32; PANEL];
                 for j in j0..(j0 + FOLD_PAIRS).min(kp) {
                     let (xe, xo) = (xr[2 * j], xr[2 * j + 1]);
@@ -578,8 +583,14 @@ fn portable_f32(w: &[u16], kp: usize, x: &[f32], ld: usize, rows: usize, out: &m
                         acc[l] = wide(wj[2 * l + 1]).mul_add(xo, acc[l]);
                     }
                 }
-                for (t, a) in tot.iter_mut().zip(acc) {
-                    *t += a as f64;
+                for (m, a) in mid.iter_mut().zip(acc) {
+                    *m += a;
+                }
+                if (b + 1) % MID_BLOCKS == 0 || j0 + FOLD_PAIRS >= kp {
+                    for (t, m) in tot.iter_mut().zip(&mut mid) {
+                        *t += *m as f64;
+                        *m = 0.0;
+                    }
                 }
             }
             for (d, t) in o[p * PANEL..(p + 1) * PANEL].iter_mut().zip(tot) {
@@ -636,7 +647,7 @@ fn portable_q8(w: &[u8], x: QActs, rows: usize, out: &mut [[f32; TILE]; 8]) {
 mod x86 {
     //! The x86-64 micro-kernels: one 32-row tile (two 16-row panels) × MR activation rows, register-resident
     //! accumulators over the whole of k, results into `out[..MR]`.
-    use super::{FOLD_PAIRS, PANEL, Q8_PANEL_BLOCK, QActs, QBLOCK, TILE};
+    use super::{FOLD_PAIRS, MID_BLOCKS, PANEL, Q8_PANEL_BLOCK, QActs, QBLOCK, TILE};
     use std::arch::x86_64::*;
 
     /// bf16 weights · bf16 activations with `vdpbf16ps`, f32 sums.
@@ -681,10 +692,11 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn f32_fma512<const MR: usize>(w: &[u16], kp: usize, x: &[f32], ld: usize, out: &mut [[f32; TILE]; 8]) {
         let mut tot = [[0f64; TILE]; MR];
+        let mut mid = [[0f32; TILE]; MR];
         let (w0, w1) = (w.as_ptr(), unsafe { w.as_ptr().add(PANEL * kp * 2) });
         let hi = _mm512_set1_epi32(0xffff_0000u32 as i32);
         let xp = x.as_ptr();
-        let mut j0 = 0;
+        let (mut j0, mut blocks) = (0, 0);
         while j0 < kp {
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             for j in j0..(j0 + FOLD_PAIRS).min(kp) {
@@ -703,18 +715,31 @@ mod x86 {
                     }
                 }
             }
-            for (tt, a) in tot.iter_mut().zip(&acc) {
+            for (m, a) in mid.iter_mut().zip(&acc) {
                 for (h, &v) in a.iter().enumerate() {
-                    let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-                    let up = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
                     unsafe {
-                        let p = tt.as_mut_ptr().add(h * PANEL);
-                        _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
-                        _mm512_storeu_pd(p.add(8), _mm512_add_pd(_mm512_loadu_pd(p.add(8)), up));
+                        let p = m.as_mut_ptr().add(h * PANEL);
+                        _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), v));
                     }
                 }
             }
-            j0 += FOLD_PAIRS;
+            (j0, blocks) = (j0 + FOLD_PAIRS, blocks + 1);
+            if blocks == MID_BLOCKS || j0 >= kp {
+                for (tt, m) in tot.iter_mut().zip(&mut mid) {
+                    for h in 0..2 {
+                        unsafe {
+                            let v = _mm512_loadu_ps(m.as_ptr().add(h * PANEL));
+                            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+                            let up = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+                            let p = tt.as_mut_ptr().add(h * PANEL);
+                            _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
+                            _mm512_storeu_pd(p.add(8), _mm512_add_pd(_mm512_loadu_pd(p.add(8)), up));
+                        }
+                    }
+                    *m = [0.0; TILE];
+                }
+                blocks = 0;
+            }
         }
         for (o, tt) in out.iter_mut().zip(&tot) {
             for (d, v) in o.iter_mut().zip(tt) {
@@ -730,9 +755,10 @@ mod x86 {
         let hi = _mm256_set1_epi32(0xffff_0000u32 as i32);
         let xp = x.as_ptr();
         let mut tot = [[0f64; TILE]; MR];
+        let mut mid = [[0f32; TILE]; MR];
         for p in 0..2 {
             let wp = unsafe { w.as_ptr().add(p * PANEL * kp * 2) };
-            let mut j0 = 0;
+            let (mut j0, mut blocks) = (0, 0);
             while j0 < kp {
                 let mut acc = [[_mm256_setzero_ps(); 2]; MR];
                 for j in j0..(j0 + FOLD_PAIRS).min(kp) {
@@ -755,18 +781,31 @@ mod x86 {
                         }
                     }
                 }
-                for (tt, a) in tot.iter_mut().zip(&acc) {
+                for (m, a) in mid.iter_mut().zip(&acc) {
                     for (h, &v) in a.iter().enumerate() {
-                        let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-                        let up = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
                         unsafe {
-                            let q = tt.as_mut_ptr().add(p * PANEL + h * 8);
-                            _mm256_storeu_pd(q, _mm256_add_pd(_mm256_loadu_pd(q), lo));
-                            _mm256_storeu_pd(q.add(4), _mm256_add_pd(_mm256_loadu_pd(q.add(4)), up));
+                            let q = m.as_mut_ptr().add(p * PANEL + h * 8);
+                            _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), v));
                         }
                     }
                 }
-                j0 += FOLD_PAIRS;
+                (j0, blocks) = (j0 + FOLD_PAIRS, blocks + 1);
+                if blocks == MID_BLOCKS || j0 >= kp {
+                    for (tt, m) in tot.iter_mut().zip(&mut mid) {
+                        for h in 0..2 {
+                            unsafe {
+                                let v = _mm256_loadu_ps(m.as_ptr().add(p * PANEL + h * 8));
+                                let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+                                let up = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+                                let q = tt.as_mut_ptr().add(p * PANEL + h * 8);
+                                _mm256_storeu_pd(q, _mm256_add_pd(_mm256_loadu_pd(q), lo));
+                                _mm256_storeu_pd(q.add(4), _mm256_add_pd(_mm256_loadu_pd(q.add(4)), up));
+                            }
+                        }
+                        m[p * PANEL..(p + 1) * PANEL].fill(0.0);
+                    }
+                    blocks = 0;
+                }
             }
         }
         for (o, tt) in out.iter_mut().zip(&tot) {
