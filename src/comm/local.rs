@@ -44,6 +44,9 @@ impl<B: Backend> Communicator<B> for LocalComm {
         self.world
     }
     fn all_reduce_sum(&self, backend: &B, buf: &mut B::Buf, n: usize) -> Result<()> {
+        if self.world == 1 {
+            return Ok(()); // the sum of one part (no copies to the host and back)
+        }
         let all = self.exchange(backend.read(buf, n)?)?;
         let mut sum = vec![0f32; n];
         for part in &all {
