@@ -20,6 +20,20 @@ pub fn paged_attention(
     meta: CheckedStep,
     d: AttnDims,
 ) -> Result<()> {
+    let work: usize = meta.seqs.iter().map(|m| m.n_tokens * m.context_len).sum::<usize>() * d.n_heads * d.head_dim;
+    attention(out, q, k_cache, v_cache, meta, d, work < SERIAL_WORK)
+}
+
+/// `paged_attention`, its loops on the calling thread (`serial`) or on the pool; the same bits either way.
+fn attention(
+    out: &mut [f32],
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    meta: CheckedStep,
+    d: AttnDims,
+    serial: bool,
+) -> Result<()> {
     let (hd, nh, nkv) = (d.head_dim, d.n_heads, d.n_kv_heads);
     let group = d.group()?;
     let qw = nh * hd;
@@ -58,10 +72,15 @@ pub fn paged_attention(
             parts.push(a);
             rest = b;
         }
-        parts.par_iter_mut().enumerate().for_each(|(i, kt)| transpose_k(kt, k_cache, &runs[i], &geo, widths[i / nkv]));
+        let transpose = |(i, kt): (usize, &mut &mut [f32])| transpose_k(kt, k_cache, &runs[i], &geo, widths[i / nkv]);
+        if serial {
+            parts.iter_mut().enumerate().for_each(transpose);
+        } else {
+            parts.par_iter_mut().enumerate().for_each(transpose);
+        }
         let kts: Vec<&[f32]> = parts.into_iter().map(|p| &*p).collect();
         // One chunk = one token's `group` heads that share KV head g: they are adjacent in the output row.
-        out[..n * qw].par_chunks_mut(group * hd).enumerate().try_for_each(|(idx, o)| {
+        let attend = |(idx, o): (usize, &mut [f32])| {
             let (t, g) = (idx / nkv, idx % nkv);
             let s = seq_of[t];
             let m = &meta.seqs[s];
@@ -70,9 +89,19 @@ pub fn paged_attention(
             let qg = &q[t * qw + g * group * hd..t * qw + (g + 1) * group * hd];
             let task = Task { kt: kts[s * nkv + g], width: widths[s], runs: &runs[s * nkv + g], visible };
             SCRATCH.with(|sc| attend_group(o, qg, v_cache, &task, &geo, &mut sc.borrow_mut()))
-        })
+        };
+        if serial {
+            out[..n * qw].chunks_mut(group * hd).enumerate().try_for_each(attend)
+        } else {
+            out[..n * qw].par_chunks_mut(group * hd).enumerate().try_for_each(attend)
+        }
     })
 }
+
+/// Multiply-adds (tokens × visible positions × query width) under which a step's attention runs on the calling
+/// thread: a batch-1 decode step at a short context does ~1e5, a few microseconds of work, which two parallel
+/// loops per layer cost more than (1.1-1.4 ms of a TinyLlama decode step went to attention).
+const SERIAL_WORK: usize = 1 << 18;
 
 /// Positions a query's scores are computed for at once (one vector of 16 lanes).
 const KEYS: usize = 16;
@@ -288,7 +317,7 @@ fn softmax(x: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::paged_attention;
+    use super::attention;
     use crate::backend::{AttnDims, SeqMeta, StepMeta};
 
     /// The plain definition: per token and head, softmax of scaled dot products over the visible positions
@@ -347,11 +376,16 @@ mod tests {
             let n = 11;
             let meta = StepMeta { positions: vec![0; n], slots: vec![0; n], seqs, block_size: bs };
             let q: Vec<f32> = (0..n * nh * hd).map(|i| val(i, 3)).collect();
-            let mut out = vec![0f32; n * nh * hd];
-            paged_attention(&mut out, &q, &kc, &vc, meta.check().unwrap(), d).unwrap();
             let want = reference(&q, &kc, &vc, &meta, d);
-            let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(err < 1e-5, "hd {hd} heads {nh}/{nkv}: max err {err}");
+            let mut outs = Vec::new();
+            for serial in [true, false] {
+                let mut out = vec![0f32; n * nh * hd];
+                attention(&mut out, &q, &kc, &vc, meta.check().unwrap(), d, serial).unwrap();
+                let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(err < 1e-5, "hd {hd} heads {nh}/{nkv} serial {serial}: max err {err}");
+                outs.push(out);
+            }
+            assert_eq!(outs[0], outs[1], "serial and parallel loops differ");
         }
     }
 }
