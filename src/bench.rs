@@ -40,7 +40,7 @@ pub struct BenchReport {
     /// See [`bandwidth_ratio`].
     pub batch1_bandwidth_ratio: f64,
     /// Bytes read per second (GB/s) by all threads summing a 1 GiB buffer on huge pages, best of before and after
-    /// the decode points: the most a memory-bound step can stream, measured in this run (see [`read_bandwidth`]).
+    /// the decode points: the most a memory-bound step can stream, measured in this run (see [`ReadProbe`]).
     pub read_gbps: f64,
     /// Batch-1 decode's upper bound on this machine now: `read_gbps` over the weight bytes a step streams.
     pub batch1_ceiling_tok_s: f64,
@@ -115,22 +115,31 @@ pub fn print_bandwidth(copies: &[CopyBaseline], decode: &[DecodePoint]) {
     println!("batch-1 weight bandwidth / copy read+write bandwidth ({what}): {:.3}", bandwidth_ratio(decode, copies));
 }
 
-/// Best-of-`reps` read bandwidth of a `bytes`-sized buffer held like the packed weights
-/// ([`WeightMem`]: huge pages where the kernel allows), all threads, GB/s. Batch-1 decode reads each weight once
-/// per token and writes almost nothing, so this (not a copy, which also writes) is its ceiling.
-pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
-    let mut buf = WeightMem::<u64>::zeroed(bytes / 8);
-    // Distinct non-zero words, so no page stays the shared zero page and no read can be skipped.
-    buf.par_iter_mut().enumerate().for_each(|(i, v)| *v = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let chunk = buf.len().div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
-    let mut best = f64::MAX;
-    for _ in 0..reps {
-        let t = Instant::now();
-        let x = buf.par_chunks(chunk).map(xor_words).reduce(|| 0, |a, b| a ^ b);
-        best = best.min(t.elapsed().as_secs_f64());
-        std::hint::black_box(x);
+/// A buffer to measure read bandwidth on, held like the packed weights ([`WeightMem`]: huge pages where the
+/// kernel allows). Batch-1 decode reads each weight once per token and writes almost nothing, so reading (not a
+/// copy, which also writes) is its ceiling.
+pub struct ReadProbe(WeightMem<u64>);
+
+impl ReadProbe {
+    pub fn new(bytes: usize) -> ReadProbe {
+        let mut buf = WeightMem::<u64>::zeroed(bytes / 8);
+        // Distinct non-zero words, so no page stays the shared zero page and no read can be skipped.
+        buf.par_iter_mut().enumerate().for_each(|(i, v)| *v = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        ReadProbe(buf)
     }
-    bytes as f64 / best / 1e9
+
+    /// Best-of-`reps` bytes read per second by all threads, GB/s.
+    pub fn gbps(&self, reps: usize) -> f64 {
+        let chunk = self.0.len().div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+        let mut best = f64::MAX;
+        for _ in 0..reps {
+            let t = Instant::now();
+            let x = self.0.par_chunks(chunk).map(xor_words).reduce(|| 0, |a, b| a ^ b);
+            best = best.min(t.elapsed().as_secs_f64());
+            std::hint::black_box(x);
+        }
+        (self.0.len() * 8) as f64 / best / 1e9
+    }
 }
 
 /// XOR of all words (a reduction the compiler vectorizes, so the loop runs at memory speed).
@@ -262,13 +271,15 @@ pub fn run_on(
         CopyBaseline::new(format!("memcpy, {threads} threads"), copy_bandwidth(256 << 20, 5, true)),
         CopyBaseline::new("memcpy, 1 thread", copy_bandwidth(256 << 20, 5, false)),
     ];
-    let read_before = read_bandwidth(1 << 30, 3);
+    let probe = ReadProbe::new(1 << 30);
+    let read_before = probe.gbps(3);
     let decode = batches
         .iter()
         .map(|&b| decode_point(&runner, b, decode_steps, ctx, block_size, vocab, weight_bytes - emb_bytes))
         .collect::<Result<Vec<_>>>()?;
     // The machine's bandwidth drifts (other tenants): the best of before and after the decode points.
-    let read_gbps = read_before.max(read_bandwidth(1 << 30, 3));
+    let read_gbps = read_before.max(probe.gbps(3));
+    drop(probe);
     let mut prefill = Vec::new();
     for &n in prefills.iter().filter(|&&n| n > 0) {
         let t = Instant::now();
