@@ -7,7 +7,7 @@
 use half::bf16;
 use std::io::Write;
 use triton_llama::backend::WeightFormat;
-use triton_llama::backend::cpu::{CpuBackend, CpuWeight};
+use triton_llama::backend::cpu::{CpuBackend, CpuWeight, k_cache_to_slots};
 use triton_llama::backend::cuda::{CudaBackend, device_count};
 use triton_llama::backend::{AttnDims, Backend, SeqMeta, StepMeta};
 use triton_llama::sampling::{Rng, SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of};
@@ -208,12 +208,14 @@ fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize) {
         let tol = 1e-3;
         assert!(max_rel(&down(g, &gq, n * qw), &cq) < tol, "rope q (hd {hd}, step {i})");
         assert!(max_rel(&down(g, &gk, n * kw), &ck) < tol, "rope k (hd {hd}, step {i})");
+        // The CPU keeps K transposed within each block; CUDA one row per slot.
+        let ckc_slots = k_cache_to_slots(&ckc, bs, kw);
         let gkc_h = down(g, &gkc, slots * kw);
-        assert!(max_rel(&gkc_h, &ckc) < tol, "k cache (hd {hd}, step {i})");
+        assert!(max_rel(&gkc_h, &ckc_slots) < tol, "k cache (hd {hd}, step {i})");
         assert_eq!(down(g, &gvc, slots * kw), cvc, "v cache (hd {hd}, step {i})");
         {
             // Attention on identical inputs: the CPU's rotated q and caches (step 0: long prefill chunks).
-            g.write(&mut gkc, &ckc).unwrap();
+            g.write(&mut gkc, &ckc_slots).unwrap();
             let mut c_out = vec![0f32; n * qw];
             CpuBackend.paged_attention(&mut c_out, &cq, &ckc, &cvc, meta, d).unwrap();
             let mut g_out = g.alloc(n * qw).unwrap();

@@ -1,6 +1,8 @@
 //! The CPU reference backend: plain loops over `&[f32]`, one function per op, named like the CUDA kernels.
 //! Matmul weights are packed at load for the kernels of `cpu_gemm` (bf16, or int8); other weights stay in their
 //! stored dtype. f32/f16 matmul weights (and TL_CPU_KERNEL=legacy) take the row-dot `gemm` below.
+use super::cpu_attention::k_index;
+pub use super::cpu_attention::{k_cache_from_slots, k_cache_to_slots};
 use super::cpu_gemm::{self, Packed};
 use super::{AttnDims, Backend, CheckedStep, WeightFormat, check_token_ids, even_share, unshard_shape};
 use crate::sampling::{Picked, SampleBatch, logprob_of};
@@ -375,7 +377,7 @@ impl Backend for CpuBackend {
         d: AttnDims,
     ) -> Result<()> {
         let (hd, qw, kw) = (d.head_dim, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
-        let n = meta.n_tokens();
+        let (n, bs) = (meta.n_tokens(), meta.block_size);
         check_len("rope q", q.len(), n * qw)?;
         check_len("rope k", k.len().min(v.len()), n * kw)?;
         let mut cs = vec![(0f32, 0f32); hd / 2];
@@ -387,10 +389,14 @@ impl Backend for CpuBackend {
             for h in 0..d.n_kv_heads {
                 rope_row(&mut k[t * kw + h * hd..t * kw + (h + 1) * hd], &cs);
             }
+            // V one row per slot; K transposed within its block (`cpu_attention`'s layouts).
             let slot = meta.slots[t] as usize;
-            check_len("kv cache", k_cache.len().min(v_cache.len()), (slot + 1) * kw)?;
-            k_cache[slot * kw..(slot + 1) * kw].copy_from_slice(&k[t * kw..(t + 1) * kw]);
+            let block_end = (slot / bs + 1) * bs * kw;
+            check_len("kv cache", k_cache.len().min(v_cache.len()), block_end)?;
             v_cache[slot * kw..(slot + 1) * kw].copy_from_slice(&v[t * kw..(t + 1) * kw]);
+            for (c, &x) in k[t * kw..(t + 1) * kw].iter().enumerate() {
+                k_cache[k_index(slot, c, bs, kw)] = x;
+            }
         }
         Ok(())
     }

@@ -3,15 +3,47 @@
 //! the compiler vectorizes (AVX-512 or AVX2 where the CPU has them, the same bits on either: the 16 lanes and
 //! their order are fixed in the source). A row's result depends only on its own query and cache rows, never
 //! on the rest of the step, so a prefix reused from the cache gives the bits a full prefill gives.
+//!
+//! Cache layouts (private to this backend: `rope_write_kv` writes them, this module reads them). V is one row
+//! per slot, `[blocks, block_size, n_kv_heads, head_dim]`. K is stored transposed within each block,
+//! `[blocks, n_kv_heads, head_dim, block_size]` (as vLLM's K cache), so the scores of 16 positions read one
+//! contiguous run per element of the head and no step transposes the context again.
 use super::{AttnDims, CheckedStep};
 use crate::{Error, Result};
 use multiversion::multiversion;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+/// Float index of K element `c` (`kv_head * head_dim + d`) of `slot` in the block-transposed K cache.
+pub fn k_index(slot: usize, c: usize, block_size: usize, kw: usize) -> usize {
+    (slot / block_size) * block_size * kw + c * block_size + slot % block_size
+}
+
+/// A K cache in slot layout, `[slots, kw]`, from the block-transposed one (for tests and other backends).
+pub fn k_cache_to_slots(k_cache: &[f32], block_size: usize, kw: usize) -> Vec<f32> {
+    let mut out = vec![0f32; k_cache.len()];
+    for slot in 0..k_cache.len() / kw {
+        for c in 0..kw {
+            out[slot * kw + c] = k_cache[k_index(slot, c, block_size, kw)];
+        }
+    }
+    out
+}
+
+/// The block-transposed K cache from one in slot layout (`k_cache_to_slots` undone).
+pub fn k_cache_from_slots(slots: &[f32], block_size: usize, kw: usize) -> Vec<f32> {
+    let mut out = vec![0f32; slots.len()];
+    for slot in 0..slots.len() / kw {
+        for c in 0..kw {
+            out[k_index(slot, c, block_size, kw)] = slots[slot * kw + c];
+        }
+    }
+    out
+}
+
 /// `out [n, n_heads * head_dim]` = softmax(q kᵀ / sqrt(head_dim)) v per token and head, over the token's
-/// visible cached positions (causal within the step); q `[n, n_heads * head_dim]`, caches
-/// `[slots, n_kv_heads * head_dim]` addressed through each sequence's block table.
+/// visible cached positions (causal within the step); q `[n, n_heads * head_dim]`, caches in the layouts above,
+/// addressed through each sequence's block table.
 pub fn paged_attention(
     out: &mut [f32],
     q: &[f32],
@@ -52,101 +84,54 @@ fn attention(
     }
     let geo = Geometry { hd, kw: nkv * hd, bs: meta.block_size, scale: 1.0 / (hd as f32).sqrt() };
     let len = k_cache.len().min(v_cache.len());
-    // Each (sequence, KV head)'s positions as block runs, and its K transposed once for the whole step.
-    let runs: Vec<Vec<Run>> = (0..meta.seqs.len() * nkv)
-        .map(|i| {
-            let m = &meta.seqs[i / nkv];
-            Rows { table: &m.block_table, visible: m.context_len, offset: (i % nkv) * hd }.blocks(&geo, len)
-        })
-        .collect::<Result<_>>()?;
-    let widths: Vec<usize> = meta.seqs.iter().map(|m| kt_width(m.context_len)).collect();
-    KT.with(|cell| -> Result<()> {
-        let mut kt_all = cell.borrow_mut();
-        let total: usize = widths.iter().map(|w| w * nkv * hd).sum();
-        kt_all.clear();
-        kt_all.resize(total, 0.0);
-        let mut parts: Vec<&mut [f32]> = Vec::with_capacity(runs.len());
-        let mut rest: &mut [f32] = &mut kt_all;
-        for i in 0..runs.len() {
-            let (a, b) = rest.split_at_mut(widths[i / nkv] * hd);
-            parts.push(a);
-            rest = b;
-        }
-        let transpose = |(i, kt): (usize, &mut &mut [f32])| transpose_k(kt, k_cache, &runs[i], &geo, widths[i / nkv]);
-        if serial {
-            parts.iter_mut().enumerate().for_each(transpose);
-        } else {
-            parts.par_iter_mut().enumerate().for_each(transpose);
-        }
-        let kts: Vec<&[f32]> = parts.into_iter().map(|p| &*p).collect();
-        // One chunk = one token's `group` heads that share KV head g: they are adjacent in the output row.
-        let attend = |(idx, o): (usize, &mut [f32])| {
-            let (t, g) = (idx / nkv, idx % nkv);
-            let s = seq_of[t];
-            let m = &meta.seqs[s];
-            // Causal: this token sees every cached position up to and including its own.
-            let visible = m.context_len - m.n_tokens + (t - m.token_start) + 1;
-            let qg = &q[t * qw + g * group * hd..t * qw + (g + 1) * group * hd];
-            let task = Task { kt: kts[s * nkv + g], width: widths[s], runs: &runs[s * nkv + g], visible };
-            SCRATCH.with(|sc| attend_group(o, qg, v_cache, &task, &geo, &mut sc.borrow_mut()))
-        };
-        if serial {
-            out[..n * qw].chunks_mut(group * hd).enumerate().try_for_each(attend)
-        } else {
-            out[..n * qw].par_chunks_mut(group * hd).enumerate().try_for_each(attend)
-        }
-    })
+    // Each sequence's positions as block runs.
+    let runs: Vec<Vec<Run>> =
+        meta.seqs.iter().map(|m| blocks(&m.block_table, m.context_len, &geo, len)).collect::<Result<_>>()?;
+    // One chunk = one token's `group` heads that share KV head g: they are adjacent in the output row.
+    let attend = |(idx, o): (usize, &mut [f32])| {
+        let (t, g) = (idx / nkv, idx % nkv);
+        let s = seq_of[t];
+        let m = &meta.seqs[s];
+        // Causal: this token sees every cached position up to and including its own.
+        let visible = m.context_len - m.n_tokens + (t - m.token_start) + 1;
+        let qg = &q[t * qw + g * group * hd..t * qw + (g + 1) * group * hd];
+        let task = Task { k_cache, v_cache, runs: &runs[s], visible, kv_head: g };
+        SCRATCH.with(|sc| attend_group(o, qg, &task, &geo, &mut sc.borrow_mut()))
+    };
+    if serial {
+        out[..n * qw].chunks_mut(group * hd).enumerate().try_for_each(attend)
+    } else {
+        out[..n * qw].par_chunks_mut(group * hd).enumerate().try_for_each(attend)
+    }
 }
 
 /// Multiply-adds (tokens × visible positions × query width) under which a step's attention runs on the calling
-/// thread: a batch-1 decode step at a short context does ~1e5, a few microseconds of work, which two parallel
-/// loops per layer cost more than (1.1-1.4 ms of a TinyLlama decode step went to attention).
+/// thread: a batch-1 decode step at a short context does ~1e5, a few microseconds of work, which a parallel
+/// loop per layer costs more than (1.1-1.4 ms of a TinyLlama decode step went to attention).
 const SERIAL_WORK: usize = 1 << 18;
 
 /// Positions a query's scores are computed for at once (one vector of 16 lanes).
 const KEYS: usize = 16;
 
-/// Floats per row of a transposed K: the context rounded up to 16 positions, then to an odd number of 64-byte
-/// lines, so the rows of one 16-position column (read by every head of the group) fall in different L1 sets
-/// instead of thrashing a few (a power-of-two stride, e.g. 512 positions, maps all 64 rows to 2 sets).
-fn kt_width(context: usize) -> usize {
-    let w = round_up(context, KEYS);
-    if (w / KEYS).is_multiple_of(2) { w + KEYS } else { w }
-}
-
 fn round_up(v: usize, to: usize) -> usize {
     v.div_ceil(to) * to
 }
 
-/// A block's run of cached positions: (first position, float offset of its first row, rows).
+/// A block's run of cached positions: (first position, float offset of the block, rows).
 type Run = (usize, usize, usize);
 
-/// What one task reads: its sequence's transposed K `[head_dim, width]` and block runs, and how many
-/// positions it sees.
+/// What one task reads: the caches, its sequence's block runs, how many positions it sees, and its KV head.
 struct Task<'a> {
-    kt: &'a [f32],
-    width: usize,
+    k_cache: &'a [f32],
+    v_cache: &'a [f32],
     runs: &'a [Run],
     visible: usize,
-}
-
-/// `kt[d * width + j]` = K of position j, element d (positions past the context stay zero).
-fn transpose_k(kt: &mut [f32], k_cache: &[f32], runs: &[Run], geo: &Geometry, width: usize) {
-    for &(first, base, n) in runs {
-        for i in 0..n {
-            let k = &k_cache[base + i * geo.kw..base + i * geo.kw + geo.hd];
-            for (d, &v) in k.iter().enumerate() {
-                kt[d * width + first + i] = v;
-            }
-        }
-    }
+    kv_head: usize,
 }
 
 thread_local! {
     /// Per-thread scores `[group, visible]`, reused across tasks.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The calling thread's transposed K of a step, reused across steps.
-    static KT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Sizes shared by every task of a step.
@@ -158,84 +143,83 @@ struct Geometry {
     scale: f32,
 }
 
-/// The cache rows one task reads: positions `0..visible` through `table`, at `offset` within each slot.
-struct Rows<'a> {
-    table: &'a [u32],
-    visible: usize,
-    offset: usize,
-}
-
-impl Rows<'_> {
-    /// Each block's run of positions as (first position, float offset of its first row, rows), bounds-checked
-    /// against a cache of `len` floats once per block.
-    fn blocks(&self, geo: &Geometry, len: usize) -> Result<Vec<Run>> {
-        let mut v = Vec::with_capacity(self.visible.div_ceil(geo.bs));
-        for (b, &blk) in self.table.iter().enumerate() {
-            let first = b * geo.bs;
-            if first >= self.visible {
-                break;
-            }
-            let rows = geo.bs.min(self.visible - first);
-            let base = (blk as usize * geo.bs) * geo.kw + self.offset;
-            if base + (rows - 1) * geo.kw + geo.hd > len {
-                return Err(Error::Internal(format!("attention: block {blk} outside a cache of {len} floats")));
-            }
-            v.push((first, base, rows));
+/// The blocks of positions `0..visible` through `table`, as (first position, float offset of the block, rows),
+/// each block checked to lie inside a cache of `len` floats.
+fn blocks(table: &[u32], visible: usize, geo: &Geometry, len: usize) -> Result<Vec<Run>> {
+    let mut v = Vec::with_capacity(visible.div_ceil(geo.bs));
+    for (b, &blk) in table.iter().enumerate() {
+        let first = b * geo.bs;
+        if first >= visible {
+            break;
         }
-        if v.last().map(|&(f, _, r)| f + r) != Some(self.visible) {
-            return Err(Error::Internal(format!("attention: block table too short for {} positions", self.visible)));
+        let base = blk as usize * geo.bs * geo.kw;
+        if base + geo.bs * geo.kw > len {
+            return Err(Error::Internal(format!("attention: block {blk} outside a cache of {len} floats")));
         }
-        Ok(v)
+        v.push((first, base, geo.bs.min(visible - first)));
     }
+    if v.last().map(|&(f, _, r)| f + r) != Some(visible) {
+        return Err(Error::Internal(format!("attention: block table too short for {visible} positions")));
+    }
+    Ok(v)
 }
 
 /// Attention of `group` query heads (`qg [group, hd]`) over one KV head's rows into `o [group, hd]`.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
-fn attend_group(
-    o: &mut [f32],
-    qg: &[f32],
-    v_cache: &[f32],
-    task: &Task,
-    geo: &Geometry,
-    scores: &mut Vec<f32>,
-) -> Result<()> {
-    let (hd, vis, width) = (geo.hd, task.visible, task.width);
+fn attend_group(o: &mut [f32], qg: &[f32], task: &Task, geo: &Geometry, scores: &mut Vec<f32>) -> Result<()> {
+    let (hd, vis, bs, kw) = (geo.hd, task.visible, geo.bs, geo.kw);
     let group = qg.len() / hd;
     let padded = round_up(vis, KEYS);
     scores.clear();
     scores.resize(group * padded, 0.0);
-    // Scores of 16 positions at a time: four interleaved sums over d (d mod 4), added in a fixed order.
-    // Positions outer, heads inner: a chunk's 16 columns of K stay in L1 while every head of the group reads them.
-    for c in (0..padded).step_by(KEYS) {
-        for h in 0..group {
-            let qh = &qg[h * hd..(h + 1) * hd];
-            let row = |d: usize| -> &[f32; KEYS] {
-                task.kt[d * width + c..d * width + c + KEYS].try_into().expect("KEYS floats")
-            };
-            let (mut a0, mut a1, mut a2, mut a3) = ([0f32; KEYS], [0f32; KEYS], [0f32; KEYS], [0f32; KEYS]);
-            let mut d = 0;
-            while d + 4 <= hd {
-                let (r0, r1, r2, r3) = (row(d), row(d + 1), row(d + 2), row(d + 3));
-                let (q0, q1, q2, q3) = (qh[d], qh[d + 1], qh[d + 2], qh[d + 3]);
-                for j in 0..KEYS {
-                    a0[j] = q0.mul_add(r0[j], a0[j]);
-                    a1[j] = q1.mul_add(r1[j], a1[j]);
-                    a2[j] = q2.mul_add(r2[j], a2[j]);
-                    a3[j] = q3.mul_add(r3[j], a3[j]);
+    let (k_off, v_off) = (task.kv_head * hd * bs, task.kv_head * hd);
+    for &(first, base, rows) in task.runs {
+        let rows = rows.min(vis.saturating_sub(first));
+        // This KV head's K in this block: `[hd, bs]`.
+        let kb = &task.k_cache[base + k_off..base + k_off + hd * bs];
+        let mut c = 0;
+        while c < rows {
+            if c + KEYS > bs || first + c + KEYS > padded {
+                // A block size that is not a multiple of 16: the last positions one by one, the same bits.
+                for j in c..rows {
+                    for h in 0..group {
+                        scores[h * padded + first + j] = score_one(&qg[h * hd..(h + 1) * hd], kb, j, bs) * geo.scale;
+                    }
                 }
-                d += 4;
+                break;
             }
-            while d < hd {
-                let (r0, q0) = (row(d), qh[d]);
-                for j in 0..KEYS {
-                    a0[j] = q0.mul_add(r0[j], a0[j]);
+            // Scores of 16 positions at a time: four interleaved sums over d (d mod 4), added in a fixed order.
+            // Heads inner: the block's 16 columns stay in L1 while every head of the group reads them.
+            for h in 0..group {
+                let qh = &qg[h * hd..(h + 1) * hd];
+                let row = |d: usize| -> &[f32; KEYS] { kb[d * bs + c..d * bs + c + KEYS].try_into().expect("KEYS") };
+                let (mut a0, mut a1, mut a2, mut a3) = ([0f32; KEYS], [0f32; KEYS], [0f32; KEYS], [0f32; KEYS]);
+                let mut d = 0;
+                while d + 4 <= hd {
+                    let (r0, r1, r2, r3) = (row(d), row(d + 1), row(d + 2), row(d + 3));
+                    let (q0, q1, q2, q3) = (qh[d], qh[d + 1], qh[d + 2], qh[d + 3]);
+                    for j in 0..KEYS {
+                        a0[j] = q0.mul_add(r0[j], a0[j]);
+                        a1[j] = q1.mul_add(r1[j], a1[j]);
+                        a2[j] = q2.mul_add(r2[j], a2[j]);
+                        a3[j] = q3.mul_add(r3[j], a3[j]);
+                    }
+                    d += 4;
                 }
-                d += 1;
+                while d < hd {
+                    let (r0, q0) = (row(d), qh[d]);
+                    for j in 0..KEYS {
+                        a0[j] = q0.mul_add(r0[j], a0[j]);
+                    }
+                    d += 1;
+                }
+                let at = h * padded + first + c;
+                let out: &mut [f32; KEYS] = (&mut scores[at..at + KEYS]).try_into().expect("KEYS");
+                for j in 0..KEYS {
+                    out[j] = ((a0[j] + a1[j]) + (a2[j] + a3[j])) * geo.scale;
+                }
             }
-            let out: &mut [f32; KEYS] = (&mut scores[h * padded + c..h * padded + c + KEYS]).try_into().expect("KEYS");
-            for j in 0..KEYS {
-                out[j] = ((a0[j] + a1[j]) + (a2[j] + a3[j])) * geo.scale;
-            }
+            c += KEYS;
         }
     }
     for h in 0..group {
@@ -250,8 +234,8 @@ fn attend_group(
                 ([0f32; QUAD_COLS], [0f32; QUAD_COLS], [0f32; QUAD_COLS], [0f32; QUAD_COLS]);
             for &(first, base, n) in task.runs {
                 for i in 0..n.min(vis.saturating_sub(first)) {
-                    let at = base + i * geo.kw + c0;
-                    let v: &[f32; QUAD_COLS] = v_cache[at..at + QUAD_COLS].try_into().expect("QUAD_COLS floats");
+                    let at = base + i * kw + v_off + c0;
+                    let v: &[f32; QUAD_COLS] = task.v_cache[at..at + QUAD_COLS].try_into().expect("QUAD_COLS");
                     let (p0, p1, p2, p3) = (p[0][first + i], p[1][first + i], p[2][first + i], p[3][first + i]);
                     for j in 0..QUAD_COLS {
                         a0[j] = p0.mul_add(v[j], a0[j]);
@@ -275,15 +259,15 @@ fn attend_group(
             let mut acc = [0f32; COLS];
             for &(first, base, n) in task.runs {
                 for i in 0..n.min(vis.saturating_sub(first)) {
-                    let at = base + i * geo.kw + c0;
+                    let at = base + i * kw + v_off + c0;
                     let pi = p[first + i];
                     if w == COLS {
-                        let v: &[f32; COLS] = v_cache[at..at + COLS].try_into().expect("COLS floats");
+                        let v: &[f32; COLS] = task.v_cache[at..at + COLS].try_into().expect("COLS floats");
                         for j in 0..COLS {
                             acc[j] = pi.mul_add(v[j], acc[j]);
                         }
                     } else {
-                        for (a, v) in acc.iter_mut().zip(&v_cache[at..at + w]) {
+                        for (a, v) in acc.iter_mut().zip(&task.v_cache[at..at + w]) {
                             *a = pi.mul_add(*v, *a);
                         }
                     }
@@ -295,21 +279,52 @@ fn attend_group(
     Ok(())
 }
 
+/// The unscaled score of position `j` of a block (`kb [hd, bs]`) for query `qh`: the operations of one lane of
+/// the 16-position loop in `attend_group`, in its order, so either path gives the same bits.
+#[inline(always)]
+fn score_one(qh: &[f32], kb: &[f32], j: usize, bs: usize) -> f32 {
+    let hd = qh.len();
+    let (mut a0, mut a1, mut a2, mut a3) = (0f32, 0f32, 0f32, 0f32);
+    let mut d = 0;
+    while d + 4 <= hd {
+        a0 = qh[d].mul_add(kb[d * bs + j], a0);
+        a1 = qh[d + 1].mul_add(kb[(d + 1) * bs + j], a1);
+        a2 = qh[d + 2].mul_add(kb[(d + 2) * bs + j], a2);
+        a3 = qh[d + 3].mul_add(kb[(d + 3) * bs + j], a3);
+        d += 4;
+    }
+    while d < hd {
+        a0 = qh[d].mul_add(kb[d * bs + j], a0);
+        d += 1;
+    }
+    (a0 + a1) + (a2 + a3)
+}
+
 /// Output columns of each of four heads one pass over V keeps in registers (8 AVX-512 or 16 AVX2 registers).
 const QUAD_COLS: usize = 32;
 
 /// Output columns one pass over V keeps in registers (4 AVX-512 or 8 AVX2 registers).
 const COLS: usize = 64;
 
-/// In-place softmax, max-subtracted.
+/// In-place softmax, max-subtracted. The max and the sum run in 16 lanes, folded in a fixed order: a single
+/// running sum is a chain of dependent adds, a quarter of a long prompt's attention time.
 #[inline(always)]
 fn softmax(x: &mut [f32]) {
-    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    for v in x.iter_mut() {
-        *v = super::cpu_math::exp(*v - max);
+    let mut lanes = [f32::NEG_INFINITY; KEYS];
+    for c in x.chunks(KEYS) {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
     }
-    let sum: f32 = x.iter().sum();
-    let inv = 1.0 / sum;
+    let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sums = [0f32; KEYS];
+    for c in x.chunks_mut(KEYS) {
+        for (s, v) in sums.iter_mut().zip(c) {
+            *v = super::cpu_math::exp(*v - max);
+            *s += *v;
+        }
+    }
+    let inv = 1.0 / sums.iter().sum::<f32>();
     for v in x.iter_mut() {
         *v *= inv;
     }
@@ -317,7 +332,7 @@ fn softmax(x: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::attention;
+    use super::{attention, k_cache_from_slots, k_cache_to_slots};
     use crate::backend::{AttnDims, SeqMeta, StepMeta};
 
     /// The plain definition: per token and head, softmax of scaled dot products over the visible positions
@@ -355,37 +370,52 @@ mod tests {
     }
 
     /// Odd sizes: head_dim 20 and 72 (not multiples of 16 or 64), GQA groups of 3, 1, 5 (four heads sharing V
-    /// loads, then one) and 8, block size 5, a
-    /// prefill chunk after cached positions beside decode rows, scattered physical blocks.
+    /// loads, then one) and 8; a prefill chunk after cached positions beside decode rows, scattered physical
+    /// blocks; block sizes 5 (every score on the one-position path), 16 (every score on the 16-position path)
+    /// and 20 (both). The same logical cache gives the same bits under every block size and on either loop.
     #[test]
     fn matches_the_plain_definition_on_odd_sizes() {
         for (hd, nh, nkv) in [(20, 6, 2), (72, 2, 2), (16, 4, 1), (64, 10, 2), (32, 8, 1)] {
             let d = AttnDims { n_heads: nh, n_kv_heads: nkv, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0 };
-            let bs = 5;
-            let num_blocks = 40;
             let kw = nkv * hd;
             let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 1.7;
-            let kc: Vec<f32> = (0..num_blocks * bs * kw).map(|i| val(i, 1)).collect();
-            let vc: Vec<f32> = (0..num_blocks * bs * kw).map(|i| val(i, 2)).collect();
-            // A 7-token chunk after 9 cached positions, one decode row at position 23, a fresh 3-token prompt.
-            let seqs = vec![
-                SeqMeta { token_start: 0, n_tokens: 7, context_len: 16, block_table: vec![3, 11, 0, 27] },
-                SeqMeta { token_start: 7, n_tokens: 1, context_len: 24, block_table: vec![5, 6, 39, 1, 2] },
-                SeqMeta { token_start: 8, n_tokens: 3, context_len: 3, block_table: vec![17] },
-            ];
+            // (new tokens, context): a 7-token chunk after 9 cached positions, one decode row at position 23,
+            // a fresh 3-token prompt.
+            let shape: [(usize, usize); 3] = [(7, 16), (1, 24), (3, 3)];
             let n = 11;
-            let meta = StepMeta { positions: vec![0; n], slots: vec![0; n], seqs, block_size: bs };
             let q: Vec<f32> = (0..n * nh * hd).map(|i| val(i, 3)).collect();
-            let want = reference(&q, &kc, &vc, &meta, d);
             let mut outs = Vec::new();
-            for serial in [true, false] {
-                let mut out = vec![0f32; n * nh * hd];
-                attention(&mut out, &q, &kc, &vc, meta.check().unwrap(), d, serial).unwrap();
-                let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(err < 1e-5, "hd {hd} heads {nh}/{nkv} serial {serial}: max err {err}");
-                outs.push(out);
+            for bs in [5, 16, 20] {
+                let num_blocks = 40;
+                let mut ids = (0..num_blocks).map(|i| (i * 17 + 5) % num_blocks);
+                let (mut kc, mut vc) = (vec![0f32; num_blocks * bs * kw], vec![0f32; num_blocks * bs * kw]);
+                let mut seqs = Vec::new();
+                let mut start = 0;
+                for (s, &(new, ctx)) in shape.iter().enumerate() {
+                    let table: Vec<u32> = (0..ctx.div_ceil(bs)).map(|_| ids.next().unwrap() as u32).collect();
+                    for p in 0..ctx {
+                        let slot = table[p / bs] as usize * bs + p % bs;
+                        for c in 0..kw {
+                            kc[slot * kw + c] = val((s * 100 + p) * kw + c, 1);
+                            vc[slot * kw + c] = val((s * 100 + p) * kw + c, 2);
+                        }
+                    }
+                    seqs.push(SeqMeta { token_start: start, n_tokens: new, context_len: ctx, block_table: table });
+                    start += new;
+                }
+                let meta = StepMeta { positions: vec![0; n], slots: vec![0; n], seqs, block_size: bs };
+                let want = reference(&q, &kc, &vc, &meta, d);
+                let kt = k_cache_from_slots(&kc, bs, kw);
+                assert_eq!(k_cache_to_slots(&kt, bs, kw), kc, "K layout round trip");
+                for serial in [true, false] {
+                    let mut out = vec![0f32; n * nh * hd];
+                    attention(&mut out, &q, &kt, &vc, meta.check().unwrap(), d, serial).unwrap();
+                    let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(err < 1e-5, "hd {hd} heads {nh}/{nkv} bs {bs} serial {serial}: max err {err}");
+                    outs.push(out);
+                }
             }
-            assert_eq!(outs[0], outs[1], "serial and parallel loops differ");
+            assert!(outs.iter().all(|o| *o == outs[0]), "hd {hd}: block sizes or loops give different bits");
         }
     }
 }
