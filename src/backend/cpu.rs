@@ -10,6 +10,7 @@ use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
 use multiversion::multiversion;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Runs on the host; parallel over output rows with rayon.
 #[derive(Debug, Clone, Default)]
@@ -220,14 +221,34 @@ fn gemm(out: &mut [f32], x: &[f32], w: &Tensor, n: usize) {
     }
 }
 
-/// One row of RMSNorm: out = x / sqrt(mean(x²) + eps) * w.
-fn rms_norm_row(out: &mut [f32], x: &[f32], w: &Tensor, eps: f32) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+/// One row of RMSNorm: out = x / sqrt(mean(x²) + eps) * w. The squares are summed in 16 lanes folded in a
+/// fixed order (one running sum is a chain of 2048 dependent adds).
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let mut lanes = [0f32; 16];
+    for c in x.chunks(16) {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = v.mul_add(*v, *l);
+        }
+    }
+    let ss = lanes.iter().sum::<f32>() / x.len() as f32;
     let inv = 1.0 / (ss + eps).sqrt();
-    for (i, (o, v)) in out.iter_mut().zip(x).enumerate() {
-        *o = v * inv * w.get_f32(i);
+    for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * w;
     }
 }
+
+/// A norm's weights as f32 (`upload` widens 1-D weights, so this borrows unless a caller built another).
+fn norm_weights(w: &CpuWeight) -> Result<Cow<'_, [f32]>> {
+    Ok(match &w.plain()?.data {
+        TensorData::F32(v) => Cow::Borrowed(v.as_slice()),
+        _ => Cow::Owned(w.plain()?.to_f32_vec()),
+    })
+}
+
+/// Elements of a step's activations from which the row-wise ops (norms, SiLU) split their rows over the pool:
+/// a batch-8 decode step's 8 x 5632 SwiGLU input is past it, a batch-1 step stays on the calling thread.
+const PAR_ELEMS: usize = 1 << 14;
 
 /// `cs[i]` = (cos, sin) of split-halves RoPE's angle_i = pos * theta^(-2i/hd) for one position, `i < hd / 2`:
 /// the same for every head, so computed once per token (a powf and a sin_cos per pair were ~1 ms of a TinyLlama
@@ -283,6 +304,10 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, t: Tensor) -> Result<CpuWeight> {
+        // Norm weights in f32 (exact), so the norms read them as a slice.
+        if t.shape.len() == 1 && t.dtype() != crate::tensor::DType::F32 {
+            return Ok(CpuWeight::Plain(Tensor::from_f32(&t.shape, t.to_f32_vec())));
+        }
         Ok(CpuWeight::Plain(t))
     }
 
@@ -333,10 +358,13 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &CpuWeight, n: usize, h: usize, eps: f32) -> Result<()> {
-        let w = w.plain()?;
+        let w = norm_weights(w)?;
         check_len("rms_norm", out.len().min(x.len()), n * h)?;
-        for i in 0..n {
-            rms_norm_row(&mut out[i * h..(i + 1) * h], &x[i * h..(i + 1) * h], w, eps);
+        let row = |(o, x): (&mut [f32], &[f32])| rms_norm_row(o, x, &w, eps);
+        if n * h >= PAR_ELEMS {
+            out[..n * h].par_chunks_mut(h).zip(x[..n * h].par_chunks(h)).for_each(row);
+        } else {
+            out[..n * h].chunks_mut(h).zip(x[..n * h].chunks(h)).for_each(row);
         }
         Ok(())
     }
@@ -344,13 +372,19 @@ impl Backend for CpuBackend {
     #[rustfmt::skip]
     fn add_rms_norm(&self, residual: &mut Vec<f32>, x: &Vec<f32>, out: &mut Vec<f32>, w: &CpuWeight, n: usize, h: usize,
                     eps: f32) -> Result<()> {
-        let w = w.plain()?;
+        let w = norm_weights(w)?;
         check_len("add_rms_norm", residual.len().min(x.len()).min(out.len()), n * h)?;
-        for (r, v) in residual[..n * h].iter_mut().zip(&x[..n * h]) {
-            *r += v;
-        }
-        for i in 0..n {
-            rms_norm_row(&mut out[i * h..(i + 1) * h], &residual[i * h..(i + 1) * h], w, eps);
+        let row = |((r, x), o): ((&mut [f32], &[f32]), &mut [f32])| {
+            for (r, v) in r.iter_mut().zip(x) {
+                *r += v;
+            }
+            rms_norm_row(o, r, &w, eps);
+        };
+        let (r, x, o) = (&mut residual[..n * h], &x[..n * h], &mut out[..n * h]);
+        if n * h >= PAR_ELEMS {
+            r.par_chunks_mut(h).zip(x.par_chunks(h)).zip(o.par_chunks_mut(h)).for_each(row);
+        } else {
+            r.chunks_mut(h).zip(x.chunks(h)).zip(o.chunks_mut(h)).for_each(row);
         }
         Ok(())
     }
@@ -415,7 +449,16 @@ impl Backend for CpuBackend {
 
     fn silu_mul(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         check_len("silu_mul", out.len().min(gate.len()).min(up.len()), len)?;
-        silu_mul_rows(&mut out[..len], &gate[..len], &up[..len]);
+        if len >= PAR_ELEMS {
+            let chunk = len.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(16);
+            out[..len]
+                .par_chunks_mut(chunk)
+                .zip(gate[..len].par_chunks(chunk))
+                .zip(up[..len].par_chunks(chunk))
+                .for_each(|((o, g), u)| silu_mul_rows(o, g, u));
+        } else {
+            silu_mul_rows(&mut out[..len], &gate[..len], &up[..len]);
+        }
         Ok(())
     }
 
@@ -537,6 +580,55 @@ mod tests {
 
     /// A row's result is bit-identical whatever the number of rows computed with it (1, 2 and 3+ take different
     /// loops): prefix caching reuses K/V computed in another batch, and cache on/off must agree exactly.
+    /// RMSNorm and add+RMSNorm against f64 on an odd width, as a batch large enough to split its rows over
+    /// the pool and as one row on the calling thread: the same bits either way. SiLU·up likewise.
+    #[test]
+    fn row_ops_match_f64_and_give_a_row_the_same_bits_in_any_batch() {
+        let (n, h, eps) = (9, 2049, 1e-5f32);
+        assert!(n * h >= PAR_ELEMS && h < PAR_ELEMS);
+        let x: Vec<f32> = (0..n * h).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 333.0).collect();
+        let res: Vec<f32> = (0..n * h).map(|i| ((i * 31 % 97) as f32 - 48.0) / 50.0).collect();
+        let wv: Vec<f32> = (0..h).map(|i| 0.7 + (i % 13) as f32 / 20.0).collect();
+        let w = CpuBackend
+            .upload(Tensor {
+                shape: vec![h],
+                data: TensorData::BF16(wv.iter().map(|&v| half::bf16::from_f32(v)).collect()),
+            })
+            .unwrap();
+        let wv: Vec<f64> = wv.iter().map(|&v| half::bf16::from_f32(v).to_f64()).collect();
+        let norm64 = |r: &[f32]| -> Vec<f64> {
+            let ms = r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / h as f64;
+            r.iter().zip(&wv).map(|(&v, w)| v as f64 / (ms + eps as f64).sqrt() * w).collect()
+        };
+        let (mut out, mut resid) = (vec![0f32; n * h], res.clone());
+        CpuBackend.add_rms_norm(&mut resid, &x, &mut out, &w, n, h, eps).unwrap();
+        let mut plain = vec![0f32; n * h];
+        CpuBackend.rms_norm(&mut plain, &x, &w, n, h, eps).unwrap();
+        for t in 0..n {
+            let sum: Vec<f32> = (0..h).map(|i| res[t * h + i] + x[t * h + i]).collect();
+            assert_eq!(resid[t * h..(t + 1) * h], sum[..], "residual row {t}");
+            for (got, want) in [(&out, norm64(&sum)), (&plain, norm64(&x[t * h..(t + 1) * h]))] {
+                let err =
+                    got[t * h..(t + 1) * h].iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
+                assert!(err < 1e-5, "row {t}: error {err}");
+            }
+        }
+        let (mut one, mut r1) = (vec![0f32; h], res[..h].to_vec());
+        CpuBackend.add_rms_norm(&mut r1, &x[..h].to_vec(), &mut one, &w, 1, h, eps).unwrap();
+        assert_eq!(one, out[..h], "add_rms_norm: one row alone vs in a batch");
+        CpuBackend.rms_norm(&mut one, &x[..h].to_vec(), &w, 1, h, eps).unwrap();
+        assert_eq!(one, plain[..h], "rms_norm: one row alone vs in a batch");
+        let (mut big, mut small) = (vec![0f32; n * h], vec![0f32; h]);
+        CpuBackend.silu_mul(&mut big, &x, &res, n * h).unwrap();
+        CpuBackend.silu_mul(&mut small, &x[..h].to_vec(), &res[..h].to_vec(), h).unwrap();
+        assert_eq!(small, big[..h], "silu_mul: one row alone vs in a batch");
+        for i in 0..n * h {
+            let g = x[i] as f64;
+            let want = g / (1.0 + (-g).exp()) * res[i] as f64;
+            assert!((big[i] as f64 - want).abs() < 1e-5 * (1.0 + want.abs()), "silu_mul {i}");
+        }
+    }
+
     #[test]
     fn gemm_rows_do_not_depend_on_the_batch() {
         let (n, m, k) = (6, 41, 301);

@@ -12,7 +12,8 @@ pub fn exp(x: f32) -> f32 {
     // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer (ties to even).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.0);
-    let n = x.mul_add(LOG2E, ROUND) - ROUND;
+    let t = x.mul_add(LOG2E, ROUND);
+    let n = t - ROUND;
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     // e^r on [-ln2/2, ln2/2]: Cephes' expf polynomial.
     let mut p = 1.987_569_1e-4f32;
@@ -22,7 +23,9 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 5e-1);
     let e = p.mul_add(r * r, r) + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the bits of t = 1.5 * 2^23 + n (n in [-126, 127] here): the integer n sits in its low mantissa
+    // bits. `n as i32` would be the same number, but Rust's saturating cast keeps the compiler from vectorizing.
+    e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)
 }
 
 #[cfg(test)]
@@ -41,6 +44,11 @@ mod tests {
         }
         assert!(worst <= 2.0, "worst error {worst} ulp");
         assert_eq!(exp(0.0), 1.0);
+        // The exponent trick: 1.5 * 2^23 + n holds n in its low bits for every n the clamp allows.
+        let round = 12_582_912.0f32;
+        for n in -126..=127i32 {
+            assert_eq!((round + n as f32).to_bits().wrapping_sub(round.to_bits()) as i32, n);
+        }
         assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
         assert!(exp(1000.0) > 1e38 && exp(1000.0).is_finite());
     }
