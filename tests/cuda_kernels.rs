@@ -50,7 +50,12 @@ fn down(g: &CudaBackend, b: &<CudaBackend as Backend>::Buf, n: usize) -> Vec<f32
 /// Max |a - b| / max(1, |b|).
 fn max_rel(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0, f32::max)
+    // A NaN counts as an infinite difference (f32::max alone would skip it).
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .map(|d| if d.is_nan() { f32::INFINITY } else { d })
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -126,7 +131,12 @@ fn gemm_matches_cpu_on_odd_shapes() {
         } else {
             "none"
         };
-        let err = got.iter().zip(&c).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err = got
+            .iter()
+            .zip(&c)
+            .map(|(a, b)| (a - b).abs())
+            .map(|d| if d.is_nan() { f32::INFINITY } else { d })
+            .fold(0.0, f32::max);
         assert!(err < 1e-3 * (k as f32).sqrt(), "gemm {n}x{m}x{k} ({path}): max abs error {err}");
         assert!(path != "none", "gemm {n}x{m}x{k}: neither GEMM path counted");
         if i >= odd.len() {

@@ -56,7 +56,12 @@ fn rel_err(what: &str, gpu: &[f32], cpu: &[f32], vocab: usize) -> f32 {
     assert_eq!(gpu.len(), cpu.len(), "{what}: logits length");
     let row = |(g, c): (&[f32], &[f32])| {
         let scale = c.iter().fold(1f32, |m, v| m.max(v.abs()));
-        g.iter().zip(c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
+        g.iter()
+            .zip(c)
+            .map(|(a, b)| (a - b).abs())
+            .map(|d| if d.is_nan() { f32::INFINITY } else { d })
+            .fold(0f32, f32::max)
+            / scale
     };
     gpu.chunks(vocab).zip(cpu.chunks(vocab)).map(row).fold(0f32, f32::max)
 }

@@ -25,7 +25,12 @@ fn drift(exact: &[f32], got: &[f32], vocab: usize) -> Drift {
     let n = exact.len() as f64;
     let mean = exact.iter().map(|&v| v as f64).sum::<f64>() / n;
     let std = (exact.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let max = exact.iter().zip(got).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+    let max = exact
+        .iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .map(|d| if d.is_nan() { f64::INFINITY } else { d })
+        .fold(0.0, f64::max);
     let rms = (exact.iter().zip(got).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / n).sqrt();
     let argmax = |r: &[f32]| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
     let rows = exact.len() / vocab;
