@@ -400,6 +400,30 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn gemm_many(&self, outs: &mut [&mut Vec<f32>], x: &Vec<f32>, ws: &[&CpuWeight], n: usize) -> Result<()> {
+        let packed: Vec<&Packed> = ws
+            .iter()
+            .filter_map(|w| match w {
+                CpuWeight::Packed(p) => Some(p),
+                CpuWeight::Plain(_) => None,
+            })
+            .collect();
+        if outs.len() != ws.len() {
+            return Err(Error::Internal(format!("gemm_many: {} outputs for {} weights", outs.len(), ws.len())));
+        }
+        if packed.len() != ws.len() {
+            return ws.iter().zip(outs.iter_mut()).try_for_each(|(w, out)| self.gemm(out, x, w, n));
+        }
+        for (out, w) in outs.iter().zip(&packed) {
+            let (m, k) = w.shape();
+            check_len("gemm out", out.len(), n * m)?;
+            check_len("gemm x", x.len(), n * k)?;
+        }
+        let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        cpu_gemm::gemm_many(&mut slices, x, &packed, n);
+        Ok(())
+    }
+
     fn rope_write_kv(
         &self,
         q: &mut Vec<f32>,

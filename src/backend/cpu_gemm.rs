@@ -334,22 +334,78 @@ enum Acts<'a> {
 
 /// out `[n, m]` = x `[n, k]` · wᵀ with the kernel `TL_CPU_KERNEL`, the weight and the CPU select.
 pub fn gemm(out: &mut [f32], x: &[f32], w: &Packed, n: usize) {
-    let kernel = match (selected(), w) {
+    gemm_with(kernel_for(w), out, x, w, n)
+}
+
+/// `outs[i]` `[n, m_i]` = x `[n, k]` · `ws[i]`ᵀ. Weights of one layout and inner dimension (Q, K and V; gate and
+/// up) run as one parallel loop over all their tiles: the activations are prepared once and the pool woken once,
+/// not per matrix. Each output gets the bits `gemm` gives it.
+pub fn gemm_many(outs: &mut [&mut [f32]], x: &[f32], ws: &[&Packed], n: usize) {
+    assert_eq!(outs.len(), ws.len(), "gemm_many: outputs and weights differ in number");
+    if ws.len() <= MAX_MANY && ws.windows(2).all(|p| same_layout(p[0], p[1])) {
+        if let Some(&w) = ws.first() {
+            gemm_many_with(kernel_for(w), outs, x, ws, n);
+        }
+        return;
+    }
+    for (out, w) in outs.iter_mut().zip(ws) {
+        gemm(out, x, w, n);
+    }
+}
+
+/// Weights `gemm_many` runs in one loop at most.
+const MAX_MANY: usize = 4;
+
+/// The kernel `gemm` uses for `w`.
+fn kernel_for(w: &Packed) -> Kernel {
+    match (selected(), w) {
         (Choice::Forced(k), _) => k,
         (_, Packed::Bf16 { bf16_acts: true, .. }) if Kernel::Avx512Bf16.available() => Kernel::Avx512Bf16,
         _ => Kernel::detect(),
-    };
-    gemm_with(kernel, out, x, w, n)
+    }
+}
+
+/// Whether the same prepared activations serve both weights.
+fn same_layout(a: &Packed, b: &Packed) -> bool {
+    match (a, b) {
+        (Packed::Bf16 { k: ka, bf16_acts: ba, .. }, Packed::Bf16 { k: kb, bf16_acts: bb, .. }) => ka == kb && ba == bb,
+        (Packed::Q8 { k: ka, .. }, Packed::Q8 { k: kb, .. }) => ka == kb,
+        _ => false,
+    }
 }
 
 /// out `[n, m]` = x `[n, k]` · wᵀ with `kernel` (which must be `available`).
 pub fn gemm_with(kernel: Kernel, out: &mut [f32], x: &[f32], w: &Packed, n: usize) {
-    let (m, k) = w.shape();
+    gemm_many_with(kernel, &mut [out], x, &[w], n)
+}
+
+/// `gemm_many` with `kernel`, for up to `MAX_MANY` weights of one layout.
+fn gemm_many_with(kernel: Kernel, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Packed], n: usize) {
     assert!(kernel.available(), "kernel {} is not available on this CPU", kernel.name());
-    assert!(out.len() >= n * m && x.len() >= n * k, "gemm: buffers too small for {n}x{m}x{k}");
-    if n == 0 || m == 0 {
+    assert!(ws.len() <= MAX_MANY && ws.len() == outs.len() && !ws.is_empty());
+    let k = ws[0].shape().1;
+    let mut ptrs = [OutPtr(std::ptr::null_mut()); MAX_MANY];
+    for (i, (out, w)) in outs.iter_mut().zip(ws).enumerate() {
+        let m = w.shape().0;
+        assert!(same_layout(w, ws[0]), "gemm_many: weights of different layouts");
+        assert!(out.len() >= n * m && x.len() >= n * k, "gemm: buffers too small for {n}x{m}x{k}");
+        ptrs[i] = OutPtr(out.as_mut_ptr());
+    }
+    let tiles_of = |w: &Packed| round_up(w.shape().0, TILE) / TILE;
+    let tiles: usize = ws.iter().map(|w| tiles_of(w)).sum();
+    if n == 0 || tiles == 0 {
         return;
     }
+    // Global tile g -> (weight, its tile).
+    let locate = |mut g: usize| {
+        for (i, w) in ws.iter().enumerate() {
+            if g < tiles_of(w) {
+                return (i, g);
+            }
+            g -= tiles_of(w);
+        }
+        unreachable!("tile beyond the weights")
+    };
     SCRATCH.with(|cell| {
         // A gemm nested in another on this thread (a rayon worker stealing work) gets its own buffers.
         let mut own = None;
@@ -358,17 +414,16 @@ pub fn gemm_with(kernel: Kernel, out: &mut [f32], x: &[f32], w: &Packed, n: usiz
             Some(s) => s,
             None => own.insert(Scratch::default()),
         };
-        let acts = prepare(kernel, w, x, n, k, s);
-        let tiles = round_up(m, TILE) / TILE;
-        let ptr = OutPtr(out.as_mut_ptr());
+        let acts = prepare(kernel, ws[0], x, n, k, s);
         // Enough tasks to balance two cores, each a contiguous run of tiles.
         let per_task = tiles.div_ceil(rayon::current_num_threads() * 8).max(1);
         (0..tiles.div_ceil(per_task)).into_par_iter().for_each(|task| {
-            // Rebound so the closure captures the whole (Send) wrapper, not its raw pointer field.
+            // Rebound so the closure captures the whole (Send) array, not raw pointer fields.
             #[allow(clippy::redundant_locals)]
-            let ptr = ptr;
-            for tile in task * per_task..((task + 1) * per_task).min(tiles) {
-                run_tile(kernel, w, acts, n, m, tile, ptr);
+            let ptrs = ptrs;
+            for g in task * per_task..((task + 1) * per_task).min(tiles) {
+                let (i, tile) = locate(g);
+                run_tile(kernel, ws[i], acts, n, ws[i].shape().0, tile, ptrs[i]);
             }
         });
     });
@@ -1052,6 +1107,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Q, K, V-like weights (different row counts, one of them under a tile) in one `gemm_many` loop give each
+    /// output the bits of its own `gemm`, for bf16 (both activation kinds) and int8; mixed layouts fall back.
+    #[test]
+    fn gemm_many_gives_each_output_the_bits_of_gemm() {
+        let (n, k) = (5, 131);
+        let ms = [70, 19, 33];
+        let x = rand(7, n * k, 2.0);
+        let ts: Vec<Tensor> =
+            ms.iter().enumerate().map(|(i, &m)| bf16_tensor(m, k, &rand(30 + i as u64, m * k, 0.5))).collect();
+        let layouts: [fn(&Tensor) -> Packed; 3] = [|t| Packed::bf16(t, false), |t| Packed::bf16(t, true), Packed::q8];
+        for (l, pack) in layouts.iter().enumerate() {
+            let ws: Vec<Packed> = ts.iter().map(pack).collect();
+            let mut sep: Vec<Vec<f32>> = ms.iter().map(|&m| vec![f32::NAN; n * m]).collect();
+            for (o, w) in sep.iter_mut().zip(&ws) {
+                gemm(o, &x, w, n);
+            }
+            let mut many: Vec<Vec<f32>> = ms.iter().map(|&m| vec![f32::NAN; n * m]).collect();
+            let mut outs: Vec<&mut [f32]> = many.iter_mut().map(|o| o.as_mut_slice()).collect();
+            gemm_many(&mut outs, &x, &ws.iter().collect::<Vec<_>>(), n);
+            assert_eq!(many, sep, "layout {l}");
+        }
+        let mixed = [Packed::bf16(&ts[0], false), Packed::q8(&ts[1])];
+        let mut sep: Vec<Vec<f32>> = ms[..2].iter().map(|&m| vec![f32::NAN; n * m]).collect();
+        for (o, w) in sep.iter_mut().zip(&mixed) {
+            gemm(o, &x, w, n);
+        }
+        let mut many: Vec<Vec<f32>> = ms[..2].iter().map(|&m| vec![f32::NAN; n * m]).collect();
+        let mut outs: Vec<&mut [f32]> = many.iter_mut().map(|o| o.as_mut_slice()).collect();
+        gemm_many(&mut outs, &x, &[&mixed[0], &mixed[1]], n);
+        assert_eq!(many, sep, "mixed layouts");
     }
 
     #[test]

@@ -191,16 +191,13 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             } else {
                 be.add_rms_norm(&mut x, &proj, &mut normed, &l.attn_norm, n, h, eps)?;
             }
-            be.gemm(&mut q, &normed, &l.wq, n)?;
-            be.gemm(&mut k, &normed, &l.wk, n)?;
-            be.gemm(&mut v, &normed, &l.wv, n)?;
+            be.gemm_many(&mut [&mut q, &mut k, &mut v], &normed, &[&l.wq, &l.wk, &l.wv], n)?;
             be.rope_write_kv(&mut q, &mut k, &v, &mut kv.k[i], &mut kv.v[i], step, self.dims)?;
             be.paged_attention(&mut attn, &q, &kv.k[i], &kv.v[i], step, self.dims)?;
             be.gemm(&mut proj, &attn, &l.wo, n)?;
             self.comm.all_reduce_sum(be, &mut proj, n * h)?;
             be.add_rms_norm(&mut x, &proj, &mut normed, &l.mlp_norm, n, h, eps)?;
-            be.gemm(&mut gate, &normed, &l.w_gate, n)?;
-            be.gemm(&mut up, &normed, &l.w_up, n)?;
+            be.gemm_many(&mut [&mut gate, &mut up], &normed, &[&l.w_gate, &l.w_up], n)?;
             be.silu_mul(&mut act, &gate, &up, n * f)?;
             be.gemm(&mut proj, &act, &l.w_down, n)?;
             self.comm.all_reduce_sum(be, &mut proj, n * h)?;
