@@ -173,6 +173,8 @@ fn attend_group(o: &mut [f32], qg: &[f32], task: &Task, geo: &Geometry, scores: 
     scores.clear();
     scores.resize(group * padded, 0.0);
     let (k_off, v_off) = (task.kv_head * hd * bs, task.kv_head * hd);
+    // Only block sizes other than 16 copy K columns out (allocated once per call, never for 16).
+    let mut copy = if bs == KEYS { Vec::new() } else { vec![[0f32; KEYS]; hd] };
     for &(first, base, rows) in task.runs {
         let rows = rows.min(vis.saturating_sub(first));
         // This KV head's K in this block: `[hd, bs]`.
@@ -188,35 +190,22 @@ fn attend_group(o: &mut [f32], qg: &[f32], task: &Task, geo: &Geometry, scores: 
                 }
                 break;
             }
-            // Scores of 16 positions at a time: four interleaved sums over d (d mod 4), added in a fixed order.
-            // Heads inner: the block's 16 columns stay in L1 while every head of the group reads them.
+            // Scores of 16 positions at a time. Heads inner: the block's 16 columns stay in L1 while every head
+            // of the group reads them. With 16-position blocks the columns are the block itself; otherwise they
+            // are copied out first (one copy for the whole group).
+            let cols: &[[f32; KEYS]] = if bs == KEYS {
+                kb.as_chunks::<KEYS>().0
+            } else {
+                for (d, row) in copy[..hd].iter_mut().enumerate() {
+                    row.copy_from_slice(&kb[d * bs + c..d * bs + c + KEYS]);
+                }
+                &copy[..hd]
+            };
             for h in 0..group {
-                let qh = &qg[h * hd..(h + 1) * hd];
-                let row = |d: usize| -> &[f32; KEYS] { kb[d * bs + c..d * bs + c + KEYS].try_into().expect("KEYS") };
-                let (mut a0, mut a1, mut a2, mut a3) = ([0f32; KEYS], [0f32; KEYS], [0f32; KEYS], [0f32; KEYS]);
-                let mut d = 0;
-                while d + 4 <= hd {
-                    let (r0, r1, r2, r3) = (row(d), row(d + 1), row(d + 2), row(d + 3));
-                    let (q0, q1, q2, q3) = (qh[d], qh[d + 1], qh[d + 2], qh[d + 3]);
-                    for j in 0..KEYS {
-                        a0[j] = q0.mul_add(r0[j], a0[j]);
-                        a1[j] = q1.mul_add(r1[j], a1[j]);
-                        a2[j] = q2.mul_add(r2[j], a2[j]);
-                        a3[j] = q3.mul_add(r3[j], a3[j]);
-                    }
-                    d += 4;
-                }
-                while d < hd {
-                    let (r0, q0) = (row(d), qh[d]);
-                    for j in 0..KEYS {
-                        a0[j] = q0.mul_add(r0[j], a0[j]);
-                    }
-                    d += 1;
-                }
+                let s = dot16(&qg[h * hd..(h + 1) * hd], cols);
                 let at = h * padded + first + c;
-                let out: &mut [f32; KEYS] = (&mut scores[at..at + KEYS]).try_into().expect("KEYS");
-                for j in 0..KEYS {
-                    out[j] = ((a0[j] + a1[j]) + (a2[j] + a3[j])) * geo.scale;
+                for (o, v) in scores[at..at + KEYS].iter_mut().zip(s) {
+                    *o = v * geo.scale;
                 }
             }
             c += KEYS;
@@ -233,10 +222,15 @@ fn attend_group(o: &mut [f32], qg: &[f32], task: &Task, geo: &Geometry, scores: 
             let (mut a0, mut a1, mut a2, mut a3) =
                 ([0f32; QUAD_COLS], [0f32; QUAD_COLS], [0f32; QUAD_COLS], [0f32; QUAD_COLS]);
             for &(first, base, n) in task.runs {
-                for i in 0..n.min(vis.saturating_sub(first)) {
-                    let at = base + i * kw + v_off + c0;
-                    let v: &[f32; QUAD_COLS] = task.v_cache[at..at + QUAD_COLS].try_into().expect("QUAD_COLS");
-                    let (p0, p1, p2, p3) = (p[0][first + i], p[1][first + i], p[2][first + i], p[3][first + i]);
+                if first >= vis {
+                    break;
+                }
+                let rows = n.min(vis - first);
+                // Zipped iterators: one bounds check per V row instead of five.
+                let vs = task.v_cache[base..base + rows * kw].chunks_exact(kw);
+                let ps = p[0][first..first + rows].iter().zip(&p[1][first..]).zip(&p[2][first..]).zip(&p[3][first..]);
+                for (row, (((&p0, &p1), &p2), &p3)) in vs.zip(ps) {
+                    let v: &[f32; QUAD_COLS] = row[v_off + c0..v_off + c0 + QUAD_COLS].try_into().expect("QUAD_COLS");
                     for j in 0..QUAD_COLS {
                         a0[j] = p0.mul_add(v[j], a0[j]);
                         a1[j] = p1.mul_add(v[j], a1[j]);
@@ -279,6 +273,33 @@ fn attend_group(o: &mut [f32], qg: &[f32], task: &Task, geo: &Geometry, scores: 
     Ok(())
 }
 
+/// Unscaled scores of 16 positions, `cols[d][j]` = K element d of position j: four interleaved sums over d
+/// (d mod 4, the rest into the first), added in a fixed order.
+#[inline(always)]
+fn dot16(qh: &[f32], cols: &[[f32; KEYS]]) -> [f32; KEYS] {
+    let (q4, q_rest) = qh.as_chunks::<4>();
+    let (c4, c_rest) = cols.as_chunks::<4>();
+    // Four named accumulators (an array of them would live on the stack).
+    let (mut a0, mut a1, mut a2, mut a3) = ([0f32; KEYS], [0f32; KEYS], [0f32; KEYS], [0f32; KEYS]);
+    for (q, r) in q4.iter().zip(c4) {
+        for j in 0..KEYS {
+            a0[j] = q[0].mul_add(r[0][j], a0[j]);
+            a1[j] = q[1].mul_add(r[1][j], a1[j]);
+            a2[j] = q[2].mul_add(r[2][j], a2[j]);
+            a3[j] = q[3].mul_add(r[3][j], a3[j]);
+        }
+    }
+    for (q, r) in q_rest.iter().zip(c_rest) {
+        for j in 0..KEYS {
+            a0[j] = q.mul_add(r[j], a0[j]);
+        }
+    }
+    for j in 0..KEYS {
+        a0[j] = (a0[j] + a1[j]) + (a2[j] + a3[j]);
+    }
+    a0
+}
+
 /// The unscaled score of position `j` of a block (`kb [hd, bs]`) for query `qh`: the operations of one lane of
 /// the 16-position loop in `attend_group`, in its order, so either path gives the same bits.
 #[inline(always)]
@@ -313,7 +334,8 @@ fn softmax(x: &mut [f32]) {
     let mut lanes = [f32::NEG_INFINITY; KEYS];
     for c in x.chunks(KEYS) {
         for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = l.max(v);
+            // A plain compare (one vmaxps), not f32::max's NaN handling: a NaN score poisons the row anyway.
+            *l = if v > *l { v } else { *l };
         }
     }
     let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
