@@ -21,7 +21,9 @@ pub struct LayerWeights<B: Backend> {
     pub w_down: B::Weight,
 }
 
-/// One rank's paged KV cache: per layer, k and v of `[num_blocks, block_size, n_kv_heads_local, head_dim]`.
+/// One rank's paged KV cache: per layer, k and v of `num_blocks * block_size * n_kv_heads_local * head_dim` floats,
+/// laid out as the backend's `rope_write_kv` and `paged_attention` agree (CUDA: one row per slot; CPU: V per slot,
+/// K transposed within each block).
 pub struct KvCache<B: Backend> {
     pub k: Vec<B::Buf>,
     pub v: Vec<B::Buf>,
