@@ -240,9 +240,10 @@ fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 
 /// A norm's weights as f32 (`upload` widens 1-D weights, so this borrows unless a caller built another).
 fn norm_weights(w: &CpuWeight) -> Result<Cow<'_, [f32]>> {
-    Ok(match &w.plain()?.data {
+    let t = w.plain()?;
+    Ok(match &t.data {
         TensorData::F32(v) => Cow::Borrowed(v.as_slice()),
-        _ => Cow::Owned(w.plain()?.to_f32_vec()),
+        _ => Cow::Owned(t.to_f32_vec()),
     })
 }
 
@@ -401,6 +402,9 @@ impl Backend for CpuBackend {
     }
 
     fn gemm_many(&self, outs: &mut [&mut Vec<f32>], x: &Vec<f32>, ws: &[&CpuWeight], n: usize) -> Result<()> {
+        if outs.len() != ws.len() {
+            return Err(Error::Internal(format!("gemm_many: {} outputs for {} weights", outs.len(), ws.len())));
+        }
         let packed: Vec<&Packed> = ws
             .iter()
             .filter_map(|w| match w {
@@ -408,9 +412,7 @@ impl Backend for CpuBackend {
                 CpuWeight::Plain(_) => None,
             })
             .collect();
-        if outs.len() != ws.len() {
-            return Err(Error::Internal(format!("gemm_many: {} outputs for {} weights", outs.len(), ws.len())));
-        }
+        // Unpacked (f32/f16) weights take the row-dot gemm one by one.
         if packed.len() != ws.len() {
             return ws.iter().zip(outs.iter_mut()).try_for_each(|(w, out)| self.gemm(out, x, w, n));
         }
@@ -602,8 +604,6 @@ mod tests {
         }
     }
 
-    /// A row's result is bit-identical whatever the number of rows computed with it (1, 2 and 3+ take different
-    /// loops): prefix caching reuses K/V computed in another batch, and cache on/off must agree exactly.
     /// RMSNorm and add+RMSNorm against f64 on an odd width, as a batch large enough to split its rows over
     /// the pool and as one row on the calling thread: the same bits either way. SiLU·up likewise.
     #[test]
@@ -656,6 +656,8 @@ mod tests {
         }
     }
 
+    /// A row's result is bit-identical whatever the number of rows computed with it (1, 2 and 3+ take different
+    /// loops): prefix caching reuses K/V computed in another batch, and cache on/off must agree exactly.
     #[test]
     fn gemm_rows_do_not_depend_on_the_batch() {
         let (n, m, k) = (6, 41, 301);

@@ -129,9 +129,17 @@ struct Task<'a> {
     kv_head: usize,
 }
 
+/// Per-thread buffers of `attend_group`, reused across tasks.
+#[derive(Default)]
+struct Scratch {
+    /// Scores `[group, visible rounded up to 16]`.
+    scores: Vec<f32>,
+    /// 16 positions' K columns `[head_dim][16]`, copied out for block sizes other than 16.
+    cols: Vec<[f32; KEYS]>,
+}
+
 thread_local! {
-    /// Per-thread scores `[group, visible]`, reused across tasks.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { scores: Vec::new(), cols: Vec::new() }) };
 }
 
 /// Sizes shared by every task of a step.
@@ -166,15 +174,17 @@ fn blocks(table: &[u32], visible: usize, geo: &Geometry, len: usize) -> Result<V
 
 /// Attention of `group` query heads (`qg [group, hd]`) over one KV head's rows into `o [group, hd]`.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
-fn attend_group(o: &mut [f32], qg: &[f32], task: &Task, geo: &Geometry, scores: &mut Vec<f32>) -> Result<()> {
+fn attend_group(o: &mut [f32], qg: &[f32], task: &Task, geo: &Geometry, scratch: &mut Scratch) -> Result<()> {
     let (hd, vis, bs, kw) = (geo.hd, task.visible, geo.bs, geo.kw);
     let group = qg.len() / hd;
     let padded = round_up(vis, KEYS);
+    let Scratch { scores, cols: copy } = scratch;
     scores.clear();
     scores.resize(group * padded, 0.0);
     let (k_off, v_off) = (task.kv_head * hd * bs, task.kv_head * hd);
-    // Only block sizes other than 16 copy K columns out (allocated once per call, never for 16).
-    let mut copy = if bs == KEYS { Vec::new() } else { vec![[0f32; KEYS]; hd] };
+    if bs != KEYS {
+        copy.resize(hd, [0f32; KEYS]);
+    }
     for &(first, base, rows) in task.runs {
         let rows = rows.min(vis.saturating_sub(first));
         // This KV head's K in this block: `[hd, bs]`.

@@ -234,7 +234,8 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
     /// Rotates q `[n, nh*hd]` and k `[n, nkv*hd]` in place (split-halves RoPE), then writes k and v
-    /// into the paged caches `[blocks, block_size, nkv, hd]` at `meta.slots`.
+    /// into the paged caches (`blocks * block_size * nkv * hd` floats each) at `meta.slots`, in the layout this
+    /// backend's `paged_attention` reads (CUDA: one row per slot; CPU: K transposed within each block).
     #[allow(clippy::too_many_arguments)]
     fn rope_write_kv(
         &self,
