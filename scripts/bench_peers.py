@@ -240,16 +240,17 @@ def table(d):
     runs = {k: [_load(d, f"{r}-{k}.json") for r in rounds] for k in kinds}
     rows = [  # label, peer key, ours key, getter, arg, goal
         ("decode, batch 1 (bf16)", "llama-bf16", "ours-bf16", _decode, 1, 1.1),
-        ("prefill, 128 tokens (bf16)", "llama-bf16", "ours-bf16", _prefill, 128, 1.0),
-        ("prefill, 512 tokens (bf16)", "llama-bf16", "ours-bf16", _prefill, 512, 1.0),
+        ("prefill, 128 tokens (bf16)", "llama-bf16", "ours-bf16", _prefill, 128, 1.2),
+        ("prefill, 512 tokens (bf16)", "llama-bf16", "ours-bf16", _prefill, 512, 1.2),
         ("aggregate decode, 4 sequences (bf16)", "llama-bf16", "ours-bf16", _decode, 4, None),
         ("aggregate decode, 8 sequences (bf16)", "llama-bf16", "ours-bf16", _decode, 8, None),
         ("decode, batch 1 (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _decode, 1, 1.1),
-        ("prefill, 128 tokens (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _prefill, 128, 1.0),
-        ("prefill, 512 tokens (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _prefill, 512, 1.0),
+        ("prefill, 128 tokens (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _prefill, 128, 1.2),
+        ("prefill, 512 tokens (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _prefill, 512, 1.2),
         ("aggregate decode, 8 sequences (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _decode, 8, None),
         ("decode, batch 1: int8 vs q8_0", "llama-q8_0", "ours-int8", _decode, 1, 1.0),
-        ("prefill, 128 tokens: int8 vs q8_0", "llama-q8_0", "ours-int8", _prefill, 128, None),
+        ("prefill, 128 tokens: int8 vs q8_0", "llama-q8_0", "ours-int8", _prefill, 128, 1.5),
+        ("prefill, 512 tokens: int8 vs q8_0", "llama-q8_0", "ours-int8", _prefill, 512, 1.5),
         ("aggregate decode, 8 sequences: int8 vs q8_0", "llama-q8_0", "ours-int8", _decode, 8, None),
     ]
 
@@ -261,7 +262,20 @@ def table(d):
 
     la = os.path.join(d, "loadavg.txt")
     la = [float(x) for x in open(la).read().split()] if os.path.exists(la) else []
-    lines = [f"{len(rounds)} interleaved rounds; tok/s as median (min-max); ratio = median over rounds of "
+    # What each engine ran on: the CPU, our matmul kernels per weight format (from each bench JSON), llama.cpp's
+    # system_info (its compiled SIMD paths).
+    lines = []
+    cpu = next((r.get("cpu") for k in kinds if k.startswith("ours") for r in runs[k] if r and r.get("cpu")), None)
+    if cpu:
+        lines.append(f"CPU: {cpu}")
+    for k in ("ours-bf16", "ours-bf16dot", "ours-int8"):
+        ks = sorted({r.get("cpu_kernels", "?") for r in runs[k] if r})
+        if ks:
+            lines.append(f"triton-llama {k[5:]} kernels ({os.environ.get('TL_CPU_KERNEL', 'auto')}): {'; '.join(ks)}")
+    info = next((r.get("system_info") for k in kinds if k.startswith("llama") for r in runs[k] if r), None)
+    if info:
+        lines.append(f"llama.cpp system_info: {info.strip()}")
+    lines += [f"{len(rounds)} interleaved rounds; tok/s as median (min-max); ratio = median over rounds of "
              "triton-llama / llama.cpp in the same round"
              + (f"; 1-minute load average before the runs {min(la):.1f}-{max(la):.1f} on {os.cpu_count()} cores"
                 if la else ""), "",
@@ -294,11 +308,13 @@ def table(d):
         if not head:
             lines += ["", "Batch 1 against this machine's ceiling (all threads' read bandwidth, measured in each "
                       "triton-llama run, / the bytes a step streams):", "",
-                      "| | ceiling tok/s | llama.cpp / ceiling | triton-llama / ceiling |", "|---|---|---|---|"]
+                      "| | ceiling tok/s | llama.cpp / ceiling | triton-llama / ceiling | goal |",
+                      "|---|---|---|---|---|"]
             head = True
         lines.append(f"| decode, batch 1 ({label}) | {fmt([c for c, _, _ in trip])} | "
                      f"{statistics.median([a / c for c, a, _ in trip if a]):.2f} | "
-                     f"{statistics.median([b / c for c, _, b in trip if b]):.2f} |")
+                     f"{statistics.median([b / c for c, _, b in trip if b]):.2f} | "
+                     f"{'>= 0.8' if ok == 'ours-int8' else ''} |")
     dr = {k: v for k, v in (_load(d, "drift.json") or {}).items() if v}
     if dr:
         lines += ["", "Logit drift over %d positions of one prompt "

@@ -36,18 +36,32 @@ if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null || ! "$PY" -c 'i
 fi
 
 # --- llama.cpp runtime --------------------------------------------------------------------------------------------
+# TL_CPU_KERNEL=avx2 measures an AVX2-only machine on an AVX-512 one: our engine is forced to its AVX2 kernels and
+# llama.cpp comes from a second build with every AVX-512 and AVX-VNNI path compiled out (.venv-peers-avx2).
+export TL_CPU_KERNEL=${TL_CPU_KERNEL:-auto}
+case $TL_CPU_KERNEL in
+    avx2)
+        PEERS=.venv-peers-avx2
+        GGML_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+        GGML_ARGS+=" -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF"
+        GGML_ARGS+=" -DGGML_AVX512_BF16=OFF"
+        ;;
+    *) PEERS=.venv-peers GGML_ARGS="-DGGML_NATIVE=ON" ;;
+esac
 HAVE_LLAMA="import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')"
-if ! .venv-peers/bin/python -c "$HAVE_LLAMA" 2>/dev/null; then
-    log "building llama-cpp-python $LLAMA_CPP_VERSION from source (several minutes on 2 cores)"
-    [ -x .venv-peers/bin/python ] || "$PY" -m venv .venv-peers
-    .venv-peers/bin/pip install -q --upgrade pip
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DCMAKE_BUILD_TYPE=Release" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-        .venv-peers/bin/pip install -q --no-cache-dir --no-binary llama-cpp-python \
-            "llama-cpp-python==$LLAMA_CPP_VERSION"
+if ! $PEERS/bin/python -c "$HAVE_LLAMA" 2>/dev/null; then
+    log "building llama-cpp-python $LLAMA_CPP_VERSION from source into $PEERS (several minutes on 2 cores)"
+    [ -x $PEERS/bin/python ] || "$PY" -m venv $PEERS
+    $PEERS/bin/pip install -q --upgrade pip
+    CMAKE_ARGS="$GGML_ARGS -DLLAVA_BUILD=OFF -DCMAKE_BUILD_TYPE=Release" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+        $PEERS/bin/pip install -q --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_VERSION"
 fi
-SYSINFO=$(.venv-peers/bin/python -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())')
-if grep -q avx512_bf16 /proc/cpuinfo && ! grep -q "AVX512_BF16 = 1" <<<"$SYSINFO"; then
+SYSINFO=$($PEERS/bin/python -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())')
+if [ "$PEERS" = .venv-peers ] && grep -q avx512_bf16 /proc/cpuinfo && ! grep -q "AVX512_BF16 = 1" <<<"$SYSINFO"; then
     log "WARNING: the CPU has AVX512_BF16 but llama.cpp was built without it: $SYSINFO"
+fi
+if [ "$PEERS" = .venv-peers-avx2 ] && grep -q "AVX512 = 1" <<<"$SYSINFO"; then
+    log "ERROR: the AVX2-only llama.cpp build reports AVX-512: $SYSINFO"; exit 1
 fi
 
 # --- llama.cpp converter ------------------------------------------------------------------------------------------
@@ -55,7 +69,7 @@ CONV=$DIR/llama.cpp-$LLAMA_CPP_VERSION
 if [ ! -f "$CONV/convert_hf_to_gguf.py" ]; then
     log "fetching convert_hf_to_gguf.py from the llama-cpp-python $LLAMA_CPP_VERSION sdist"
     rm -rf "$DIR/sdist" && mkdir -p "$DIR/sdist"
-    .venv-peers/bin/pip download -q --no-deps --no-binary :all: -d "$DIR/sdist" "llama-cpp-python==$LLAMA_CPP_VERSION"
+    $PEERS/bin/pip download -q --no-deps --no-binary :all: -d "$DIR/sdist" "llama-cpp-python==$LLAMA_CPP_VERSION"
     V=llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp
     tar -xzf "$DIR/sdist/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz" -C "$DIR/sdist" \
         "$V/convert_hf_to_gguf.py" "$V/conversion" "$V/gguf-py"
@@ -91,6 +105,8 @@ CLI=$ROOT/target/release/triton-llama
 INT8=()
 if "$CLI" bench --weights int8 --steps 0 --batches 1 --prefill 0 >/dev/null 2>&1; then INT8=(--weights int8); fi
 
+[ "${SETUP_ONLY:-0}" = 1 ] && { log "set up (SETUP_ONLY=1): not running the rounds"; exit 0; }
+
 # --- interleaved rounds -------------------------------------------------------------------------------------------
 R=$DIR/results
 rm -rf "$R" && mkdir -p "$R"
@@ -103,11 +119,11 @@ load() { cut -d' ' -f1 /proc/loadavg >> "$R/loadavg.txt"; } # other work on the 
 for r in $(seq 1 "$ROUNDS"); do
     load
     log "round $r/$ROUNDS: llama.cpp bf16"
-    .venv-peers/bin/python scripts/bench_peers.py llamacpp "$DIR/model-bf16.gguf" "$R/r$r-llama-bf16.json" \
+    $PEERS/bin/python scripts/bench_peers.py llamacpp "$DIR/model-bf16.gguf" "$R/r$r-llama-bf16.json" \
         2> "$R/r$r-llama-bf16.log"
     load
     log "round $r/$ROUNDS: llama.cpp q8_0"
-    .venv-peers/bin/python scripts/bench_peers.py llamacpp "$DIR/model-q8_0.gguf" "$R/r$r-llama-q8_0.json" \
+    $PEERS/bin/python scripts/bench_peers.py llamacpp "$DIR/model-q8_0.gguf" "$R/r$r-llama-q8_0.json" \
         2> "$R/r$r-llama-q8_0.log"
     load
     log "round $r/$ROUNDS: triton-llama bf16"
@@ -125,7 +141,7 @@ done
 # --- logit drift on one 64-token prompt ---------------------------------------------------------------------------
 log "logit drift"
 DL=$R/drift.log
-P=(.venv-peers/bin/python scripts/bench_peers.py)
+P=($PEERS/bin/python scripts/bench_peers.py)
 drift() { # NAME REF.npy OTHER.npy
     [ -f "$2" ] && [ -f "$3" ] && echo "\"$1\": $("${P[@]}" drift "$2" "$3")," || echo "\"$1\": null,"
 }
@@ -149,4 +165,4 @@ echo
 CPU_NAME=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 echo "triton-llama $(git rev-parse --short HEAD) vs llama.cpp $LLAMA_CPP_VERSION, $THREADS threads, $(nproc) cores: $CPU_NAME"
 echo "llama.cpp: $SYSINFO"
-.venv-peers/bin/python scripts/bench_peers.py table "$R" | tee "$DIR/table.md"
+$PEERS/bin/python scripts/bench_peers.py table "$R" | tee "$DIR/table.md"

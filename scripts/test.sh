@@ -7,7 +7,10 @@
 #     scripts/install_cuda_toolchain.sh). No GPU is needed: the tests that need one are #[ignore]d (cargo reports
 #     them as ignored, never as passed) and scripts/gpu_check.sh runs them on a GPU machine;
 #  4. a bounded cargo-fuzz run of every fuzz target (scripts/fuzz.sh).
-# TL_SKIP_CUDA=1 / TL_SKIP_FUZZ=1 / TL_SKIP_E2E=1 leave a stage out (and say so).
+#  Between 1 and 2, scripts/test_cpu_kernels.sh: the golden, drift and prefix-cache tests with each other x86-64
+#  kernel forced, and the crate cross-compiled for aarch64 with its kernel and golden tests under qemu.
+# TL_SKIP_CUDA=1 / TL_SKIP_FUZZ=1 / TL_SKIP_E2E=1 / TL_SKIP_KERNELS=1 / TL_SKIP_AARCH64=1 leave a stage out (and
+# say so).
 # The last line adds up every stage's counts: `total: N passed, N failed, N skipped` (skipped = ignored GPU tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +32,12 @@ if [ "${TL_SKIP_CUDA:-0}" != 1 ]; then
     )
 fi
 cargo test --release --locked 2>&1 | tee -a "$log"
+# The other CPU kernel families against the same oracles: forced x86-64 kernels, and aarch64 NEON under qemu.
+if [ "${TL_SKIP_KERNELS:-0}" = 1 ]; then
+    echo "TL_SKIP_KERNELS=1: the forced-kernel and aarch64 tests were not run"
+else
+    bash scripts/test_cpu_kernels.sh 2>&1 | tee -a "$log"
+fi
 
 if [ "${TL_SKIP_E2E:-0}" = 1 ]; then echo "TL_SKIP_E2E=1: the end-to-end tests were not run"; else bash scripts/test_e2e.sh 2>&1 | tee -a "$log"; fi
 

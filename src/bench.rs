@@ -29,6 +29,10 @@ pub struct BenchReport {
     pub model_params: usize,
     pub weight_bytes: u64,
     pub threads: usize,
+    /// The CPU's model name (`/proc/cpuinfo`), or the architecture where it does not say.
+    pub cpu: String,
+    /// The matmul micro-kernels that ran, per weight format (`cpu_gemm::kernels_in_use`; `TL_CPU_KERNEL` forces).
+    pub cpu_kernels: String,
     /// Megabytes of this process's memory on transparent huge pages after the load (the packed CPU weights,
     /// see `backend::cpu_mem`); `None` where the kernel does not say.
     pub huge_page_mb: Option<f64>,
@@ -294,6 +298,8 @@ pub fn run_on(
         model_params: cfg.num_params(),
         weight_bytes,
         threads,
+        cpu: cpu_model(),
+        cpu_kernels: crate::backend::cpu_gemm::kernels_in_use(),
         huge_page_mb,
         batch1_bandwidth_ratio: bandwidth_ratio(&decode, &copies),
         read_gbps,
@@ -302,6 +308,21 @@ pub fn run_on(
         decode,
         prefill,
     })
+}
+
+/// `model name` (x86-64) or the implementer and part (aarch64) from `/proc/cpuinfo`.
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        info.lines().find(|l| l.split(':').next().is_some_and(|n| n.trim() == k)).and_then(|l| l.split_once(':'))
+    };
+    match (field("model name"), field("CPU implementer"), field("CPU part")) {
+        (Some((_, m)), ..) => m.trim().to_string(),
+        (None, Some((_, i)), Some((_, p))) => {
+            format!("{} implementer {} part {}", std::env::consts::ARCH, i.trim(), p.trim())
+        }
+        _ => std::env::consts::ARCH.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -480,6 +480,7 @@ fn bench(a: &Args) -> Result<()> {
         r.load_s,
         r.threads
     );
+    println!("cpu: {}; matmul kernels: {}", r.cpu, r.cpu_kernels);
     if let Some(mb) = r.huge_page_mb {
         println!("on transparent huge pages: {mb:.0} MB (TL_HUGEPAGES=0 turns them off)");
     }

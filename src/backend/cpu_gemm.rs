@@ -1,7 +1,8 @@
 //! CPU matmul kernels: weights packed once at load, SIMD micro-kernels chosen at run time.
 //!
-//! This is the one CPU module with `unsafe`: the AVX-512 / AVX2 intrinsics of `std::arch` and the raw output
-//! pointer that lets the rayon tasks write disjoint column slices of one output. Every SIMD function is
+//! This is the one CPU module with `unsafe` (with its `x86` and `neon` submodules): the SIMD intrinsics of
+//! `std::arch` (and, on aarch64, the inline assembly of `sdot` / `smmla` / `fcvtl`) and the raw output pointer
+//! that lets the rayon tasks write disjoint column slices of one output. Every SIMD function is
 //! `#[target_feature]` and is only called after `Kernel::available` confirmed the feature at run time;
 //! every pointer offset is derived from lengths checked in `gemm_with` (see the `SAFETY` notes).
 //!
@@ -10,17 +11,24 @@
 //!   (`w[r, 2j], w[r, 2j+1]`), the operand `vdpbf16ps` takes. m is padded to 32 (two panels, one micro-tile),
 //!   k to even, with zeros.
 //! - `Q8` weights: blocks of 32 along k (q8_0-like): `q = round(w / s)` with `s = max|w| / 127` stored as f16;
-//!   per panel and block, 8 quads of k × 16 lanes × 4 bytes `q + 128` (the unsigned operand of `vpdpbusd`),
-//!   then the 16 rows' scales. Activations are quantized per 32-block to int8 at each call (q8_0 × q8_0,
-//!   as llama.cpp does); `Σ (q_w + 128) q_x − 128 Σ q_x` recovers the signed dot.
+//!   per panel and block, 8 quads of k × 16 lanes × 4 bytes `q + 128` (the unsigned operand of `vpdpbusd`; the
+//!   AVX2 and NEON kernels flip it back to signed with one xor), then the 16 rows' scales. Activations are
+//!   quantized per 32-block to int8 at each call (q8_0 × q8_0, as llama.cpp does); `Σ (q_w + 128) q_x − 128 Σ q_x`
+//!   recovers the signed dot.
 //!
-//! A micro-tile is 32 output rows × up to 8 (f32), 6 (bf16) or 4 (int8) activation rows, summed in registers over
-//! the whole of k; each rayon task owns a run of 32-row tiles and sweeps every activation row over them, so
-//! the weights stream from memory once per call for any n (a 32-row tile, at most 360 KB, stays in L2 while
-//! the row groups pass). Kernels: `avx512bf16` rounds activations to bf16 (like llama.cpp's bf16 path; opt-in);
-//! `avx512` (the default where present) and `avx2` widen the bf16 weights exactly and keep f32 activations;
-//! `portable` is plain Rust. int8 weights use `vpdpbusd` with avx512bf16/avx512 when AVX512_VNNI is present.
-//! `TL_CPU_KERNEL=avx512bf16|avx512|avx2|portable|legacy` forces one (legacy: the unpacked row-dot gemm).
+//! A micro-tile is 32 output rows × up to 8 (f32 on AVX-512), 4 (f32 on AVX2 and NEON, int8), or 6 (bf16)
+//! activation rows, summed in registers over the whole of k; each rayon task owns a run of 32-row tiles and sweeps
+//! every activation row over them, so the weights stream from memory once per call for any n (a 32-row tile, at
+//! most 360 KB, stays in L2 while the row groups pass). Kernel families (`Kernel`):
+//! - x86-64: `avx512bf16` rounds activations to bf16 (like llama.cpp's bf16 path; opt-in); `avx512` (the default
+//!   where present) and `avx2` widen the bf16 weights exactly and keep f32 activations; int8 uses `vpdpbusd` where
+//!   AVX512_VNNI is present, else `vpmaddubsw` (AVX2).
+//! - aarch64: `neon` (f32 FMA; int8 by `smull`), `neon-dotprod` (int8 by `sdot`), `neon-i8mm` (int8 by `smmla`
+//!   on pairs of rows), the best the CPU has chosen at run time.
+//! - `portable`: plain Rust, compiled for the FMA targets too (`multiversion`), so it never calls libm's `fmaf`.
+//!
+//! `TL_CPU_KERNEL=avx512bf16|avx512|avx2|neon|neon-dotprod|neon-i8mm|portable|legacy` forces one (legacy: the
+//! unpacked row-dot gemm); `kernels_in_use` says what runs, and the load logs it.
 #![allow(unsafe_code)]
 use super::cpu_mem::WeightMem;
 use crate::tensor::{Tensor, TensorData};
@@ -45,7 +53,9 @@ const MID_BLOCKS: usize = 16;
 /// behind: it prefetches each panel's weights this many elements (2 KiB) ahead. Measured on a TinyLlama-shape
 /// decode sweep, alternated in one process: 5 rows -20 %, 6 rows -21 %, 8 rows -9 %, 4 rows -3 %; 1 row +6 %
 /// (so it is off below 4), 2 rows 0; the `vdpbf16ps` kernel at 1 and 6 rows +6-9 % (so it has none).
+#[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_MIN_ROWS: usize = 4;
 
 /// A micro-kernel family.
@@ -53,22 +63,39 @@ const PREFETCH_MIN_ROWS: usize = 4;
 pub enum Kernel {
     /// `vdpbf16ps` on bf16 activations; int8 through `vpdpbusd` (AVX512_VNNI).
     Avx512Bf16,
-    /// f32 FMA on 16 lanes; int8 through `vpdpbusd` when AVX512_VNNI is present.
+    /// f32 FMA on 16 lanes; int8 through `vpdpbusd` when AVX512_VNNI is present, else as `Avx2`.
     Avx512,
-    /// f32 FMA on 8 lanes; int8 falls back to portable.
+    /// f32 FMA on 8 lanes; int8 through `vpmaddubsw` / `vpmaddwd`.
     Avx2,
+    /// aarch64 NEON: f32 FMA on 4 lanes; int8 through `smull` / `sadalp`.
+    Neon,
+    /// NEON with int8 through `sdot` (FEAT_DotProd).
+    NeonDotprod,
+    /// NEON with int8 through `smmla` on pairs of activation rows (FEAT_I8MM), `sdot` for a row left over.
+    NeonI8mm,
     /// Plain Rust loops over the packed layouts.
     Portable,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 4] = [Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
+    pub const ALL: [Kernel; 7] = [
+        Kernel::Avx512Bf16,
+        Kernel::Avx512,
+        Kernel::Avx2,
+        Kernel::Neon,
+        Kernel::NeonDotprod,
+        Kernel::NeonI8mm,
+        Kernel::Portable,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512Bf16 => "avx512bf16",
             Kernel::Avx512 => "avx512",
             Kernel::Avx2 => "avx2",
+            Kernel::Neon => "neon",
+            Kernel::NeonDotprod => "neon-dotprod",
+            Kernel::NeonI8mm => "neon-i8mm",
             Kernel::Portable => "portable",
         }
     }
@@ -88,11 +115,33 @@ impl Kernel {
                         && is_x86_feature_detected!("avx512bw")
                 }
                 Kernel::Avx512 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"),
-                Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                Kernel::Avx2 => {
+                    is_x86_feature_detected!("avx2")
+                        && is_x86_feature_detected!("fma")
+                        && is_x86_feature_detected!("f16c")
+                }
+                Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm => false,
                 Kernel::Portable => true,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            match self {
+                Kernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+                Kernel::NeonDotprod => {
+                    std::arch::is_aarch64_feature_detected!("neon")
+                        && std::arch::is_aarch64_feature_detected!("dotprod")
+                }
+                Kernel::NeonI8mm => {
+                    std::arch::is_aarch64_feature_detected!("neon")
+                        && std::arch::is_aarch64_feature_detected!("dotprod")
+                        && std::arch::is_aarch64_feature_detected!("i8mm")
+                }
+                Kernel::Portable => true,
+                _ => false,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             self == Kernel::Portable
         }
@@ -102,20 +151,102 @@ impl Kernel {
     /// logits to 1e-4 of transformers in f32; bf16 activations move them by ~0.2 on the fixture model).
     /// `avx512bf16` is chosen only by `TL_CPU_KERNEL`.
     pub fn detect() -> Kernel {
-        [Kernel::Avx512, Kernel::Avx2].into_iter().find(|k| k.available()).unwrap_or(Kernel::Portable)
+        [Kernel::Avx512, Kernel::Avx2, Kernel::NeonI8mm, Kernel::NeonDotprod, Kernel::Neon]
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Portable)
     }
 
-    /// Whether the int8 path of this family uses `vpdpbusd`.
-    fn vnni(self) -> bool {
+    /// The int8 micro-kernel this family runs.
+    pub fn int8(self) -> Int8Kernel {
         #[cfg(target_arch = "x86_64")]
         {
-            matches!(self, Kernel::Avx512Bf16 | Kernel::Avx512) && is_x86_feature_detected!("avx512vnni")
+            match self {
+                Kernel::Avx512Bf16 | Kernel::Avx512 if is_x86_feature_detected!("avx512vnni") => Int8Kernel::Vnni512,
+                Kernel::Avx512Bf16 | Kernel::Avx512 | Kernel::Avx2 if Kernel::Avx2.available() => Int8Kernel::Avx2,
+                _ => Int8Kernel::Portable,
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
         {
-            false
+            match self {
+                Kernel::Neon => Int8Kernel::Neon,
+                Kernel::NeonDotprod => Int8Kernel::Sdot,
+                Kernel::NeonI8mm => Int8Kernel::Smmla,
+                _ => Int8Kernel::Portable,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            Int8Kernel::Portable
         }
     }
+
+    /// The micro-kernel this family runs for bf16 weights with f32 (`f32_acts`) or bf16 activations.
+    pub fn bf16_name(self, f32_acts: bool) -> &'static str {
+        match self {
+            Kernel::Avx512Bf16 if !f32_acts => "avx512bf16 vdpbf16ps",
+            Kernel::Avx512Bf16 | Kernel::Avx512 => "avx512 f32 FMA",
+            Kernel::Avx2 => "avx2 f32 FMA",
+            Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm => "neon f32 FMA",
+            Kernel::Portable => "portable",
+        }
+    }
+}
+
+/// What runs the matmuls of each weight format (`TL_CPU_KERNEL` and the CPU decide), for the startup log and
+/// `bench`'s JSON.
+pub fn kernels_in_use() -> String {
+    describe(selected())
+}
+
+fn describe(c: Choice) -> String {
+    if c == Choice::Legacy {
+        return "legacy row-dot gemm for bf16 and f32 weights; int8 unavailable".into();
+    }
+    let (exact, dot) = (kernel_for_choice(c, false), kernel_for_choice(c, true));
+    format!(
+        "bf16 weights: {}; --weights bf16: {}; int8: {}; f32 weights: row-dot gemm ({})",
+        exact.bf16_name(true),
+        dot.bf16_name(dot != Kernel::Avx512Bf16),
+        exact.int8().name(),
+        if Kernel::Avx2.available() { "avx2 FMA" } else { std::env::consts::ARCH },
+    )
+}
+
+/// An int8 micro-kernel (see `Kernel::int8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// `vpdpbusd` on 16 lanes (AVX512_VNNI).
+    Vnni512,
+    /// `vpsignb` / `vpmaddubsw` / `vpmaddwd` on 8 lanes.
+    Avx2,
+    /// `smull` / `sadalp` on NEON.
+    Neon,
+    /// `sdot` (FEAT_DotProd).
+    Sdot,
+    /// `smmla` (FEAT_I8MM).
+    Smmla,
+    /// Plain Rust loops.
+    Portable,
+}
+
+impl Int8Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Kernel::Vnni512 => "avx512 vpdpbusd",
+            Int8Kernel::Avx2 => "avx2 vpmaddubsw",
+            Int8Kernel::Neon => "neon smull",
+            Int8Kernel::Sdot => "neon sdot",
+            Int8Kernel::Smmla => "neon smmla",
+            Int8Kernel::Portable => "portable",
+        }
+    }
+}
+
+/// Whether some SIMD kernel runs on this CPU (then the default must not be `portable` for any weight format).
+pub fn simd_available() -> bool {
+    Kernel::ALL.into_iter().any(|k| k != Kernel::Portable && k.available())
 }
 
 /// What `TL_CPU_KERNEL` asks for.
@@ -144,12 +275,13 @@ pub fn selected() -> Choice {
                     Choice::Auto
                 }
                 None => {
-                    log::warn!("TL_CPU_KERNEL={s} is not one of avx512bf16, avx512, avx2, portable, legacy; ignored");
+                    let names: Vec<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
+                    log::warn!("TL_CPU_KERNEL={s} is not one of {}, legacy; ignored", names.join(", "));
                     Choice::Auto
                 }
             },
         };
-        log::info!("CPU matmul kernel: {c:?} (default {})", Kernel::detect().name());
+        log::info!("CPU matmul kernels: {}", describe(c));
         c
     })
 }
@@ -362,9 +494,14 @@ const MAX_MANY: usize = 4;
 
 /// The kernel `gemm` uses for `w`.
 fn kernel_for(w: &Packed) -> Kernel {
-    match (selected(), w) {
-        (Choice::Forced(k), _) => k,
-        (_, Packed::Bf16 { bf16_acts: true, .. }) if Kernel::Avx512Bf16.available() => Kernel::Avx512Bf16,
+    kernel_for_choice(selected(), matches!(w, Packed::Bf16 { bf16_acts: true, .. }))
+}
+
+/// The kernel for weights packed with bf16 activations (`bf16_acts`) or any other, under choice `c`.
+fn kernel_for_choice(c: Choice, bf16_acts: bool) -> Kernel {
+    match c {
+        Choice::Forced(k) => k,
+        _ if bf16_acts && Kernel::Avx512Bf16.available() => Kernel::Avx512Bf16,
         _ => Kernel::detect(),
     }
 }
@@ -534,7 +671,7 @@ fn run_tile(kernel: Kernel, w: &Packed, acts: Acts, n: usize, m: usize, tile: us
                 rows
             }
             (Packed::Bf16 { k, data, .. }, Acts::F32 { x, ld }) => {
-                let rows = (n - t0).min(if kernel == Kernel::Avx2 { 4 } else { 8 });
+                let rows = (n - t0).min(f32_rows(kernel));
                 tile_f32(kernel, data, k.div_ceil(2), tile, &x[t0 * ld..], ld, rows, &mut buf);
                 rows
             }
@@ -555,6 +692,15 @@ fn run_tile(kernel: Kernel, w: &Packed, acts: Acts, n: usize, m: usize, tile: us
             }
         }
         t0 += rows;
+    }
+}
+
+/// Activation rows one f32 micro-tile takes: 8 on 32 zmm registers, 4 on AVX2's 16 and on NEON (a panel at a
+/// time).
+fn f32_rows(kernel: Kernel) -> usize {
+    match kernel {
+        Kernel::Avx2 | Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm => 4,
+        _ => 8,
     }
 }
 
@@ -595,7 +741,7 @@ fn tile_bf16(
         return;
     }
     // Only the avx512bf16 kernel reads bf16 activations; others get f32 ones.
-    let _ = kernel;
+    let _ = (kernel, w, out);
     unreachable!("bf16 activations outside the avx512bf16 kernel")
 }
 
@@ -633,8 +779,28 @@ fn tile_f32(
         }
         match kernel {
             Kernel::Avx512 => return dispatch!(f32_fma512),
-            Kernel::Avx2 => return dispatch!(f32_fma256),
+            // SAFETY: as above; one row takes both panels at once, more rows one panel at a time.
+            Kernel::Avx2 => unsafe {
+                return match rows {
+                    1 => x86::f32_fma256::<1, 2>(w, kp, x, ld, out),
+                    2 => x86::f32_fma256::<2, 1>(w, kp, x, ld, out),
+                    3 => x86::f32_fma256::<3, 1>(w, kp, x, ld, out),
+                    _ => x86::f32_fma256::<4, 1>(w, kp, x, ld, out),
+                };
+            },
             _ => {}
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if matches!(kernel, Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm) {
+        // SAFETY: `kernel` was checked `available` (NEON); slice bounds asserted above.
+        unsafe {
+            return match rows {
+                1 => neon::f32_fma::<1, 2>(w, kp, x, ld, out),
+                2 => neon::f32_fma::<2, 1>(w, kp, x, ld, out),
+                3 => neon::f32_fma::<3, 1>(w, kp, x, ld, out),
+                _ => neon::f32_fma::<4, 1>(w, kp, x, ld, out),
+            };
         }
     }
     let _ = kernel;
@@ -642,7 +808,8 @@ fn tile_f32(
 }
 
 /// Plain loops in the kernels' order: per lane, even then odd element of each k pair, the three-level sums of
-/// `FOLD_PAIRS`.
+/// `FOLD_PAIRS`. Compiled for the FMA targets too, so `mul_add` is an instruction there, not a call into libm.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
 fn portable_f32(w: &[u16], kp: usize, x: &[f32], ld: usize, rows: usize, out: &mut [[f32; TILE]; 8]) {
     let wide = |v: u16| f32::from_bits((v as u32) << 16);
     for (t, o) in out[..rows].iter_mut().enumerate() {
@@ -681,23 +848,36 @@ fn tile_q8(kernel: Kernel, w: &[u8], tile: usize, x: QActs, rows: usize, out: &m
     let span = 2 * x.nb * Q8_PANEL_BLOCK;
     let w = &w[tile * span..(tile + 1) * span];
     assert!(x.q.len() >= rows * x.nb * QBLOCK && x.s.len() >= rows * x.nb && x.sum.len() >= rows * x.nb);
-    #[cfg(target_arch = "x86_64")]
-    if kernel.vnni() {
-        // SAFETY: `vnni` confirmed avx512f + avx512bw + avx512vnni; slice bounds asserted above.
-        unsafe {
-            match rows {
-                1 => x86::q8_vnni::<1>(w, x, out),
-                2 => x86::q8_vnni::<2>(w, x, out),
-                3 => x86::q8_vnni::<3>(w, x, out),
-                _ => x86::q8_vnni::<4>(w, x, out),
+    macro_rules! dispatch {
+        ($m:ident::$f:ident) => {
+            // SAFETY: `Kernel::int8` chose this kernel after confirming its features; bounds asserted above.
+            unsafe {
+                match rows {
+                    1 => $m::$f::<1>(w, x, out),
+                    2 => $m::$f::<2>(w, x, out),
+                    3 => $m::$f::<3>(w, x, out),
+                    _ => $m::$f::<4>(w, x, out),
+                }
             }
-        }
-        return;
+        };
     }
-    let _ = kernel;
-    portable_q8(w, x, rows, out)
+    match kernel.int8() {
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Vnni512 => dispatch!(x86::q8_vnni),
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Avx2 => dispatch!(x86::q8_avx2),
+        #[cfg(target_arch = "aarch64")]
+        Int8Kernel::Neon => dispatch!(neon::q8_smull),
+        #[cfg(target_arch = "aarch64")]
+        Int8Kernel::Sdot => dispatch!(neon::q8_sdot),
+        #[cfg(target_arch = "aarch64")]
+        Int8Kernel::Smmla => dispatch!(neon::q8_smmla),
+        _ => portable_q8(w, x, rows, out),
+    }
 }
 
+/// Plain loops; compiled for the FMA targets too (see `portable_f32`).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
 fn portable_q8(w: &[u8], x: QActs, rows: usize, out: &mut [[f32; TILE]; 8]) {
     let nb = x.nb;
     for (t, o) in out[..rows].iter_mut().enumerate() {
@@ -721,224 +901,10 @@ fn portable_q8(w: &[u8], x: QActs, rows: usize, out: &mut [[f32; TILE]; 8]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    //! The x86-64 micro-kernels: one 32-row tile (two 16-row panels) × MR activation rows, register-resident
-    //! accumulators over the whole of k, results into `out[..MR]`.
-    use super::{FOLD_PAIRS, MID_BLOCKS, PANEL, PREFETCH, PREFETCH_MIN_ROWS, Q8_PANEL_BLOCK, QActs, QBLOCK, TILE};
-    use std::arch::x86_64::*;
+mod x86;
 
-    /// bf16 weights · bf16 activations with `vdpbf16ps`, f32 sums.
-    /// SAFETY (caller): avx512f + avx512bf16; `w` holds `TILE * kp * 2` values, x row t holds `kp * 2` at `t * ld`.
-    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-    pub unsafe fn bf16_dp<const MR: usize>(w: &[u16], kp: usize, x: &[u16], ld: usize, out: &mut [[f32; TILE]; 8]) {
-        // Two sets of sums (even and odd pairs) hide the dot-product latency; every MR sums in this same order,
-        // so a row gets the same bits in any batch (MR <= 6 keeps the 4 * MR sums and operands in 32 registers).
-        let mut acc = [[[_mm512_setzero_ps(); 2]; MR]; 2];
-        let (w0, w1) = (w.as_ptr(), unsafe { w.as_ptr().add(PANEL * kp * 2) });
-        let xp = x.as_ptr() as *const i32;
-        let step = |acc: &mut [[__m512; 2]; MR], j: usize| unsafe {
-            let a0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w0.add(j * 32) as *const _));
-            let a1: __m512bh = std::mem::transmute(_mm512_loadu_si512(w1.add(j * 32) as *const _));
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(xp.add(t * ld / 2 + j).read_unaligned()));
-                acc[0] = _mm512_dpbf16_ps(acc[0], a0, b);
-                acc[1] = _mm512_dpbf16_ps(acc[1], a1, b);
-            }
-        };
-        let mut j = 0;
-        let [even, odd] = &mut acc;
-        while j + 2 <= kp {
-            step(even, j);
-            step(odd, j + 1);
-            j += 2;
-        }
-        while j < kp {
-            step(&mut acc[0], j);
-            j += 1;
-        }
-        for (t, o) in out[..MR].iter_mut().enumerate() {
-            unsafe {
-                _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(acc[0][t][0], acc[1][t][0]));
-                _mm512_storeu_ps(o.as_mut_ptr().add(PANEL), _mm512_add_ps(acc[0][t][1], acc[1][t][1]));
-            }
-        }
-    }
-
-    /// bf16 weights widened exactly (shift / mask), f32 activations, FMA on 16 lanes.
-    /// SAFETY (caller): avx512f; bounds as `bf16_dp`.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn f32_fma512<const MR: usize>(w: &[u16], kp: usize, x: &[f32], ld: usize, out: &mut [[f32; TILE]; 8]) {
-        let mut tot = [[0f64; TILE]; MR];
-        let mut mid = [[0f32; TILE]; MR];
-        let (w0, w1) = (w.as_ptr(), unsafe { w.as_ptr().add(PANEL * kp * 2) });
-        let hi = _mm512_set1_epi32(0xffff_0000u32 as i32);
-        let xp = x.as_ptr();
-        let (mut j0, mut blocks) = (0, 0);
-        while j0 < kp {
-            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-            for j in j0..(j0 + FOLD_PAIRS).min(kp) {
-                unsafe {
-                    // Reads past a panel's end only prefetch (no fault); wrapping_add keeps the address math defined.
-                    if MR >= PREFETCH_MIN_ROWS {
-                        _mm_prefetch::<_MM_HINT_T0>(w0.wrapping_add(j * 32 + PREFETCH) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T0>(w1.wrapping_add(j * 32 + PREFETCH) as *const i8);
-                    }
-                    let v0 = _mm512_loadu_si512(w0.add(j * 32) as *const _);
-                    let v1 = _mm512_loadu_si512(w1.add(j * 32) as *const _);
-                    let (e0, o0) =
-                        (_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_castsi512_ps(_mm512_and_si512(v0, hi)));
-                    let (e1, o1) =
-                        (_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_castsi512_ps(_mm512_and_si512(v1, hi)));
-                    for (t, acc) in acc.iter_mut().enumerate() {
-                        let xe = _mm512_set1_ps(*xp.add(t * ld + 2 * j));
-                        let xo = _mm512_set1_ps(*xp.add(t * ld + 2 * j + 1));
-                        acc[0] = _mm512_fmadd_ps(o0, xo, _mm512_fmadd_ps(e0, xe, acc[0]));
-                        acc[1] = _mm512_fmadd_ps(o1, xo, _mm512_fmadd_ps(e1, xe, acc[1]));
-                    }
-                }
-            }
-            for (m, a) in mid.iter_mut().zip(&acc) {
-                for (h, &v) in a.iter().enumerate() {
-                    unsafe {
-                        let p = m.as_mut_ptr().add(h * PANEL);
-                        _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), v));
-                    }
-                }
-            }
-            (j0, blocks) = (j0 + FOLD_PAIRS, blocks + 1);
-            if blocks == MID_BLOCKS || j0 >= kp {
-                for (tt, m) in tot.iter_mut().zip(&mut mid) {
-                    for h in 0..2 {
-                        unsafe {
-                            let v = _mm512_loadu_ps(m.as_ptr().add(h * PANEL));
-                            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-                            let up = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-                            let p = tt.as_mut_ptr().add(h * PANEL);
-                            _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
-                            _mm512_storeu_pd(p.add(8), _mm512_add_pd(_mm512_loadu_pd(p.add(8)), up));
-                        }
-                    }
-                    *m = [0.0; TILE];
-                }
-                blocks = 0;
-            }
-        }
-        for (o, tt) in out.iter_mut().zip(&tot) {
-            for (d, v) in o.iter_mut().zip(tt) {
-                *d = *v as f32;
-            }
-        }
-    }
-
-    /// As `f32_fma512` on 8 lanes, one panel of 16 rows (two registers) at a time.
-    /// SAFETY (caller): avx2 + fma; bounds as `bf16_dp`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn f32_fma256<const MR: usize>(w: &[u16], kp: usize, x: &[f32], ld: usize, out: &mut [[f32; TILE]; 8]) {
-        let hi = _mm256_set1_epi32(0xffff_0000u32 as i32);
-        let xp = x.as_ptr();
-        let mut tot = [[0f64; TILE]; MR];
-        let mut mid = [[0f32; TILE]; MR];
-        for p in 0..2 {
-            let wp = unsafe { w.as_ptr().add(p * PANEL * kp * 2) };
-            let (mut j0, mut blocks) = (0, 0);
-            while j0 < kp {
-                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-                for j in j0..(j0 + FOLD_PAIRS).min(kp) {
-                    unsafe {
-                        let v0 = _mm256_loadu_si256(wp.add(j * 32) as *const _);
-                        let v1 = _mm256_loadu_si256(wp.add(j * 32 + 16) as *const _);
-                        let (e0, o0) = (
-                            _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)),
-                            _mm256_castsi256_ps(_mm256_and_si256(v0, hi)),
-                        );
-                        let (e1, o1) = (
-                            _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)),
-                            _mm256_castsi256_ps(_mm256_and_si256(v1, hi)),
-                        );
-                        for (t, acc) in acc.iter_mut().enumerate() {
-                            let xe = _mm256_set1_ps(*xp.add(t * ld + 2 * j));
-                            let xo = _mm256_set1_ps(*xp.add(t * ld + 2 * j + 1));
-                            acc[0] = _mm256_fmadd_ps(o0, xo, _mm256_fmadd_ps(e0, xe, acc[0]));
-                            acc[1] = _mm256_fmadd_ps(o1, xo, _mm256_fmadd_ps(e1, xe, acc[1]));
-                        }
-                    }
-                }
-                for (m, a) in mid.iter_mut().zip(&acc) {
-                    for (h, &v) in a.iter().enumerate() {
-                        unsafe {
-                            let q = m.as_mut_ptr().add(p * PANEL + h * 8);
-                            _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), v));
-                        }
-                    }
-                }
-                (j0, blocks) = (j0 + FOLD_PAIRS, blocks + 1);
-                if blocks == MID_BLOCKS || j0 >= kp {
-                    for (tt, m) in tot.iter_mut().zip(&mut mid) {
-                        for h in 0..2 {
-                            unsafe {
-                                let v = _mm256_loadu_ps(m.as_ptr().add(p * PANEL + h * 8));
-                                let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-                                let up = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-                                let q = tt.as_mut_ptr().add(p * PANEL + h * 8);
-                                _mm256_storeu_pd(q, _mm256_add_pd(_mm256_loadu_pd(q), lo));
-                                _mm256_storeu_pd(q.add(4), _mm256_add_pd(_mm256_loadu_pd(q.add(4)), up));
-                            }
-                        }
-                        m[p * PANEL..(p + 1) * PANEL].fill(0.0);
-                    }
-                    blocks = 0;
-                }
-            }
-        }
-        for (o, tt) in out.iter_mut().zip(&tot) {
-            for (d, v) in o.iter_mut().zip(tt) {
-                *d = *v as f32;
-            }
-        }
-    }
-
-    /// int8 weights (stored + 128) · int8 activations with `vpdpbusd`, per-32-block f32 scaling.
-    /// SAFETY (caller): avx512f + avx512bw + avx512vnni; `w` holds two panels of `x.nb` blocks, `x` MR rows.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    pub unsafe fn q8_vnni<const MR: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
-        let nb = x.nb;
-        let mut res = [[_mm512_setzero_ps(); 2]; MR];
-        let wp = w.as_ptr();
-        let xq = x.q.as_ptr() as *const i32;
-        for b in 0..nb {
-            unsafe {
-                let (b0, b1) = (wp.add(b * Q8_PANEL_BLOCK), wp.add((nb + b) * Q8_PANEL_BLOCK));
-                let mut acc = [[_mm512_setzero_si512(); 2]; MR];
-                for (t, a) in acc.iter_mut().enumerate() {
-                    let c = _mm512_set1_epi32(-128 * x.sum[t * nb + b]);
-                    *a = [c, c];
-                }
-                for q in 0..QBLOCK / 4 {
-                    let a0 = _mm512_loadu_si512(b0.add(q * 64) as *const _);
-                    let a1 = _mm512_loadu_si512(b1.add(q * 64) as *const _);
-                    for (t, acc) in acc.iter_mut().enumerate() {
-                        let bx = _mm512_set1_epi32(xq.add((t * nb + b) * (QBLOCK / 4) + q).read_unaligned());
-                        acc[0] = _mm512_dpbusd_epi32(acc[0], a0, bx);
-                        acc[1] = _mm512_dpbusd_epi32(acc[1], a1, bx);
-                    }
-                }
-                let s0 = _mm512_cvtph_ps(_mm256_loadu_si256(b0.add(QBLOCK * PANEL) as *const _));
-                let s1 = _mm512_cvtph_ps(_mm256_loadu_si256(b1.add(QBLOCK * PANEL) as *const _));
-                for t in 0..MR {
-                    let d = _mm512_set1_ps(x.s[t * nb + b]);
-                    res[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][0]), _mm512_mul_ps(s0, d), res[t][0]);
-                    res[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t][1]), _mm512_mul_ps(s1, d), res[t][1]);
-                }
-            }
-        }
-        for (o, a) in out.iter_mut().zip(&res) {
-            unsafe {
-                _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
-                _mm512_storeu_ps(o.as_mut_ptr().add(PANEL), a[1]);
-            }
-        }
-    }
-}
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod rounding_tests {
@@ -1162,6 +1128,38 @@ mod tests {
                 let want = (v * (1.0 / sc)).round().clamp(-127.0, 127.0) as i8;
                 assert_eq!(q[i], want, "seed {seed} element {i}: {v} at scale {sc}");
             }
+        }
+    }
+
+    /// No slow fallback by accident: where this CPU runs a SIMD kernel, the default is one for every weight
+    /// format, and no SIMD family hands its int8 matmuls to the plain loops (as AVX2 once did: 0.03x llama.cpp).
+    #[test]
+    fn a_simd_cpu_never_defaults_to_the_portable_kernels() {
+        if cfg!(target_arch = "aarch64") || (cfg!(target_arch = "x86_64") && Kernel::Avx2.available()) {
+            assert!(simd_available(), "no SIMD kernel on a CPU that has one");
+        }
+        if simd_available() {
+            let k = Kernel::detect();
+            assert_ne!(k, Kernel::Portable, "default kernel");
+            assert_ne!(k.bf16_name(true), "portable");
+            assert_ne!(k.int8(), Int8Kernel::Portable, "default int8 kernel of {}", k.name());
+        }
+        for k in Kernel::ALL.into_iter().filter(|k| k.available() && *k != Kernel::Portable) {
+            assert_ne!(k.int8(), Int8Kernel::Portable, "{}: int8 falls back to portable", k.name());
+        }
+        let described = kernels_in_use();
+        eprintln!("kernels in use: {described}");
+        assert!(selected() != Choice::Auto || !simd_available() || !described.contains("portable"), "{described}");
+    }
+
+    /// A kernel named in `TL_CPU_KERNEL` (scripts/test_cpu_kernels.sh forces each) is the one that runs: a CPU
+    /// without it would fall back to the default with a warning, and the forced test runs would prove nothing.
+    #[test]
+    fn forced_kernel_is_the_one_that_runs() {
+        let want = std::env::var("TL_CPU_KERNEL").unwrap_or_default();
+        match Kernel::parse(&want) {
+            Some(k) => assert_eq!(selected(), Choice::Forced(k), "TL_CPU_KERNEL={want} is not available here"),
+            None => eprintln!("TL_CPU_KERNEL={want:?} names no kernel: nothing to check"),
         }
     }
 

@@ -73,7 +73,7 @@ fn model_config(model: *mut ffi::TRITONBACKEND_Model) -> Result<serde_json::Valu
         check(ffi::TRITONBACKEND_ModelConfig(model, 1, &mut msg), "ModelConfig")?;
         let (mut base, mut size) = (ptr::null(), 0usize);
         let r = check(ffi::TRITONSERVER_MessageSerializeToJson(msg, &mut base, &mut size), "MessageSerializeToJson")
-            .map(|_| std::slice::from_raw_parts(base as *const u8, size).to_vec());
+            .map(|_| std::slice::from_raw_parts(base.cast::<u8>(), size).to_vec());
         let _ = check(ffi::TRITONSERVER_MessageDelete(msg), "MessageDelete");
         serde_json::from_slice(&r?).map_err(|e| Error::Internal(format!("model config JSON: {e}")))
     }
