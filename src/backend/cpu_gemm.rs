@@ -864,8 +864,16 @@ fn tile_q8(kernel: Kernel, w: &[u8], tile: usize, x: QActs, rows: usize, out: &m
     match kernel.int8() {
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Vnni512 => dispatch!(x86::q8_vnni),
+        // SAFETY: as in `dispatch`; one row takes both panels at once.
         #[cfg(target_arch = "x86_64")]
-        Int8Kernel::Avx2 => dispatch!(x86::q8_avx2),
+        Int8Kernel::Avx2 => unsafe {
+            match rows {
+                1 => x86::q8_avx2::<1, 2>(w, x, out),
+                2 => x86::q8_avx2::<2, 1>(w, x, out),
+                3 => x86::q8_avx2::<3, 1>(w, x, out),
+                _ => x86::q8_avx2::<4, 1>(w, x, out),
+            }
+        },
         #[cfg(target_arch = "aarch64")]
         Int8Kernel::Neon => dispatch!(neon::q8_smull),
         #[cfg(target_arch = "aarch64")]
@@ -886,13 +894,16 @@ fn portable_q8(w: &[u8], x: QActs, rows: usize, out: &mut [[f32; TILE]; 8]) {
             for b in 0..nb {
                 let blk = &w[(p * nb + b) * Q8_PANEL_BLOCK..(p * nb + b + 1) * Q8_PANEL_BLOCK];
                 let xq = &x.q[(t * nb + b) * QBLOCK..(t * nb + b + 1) * QBLOCK];
-                let corr = -128 * x.sum[t * nb + b];
-                for l in 0..PANEL {
-                    let mut d = corr;
-                    for c in 0..QBLOCK {
-                        d += blk[((c / 4) * PANEL + l) * 4 + c % 4] as i32 * xq[c] as i32;
+                // In the layout's order (quad, lane, byte), so that the lanes' sums vectorize.
+                let mut d = [-128 * x.sum[t * nb + b]; PANEL];
+                for (q, quad) in blk[..QBLOCK * PANEL].chunks_exact(4 * PANEL).enumerate() {
+                    let xs = &xq[4 * q..4 * q + 4];
+                    for (d, wl) in d.iter_mut().zip(quad.chunks_exact(4)) {
+                        *d += wl.iter().zip(xs).map(|(&w, &x)| w as i32 * x as i32).sum::<i32>();
                     }
-                    acc[l] = (d as f32).mul_add(q8_scale(blk, l) * x.s[t * nb + b], acc[l]);
+                }
+                for (l, (a, d)) in acc.iter_mut().zip(d).enumerate() {
+                    *a = (d as f32).mul_add(q8_scale(blk, l) * x.s[t * nb + b], *a);
                 }
             }
             o[p * PANEL..(p + 1) * PANEL].copy_from_slice(&acc);
