@@ -447,6 +447,7 @@ struct Scratch {
     q: Vec<i8>,
     qs: Vec<f32>,
     qsum: Vec<i32>,
+    qabs: Vec<u8>,
 }
 
 thread_local! {
@@ -463,9 +464,22 @@ unsafe impl Sync for OutPtr {}
 /// Activations as one kernel family reads them: row stride in elements (or bytes for int8).
 #[derive(Clone, Copy)]
 enum Acts<'a> {
-    F32 { x: &'a [f32], ld: usize },
-    Bf16 { x: &'a [u16], ld: usize },
-    Q8 { q: &'a [i8], s: &'a [f32], sum: &'a [i32], nb: usize },
+    F32 {
+        x: &'a [f32],
+        ld: usize,
+    },
+    Bf16 {
+        x: &'a [u16],
+        ld: usize,
+    },
+    /// `abs`: |q|, for the AVX2 kernel (empty for the others).
+    Q8 {
+        q: &'a [i8],
+        s: &'a [f32],
+        sum: &'a [i32],
+        abs: &'a [u8],
+        nb: usize,
+    },
 }
 
 /// out `[n, m]` = x `[n, k]` · wᵀ with the kernel `TL_CPU_KERNEL`, the weight and the CPU select.
@@ -621,7 +635,14 @@ fn prepare<'a>(kernel: Kernel, w: &Packed, x: &[f32], n: usize, k: usize, s: &'a
                     s.qsum[i] = q.iter().map(|&v| v as i32).sum();
                 }
             }
-            Acts::Q8 { q: &s.q[..n * nb * QBLOCK], s: &s.qs[..n * nb], sum: &s.qsum[..n * nb], nb }
+            // The AVX2 kernel's unsigned operand, made once here rather than per tile.
+            let abs_len = if kernel.int8() == Int8Kernel::Avx2 { n * nb * QBLOCK } else { 0 };
+            grow(&mut s.qabs, abs_len);
+            for (a, &v) in s.qabs[..abs_len].iter_mut().zip(&s.q[..abs_len]) {
+                *a = v.unsigned_abs();
+            }
+            let (q, abs) = (&s.q[..n * nb * QBLOCK], &s.qabs[..abs_len]);
+            Acts::Q8 { q, s: &s.qs[..n * nb], sum: &s.qsum[..n * nb], abs, nb }
         }
     }
 }
@@ -675,9 +696,10 @@ fn run_tile(kernel: Kernel, w: &Packed, acts: Acts, n: usize, m: usize, tile: us
                 tile_f32(kernel, data, k.div_ceil(2), tile, &x[t0 * ld..], ld, rows, &mut buf);
                 rows
             }
-            (Packed::Q8 { data, .. }, Acts::Q8 { q, s, sum, nb }) => {
+            (Packed::Q8 { data, .. }, Acts::Q8 { q, s, sum, abs, nb }) => {
                 let rows = (n - t0).min(4);
-                let xa = QActs { q: &q[t0 * nb * QBLOCK..], s: &s[t0 * nb..], sum: &sum[t0 * nb..], nb };
+                let abs = abs.get(t0 * nb * QBLOCK..).unwrap_or(&[]);
+                let xa = QActs { q: &q[t0 * nb * QBLOCK..], s: &s[t0 * nb..], sum: &sum[t0 * nb..], abs, nb };
                 tile_q8(kernel, data, tile, xa, rows, &mut buf);
                 rows
             }
@@ -709,6 +731,8 @@ struct QActs<'a> {
     q: &'a [i8],
     s: &'a [f32],
     sum: &'a [i32],
+    /// |q| where the kernel reads it (AVX2), else empty.
+    abs: &'a [u8],
     nb: usize,
 }
 
@@ -867,8 +891,9 @@ fn tile_q8(kernel: Kernel, w: &[u8], tile: usize, x: QActs, rows: usize, out: &m
         // SAFETY: as in `dispatch`; one row takes both panels at once.
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Avx2 => unsafe {
+            assert!(x.abs.len() >= rows * x.nb * QBLOCK, "|x| not prepared for the avx2 int8 kernel");
             match rows {
-                1 => x86::q8_avx2::<1, 2>(w, x, out),
+                1 => x86::q8_avx2_row(w, x, out),
                 2 => x86::q8_avx2::<2, 1>(w, x, out),
                 3 => x86::q8_avx2::<3, 1>(w, x, out),
                 _ => x86::q8_avx2::<4, 1>(w, x, out),

@@ -198,17 +198,20 @@ pub unsafe fn f32_fma256<const MR: usize, const PP: usize>(
 }
 
 /// int8 weights (stored + 128, flipped back to signed by an xor) · int8 activations on AVX2: `vpmaddubsw` takes
-/// |x| as its unsigned operand and the weight with x's sign (`vpsignb`), so no pair of products can saturate
-/// its 16-bit sums (2 · 127 · 127 < 2^15), then `vpmaddwd` by ones makes 32-bit sums of 4 (llama.cpp's q8_0 dot
-/// on AVX2). `PP` panels at a time (both for one row: two memory streams), each weight line prefetched into L2
+/// |x| (made in `prepare`) as its unsigned operand and the weight with x's sign (`vpsignb`), so no pair of
+/// products can saturate its 16-bit sums (2 · 127 · 127 < 2^15), then `vpmaddwd` by ones makes 32-bit sums of 4
+/// (llama.cpp's q8_0 dot on AVX2). Per block, one activation row at a time over the block's 8 quads (the weights
+/// are re-read from L1 per row): with every row inside the quad loop the compiler hoisted the rows' operands and
+/// spilled them. `PP` panels at a time (both for one row: two memory streams), each weight line prefetched into L2
 /// `PREFETCH_L2` bytes ahead; per-32-block f32 scaling in the same order as the other int8 kernels, for any `MR`
 /// and `PP`.
-/// SAFETY (caller): avx2 + fma + f16c; `w` holds two panels of `x.nb` blocks, `x` MR rows; `PP` is 1 or 2.
+/// SAFETY (caller): avx2 + fma + f16c; `w` holds two panels of `x.nb` blocks, `x` (with `abs`) MR rows; `PP` is 1
+/// or 2.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_avx2<const MR: usize, const PP: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
     let nb = x.nb;
     let wp = w.as_ptr();
-    let xq = x.q.as_ptr() as *const i32;
+    let (xq, xa) = (x.q.as_ptr() as *const i32, x.abs.as_ptr() as *const i32);
     let flip = _mm256_set1_epi8(-128);
     let ones = _mm256_set1_epi16(1);
     for p0 in (0..2).step_by(PP) {
@@ -217,15 +220,17 @@ pub unsafe fn q8_avx2<const MR: usize, const PP: usize>(w: &[u8], x: QActs, out:
             unsafe {
                 let bp: [*const u8; PP] = std::array::from_fn(|i| wp.add(((p0 + i) * nb + b) * Q8_PANEL_BLOCK));
                 let mut acc = [[[_mm256_setzero_si256(); 2]; PP]; MR];
-                for q in 0..QBLOCK / 4 {
+                // An opaque trip count, as in `q8_avx2_row`.
+                for q in 0..std::hint::black_box(QBLOCK / 4) {
                     for (pi, &bp) in bp.iter().enumerate() {
                         // Past the panel's end only prefetches (no fault); wrapping_add keeps the address math defined.
                         _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
                         let a0 = _mm256_xor_si256(_mm256_loadu_si256(bp.add(q * 64) as *const _), flip);
                         let a1 = _mm256_xor_si256(_mm256_loadu_si256(bp.add(q * 64 + 32) as *const _), flip);
                         for (t, acc) in acc.iter_mut().enumerate() {
-                            let bx = _mm256_set1_epi32(xq.add((t * nb + b) * (QBLOCK / 4) + q).read_unaligned());
-                            let ax = _mm256_sign_epi8(bx, bx);
+                            let i = (t * nb + b) * (QBLOCK / 4) + q;
+                            let bx = _mm256_set1_epi32(xq.add(i).read_unaligned());
+                            let ax = _mm256_set1_epi32(xa.add(i).read_unaligned());
                             let d0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(a0, bx));
                             let d1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(a1, bx));
                             acc[pi][0] = _mm256_add_epi32(acc[pi][0], _mm256_madd_epi16(d0, ones));
@@ -253,6 +258,46 @@ pub unsafe fn q8_avx2<const MR: usize, const PP: usize>(w: &[u8], x: QActs, out:
                 }
             }
         }
+    }
+}
+
+/// `q8_avx2` for one activation row (a decode step), both panels at once, written out with one accumulator per
+/// 8 lanes: the generic loop's arrays led the compiler to copy each block's weights to the stack before using
+/// them. Same sums in the same order as `q8_avx2`.
+/// SAFETY (caller): as `q8_avx2` with MR = 1.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_avx2_row(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
+    let nb = x.nb;
+    let (xq, xa) = (x.q.as_ptr() as *const i32, x.abs.as_ptr() as *const i32);
+    let flip = _mm256_set1_epi8(-128);
+    let ones = _mm256_set1_epi16(1);
+    let mut res = [_mm256_setzero_ps(); 4];
+    for b in 0..nb {
+        unsafe {
+            let (b0, b1) = (w.as_ptr().add(b * Q8_PANEL_BLOCK), w.as_ptr().add((nb + b) * Q8_PANEL_BLOCK));
+            let mut c = [_mm256_setzero_si256(); 4];
+            // An opaque trip count: fully unrolled, the loop's 32 loads were hoisted together and spilled.
+            for q in 0..std::hint::black_box(QBLOCK / 4) {
+                _mm_prefetch::<_MM_HINT_T1>(b0.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(b1.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
+                let bx = _mm256_set1_epi32(xq.add(b * (QBLOCK / 4) + q).read_unaligned());
+                let ax = _mm256_set1_epi32(xa.add(b * (QBLOCK / 4) + q).read_unaligned());
+                for (h, p) in [(0, b0), (1, b0.add(32)), (2, b1), (3, b1.add(32))] {
+                    let a = _mm256_xor_si256(_mm256_loadu_si256(p.add(q * 64) as *const _), flip);
+                    let d = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(a, bx));
+                    c[h] = _mm256_add_epi32(c[h], _mm256_madd_epi16(d, ones));
+                }
+            }
+            let d = _mm256_set1_ps(x.s[b]);
+            for (h, p) in [(0, b0), (1, b0.add(16)), (2, b1), (3, b1.add(16))] {
+                let s = _mm256_cvtph_ps(_mm_loadu_si128(p.add(QBLOCK * PANEL) as *const _));
+                res[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c[h]), _mm256_mul_ps(s, d), res[h]);
+            }
+        }
+    }
+    for (h, r) in res.iter().enumerate() {
+        // SAFETY: lanes h * 8 .. h * 8 + 8 of a 32-float row.
+        unsafe { _mm256_storeu_ps(out[0].as_mut_ptr().add(h * 8), *r) };
     }
 }
 
