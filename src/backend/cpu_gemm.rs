@@ -732,6 +732,7 @@ struct QActs<'a> {
     s: &'a [f32],
     sum: &'a [i32],
     /// |q| where the kernel reads it (AVX2), else empty.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     abs: &'a [u8],
     nb: usize,
 }
