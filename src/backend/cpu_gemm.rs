@@ -889,15 +889,15 @@ fn tile_q8(kernel: Kernel, w: &[u8], tile: usize, x: QActs, rows: usize, out: &m
     match kernel.int8() {
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Vnni512 => dispatch!(x86::q8_vnni),
-        // SAFETY: as in `dispatch`; one row takes both panels at once.
+        // SAFETY: as in `dispatch`, and |x| checked here; one row takes its own kernel (both panels at once).
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Avx2 => unsafe {
             assert!(x.abs.len() >= rows * x.nb * QBLOCK, "|x| not prepared for the avx2 int8 kernel");
             match rows {
                 1 => x86::q8_avx2_row(w, x, out),
-                2 => x86::q8_avx2::<2, 1>(w, x, out),
-                3 => x86::q8_avx2::<3, 1>(w, x, out),
-                _ => x86::q8_avx2::<4, 1>(w, x, out),
+                2 => x86::q8_avx2::<2>(w, x, out),
+                3 => x86::q8_avx2::<3>(w, x, out),
+                _ => x86::q8_avx2::<4>(w, x, out),
             }
         },
         #[cfg(target_arch = "aarch64")]

@@ -165,63 +165,64 @@ fn store<const MR: usize>(out: &mut [[f32; TILE]; 8], res: &[[float32x4_t; 4]; M
     }
 }
 
+/// The frame the NEON int8 kernels share: for each panel and 32-block, `$dots` (the block's exact 32-bit dots,
+/// `[[int32x4_t; 4]; MR]`, given `$bp`, the panel block, and `$b`, its index) scaled into the panel's sums
+/// (`scale_into`), which are then stored. Expanded inside each kernel, so its body has the kernel's features.
+macro_rules! q8_frame {
+    ($w:expr, $x:expr, $out:expr, $mr:expr, |$bp:ident, $b:ident| $dots:block) => {{
+        for p in 0..2 {
+            let mut res = [[vdupq_n_f32(0.0); 4]; $mr];
+            for $b in 0..$x.nb {
+                unsafe {
+                    let $bp = $w.as_ptr().add((p * $x.nb + $b) * Q8_PANEL_BLOCK);
+                    let dots: [[int32x4_t; 4]; $mr] = $dots;
+                    scale_into(&mut res, &dots, &scales($bp.add(QBLOCK * PANEL)), &$x, $b);
+                }
+            }
+            store($out, &res, p);
+        }
+    }};
+}
+
 /// int8 weights · int8 activations on plain NEON: `smull` / `smull2` make 16-bit products, `sadalp` adds pairs
 /// into 32-bit sums (lanes 0-1 and 2-3 of each register apart), one `addp` per block joins them.
 /// SAFETY (caller): NEON; `w` holds two panels of `x.nb` blocks, `x` MR rows.
 #[target_feature(enable = "neon")]
 pub unsafe fn q8_smull<const MR: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
-    let nb = x.nb;
-    for p in 0..2 {
-        let mut res = [[vdupq_n_f32(0.0); 4]; MR];
-        for b in 0..nb {
-            unsafe {
-                let bp = w.as_ptr().add((p * nb + b) * Q8_PANEL_BLOCK);
-                let mut lo = [[vdupq_n_s32(0); 4]; MR];
-                let mut hi = [[vdupq_n_s32(0); 4]; MR];
-                for q in 0..QBLOCK / 4 {
-                    let a = quad(bp, q);
-                    for t in 0..MR {
-                        let bx = x_quad(&x, t, b, q);
-                        for h in 0..4 {
-                            lo[t][h] = vpadalq_s16(lo[t][h], vmull_s8(vget_low_s8(a[h]), vget_low_s8(bx)));
-                            hi[t][h] = vpadalq_s16(hi[t][h], vmull_high_s8(a[h], bx));
-                        }
-                    }
+    q8_frame!(w, x, out, MR, |bp, b| {
+        let mut lo = [[vdupq_n_s32(0); 4]; MR];
+        let mut hi = [[vdupq_n_s32(0); 4]; MR];
+        for q in 0..QBLOCK / 4 {
+            let a = quad(bp, q);
+            for t in 0..MR {
+                let bx = x_quad(&x, t, b, q);
+                for h in 0..4 {
+                    lo[t][h] = vpadalq_s16(lo[t][h], vmull_s8(vget_low_s8(a[h]), vget_low_s8(bx)));
+                    hi[t][h] = vpadalq_s16(hi[t][h], vmull_high_s8(a[h], bx));
                 }
-                let dots: [[int32x4_t; 4]; MR] =
-                    std::array::from_fn(|t| std::array::from_fn(|h| vpaddq_s32(lo[t][h], hi[t][h])));
-                scale_into(&mut res, &dots, &scales(bp.add(QBLOCK * PANEL)), &x, b);
             }
         }
-        store(out, &res, p);
-    }
+        std::array::from_fn(|t| std::array::from_fn(|h| vpaddq_s32(lo[t][h], hi[t][h])))
+    })
 }
 
 /// int8 weights · int8 activations with `sdot`: each instruction sums 4 products into each of 4 lanes.
 /// SAFETY (caller): NEON + dotprod; bounds as `q8_smull`.
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn q8_sdot<const MR: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
-    let nb = x.nb;
-    for p in 0..2 {
-        let mut res = [[vdupq_n_f32(0.0); 4]; MR];
-        for b in 0..nb {
-            unsafe {
-                let bp = w.as_ptr().add((p * nb + b) * Q8_PANEL_BLOCK);
-                let mut dots = [[vdupq_n_s32(0); 4]; MR];
-                for q in 0..QBLOCK / 4 {
-                    let a = quad(bp, q);
-                    for (t, d) in dots.iter_mut().enumerate() {
-                        let bx = x_quad(&x, t, b, q);
-                        for h in 0..4 {
-                            d[h] = sdot!(d[h], a[h], bx);
-                        }
-                    }
+    q8_frame!(w, x, out, MR, |bp, b| {
+        let mut dots = [[vdupq_n_s32(0); 4]; MR];
+        for q in 0..QBLOCK / 4 {
+            let a = quad(bp, q);
+            for (t, d) in dots.iter_mut().enumerate() {
+                let bx = x_quad(&x, t, b, q);
+                for h in 0..4 {
+                    d[h] = sdot!(d[h], a[h], bx);
                 }
-                scale_into(&mut res, &dots, &scales(bp.add(QBLOCK * PANEL)), &x, b);
             }
         }
-        store(out, &res, p);
-    }
+        dots
+    })
 }
 
 /// int8 weights · int8 activations with `smmla` on pairs of activation rows: two quads of four lanes, zipped,
@@ -237,42 +238,35 @@ pub unsafe fn q8_smmla<const MR: usize>(w: &[u8], x: QActs, out: &mut [[f32; TIL
     }
     let nb = x.nb;
     let pairs = MR.div_ceil(2);
-    for p in 0..2 {
-        let mut res = [[vdupq_n_f32(0.0); 4]; MR];
-        for b in 0..nb {
-            unsafe {
-                let bp = w.as_ptr().add((p * nb + b) * Q8_PANEL_BLOCK);
-                // acc[pair][h][z]: rows (2·pair, 2·pair+1) × lanes (4h + 2z, 4h + 2z + 1).
-                let mut acc = [[[vdupq_n_s32(0); 2]; 4]; 2];
-                for u in 0..QBLOCK / 8 {
-                    let (a, c) = (quad(bp, 2 * u), quad(bp, 2 * u + 1));
-                    let z: [[int8x16_t; 2]; 4] = std::array::from_fn(|h| {
-                        let (a, c) = (vreinterpretq_s32_s8(a[h]), vreinterpretq_s32_s8(c[h]));
-                        [vreinterpretq_s8_s32(vzip1q_s32(a, c)), vreinterpretq_s8_s32(vzip2q_s32(a, c))]
-                    });
-                    for (pr, acc) in acc.iter_mut().enumerate().take(pairs) {
-                        let (t0, t1) = (2 * pr, (2 * pr + 1).min(MR - 1));
-                        let row = |t: usize| vld1_s8(x.q.as_ptr().add((t * nb + b) * QBLOCK + u * 8));
-                        let xx = vcombine_s8(row(t0), row(t1));
-                        for h in 0..4 {
-                            acc[h][0] = smmla!(acc[h][0], xx, z[h][0]);
-                            acc[h][1] = smmla!(acc[h][1], xx, z[h][1]);
-                        }
-                    }
+    q8_frame!(w, x, out, MR, |bp, b| {
+        // acc[pair][h][z]: rows (2·pair, 2·pair+1) × lanes (4h + 2z, 4h + 2z + 1).
+        let mut acc = [[[vdupq_n_s32(0); 2]; 4]; 2];
+        for u in 0..QBLOCK / 8 {
+            let (a, c) = (quad(bp, 2 * u), quad(bp, 2 * u + 1));
+            let z: [[int8x16_t; 2]; 4] = std::array::from_fn(|h| {
+                let (a, c) = (vreinterpretq_s32_s8(a[h]), vreinterpretq_s32_s8(c[h]));
+                [vreinterpretq_s8_s32(vzip1q_s32(a, c)), vreinterpretq_s8_s32(vzip2q_s32(a, c))]
+            });
+            for (pr, acc) in acc.iter_mut().enumerate().take(pairs) {
+                let (t0, t1) = (2 * pr, (2 * pr + 1).min(MR - 1));
+                let row = |t: usize| vld1_s8(x.q.as_ptr().add((t * nb + b) * QBLOCK + u * 8));
+                let xx = vcombine_s8(row(t0), row(t1));
+                for h in 0..4 {
+                    acc[h][0] = smmla!(acc[h][0], xx, z[h][0]);
+                    acc[h][1] = smmla!(acc[h][1], xx, z[h][1]);
                 }
-                let mut dots = [[vdupq_n_s32(0); 4]; MR];
-                for (pr, acc) in acc.iter().enumerate().take(pairs) {
-                    for h in 0..4 {
-                        let (a, c) = (vreinterpretq_s64_s32(acc[h][0]), vreinterpretq_s64_s32(acc[h][1]));
-                        dots[2 * pr][h] = vreinterpretq_s32_s64(vzip1q_s64(a, c));
-                        if 2 * pr + 1 < MR {
-                            dots[2 * pr + 1][h] = vreinterpretq_s32_s64(vzip2q_s64(a, c));
-                        }
-                    }
-                }
-                scale_into(&mut res, &dots, &scales(bp.add(QBLOCK * PANEL)), &x, b);
             }
         }
-        store(out, &res, p);
-    }
+        let mut dots = [[vdupq_n_s32(0); 4]; MR];
+        for (pr, acc) in acc.iter().enumerate().take(pairs) {
+            for h in 0..4 {
+                let (a, c) = (vreinterpretq_s64_s32(acc[h][0]), vreinterpretq_s64_s32(acc[h][1]));
+                dots[2 * pr][h] = vreinterpretq_s32_s64(vzip1q_s64(a, c));
+                if 2 * pr + 1 < MR {
+                    dots[2 * pr + 1][h] = vreinterpretq_s32_s64(vzip2q_s64(a, c));
+                }
+            }
+        }
+        dots
+    })
 }

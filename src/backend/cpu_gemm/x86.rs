@@ -1,6 +1,7 @@
 //! The x86-64 micro-kernels: one 32-row tile (two 16-row panels) × MR activation rows, register-resident
 //! accumulators over the whole of k, results into `out[..MR]`.
 use super::{FOLD_PAIRS, MID_BLOCKS, PANEL, PREFETCH, PREFETCH_MIN_ROWS, Q8_PANEL_BLOCK, QActs, QBLOCK, TILE};
+use std::arch::x86_64::*;
 
 /// How far ahead (bytes) the AVX2 kernels prefetch their weights into L2 (`prefetcht1`). Without it a batch-1
 /// decode step waits on memory: the AVX2 loops hold fewer weight bytes in flight than the AVX-512 ones. TinyLlama
@@ -8,7 +9,6 @@ use super::{FOLD_PAIRS, MID_BLOCKS, PANEL, PREFETCH, PREFETCH_MIN_ROWS, Q8_PANEL
 /// ahead 13.4-21.9; into L2 4 KiB 20.7-22.0, 8 KiB 21.0-23.3, 12 KiB 22.0-24.8, 16 KiB 23.5-24.7 (the avx512
 /// vpdpbusd kernel 20.2-26.1 in the same hour).
 const PREFETCH_L2: usize = 16 << 10;
-use std::arch::x86_64::*;
 
 /// bf16 weights · bf16 activations with `vdpbf16ps`, f32 sums.
 /// SAFETY (caller): avx512f + avx512bf16; `w` holds `TILE * kp * 2` values, x row t holds `kp * 2` at `t * ld`.
@@ -200,62 +200,51 @@ pub unsafe fn f32_fma256<const MR: usize, const PP: usize>(
 /// int8 weights (stored + 128, flipped back to signed by an xor) · int8 activations on AVX2: `vpmaddubsw` takes
 /// |x| (made in `prepare`) as its unsigned operand and the weight with x's sign (`vpsignb`), so no pair of
 /// products can saturate its 16-bit sums (2 · 127 · 127 < 2^15), then `vpmaddwd` by ones makes 32-bit sums of 4
-/// (llama.cpp's q8_0 dot on AVX2). Per block, one activation row at a time over the block's 8 quads (the weights
-/// are re-read from L1 per row): with every row inside the quad loop the compiler hoisted the rows' operands and
-/// spilled them. `PP` panels at a time (both for one row: two memory streams), each weight line prefetched into L2
-/// `PREFETCH_L2` bytes ahead; per-32-block f32 scaling in the same order as the other int8 kernels, for any `MR`
-/// and `PP`.
-/// SAFETY (caller): avx2 + fma + f16c; `w` holds two panels of `x.nb` blocks, `x` (with `abs`) MR rows; `PP` is 1
-/// or 2.
+/// (llama.cpp's q8_0 dot on AVX2). One 16-row panel at a time for 2 to 4 activation rows (one row takes
+/// `q8_avx2_row`), each weight line prefetched into L2 `PREFETCH_L2` bytes ahead; per-32-block f32 scaling in the
+/// same order as the other int8 kernels. With 16 ymm registers four rows' sums still spill some (see the README).
+/// SAFETY (caller): avx2 + fma + f16c; `w` holds two panels of `x.nb` blocks, `x` (with `abs`) MR rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_avx2<const MR: usize, const PP: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
+pub unsafe fn q8_avx2<const MR: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
     let nb = x.nb;
-    let wp = w.as_ptr();
     let (xq, xa) = (x.q.as_ptr() as *const i32, x.abs.as_ptr() as *const i32);
     let flip = _mm256_set1_epi8(-128);
     let ones = _mm256_set1_epi16(1);
-    for p0 in (0..2).step_by(PP) {
-        let mut res = [[[_mm256_setzero_ps(); 2]; PP]; MR];
+    for p in 0..2 {
+        let mut res = [[_mm256_setzero_ps(); 2]; MR];
         for b in 0..nb {
             unsafe {
-                let bp: [*const u8; PP] = std::array::from_fn(|i| wp.add(((p0 + i) * nb + b) * Q8_PANEL_BLOCK));
-                let mut acc = [[[_mm256_setzero_si256(); 2]; PP]; MR];
+                let bp = w.as_ptr().add((p * nb + b) * Q8_PANEL_BLOCK);
+                let mut acc = [[_mm256_setzero_si256(); 2]; MR];
                 // An opaque trip count, as in `q8_avx2_row`.
                 for q in 0..std::hint::black_box(QBLOCK / 4) {
-                    for (pi, &bp) in bp.iter().enumerate() {
-                        // Past the panel's end only prefetches (no fault); wrapping_add keeps the address math defined.
-                        _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
-                        let a0 = _mm256_xor_si256(_mm256_loadu_si256(bp.add(q * 64) as *const _), flip);
-                        let a1 = _mm256_xor_si256(_mm256_loadu_si256(bp.add(q * 64 + 32) as *const _), flip);
-                        for (t, acc) in acc.iter_mut().enumerate() {
-                            let i = (t * nb + b) * (QBLOCK / 4) + q;
-                            let bx = _mm256_set1_epi32(xq.add(i).read_unaligned());
-                            let ax = _mm256_set1_epi32(xa.add(i).read_unaligned());
-                            let d0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(a0, bx));
-                            let d1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(a1, bx));
-                            acc[pi][0] = _mm256_add_epi32(acc[pi][0], _mm256_madd_epi16(d0, ones));
-                            acc[pi][1] = _mm256_add_epi32(acc[pi][1], _mm256_madd_epi16(d1, ones));
-                        }
+                    // Past the panel's end only prefetches (no fault); wrapping_add keeps the address math defined.
+                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
+                    let a0 = _mm256_xor_si256(_mm256_loadu_si256(bp.add(q * 64) as *const _), flip);
+                    let a1 = _mm256_xor_si256(_mm256_loadu_si256(bp.add(q * 64 + 32) as *const _), flip);
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let i = (t * nb + b) * (QBLOCK / 4) + q;
+                        let bx = _mm256_set1_epi32(xq.add(i).read_unaligned());
+                        let ax = _mm256_set1_epi32(xa.add(i).read_unaligned());
+                        let d0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(a0, bx));
+                        let d1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(a1, bx));
+                        acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(d0, ones));
+                        acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(d1, ones));
                     }
                 }
-                for (pi, &bp) in bp.iter().enumerate() {
-                    let s0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(QBLOCK * PANEL) as *const _));
-                    let s1 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(QBLOCK * PANEL + 16) as *const _));
-                    for t in 0..MR {
-                        let d = _mm256_set1_ps(x.s[t * nb + b]);
-                        let (r, a) = (&mut res[t][pi], &acc[t][pi]);
-                        r[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[0]), _mm256_mul_ps(s0, d), r[0]);
-                        r[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[1]), _mm256_mul_ps(s1, d), r[1]);
-                    }
+                let s0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(QBLOCK * PANEL) as *const _));
+                let s1 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(QBLOCK * PANEL + 16) as *const _));
+                for (t, (r, a)) in res.iter_mut().zip(&acc).enumerate() {
+                    let d = _mm256_set1_ps(x.s[t * nb + b]);
+                    r[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[0]), _mm256_mul_ps(s0, d), r[0]);
+                    r[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[1]), _mm256_mul_ps(s1, d), r[1]);
                 }
             }
         }
         for (o, r) in out.iter_mut().zip(&res) {
-            for (pi, r) in r.iter().enumerate() {
-                unsafe {
-                    _mm256_storeu_ps(o.as_mut_ptr().add((p0 + pi) * PANEL), r[0]);
-                    _mm256_storeu_ps(o.as_mut_ptr().add((p0 + pi) * PANEL + 8), r[1]);
-                }
+            unsafe {
+                _mm256_storeu_ps(o.as_mut_ptr().add(p * PANEL), r[0]);
+                _mm256_storeu_ps(o.as_mut_ptr().add(p * PANEL + 8), r[1]);
             }
         }
     }
