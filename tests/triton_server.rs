@@ -41,8 +41,11 @@ impl Sink for FakeSink {
 }
 
 #[derive(Default)]
-struct Gauges(Mutex<Vec<(usize, usize, usize)>>, Mutex<Vec<String>>);
+struct Gauges(Mutex<Vec<(usize, usize, usize)>>, Mutex<Vec<String>>, Mutex<Vec<bool>>);
 impl Observer for Gauges {
+    fn engine_up(&self, up: bool) {
+        self.2.lock().unwrap().push(up);
+    }
     fn finished(&self, r: EndReason, prompts: usize) {
         self.1.lock().unwrap().extend(std::iter::repeat_n(r.as_str().to_string(), prompts));
     }
@@ -56,10 +59,19 @@ impl Observer for Gauges {
 }
 
 fn start(capacity: usize) -> (EngineHandle, Arc<Gauges>) {
+    start_with(ServeSettings {
+        max_input_len: Some(32),
+        capacity,
+        add_bos: None,
+        stop_strings: None,
+        chat_template: None,
+        fault_panic_at_step: None,
+    })
+}
+
+fn start_with(set: ServeSettings) -> (EngineHandle, Arc<Gauges>) {
     let open =
         || Engine::new(loader::open(std::path::Path::new(HF))?, EngineConfig { max_num_seqs: 8, ..Default::default() });
-    let set =
-        ServeSettings { max_input_len: Some(32), capacity, add_bos: None, stop_strings: None, chat_template: None };
     let h = EngineHandle::start(open, set).unwrap();
     let g = Arc::new(Gauges::default());
     h.attach(1, g.clone());
@@ -161,4 +173,40 @@ fn full_queue_and_bad_prompts_are_refused_at_once() {
     // Capacity is returned: a normal request still goes through.
     let (rx, _) = submit(&h, &g, vec![prompt("Hello", 3, false), prompt("World", 3, false)], false);
     assert!(matches!(collect(&rx).pop().unwrap(), Event::Reply(_, true)));
+}
+
+#[test]
+fn a_panicking_engine_thread_fails_its_request_reports_down_and_refuses_new_work() {
+    let (h, g) = start_with(ServeSettings {
+        max_input_len: Some(32),
+        capacity: 8,
+        add_bos: None,
+        stop_strings: None,
+        chat_template: None,
+        fault_panic_at_step: Some(3),
+    });
+    assert_eq!(*g.2.lock().unwrap(), [true], "up from attach");
+    let (rx, _) = submit(&h, &g, vec![prompt("Hello world", 12, true)], true);
+    // Two steps' tokens, then the unwind drops the sink unanswered (Triton's sink answers INTERNAL on drop:
+    // tests/e2e/test_kubernetes.py).
+    let mut ev = Vec::new();
+    while let Ok(e) = rx.recv_timeout(Duration::from_secs(60)) {
+        ev.push(e);
+    }
+    assert!(matches!(ev[..], [Event::Reply(_, false), Event::Reply(_, false)]), "{ev:?}");
+    // The thread flags itself dead after the unwind that failed the request: wait for the gauge.
+    for _ in 0..500 {
+        if g.2.lock().unwrap().len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*g.2.lock().unwrap(), [true, false]);
+    let (rx, _) = submit(&h, &g, vec![prompt("Hello", 4, false)], false);
+    let Event::Failed(kind, msg) = rx.recv_timeout(Duration::from_secs(60)).unwrap() else { panic!() };
+    assert_eq!(kind, ErrorKind::Unavailable);
+    assert!(msg.contains("engine thread has stopped"), "{msg}");
+    let late = Arc::new(Gauges::default());
+    h.attach(2, late.clone());
+    assert_eq!(*late.2.lock().unwrap(), [false], "a model attached after the stop reads down at once");
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics through Triton's metric API (served on Triton's metrics port next to its own):
 //! finished requests by reason, prompt/generated token counters, running/waiting and KV-block gauges (used,
 //! cached, free, total), prefix-cache query/hit token counters, and
-//! TTFT / TPOT / end-to-end histograms (API 1.19 `MetricArgs`), all labelled `model` and `version`.
+//! TTFT / TPOT / end-to-end histograms, `llama_engine_up` (API 1.19 `MetricArgs`), all labelled `model` and `version`.
 #![allow(unsafe_code)]
 use super::error::{check, cstring};
 use super::ffi;
@@ -35,6 +35,7 @@ struct Families {
     ttft: Fam,
     tpot: Fam,
     e2e: Fam,
+    up: Fam,
 }
 
 static FAMILIES: OnceLock<std::result::Result<Families, String>> = OnceLock::new();
@@ -89,6 +90,11 @@ fn make_families() -> Result<Families> {
         ttft: family(h, "llama_time_to_first_token_seconds", "Time from arrival to the first generated token")?,
         tpot: family(h, "llama_time_per_output_token_seconds", "Mean time between generated tokens, per sequence")?,
         e2e: family(h, "llama_e2e_request_latency_seconds", "Time from arrival to the final response")?,
+        up: family(
+            g,
+            "llama_engine_up",
+            "1 while the model's engine thread serves, 0 after it stopped (a fatal error: reload or restart)",
+        )?,
     })
 }
 
@@ -153,6 +159,7 @@ pub struct TritonMetrics {
     ttft: M,
     tpot: M,
     e2e: M,
+    up: M,
 }
 
 // SAFETY: Triton metrics are internally synchronized (prometheus-cpp); handles are freed only on drop.
@@ -184,6 +191,7 @@ impl TritonMetrics {
             ttft: metric(&f.ttft, &l, Some(&TTFT_BUCKETS))?,
             tpot: metric(&f.tpot, &l, Some(&TPOT_BUCKETS))?,
             e2e: metric(&f.e2e, &l, Some(&E2E_BUCKETS))?,
+            up: metric(&f.up, &l, None)?,
         })
     }
 }
@@ -242,6 +250,9 @@ impl Observer for TritonMetrics {
     }
     fn e2e(&self, s: f64) {
         observe(&self.e2e, s);
+    }
+    fn engine_up(&self, up: bool) {
+        set(&self.up, if up { 1.0 } else { 0.0 });
     }
 }
 

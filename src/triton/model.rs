@@ -103,6 +103,7 @@ impl ModelSettings {
                 add_bos: boolean(cfg, "add_bos")?,
                 stop_strings,
                 chat_template,
+                fault_panic_at_step: super::server::fault_panic_at_step(),
             },
             // The prompt byte bound needs the tokenizer: ModelInitialize sets it once the engine is loaded.
             limits: Limits {

@@ -78,6 +78,8 @@ pub trait Observer: Send + Sync {
     fn ttft(&self, secs: f64);
     fn tpot(&self, secs: f64);
     fn e2e(&self, secs: f64);
+    /// Whether the engine thread serves (true from attach until it stops; false after a panic or unload).
+    fn engine_up(&self, _up: bool) {}
 }
 
 pub struct Submission {
@@ -104,6 +106,8 @@ pub struct ServeSettings {
     pub stop_strings: Option<Vec<String>>,
     /// `None`: the checkpoint's chat template; else a `chat::ChatTemplate::from_override` spec (file or `nemo`).
     pub chat_template: Option<String>,
+    /// Fault injection: the engine thread panics at this step (`TL_FAULT_PANIC_AT_STEP`, see [`fault_panic_at_step`]).
+    pub fault_panic_at_step: Option<u64>,
 }
 
 /// Facts about the loaded engine.
@@ -116,10 +120,14 @@ pub struct EngineInfo {
 }
 
 /// The handle `execute` holds: a channel into the engine thread plus admission control.
+type Watchers = Arc<Mutex<HashMap<u64, Arc<dyn Observer>>>>;
+
 pub struct EngineHandle {
     tx: Mutex<Option<Sender<Msg>>>,
     inflight: Arc<AtomicUsize>,
     dead: Arc<AtomicBool>,
+    /// The attached models' observers, told when the engine thread stops (its own map dies with a panic).
+    watchers: Watchers,
     capacity: usize,
     pub info: EngineInfo,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -132,11 +140,13 @@ impl EngineHandle {
         let (ready_tx, ready_rx) = channel();
         let inflight = Arc::new(AtomicUsize::new(0));
         let dead = Arc::new(AtomicBool::new(false));
-        let (inf, dd, capacity) = (inflight.clone(), dead.clone(), set.capacity);
+        let watchers: Watchers = Default::default();
+        let (inf, dd, ww, capacity) = (inflight.clone(), dead.clone(), watchers.clone(), set.capacity);
         let thread = std::thread::Builder::new()
             .name("llama-engine".into())
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    fault_load_gate();
                     let opened =
                         open().and_then(|mut e| e.apply_chat_override(set.chat_template.as_deref()).map(|_| e));
                     let engine = match opened {
@@ -167,6 +177,8 @@ impl EngineHandle {
                         observers: HashMap::new(),
                         next_id: 1,
                         prefix_published: Default::default(),
+                        steps: 0,
+                        panic_at_step: set.fault_panic_at_step,
                     }
                     .run();
                 }));
@@ -176,6 +188,9 @@ impl EngineHandle {
                     );
                 }
                 dd.store(true, Ordering::SeqCst);
+                for o in ww.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                    o.engine_up(false);
+                }
                 log::info!("engine thread stopped");
             })
             .map_err(|e| Error::Internal(format!("cannot spawn the engine thread: {e}")))?;
@@ -190,7 +205,15 @@ impl EngineHandle {
                 return Err(Error::Internal("the engine thread died while loading the checkpoint".into()));
             }
         };
-        Ok(EngineHandle { tx: Mutex::new(Some(tx)), inflight, dead, capacity, info, thread: Mutex::new(Some(thread)) })
+        Ok(EngineHandle {
+            tx: Mutex::new(Some(tx)),
+            inflight,
+            dead,
+            watchers,
+            capacity,
+            info,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     fn send(&self, m: Msg) -> std::result::Result<(), Msg> {
@@ -227,10 +250,15 @@ impl EngineHandle {
         }
     }
 
+    /// Adds a model's observer: engine gauges from now on, and `engine_up` (true now, false when the thread stops).
     pub fn attach(&self, key: u64, obs: Arc<dyn Observer>) {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner()).insert(key, obs.clone());
+        // After the insert: a thread that stops meanwhile either sees this observer or set `dead` before.
+        obs.engine_up(!self.dead.load(Ordering::SeqCst));
         let _ = self.send(Msg::Attach(key, obs));
     }
     pub fn detach(&self, key: u64) {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         let _ = self.send(Msg::Detach(key));
     }
 }
@@ -280,6 +308,31 @@ struct Loop {
     next_id: u64,
     /// Prefix-cache stats already published (counters get the increase since).
     prefix_published: std::cell::Cell<crate::engine::scheduler::PrefixCacheStats>,
+    /// Engine steps taken, and the fault-injection step at which the thread panics (`TL_FAULT_PANIC_AT_STEP`).
+    steps: u64,
+    panic_at_step: Option<u64>,
+}
+
+/// Fault injection for the tests of the probes while a model loads: with `TL_FAULT_LOAD_GATE=PATH` the engine
+/// thread waits while PATH exists before it opens the checkpoint (a load as long as the test needs).
+fn fault_load_gate() {
+    let Some(gate) = std::env::var_os("TL_FAULT_LOAD_GATE").map(std::path::PathBuf::from) else { return };
+    log::warn!("TL_FAULT_LOAD_GATE: the load waits while {} exists (a test hook)", gate.display());
+    while gate.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Fault injection for the tests of what follows a fatal engine error (the `llama_engine_up` gauge, the
+/// deploy script's watchdog): `TL_FAULT_PANIC_AT_STEP=N` makes the engine thread panic at its N-th step.
+pub fn fault_panic_at_step() -> Option<u64> {
+    let v = std::env::var("TL_FAULT_PANIC_AT_STEP").ok()?;
+    let n = v.trim().parse().ok().filter(|&n: &u64| n > 0);
+    match n {
+        Some(n) => log::warn!("TL_FAULT_PANIC_AT_STEP={n}: the engine thread will panic at its step {n} (a test hook)"),
+        None => log::warn!("TL_FAULT_PANIC_AT_STEP={v:?} ignored: not a step number >= 1"),
+    }
+    n
 }
 
 #[path = "server_loop.rs"]

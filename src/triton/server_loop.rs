@@ -32,6 +32,10 @@ impl Loop {
             }
             self.check_cancelled();
             if self.engine.has_work() {
+                self.steps += 1;
+                if self.panic_at_step == Some(self.steps) {
+                    panic!("TL_FAULT_PANIC_AT_STEP: injected panic at engine step {}", self.steps);
+                }
                 match self.engine.step() {
                     Ok(outs) => {
                         // Gauges first: a client that reads them right after its final answer sees its blocks freed.
