@@ -8,6 +8,13 @@ models sharing one engine: <name> (request/response: NemoQuery, ModelClient, una
 foreground and forwards SIGTERM/SIGINT to it for a graceful drain. With no checkpoint it serves the demo model
 (random weights, meaningless text) written by `triton-llama demo-model`.
 
+Health (the probes of deploy/kubernetes): with --load_after_start the server answers /v2/health/live at once and
+/v2/health/ready only once the models have loaded (they load through the repository API). A watchdog reads the
+`llama_engine_up` gauge: after a fatal engine error it stops tritonserver (readiness goes at once) and this
+script exits 3, so that a supervisor (Kubernetes, systemd, docker --restart) replaces the server. A checkpoint
+that lies inside the model repository is written as a path relative to it, so the repository can be mounted
+elsewhere (KServe's /mnt/models).
+
 The script owns its model repository, so tritonserver loads only the two models of this run: the default one
 (/tmp/triton_llama_model_repo) is emptied first; in a --triton_model_repository you give, the models that earlier
 runs of this script wrote (listed in its `.triton_llama_models` file) are removed, and any other model folder
@@ -20,6 +27,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +71,14 @@ def parse_args(argv=None):
     p.add_argument("--model_control_mode", choices=["none", "explicit"], default="none",
                    help="explicit: only this run's two models are loaded at start (--load-model) and can be "
                         "unloaded/loaded through the repository API")
+    p.add_argument("--load_after_start", action="store_true",
+                   help="start serving health at once and load the models through the repository API (explicit "
+                        "model control): /v2/health/live answers during a long load, /v2/health/ready once loaded")
+    p.add_argument("--exit_timeout_secs", type=int, default=None,
+                   help="how long a SIGTERM waits for in-flight requests before tritonserver exits (Triton's "
+                        "default: 30)")
+    p.add_argument("--engine_watchdog", action=argparse.BooleanOptionalAction, default=True,
+                   help="stop the server and exit 3 when a model's engine stops (llama_engine_up 0) (default on)")
     p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
     p.add_argument("--enable_prefix_caching", action=argparse.BooleanOptionalAction, default=True,
@@ -175,8 +194,10 @@ def write_repository(a):
     tp = a.tensor_parallel_size or (a.num_gpus if a.device == "cuda" else 1)
     template = (ROOT / "triton_model_repo/llama/config.pbtxt").read_text()
     template = "\n".join(line for line in template.splitlines() if not line.startswith("#"))
+    # Inside the repository: relative to each model's folder, so the repository can be mounted anywhere.
+    rel = os.path.relpath(ckpt, repo / a.triton_model_name) if ckpt.is_relative_to(repo) else None
     values = {
-        "checkpoint": str(ckpt),
+        "checkpoint": rel or str(ckpt),
         "device": a.device,
         # On GPUs the engine owns its devices (one thread per GPU), so Triton must not place instances itself.
         "instance_kind": "KIND_MODEL" if a.device == "cuda" else "KIND_CPU",
@@ -234,16 +255,25 @@ def main(argv=None):
         "--allow-gpu-metrics=false",
         "--allow-cpu-metrics=true",
     ]
-    if a.model_control_mode == "explicit" or foreign:
+    if a.model_control_mode == "explicit" or foreign or a.load_after_start:
         if foreign:
             print(f"--keep_other_models: {', '.join(foreign)} stay in {repo}, not loaded", flush=True)
-        cmd += ["--model-control-mode=explicit"] + [f"--load-model={n}" for n in model_names(a)]
+        cmd += ["--model-control-mode=explicit"]
+        if not a.load_after_start:
+            cmd += [f"--load-model={n}" for n in model_names(a)]
+    if a.exit_timeout_secs is not None:
+        cmd.append(f"--exit-timeout-secs={a.exit_timeout_secs}")
     if a.debug_mode.lower() == "true":
         cmd.append("--log-verbose=1")
     print("starting:", " ".join(cmd), flush=True)
     if a.write_only:
         return 0
     proc = subprocess.Popen(cmd)
+    fatal = []  # the reason this script stops the server itself (exit code 1 or 3)
+    if a.load_after_start:
+        threading.Thread(target=load_models, args=(a, proc, fatal), daemon=True).start()
+    if a.engine_watchdog:
+        threading.Thread(target=watch_engines, args=(a, proc, fatal), daemon=True).start()
     frontend = None
     if a.openai_port:
         fcmd = [sys.executable, str(ROOT / "scripts/openai_frontend.py"), "--grpc_url", f"localhost:{a.grpc_port}",
@@ -262,7 +292,76 @@ def main(argv=None):
     if frontend is not None:
         frontend.terminate()
         frontend.wait()
+    if fatal:
+        print(f"exiting {fatal[0][0]}: {fatal[0][1]}", flush=True)
+        return fatal[0][0]
     return rc
+
+
+def http_get(url, timeout=2):
+    """(status, body) of a GET, or (None, error text) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return None, str(e)
+
+
+def stop_server(proc, fatal, code, why):
+    """Records why this script ends the server (the first reason wins) and sends it SIGTERM (a drain)."""
+    if not fatal:
+        fatal.append((code, why))
+    print(f"deploy_triton.py: {why}; stopping tritonserver", flush=True)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+
+
+def load_models(a, proc, fatal):
+    """--load_after_start: waits for the HTTP endpoint, then loads this run's models through the repository API
+    (readiness follows). A model that fails to load stops the server (exit 1), as a failed load at start does."""
+    host = "localhost" if a.triton_http_address in ("0.0.0.0", "::") else a.triton_http_address
+    base = f"http://{host}:{a.triton_port}"
+    while proc.poll() is None and http_get(base + "/v2/health/live")[0] != 200:
+        time.sleep(0.2)
+    for name in model_names(a):
+        if proc.poll() is not None:
+            return
+        t0 = time.time()
+        print(f"loading model {name!r} through {base}/v2/repository/models/{name}/load", flush=True)
+        req = urllib.request.Request(f"{base}/v2/repository/models/{name}/load", data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=None) as r:
+                r.read()
+            print(f"model {name!r} loaded in {time.time() - t0:.1f} s", flush=True)
+        except urllib.error.HTTPError as e:
+            return stop_server(proc, fatal, 1, f"model {name!r} failed to load: {e.read().decode()}")
+        except OSError as e:
+            if proc.poll() is None:
+                return stop_server(proc, fatal, 1, f"model {name!r} failed to load: {e}")
+
+
+def engine_down(metrics_text, names):
+    """The first model (of `names`, or any when None) whose `llama_engine_up` gauge reads 0 in a Prometheus
+    text page, or None."""
+    for line in metrics_text.splitlines():
+        if line.startswith("llama_engine_up{") and float(line.rsplit(" ", 1)[-1]) == 0:
+            model = line.split('model="', 1)[-1].split('"', 1)[0]
+            if names is None or model in names:
+                return model
+    return None
+
+
+def watch_engines(a, proc, fatal, period=1.0):
+    """Stops the server (exit 3) once an engine of this run reports down: its requests already fail, and a
+    restart is the way back."""
+    url = f"http://localhost:{a.metrics_port}/metrics"
+    while proc.poll() is None:
+        time.sleep(period)
+        status, text = http_get(url)
+        if status == 200 and (name := engine_down(text, model_names(a))):
+            return stop_server(proc, fatal, 3, f"the engine of model {name!r} stopped after a fatal error")
 
 
 if __name__ == "__main__":

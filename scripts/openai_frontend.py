@@ -2,11 +2,12 @@
 """OpenAI-compatible HTTP frontend for the llama backend: a separate process next to tritonserver.
 
 Routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (`stream: true` as server-sent events
-ending in `data: [DONE]`, `stream_options.include_usage`), GET /health/ready. Every request is forwarded to the
-`<model>_stream` Triton model over one gRPC stream (tritonclient.grpc.aio), so Triton stays the serving core:
-its scheduling, metrics and cancellation apply. Chat requests send the conversation as the model's `messages`
-input and the backend renders it with the checkpoint's chat template (the Rust engine crate is the only
-implementation of the templates); `usage` comes from the backend's `num_input_tokens` / `num_output_tokens`.
+ending in `data: [DONE]`, `stream_options.include_usage`), GET /health/ready (follows Triton's) and /health/live.
+Every request is forwarded to the `<model>_stream` Triton model over one gRPC stream (tritonclient.grpc.aio), so
+Triton stays the serving core: its scheduling, metrics and cancellation apply. Chat requests send the
+conversation as the model's `messages` input and the backend renders it with the checkpoint's chat template (the
+Rust engine crate is the only implementation of the templates); `usage` comes from the backend's
+`num_input_tokens` / `num_output_tokens`.
 
 A client that disconnects mid-stream cancels its gRPC stream, which cancels the request in the backend.
 
@@ -481,11 +482,19 @@ async def model(name: str):
 
 @app.get("/health/ready")
 async def ready():
+    """Follows Triton's: its server readiness (false while loading and draining) and the stream model's."""
     try:
-        ok = await client().is_model_ready(CFG["model"] + "_stream")
-    except InferenceServerException:
+        c = client()
+        ok = await c.is_server_ready() and await c.is_model_ready(CFG["model"] + "_stream")
+    except Exception:  # noqa: BLE001 - any failure to ask (server down, starting, shutting down) is "not ready"
         ok = False
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+@app.get("/health/live")
+async def live():
+    """The frontend process answers (whatever Triton's state)."""
+    return JSONResponse({"live": True})
 
 
 def main(argv=None):
