@@ -16,5 +16,7 @@ fi
 .venv/bin/pip install -q 'nvidia-pytriton==0.7.0' 'tritonclient[all]==2.51.0' 'numpy<2' 'pytest>=7'
 # The OpenAI-compatible frontend (scripts/openai_frontend.py) and the SDK its e2e tests drive.
 .venv/bin/pip install -q 'fastapi==0.165.0' 'uvicorn==0.55.0' 'openai==3.60.0'
+# The manifest checks (tests/deploy): Kubernetes' schemas (1.25-1.37, bundled) and yamllint.
+.venv/bin/pip install -q 'kubernetes-validate==1.37.0' 'yamllint==1.38.0'
 cargo build --release --locked
 echo "set-up done: .venv (tritonserver $(.venv/bin/python -c 'import pytriton,os;print(os.path.dirname(pytriton.__file__))')/tritonserver/bin/tritonserver), target/release/libtriton_llama.so"
