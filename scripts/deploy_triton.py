@@ -11,9 +11,10 @@ foreground and forwards SIGTERM/SIGINT to it for a graceful drain. With no check
 Health (the probes of deploy/kubernetes): with --load_after_start the server answers /v2/health/live at once and
 /v2/health/ready only once the models have loaded (they load through the repository API). A watchdog reads the
 `llama_engine_up` gauge: after a fatal engine error it stops tritonserver (readiness goes at once) and this
-script exits 3, so that a supervisor (Kubernetes, systemd, docker --restart) replaces the server. A checkpoint
-that lies inside the model repository is written as a path relative to it, so the repository can be mounted
-elsewhere (KServe's /mnt/models).
+script exits 3, so that a supervisor (Kubernetes, systemd, docker --restart) replaces the server. The children
+(tritonserver, the OpenAI frontend) die with this script however it dies (PR_SET_PDEATHSIG); the frontend
+exiting on its own stops the server too (exit 4). A checkpoint that lies inside the model repository is written
+as a path relative to it, so the repository can be mounted elsewhere (KServe's /mnt/models).
 
 The script owns its model repository, so tritonserver loads only the two models of this run: the default one
 (/tmp/triton_llama_model_repo) is emptied first; in a --triton_model_repository you give, the models that earlier
@@ -21,6 +22,7 @@ runs of this script wrote (listed in its `.triton_llama_models` file) are remove
 is refused unless --keep_other_models, which leaves them in place unloaded (explicit model control).
 """
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -77,6 +79,10 @@ def parse_args(argv=None):
     p.add_argument("--exit_timeout_secs", type=int, default=None,
                    help="how long a SIGTERM waits for in-flight requests before tritonserver exits (Triton's "
                         "default: 30)")
+    p.add_argument("--stuck_shutdown_secs", type=float, default=3.0,
+                   help="after SIGTERM, once this run's models have answered every request and Triton holds none "
+                        "queued for this long, end a tritonserver that still has not exited (2.51 waits on gRPC "
+                        "streams whose clients vanished) and exit 0; 0: wait for Triton's own exit timeout")
     p.add_argument("--engine_watchdog", action=argparse.BooleanOptionalAction, default=True,
                    help="stop the server and exit 3 when a model's engine stops (llama_engine_up 0) (default on)")
     p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
@@ -268,20 +274,28 @@ def main(argv=None):
     print("starting:", " ".join(cmd), flush=True)
     if a.write_only:
         return 0
-    proc = subprocess.Popen(cmd)
-    fatal = []  # the reason this script stops the server itself (exit code 1 or 3)
-    if a.load_after_start:
-        threading.Thread(target=load_models, args=(a, proc, fatal), daemon=True).start()
-    if a.engine_watchdog:
-        threading.Thread(target=watch_engines, args=(a, proc, fatal), daemon=True).start()
+    # Both children die with this script however it dies (SIGKILL included): started before any thread here.
+    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent(os.getpid()))
     frontend = None
     if a.openai_port:
         fcmd = [sys.executable, str(ROOT / "scripts/openai_frontend.py"), "--grpc_url", f"localhost:{a.grpc_port}",
                 "--model", a.triton_model_name, "--host", a.triton_http_address, "--port", str(a.openai_port)]
         print("starting:", " ".join(fcmd), flush=True)
-        frontend = subprocess.Popen(fcmd)
+        frontend = subprocess.Popen(fcmd, preexec_fn=die_with_parent(os.getpid()))
+    fatal = []  # the reason this script stops the server itself (exit code 1, 3 or 4)
+    stopping = threading.Event()  # a signal asked for the stop: the frontend's exit is expected
+    drained = threading.Event()  # end_stuck_shutdown ended a drained tritonserver: exit 0
+    if a.load_after_start:
+        threading.Thread(target=load_models, args=(a, proc, fatal), daemon=True).start()
+    if a.engine_watchdog:
+        threading.Thread(target=watch_engines, args=(a, proc, fatal), daemon=True).start()
+    if frontend is not None:
+        threading.Thread(target=watch_frontend, args=(frontend, proc, fatal, stopping), daemon=True).start()
 
     def forward(sig, _frame):
+        if not stopping.is_set() and a.stuck_shutdown_secs > 0:
+            threading.Thread(target=end_stuck_shutdown, args=(a, proc, drained), daemon=True).start()
+        stopping.set()
         if frontend is not None:
             frontend.send_signal(sig)
         proc.send_signal(sig)
@@ -295,7 +309,29 @@ def main(argv=None):
     if fatal:
         print(f"exiting {fatal[0][0]}: {fatal[0][1]}", flush=True)
         return fatal[0][0]
-    return rc
+    return 0 if drained.is_set() else rc
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent):
+    """A preexec_fn: the child gets SIGKILL when `parent` (this script) dies, whatever kills it."""
+
+    def set_pdeathsig():
+        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before the prctl
+            os._exit(1)
+
+    return set_pdeathsig
+
+
+def watch_frontend(frontend, proc, fatal, stopping):
+    """The OpenAI frontend exiting on its own stops the server: the deployment is not whole any more (exit 4)."""
+    rc = frontend.wait()
+    if not stopping.is_set() and proc.poll() is None:
+        stop_server(proc, fatal, 4, f"the OpenAI frontend exited (status {rc})")
 
 
 def http_get(url, timeout=2):
@@ -340,6 +376,43 @@ def load_models(a, proc, fatal):
         except OSError as e:
             if proc.poll() is None:
                 return stop_server(proc, fatal, 1, f"model {name!r} failed to load: {e}")
+
+
+def busy_requests(metrics_text, names):
+    """Requests of the models `names` not answered yet: held by the backend (`llama_num_requests_in_flight`) or
+    queued in Triton (`nv_inference_pending_request_count`)."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(("llama_num_requests_in_flight{", "nv_inference_pending_request_count{")):
+            model = line.split('model="', 1)[-1].split('"', 1)[0]
+            if model in names:
+                total += float(line.rsplit(" ", 1)[-1])
+    return total
+
+
+def end_stuck_shutdown(a, proc, drained, period=0.25):
+    """After SIGTERM: tritonserver 2.51 cannot unload a model while a gRPC stream that a vanished client left
+    open refers to it, and then waits out its whole exit timeout and exits 1, even with no request left
+    (scripts/triton_stream_cancel_repro.py deadclient shows it with a Python-backend model; the gRPC frontend had
+    no shutdown handling for streams before triton-inference-server/server#7969, merged after 2.51). Once this
+    run's models have answered every request and Triton has none queued, for --stuck_shutdown_secs on end, the
+    drain is over: a tritonserver still running is ended and this script exits 0."""
+    url = f"http://localhost:{a.metrics_port}/metrics"
+    quiet_since = None
+    while proc.poll() is None:
+        time.sleep(period)
+        status, text = http_get(url, timeout=1)
+        if status != 200 or busy_requests(text, model_names(a)) > 0:
+            quiet_since = None
+            continue
+        quiet_since = quiet_since or time.monotonic()
+        if time.monotonic() - quiet_since >= a.stuck_shutdown_secs and proc.poll() is None:
+            print(f"deploy_triton.py: every request has been answered and tritonserver has not exited "
+                  f"{a.stuck_shutdown_secs:g} s later (a gRPC stream left open by a client that went away holds a "
+                  "model): ending it", flush=True)
+            drained.set()
+            proc.kill()
+            return
 
 
 def engine_down(metrics_text, names):

@@ -9,6 +9,13 @@ nvidia-pytriton 0.7.0): `cancel=False n=20 ok=20 rc=0 shutdown=2.4s`, `cancel=Tr
     .venv/bin/python scripts/triton_stream_cancel_repro.py cancel 20
     .venv/bin/python scripts/triton_stream_cancel_repro.py nocancel 20
 
+`deadclient N`: N client processes each open a stream, send one request with an input the model does not declare
+(Triton refuses it before any backend sees it), and are SIGKILLed without closing their stream. The model then
+never unloads either: `deadclient n=1 rc=1 shutdown=30.1s` (the llama backend's models behave the same way, see
+README "Shutdown after dead stream clients").
+
+    .venv/bin/python scripts/triton_stream_cancel_repro.py deadclient 1
+
 The Python backend's stub embeds the base interpreter (3.11 here), which must be able to import numpy; the script
 says how to install it when it cannot.
 """
@@ -81,6 +88,8 @@ def main():
     else:
         srv.kill()
         sys.exit(f"identity model not ready; see {work / 'server.log'}")
+    if sys.argv[1] == "deadclient":
+        return dead_clients(srv, grpc_port, n, work)
     ok = 0
     for _ in range(n):
         q = queue.Queue()
@@ -94,6 +103,36 @@ def main():
     srv.send_signal(signal.SIGTERM)
     rc = srv.wait(timeout=90)
     print(f"cancel={cancel} n={n} ok={ok} rc={rc} shutdown={time.time() - t:.1f}s (server log: {work / 'server.log'})")
+
+
+DEAD_CLIENT = """
+import queue, sys, time
+import numpy as np
+import tritonclient.grpc as grpcclient
+c = grpcclient.InferenceServerClient(sys.argv[1])
+q = queue.Queue()
+c.start_stream(callback=lambda result, error: q.put(error))
+good = grpcclient.InferInput("INPUT0", [3], "FP32")
+good.set_data_from_numpy(np.array([1, 2, 3], dtype=np.float32))
+bad = grpcclient.InferInput("UNDECLARED", [1], "INT32")
+bad.set_data_from_numpy(np.array([1], dtype=np.int32))
+c.async_stream_infer(sys.argv[2], [good, bad])
+print(q.get(timeout=30), flush=True)  # the refusal
+time.sleep(600)
+"""
+
+
+def dead_clients(srv, grpc_port, n, work, model="identity"):
+    """N clients whose request Triton refuses, killed with their stream open; then SIGTERM to the server."""
+    for _ in range(n):
+        c = subprocess.Popen([sys.executable, "-c", DEAD_CLIENT, f"localhost:{grpc_port}", model], stdout=subprocess.PIPE, text=True)
+        refusal = c.stdout.readline().strip()
+        c.kill()
+        c.wait()
+    t = time.time()
+    srv.send_signal(signal.SIGTERM)
+    rc = srv.wait(timeout=90)
+    print(f"deadclient n={n} rc={rc} shutdown={time.time() - t:.1f}s refusal={refusal!r} (server log: {work / 'server.log'})")
 
 
 if __name__ == "__main__":
