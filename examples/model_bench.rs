@@ -1,5 +1,5 @@
 //! Decode (batch 1 and 8) and prefill (128 tokens) of a TinyLlama-1.1B-shape random bf16 model on the CPU
-//! engine, for each `--weights` format given: `cargo run --release --example model_bench -- as-loaded,bf16,int8`.
+//! engine, for each `--weights` format given: `cargo run --release --example model_bench -- f32,bf16,int8`.
 //! Run it once with `TL_CPU_KERNEL=legacy` for the unpacked row-dot gemm of before.
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,7 +41,7 @@ fn step(first: usize, seqs: usize, len: usize, start: usize, per: usize, bs: usi
 }
 
 fn main() {
-    let fmts = std::env::args().nth(1).unwrap_or_else(|| "as-loaded".into());
+    let fmts = std::env::args().nth(1).unwrap_or_else(|| "auto".into());
     let kernel = std::env::var("TL_CPU_KERNEL").unwrap_or_else(|_| "auto".into());
     for f in fmts.split(',') {
         let fmt = WeightFormat::parse(f).unwrap();

@@ -236,7 +236,7 @@ def _prefill(r, n):
 
 def table(d):
     rounds = sorted({f.split("-")[0] for f in os.listdir(d) if f.startswith("r") and f.endswith(".json")})
-    kinds = ("llama-bf16", "llama-q8_0", "ours-bf16", "ours-bf16dot", "ours-int8")
+    kinds = ("llama-bf16", "llama-q8_0", "ours-bf16", "ours-f32", "ours-int8")
     runs = {k: [_load(d, f"{r}-{k}.json") for r in rounds] for k in kinds}
     rows = [  # label, peer key, ours key, getter, arg, goal
         ("decode, batch 1 (bf16)", "llama-bf16", "ours-bf16", _decode, 1, 1.1),
@@ -244,10 +244,10 @@ def table(d):
         ("prefill, 512 tokens (bf16)", "llama-bf16", "ours-bf16", _prefill, 512, 1.2),
         ("aggregate decode, 4 sequences (bf16)", "llama-bf16", "ours-bf16", _decode, 4, None),
         ("aggregate decode, 8 sequences (bf16)", "llama-bf16", "ours-bf16", _decode, 8, None),
-        ("decode, batch 1 (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _decode, 1, 1.1),
-        ("prefill, 128 tokens (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _prefill, 128, 1.2),
-        ("prefill, 512 tokens (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _prefill, 512, 1.2),
-        ("aggregate decode, 8 sequences (bf16; ours --weights bf16)", "llama-bf16", "ours-bf16dot", _decode, 8, None),
+        ("decode, batch 1 (bf16; ours --weights f32, exact)", "llama-bf16", "ours-f32", _decode, 1, None),
+        ("prefill, 128 tokens (bf16; ours --weights f32, exact)", "llama-bf16", "ours-f32", _prefill, 128, None),
+        ("prefill, 512 tokens (bf16; ours --weights f32, exact)", "llama-bf16", "ours-f32", _prefill, 512, None),
+        ("aggregate decode, 8 sequences (bf16; ours --weights f32, exact)", "llama-bf16", "ours-f32", _decode, 8, None),
         ("decode, batch 1: int8 vs q8_0", "llama-q8_0", "ours-int8", _decode, 1, 1.0),
         ("prefill, 128 tokens: int8 vs q8_0", "llama-q8_0", "ours-int8", _prefill, 128, 1.5),
         ("prefill, 512 tokens: int8 vs q8_0", "llama-q8_0", "ours-int8", _prefill, 512, 1.5),
@@ -268,7 +268,7 @@ def table(d):
     cpu = next((r.get("cpu") for k in kinds if k.startswith("ours") for r in runs[k] if r and r.get("cpu")), None)
     if cpu:
         lines.append(f"CPU: {cpu}")
-    for k in ("ours-bf16", "ours-bf16dot", "ours-int8"):
+    for k in ("ours-bf16", "ours-f32", "ours-int8"):
         ks = sorted({r.get("cpu_kernels", "?") for r in runs[k] if r})
         if ks:
             lines.append(f"triton-llama {k[5:]} kernels ({os.environ.get('TL_CPU_KERNEL', 'auto')}): {'; '.join(ks)}")
@@ -286,18 +286,18 @@ def table(d):
         ratios = [b / a for a, b in zip(p, o) if a and b]
         ratio = f"**{statistics.median(ratios):.2f}**" if ratios else "n/a"
         lines.append(f"| {label} | {fmt(p)} | {fmt(o)} | {ratio} | {'>= %.1f' % goal if goal else ''} |")
-    for k, name in (("ours-bf16", "triton-llama bf16"), ("ours-bf16dot", "triton-llama --weights bf16"),
+    for k, name in (("ours-bf16", "triton-llama bf16"), ("ours-f32", "triton-llama --weights f32"),
                     ("llama-bf16", "llama.cpp bf16"),
                     ("ours-int8", "triton-llama int8"),
                     ("llama-q8_0", "llama.cpp q8_0")):
         sc = [_decode(r, 8) / _decode(r, 1) for r in runs[k] if _decode(r, 8) and _decode(r, 1)]
         if sc:
             lines.append(f"| {name}: aggregate decode 8 sequences / batch 1 | | | {statistics.median(sc):.2f} | "
-                         f"{'>= 4.0' if k.startswith('ours-bf16') else ''} |")
+                         f"{'>= 4.0' if k == 'ours-bf16' else ''} |")
     # Batch-1 decode is memory-bound: each engine against the most this machine's memory lets a step stream,
     # measured inside each triton-llama run (read bandwidth / bytes per step); llama.cpp's run of the same round
     # streams the same bytes (bf16: 2 per weight; q8_0 and our int8: 34 per 32).
-    ceil_rows = [("bf16", "llama-bf16", "ours-bf16"), ("bf16, ours --weights bf16", "llama-bf16", "ours-bf16dot"),
+    ceil_rows = [("bf16", "llama-bf16", "ours-bf16"), ("bf16, ours --weights f32", "llama-bf16", "ours-f32"),
                  ("int8 vs q8_0", "llama-q8_0", "ours-int8")]
     head = False
     for label, pk, ok in ceil_rows:

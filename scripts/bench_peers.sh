@@ -10,8 +10,8 @@
 #     32 heads, 4 KV heads, intermediate 5632, vocab 32000; bf16 safetensors, 2.2 GB) with the fixture
 #     SentencePiece tokenizer.model, converted by llama.cpp's converter to GGUF bf16 and q8_0;
 #   - the release CLI (cargo build --release --locked).
-# Then runs both engines ROUNDS (3) times, interleaved (llama.cpp bf16, llama.cpp q8_0, triton-llama bf16 as loaded
-# (exact f32 activations), triton-llama --weights bf16 (bf16 dot products, as llama.cpp's bf16), triton-llama int8),
+# Then runs both engines ROUNDS (3) times, interleaved (llama.cpp bf16, llama.cpp q8_0, triton-llama bf16 (the
+# default: bf16 dot products, as llama.cpp's bf16), triton-llama --weights f32 (exact f32 activations), triton-llama int8),
 # THREADS (2) threads each, one process at a time; prints one table of ratios (decode at batch 1, prefill of 128
 # and 512 tokens, aggregate decode at 4 and 8 sequences, int8 vs q8_0) and the logit drift of q8_0 and int8
 # against bf16 on one 64-token prompt. Absolute numbers drift with the machine and its other load; the ratios
@@ -129,8 +129,8 @@ for r in $(seq 1 "$ROUNDS"); do
     log "round $r/$ROUNDS: triton-llama bf16"
     ours "$R/r$r-ours-bf16.json"
     load
-    log "round $r/$ROUNDS: triton-llama bf16 dot products (--weights bf16)"
-    ours "$R/r$r-ours-bf16dot.json" --weights bf16
+    log "round $r/$ROUNDS: triton-llama exact f32 activations (--weights f32)"
+    ours "$R/r$r-ours-f32.json" --weights f32
     if [ ${#INT8[@]} -gt 0 ]; then
         load
         log "round $r/$ROUNDS: triton-llama int8"

@@ -98,9 +98,10 @@ def parse_args(argv=None):
     p.add_argument("--max_batched_tokens", type=int, default=None, help="tokens per engine step at most (default 2048)")
     p.add_argument("--mixed_prefill_tokens", type=int, default=None,
                    help="prompt tokens per step while other streams decode (default: CPU from measured step costs, CUDA no separate limit)")
-    p.add_argument("--weight_dtype", choices=["as-loaded", "bf16", "int8"], default="as-loaded",
-                   help="matmul weights: the checkpoint's dtype with f32 activations, bf16 dot products "
-                        "(AVX512_BF16), or int8 quantized at load (CPU only)")
+    p.add_argument("--weight_dtype", choices=["auto", "f32", "as-loaded", "bf16", "int8"], default="auto",
+                   help="matmul arithmetic: auto (bf16 for a bf16 checkpoint, f32 otherwise), f32 (exact: the "
+                        "checkpoint's dtype with f32 activations; as-loaded is its old name), bf16 (bf16 dot "
+                        "products, AVX512_BF16 on the CPU), or int8 quantized at load (CPU only)")
     p.add_argument("-dm", "--debug_mode", default="False")
     p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"), help="triton-llama binary (writes the demo model)")
@@ -226,7 +227,7 @@ def write_repository(a):
         else str(Path(a.chat_template).resolve()),
         "max_batched_tokens": a.max_batched_tokens or "",
         "mixed_prefill_tokens": a.mixed_prefill_tokens or "",
-        "weight_dtype": "" if a.weight_dtype == "as-loaded" else a.weight_dtype,
+        "weight_dtype": "" if a.weight_dtype == "auto" else a.weight_dtype,
     }
     if a.triton_model_repository is not None:  # listed first, so a run that fails half-way still owns them
         (repo / MANIFEST).write_text(json.dumps(model_names(a)) + "\n")

@@ -149,7 +149,7 @@ def main():
     p.add_argument("--long", type=int, default=512)
     p.add_argument("--mixed_prefill_tokens", type=int, default=None)
     p.add_argument("--max_batched_tokens", type=int, default=None)
-    p.add_argument("--weight_dtype", default=None, help="as-loaded (default), bf16 or int8: passed to deploy_triton.py")
+    p.add_argument("--weight_dtype", default=None, help="auto (default), f32, bf16 or int8: passed to deploy_triton.py")
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"))
     p.add_argument("--throughput", default=None, help="comma list of concurrencies: measure output tokens/s instead")
     p.add_argument("--requests", type=int, default=3, help="--throughput: requests per client per measurement")

@@ -230,7 +230,7 @@ pub(crate) fn decode_point(
 
 /// Runs the benchmark on the random bench model; `decode_steps` per batch size.
 pub fn run(batches: &[usize], decode_steps: usize, prefills: &[usize]) -> Result<BenchReport> {
-    run_with(batches, decode_steps, prefills, WeightFormat::AsLoaded)
+    run_with(batches, decode_steps, prefills, WeightFormat::Auto)
 }
 
 /// `run` with the matmul weights held in `fmt`.
@@ -254,6 +254,7 @@ pub fn run_on(
     decode_steps: usize,
     prefills: &[usize],
 ) -> Result<BenchReport> {
+    let fmt = fmt.resolve_for(src.as_ref());
     let cfg = src.config().clone();
     let held = |t: &crate::loader::TensorInfo| {
         let n = t.shape.iter().product::<usize>();

@@ -29,8 +29,9 @@ const USAGE: &str = "usage:
   triton-llama bench-cuda [--gpu N] [--steps N] [--batches 1,16,64] [--prefill 512,2048] [--layers N] [--json]
                          (needs a build with --features cuda; random Llama-2-7B-shape weights)
 CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + safetensors).
-W (matmul weights): as-loaded (default: the checkpoint's dtype, f32 activations), bf16 (bf16 dot products,
-  AVX512_BF16 on the CPU) or int8 (quantized at load, blocks of 32; CPU only).";
+W (matmul weights): auto (default: bf16 for a bf16 checkpoint, else f32), f32 (exact: the checkpoint's dtype,
+  f32 activations; also as-loaded), bf16 (bf16 dot products, AVX512_BF16 on the CPU) or int8 (quantized at load,
+  blocks of 32; CPU only).";
 
 /// Parsed command line: positional arguments, repeated `--key value` options and bare flags.
 struct Args {
@@ -220,7 +221,7 @@ fn engine_for(a: &Args) -> Result<Engine> {
             (Device::Cuda { kv_fraction: 0.9, gpu_ids: gpu_ids.clone() }, gpu_ids.len())
         }
     };
-    let weights = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
+    let weights = WeightFormat::parse(a.get("weights").unwrap_or("auto"))?;
     Engine::new(src, EngineConfig { device, tp, max_num_seqs: 1, weights, ..Default::default() })
 }
 
@@ -456,7 +457,7 @@ fn score(a: &Args) -> Result<()> {
 
 fn bench(a: &Args) -> Result<()> {
     a.allow_only(&["checkpoint", "batches", "steps", "prefill", "weights"])?;
-    let fmt = WeightFormat::parse(a.get("weights").unwrap_or("as-loaded"))?;
+    let fmt = WeightFormat::parse(a.get("weights").unwrap_or("auto"))?;
     let (batches, prefills) = (list_or(a, "batches", &[1, 8])?, list_or(a, "prefill", &[256])?);
     let steps = a.num("steps", 32)?;
     let r = match a.get("checkpoint") {

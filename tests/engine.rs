@@ -3,12 +3,19 @@
 mod common;
 use common::*;
 use std::collections::HashMap;
+use triton_llama::backend::WeightFormat;
 use triton_llama::engine::{Engine, EngineConfig, FinishReason, Output, Request};
 use triton_llama::loader;
 use triton_llama::sampling::SamplingParams;
 
 fn engine(ckpt: &str, ecfg: EngineConfig) -> Engine {
     Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
+}
+
+/// The exact path (bf16 weights widened, f32 activations): what the transformers oracle is compared with. The
+/// default for a bf16 checkpoint is bf16 arithmetic (its drift: tests/weights.rs).
+fn exact() -> EngineConfig {
+    EngineConfig { weights: WeightFormat::AsLoaded, ..Default::default() }
 }
 
 fn greedy(max_new_tokens: usize) -> SamplingParams {
@@ -35,7 +42,7 @@ fn run_all(e: &mut Engine, reqs: Vec<Request>) -> HashMap<u64, (Vec<u32>, String
 /// Greedy generation equals transformers' greedy tokens at every step whose top-2 margin exceeds 1e-3.
 #[allow(clippy::needless_range_loop)] // steps index several parallel arrays
 fn check_greedy(ckpt: &str, model: &str, tp: usize) {
-    let mut e = engine(ckpt, EngineConfig { tp, ..Default::default() });
+    let mut e = engine(ckpt, EngineConfig { tp, ..exact() });
     for c in golden(model) {
         let n = c.greedy_ids.len();
         let out = run_all(&mut e, vec![Request { id: 1, prompt_ids: c.input_ids.clone(), params: greedy(n) }]);
@@ -73,7 +80,7 @@ fn greedy_matches_transformers_nemo_tp2_chunks() {
 
 #[test]
 fn score_matches_transformers_prompt_logprobs() {
-    let mut e = engine("models/gqa_bf16/hf", EngineConfig::default());
+    let mut e = engine("models/gqa_bf16/hf", exact());
     for c in golden("gqa_bf16") {
         let lp = e.score(&c.input_ids).unwrap();
         assert_eq!(lp.len(), c.prompt_logprobs.len());
@@ -100,6 +107,8 @@ fn cli_generate_prints_the_golden_greedy_text() {
                     &c.greedy_ids.len().to_string(),
                     "--ignore-eos",
                     "--json",
+                    "--weights",
+                    "f32",
                 ])
                 .arg(if c.add_bos { "--bos" } else { "--no-bos" })
                 .args(&extra)
@@ -167,7 +176,7 @@ fn cli_score_writes_the_logits_of_every_position() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_triton-llama"))
         .arg("score")
         .arg(fixture("models/gqa_bf16/hf"))
-        .args(["--ids", &ids, "--json", "--logits-out"])
+        .args(["--ids", &ids, "--json", "--weights", "f32", "--logits-out"])
         .arg(&file)
         .output()
         .unwrap();

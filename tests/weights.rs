@@ -110,4 +110,24 @@ fn unknown_weight_format_is_refused() {
     assert!(WeightFormat::parse("fp4").is_err());
     assert_eq!(WeightFormat::parse("INT8").unwrap(), WeightFormat::Int8);
     assert_eq!(WeightFormat::parse("as-loaded").unwrap(), WeightFormat::AsLoaded);
+    assert_eq!(WeightFormat::parse("f32").unwrap(), WeightFormat::AsLoaded);
+    assert_eq!(WeightFormat::parse("auto").unwrap(), WeightFormat::Auto);
+    assert_eq!(WeightFormat::default(), WeightFormat::Auto);
+}
+
+/// The default is the bf16 arithmetic on a bf16 checkpoint and the exact path on an f32 one: bit-identical logits
+/// to the format it stands for, and different ones from the other (on a bf16 checkpoint only where the bf16
+/// kernel is AVX512_BF16's: elsewhere bf16 weights run the f32 kernel).
+#[test]
+fn the_default_is_bf16_arithmetic_for_bf16_checkpoints_and_exact_for_f32_ones() {
+    let ids: Vec<u32> = (1..40).map(|i| (i * 37 % 500) as u32).collect();
+    let logits = |ckpt: &str, fmt| prompt_logits(&runner_with(ckpt, fmt), &ids);
+    let bf16 = "models/gqa_bf16/hf";
+    let auto = logits(bf16, WeightFormat::Auto);
+    assert_eq!(auto, logits(bf16, WeightFormat::Bf16));
+    let bf16_dot = triton_llama::backend::cpu_gemm::kernels_in_use().contains("vdpbf16ps");
+    assert_eq!(auto != logits(bf16, WeightFormat::AsLoaded), bf16_dot);
+    let f32 = "models/mha_f32/hf";
+    assert_eq!(logits(f32, WeightFormat::Auto), logits(f32, WeightFormat::AsLoaded));
+    assert_eq!(WeightFormat::Auto.resolve(triton_llama::tensor::DType::F16), WeightFormat::AsLoaded);
 }

@@ -317,7 +317,8 @@ impl Backend for CpuBackend {
             return Err(Error::Internal(format!("matmul weight of shape {:?}", t.shape)));
         }
         let legacy = cpu_gemm::selected() == cpu_gemm::Choice::Legacy;
-        Ok(match (fmt, t.dtype()) {
+        Ok(match (fmt.resolve(t.dtype()), t.dtype()) {
+            (WeightFormat::Auto, _) => unreachable!("resolve makes Auto concrete"),
             (WeightFormat::Int8, _) => CpuWeight::Packed(Packed::q8(&t)),
             (WeightFormat::Bf16, _) => CpuWeight::Packed(Packed::bf16(&t, true)),
             (WeightFormat::AsLoaded, crate::tensor::DType::BF16) if !legacy => {

@@ -206,7 +206,8 @@ fn describe(c: Choice) -> String {
     }
     let (exact, dot) = (kernel_for_choice(c, false), kernel_for_choice(c, true));
     format!(
-        "bf16 weights: {}; --weights bf16: {}; int8: {}; f32 weights: row-dot gemm ({})",
+        "bf16 weights, --weights f32: {}; bf16 weights, bf16 arithmetic (the default): {}; int8: {}; \
+         f32 weights: row-dot gemm ({})",
         exact.bf16_name(true),
         dot.bf16_name(dot != Kernel::Avx512Bf16),
         exact.int8().name(),

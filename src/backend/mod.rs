@@ -143,8 +143,12 @@ pub struct AttnDims {
 /// How matmul weights are held on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// In the checkpoint's dtype (bf16, f16 or f32), multiplied with f32 activations (exact).
+    /// The default: `Bf16` for a checkpoint whose matmul weights are bf16 (the arithmetic the GPU and llama.cpp
+    /// use on the same checkpoint), `AsLoaded` otherwise (f32 and f16 checkpoints keep f32 activations).
     #[default]
+    Auto,
+    /// In the checkpoint's dtype (bf16, f16 or f32), multiplied with f32 activations: the exact path (`f32`),
+    /// within 1e-4 of transformers.
     AsLoaded,
     /// bf16 weights multiplied with activations rounded to bf16 (AVX512_BF16 dot products where present, as
     /// llama.cpp's bf16 path does): faster for prefill and batches, logits move by ~1e-2 of their spread.
@@ -154,20 +158,39 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
-    /// `as-loaded` (the checkpoint's dtype, f32 activations), `bf16` (bf16 dot products) or `int8`.
+    /// `auto` (the default), `f32` (exact: the checkpoint's dtype, f32 activations; also `as-loaded`), `bf16`
+    /// (bf16 dot products) or `int8`.
     pub fn parse(s: &str) -> Result<WeightFormat> {
         match s.to_ascii_lowercase().as_str() {
-            "as-loaded" | "as_loaded" | "auto" => Ok(WeightFormat::AsLoaded),
+            "auto" => Ok(WeightFormat::Auto),
+            "f32" | "exact" | "as-loaded" | "as_loaded" => Ok(WeightFormat::AsLoaded),
             "bf16" => Ok(WeightFormat::Bf16),
             "int8" | "q8" | "q8_0" => Ok(WeightFormat::Int8),
-            o => Err(Error::Config(format!("weights must be as-loaded, bf16 or int8, got `{o}`"))),
+            o => Err(Error::Config(format!("weights must be auto, f32, bf16 or int8, got `{o}`"))),
         }
     }
     pub fn name(self) -> &'static str {
         match self {
-            WeightFormat::AsLoaded => "as-loaded",
+            WeightFormat::Auto => "auto",
+            WeightFormat::AsLoaded => "f32",
             WeightFormat::Bf16 => "bf16",
             WeightFormat::Int8 => "int8",
+        }
+    }
+    /// `Auto` made concrete for a checkpoint whose matmul weights are stored as `dtype`; the others unchanged.
+    pub fn resolve(self, dtype: crate::tensor::DType) -> WeightFormat {
+        match (self, dtype) {
+            (WeightFormat::Auto, crate::tensor::DType::BF16) => WeightFormat::Bf16,
+            (WeightFormat::Auto, _) => WeightFormat::AsLoaded,
+            (f, _) => f,
+        }
+    }
+    /// `resolve` for a checkpoint: the dtype of its first layer's query projection stands for its matmuls.
+    pub fn resolve_for(self, src: &dyn crate::loader::CheckpointSource) -> WeightFormat {
+        let wq = crate::loader::layer_name(0, "wq");
+        match src.tensors().into_iter().find(|t| t.name == wq) {
+            Some(t) => self.resolve(t.dtype),
+            None => self.resolve(crate::tensor::DType::F32),
         }
     }
 }

@@ -54,6 +54,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     /// `load` with the matmul weights (not the norms) held in `fmt`. Under `WeightFormat::Bf16` the embedding
     /// table is rounded to bf16 too, as the CUDA backend and llama.cpp's bf16 files hold it.
     pub fn load_with(src: &dyn CheckpointSource, backend: B, comm: C, fmt: WeightFormat) -> Result<Self> {
+        let fmt = fmt.resolve_for(src);
         let cfg = src.config().clone();
         let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
         ShardSpec::check(&cfg, shard.world)?;

@@ -238,7 +238,7 @@ fn engine_config(
         max_model_len: len.max_input_len.map(|i| i + len.max_output_len),
         enable_prefix_caching: boolean(cfg, "enable_prefix_caching")?.unwrap_or(d.enable_prefix_caching),
         weights: match param(cfg, "weight_dtype") {
-            None => WeightFormat::AsLoaded,
+            None => WeightFormat::Auto,
             Some(s) => WeightFormat::parse(&s).map_err(|e| Error::Config(format!("parameter `weight_dtype`: {e}")))?,
         },
     })
@@ -350,7 +350,7 @@ mod tests {
         assert!(!off.engine.enable_prefix_caching);
         let on = read(json!({"checkpoint": "x"}));
         assert_ne!(off.engine_key(), on.engine_key(), "no engine shared across the switch");
-        assert_eq!(s.engine.weights, WeightFormat::AsLoaded);
+        assert_eq!(s.engine.weights, WeightFormat::Auto);
         let int8 = cfg(json!({"checkpoint": "c", "weight_dtype": "int8"}));
         assert_eq!(ModelSettings::from_config(&int8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Int8);
     }

@@ -1,10 +1,15 @@
-"""deploy_triton.py --weight_dtype int8 reaches the engine: the served model generates what the CLI's
-`--weights int8` generates, and that differs from the as-loaded weights somewhere in its log-probabilities."""
+"""deploy_triton.py --weight_dtype reaches the engine: the served model generates what the CLI generates with the
+same `--weights` (int8; f32, the exact path), and each differs from the default somewhere in its log-probabilities
+(for this bf16 checkpoint the default is bf16 arithmetic; without AVX512_BF16 that runs the f32 kernel)."""
 import json
+from pathlib import Path
 
 from conftest import HF, cli_generate, start
 
 import pytest
+
+PROMPT = "Once upon a time"
+BF16_DOT = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -12,11 +17,31 @@ def int8_server(request, tmp_path_factory):
     return start(request, tmp_path_factory, "int8", ["--hf_checkpoint", str(HF), "--weight_dtype", "int8"])
 
 
-def test_int8_server_matches_the_cli(int8_server):
-    prompt = "Once upon a time"
-    status, body = int8_server.generate("llama", {"text_input": prompt, "max_tokens": 12, "ignore_eos": True})
+@pytest.fixture(scope="module")
+def f32_server(request, tmp_path_factory):
+    return start(request, tmp_path_factory, "f32", ["--hf_checkpoint", str(HF), "--weight_dtype", "f32"])
+
+
+def served_text(server):
+    status, body = server.generate("llama", {"text_input": PROMPT, "max_tokens": 12, "ignore_eos": True})
     assert status == 200, body
-    want = cli_generate(HF, prompt, "--max-tokens", "12", "--ignore-eos", "--weights", "int8")
-    assert json.loads(body)["text_output"] == want["text"]
-    exact = cli_generate(HF, prompt, "--max-tokens", "12", "--ignore-eos")
-    assert want["logprobs"] != exact["logprobs"], "--weights int8 changed nothing"
+    return json.loads(body)["text_output"]
+
+
+def test_int8_server_matches_the_cli(int8_server):
+    want = cli_generate(HF, PROMPT, "--max-tokens", "12", "--ignore-eos", "--weights", "int8")
+    assert served_text(int8_server) == want["text"]
+    default = cli_generate(HF, PROMPT, "--max-tokens", "12", "--ignore-eos")
+    assert want["logprobs"] != default["logprobs"], "--weights int8 changed nothing"
+
+
+def test_f32_server_is_the_exact_path(f32_server):
+    want = cli_generate(HF, PROMPT, "--max-tokens", "12", "--ignore-eos", "--weights", "f32")
+    assert served_text(f32_server) == want["text"]
+    old_name = cli_generate(HF, PROMPT, "--max-tokens", "12", "--ignore-eos", "--weights", "as-loaded")
+    assert (old_name["ids"], old_name["logprobs"]) == (want["ids"], want["logprobs"])
+    default = cli_generate(HF, PROMPT, "--max-tokens", "12", "--ignore-eos")
+    if BF16_DOT:
+        assert want["logprobs"] != default["logprobs"], "the default is not bf16 arithmetic on this bf16 checkpoint"
+    else:
+        assert want["logprobs"] == default["logprobs"], "without AVX512_BF16 bf16 weights run the f32 kernel"

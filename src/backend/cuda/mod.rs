@@ -228,9 +228,9 @@ impl Backend for CudaBackend {
     fn upload_matmul(&self, t: Tensor, fmt: WeightFormat) -> Result<CudaWeight> {
         match fmt {
             // The GPU's GEMMs already take bf16 activations.
-            WeightFormat::AsLoaded | WeightFormat::Bf16 => self.upload(t),
+            WeightFormat::Auto | WeightFormat::AsLoaded | WeightFormat::Bf16 => self.upload(t),
             WeightFormat::Int8 => Err(Error::Config(
-                "the CUDA backend does not implement int8 weights yet: use weight_dtype as-loaded or bf16 \
+                "the CUDA backend does not implement int8 weights yet: use weight_dtype auto, f32 or bf16 \
                  (--weights bf16), or int8 on the CPU engine"
                     .into(),
             )),
