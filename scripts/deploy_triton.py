@@ -394,7 +394,7 @@ def busy_requests(metrics_text, names):
 def end_stuck_shutdown(a, proc, drained, period=0.25):
     """After SIGTERM: tritonserver 2.51 cannot unload a model while a gRPC stream that a vanished client left
     open refers to it, and then waits out its whole exit timeout and exits 1, even with no request left
-    (scripts/triton_stream_cancel_repro.py deadclient shows it with a Python-backend model; the gRPC frontend had
+    (scripts/probes/triton_stream_cancel_repro.py deadclient shows it with a Python-backend model; the gRPC frontend had
     no shutdown handling for streams before triton-inference-server/server#7969, merged after 2.51). Once this
     run's models have answered every request and Triton has none queued, for --stuck_shutdown_secs on end, the
     drain is over: a tritonserver still running is ended and this script exits 0."""

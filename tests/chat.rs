@@ -1,5 +1,5 @@
 //! Chat templates against their references: Hugging Face templates against `transformers`' apply_chat_template
-//! (and Llama-2's ids against Meta's reference encoding), committed by scripts/gen_chat_fixtures.py; the
+//! (and Llama-2's ids against Meta's reference encoding), committed by scripts/fixtures/gen_chat_fixtures.py; the
 //! checkpoints' detected templates (NeMo chat from the `.nemo`, Jinja from `tokenizer_config.json`).
 use std::path::{Path, PathBuf};
 use triton_llama::chat::{ChatTemplate, Message, from_tokenizer_config};

@@ -1,4 +1,4 @@
-//! Logits against Hugging Face `transformers` (golden files made by scripts/gen_fixtures.py), tensor-parallel
+//! Logits against Hugging Face `transformers` (golden files made by scripts/fixtures/gen_fixtures.py), tensor-parallel
 //! equivalence, and mixed prefill/decode batches against solo runs.
 mod common;
 use common::*;

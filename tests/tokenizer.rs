@@ -1,4 +1,4 @@
-//! Tokenizer parity with Python sentencepiece, on fixtures written by `scripts/gen_tokenizer_fixtures.py`.
+//! Tokenizer parity with Python sentencepiece, on fixtures written by `scripts/fixtures/gen_tokenizer_fixtures.py`.
 //!
 //! Every expected value comes from the fixture files (computed by sentencepiece 0.2), never from this crate.
 

@@ -1,7 +1,7 @@
 //! Logit drift of the int8 (and bf16-activation) weight formats against the exact CPU path, on the fixture
 //! models over four 64-position sequences (means of max-abs/std, rms/std, argmax agreement), held to
 //! llama.cpp's q8_0 drift on the same weights and sequences as computed independently by
-//! scripts/q8_drift_reference.py (numpy, checked against transformers) into q8_0_drift.json.
+//! scripts/fixtures/q8_drift_reference.py (numpy, checked against transformers) into q8_0_drift.json.
 mod common;
 use common::*;
 use serde_json::Value;

@@ -78,7 +78,7 @@ impl Default for EngineConfig {
 /// prompt tokens fit beside running streams depends on the machine's FLOP/s over its bandwidth and on the model;
 /// the engine measures both costs as it runs ([`StepCost`]) and lets a step that carries decode rows take at
 /// most this multiple of a decode-only step's time. 2x leaves room for the noise of a shared machine: through
-/// Triton (scripts/itl_probe.py) the running streams' inter-token p99 stays within 3x their solo p99 while a
+/// Triton (scripts/bench/itl_probe.py) the running streams' inter-token p99 stays within 3x their solo p99 while a
 /// 512-token prompt is prefilled beside them.
 pub const CPU_STEP_SLOWDOWN: f64 = 2.0;
 /// The CPU budget before any step has been measured, and its floor (a 512-token prompt in at most 64 steps).

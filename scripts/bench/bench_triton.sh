@@ -2,13 +2,13 @@
 # Requests/s, output tokens/s and p50/p99 latency at several concurrencies, measured with perf_analyzer from the
 # pinned tritonclient 2.51.0 wheel (HTTP, unary model `llama`, MAX_TOKENS generated tokens per request, EOS
 # ignored), then output tokens/s of each concurrency as a ratio to the first.
-# Usage: [CKPT=hf_dir] [CONCURRENCY="1 16"] [MAX_TOKENS=32] [MEASURE_MS=5000] scripts/bench_triton.sh [extra perf_analyzer args]
+# Usage: [CKPT=hf_dir] [CONCURRENCY="1 16"] [MAX_TOKENS=32] [MEASURE_MS=5000] scripts/bench/bench_triton.sh [extra perf_analyzer args]
 # (needs scripts/setup.sh first; without CKPT it serves the demo model)
-#        scripts/bench_triton.sh --chat   (genai-perf through the OpenAI frontend: scripts/bench_openai.sh)
+#        scripts/bench/bench_triton.sh --chat   (genai-perf through the OpenAI frontend: scripts/bench/bench_openai.sh)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 # --chat: genai-perf --endpoint-type chat (and completions, and direct gRPC) through the OpenAI frontend instead.
-if [ "${1:-}" = "--chat" ]; then shift; exec bash scripts/bench_openai.sh "$@"; fi
+if [ "${1:-}" = "--chat" ]; then shift; exec bash scripts/bench/bench_openai.sh "$@"; fi
 V=.venv
 LIBS=$V/lib/python3.11/site-packages/nvidia_pytriton.libs
 PA_LIBS=target/pa-libs

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side CPU benchmark pieces for scripts/bench_peers.sh (triton-llama vs llama.cpp on the same weights).
+"""Side-by-side CPU benchmark pieces for scripts/bench/bench_peers.sh (triton-llama vs llama.cpp on the same weights).
 
 Subcommands (each run by bench_peers.sh in the venv that has what it needs):
   make-model DIR            deterministic TinyLlama-1.1B-shape random Llama checkpoint, HF layout, bf16 safetensors

@@ -6,7 +6,7 @@ turn 1 + its answer + a new question), one request at a time, the servers interl
 hits both alike. Reports the server-side time to first token (from `llama_time_to_first_token_seconds`) of each
 turn, median over rounds, and the turn-2 ratio on/off (goal <= 0.3 on CPU), plus the prefix-cache hit counters.
 
-    .venv/bin/python scripts/bench_prefix_cache.py [--rounds 5] [--prefix-words 900]
+    .venv/bin/python scripts/bench/bench_prefix_cache.py [--rounds 5] [--prefix-words 900]
 """
 import argparse
 import json
@@ -17,9 +17,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from tl_ports import free_ports
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the shared port helper
+from tl_ports import free_ports  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Server:

@@ -40,9 +40,10 @@ import numpy as np
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
-from tl_ports import free_ports
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the shared port helper
+from tl_ports import free_ports  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("the quick brown fox jumps over lazy dog Triton serves llama models on CPU and GPU with continuous "
          "batching streaming stop strings cancellation metrics hello world what is a token naïve café 日本語 🤖").split()
 POOL_PROMPTS = 8                      # greedy reference pool: POOL_PROMPTS x len(POOL_MAX_TOKENS) CLI runs

@@ -5,9 +5,9 @@
 # their ratio shows the frontend's cost. Streaming, 64 input / 32 output tokens (EOS ignored), concurrency 1 and 8.
 # genai-perf (PyPI genai-perf==0.0.8, with its own transformers/tritonclient) lives in its own venv,
 # target/genai-perf-venv, made on first use; it drives the perf_analyzer of the pinned tritonclient 2.51.0.
-# Usage: scripts/bench_openai.sh   (or scripts/bench_triton.sh --chat; needs scripts/setup.sh first)
+# Usage: scripts/bench/bench_openai.sh   (or scripts/bench/bench_triton.sh --chat; needs scripts/setup.sh first)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 V=.venv
 GP=target/genai-perf-venv
 if [ ! -x "$GP/bin/genai-perf" ]; then

@@ -16,7 +16,7 @@ With --throughput 1,4 it measures instead output tokens/s at each concurrency: t
 --requests streaming requests back to back (short prompt, TOKENS new tokens, EOS ignored), total tokens over
 the wall time, the concurrencies interleaved twice on one server; and the ratio of each to the first.
 
-Usage: .venv/bin/python scripts/itl_probe.py CHECKPOINT [--streams 2] [--tokens 64] [--long 512]
+Usage: .venv/bin/python scripts/bench/itl_probe.py CHECKPOINT [--streams 2] [--tokens 64] [--long 512]
            [--mixed_prefill_tokens N] [--max_batched_tokens N] [--weight_dtype bf16] [--throughput 1,4 [--requests 3]]
 """
 import argparse
@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tl_ports import free_ports
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the shared port helper
+from tl_ports import free_ports  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("the quick brown fox jumps over lazy dog hello world language learning attention cache memory kernel "
          "thread stream decode encode vocabulary").split()
 

@@ -6,15 +6,15 @@ request already completed leaves the request alive inside Triton: the model neve
 "Exit timeout expired" (status 1 after ~30 s). Measured on this repo's pinned tritonserver 2.51 (pip
 nvidia-pytriton 0.7.0): `cancel=False n=20 ok=20 rc=0 shutdown=2.4s`, `cancel=True n=20 ok=20 rc=1 shutdown=30.1s`.
 
-    .venv/bin/python scripts/triton_stream_cancel_repro.py cancel 20
-    .venv/bin/python scripts/triton_stream_cancel_repro.py nocancel 20
+    .venv/bin/python scripts/probes/triton_stream_cancel_repro.py cancel 20
+    .venv/bin/python scripts/probes/triton_stream_cancel_repro.py nocancel 20
 
 `deadclient N`: N client processes each open a stream, send one request with an input the model does not declare
 (Triton refuses it before any backend sees it), and are SIGKILLed without closing their stream. The model then
 never unloads either: `deadclient n=1 rc=1 shutdown=30.1s` (the llama backend's models behave the same way, see
 README "Shutdown after dead stream clients").
 
-    .venv/bin/python scripts/triton_stream_cancel_repro.py deadclient 1
+    .venv/bin/python scripts/probes/triton_stream_cancel_repro.py deadclient 1
 
 The Python backend's stub embeds the base interpreter (3.11 here), which must be able to import numpy; the script
 says how to install it when it cannot.

@@ -17,7 +17,7 @@
 # against bf16 on one 64-token prompt. Absolute numbers drift with the machine and its other load; the ratios
 # come from the same rounds. Everything lands in $DIR (target/peers).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$PWD
 DIR=${PEERS_DIR:-$ROOT/target/peers}
 ROUNDS=${ROUNDS:-3}
@@ -88,7 +88,7 @@ fi
 M=$DIR/tinyllama-shape
 if [ ! -f "$M/model.safetensors" ] || [ ! -f "$M/config.json" ]; then
     log "writing the random TinyLlama-shape checkpoint to $M"
-    .venv-convert/bin/python scripts/bench_peers.py make-model "$M" tests/fixtures/tokenizer/llama_bpe.model
+    .venv-convert/bin/python scripts/bench/bench_peers.py make-model "$M" tests/fixtures/tokenizer/llama_bpe.model
 fi
 for q in bf16 q8_0; do
     if [ ! -f "$DIR/model-$q.gguf" ]; then
@@ -119,11 +119,11 @@ load() { cut -d' ' -f1 /proc/loadavg >> "$R/loadavg.txt"; } # other work on the 
 for r in $(seq 1 "$ROUNDS"); do
     load
     log "round $r/$ROUNDS: llama.cpp bf16"
-    $PEERS/bin/python scripts/bench_peers.py llamacpp "$DIR/model-bf16.gguf" "$R/r$r-llama-bf16.json" \
+    $PEERS/bin/python scripts/bench/bench_peers.py llamacpp "$DIR/model-bf16.gguf" "$R/r$r-llama-bf16.json" \
         2> "$R/r$r-llama-bf16.log"
     load
     log "round $r/$ROUNDS: llama.cpp q8_0"
-    $PEERS/bin/python scripts/bench_peers.py llamacpp "$DIR/model-q8_0.gguf" "$R/r$r-llama-q8_0.json" \
+    $PEERS/bin/python scripts/bench/bench_peers.py llamacpp "$DIR/model-q8_0.gguf" "$R/r$r-llama-q8_0.json" \
         2> "$R/r$r-llama-q8_0.log"
     load
     log "round $r/$ROUNDS: triton-llama bf16"
@@ -141,7 +141,7 @@ done
 # --- logit drift on one 64-token prompt ---------------------------------------------------------------------------
 log "logit drift"
 DL=$R/drift.log
-P=($PEERS/bin/python scripts/bench_peers.py)
+P=($PEERS/bin/python scripts/bench/bench_peers.py)
 drift() { # NAME REF.npy OTHER.npy
     [ -f "$2" ] && [ -f "$3" ] && echo "\"$1\": $("${P[@]}" drift "$2" "$3")," || echo "\"$1\": null,"
 }
@@ -165,4 +165,4 @@ echo
 CPU_NAME=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 echo "triton-llama $(git rev-parse --short HEAD) vs llama.cpp $LLAMA_CPP_VERSION, $THREADS threads, $(nproc) cores: $CPU_NAME"
 echo "llama.cpp: $SYSINFO"
-$PEERS/bin/python scripts/bench_peers.py table "$R" | tee "$DIR/table.md"
+$PEERS/bin/python scripts/bench/bench_peers.py table "$R" | tee "$DIR/table.md"
