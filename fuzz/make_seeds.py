@@ -5,6 +5,7 @@ Run from anywhere: `python3 fuzz/make_seeds.py`. The seeds are committed; rerun 
 Besides copies of real files it builds two tiny but complete `.nemo` tars (1 layer, hidden 2) so the
 `nemo_tar` fuzzer starts from archives that open and load, and tiny `.safetensors` files for `safetensors`.
 """
+
 import io
 import json
 import shutil
@@ -57,8 +58,20 @@ def count_pieces(b):
 
 
 def zarray(shape, chunks, sep):
-    return json.dumps({"chunks": chunks, "compressor": None, "dimension_separator": sep, "dtype": "bfloat16",
-                       "fill_value": None, "filters": None, "order": "C", "shape": shape, "zarr_format": 2}, indent=1)
+    return json.dumps(
+        {
+            "chunks": chunks,
+            "compressor": None,
+            "dimension_separator": sep,
+            "dtype": "bfloat16",
+            "fill_value": None,
+            "filters": None,
+            "order": "C",
+            "shape": shape,
+            "zarr_format": 2,
+        },
+        indent=1,
+    )
 
 
 def tiny_nemo(root, sep, hardlink, fmt):
@@ -66,8 +79,14 @@ def tiny_nemo(root, sep, hardlink, fmt):
     v = count_pieces(SPM)
     vp = (v + 127) // 128 * 128
     yaml = (NEMO_DIR / "model_config.yaml").read_text()
-    for k, val in {"num_layers": 1, "hidden_size": 2, "ffn_hidden_size": 2, "num_attention_heads": 1,
-                   "num_query_groups": 1, "kv_channels": 2}.items():
+    for k, val in {
+        "num_layers": 1,
+        "hidden_size": 2,
+        "ffn_hidden_size": 2,
+        "num_attention_heads": 1,
+        "num_query_groups": 1,
+        "kv_channels": 2,
+    }.items():
         lines = [f"{k}: {val}" if l.startswith(f"{k}:") else l for l in yaml.splitlines()]
         yaml = "\n".join(lines) + "\n"
     arrays = {  # name: (shape, chunks)
@@ -83,6 +102,7 @@ def tiny_nemo(root, sep, hardlink, fmt):
     }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+
         def add(name, data=None, link=None):
             ti = tarfile.TarInfo(root + name)
             ti.mtime, ti.mode = 1701820800, 0o644
@@ -135,8 +155,9 @@ def safetensors(tensors, meta=True):
 def triton_requests():
     """Requests in the `triton_request` encoding (see decode_request in fuzz/src/lib.rs)."""
     import re
+
     src = (ROOT / "src" / "triton" / "interface.rs").read_text()
-    names = re.findall(r'\("(\w+)", "TYPE_\w+", -?\d+\)', src[src.index("pub const INPUTS"):])
+    names = re.findall(r'\("(\w+)", "TYPE_\w+", -?\d+\)', src[src.index("pub const INPUTS") :])
     idx = {n: i for i, n in enumerate(names)}
     BYTES, INT64, INT32, FP32, BOOL = 13, 9, 8, 11, 1
 
@@ -149,19 +170,43 @@ def triton_requests():
     def req(flags, max_out, mask, *tensors):
         return bytes([flags, max_out, mask]) + b"".join(tensors)
 
-    yield "nemo_query", req(0, 100, 1, tensor("prompts", BYTES, [1, 1], framed([b"Hello"])),
-                            tensor("max_output_token", INT64, [1, 1], struct.pack("<q", 8)),
-                            tensor("top_k", INT64, [1, 1], struct.pack("<q", 1)),
-                            tensor("top_p", FP32, [1, 1], struct.pack("<f", 0.0)),
-                            tensor("temperature", FP32, [1, 1], struct.pack("<f", 1.0)))
-    yield "batch2_stops", req(0, 50, 0x7F, tensor("prompts", BYTES, [2, 1], framed([b"a", b"b"])),
-                              tensor("stop_words_list", BYTES, [2, 2], framed([b"x,y", b"", b"z", b"w"])),
-                              tensor("bad_words", BYTES, [1, 1], framed([b"no"])),
-                              tensor("min_tokens", INT32, [2, 1], struct.pack("<ii", 0, 3)))
-    yield "text_input_stream", req(1, 20, 2, tensor("text_input", BYTES, [1, 1], framed(["héllo".encode()])),
-                                   tensor("max_tokens", INT32, [1, 1], struct.pack("<i", 5)),
-                                   tensor("stream", BOOL, [1, 1], b"\x01"),
-                                   tensor("exclude_input_in_output", BOOL, [1, 1], b"\x00"))
+    yield (
+        "nemo_query",
+        req(
+            0,
+            100,
+            1,
+            tensor("prompts", BYTES, [1, 1], framed([b"Hello"])),
+            tensor("max_output_token", INT64, [1, 1], struct.pack("<q", 8)),
+            tensor("top_k", INT64, [1, 1], struct.pack("<q", 1)),
+            tensor("top_p", FP32, [1, 1], struct.pack("<f", 0.0)),
+            tensor("temperature", FP32, [1, 1], struct.pack("<f", 1.0)),
+        ),
+    )
+    yield (
+        "batch2_stops",
+        req(
+            0,
+            50,
+            0x7F,
+            tensor("prompts", BYTES, [2, 1], framed([b"a", b"b"])),
+            tensor("stop_words_list", BYTES, [2, 2], framed([b"x,y", b"", b"z", b"w"])),
+            tensor("bad_words", BYTES, [1, 1], framed([b"no"])),
+            tensor("min_tokens", INT32, [2, 1], struct.pack("<ii", 0, 3)),
+        ),
+    )
+    yield (
+        "text_input_stream",
+        req(
+            1,
+            20,
+            2,
+            tensor("text_input", BYTES, [1, 1], framed(["héllo".encode()])),
+            tensor("max_tokens", INT32, [1, 1], struct.pack("<i", 5)),
+            tensor("stream", BOOL, [1, 1], b"\x01"),
+            tensor("exclude_input_in_output", BOOL, [1, 1], b"\x00"),
+        ),
+    )
     yield "lying_prefix", req(0, 100, 0, tensor("prompts", BYTES, [1, 1], struct.pack("<I", 1000) + b"abc"))
 
 
@@ -198,9 +243,13 @@ def main():
         put("triton_request", name, data)
     cfg = (FIX / "models" / "mha_f32" / "hf" / "config.json").read_text()
     put("hf_config", "config.json", cfg)
-    put("hf_config", "tied_rope_linear.json",
+    put(
+        "hf_config",
+        "tied_rope_linear.json",
         cfg.replace('"tie_word_embeddings": false', '"tie_word_embeddings": true').replace(
-            '"rope_type": "default"', '"rope_type": "linear", "factor": 2.0'))
+            '"rope_type": "default"', '"rope_type": "linear", "factor": 2.0'
+        ),
+    )
 
 
 if __name__ == "__main__":

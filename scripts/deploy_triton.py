@@ -21,6 +21,7 @@ The script owns its model repository, so tritonserver loads only the two models 
 runs of this script wrote (listed in its `.triton_llama_models` file) are removed, and any other model folder
 is refused unless --keep_other_models, which leaves them in place unloaded (explicit model control).
 """
+
 import argparse
 import ctypes
 import json
@@ -51,60 +52,114 @@ def parse_args(argv=None):
     p.add_argument("-tha", "--triton_http_address", default="0.0.0.0")
     p.add_argument("--grpc_port", type=int, default=8001)
     p.add_argument("--metrics_port", type=int, default=8002)
-    p.add_argument("-tmr", "--triton_model_repository", default=None,
-                   help=f"model repository to write (default {DEFAULT_REPO}, emptied on every run)")
-    p.add_argument("--keep_other_models", action="store_true",
-                   help="serve from a repository that holds other models too: they stay there, unloaded "
-                        "(explicit model control)")
-    p.add_argument("-ng", "--num_gpus", type=int, default=1, help="tensor-parallel size on cuda; with --device cpu it may be 0")
+    p.add_argument(
+        "-tmr",
+        "--triton_model_repository",
+        default=None,
+        help=f"model repository to write (default {DEFAULT_REPO}, emptied on every run)",
+    )
+    p.add_argument(
+        "--keep_other_models",
+        action="store_true",
+        help="serve from a repository that holds other models too: they stay there, unloaded (explicit model control)",
+    )
+    p.add_argument(
+        "-ng", "--num_gpus", type=int, default=1, help="tensor-parallel size on cuda; with --device cpu it may be 0"
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--tensor_parallel_size", type=int, help="CPU ranks (threads) or GPUs; default: --num_gpus on cuda, 1 on cpu")
+    p.add_argument(
+        "--tensor_parallel_size", type=int, help="CPU ranks (threads) or GPUs; default: --num_gpus on cuda, 1 on cpu"
+    )
     p.add_argument("-dt", "--dtype", default="bf16", help="accepted for compatibility: weights keep their stored dtype")
     p.add_argument("-mil", "--max_input_len", type=int, default=None, help="longest prompt in tokens")
     p.add_argument("-mol", "--max_output_len", type=int, default=None, help="most new tokens per request")
     p.add_argument("-mbs", "--max_batch_size", type=int, default=8, help="prompts per request ([N,1] batches)")
-    p.add_argument("--max_num_seqs", type=int, default=16, help="sequences generated concurrently (continuous batching)")
+    p.add_argument(
+        "--max_num_seqs", type=int, default=16, help="sequences generated concurrently (continuous batching)"
+    )
     p.add_argument("--max_queue_size", type=int, default=64, help="queued prompts before UNAVAILABLE")
     p.add_argument("--kv_cache_bytes", type=int, default=1 << 30)
-    p.add_argument("--stop_strings", default="auto", help='JSON list, or "auto" for the checkpoint default (NeMo chat: <extra_id_1>)')
+    p.add_argument(
+        "--stop_strings",
+        default="auto",
+        help='JSON list, or "auto" for the checkpoint default (NeMo chat: <extra_id_1>)',
+    )
     p.add_argument("--add_bos", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--include_input_in_output", action="store_true", help="echo the prompt before the completion")
     p.add_argument("--default_max_tokens", type=int, default=None)
-    p.add_argument("--model_control_mode", choices=["none", "explicit"], default="none",
-                   help="explicit: only this run's two models are loaded at start (--load-model) and can be "
-                        "unloaded/loaded through the repository API")
-    p.add_argument("--load_after_start", action="store_true",
-                   help="start serving health at once and load the models through the repository API (explicit "
-                        "model control): /v2/health/live answers during a long load, /v2/health/ready once loaded")
-    p.add_argument("--exit_timeout_secs", type=int, default=None,
-                   help="how long a SIGTERM waits for in-flight requests before tritonserver exits (Triton's "
-                        "default: 30)")
-    p.add_argument("--stuck_shutdown_secs", type=float, default=3.0,
-                   help="after SIGTERM, once this run's models have answered every request and Triton holds none "
-                        "queued for this long, end a tritonserver that still has not exited (2.51 waits on gRPC "
-                        "streams whose clients vanished) and exit 0; 0: wait for Triton's own exit timeout")
-    p.add_argument("--engine_watchdog", action=argparse.BooleanOptionalAction, default=True,
-                   help="stop the server and exit 3 when a model's engine stops (llama_engine_up 0) (default on)")
+    p.add_argument(
+        "--model_control_mode",
+        choices=["none", "explicit"],
+        default="none",
+        help="explicit: only this run's two models are loaded at start (--load-model) and can be "
+        "unloaded/loaded through the repository API",
+    )
+    p.add_argument(
+        "--load_after_start",
+        action="store_true",
+        help="start serving health at once and load the models through the repository API (explicit "
+        "model control): /v2/health/live answers during a long load, /v2/health/ready once loaded",
+    )
+    p.add_argument(
+        "--exit_timeout_secs",
+        type=int,
+        default=None,
+        help="how long a SIGTERM waits for in-flight requests before tritonserver exits (Triton's default: 30)",
+    )
+    p.add_argument(
+        "--stuck_shutdown_secs",
+        type=float,
+        default=3.0,
+        help="after SIGTERM, once this run's models have answered every request and Triton holds none "
+        "queued for this long, end a tritonserver that still has not exited (2.51 waits on gRPC "
+        "streams whose clients vanished) and exit 0; 0: wait for Triton's own exit timeout",
+    )
+    p.add_argument(
+        "--engine_watchdog",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stop the server and exit 3 when a model's engine stops (llama_engine_up 0) (default on)",
+    )
     p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
-    p.add_argument("--enable_prefix_caching", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse the KV cache of prompt prefixes already computed (default on: "
-                   "--no-enable_prefix_caching)")
+    p.add_argument(
+        "--enable_prefix_caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse the KV cache of prompt prefixes already computed (default on: --no-enable_prefix_caching)",
+    )
     p.add_argument("--no_prefix_caching", dest="enable_prefix_caching", action="store_false", help=argparse.SUPPRESS)
-    p.add_argument("--chat_template", default="auto",
-                   help='"auto" (the checkpoint\'s), "nemo", or a Jinja / tokenizer_config.json file (chat requests)')
-    p.add_argument("--openai_port", type=int, default=None,
-                   help="also start the OpenAI-compatible frontend (scripts/openai_frontend.py) on this port")
+    p.add_argument(
+        "--chat_template",
+        default="auto",
+        help='"auto" (the checkpoint\'s), "nemo", or a Jinja / tokenizer_config.json file (chat requests)',
+    )
+    p.add_argument(
+        "--openai_port",
+        type=int,
+        default=None,
+        help="also start the OpenAI-compatible frontend (scripts/openai_frontend.py) on this port",
+    )
     p.add_argument("--max_batched_tokens", type=int, default=None, help="tokens per engine step at most (default 2048)")
-    p.add_argument("--mixed_prefill_tokens", type=int, default=None,
-                   help="prompt tokens per step while other streams decode (default: CPU from measured step costs, CUDA no separate limit)")
-    p.add_argument("--weight_dtype", choices=["auto", "f32", "as-loaded", "bf16", "int8"], default="auto",
-                   help="matmul arithmetic: auto (bf16 for a bf16 checkpoint, f32 otherwise), f32 (exact: the "
-                        "checkpoint's dtype with f32 activations; as-loaded is its old name), bf16 (bf16 dot "
-                        "products, AVX512_BF16 on the CPU), or int8 quantized at load (CPU only)")
+    p.add_argument(
+        "--mixed_prefill_tokens",
+        type=int,
+        default=None,
+        help="prompt tokens per step while other streams decode (default: CPU from measured step costs, CUDA no separate limit)",
+    )
+    p.add_argument(
+        "--weight_dtype",
+        choices=["auto", "f32", "as-loaded", "bf16", "int8"],
+        default="auto",
+        help="matmul arithmetic: auto (bf16 for a bf16 checkpoint, f32 otherwise), f32 (exact: the "
+        "checkpoint's dtype with f32 activations; as-loaded is its old name), bf16 (bf16 dot "
+        "products, AVX512_BF16 on the CPU), or int8 quantized at load (CPU only)",
+    )
     p.add_argument("-dm", "--debug_mode", default="False")
     p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))
-    p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"), help="triton-llama binary (writes the demo model)")
+    p.add_argument(
+        "--cli", default=str(ROOT / "target/release/triton-llama"), help="triton-llama binary (writes the demo model)"
+    )
     p.add_argument("--tritonserver", default=None, help="tritonserver binary; default: the pip nvidia-pytriton one")
     p.add_argument("--write_only", action="store_true", help="write the repository and print the command, do not start")
     return p.parse_args(argv)
@@ -180,12 +235,16 @@ def prepare_repository(a):
             d.unlink()
     foreign = sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
     if clash := [n for n in model_names(a) if n in foreign]:
-        sys.exit(f"{repo} already holds a model {clash[0]!r} that this script did not write: choose another "
-                 "--triton_model_name or repository")
+        sys.exit(
+            f"{repo} already holds a model {clash[0]!r} that this script did not write: choose another "
+            "--triton_model_name or repository"
+        )
     if foreign and not a.keep_other_models:
-        sys.exit(f"{repo} holds models this script did not write ({', '.join(foreign)}); tritonserver would load "
-                 "them too. Give an empty or new --triton_model_repository, remove them, or pass --keep_other_models "
-                 "to leave them there unloaded (explicit model control loads only this run's two models).")
+        sys.exit(
+            f"{repo} holds models this script did not write ({', '.join(foreign)}); tritonserver would load "
+            "them too. Give an empty or new --triton_model_repository, remove them, or pass --keep_other_models "
+            "to leave them there unloaded (explicit model control loads only this run's two models)."
+        )
     return repo, foreign
 
 
@@ -223,7 +282,8 @@ def write_repository(a):
         "num_blocks": a.num_blocks or "",
         "block_size": a.block_size or "",
         "enable_prefix_caching": str(a.enable_prefix_caching).lower(),
-        "chat_template": a.chat_template if a.chat_template in ("nemo", "auto")
+        "chat_template": a.chat_template
+        if a.chat_template in ("nemo", "auto")
         else str(Path(a.chat_template).resolve()),
         "max_batched_tokens": a.max_batched_tokens or "",
         "mixed_prefill_tokens": a.mixed_prefill_tokens or "",
@@ -279,8 +339,18 @@ def main(argv=None):
     proc = subprocess.Popen(cmd, preexec_fn=die_with_parent(os.getpid()))
     frontend = None
     if a.openai_port:
-        fcmd = [sys.executable, str(ROOT / "scripts/openai_frontend.py"), "--grpc_url", f"localhost:{a.grpc_port}",
-                "--model", a.triton_model_name, "--host", a.triton_http_address, "--port", str(a.openai_port)]
+        fcmd = [
+            sys.executable,
+            str(ROOT / "scripts/openai_frontend.py"),
+            "--grpc_url",
+            f"localhost:{a.grpc_port}",
+            "--model",
+            a.triton_model_name,
+            "--host",
+            a.triton_http_address,
+            "--port",
+            str(a.openai_port),
+        ]
         print("starting:", " ".join(fcmd), flush=True)
         frontend = subprocess.Popen(fcmd, preexec_fn=die_with_parent(os.getpid()))
     fatal = []  # the reason this script stops the server itself (exit code 1, 3 or 4)
@@ -408,9 +478,12 @@ def end_stuck_shutdown(a, proc, drained, period=0.25):
             continue
         quiet_since = quiet_since or time.monotonic()
         if time.monotonic() - quiet_since >= a.stuck_shutdown_secs and proc.poll() is None:
-            print(f"deploy_triton.py: every request has been answered and tritonserver has not exited "
-                  f"{a.stuck_shutdown_secs:g} s later (a gRPC stream left open by a client that went away holds a "
-                  "model): ending it", flush=True)
+            print(
+                f"deploy_triton.py: every request has been answered and tritonserver has not exited "
+                f"{a.stuck_shutdown_secs:g} s later (a gRPC stream left open by a client that went away holds a "
+                "model): ending it",
+                flush=True,
+            )
             drained.set()
             proc.kill()
             return

@@ -6,6 +6,7 @@ deploy_triton.py its watchdog does this itself (exit 3).
 
     python3 scripts/engine_probe.py [--metrics_url http://localhost:8002/metrics]
 """
+
 import argparse
 import sys
 import urllib.request

@@ -12,6 +12,7 @@ tritonserver is looked for in this order: --tritonserver / $TRITONSERVER, the bu
 scripts/query_llm.py when pytriton imports, else tritonclient.http, else Triton's HTTP /generate endpoint
 through the standard library; the JSON names the one used. Only the standard library is required.
 """
+
 import argparse
 import json
 import os
@@ -46,12 +47,16 @@ def find_tritonserver(explicit, bundle):
     found = shutil.which("tritonserver")
     if found:
         return found, ""
-    return None, (f"no tritonserver: none in the bundle ({packed}; stage with .venv holding nvidia-pytriton and carry "
-                  "the bundle's triton/ folder), no nvidia-pytriton in this Python, none on PATH")
+    return None, (
+        f"no tritonserver: none in the bundle ({packed}; stage with .venv holding nvidia-pytriton and carry "
+        "the bundle's triton/ folder), no nvidia-pytriton in this Python, none on PATH"
+    )
 
 
 def post(url, body, timeout):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     return urllib.request.urlopen(req, timeout=timeout)
 
 
@@ -62,8 +67,9 @@ def query(http, model, prompt, max_tokens, timeout):
         import pytriton.client  # noqa: F401
         from query_llm import NemoQuery
 
-        out = NemoQuery(f"localhost:{http}", model).query_llm([prompt], max_output_token=max_tokens, top_k=1, top_p=0.0,
-                                                             temperature=1.0, init_timeout=timeout)
+        out = NemoQuery(f"localhost:{http}", model).query_llm(
+            [prompt], max_output_token=max_tokens, top_k=1, top_p=0.0, temperature=1.0, init_timeout=timeout
+        )
         return "NemoQuery (scripts/query_llm.py, pytriton ModelClient)", str(out[0][0])
     except ImportError:
         pass
@@ -73,8 +79,10 @@ def query(http, model, prompt, max_tokens, timeout):
 
         with httpclient.InferenceServerClient(f"localhost:{http}", network_timeout=timeout) as c:
             inputs = []
-            for name, arr, dt in (("text_input", np.array([[prompt.encode()]], dtype=object), "BYTES"),
-                                  ("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32")):
+            for name, arr, dt in (
+                ("text_input", np.array([[prompt.encode()]], dtype=object), "BYTES"),
+                ("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+            ):
                 t = httpclient.InferInput(name, arr.shape, dt)
                 t.set_data_from_numpy(arr)
                 inputs.append(t)
@@ -82,15 +90,23 @@ def query(http, model, prompt, max_tokens, timeout):
             return "tritonclient.http", res.as_numpy("text_output").reshape(-1)[0].decode()
     except ImportError:
         pass
-    with post(f"http://localhost:{http}/v2/models/{model}/generate", {"text_input": prompt, "max_tokens": max_tokens}, timeout) as r:
-        return "HTTP /generate (urllib; neither pytriton nor tritonclient installed)", json.loads(r.read())["text_output"]
+    with post(
+        f"http://localhost:{http}/v2/models/{model}/generate", {"text_input": prompt, "max_tokens": max_tokens}, timeout
+    ) as r:
+        return "HTTP /generate (urllib; neither pytriton nor tritonclient installed)", json.loads(r.read())[
+            "text_output"
+        ]
 
 
 def stream_ttft(http, model, prompt, max_tokens, timeout):
     """Seconds from sending a streaming request to its first non-empty text event, and the streamed text."""
     t0 = time.perf_counter()
     first, text = None, ""
-    with post(f"http://localhost:{http}/v2/models/{model}_stream/generate_stream", {"text_input": prompt, "max_tokens": max_tokens}, timeout) as r:
+    with post(
+        f"http://localhost:{http}/v2/models/{model}_stream/generate_stream",
+        {"text_input": prompt, "max_tokens": max_tokens},
+        timeout,
+    ) as r:
         for raw in r:
             line = raw.decode().strip()
             if not line.startswith("data:"):
@@ -125,8 +141,23 @@ def run(a):
     if not lib.is_file() or not cli.is_file():
         return dict(res, status="skipped", reason=f"{lib} or {cli} missing from the bundle")
     res["tritonserver"] = server
-    ref = subprocess.run([str(cli), "generate", a.ckpt, "--prompt", a.prompt, "--max-tokens", str(a.max_tokens), "--device", "cpu", "--json"],
-                         capture_output=True, text=True, timeout=a.timeout)
+    ref = subprocess.run(
+        [
+            str(cli),
+            "generate",
+            a.ckpt,
+            "--prompt",
+            a.prompt,
+            "--max-tokens",
+            str(a.max_tokens),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=a.timeout,
+    )
     if ref.returncode != 0:
         return dict(res, status="fail", reason="triton-llama generate --device cpu failed", stderr=ref.stderr[-2000:])
     res["text_cli_cpu"] = json.loads(ref.stdout)["text"]
@@ -134,10 +165,34 @@ def run(a):
     work.mkdir(parents=True, exist_ok=True)
     http, grpc, metrics = free_ports(3)
     log_path = work / "tritonserver.log"
-    cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "--hf_checkpoint", a.ckpt, "--device", a.device,
-           "--num_gpus", "1" if a.device == "cuda" else "0", "--triton_model_name", "llama", "-tmr", str(work / "repo"),
-           "--triton_port", str(http), "--grpc_port", str(grpc), "--metrics_port", str(metrics), "--backend_lib", str(lib),
-           "--cli", str(cli), "--tritonserver", server, "--max_batch_size", "1"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts/deploy_triton.py"),
+        "--hf_checkpoint",
+        a.ckpt,
+        "--device",
+        a.device,
+        "--num_gpus",
+        "1" if a.device == "cuda" else "0",
+        "--triton_model_name",
+        "llama",
+        "-tmr",
+        str(work / "repo"),
+        "--triton_port",
+        str(http),
+        "--grpc_port",
+        str(grpc),
+        "--metrics_port",
+        str(metrics),
+        "--backend_lib",
+        str(lib),
+        "--cli",
+        str(cli),
+        "--tritonserver",
+        server,
+        "--max_batch_size",
+        "1",
+    ]
     res["command"] = " ".join(cmd)
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
@@ -155,8 +210,15 @@ def run(a):
                 time.sleep(0.5)
             res["ready_s"] = round(time.perf_counter() - t0, 2)
             if not ready:
-                state = f"exited with {proc.returncode}" if proc.poll() is not None else f"not ready after {a.timeout} s"
-                return dict(res, status="fail", reason=f"tritonserver {state}", log_tail=log_path.read_text(errors="replace")[-4000:])
+                state = (
+                    f"exited with {proc.returncode}" if proc.poll() is not None else f"not ready after {a.timeout} s"
+                )
+                return dict(
+                    res,
+                    status="fail",
+                    reason=f"tritonserver {state}",
+                    log_tail=log_path.read_text(errors="replace")[-4000:],
+                )
             res["client"], res["text_triton"] = query(http, "llama", a.prompt, a.max_tokens, a.timeout)
             ttft, streamed = stream_ttft(http, "llama", a.prompt, a.max_tokens, a.timeout)
             res["ttft_ms_client_stream"] = None if ttft is None else round(ttft * 1e3, 2)
@@ -172,7 +234,12 @@ def run(a):
                 res["reason"] = "the stream produced no text"
             return res
         except Exception as e:  # a client error is a failure of this step, with the server log
-            return dict(res, status="fail", reason=f"{type(e).__name__}: {e}", log_tail=log_path.read_text(errors="replace")[-4000:])
+            return dict(
+                res,
+                status="fail",
+                reason=f"{type(e).__name__}: {e}",
+                log_tail=log_path.read_text(errors="replace")[-4000:],
+            )
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -185,14 +252,20 @@ def run(a):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", default=str(ROOT / "target/gpu_bundle"), help="folder with triton-llama and libtriton_llama.so")
+    p.add_argument(
+        "--bundle", default=str(ROOT / "target/gpu_bundle"), help="folder with triton-llama and libtriton_llama.so"
+    )
     p.add_argument("--ckpt", default=str(ROOT / "tests/fixtures/models/gqa_bf16/hf"))
-    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: try the step on a machine without a GPU")
+    p.add_argument(
+        "--device", choices=["cuda", "cpu"], default="cuda", help="cpu: try the step on a machine without a GPU"
+    )
     p.add_argument("--prompt", default="The quick brown fox")
     p.add_argument("--max_tokens", type=int, default=16)
     p.add_argument("--tritonserver", default=None)
     p.add_argument("--workdir", default=None, help="model repository and server log (default: a temporary folder)")
-    p.add_argument("--timeout", type=float, default=180.0, help="seconds for the server to become ready and for each request")
+    p.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds for the server to become ready and for each request"
+    )
     p.add_argument("--out", required=True, help="JSON result file")
     a = p.parse_args(argv)
     if a.workdir is None:

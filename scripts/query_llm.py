@@ -11,6 +11,7 @@
 as the model's `messages` input, the server renders the checkpoint's chat template and ends each answer at the
 next turn's marker (no `split("\n")`).
 """
+
 import json
 import argparse
 import sys
@@ -18,7 +19,9 @@ import sys
 import numpy as np
 
 
-def _inputs(prompts, max_output_token, top_k, top_p, temperature, random_seed=None, stop_words_list=None, bad_words_list=None):
+def _inputs(
+    prompts, max_output_token, top_k, top_p, temperature, random_seed=None, stop_words_list=None, bad_words_list=None
+):
     n = len(prompts)
     col = lambda v, dt: np.full((n, 1), v, dtype=dt)  # noqa: E731
     inputs = {
@@ -47,7 +50,9 @@ class NemoQuery:
         self.url = url
         self.model_name = model_name
 
-    def query_llm(self, prompts, max_output_token=512, top_k=1, top_p=0.0, temperature=1.0, init_timeout=600.0, **extra):
+    def query_llm(
+        self, prompts, max_output_token=512, top_k=1, top_p=0.0, temperature=1.0, init_timeout=600.0, **extra
+    ):
         from pytriton.client import ModelClient
 
         with ModelClient(self.url, self.model_name, init_timeout_s=init_timeout) as client:
@@ -68,10 +73,16 @@ class NemoQuery:
                 history.append({"role": "assistant", "content": answer})
                 yield answer
 
-    def query_llm_streaming(self, prompts, max_output_token=512, top_k=1, top_p=0.0, temperature=1.0, init_timeout=600.0, **extra):
+    def query_llm_streaming(
+        self, prompts, max_output_token=512, top_k=1, top_p=0.0, temperature=1.0, init_timeout=600.0, **extra
+    ):
         from pytriton.client import DecoupledModelClient
 
-        url = self.url if self.url.startswith("grpc://") else "grpc://" + self.url.split("://")[-1].replace(":8000", ":8001")
+        url = (
+            self.url
+            if self.url.startswith("grpc://")
+            else "grpc://" + self.url.split("://")[-1].replace(":8000", ":8001")
+        )
         model = self.model_name if self.model_name.endswith("_stream") else self.model_name + "_stream"
         with DecoupledModelClient(url, model, init_timeout_s=init_timeout) as client:
             for chunk in client.infer_batch(**_inputs(prompts, max_output_token, top_k, top_p, temperature, **extra)):
@@ -97,30 +108,57 @@ class NemoQueryLLM:
         self.url = url
         self.model_name = model_name
 
-    def query_llm(self, prompts, stop_words_list=None, bad_words_list=None, no_repeat_ngram_size=None,
-                  min_output_len=None, max_output_len=None, top_k=None, top_p=None, temperature=None, random_seed=None,
-                  task_id=None, lora_uids=None, use_greedy=None, repetition_penalty=None, add_BOS=None, all_probs=None,
-                  compute_logprob=None, end_strings=None, init_timeout=60.0, output_context_logits=False,
-                  output_generation_logits=False):
+    def query_llm(
+        self,
+        prompts,
+        stop_words_list=None,
+        bad_words_list=None,
+        no_repeat_ngram_size=None,
+        min_output_len=None,
+        max_output_len=None,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+        random_seed=None,
+        task_id=None,
+        lora_uids=None,
+        use_greedy=None,
+        repetition_penalty=None,
+        add_BOS=None,
+        all_probs=None,
+        compute_logprob=None,
+        end_strings=None,
+        init_timeout=60.0,
+        output_context_logits=False,
+        output_generation_logits=False,
+    ):
         from pytriton.client import ModelClient
 
         p = _words(prompts)
         inputs = {"prompts": p}
-        for name, value, dtype in (("min_output_len", min_output_len, np.int_),
-                                   ("max_output_len", max_output_len, np.int_), ("top_k", top_k, np.int_),
-                                   ("top_p", top_p, np.single),
-                                   ("temperature", temperature, np.single), ("random_seed", random_seed, np.int_),
-                                   ("no_repeat_ngram_size", no_repeat_ngram_size, np.single),
-                                   ("use_greedy", use_greedy, np.bool_),
-                                   ("repetition_penalty", repetition_penalty, np.single),
-                                   ("add_BOS", add_BOS, np.bool_), ("all_probs", all_probs, np.bool_),
-                                   ("compute_logprob", compute_logprob, np.bool_),
-                                   ("output_context_logits", output_context_logits, np.bool_),
-                                   ("output_generation_logits", output_generation_logits, np.bool_)):
+        for name, value, dtype in (
+            ("min_output_len", min_output_len, np.int_),
+            ("max_output_len", max_output_len, np.int_),
+            ("top_k", top_k, np.int_),
+            ("top_p", top_p, np.single),
+            ("temperature", temperature, np.single),
+            ("random_seed", random_seed, np.int_),
+            ("no_repeat_ngram_size", no_repeat_ngram_size, np.single),
+            ("use_greedy", use_greedy, np.bool_),
+            ("repetition_penalty", repetition_penalty, np.single),
+            ("add_BOS", add_BOS, np.bool_),
+            ("all_probs", all_probs, np.bool_),
+            ("compute_logprob", compute_logprob, np.bool_),
+            ("output_context_logits", output_context_logits, np.bool_),
+            ("output_generation_logits", output_generation_logits, np.bool_),
+        ):
             if value is not None:
                 inputs[name] = _col(p, value, dtype)
-        for name, words in (("stop_words_list", stop_words_list), ("bad_words_list", bad_words_list),
-                            ("end_strings", end_strings)):
+        for name, words in (
+            ("stop_words_list", stop_words_list),
+            ("bad_words_list", bad_words_list),
+            ("end_strings", end_strings),
+        ):
             if words is not None:
                 inputs[name] = _words(words)
         if task_id is not None:
@@ -130,19 +168,35 @@ class NemoQueryLLM:
         with ModelClient(self.url, self.model_name, init_timeout_s=init_timeout) as client:
             return _decode(client.infer_batch(**inputs))
 
-    def query_llm_streaming(self, prompts, stop_words_list=None, bad_words_list=None, no_repeat_ngram_size=None,
-                            max_output_len=512, top_k=1, top_p=0.0, temperature=1.0, random_seed=None, task_id=None,
-                            lora_uids=None, init_timeout=60.0):
+    def query_llm_streaming(
+        self,
+        prompts,
+        stop_words_list=None,
+        bad_words_list=None,
+        no_repeat_ngram_size=None,
+        max_output_len=512,
+        top_k=1,
+        top_p=0.0,
+        temperature=1.0,
+        random_seed=None,
+        task_id=None,
+        lora_uids=None,
+        init_timeout=60.0,
+    ):
         """Over `grpc://` to a decoupled model (here the `<name>_stream` twin); yields the text so far."""
         from pytriton.client import DecoupledModelClient
 
         p = _words(prompts)
         n = p.shape[0]
         inputs = {"prompts": p}
-        for name, value, dtype in (("max_output_len", max_output_len, np.int_), ("top_k", top_k, np.int_),
-                                   ("top_p", top_p, np.single), ("temperature", temperature, np.single),
-                                   ("random_seed", random_seed, np.int_),
-                                   ("no_repeat_ngram_size", no_repeat_ngram_size, np.single)):
+        for name, value, dtype in (
+            ("max_output_len", max_output_len, np.int_),
+            ("top_k", top_k, np.int_),
+            ("top_p", top_p, np.single),
+            ("temperature", temperature, np.single),
+            ("random_seed", random_seed, np.int_),
+            ("no_repeat_ngram_size", no_repeat_ngram_size, np.single),
+        ):
             if value is not None:
                 inputs[name] = _col(p, value, dtype)
         for name, words in (("stop_words_list", stop_words_list), ("bad_words_list", bad_words_list)):
@@ -180,7 +234,7 @@ def main(argv=None):
         last = ""
         for chunk in q.query_llm_streaming(a.prompt, a.max_output_token, a.top_k, a.top_p, a.temperature):
             text = chunk[0][0]
-            sys.stdout.write(text[len(last):])
+            sys.stdout.write(text[len(last) :])
             sys.stdout.flush()
             last = text
         print()

@@ -1,4 +1,5 @@
 """Free TCP ports on localhost, for the scripts that start their own tritonserver (imported from scripts/)."""
+
 import socket
 
 

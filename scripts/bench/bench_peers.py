@@ -12,6 +12,7 @@ Subcommands (each run by bench_peers.sh in the venv that has what it needs):
   drift A.npy B.npy         max-abs / std of A, argmax agreement: B against the reference A
   table RESULTS_DIR         the table of ratios, from the per-round JSON files the script wrote
 """
+
 import json
 import os
 import statistics
@@ -78,11 +79,24 @@ def make_model(out, tokenizer_model):
     print(file=sys.stderr)
     os.replace(tmp, os.path.join(out, "model.safetensors"))
     cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
-        "intermediate_size": s["inter"], "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
-        "num_key_value_heads": s["kv_heads"], "vocab_size": s["vocab"], "max_position_embeddings": s["max_pos"],
-        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2, "attention_bias": False, "mlp_bias": False,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": h,
+        "intermediate_size": s["inter"],
+        "num_hidden_layers": s["layers"],
+        "num_attention_heads": s["heads"],
+        "num_key_value_heads": s["kv_heads"],
+        "vocab_size": s["vocab"],
+        "max_position_embeddings": s["max_pos"],
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "attention_bias": False,
+        "mlp_bias": False,
     }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
@@ -181,8 +195,15 @@ def llamacpp_bench(gguf, out, batches, prefills, steps, threads):
         prefill.append({"tokens": n, "ms": dt * 1e3, "tok_s": n / dt})
         m.clear()
     info = L.llama_print_system_info().decode()
-    res = {"engine": "llama.cpp", "gguf": gguf, "load_s": m.load_s, "threads": threads, "decode": decode,
-           "prefill": prefill, "system_info": info}
+    res = {
+        "engine": "llama.cpp",
+        "gguf": gguf,
+        "load_s": m.load_s,
+        "threads": threads,
+        "decode": decode,
+        "prefill": prefill,
+        "system_info": info,
+    }
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
 
@@ -202,8 +223,9 @@ def ours_logits(cli, ckpt, out, extra):
 
     raw = out + ".f32"
     ids = ",".join(map(str, DRIFT_IDS))
-    subprocess.run([cli, "score", ckpt, "--ids", ids, "--logits-out", raw, *extra], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [cli, "score", ckpt, "--ids", ids, "--logits-out", raw, *extra], check=True, stdout=subprocess.DEVNULL
+    )
     a = np.fromfile(raw, dtype="<f4").reshape(len(DRIFT_IDS), -1)
     os.remove(raw)
     np.save(out, a)
@@ -216,9 +238,12 @@ def drift(ref, other):
     a, b = np.load(ref), np.load(other)
     v = min(a.shape[1], b.shape[1])
     a, b = a[:, :v].astype(np.float64), b[:, :v].astype(np.float64)
-    return {"positions": a.shape[0], "max_abs_over_std": float(np.abs(a - b).max() / a.std()),
-            "rms_over_std": float(np.sqrt(((a - b) ** 2).mean()) / a.std()),
-            "argmax_agree": int((a.argmax(1) == b.argmax(1)).sum())}
+    return {
+        "positions": a.shape[0],
+        "max_abs_over_std": float(np.abs(a - b).max() / a.std()),
+        "rms_over_std": float(np.sqrt(((a - b) ** 2).mean()) / a.std()),
+        "argmax_agree": int((a.argmax(1) == b.argmax(1)).sum()),
+    }
 
 
 def _load(d, name):
@@ -275,54 +300,83 @@ def table(d):
     info = next((r.get("system_info") for k in kinds if k.startswith("llama") for r in runs[k] if r), None)
     if info:
         lines.append(f"llama.cpp system_info: {info.strip()}")
-    lines += [f"{len(rounds)} interleaved rounds; tok/s as median (min-max); ratio = median over rounds of "
-             "triton-llama / llama.cpp in the same round"
-             + (f"; 1-minute load average before the runs {min(la):.1f}-{max(la):.1f} on {os.cpu_count()} cores"
-                if la else ""), "",
-             "| | llama.cpp tok/s | triton-llama tok/s | ratio | goal |", "|---|---|---|---|---|"]
+    lines += [
+        f"{len(rounds)} interleaved rounds; tok/s as median (min-max); ratio = median over rounds of "
+        "triton-llama / llama.cpp in the same round"
+        + (
+            f"; 1-minute load average before the runs {min(la):.1f}-{max(la):.1f} on {os.cpu_count()} cores"
+            if la
+            else ""
+        ),
+        "",
+        "| | llama.cpp tok/s | triton-llama tok/s | ratio | goal |",
+        "|---|---|---|---|---|",
+    ]
     for label, pk, ok, get, arg, goal in rows:
         p = [get(r, arg) for r in runs[pk]]
         o = [get(r, arg) for r in runs[ok]]
         ratios = [b / a for a, b in zip(p, o) if a and b]
         ratio = f"**{statistics.median(ratios):.2f}**" if ratios else "n/a"
         lines.append(f"| {label} | {fmt(p)} | {fmt(o)} | {ratio} | {'>= %.1f' % goal if goal else ''} |")
-    for k, name in (("ours-bf16", "triton-llama bf16"), ("ours-f32", "triton-llama --weights f32"),
-                    ("llama-bf16", "llama.cpp bf16"),
-                    ("ours-int8", "triton-llama int8"),
-                    ("llama-q8_0", "llama.cpp q8_0")):
+    for k, name in (
+        ("ours-bf16", "triton-llama bf16"),
+        ("ours-f32", "triton-llama --weights f32"),
+        ("llama-bf16", "llama.cpp bf16"),
+        ("ours-int8", "triton-llama int8"),
+        ("llama-q8_0", "llama.cpp q8_0"),
+    ):
         sc = [_decode(r, 8) / _decode(r, 1) for r in runs[k] if _decode(r, 8) and _decode(r, 1)]
         if sc:
-            lines.append(f"| {name}: aggregate decode 8 sequences / batch 1 | | | {statistics.median(sc):.2f} | "
-                         f"{'>= 4.0' if k == 'ours-bf16' else ''} |")
+            lines.append(
+                f"| {name}: aggregate decode 8 sequences / batch 1 | | | {statistics.median(sc):.2f} | "
+                f"{'>= 4.0' if k == 'ours-bf16' else ''} |"
+            )
     # Batch-1 decode is memory-bound: each engine against the most this machine's memory lets a step stream,
     # measured inside each triton-llama run (read bandwidth / bytes per step); llama.cpp's run of the same round
     # streams the same bytes (bf16: 2 per weight; q8_0 and our int8: 34 per 32).
-    ceil_rows = [("bf16", "llama-bf16", "ours-bf16"), ("bf16, ours --weights f32", "llama-bf16", "ours-f32"),
-                 ("int8 vs q8_0", "llama-q8_0", "ours-int8")]
+    ceil_rows = [
+        ("bf16", "llama-bf16", "ours-bf16"),
+        ("bf16, ours --weights f32", "llama-bf16", "ours-f32"),
+        ("int8 vs q8_0", "llama-q8_0", "ours-int8"),
+    ]
     head = False
     for label, pk, ok in ceil_rows:
-        trip = [(r.get("batch1_ceiling_tok_s"), _decode(p, 1), _decode(r, 1))
-                for p, r in zip(runs[pk], runs[ok]) if r and p and r.get("batch1_ceiling_tok_s")]
+        trip = [
+            (r.get("batch1_ceiling_tok_s"), _decode(p, 1), _decode(r, 1))
+            for p, r in zip(runs[pk], runs[ok])
+            if r and p and r.get("batch1_ceiling_tok_s")
+        ]
         if not trip:
             continue
         if not head:
-            lines += ["", "Batch 1 against this machine's ceiling (all threads' read bandwidth, measured in each "
-                      "triton-llama run, / the bytes a step streams):", "",
-                      "| | ceiling tok/s | llama.cpp / ceiling | triton-llama / ceiling | goal |",
-                      "|---|---|---|---|---|"]
+            lines += [
+                "",
+                "Batch 1 against this machine's ceiling (all threads' read bandwidth, measured in each "
+                "triton-llama run, / the bytes a step streams):",
+                "",
+                "| | ceiling tok/s | llama.cpp / ceiling | triton-llama / ceiling | goal |",
+                "|---|---|---|---|---|",
+            ]
             head = True
-        lines.append(f"| decode, batch 1 ({label}) | {fmt([c for c, _, _ in trip])} | "
-                     f"{statistics.median([a / c for c, a, _ in trip if a]):.2f} | "
-                     f"{statistics.median([b / c for c, _, b in trip if b]):.2f} | "
-                     f"{'>= 0.8' if ok == 'ours-int8' else ''} |")
+        lines.append(
+            f"| decode, batch 1 ({label}) | {fmt([c for c, _, _ in trip])} | "
+            f"{statistics.median([a / c for c, a, _ in trip if a]):.2f} | "
+            f"{statistics.median([b / c for c, _, b in trip if b]):.2f} | "
+            f"{'>= 0.8' if ok == 'ours-int8' else ''} |"
+        )
     dr = {k: v for k, v in (_load(d, "drift.json") or {}).items() if v}
     if dr:
-        lines += ["", "Logit drift over %d positions of one prompt "
-                  "(max |diff| / std of the bf16 logits; argmax agreement):"
-                  % next(iter(dr.values()))["positions"], ""]
+        lines += [
+            "",
+            "Logit drift over %d positions of one prompt "
+            "(max |diff| / std of the bf16 logits; argmax agreement):" % next(iter(dr.values()))["positions"],
+            "",
+        ]
         for k, v in dr.items():
-            lines.append(f"- {k}: max-abs/std {v['max_abs_over_std']:.4f}, rms/std {v['rms_over_std']:.4f}, "
-                         f"argmax {v['argmax_agree']}/{v['positions']}")
+            lines.append(
+                f"- {k}: max-abs/std {v['max_abs_over_std']:.4f}, rms/std {v['rms_over_std']:.4f}, "
+                f"argmax {v['argmax_agree']}/{v['positions']}"
+            )
     print("\n".join(lines))
 
 
@@ -332,8 +386,14 @@ def main(argv):
         make_model(argv[2], argv[3])
     elif cmd == "llamacpp":
         env = lambda k, d: [int(x) for x in os.environ.get(k, d).split(",")]
-        llamacpp_bench(argv[2], argv[3], env("BATCHES", "1,4,8"), env("PREFILLS", "128,512"),
-                       int(os.environ.get("STEPS", "32")), int(os.environ.get("THREADS", "2")))
+        llamacpp_bench(
+            argv[2],
+            argv[3],
+            env("BATCHES", "1,4,8"),
+            env("PREFILLS", "128,512"),
+            int(os.environ.get("STEPS", "32")),
+            int(os.environ.get("THREADS", "2")),
+        )
     elif cmd == "logits":
         llamacpp_logits(argv[2], argv[3], int(os.environ.get("THREADS", "2")))
     elif cmd == "ours-logits":

@@ -8,6 +8,7 @@ turn, median over rounds, and the turn-2 ratio on/off (goal <= 0.3 on CPU), plus
 
     .venv/bin/python scripts/bench/bench_prefix_cache.py [--rounds 5] [--prefix-words 900]
 """
+
 import argparse
 import json
 import statistics
@@ -17,6 +18,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the shared port helper
 from tl_ports import free_ports  # noqa: E402
 
@@ -27,9 +29,18 @@ class Server:
     def __init__(self, name, tmp, extra):
         self.http, grpc, self.metrics_port = free_ports(3)
         self.log = open(ROOT / f"target/bench-prefix-cache-{name}.log", "w")
-        cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", str(Path(tmp) / f"{name}_repo"),
-               "--triton_port", str(self.http), "--grpc_port", str(grpc),
-               "--metrics_port", str(self.metrics_port)] + extra
+        cmd = [
+            sys.executable,
+            str(ROOT / "scripts/deploy_triton.py"),
+            "-tmr",
+            str(Path(tmp) / f"{name}_repo"),
+            "--triton_port",
+            str(self.http),
+            "--grpc_port",
+            str(grpc),
+            "--metrics_port",
+            str(self.metrics_port),
+        ] + extra
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -54,8 +65,12 @@ class Server:
 
     def ask(self, prompt, max_tokens):
         """Greedy answer text and its server-side TTFT (s); prompt tokens, prefix hits."""
-        names = ("llama_time_to_first_token_seconds_sum", "llama_time_to_first_token_seconds_count",
-                 "llama_prompt_tokens_total", "llama_prefix_cache_hits_tokens_total")
+        names = (
+            "llama_time_to_first_token_seconds_sum",
+            "llama_time_to_first_token_seconds_count",
+            "llama_prompt_tokens_total",
+            "llama_prefix_cache_hits_tokens_total",
+        )
         before = [self.metric(n) for n in names]
         body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "ignore_eos": True}).encode()
         req = urllib.request.Request(f"http://localhost:{self.http}/v2/models/llama/generate", data=body, method="POST")
@@ -86,10 +101,10 @@ def main():
             for r in range(a.rounds):
                 # A fresh system prompt each round: turn 1 is always cold, turn 2 shares turn 1 whole.
                 start = (r * 131) % max(1, len(words) - a.prefix_words)
-                system = f"Conversation {r}. " + " ".join(words[start:start + a.prefix_words])
+                system = f"Conversation {r}. " + " ".join(words[start : start + a.prefix_words])
                 turn1 = f"{system}\nUser: What does this text say about the weather?\nAssistant:"
                 answers = {}
-                for name in (("on", "off") if r % 2 == 0 else ("off", "on")):
+                for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
                     s = servers[name]
                     a1, t1, n1, _ = s.ask(turn1, a.max_tokens)
                     turn2 = f"{turn1}{a1}\nUser: And what about the people in it?\nAssistant:"
@@ -104,9 +119,11 @@ def main():
             med = {k: statistics.median(v) * 1e3 for k, v in ttft.items()}
             n1, n2, hits = info["on"]
             print(f"prompt tokens: turn 1 {n1}, turn 2 {n2} (cache on: {hits} found cached)")
-            print(f"median server-side TTFT over {a.rounds} interleaved rounds: "
-                  f"turn 1 on {med[('on', 1)]:.1f} ms / off {med[('off', 1)]:.1f} ms; "
-                  f"turn 2 on {med[('on', 2)]:.1f} ms / off {med[('off', 2)]:.1f} ms")
+            print(
+                f"median server-side TTFT over {a.rounds} interleaved rounds: "
+                f"turn 1 on {med[('on', 1)]:.1f} ms / off {med[('off', 1)]:.1f} ms; "
+                f"turn 2 on {med[('on', 2)]:.1f} ms / off {med[('off', 2)]:.1f} ms"
+            )
             print(f"turn-2 TTFT ratio on/off: {med[('on', 2)] / med[('off', 2)]:.3f}x (goal <= 0.3x)")
         finally:
             for s in servers.values():

@@ -19,6 +19,7 @@ the wall time, the concurrencies interleaved twice on one server; and the ratio 
 Usage: .venv/bin/python scripts/bench/itl_probe.py CHECKPOINT [--streams 2] [--tokens 64] [--long 512]
            [--mixed_prefill_tokens N] [--max_batched_tokens N] [--weight_dtype bf16] [--throughput 1,4 [--requests 3]]
 """
+
 import argparse
 import json
 import os
@@ -32,22 +33,27 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the shared port helper
 from tl_ports import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = ("the quick brown fox jumps over lazy dog hello world language learning attention cache memory kernel "
-         "thread stream decode encode vocabulary").split()
+WORDS = (
+    "the quick brown fox jumps over lazy dog hello world language learning attention cache memory kernel "
+    "thread stream decode encode vocabulary"
+).split()
 
 
 def prompt_of(cli, ckpt, n_tokens):
     """The longest run of WORDS whose tokenization (with BOS) has at most n_tokens ids (binary search)."""
+
     def text(k):
         return " ".join(WORDS[i % len(WORDS)] for i in range(k))
 
     def count(k):
-        out = subprocess.run([cli, "tokenize", ckpt, "--text", text(k), "--json"], check=True, capture_output=True,
-                             text=True)
+        out = subprocess.run(
+            [cli, "tokenize", ckpt, "--text", text(k), "--json"], check=True, capture_output=True, text=True
+        )
         return len(json.loads(out.stdout)["ids"])
 
     lo, hi = 1, n_tokens  # every word is at least one token
@@ -63,9 +69,11 @@ def inputs(text, max_tokens):
         x.set_data_from_numpy(arr)
         return x
 
-    return [t("text_input", np.array([[text.encode()]], dtype=object), "BYTES"),
-            t("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
-            t("ignore_eos", np.array([[True]], dtype=bool), "BOOL")]
+    return [
+        t("text_input", np.array([[text.encode()]], dtype=object), "BYTES"),
+        t("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+        t("ignore_eos", np.array([[True]], dtype=bool), "BOOL"),
+    ]
 
 
 class Stream:
@@ -125,6 +133,7 @@ def run_streams(url, n, text, tokens, long_text=None):
 
 def throughput(url, c, text, tokens, requests):
     """Output tokens/s of c clients each sending `requests` requests back to back."""
+
     def client():
         for _ in range(requests):
             s = Stream(url, "llama_stream", text, tokens)
@@ -157,10 +166,24 @@ def main():
     a = p.parse_args()
     http, grpc, metrics = free_ports(3)
     tmp = tempfile.mkdtemp(prefix="itl_probe_")
-    cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", f"{tmp}/repo", "--hf_checkpoint",
-           a.checkpoint, "--triton_port", str(http), "--grpc_port", str(grpc), "--metrics_port", str(metrics),
-           "--max_num_seqs", str(max([a.streams + 2] + [int(c) for c in (a.throughput or "1").split(",")])),
-           "--cli", a.cli]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts/deploy_triton.py"),
+        "-tmr",
+        f"{tmp}/repo",
+        "--hf_checkpoint",
+        a.checkpoint,
+        "--triton_port",
+        str(http),
+        "--grpc_port",
+        str(grpc),
+        "--metrics_port",
+        str(metrics),
+        "--max_num_seqs",
+        str(max([a.streams + 2] + [int(c) for c in (a.throughput or "1").split(",")])),
+        "--cli",
+        a.cli,
+    ]
     for k in ("mixed_prefill_tokens", "max_batched_tokens", "weight_dtype"):
         if getattr(a, k) is not None:
             cmd += [f"--{k}", str(getattr(a, k))]
@@ -188,8 +211,17 @@ def main():
                 for c in cs:
                     tps[c].append(throughput(url, c, short, a.tokens, a.requests))
             mean = {c: sum(v) / len(v) for c, v in tps.items()}
-            print(json.dumps({"checkpoint": a.checkpoint, "tokens": a.tokens, "requests_per_client": a.requests,
-                              "output_tok_s": tps, "ratio_to_first": {c: mean[c] / mean[cs[0]] for c in cs}}))
+            print(
+                json.dumps(
+                    {
+                        "checkpoint": a.checkpoint,
+                        "tokens": a.tokens,
+                        "requests_per_client": a.requests,
+                        "output_tok_s": tps,
+                        "ratio_to_first": {c: mean[c] / mean[cs[0]] for c in cs},
+                    }
+                )
+            )
             return
         long_text = prompt_of(a.cli, a.checkpoint, a.long)
         run_streams(url, a.streams, short, 8)  # warm-up
@@ -200,13 +232,19 @@ def main():
         during = [g for s in busy for (b, e, g) in s.gaps() if e > t0 and b < t1]
         after_long = all(s.events[-1][0] > t1 for s in busy)
         res = {
-            "checkpoint": a.checkpoint, "streams": a.streams, "tokens": a.tokens, "long_prompt_tokens": a.long,
+            "checkpoint": a.checkpoint,
+            "streams": a.streams,
+            "tokens": a.tokens,
+            "long_prompt_tokens": a.long,
             "mixed_prefill_tokens": a.mixed_prefill_tokens or "default",
             "max_batched_tokens": a.max_batched_tokens or "default",
             "solo_ms": {"p50": pct(solo_itl, 50), "p99": pct(solo_itl, 99), "max": max(solo_itl), "n": len(solo_itl)},
-            "during_long_prefill_ms": {"p50": pct(during, 50), "p99": pct(during, 99),
-                                       "max": max(during, default=float("nan")),
-                                       "n": len(during)},
+            "during_long_prefill_ms": {
+                "p50": pct(during, 50),
+                "p99": pct(during, 99),
+                "max": max(during, default=float("nan")),
+                "n": len(during),
+            },
             "p99_ratio": pct(during, 99) / pct(solo_itl, 99),
             "long_prompt_ttft_ms": (t1 - t0) * 1e3,
             "streams_outlived_the_long_prompt": after_long,

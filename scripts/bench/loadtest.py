@@ -20,6 +20,7 @@ few responses and about 5% of the requests are deliberately bad (each must be re
 It prints one summary line. By default it starts its own server (demo model, free ports, via
 scripts/deploy_triton.py); --url/--grpc-url/--metrics-url/--pid/--checkpoint attach to a running one.
 """
+
 import argparse
 import asyncio
 import collections
@@ -40,30 +41,44 @@ import numpy as np
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the shared port helper
 from tl_ports import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = ("the quick brown fox jumps over lazy dog Triton serves llama models on CPU and GPU with continuous "
-         "batching streaming stop strings cancellation metrics hello world what is a token naïve café 日本語 🤖").split()
-POOL_PROMPTS = 8                      # greedy reference pool: POOL_PROMPTS x len(POOL_MAX_TOKENS) CLI runs
+WORDS = (
+    "the quick brown fox jumps over lazy dog Triton serves llama models on CPU and GPU with continuous "
+    "batching streaming stop strings cancellation metrics hello world what is a token naïve café 日本語 🤖"
+).split()
+POOL_PROMPTS = 8  # greedy reference pool: POOL_PROMPTS x len(POOL_MAX_TOKENS) CLI runs
 POOL_MAX_TOKENS = (1, 2, 5, 11, 23, 48)
 # Bad request kinds. The bool says whether the backend sees (and counts as `rejected`) the request: Triton
 # itself refuses a wrong dtype or an unknown input name before the backend's execute, so those never reach
 # llama_requests_finished_total.
-BAD_KINDS = {"wrong_dtype": False, "unknown_input": False, "missing_input": True, "empty_prompt": True,
-             "absurd_max_tokens": True, "invalid_utf8": True}
+BAD_KINDS = {
+    "wrong_dtype": False,
+    "unknown_input": False,
+    "missing_input": True,
+    "empty_prompt": True,
+    "absurd_max_tokens": True,
+    "invalid_utf8": True,
+}
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=256)
     p.add_argument("--duration", type=float, default=600, help="seconds of load (warm-up included)")
-    p.add_argument("--warmup", type=float, default=None, help="seconds before the RSS baseline; default min(60, duration/4)")
+    p.add_argument(
+        "--warmup", type=float, default=None, help="seconds before the RSS baseline; default min(60, duration/4)"
+    )
     p.add_argument("--request-timeout", type=float, default=180, help="a good request slower than this fails the run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="llama")
-    p.add_argument("--url", help="attach: HTTP host:port of a running server (then also --grpc-url, --metrics-url, --pid, --checkpoint)")
+    p.add_argument(
+        "--url",
+        help="attach: HTTP host:port of a running server (then also --grpc-url, --metrics-url, --pid, --checkpoint)",
+    )
     p.add_argument("--grpc-url")
     p.add_argument("--metrics-url", help="host:port of the metrics endpoint")
     p.add_argument("--pid", type=int, help="tritonserver pid (for RSS)")
@@ -77,6 +92,7 @@ def parse_args():
 
 
 # ---------------------------------------------------------------- server, process, metrics helpers
+
 
 def child_pids(pid):
     """Direct children of `pid` (scans /proc, so no CONFIG_PROC_CHILDREN needed)."""
@@ -98,9 +114,26 @@ def start_server(a, tmp):
     a.log_path = ROOT / "target/e2e-logs/loadtest-server.log"
     a.log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(a.log_path, "w")
-    cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", str(repo), "-tmn", a.model,
-           "--triton_port", str(http), "--grpc_port", str(grpc), "--metrics_port", str(metrics),
-           "--max_num_seqs", "32", "--max_queue_size", str(4 * a.clients), "--cli", a.cli]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts/deploy_triton.py"),
+        "-tmr",
+        str(repo),
+        "-tmn",
+        a.model,
+        "--triton_port",
+        str(http),
+        "--grpc_port",
+        str(grpc),
+        "--metrics_port",
+        str(metrics),
+        "--max_num_seqs",
+        "32",
+        "--max_queue_size",
+        str(4 * a.clients),
+        "--cli",
+        a.cli,
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     a.url, a.grpc_url, a.metrics_url = f"localhost:{http}", f"localhost:{grpc}", f"localhost:{metrics}"
     a.checkpoint = str(repo.parent / (repo.name + ".demo_model"))
@@ -181,6 +214,7 @@ def health_poller(url, stop, result):
 
 # ---------------------------------------------------------------- prompts and greedy references
 
+
 def make_prompt(rng, n_words):
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
@@ -192,8 +226,13 @@ def reference_pool(a):
     jobs = [(p, m) for p in prompts for m in POOL_MAX_TOKENS]
 
     def run(job):
-        out = subprocess.run([a.cli, "generate", a.checkpoint, "--prompt", job[0], "--max-tokens", str(job[1]), "--json"],
-                             check=True, capture_output=True, text=True, env=dict(os.environ, RUST_LOG="warn"))
+        out = subprocess.run(
+            [a.cli, "generate", a.checkpoint, "--prompt", job[0], "--max-tokens", str(job[1]), "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, RUST_LOG="warn"),
+        )
         return job, json.loads(out.stdout)["text"]
 
     with ThreadPoolExecutor(2) as ex:
@@ -202,33 +241,46 @@ def reference_pool(a):
 
 # ---------------------------------------------------------------- requests
 
+
 def tensor(mod, name, value, dtype):
     """A [1,1] tensor, or [N,1] when `value` is a list (one value per prompt row)."""
-    arr = np.array([[v] for v in value] if isinstance(value, list) else [[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "INT64": np.int64,
-                   "FP32": np.float32, "UINT64": np.uint64}[dtype])
+    arr = np.array(
+        [[v] for v in value] if isinstance(value, list) else [[value]],
+        dtype=object
+        if dtype == "BYTES"
+        else {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "UINT64": np.uint64}[dtype],
+    )
     t = mod.InferInput(name, list(arr.shape), dtype)
     t.set_data_from_numpy(arr)
     return t
 
 
 def good_inputs(mod, req):
-    ins = [tensor(mod, "text_input", [p.encode() for p, _ in req["rows"]], "BYTES"),
-           tensor(mod, "max_tokens", [m for _, m in req["rows"]], "INT32")]
+    ins = [
+        tensor(mod, "text_input", [p.encode() for p, _ in req["rows"]], "BYTES"),
+        tensor(mod, "max_tokens", [m for _, m in req["rows"]], "INT32"),
+    ]
     if not req["greedy"]:
         n = len(req["rows"])  # Triton wants every input with the same batch size
-        ins += [tensor(mod, "temperature", [0.8] * n, "FP32"), tensor(mod, "top_k", [40] * n, "INT64"),
-                tensor(mod, "top_p", [0.9] * n, "FP32"), tensor(mod, "seed", [req["seed"] + i for i in range(n)], "UINT64")]
+        ins += [
+            tensor(mod, "temperature", [0.8] * n, "FP32"),
+            tensor(mod, "top_k", [40] * n, "INT64"),
+            tensor(mod, "top_p", [0.9] * n, "FP32"),
+            tensor(mod, "seed", [req["seed"] + i for i in range(n)], "UINT64"),
+        ]
     return ins
 
 
 def bad_inputs(mod, kind):
     t = tensor(mod, "text_input", b"a perfectly fine prompt", "BYTES")
-    return {"wrong_dtype": [t, tensor(mod, "max_tokens", 8, "INT64")],
-            "unknown_input": [t, tensor(mod, "no_such_input", 1, "INT32")],
-            "missing_input": [tensor(mod, "max_tokens", 8, "INT32")],
-            "empty_prompt": [tensor(mod, "text_input", b"", "BYTES")],
-            "absurd_max_tokens": [t, tensor(mod, "max_tokens", 2**31 - 1, "INT32")],
-            "invalid_utf8": [tensor(mod, "text_input", b"\xff\xfe\xc3(", "BYTES")]}[kind]
+    return {
+        "wrong_dtype": [t, tensor(mod, "max_tokens", 8, "INT64")],
+        "unknown_input": [t, tensor(mod, "no_such_input", 1, "INT32")],
+        "missing_input": [tensor(mod, "max_tokens", 8, "INT32")],
+        "empty_prompt": [tensor(mod, "text_input", b"", "BYTES")],
+        "absurd_max_tokens": [t, tensor(mod, "max_tokens", 2**31 - 1, "INT32")],
+        "invalid_utf8": [tensor(mod, "text_input", b"\xff\xfe\xc3(", "BYTES")],
+    }[kind]
 
 
 async def unary(st, proto, model, inputs):
@@ -272,7 +324,10 @@ async def stream(st, model, inputs, cancel_after=None):
                 n += 1
                 deltas, so_far = result.as_numpy("text_output")[:, 0], result.as_numpy("outputs")[:, 0]
                 texts = [t + d.decode() for t, d in zip(texts or [""] * len(deltas), deltas)]
-                reasons = [f.decode() or r for r, f in zip(reasons or [""] * len(deltas), result.as_numpy("finish_reason")[:, 0])]
+                reasons = [
+                    f.decode() or r
+                    for r, f in zip(reasons or [""] * len(deltas), result.as_numpy("finish_reason")[:, 0])
+                ]
                 if [x.decode() for x in so_far] != texts:
                     raise RuntimeError(f"stream deltas {texts!r} disagree with outputs {so_far!r}")
             if final:
@@ -297,14 +352,14 @@ class State:
 
     def __init__(self, a, refs):
         self.a, self.refs = a, refs
-        self.sent = collections.Counter()          # good requests by interface
-        self.ok = 0                                # good requests answered in full
-        self.ok_rows = self.cancelled_rows = 0     # the same in prompts (the metrics count prompts)
-        self.finish = collections.Counter()        # finish reason seen on completed good requests
-        self.cancelled = 0                         # streams the client cancelled before seeing FINAL
-        self.bad = collections.Counter()           # bad requests refused, by kind/status
-        self.bad_backend = 0                       # ... of which the backend saw (counted `rejected`)
-        self.errors = collections.Counter()        # check failures, by kind
+        self.sent = collections.Counter()  # good requests by interface
+        self.ok = 0  # good requests answered in full
+        self.ok_rows = self.cancelled_rows = 0  # the same in prompts (the metrics count prompts)
+        self.finish = collections.Counter()  # finish reason seen on completed good requests
+        self.cancelled = 0  # streams the client cancelled before seeing FINAL
+        self.bad = collections.Counter()  # bad requests refused, by kind/status
+        self.bad_backend = 0  # ... of which the backend saw (counted `rejected`)
+        self.errors = collections.Counter()  # check failures, by kind
         self.lost = self.dup = self.mismatch = self.greedy_checked = 0
         self.latencies = []
         self.http = self.grpc = None
@@ -314,8 +369,10 @@ async def one_good(st, rng):
     """Sends one good request (one prompt, or a [2..4, 1] batch 10% of the time) on a random interface and
     checks its answer."""
     greedy = rng.random() < 0.5
-    rows = [rng.choice(list(st.refs)) if greedy else (make_prompt(rng, rng.randint(1, 150)), rng.randint(1, 48))
-            for _ in range(1 if rng.random() < 0.9 else rng.randint(2, 4))]
+    rows = [
+        rng.choice(list(st.refs)) if greedy else (make_prompt(rng, rng.randint(1, 150)), rng.randint(1, 48))
+        for _ in range(1 if rng.random() < 0.9 else rng.randint(2, 4))
+    ]
     req = {"rows": rows, "greedy": greedy, "seed": rng.randrange(2**32)}
     proto = rng.choice(["http", "grpc", "stream"])
     cancel = proto == "stream" and rng.random() < 0.10
@@ -402,7 +459,10 @@ def wait_idle(a, timeout=60):
     deadline = time.time() + timeout
     while True:
         m = metrics(a)
-        idle = all(m[(n, "")] == 0 for n in ("llama_num_requests_running", "llama_num_requests_waiting", "llama_num_requests_in_flight"))
+        idle = all(
+            m[(n, "")] == 0
+            for n in ("llama_num_requests_running", "llama_num_requests_waiting", "llama_num_requests_in_flight")
+        )
         if idle or time.time() > deadline:
             return m
         time.sleep(0.5)
@@ -443,7 +503,9 @@ def check_metrics(st, d):
     if fin["stop"] + fin["length"] != st.ok_rows + late:
         bad.append(f"stop+length={fin['stop'] + fin['length']:.0f}!=ok prompts {st.ok_rows}+late cancels {late:.0f}")
     if fin["stop"] < st.finish["stop"] or fin["length"] < st.finish["length"]:
-        bad.append(f"stop/length {fin['stop']:.0f}/{fin['length']:.0f} < client {st.finish['stop']}/{st.finish['length']}")
+        bad.append(
+            f"stop/length {fin['stop']:.0f}/{fin['length']:.0f} < client {st.finish['stop']}/{st.finish['length']}"
+        )
     return fin, bad
 
 
@@ -455,7 +517,10 @@ def main():
     try:
         t = time.time()
         st = State(a, reference_pool(a))
-        print(f"loadtest: {len(st.refs)} greedy references in {time.time() - t:.1f}s; load: {a.clients} clients, {a.duration:.0f}s", flush=True)
+        print(
+            f"loadtest: {len(st.refs)} greedy references in {time.time() - t:.1f}s; load: {a.clients} clients, {a.duration:.0f}s",
+            flush=True,
+        )
         before = metrics(a)
         ctx = mp.get_context("spawn")  # a separate process, so the clients' own CPU use cannot delay the polls
         stop, result = ctx.Event(), ctx.Queue()
@@ -480,7 +545,15 @@ def main():
     fin, bad = check_metrics(st, {k: after[k] - before.get(k, 0) for k in after})
     failed += bad
     # in_flight: prompts the backend holds (received, not yet answered and released).
-    kv, running, waiting, held = (after[(n, "")] for n in ("llama_kv_cache_blocks_used", "llama_num_requests_running", "llama_num_requests_waiting", "llama_num_requests_in_flight"))
+    kv, running, waiting, held = (
+        after[(n, "")]
+        for n in (
+            "llama_kv_cache_blocks_used",
+            "llama_num_requests_running",
+            "llama_num_requests_waiting",
+            "llama_num_requests_in_flight",
+        )
+    )
     if rc != 0:
         # Strict: Triton 2.51 keeps streams cancelled after their answer alive (README "Load test"), and
         # deploy_triton.py ends such a drained server itself (--stuck_shutdown_secs) with status 0.
@@ -505,19 +578,27 @@ def main():
     cached, free, total = (after[(f"llama_kv_cache_blocks_{n}", "")] for n in ("cached", "free", "total"))
     if kv + cached + free != total:
         failed.append(f"KV blocks used {kv:.0f} + cached {cached:.0f} + free {free:.0f} != total {total:.0f}")
-    queries, hits = (after[(n, "")] - before.get((n, ""), 0)
-                     for n in ("llama_prefix_cache_queries_tokens_total", "llama_prefix_cache_hits_tokens_total"))
-    hit_rate = (f"prefix_cache_hit_rate={hits / queries:.1%}({hits:.0f}/{queries:.0f} tokens) " if queries
-                else "prefix_cache=off ")
-    print(f"loadtest: clients={a.clients} duration={a.duration:.0f}s requests={sum(st.sent.values()) + sum(st.bad.values())} "
-          f"ok={st.ok} ok_prompts={st.ok_rows} bad_rejected={sum(st.bad.values())} cancelled={st.cancelled} "
-          f"cancelled_prompts={st.cancelled_rows}(server {fin['cancelled']:.0f}) "
-          f"finished={{{', '.join(f'{k}: {v:.0f}' for k, v in fin.items())}}} errors={dict(st.errors)} lost={st.lost} dup={st.dup} "
-          f"greedy_checked={st.greedy_checked} greedy_mismatch={st.mismatch} p50={lat[len(lat) // 2] * 1e3:.0f}ms "
-          f"p99={lat[int(len(lat) * 0.99)] * 1e3:.0f}ms health_polls={polls} health_max={health_max * 1e3:.0f}ms "
-          f"rss_warm={rss_warm:.0f}MB rss_end={rss_end:.0f}MB drift={drift:+.1f}% kv_used_idle={kv:.0f} "
-          f"held_idle={held:.0f} kv_cached_idle={cached:.0f} {hit_rate}{shutdown}"
-          + ("PASS" if not failed else "FAIL: " + "; ".join(failed)), flush=True)
+    queries, hits = (
+        after[(n, "")] - before.get((n, ""), 0)
+        for n in ("llama_prefix_cache_queries_tokens_total", "llama_prefix_cache_hits_tokens_total")
+    )
+    hit_rate = (
+        f"prefix_cache_hit_rate={hits / queries:.1%}({hits:.0f}/{queries:.0f} tokens) "
+        if queries
+        else "prefix_cache=off "
+    )
+    print(
+        f"loadtest: clients={a.clients} duration={a.duration:.0f}s requests={sum(st.sent.values()) + sum(st.bad.values())} "
+        f"ok={st.ok} ok_prompts={st.ok_rows} bad_rejected={sum(st.bad.values())} cancelled={st.cancelled} "
+        f"cancelled_prompts={st.cancelled_rows}(server {fin['cancelled']:.0f}) "
+        f"finished={{{', '.join(f'{k}: {v:.0f}' for k, v in fin.items())}}} errors={dict(st.errors)} lost={st.lost} dup={st.dup} "
+        f"greedy_checked={st.greedy_checked} greedy_mismatch={st.mismatch} p50={lat[len(lat) // 2] * 1e3:.0f}ms "
+        f"p99={lat[int(len(lat) * 0.99)] * 1e3:.0f}ms health_polls={polls} health_max={health_max * 1e3:.0f}ms "
+        f"rss_warm={rss_warm:.0f}MB rss_end={rss_end:.0f}MB drift={drift:+.1f}% kv_used_idle={kv:.0f} "
+        f"held_idle={held:.0f} kv_cached_idle={cached:.0f} {hit_rate}{shutdown}"
+        + ("PASS" if not failed else "FAIL: " + "; ".join(failed)),
+        flush=True,
+    )
     print(f"loadtest: bad requests by kind:status: {dict(sorted(st.bad.items()))}", flush=True)
     if failed and proc:
         print(f"loadtest: server log: {a.log_path}", flush=True)

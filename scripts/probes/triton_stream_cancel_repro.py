@@ -19,6 +19,7 @@ README "Shutdown after dead stream clients").
 The Python backend's stub embeds the base interpreter (3.11 here), which must be able to import numpy; the script
 says how to install it when it cannot.
 """
+
 import os
 import queue
 import shutil
@@ -70,12 +71,26 @@ def main():
     (work / "repo/identity/1").mkdir(parents=True)
     (work / "repo/identity/config.pbtxt").write_text(CONFIG)
     (work / "repo/identity/1/model.py").write_text(MODEL)
-    libs = [str(Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    libs = [
+        str(Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"),
+        sysconfig.get_config_var("LIBDIR") or "",
+    ]
     env = dict(os.environ, LD_LIBRARY_PATH=":".join(libs + [os.environ.get("LD_LIBRARY_PATH", "")]))
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     log = open(work / "server.log", "w")
-    srv = subprocess.Popen([str(tri / "bin/tritonserver"), f"--model-repository={work / 'repo'}", f"--backend-directory={work / 'be'}",
-                            f"--http-port={http}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    srv = subprocess.Popen(
+        [
+            str(tri / "bin/tritonserver"),
+            f"--model-repository={work / 'repo'}",
+            f"--backend-directory={work / 'be'}",
+            f"--http-port={http}",
+            f"--grpc-port={grpc_port}",
+            f"--metrics-port={metrics}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     client = grpcclient.InferenceServerClient(f"localhost:{grpc_port}")
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -125,14 +140,18 @@ time.sleep(600)
 def dead_clients(srv, grpc_port, n, work, model="identity"):
     """N clients whose request Triton refuses, killed with their stream open; then SIGTERM to the server."""
     for _ in range(n):
-        c = subprocess.Popen([sys.executable, "-c", DEAD_CLIENT, f"localhost:{grpc_port}", model], stdout=subprocess.PIPE, text=True)
+        c = subprocess.Popen(
+            [sys.executable, "-c", DEAD_CLIENT, f"localhost:{grpc_port}", model], stdout=subprocess.PIPE, text=True
+        )
         refusal = c.stdout.readline().strip()
         c.kill()
         c.wait()
     t = time.time()
     srv.send_signal(signal.SIGTERM)
     rc = srv.wait(timeout=90)
-    print(f"deadclient n={n} rc={rc} shutdown={time.time() - t:.1f}s refusal={refusal!r} (server log: {work / 'server.log'})")
+    print(
+        f"deadclient n={n} rc={rc} shutdown={time.time() - t:.1f}s refusal={refusal!r} (server log: {work / 'server.log'})"
+    )
 
 
 if __name__ == "__main__":

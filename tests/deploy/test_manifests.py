@@ -2,6 +2,7 @@
 pinned versions, the KServe and Prometheus Operator CRD schemas in schemas/), and the knobs that must agree
 across files (GPUs and --num_gpus, probe and Service ports, the grace period and the drain, the autoscaler's
 metrics and the engine's). No cluster is needed; tests/e2e/test_kubernetes.py runs the same commands for real."""
+
 import copy
 import gzip
 import json
@@ -56,8 +57,11 @@ def closed(schema):
 
     def walk(node):
         if isinstance(node, dict):
-            if ("properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for v in node.values():
                 walk(v)
@@ -70,8 +74,11 @@ def closed(schema):
 
 
 def test_yamllint():
-    r = subprocess.run([sys.executable, "-m", "yamllint", "--strict", "-c", str(ROOT / ".yamllint.yaml"), str(DEPLOY)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "yamllint", "--strict", "-c", str(ROOT / ".yamllint.yaml"), str(DEPLOY)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -83,7 +90,9 @@ def test_every_manifest_validates_against_its_schema():
         schema = crd_schema(doc)
         if schema is not None:
             errors = list(jsonschema.Draft7Validator(closed(schema)).iter_errors(doc))
-            assert not errors, f"{path.name}: " + "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+            assert not errors, f"{path.name}: " + "; ".join(
+                f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors
+            )
             continue
         for v in K8S_VERSIONS:
             try:
@@ -91,9 +100,19 @@ def test_every_manifest_validates_against_its_schema():
             except kubernetes_validate.ValidationError as e:
                 pytest.fail(f"{path.name} ({doc['kind']}) at Kubernetes {v}: {'.'.join(map(str, e.path))}: {e.message}")
             except kubernetes_validate.SchemaNotFoundError:
-                pytest.fail(f"{path.name}: no schema for {doc['apiVersion']} {doc['kind']} (add the CRD's to {SCHEMAS})")
-    assert {"Deployment", "Service", "PersistentVolumeClaim", "HorizontalPodAutoscaler", "ServiceMonitor",
-            "ServingRuntime", "InferenceService", "Job"} <= seen
+                pytest.fail(
+                    f"{path.name}: no schema for {doc['apiVersion']} {doc['kind']} (add the CRD's to {SCHEMAS})"
+                )
+    assert {
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "ServingRuntime",
+        "InferenceService",
+        "Job",
+    } <= seen
 
 
 def test_a_broken_manifest_fails_validation():
@@ -138,7 +157,9 @@ def test_deployment_knobs_agree():
     assert s["periodSeconds"] * s["failureThreshold"] >= CHECKPOINT_GB / SLOW_READ_GB_PER_S
     pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + a.exit_timeout_secs + 10
+    assert (
+        dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + a.exit_timeout_secs + 10
+    )
     assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     ann = dep["spec"]["template"]["metadata"]["annotations"]
     assert int(ann["prometheus.io/port"]) == a.metrics_port
@@ -202,8 +223,18 @@ def test_kserve_runtime_and_service_agree():
     assert a.write_only and a.triton_model_repository == f"{j['volumeMounts'][0]['mountPath']}/{m[2]}"
     assert Path(a.nemo_checkpoint).parent == Path(a.triton_model_repository), "the checkpoint inside the repository"
     d = flags(container(dep)["args"])
-    same = ("triton_model_name", "device", "num_gpus", "max_input_len", "max_output_len", "max_num_seqs",
-            "max_queue_size", "kv_cache_bytes", "stop_strings", "weight_dtype")
+    same = (
+        "triton_model_name",
+        "device",
+        "num_gpus",
+        "max_input_len",
+        "max_output_len",
+        "max_num_seqs",
+        "max_queue_size",
+        "kv_cache_bytes",
+        "stop_strings",
+        "weight_dtype",
+    )
     assert {k: getattr(a, k) for k in same} == {k: getattr(d, k) for k in same}
     assert Path(a.nemo_checkpoint).name == Path(d.nemo_checkpoint).name
     grace = isvc["spec"]["predictor"]["terminationGracePeriodSeconds"]

@@ -1,5 +1,6 @@
 """Fixtures: a real tritonserver with the llama backend, started through scripts/deploy_triton.py on free
 ports, waited on until ready, its log kept (and printed when a test fails), stopped with SIGTERM."""
+
 import json
 import os
 import signal
@@ -50,8 +51,18 @@ class Server:
         self.log_path = LOGS / f"{name}.log"
         self.log = open(self.log_path, "w")
         self.repo = tmp / f"{name}_repo"
-        cmd = [sys.executable, str(ROOT / "scripts/deploy_triton.py"), "-tmr", str(self.repo),
-               "--triton_port", str(self.http), "--grpc_port", str(self.grpc), "--metrics_port", str(self.metrics)] + args
+        cmd = [
+            sys.executable,
+            str(ROOT / "scripts/deploy_triton.py"),
+            "-tmr",
+            str(self.repo),
+            "--triton_port",
+            str(self.http),
+            "--grpc_port",
+            str(self.grpc),
+            "--metrics_port",
+            str(self.metrics),
+        ] + args
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"localhost:{self.http}"
         self.grpc_url = f"localhost:{self.grpc}"
@@ -86,7 +97,9 @@ class Server:
 
     def generate(self, model, body, stream=False):
         path = "generate_stream" if stream else "generate"
-        req = urllib.request.Request(f"http://{self.url}/v2/models/{model}/{path}", data=json.dumps(body).encode(), method="POST")
+        req = urllib.request.Request(
+            f"http://{self.url}/v2/models/{model}/{path}", data=json.dumps(body).encode(), method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, r.read().decode()
@@ -127,14 +140,34 @@ def start(request, tmp_path_factory, name, args):
 @pytest.fixture(scope="session")
 def server(request, tmp_path_factory):
     """The gqa_bf16 fixture checkpoint (HF folder) as `llama` + `llama_stream`."""
-    return start(request, tmp_path_factory, "hf", ["--hf_checkpoint", str(HF), "--max_input_len", "64", "--max_output_len", "192",
-                                                   "--max_batch_size", "8", "--max_num_seqs", "16"])
+    return start(
+        request,
+        tmp_path_factory,
+        "hf",
+        [
+            "--hf_checkpoint",
+            str(HF),
+            "--max_input_len",
+            "64",
+            "--max_output_len",
+            "192",
+            "--max_batch_size",
+            "8",
+            "--max_num_seqs",
+            "16",
+        ],
+    )
 
 
 @pytest.fixture(scope="session")
 def small_queue_server(request, tmp_path_factory):
     """One sequence at a time and a queue of one: the third concurrent prompt is refused at once."""
-    return start(request, tmp_path_factory, "small_queue", ["--hf_checkpoint", str(HF), "--max_num_seqs", "1", "--max_queue_size", "1"])
+    return start(
+        request,
+        tmp_path_factory,
+        "small_queue",
+        ["--hf_checkpoint", str(HF), "--max_num_seqs", "1", "--max_queue_size", "1"],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +177,12 @@ def nemo_server(request, tmp_path_factory):
 
 
 def cli_generate(ckpt, prompt, *extra):
-    out = subprocess.run([str(CLI), "generate", str(ckpt), "--prompt", prompt, "--json", *extra], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [str(CLI), "generate", str(ckpt), "--prompt", prompt, "--json", *extra],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout)
 
 

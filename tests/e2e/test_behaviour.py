@@ -1,4 +1,5 @@
 """Stop strings, bans, seeds, every bad input's error code, concurrency, cancellation, back-pressure, metrics."""
+
 import json
 import queue
 import threading
@@ -20,7 +21,10 @@ def test_stop_string_ends_generation_and_is_trimmed(server):
     r = ok(server, {"text_input": "Once upon a time", "max_tokens": 30, "ignore_eos": True, "stop_words": [stop]})
     assert r["text_output"] == full[: full.find(stop)]
     assert r["finish_reason"] == "stop"
-    assert cli_generate(HF, "Once upon a time", "--max-tokens", "30", "--ignore-eos", "--stop", stop)["text"] == r["text_output"]
+    assert (
+        cli_generate(HF, "Once upon a time", "--max-tokens", "30", "--ignore-eos", "--stop", stop)["text"]
+        == r["text_output"]
+    )
 
 
 def test_banned_words_never_appear(server):
@@ -90,7 +94,10 @@ def test_bad_inputs_over_grpc(server):
         return e.value.status(), e.value.message()
 
     # invalid UTF-8
-    assert code([bytes_input(grpcclient, "prompts", [[b"\xff\xfe"]])]) == ("StatusCode.INVALID_ARGUMENT", "input `prompts` element 0 is not valid UTF-8")
+    assert code([bytes_input(grpcclient, "prompts", [[b"\xff\xfe"]])]) == (
+        "StatusCode.INVALID_ARGUMENT",
+        "input `prompts` element 0 is not valid UTF-8",
+    )
     # wrong shape (Triton core checks dims [1])
     assert code([bytes_input(grpcclient, "prompts", [[b"a", b"b"]])])[0] == "StatusCode.INVALID_ARGUMENT"
     # wrong dtype: top_k as INT32 where the seed's INT64 is declared
@@ -118,7 +125,10 @@ def test_32_concurrent_mixed_requests(server):
     def unary(i):
         try:
             c = httpclient.InferenceServerClient(server.url)
-            r = c.infer("llama", [bytes_input(httpclient, "text_input", [[prompts[i].encode()]])] + [max_tokens_input(httpclient, 16)])
+            r = c.infer(
+                "llama",
+                [bytes_input(httpclient, "text_input", [[prompts[i].encode()]])] + [max_tokens_input(httpclient, 16)],
+            )
             got[i] = r.as_numpy("text_output")[0][0].decode()
             c.close()
         except Exception as e:  # noqa: BLE001
@@ -129,8 +139,11 @@ def test_32_concurrent_mixed_requests(server):
             c = grpcclient.InferenceServerClient(server.grpc_url)
             q = queue.Queue()
             c.start_stream(callback=lambda result, error: q.put((result, error)))
-            c.async_stream_infer("llama_stream", [bytes_input(grpcclient, "text_input", [[prompts[i].encode()]]), max_tokens_input(grpcclient, 16)],
-                                 enable_empty_final_response=True)
+            c.async_stream_infer(
+                "llama_stream",
+                [bytes_input(grpcclient, "text_input", [[prompts[i].encode()]]), max_tokens_input(grpcclient, 16)],
+                enable_empty_final_response=True,
+            )
             text = ""
             while True:
                 result, error = q.get(timeout=60)
@@ -179,7 +192,14 @@ def test_cancelling_half_of_16_streams_frees_their_blocks(server):
         c.start_stream(callback=lambda result, error, q=q: q.put((result, error)))
         ignore = grpcclient.InferInput("ignore_eos", [1, 1], "BOOL")
         ignore.set_data_from_numpy(np.array([[True]]))
-        c.async_stream_infer("llama_stream", [bytes_input(grpcclient, "text_input", [[f"Stream {i}".encode()]]), max_tokens_input(grpcclient, 190), ignore])
+        c.async_stream_infer(
+            "llama_stream",
+            [
+                bytes_input(grpcclient, "text_input", [[f"Stream {i}".encode()]]),
+                max_tokens_input(grpcclient, 190),
+                ignore,
+            ],
+        )
         clients.append(c)
         queues.append(q)
     for q in queues[:8]:
@@ -200,7 +220,10 @@ def test_cancelling_half_of_16_streams_frees_their_blocks(server):
     assert wait_metric(server, "llama_kv_cache_blocks_used", 0)
     assert wait_metric(server, "llama_num_requests_running", 0)
     deadline = time.time() + 10
-    while time.time() < deadline and server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled") < before + 8:
+    while (
+        time.time() < deadline
+        and server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled") < before + 8
+    ):
         time.sleep(0.1)
     assert server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled") == before + 8
     assert ok(server, {"text_input": "Hello world", "max_tokens": 3})["finish_reason"] == "length"
@@ -209,8 +232,16 @@ def test_cancelling_half_of_16_streams_frees_their_blocks(server):
 def test_metrics_counters_move_by_the_right_amounts(server):
     w = cli_generate(HF, "Metrics please", "--max-tokens", "12", "--ignore-eos")
     m = lambda name, **l: server.metric(name, model="llama", **l)  # noqa: E731
-    before = {k: m(k) for k in ["llama_prompt_tokens_total", "llama_generation_tokens_total", "llama_time_to_first_token_seconds_count",
-                                "llama_e2e_request_latency_seconds_count", "llama_time_per_output_token_seconds_count"]}
+    before = {
+        k: m(k)
+        for k in [
+            "llama_prompt_tokens_total",
+            "llama_generation_tokens_total",
+            "llama_time_to_first_token_seconds_count",
+            "llama_e2e_request_latency_seconds_count",
+            "llama_time_per_output_token_seconds_count",
+        ]
+    }
     length_before = m("llama_requests_finished_total", reason="length")
     rejected_before = m("llama_requests_finished_total", reason="rejected")
     r = ok(server, {"text_input": "Metrics please", "max_tokens": 12, "ignore_eos": True})
@@ -218,7 +249,11 @@ def test_metrics_counters_move_by_the_right_amounts(server):
     assert gen(server, {"text_input": "", "max_tokens": 5})[0] == 400
     assert m("llama_prompt_tokens_total") - before["llama_prompt_tokens_total"] == len(w["prompt_ids"])
     assert m("llama_generation_tokens_total") - before["llama_generation_tokens_total"] == 12
-    for k in ["llama_time_to_first_token_seconds_count", "llama_e2e_request_latency_seconds_count", "llama_time_per_output_token_seconds_count"]:
+    for k in [
+        "llama_time_to_first_token_seconds_count",
+        "llama_e2e_request_latency_seconds_count",
+        "llama_time_per_output_token_seconds_count",
+    ]:
         assert m(k) - before[k] == 1, k
     assert m("llama_requests_finished_total", reason="length") - length_before == 1
     assert m("llama_requests_finished_total", reason="rejected") - rejected_before == 1
@@ -232,7 +267,9 @@ def test_full_queue_answers_unavailable_at_once(small_queue_server):
     status, r = gen(s, {"text_input": ["a", "b", "c"], "max_tokens": [5, 5, 5]})
     assert status in (400, 503) and "at capacity" in r["error"], r
     with pytest.raises(InferenceServerException) as e:
-        grpcclient.InferenceServerClient(s.grpc_url).infer("llama", [bytes_input(grpcclient, "text_input", [[b"a"], [b"b"], [b"c"]])])
+        grpcclient.InferenceServerClient(s.grpc_url).infer(
+            "llama", [bytes_input(grpcclient, "text_input", [[b"a"], [b"b"], [b"c"]])]
+        )
     assert e.value.status() == "StatusCode.UNAVAILABLE", e.value
     # Hold the whole capacity (one running, one queued) with two requests as long as the model's context allows,
     # and wait for the gauges to show both held (no fixed sleep: the machine's speed does not matter). The queued
@@ -247,7 +284,9 @@ def test_full_queue_answers_unavailable_at_once(small_queue_server):
         t.start()
 
     def held():
-        return s.metric("llama_num_requests_running", model="llama"), s.metric("llama_num_requests_waiting", model="llama")
+        return s.metric("llama_num_requests_running", model="llama"), s.metric(
+            "llama_num_requests_waiting", model="llama"
+        )
 
     deadline = time.time() + 60
     while held() != (1, 1) and time.time() < deadline:
@@ -271,14 +310,21 @@ def test_http_disconnect_cancels_a_stream(server):
 
     before = server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled")
     conn = http.client.HTTPConnection("localhost", server.http, timeout=30)
-    conn.request("POST", "/v2/models/llama_stream/generate_stream", body=json.dumps({"text_input": "Hello", "max_tokens": 190, "ignore_eos": True}))
+    conn.request(
+        "POST",
+        "/v2/models/llama_stream/generate_stream",
+        body=json.dumps({"text_input": "Hello", "max_tokens": 190, "ignore_eos": True}),
+    )
     resp = conn.getresponse()
     assert resp.status == 200
     assert resp.readline().startswith(b"data: ")
     conn.sock.close()
     conn.close()
     deadline = time.time() + 10
-    while time.time() < deadline and server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled") < before + 1:
+    while (
+        time.time() < deadline
+        and server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled") < before + 1
+    ):
         time.sleep(0.05)
     assert server.metric("llama_requests_finished_total", model="llama_stream", reason="cancelled") == before + 1
     assert wait_metric(server, "llama_kv_cache_blocks_used", 0)

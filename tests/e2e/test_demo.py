@@ -1,4 +1,5 @@
 """deploy_triton.py with no checkpoint serves the demo model that `triton-llama demo-model` writes."""
+
 import json
 
 from conftest import cli_generate

@@ -1,5 +1,6 @@
 """deploy_triton.py owns its model repository: each run serves only its own two models, never what an earlier
 run (or anyone else) left there."""
+
 import json
 import subprocess
 import sys
@@ -53,7 +54,8 @@ def test_foreign_models_are_refused_or_left_unloaded(request, tmp_path):
 def test_default_repository_is_emptied_first():
     stale = Path(DEFAULT_REPO) / "yesterdays_demo/1"
     stale.mkdir(parents=True, exist_ok=True)
-    out = subprocess.run(DEPLOY + ["--hf_checkpoint", str(HF), "-tmn", "tl", "--write_only"], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        DEPLOY + ["--hf_checkpoint", str(HF), "-tmn", "tl", "--write_only"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out
     assert sorted(p.name for p in stale.parents[1].iterdir()) == ["tl", "tl_stream"]

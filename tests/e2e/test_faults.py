@@ -1,6 +1,7 @@
 """Faults and boundaries against the real server: clients that vanish mid-stream, a model unloaded under load,
 SIGTERM with many requests in flight, a KV cache too small for the work, request limits, and no request text in
 the server log."""
+
 import contextlib
 import json
 import queue
@@ -30,7 +31,11 @@ def tensor(mod, name, value):
 
 
 def req_inputs(mod, prompt, max_tokens, ignore_eos=True):
-    return [tensor(mod, "text_input", prompt.encode()), tensor(mod, "max_tokens", max_tokens), tensor(mod, "ignore_eos", ignore_eos)]
+    return [
+        tensor(mod, "text_input", prompt.encode()),
+        tensor(mod, "max_tokens", max_tokens),
+        tensor(mod, "ignore_eos", ignore_eos),
+    ]
 
 
 def grpc_stream(url, prompt, max_tokens, model="llama_stream", started=None):
@@ -68,7 +73,11 @@ def http_unary(url, prompt, max_tokens):
     c = httpclient.InferenceServerClient(url, network_timeout=TIMEOUT, connection_timeout=TIMEOUT)
     try:
         r = c.infer("llama", req_inputs(httpclient, prompt, max_tokens))
-        return r.as_numpy("text_output")[0][0].decode(), int(r.as_numpy("num_output_tokens")[0][0]), r.as_numpy("finish_reason")[0][0].decode()
+        return (
+            r.as_numpy("text_output")[0][0].decode(),
+            int(r.as_numpy("num_output_tokens")[0][0]),
+            r.as_numpy("finish_reason")[0][0].decode(),
+        )
     finally:
         c.close()
 
@@ -133,7 +142,12 @@ GRPC_CHILD = textwrap.dedent("""
 @pytest.fixture
 def fresh_server(request, tmp_path_factory):
     """A server of its own for each disconnect test (see `tolerate_upstream_crash`)."""
-    return start(request, tmp_path_factory, f"disconnect_{request.node.name[:40]}", ["--hf_checkpoint", str(HF), "--max_output_len", "192"])
+    return start(
+        request,
+        tmp_path_factory,
+        f"disconnect_{request.node.name[:40]}",
+        ["--hf_checkpoint", str(HF), "--max_output_len", "192"],
+    )
 
 
 def upstream_crash(server):
@@ -145,7 +159,7 @@ def upstream_crash(server):
     log = server.log_path.read_text()
     if "Signal (11) received." not in log:
         return False
-    trace = log[log.index("Signal (11) received."):]
+    trace = log[log.index("Signal (11) received.") :]
     return "libtriton_llama" not in trace
 
 
@@ -156,7 +170,9 @@ def tolerate_upstream_crash(server):
     except BaseException:
         wait_for(lambda: server.proc.poll() is not None, timeout=10)  # a crashing server exits; wait for that
         if upstream_crash(server):
-            pytest.xfail("tritonserver 2.51 gRPC-frontend crash on stream cancellation (server#8034/#8078), not the backend")
+            pytest.xfail(
+                "tritonserver 2.51 gRPC-frontend crash on stream cancellation (server#8034/#8078), not the backend"
+            )
         raise
 
 
@@ -172,7 +188,9 @@ def test_grpc_client_killed_mid_stream_cancels_it_and_others_are_unaffected(fres
 def grpc_client_killed_mid_stream(server):
     want = cli_generate(HF, "Bystander stream", "--max-tokens", "120", "--ignore-eos")["text"]
     before = cancelled(server)
-    child = subprocess.Popen([sys.executable, "-c", GRPC_CHILD, server.grpc_url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", GRPC_CHILD, server.grpc_url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         threads, results = run_all([lambda: grpc_stream(server.grpc_url, "Bystander stream", 120)])
         assert child.stdout.readline().strip() == "GOT3"
@@ -217,7 +235,11 @@ def test_http_stream_disconnect_cancels_it_while_a_unary_request_completes(serve
     before = cancelled(server)
     threads, results = run_all([lambda: http_unary(server.url, "Unary bystander", 150)])
     conn = http.client.HTTPConnection("localhost", server.http, timeout=30)
-    conn.request("POST", "/v2/models/llama_stream/generate_stream", body=json.dumps({"text_input": "Hello", "max_tokens": 190, "ignore_eos": True}))
+    conn.request(
+        "POST",
+        "/v2/models/llama_stream/generate_stream",
+        body=json.dumps({"text_input": "Hello", "max_tokens": 190, "ignore_eos": True}),
+    )
     resp = conn.getresponse()
     assert resp.status == 200
     for _ in range(2):
@@ -237,7 +259,12 @@ def test_http_stream_disconnect_cancels_it_while_a_unary_request_completes(serve
 
 @pytest.fixture(scope="module")
 def explicit_server(request, tmp_path_factory):
-    return start(request, tmp_path_factory, "explicit", ["--hf_checkpoint", str(HF), "--model_control_mode", "explicit", "--max_output_len", "192"])
+    return start(
+        request,
+        tmp_path_factory,
+        "explicit",
+        ["--hf_checkpoint", str(HF), "--model_control_mode", "explicit", "--max_output_len", "192"],
+    )
 
 
 def model_ready(s, name):
@@ -254,7 +281,9 @@ def test_unload_under_load_answers_every_request_then_reloads(explicit_server):
     s = explicit_server
     want = cli_generate(HF, "Unload me", "--max-tokens", "190", "--ignore-eos")["text"]
     started = [threading.Event() for _ in range(6)]
-    jobs = [lambda: http_unary(s.url, "Unload me", 190) for _ in range(6)] + [lambda e=e: grpc_stream(s.grpc_url, "Unload me", 190, started=e) for e in started]
+    jobs = [lambda: http_unary(s.url, "Unload me", 190) for _ in range(6)] + [
+        lambda e=e: grpc_stream(s.grpc_url, "Unload me", 190, started=e) for e in started
+    ]
     threads, results = run_all(jobs)
     # Wait until the streams are generating, then unload both models (the twin shares the engine).
     assert all(e.wait(TIMEOUT) for e in started)
@@ -274,7 +303,11 @@ def test_unload_under_load_answers_every_request_then_reloads(explicit_server):
         else:
             assert isinstance(value, InferenceServerException), repr(value)
     log = s.log_path.read_text()
-    assert wait_for(lambda: "successfully unloaded 'llama_stream'" in s.log_path.read_text() and "successfully unloaded 'llama'" in s.log_path.read_text(), TIMEOUT), log[-3000:]
+    assert wait_for(
+        lambda: "successfully unloaded 'llama_stream'" in s.log_path.read_text()
+        and "successfully unloaded 'llama'" in s.log_path.read_text(),
+        TIMEOUT,
+    ), log[-3000:]
     assert time.time() - t0 < TIMEOUT
     # New requests are refused while unloaded; then the model loads again and serves the same text.
     assert gen(s, {"text_input": "Unload me", "max_tokens": 5})[0] != 200
@@ -314,7 +347,9 @@ def test_sigterm_drains_unary_and_streams_in_flight(tmp_path):
     try:
         want = cli_generate(HF, "Drain me", "--max-tokens", "190", "--ignore-eos")["text"]
         started = [threading.Event() for _ in range(4)]
-        jobs = [lambda: http_unary(s.url, "Drain me", 190) for _ in range(4)] + [lambda e=e: grpc_stream(s.grpc_url, "Drain me", 190, started=e) for e in started]
+        jobs = [lambda: http_unary(s.url, "Drain me", 190) for _ in range(4)] + [
+            lambda e=e: grpc_stream(s.grpc_url, "Drain me", 190, started=e) for e in started
+        ]
         threads, results = run_all(jobs)
         assert all(e.wait(TIMEOUT) for e in started)
         t0 = time.time()
@@ -335,8 +370,23 @@ def test_sigterm_drains_unary_and_streams_in_flight(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_kv_server(request, tmp_path_factory):
     """6 blocks of 16 tokens: 96 token slots for everything in flight."""
-    return start(request, tmp_path_factory, "tiny_kv", ["--hf_checkpoint", str(HF), "--num_blocks", "6", "--block_size", "16",
-                                                         "--max_input_len", "120", "--max_output_len", "136"])
+    return start(
+        request,
+        tmp_path_factory,
+        "tiny_kv",
+        [
+            "--hf_checkpoint",
+            str(HF),
+            "--num_blocks",
+            "6",
+            "--block_size",
+            "16",
+            "--max_input_len",
+            "120",
+            "--max_output_len",
+            "136",
+        ],
+    )
 
 
 def test_concurrent_generations_beyond_the_kv_pool_all_finish_with_their_solo_text(tiny_kv_server):
@@ -345,7 +395,10 @@ def test_concurrent_generations_beyond_the_kv_pool_all_finish_with_their_solo_te
     prompts = [f"Pool pressure {i}" for i in range(5)]
     # Each needs ~85 of the 96 slots: together 5x the pool, so they are preempted and recomputed.
     want = [cli_generate(HF, p, "--max-tokens", "80", "--ignore-eos")["text"] for p in prompts]
-    jobs = [(lambda p=p: http_unary(s.url, p, 80)) if i % 2 else (lambda p=p: grpc_stream(s.grpc_url, p, 80)) for i, p in enumerate(prompts)]
+    jobs = [
+        (lambda p=p: http_unary(s.url, p, 80)) if i % 2 else (lambda p=p: grpc_stream(s.grpc_url, p, 80))
+        for i, p in enumerate(prompts)
+    ]
     results = join_all(*run_all(jobs))
     for (kind, value), w in zip(results, want):
         assert kind == "ok", value
@@ -368,7 +421,11 @@ def test_a_generation_outgrowing_the_whole_pool_ends_with_length(tiny_kv_server)
 def test_a_prompt_larger_than_the_whole_pool_is_refused(tiny_kv_server):
     s = tiny_kv_server
     prompt = " ".join(f"w{i}" for i in range(40))
-    ids = json.loads(subprocess.run([str(CLI), "tokenize", str(HF), "--text", prompt, "--json"], capture_output=True, text=True, check=True).stdout)
+    ids = json.loads(
+        subprocess.run(
+            [str(CLI), "tokenize", str(HF), "--text", prompt, "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     ids = ids["ids"]
     assert 96 <= len(ids) <= 120, len(ids)
     status, r = gen(s, {"text_input": prompt, "max_tokens": 5})
@@ -421,7 +478,9 @@ def test_a_20mb_prompt_is_refused_cheaply(server):
     big = b"All work and no play. " * ((20 << 20) // 22)
     t0 = time.time()
     with pytest.raises(InferenceServerException) as e:
-        c.infer("llama", [tensor(grpcclient, "text_input", big), tensor(grpcclient, "max_tokens", 5)], client_timeout=60)
+        c.infer(
+            "llama", [tensor(grpcclient, "text_input", big), tensor(grpcclient, "max_tokens", 5)], client_timeout=60
+        )
     took = time.time() - t0
     assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "bytes" in e.value.message(), e.value
     assert took < 10, took  # not tokenized: the engine thread never saw it

@@ -2,6 +2,7 @@
 would through loading, serving and a SIGTERM drain; a fatal engine error taking the server out; tritonserver with
 the KServe ServingRuntime's arguments on the repository its Job writes. Only what a CPU test machine needs is
 changed: the fixture checkpoint, --device cpu, its shorter lengths and free ports."""
+
 import json
 import os
 import queue
@@ -66,8 +67,9 @@ def probe_ok(url):
 
 
 def generate(http, body, model):
-    req = urllib.request.Request(f"http://localhost:{http}/v2/models/{model}/generate", data=json.dumps(body).encode(),
-                                 method="POST")
+    req = urllib.request.Request(
+        f"http://localhost:{http}/v2/models/{model}/generate", data=json.dumps(body).encode(), method="POST"
+    )
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
             return r.status, json.loads(r.read())
@@ -87,20 +89,35 @@ class Pod:
         self.probes = {k: c[k]["httpGet"] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
         self.model = deploy_triton.parse_args(self.args).triton_model_name
         self.mapped = dict(zip(("http", "grpc", "metrics", "openai"), free_ports(4)))
-        args = replaced(self.args, {
-            "--nemo_checkpoint": ("--hf_checkpoint", str(HF)),
-            "--device": ("--device", "cpu"),
-            "--max_input_len": ("--max_input_len", "64"),
-            "--max_output_len": ("--max_output_len", "192"),
-            "--openai_port": ("--openai_port", str(self.mapped["openai"])),
-        })
-        args += ["-tmr", str(tmp / "repo"), "--triton_port", str(self.mapped["http"]), "--grpc_port",
-                 str(self.mapped["grpc"]), "--metrics_port", str(self.mapped["metrics"])]
+        args = replaced(
+            self.args,
+            {
+                "--nemo_checkpoint": ("--hf_checkpoint", str(HF)),
+                "--device": ("--device", "cpu"),
+                "--max_input_len": ("--max_input_len", "64"),
+                "--max_output_len": ("--max_output_len", "192"),
+                "--openai_port": ("--openai_port", str(self.mapped["openai"])),
+            },
+        )
+        args += [
+            "-tmr",
+            str(tmp / "repo"),
+            "--triton_port",
+            str(self.mapped["http"]),
+            "--grpc_port",
+            str(self.mapped["grpc"]),
+            "--metrics_port",
+            str(self.mapped["metrics"]),
+        ]
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"{name}.log"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/deploy_triton.py"), *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts/deploy_triton.py"), *args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, **(env or {})),
+        )
 
     def url(self, probe):
         """The URL the kubelet probes: the probe's path on the port its (named) port maps to here."""
@@ -129,10 +146,15 @@ def stream_request(grpc_port, model, max_tokens):
     q = queue.Queue()
     c.start_stream(callback=lambda result, error: q.put((result, error)))
     inputs = []
-    for name, dtype, value in (("text_input", "BYTES", b"Hello"), ("max_tokens", "INT32", max_tokens),
-                               ("ignore_eos", "BOOL", True)):
+    for name, dtype, value in (
+        ("text_input", "BYTES", b"Hello"),
+        ("max_tokens", "INT32", max_tokens),
+        ("ignore_eos", "BOOL", True),
+    ):
         t = grpcclient.InferInput(name, [1, 1], dtype)
-        t.set_data_from_numpy(np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype]))
+        t.set_data_from_numpy(
+            np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype])
+        )
         inputs.append(t)
     c.async_stream_infer(model, inputs)
     return c, q
@@ -188,7 +210,9 @@ def test_deployment_probes_through_loading_serving_and_drain(tmp_path):
         assert (n, reason) == (150, "length")
         client.stop_stream()
         client.close()
-        grace = manifest("kubernetes/deployment.yaml", "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        grace = manifest("kubernetes/deployment.yaml", "Deployment")["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ]
         assert pod.proc.wait(timeout=grace) == 0
     finally:
         pod.stop()
@@ -223,15 +247,21 @@ class KServeRuntime:
         written = tmp / "pvc/llama-repository"
         written.mkdir(parents=True)
         shutil.copy(NEMO, written / ckpt)
-        args = replaced(job["args"], {
-            "--triton_model_repository": ("--triton_model_repository", str(written)),
-            "--nemo_checkpoint": ("--nemo_checkpoint", str(written / ckpt)),
-            "--device": ("--device", "cpu"),
-            "--max_input_len": ("--max_input_len", "64"),
-            "--max_output_len": ("--max_output_len", "192"),
-        })
-        subprocess.run([sys.executable, str(ROOT / "scripts/deploy_triton.py"), *args, "--cli", str(CLI)], check=True,
-                       capture_output=True)
+        args = replaced(
+            job["args"],
+            {
+                "--triton_model_repository": ("--triton_model_repository", str(written)),
+                "--nemo_checkpoint": ("--nemo_checkpoint", str(written / ckpt)),
+                "--device": ("--device", "cpu"),
+                "--max_input_len": ("--max_input_len", "64"),
+                "--max_output_len": ("--max_output_len", "192"),
+            },
+        )
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts/deploy_triton.py"), *args, "--cli", str(CLI)],
+            check=True,
+            capture_output=True,
+        )
         backends = written.parent / (written.name + ".backends")
         mounted = tmp / "mnt/models"
         mounted.parent.mkdir()
@@ -250,7 +280,9 @@ class KServeRuntime:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"{name}.log"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {}))
+        )
         probe = c["readinessProbe"]["httpGet"]
         assert probe["port"] == 8080 and "--http-port=8080" in c["args"]
         self.ready_url = f"http://localhost:{self.http}{probe['path']}"
@@ -258,18 +290,23 @@ class KServeRuntime:
 
     def liveness(self):
         """The liveness probe's command, run as the kubelet would (the image's script path mapped to here)."""
-        cmd = [arg.replace("/opt/triton-llama/scripts", str(ROOT / "scripts")).replace(":8002/", f":{self.metrics}/")
-               for arg in self.c["livenessProbe"]["exec"]["command"]]
+        cmd = [
+            arg.replace("/opt/triton-llama/scripts", str(ROOT / "scripts")).replace(":8002/", f":{self.metrics}/")
+            for arg in self.c["livenessProbe"]["exec"]["command"]
+        ]
         cmd[0] = sys.executable
         return subprocess.run(cmd, capture_output=True, text=True, timeout=self.c["livenessProbe"]["timeoutSeconds"])
 
     def infer(self, prompt, max_tokens):
-        body = {"inputs": [
-            {"name": "text_input", "datatype": "BYTES", "shape": [1, 1], "data": [prompt]},
-            {"name": "max_tokens", "datatype": "INT32", "shape": [1, 1], "data": [max_tokens]},
-        ]}
-        req = urllib.request.Request(f"http://localhost:{self.http}/v2/models/{self.model}/infer",
-                                     data=json.dumps(body).encode(), method="POST")
+        body = {
+            "inputs": [
+                {"name": "text_input", "datatype": "BYTES", "shape": [1, 1], "data": [prompt]},
+                {"name": "max_tokens", "datatype": "INT32", "shape": [1, 1], "data": [max_tokens]},
+            ]
+        }
+        req = urllib.request.Request(
+            f"http://localhost:{self.http}/v2/models/{self.model}/infer", data=json.dumps(body).encode(), method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
                 return r.status, {o["name"]: o for o in json.loads(r.read())["outputs"]}

@@ -1,6 +1,7 @@
 """SIGTERM to deploy_triton.py is forwarded to tritonserver, which drains: a running stream completes, then the
 server exits cleanly. The children die with deploy_triton.py (SIGKILL included), and a dead OpenAI frontend stops
 the deployment."""
+
 import os
 import queue
 import signal
@@ -23,9 +24,15 @@ def test_sigterm_drains_a_running_stream(tmp_path):
         q = queue.Queue()
         c.start_stream(callback=lambda result, error: q.put((result, error)))
         inputs = []
-        for name, dtype, value in (("text_input", "BYTES", b"Hello"), ("max_tokens", "INT32", 200), ("ignore_eos", "BOOL", True)):
+        for name, dtype, value in (
+            ("text_input", "BYTES", b"Hello"),
+            ("max_tokens", "INT32", 200),
+            ("ignore_eos", "BOOL", True),
+        ):
             t = grpcclient.InferInput(name, [1, 1], dtype)
-            t.set_data_from_numpy(np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype]))
+            t.set_data_from_numpy(
+                np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype])
+            )
             inputs.append(t)
         c.async_stream_infer("llama_stream", inputs)
         result, error = q.get(timeout=60)
@@ -73,7 +80,9 @@ def test_sigkill_of_the_deploy_script_leaves_no_process_behind(tmp_path):
     s = Server("sigkill", ["--hf_checkpoint", str(HF), "--openai_port", str(free_ports(1)[0])], tmp_path)
     try:
         kids = children(s.proc.pid)
-        names = sorted(Path(f"/proc/{k}/cmdline").read_bytes().split(b"\0")[0].rsplit(b"/", 1)[-1].decode() for k in kids)
+        names = sorted(
+            Path(f"/proc/{k}/cmdline").read_bytes().split(b"\0")[0].rsplit(b"/", 1)[-1].decode() for k in kids
+        )
         assert len(kids) == 2 and names[-1] == "tritonserver", names
         s.proc.kill()
         s.proc.wait(timeout=10)
@@ -85,7 +94,9 @@ def test_sigkill_of_the_deploy_script_leaves_no_process_behind(tmp_path):
 def test_the_frontend_dying_stops_the_deployment(tmp_path):
     s = Server("frontend_dies", ["--hf_checkpoint", str(HF), "--openai_port", str(free_ports(1)[0])], tmp_path)
     try:
-        frontend = next(k for k in children(s.proc.pid) if b"openai_frontend.py" in Path(f"/proc/{k}/cmdline").read_bytes())
+        frontend = next(
+            k for k in children(s.proc.pid) if b"openai_frontend.py" in Path(f"/proc/{k}/cmdline").read_bytes()
+        )
         os.kill(frontend, signal.SIGKILL)
         assert s.proc.wait(timeout=60) == 4
         assert "the OpenAI frontend exited (status -9)" in s.log_path.read_text()
@@ -125,9 +136,15 @@ def test_sigterm_after_a_dead_stream_client_drains_and_exits_0_in_seconds(tmp_pa
         q = queue.Queue()
         c.start_stream(callback=lambda result, error: q.put((result, error)))
         inputs = []
-        for name, dtype, value in (("text_input", "BYTES", b"Hello"), ("max_tokens", "INT32", 120), ("ignore_eos", "BOOL", True)):
+        for name, dtype, value in (
+            ("text_input", "BYTES", b"Hello"),
+            ("max_tokens", "INT32", 120),
+            ("ignore_eos", "BOOL", True),
+        ):
             t = grpcclient.InferInput(name, [1, 1], dtype)
-            t.set_data_from_numpy(np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype]))
+            t.set_data_from_numpy(
+                np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype])
+            )
             inputs.append(t)
         c.async_stream_infer("llama_stream", inputs)
         result, error = q.get(timeout=60)

@@ -1,4 +1,5 @@
 """scripts/bench/loadtest.py, short: 64 clients for 60 s against its own demo-model server must pass every check."""
+
 import re
 import subprocess
 import sys
@@ -8,8 +9,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_short_load_run_passes():
-    p = subprocess.run([sys.executable, str(ROOT / "scripts/bench/loadtest.py"), "--clients", "64", "--duration", "60"],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench/loadtest.py"), "--clients", "64", "--duration", "60"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     print(p.stdout[-6000:], p.stderr[-6000:], sep="\n")
     summary = [line for line in p.stdout.splitlines() if line.startswith("loadtest: clients=")]
     assert summary, "no summary line"

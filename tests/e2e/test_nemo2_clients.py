@@ -1,6 +1,7 @@
 """NeMo 2.x clients: `NemoQueryLLM.query_llm` / `query_llm_streaming` (the TensorRT-LLM deployable's interface)
 with the input names, dtypes and shapes NeMo 2.x sends (scripts/query_llm.py mirrors them; NeMo itself is not
 installed here), `no_repeat_ngram_size` (FP32 [N,1]) included. Oracle: `triton-llama generate --json`."""
+
 import sys
 
 import pytest
@@ -15,7 +16,7 @@ PROMPT = "The quick brown fox"
 
 def repeats(ids, n):
     """How many n-grams of `ids` occurred earlier in it."""
-    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
     return len(grams) - len(set(grams))
 
 
@@ -25,19 +26,32 @@ def cli(prompt, max_tokens, ngram):
 
 def test_query_llm_no_repeat_ngram_size(server):
     plain, banned = cli(PROMPT, 60, 0), cli(PROMPT, 60, 1)
-    assert repeats(plain["prompt_ids"] + plain["ids"], 1) > 0, "without the ban a token must repeat, or this shows nothing"
+    assert repeats(plain["prompt_ids"] + plain["ids"], 1) > 0, (
+        "without the ban a token must repeat, or this shows nothing"
+    )
     assert repeats(banned["prompt_ids"] + banned["ids"], 1) == 0
     q = NemoQueryLLM(server.url, "llama")
-    out = q.query_llm(prompts=[PROMPT, PROMPT], max_output_len=60, top_k=1, top_p=0.0, temperature=1.0,
-                      no_repeat_ngram_size=1)
+    out = q.query_llm(
+        prompts=[PROMPT, PROMPT], max_output_len=60, top_k=1, top_p=0.0, temperature=1.0, no_repeat_ngram_size=1
+    )
     assert out.shape == (2, 1) and out[0][0] == out[1][0] == banned["text"]
     assert q.query_llm(prompts=[PROMPT], max_output_len=60, top_k=1, no_repeat_ngram_size=0)[0][0] == plain["text"]
     # The rest of the interface, as NeMo 2.x sends it: seeded sampling, word lists, empty task_id, over gRPC too.
     g = NemoQueryLLM(f"grpc://{server.grpc_url}", "llama")
 
     def seeded(s):
-        return g.query_llm(prompts=[PROMPT], max_output_len=24, top_k=0, top_p=0.9, temperature=0.8, random_seed=s,
-                           no_repeat_ngram_size=2, bad_words_list=["zzz"], stop_words_list=["zzz"], task_id="")[0][0]
+        return g.query_llm(
+            prompts=[PROMPT],
+            max_output_len=24,
+            top_k=0,
+            top_p=0.9,
+            temperature=0.8,
+            random_seed=s,
+            no_repeat_ngram_size=2,
+            bad_words_list=["zzz"],
+            stop_words_list=["zzz"],
+            task_id="",
+        )[0][0]
 
     assert seeded(5) == seeded(5) != seeded(6)
     stop = banned["text"][10:14]
@@ -45,14 +59,17 @@ def test_query_llm_no_repeat_ngram_size(server):
     assert out[0][0] == banned["text"][: banned["text"].find(stop)]
 
 
-@pytest.mark.parametrize("bad, why", [
-    (dict(no_repeat_ngram_size=2.5), "`no_repeat_ngram_size` must be a whole number >= 0"),
-    (dict(no_repeat_ngram_size=-1), "`no_repeat_ngram_size` must be a whole number >= 0"),
-    (dict(task_id="squad"), "`task_id` is not supported"),
-    (dict(lora_uids=["adapter"]), "`lora_uids` is not supported"),
-    (dict(output_generation_logits=True), "`output_generation_logits` = true is not supported"),
-    (dict(all_probs=True), "`all_probs` = true is not supported"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (dict(no_repeat_ngram_size=2.5), "`no_repeat_ngram_size` must be a whole number >= 0"),
+        (dict(no_repeat_ngram_size=-1), "`no_repeat_ngram_size` must be a whole number >= 0"),
+        (dict(task_id="squad"), "`task_id` is not supported"),
+        (dict(lora_uids=["adapter"]), "`lora_uids` is not supported"),
+        (dict(output_generation_logits=True), "`output_generation_logits` = true is not supported"),
+        (dict(all_probs=True), "`all_probs` = true is not supported"),
+    ],
+)
 def test_query_llm_refusals_name_the_input(server, bad, why):
     with pytest.raises(Exception, match=why):
         NemoQueryLLM(server.url, "llama").query_llm(prompts=[PROMPT], max_output_len=4, **bad)
@@ -61,8 +78,13 @@ def test_query_llm_refusals_name_the_input(server, bad, why):
 def test_query_llm_streaming_no_repeat_ngram_size(server):
     want = cli("Once upon a time", 48, 1)
     q = NemoQueryLLM(f"grpc://{server.grpc_url}", "llama_stream")
-    stream = q.query_llm_streaming(prompts=["Once upon a time"], max_output_len=48, no_repeat_ngram_size=1,
-                                   stop_words_list=["zzz"], bad_words_list=["yyy"])
+    stream = q.query_llm_streaming(
+        prompts=["Once upon a time"],
+        max_output_len=48,
+        no_repeat_ngram_size=1,
+        stop_words_list=["zzz"],
+        bad_words_list=["yyy"],
+    )
     chunks = [c[0][0] for c in stream]
     assert len(chunks) > 2 and chunks[-1] == want["text"]
     assert all(want["text"].startswith(c) for c in chunks)

@@ -1,5 +1,6 @@
 """The seed's client code as in the model card: pytriton ModelClient over HTTP and gRPC with NemoQuery's five
 inputs, [N,1] batches, output[0][0]; the same greedy prompt equals `triton-llama generate --json`."""
+
 import sys
 
 import numpy as np
@@ -53,7 +54,9 @@ def test_nemo_query_script(server):
     q = NemoQuery(server.url, "llama")
     out = q.query_llm(prompts=PROMPTS[:2], max_output_token=12, top_k=1, top_p=0.0, temperature=1.0)
     assert [o[0] for o in out] == [cli_generate(HF, p, "--max-tokens", "12")["text"] for p in PROMPTS[:2]]
-    chunks = list(NemoQuery(f"grpc://{server.grpc_url}", "llama").query_llm_streaming(prompts=[PROMPTS[0]], max_output_token=12))
+    chunks = list(
+        NemoQuery(f"grpc://{server.grpc_url}", "llama").query_llm_streaming(prompts=[PROMPTS[0]], max_output_token=12)
+    )
     assert len(chunks) > 1
     assert chunks[-1][0][0] == out[0][0]  # streamed `outputs` carry the text so far
 
@@ -82,7 +85,10 @@ def test_nemo_later_optional_names(server):
     with ModelClient(server.url, "llama", init_timeout_s=60) as client:
         seeded = lambda s: decode(client.infer_batch(**base, random_seed=np.array([[s]], dtype=np.int64)))[0][0]  # noqa: E731
         assert seeded(7) == seeded(7) != seeded(8)
-        greedy = dict(nemo_inputs(["Once upon a time"], max_output_token=24, top_k=0, temperature=0.7), use_greedy=np.array([[True]]))
+        greedy = dict(
+            nemo_inputs(["Once upon a time"], max_output_token=24, top_k=0, temperature=0.7),
+            use_greedy=np.array([[True]]),
+        )
         full = decode(client.infer_batch(**greedy))[0][0]
         assert full == cli_generate(HF, "Once upon a time", "--max-tokens", "24")["text"]
         stops = np.char.encode(np.array([[f"zzz,{full[6:9]}"]]), "utf-8")

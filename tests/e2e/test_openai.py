@@ -30,10 +30,25 @@ def start_with_frontend(request, tmp_path_factory, name, args):
 @pytest.fixture(scope="module")
 def api(request, tmp_path_factory):
     """The .nemo fixture (NeMo chat format) as `chat` with the frontend; 2 running + 1 queued prompts at most."""
-    return start_with_frontend(request, tmp_path_factory, "openai", [
-        "--nemo_checkpoint", str(NEMO), "-tmn", MODEL, "--max_num_seqs", "2", "--max_queue_size", "1",
-        "--max_input_len", "128", "--max_output_len", "128",
-    ])
+    return start_with_frontend(
+        request,
+        tmp_path_factory,
+        "openai",
+        [
+            "--nemo_checkpoint",
+            str(NEMO),
+            "-tmn",
+            MODEL,
+            "--max_num_seqs",
+            "2",
+            "--max_queue_size",
+            "1",
+            "--max_input_len",
+            "128",
+            "--max_output_len",
+            "128",
+        ],
+    )
 
 
 def frontend_ready(url):
@@ -302,14 +317,26 @@ LONG = "long"
 def long_api(request, tmp_path_factory):
     """The demo model (2048 positions) as `long` with the frontend; 1 running + 1 queued prompt at most, so a held
     request generating 1900 tokens keeps the capacity full for far longer than any check below takes."""
-    return start_with_frontend(request, tmp_path_factory, "openai_long", [
-        "-tmn", LONG, "--max_num_seqs", "1", "--max_queue_size", "1", "--max_input_len", "64",
-        "--max_output_len", "1900",
-    ])
+    return start_with_frontend(
+        request,
+        tmp_path_factory,
+        "openai_long",
+        [
+            "-tmn",
+            LONG,
+            "--max_num_seqs",
+            "1",
+            "--max_queue_size",
+            "1",
+            "--max_input_len",
+            "64",
+            "--max_output_len",
+            "1900",
+        ],
+    )
 
 
-LONG_BODY = {"model": LONG, "prompt": "Hello", "max_tokens": 1900, "temperature": 0, "stream": True,
-             "ignore_eos": True}
+LONG_BODY = {"model": LONG, "prompt": "Hello", "max_tokens": 1900, "temperature": 0, "stream": True, "ignore_eos": True}
 
 
 def hold(api, body):
@@ -331,8 +358,10 @@ def reasons(api, model):
 
 
 def held(api):
-    return (api.metric("llama_num_requests_running", model=LONG + "_stream"),
-            api.metric("llama_num_requests_waiting", model=LONG + "_stream"))
+    return (
+        api.metric("llama_num_requests_running", model=LONG + "_stream"),
+        api.metric("llama_num_requests_waiting", model=LONG + "_stream"),
+    )
 
 
 def test_full_server_is_429(long_api):
@@ -431,10 +460,21 @@ LLAMA2_TEMPLATE = CLI.parents[2] / "tests/fixtures/chat/llama2_chat/tokenizer_co
 @pytest.fixture(scope="module")
 def hf_chat(request, tmp_path_factory):
     """The HF fixture with Llama-2-chat's template (deploy_triton.py --chat_template) and the frontend."""
-    return start_with_frontend(request, tmp_path_factory, "openai_hf", [
-        "--hf_checkpoint", str(HF), "--chat_template", str(LLAMA2_TEMPLATE), "--max_input_len", "128",
-        "--max_output_len", "64",
-    ])
+    return start_with_frontend(
+        request,
+        tmp_path_factory,
+        "openai_hf",
+        [
+            "--hf_checkpoint",
+            str(HF),
+            "--chat_template",
+            str(LLAMA2_TEMPLATE),
+            "--max_input_len",
+            "128",
+            "--max_output_len",
+            "64",
+        ],
+    )
 
 
 def test_llama2_chat_template_served(hf_chat):

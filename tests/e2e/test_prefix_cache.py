@@ -1,6 +1,7 @@
 """Prefix caching end to end: the model card's two-turn chat through the seed client (pytriton ModelClient with
 NemoQuery's inputs). Turn 2 re-sends turn 1 and its answer; the server finds turn 1 in the prefix cache (metrics)
 and answers exactly as a server with the cache off does."""
+
 import numpy as np
 import pytest
 from pytriton.client import ModelClient
@@ -23,16 +24,22 @@ def chat(turns):
 def ask(server, prompt, max_output_token=24):
     n = lambda v, dt: np.array([[v]], dtype=dt)  # noqa: E731
     with ModelClient(server.url, "chat", init_timeout_s=60) as client:
-        out = client.infer_batch(prompts=np.char.encode(np.array([[prompt]]), "utf-8"),
-                                 max_output_token=n(max_output_token, np.int64), top_k=n(1, np.int64),
-                                 top_p=n(0.0, np.float32), temperature=n(1.0, np.float32))
+        out = client.infer_batch(
+            prompts=np.char.encode(np.array([[prompt]]), "utf-8"),
+            max_output_token=n(max_output_token, np.int64),
+            top_k=n(1, np.int64),
+            top_p=n(0.0, np.float32),
+            temperature=n(1.0, np.float32),
+        )
     return np.char.decode(out["outputs"].astype("bytes"), "utf-8")[0][0]
 
 
 def counters(server):
     # Engine-wide counters appear under both twins (chat, chat_stream): read one.
-    return {k: server.metric(f"llama_{k}", model="chat") for k in
-            ("prompt_tokens_total", "prefix_cache_queries_tokens_total", "prefix_cache_hits_tokens_total")}
+    return {
+        k: server.metric(f"llama_{k}", model="chat")
+        for k in ("prompt_tokens_total", "prefix_cache_queries_tokens_total", "prefix_cache_hits_tokens_total")
+    }
 
 
 def two_turns(server):
@@ -49,8 +56,12 @@ def two_turns(server):
 
 @pytest.fixture(scope="module")
 def nemo_server_no_cache(request, tmp_path_factory):
-    return start(request, tmp_path_factory, "nemo_no_cache",
-                 ["--nemo_checkpoint", str(NEMO), "-tmn", "chat", "--no-enable_prefix_caching"])
+    return start(
+        request,
+        tmp_path_factory,
+        "nemo_no_cache",
+        ["--nemo_checkpoint", str(NEMO), "-tmn", "chat", "--no-enable_prefix_caching"],
+    )
 
 
 def test_second_turn_hits_the_cache_and_answers_as_without_it(nemo_server, nemo_server_no_cache):

@@ -1,5 +1,6 @@
 """Every TRITON* function declared in src/triton/ffi.rs is exported by the pip server's libtritonserver, and
 the built backend exports exactly the TRITONBACKEND_* entry points and needs no libtritonserver."""
+
 import re
 import subprocess
 from pathlib import Path
@@ -31,8 +32,12 @@ def test_backend_exports_and_links():
     lib = ROOT / "target/release/libtriton_llama.so"
     ours = {s for s in exported(lib) if s.startswith("TRITON")}
     assert ours == {
-        "TRITONBACKEND_Initialize", "TRITONBACKEND_ModelInitialize", "TRITONBACKEND_ModelFinalize",
-        "TRITONBACKEND_ModelInstanceInitialize", "TRITONBACKEND_ModelInstanceFinalize", "TRITONBACKEND_ModelInstanceExecute",
+        "TRITONBACKEND_Initialize",
+        "TRITONBACKEND_ModelInitialize",
+        "TRITONBACKEND_ModelFinalize",
+        "TRITONBACKEND_ModelInstanceInitialize",
+        "TRITONBACKEND_ModelInstanceFinalize",
+        "TRITONBACKEND_ModelInstanceExecute",
     }
     needed = subprocess.run(["readelf", "-d", str(lib)], check=True, capture_output=True, text=True).stdout
     assert "tritonserver" not in needed

@@ -1,5 +1,6 @@
 """tritonclient HTTP and gRPC unary, gRPC streaming, /generate and /generate_stream with the TensorRT-LLM-style
 text names; only requested outputs come back."""
+
 import json
 import queue
 
@@ -20,7 +21,9 @@ def text_inputs(mod, prompt=PROMPT, max_tokens=12, **extra):
     out = [t, m]
     for name, (dtype, value) in extra.items():
         x = mod.InferInput(name, [1, 1], dtype)
-        x.set_data_from_numpy(np.array([[value]], dtype=object if dtype == "BYTES" else {"BOOL": bool, "UINT64": np.uint64}[dtype]))
+        x.set_data_from_numpy(
+            np.array([[value]], dtype=object if dtype == "BYTES" else {"BOOL": bool, "UINT64": np.uint64}[dtype])
+        )
         out.append(x)
     return out
 
@@ -31,7 +34,11 @@ def want(max_tokens=12):
 
 def test_http_unary_only_requested_outputs(server):
     c = httpclient.InferenceServerClient(server.url)
-    r = c.infer("llama", text_inputs(httpclient), outputs=[httpclient.InferRequestedOutput("text_output"), httpclient.InferRequestedOutput("num_output_tokens")])
+    r = c.infer(
+        "llama",
+        text_inputs(httpclient),
+        outputs=[httpclient.InferRequestedOutput("text_output"), httpclient.InferRequestedOutput("num_output_tokens")],
+    )
     assert r.as_numpy("text_output")[0][0].decode() == want()["text"]
     assert r.as_numpy("num_output_tokens")[0][0] == len(want()["ids"])
     assert r.as_numpy("outputs") is None and r.as_numpy("finish_reason") is None
@@ -92,7 +99,7 @@ def test_generate_endpoints(server):
     assert status == 200 and json.loads(body)["text_output"] == want()["text"], body
     status, body = server.generate("llama_stream", {"text_input": PROMPT, "max_tokens": 12}, stream=True)
     assert status == 200
-    events = [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
+    events = [json.loads(line[len("data: ") :]) for line in body.splitlines() if line.startswith("data: ")]
     assert len(events) > 2
     assert "".join(e["text_output"] for e in events) == want()["text"]
     assert events[-1]["finish_reason"] == want()["finish_reason"]

@@ -1,6 +1,7 @@
 """deploy_triton.py --weight_dtype reaches the engine: the served model generates what the CLI generates with the
 same `--weights` (int8; f32, the exact path), and each differs from the default somewhere in its log-probabilities
 (for this bf16 checkpoint the default is bf16 arithmetic; without AVX512_BF16 that runs the f32 kernel)."""
+
 import json
 from pathlib import Path
 

@@ -5,6 +5,7 @@ against: each served version's openAPIV3Schema, descriptions dropped (most of th
 
     python3 tests/deploy/schemas/extract_crd_schemas.py CRD.yaml [CRD.yaml ...]
 """
+
 import gzip
 import json
 import sys
