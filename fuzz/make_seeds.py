@@ -87,7 +87,7 @@ def tiny_nemo(root, sep, hardlink, fmt):
         "num_query_groups": 1,
         "kv_channels": 2,
     }.items():
-        lines = [f"{k}: {val}" if l.startswith(f"{k}:") else l for l in yaml.splitlines()]
+        lines = [f"{k}: {val}" if line.startswith(f"{k}:") else line for line in yaml.splitlines()]
         yaml = "\n".join(lines) + "\n"
     arrays = {  # name: (shape, chunks)
         "model.embedding.word_embeddings.weight": ([vp, 2], [vp, 2]),
@@ -214,11 +214,11 @@ def main():
     shutil.rmtree(OUT, ignore_errors=True)
     # Tokenizer: the real model, and texts and id sequences from the parity fixtures.
     put("tokenizer_model", "llama_bpe.model", SPM)
-    cases = [json.loads(l) for l in (FIX / "tokenizer" / "cases.jsonl").read_text().splitlines()]
+    cases = [json.loads(line) for line in (FIX / "tokenizer" / "cases.jsonl").read_text().splitlines()]
     for i, c in enumerate(cases[::40]):
         put("tokenizer_encode", f"case{i:02}", c["text"])
     put("tokenizer_encode", "bos_literal", "\x01<s> hi </s><unk>")
-    streams = [json.loads(l) for l in (FIX / "tokenizer" / "stream_cases.jsonl").read_text().splitlines()]
+    streams = [json.loads(line) for line in (FIX / "tokenizer" / "stream_cases.jsonl").read_text().splitlines()]
     for i, c in enumerate(streams[::12]):
         ids = c["prompt"] + c["gen"]
         put("detokenizer", f"stream{i:02}", bytes([len(c["prompt"])]) + b"".join(struct.pack("<H", x) for x in ids))

@@ -145,7 +145,8 @@ def parse_args(argv=None):
         "--mixed_prefill_tokens",
         type=int,
         default=None,
-        help="prompt tokens per step while other streams decode (default: CPU from measured step costs, CUDA no separate limit)",
+        help="prompt tokens per step while other streams decode (default: CPU from measured step costs, CUDA no "
+        "separate limit)",
     )
     p.add_argument(
         "--weight_dtype",

@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
 from tl_ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ as the model's `messages` input, the server renders the checkpoint's chat templa
 next turn's marker (no `split("\n")`).
 """
 
-import json
 import argparse
+import json
 import sys
 
 import numpy as np

@@ -18,5 +18,7 @@ fi
 .venv/bin/pip install -q 'fastapi==0.165.0' 'uvicorn==0.55.0' 'openai==3.60.0'
 # The manifest checks (tests/deploy): Kubernetes' schemas (1.25-1.37, bundled) and yamllint.
 .venv/bin/pip install -q 'kubernetes-validate==1.37.0' 'yamllint==1.38.0'
+# The Python linter and formatter (scripts/test.sh: ruff check, ruff format --check; config in ruff.toml).
+.venv/bin/pip install -q 'ruff==0.14.0'
 cargo build --release --locked
 echo "set-up done: .venv (tritonserver $(.venv/bin/python -c 'import pytriton,os;print(os.path.dirname(pytriton.__file__))')/tritonserver/bin/tritonserver), target/release/libtriton_llama.so"

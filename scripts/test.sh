@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README; CI runs it through .ci/run):
 #  1. `cargo fmt --check` (rustfmt.toml: 120 columns), `cargo clippy --all-targets -D warnings` (also with
-#     `--features cuda` unless TL_SKIP_CUDA=1), the manifest checks of deploy/ (tests/deploy: yamllint, the
-#     Kubernetes and CRD schemas; sets up .venv if missing), then every Rust test in release mode (CPU engine);
+#     `--features cuda` unless TL_SKIP_CUDA=1), `ruff check` and `ruff format --check` over all Python (ruff.toml),
+#     the manifest checks of deploy/ (tests/deploy: yamllint, the Kubernetes and CRD schemas; sets up .venv if
+#     missing), then every Rust test in release mode (CPU engine);
 #  2. the end-to-end tests against a real tritonserver (scripts/test_e2e.sh; sets up .venv if missing);
 #  3. the same Rust suite built with the CUDA backend (`--features cuda`, nvcc from the pinned PyPI wheels, see
 #     scripts/install_cuda_toolchain.sh). No GPU is needed: the tests that need one are #[ignore]d (cargo reports
@@ -32,8 +33,11 @@ if [ "${TL_SKIP_CUDA:-0}" != 1 ]; then
         cargo clippy --release --locked --all-targets --features cuda -- -D warnings
     )
 fi
+{ [ -x .venv/bin/pytest ] && [ -x .venv/bin/yamllint ] && [ -x .venv/bin/ruff ]; } || bash scripts/setup.sh
+# Python held to the Rust code's habits: ruff's linter and formatter over every Python file (ruff.toml).
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 # The Kubernetes / KServe manifests (deploy/): yamllint, schemas, the knobs that must agree. Seconds; no cluster.
-{ [ -x .venv/bin/pytest ] && [ -x .venv/bin/yamllint ]; } || bash scripts/setup.sh
 .venv/bin/pytest -q tests/deploy 2>&1 | tee -a "$log"
 cargo test --release --locked 2>&1 | tee -a "$log"
 # The other CPU kernel families against the same oracles: forced x86-64 kernels, and aarch64 NEON under qemu.

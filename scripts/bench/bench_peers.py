@@ -385,7 +385,10 @@ def main(argv):
     if cmd == "make-model":
         make_model(argv[2], argv[3])
     elif cmd == "llamacpp":
-        env = lambda k, d: [int(x) for x in os.environ.get(k, d).split(",")]
+
+        def env(k, d):
+            return [int(x) for x in os.environ.get(k, d).split(",")]
+
         llamacpp_bench(
             argv[2],
             argv[3],

@@ -22,7 +22,6 @@ Usage: .venv/bin/python scripts/bench/itl_probe.py CHECKPOINT [--streams 2] [--t
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile

@@ -4,7 +4,8 @@
 N concurrent asyncio clients loop for --duration seconds over a mix of HTTP unary, gRPC unary and gRPC streaming
 requests (the decoupled `<model>_stream` twin): random prompt lengths, random small max_tokens, greedy and
 sampled, 10% of them batches of 2-4 prompts ([N,1]). About 10% of the streams are cancelled after their first
-few responses and about 5% of the requests are deliberately bad (each must be refused). The run fails (exit 1) when any check fails:
+few responses and about 5% of the requests are deliberately bad (each must be refused). The run fails (exit 1)
+when any check fails:
 
 - every good request completes without error or timeout; every bad request is refused;
 - greedy answers equal `triton-llama generate --json` for the same checkpoint, prompt and max_tokens
@@ -293,8 +294,9 @@ async def unary(st, proto, model, inputs):
 
 
 async def stream(st, model, inputs, cancel_after=None):
-    """One request on its own gRPC stream. Returns ([text per row], [finish_reason per row], cancelled); raises on an error response or on a
-    broken stream (no FINAL, a response after FINAL or after the error, deltas that disagree with `outputs`).
+    """One request on its own gRPC stream. Returns ([text per row], [finish_reason per row], cancelled); raises on
+    an error response or on a broken stream (no FINAL, a response after FINAL or after the error, deltas that
+    disagree with `outputs`).
 
     After the FINAL flag or an error the stream is closed cleanly (half-close, then read to its end), never
     cancelled: Triton 2.51's gRPC frontend leaks a request it refused itself (wrong dtype, unknown input: the
@@ -518,7 +520,8 @@ def main():
         t = time.time()
         st = State(a, reference_pool(a))
         print(
-            f"loadtest: {len(st.refs)} greedy references in {time.time() - t:.1f}s; load: {a.clients} clients, {a.duration:.0f}s",
+            f"loadtest: {len(st.refs)} greedy references in {time.time() - t:.1f}s; "
+            f"load: {a.clients} clients, {a.duration:.0f}s",
             flush=True,
         )
         before = metrics(a)
@@ -588,10 +591,12 @@ def main():
         else "prefix_cache=off "
     )
     print(
-        f"loadtest: clients={a.clients} duration={a.duration:.0f}s requests={sum(st.sent.values()) + sum(st.bad.values())} "
+        f"loadtest: clients={a.clients} duration={a.duration:.0f}s "
+        f"requests={sum(st.sent.values()) + sum(st.bad.values())} "
         f"ok={st.ok} ok_prompts={st.ok_rows} bad_rejected={sum(st.bad.values())} cancelled={st.cancelled} "
         f"cancelled_prompts={st.cancelled_rows}(server {fin['cancelled']:.0f}) "
-        f"finished={{{', '.join(f'{k}: {v:.0f}' for k, v in fin.items())}}} errors={dict(st.errors)} lost={st.lost} dup={st.dup} "
+        f"finished={{{', '.join(f'{k}: {v:.0f}' for k, v in fin.items())}}} errors={dict(st.errors)} "
+        f"lost={st.lost} dup={st.dup} "
         f"greedy_checked={st.greedy_checked} greedy_mismatch={st.mismatch} p50={lat[len(lat) // 2] * 1e3:.0f}ms "
         f"p99={lat[int(len(lat) * 0.99)] * 1e3:.0f}ms health_polls={polls} health_max={health_max * 1e3:.0f}ms "
         f"rss_warm={rss_warm:.0f}MB rss_end={rss_end:.0f}MB drift={drift:+.1f}% kv_used_idle={kv:.0f} "

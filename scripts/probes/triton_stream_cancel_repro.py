@@ -46,8 +46,8 @@ instance_group [ { kind: KIND_CPU count: 1 } ]
 MODEL = """import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
-                for r in requests]
+        out = [pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() for r in requests]
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x)]) for x in out]
 """
 
 
@@ -150,7 +150,8 @@ def dead_clients(srv, grpc_port, n, work, model="identity"):
     srv.send_signal(signal.SIGTERM)
     rc = srv.wait(timeout=90)
     print(
-        f"deadclient n={n} rc={rc} shutdown={time.time() - t:.1f}s refusal={refusal!r} (server log: {work / 'server.log'})"
+        f"deadclient n={n} rc={rc} shutdown={time.time() - t:.1f}s refusal={refusal!r} "
+        f"(server log: {work / 'server.log'})"
     )
 
 

@@ -2,7 +2,6 @@
 ports, waited on until ready, its log kept (and printed when a test fails), stopped with SIGTERM."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

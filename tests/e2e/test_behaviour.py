@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
 from conftest import HF, cli_generate, gen, ok
+from tritonclient.utils import InferenceServerException
 
 
 def test_stop_string_ends_generation_and_is_trimmed(server):
@@ -231,7 +230,10 @@ def test_cancelling_half_of_16_streams_frees_their_blocks(server):
 
 def test_metrics_counters_move_by_the_right_amounts(server):
     w = cli_generate(HF, "Metrics please", "--max-tokens", "12", "--ignore-eos")
-    m = lambda name, **l: server.metric(name, model="llama", **l)  # noqa: E731
+
+    def m(name, **labels):
+        return server.metric(name, model="llama", **labels)
+
     before = {
         k: m(k)
         for k in [

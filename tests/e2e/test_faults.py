@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
 from conftest import CLI, HF, Server, cli_generate, gen, ok, start, wait_for
+from tritonclient.utils import InferenceServerException
 
 TIMEOUT = 90  # any single wait longer than this is a hang
 
@@ -126,7 +125,11 @@ GRPC_CHILD = textwrap.dedent("""
     q = queue.Queue()
     c.start_stream(callback=lambda result, error: q.put((result, error)))
     ins = []
-    for name, dt, v in (("text_input", "BYTES", b"Vanishing client"), ("max_tokens", "INT32", 190), ("ignore_eos", "BOOL", True)):
+    for name, dt, v in (
+        ("text_input", "BYTES", b"Vanishing client"),
+        ("max_tokens", "INT32", 190),
+        ("ignore_eos", "BOOL", True),
+    ):
         t = g.InferInput(name, [1, 1], dt)
         t.set_data_from_numpy(np.array([[v]], dtype={"BYTES": object, "INT32": np.int32, "BOOL": bool}[dt]))
         ins.append(t)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 import yaml
-
 from conftest import CLI, HF, LOGS, NEMO, ROOT, cli_generate, wait_for
 
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-
 from conftest import HF, Server, wait_for
 from tl_ports import free_ports
 
@@ -124,8 +123,8 @@ time.sleep(600)
 def test_sigterm_after_a_dead_stream_client_drains_and_exits_0_in_seconds(tmp_path):
     """A gRPC stream client whose request Triton refuses (an undeclared input) dies without closing its stream:
     tritonserver 2.51 then cannot unload the model and would wait its whole exit timeout and exit 1 (not ours:
-    `scripts/probes/triton_stream_cancel_repro.py deadclient` shows it with a Python-backend model). deploy_triton.py ends
-    the drained server: a running stream still finishes, and the exit is 0 within seconds."""
+    `scripts/probes/triton_stream_cancel_repro.py deadclient` shows it with a Python-backend model).
+    deploy_triton.py ends the drained server: a running stream still finishes, and the exit is 0 within seconds."""
     s = Server("dead_stream", ["--hf_checkpoint", str(HF)], tmp_path)
     try:
         dead = subprocess.Popen([sys.executable, "-c", DEAD_CLIENT, s.grpc_url], stdout=subprocess.PIPE, text=True)

@@ -5,7 +5,6 @@ installed here), `no_repeat_ngram_size` (FP32 [N,1]) included. Oracle: `triton-l
 import sys
 
 import pytest
-
 from conftest import HF, ROOT, cli_generate
 
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -5,9 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-from pytriton.client import DecoupledModelClient, ModelClient
-
 from conftest import HF, ROOT, cli_generate
+from pytriton.client import DecoupledModelClient, ModelClient
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from query_llm import NemoQuery  # noqa: E402

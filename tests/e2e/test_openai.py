@@ -6,13 +6,11 @@ equals `triton-llama generate` on the prompt `triton-llama render-chat` gives.""
 import json
 import socket
 import subprocess
-import time
 import urllib.request
 
 import httpx2 as httpx  # the HTTP client the pinned openai SDK is built on
 import openai
 import pytest
-
 from conftest import CLI, HF, NEMO, cli_generate, free_ports, start, wait_for
 
 MODEL = "chat"
@@ -345,7 +343,7 @@ def hold(api, body):
     data = json.dumps(body).encode()
     port = int(api.openai_url.rsplit(":", 1)[1])
     s = socket.create_connection(("localhost", port), timeout=60)
-    head = f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    head = "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     s.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
     return s
 

@@ -4,9 +4,8 @@ and answers exactly as a server with the cache off does."""
 
 import numpy as np
 import pytest
-from pytriton.client import ModelClient
-
 from conftest import NEMO, start
+from pytriton.client import ModelClient
 
 BLOCK = 16  # deploy_triton.py's default block_size
 

@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 
 import pytriton
-
 from conftest import ROOT
 
 

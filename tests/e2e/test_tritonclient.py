@@ -7,7 +7,6 @@ import queue
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-
 from conftest import HF, cli_generate
 
 PROMPT = "The quick brown fox"

@@ -5,9 +5,8 @@ same `--weights` (int8; f32, the exact path), and each differs from the default 
 import json
 from pathlib import Path
 
-from conftest import HF, cli_generate, start
-
 import pytest
+from conftest import HF, cli_generate, start
 
 PROMPT = "Once upon a time"
 BF16_DOT = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
