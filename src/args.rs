@@ -1,0 +1,313 @@
+//! The `triton-llama` command line, declared with clap's derive: one struct per subcommand, each with its own
+//! `--help`; the options, their defaults and their spellings are those of the hand parser this replaced.
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use triton_llama::backend::WeightFormat;
+use triton_llama::sampling::SamplingParams;
+
+const AFTER_HELP: &str = "CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + \
+                          safetensors). Each command has its own --help.";
+
+#[derive(Parser, Debug)]
+#[command(name = "triton-llama", version, after_help = AFTER_HELP)]
+#[command(
+    about = "Inspect, tokenize, generate with, score and benchmark Llama-2 checkpoints on the CPU or CUDA engine"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Format, config, training tensor-parallel size, layouts and every tensor of a checkpoint
+    Inspect {
+        /// The checkpoint: a .nemo file, an extracted .nemo folder, or a Hugging Face folder
+        ckpt: PathBuf,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Token ids of a text
+    Tokenize {
+        /// The checkpoint: a .nemo file, an extracted .nemo folder, or a Hugging Face folder
+        ckpt: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        text: String,
+        #[command(flatten)]
+        bos: Bos,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Generate from a prompt (or a chat conversation), streaming the text
+    Generate {
+        /// The checkpoint: a .nemo file, an extracted .nemo folder, or a Hugging Face folder
+        ckpt: PathBuf,
+        #[command(flatten)]
+        input: PromptOrMessages,
+        /// A Jinja / tokenizer_config.json chat template file, or `nemo` (with --messages)
+        #[arg(long)]
+        chat_template: Option<String>,
+        #[command(flatten)]
+        sampling: Sampling,
+        #[command(flatten)]
+        bos: Bos,
+        #[command(flatten)]
+        engine: EngineOpts,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Interactive chat: one user turn per stdin line; answers stream to stdout and the history is kept
+    Chat {
+        /// The checkpoint: a .nemo file, an extracted .nemo folder, or a Hugging Face folder
+        ckpt: PathBuf,
+        /// A system message that opens the conversation
+        #[arg(long, allow_hyphen_values = true)]
+        system: Option<String>,
+        /// A Jinja / tokenizer_config.json chat template file, or `nemo`
+        #[arg(long)]
+        chat_template: Option<String>,
+        #[command(flatten)]
+        sampling: Sampling,
+        #[command(flatten)]
+        engine: EngineOpts,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// The prompt a chat conversation gets (the chat template's rendering)
+    RenderChat {
+        /// The checkpoint: a .nemo file, an extracted .nemo folder, or a Hugging Face folder
+        ckpt: PathBuf,
+        /// The conversation: a JSON list of {"role", "content"} messages
+        #[arg(long, allow_hyphen_values = true)]
+        messages: String,
+        /// A Jinja / tokenizer_config.json chat template file, or `nemo`
+        #[arg(long)]
+        chat_template: Option<String>,
+        /// Accepted for symmetry with `generate` (rendering needs no device)
+        #[arg(long, default_value = "cpu", hide = true)]
+        device: String,
+        #[arg(long, default_value_t = 1, hide = true)]
+        tp: usize,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Log-probability of every prompt token after the first
+    Score {
+        /// The checkpoint: a .nemo file, an extracted .nemo folder, or a Hugging Face folder
+        ckpt: PathBuf,
+        /// The text to score (tokenized with the checkpoint's BOS choice unless --bos / --no-bos)
+        #[arg(long, allow_hyphen_values = true, required_unless_present = "ids", conflicts_with = "ids")]
+        prompt: Option<String>,
+        /// Token ids to score instead of a text: 1,2,...
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<u32>>,
+        /// Also write the raw f32 logits, [tokens, vocab] row-major little-endian, to this file
+        #[arg(long)]
+        logits_out: Option<PathBuf>,
+        #[command(flatten)]
+        bos: Bos,
+        #[command(flatten)]
+        engine: EngineOpts,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Decode and prefill speed on the CPU, as ratios to this machine's measured memory bandwidth
+    Bench {
+        /// A checkpoint to time (default: a random 44M-parameter bf16 model)
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long, default_value = "auto", value_parser = parse_weights, help = WEIGHTS_HELP)]
+        weights: WeightFormat,
+        /// Decode batch sizes
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batches: Vec<usize>,
+        /// Timed decode steps per batch size
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        /// Prompt lengths timed as one prefill each
+        #[arg(long, value_delimiter = ',', default_value = "256")]
+        prefill: Vec<usize>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Write a small random-weight model and a trained tokenizer (Hugging Face layout) to DIR
+    DemoModel { dir: PathBuf },
+    /// Decode and prefill speed on one GPU (needs a build with --features cuda; random Llama-2-7B-shape weights)
+    BenchCuda {
+        /// The GPU's index
+        #[arg(long, default_value_t = 0)]
+        gpu: usize,
+        /// Timed decode steps per batch size
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        /// Decode batch sizes
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        batches: Vec<usize>,
+        /// Prompt lengths timed as one prefill each
+        #[arg(long, value_delimiter = ',', default_value = "512,2048")]
+        prefill: Vec<usize>,
+        /// Layers of the model (default: Llama-2-7B's 32)
+        #[arg(long)]
+        layers: Option<usize>,
+        #[command(flatten)]
+        out: Out,
+    },
+}
+
+/// `--json`: one JSON object on stdout instead of text.
+#[derive(Args, Debug)]
+pub struct Out {
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--prompt TEXT` or `--messages JSON`, exactly one.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct PromptOrMessages {
+    /// The prompt text
+    #[arg(long, allow_hyphen_values = true)]
+    pub prompt: Option<String>,
+    /// A chat conversation (JSON list of {"role", "content"}), rendered by the chat template as the server's
+    /// `messages` input is
+    #[arg(long, allow_hyphen_values = true)]
+    pub messages: Option<String>,
+}
+
+/// `--bos` / `--no-bos`: whether the prompt gets the BOS token (default: the checkpoint's choice).
+#[derive(Args, Debug)]
+pub struct Bos {
+    /// Add the BOS token (default: the checkpoint's choice)
+    #[arg(long, conflicts_with = "no_bos")]
+    pub bos: bool,
+    /// Do not add the BOS token
+    #[arg(long)]
+    pub no_bos: bool,
+}
+
+impl Bos {
+    pub fn choice(&self) -> Option<bool> {
+        if self.bos {
+            Some(true)
+        } else if self.no_bos {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+const WEIGHTS_HELP: &str = "Matmul weights: auto (bf16 for a bf16 checkpoint, else f32), f32 (exact: the \
+                            checkpoint's dtype, f32 activations; also as-loaded), bf16 (bf16 dot products, \
+                            AVX512_BF16 on the CPU) or int8 (quantized at load, blocks of 32; CPU only)";
+
+fn parse_weights(s: &str) -> Result<WeightFormat, String> {
+    WeightFormat::parse(s).map_err(|e| e.to_string())
+}
+
+/// Where the engine runs and how it holds its weights.
+#[derive(Args, Debug)]
+pub struct EngineOpts {
+    /// cpu, or cuda[:0,1,...] (the GPUs of the tensor-parallel ranks; bare `cuda` takes the first --tp)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Tensor-parallel ranks: CPU threads, or GPUs with a bare --device cuda
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
+    #[arg(long, default_value = "auto", value_parser = parse_weights, help = WEIGHTS_HELP)]
+    pub weights: WeightFormat,
+}
+
+/// The sampling options of `generate` and `chat`.
+#[derive(Args, Debug)]
+pub struct Sampling {
+    /// Most new tokens
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Fewest new tokens (EOS and stops are held back until then)
+    #[arg(long, default_value_t = 0)]
+    pub min_tokens: usize,
+    /// 0 is greedy
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// 0 is off
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// 1 is off
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Seed of this request's random draws
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub frequency_penalty: f32,
+    /// A stop string (repeat for several)
+    #[arg(long, allow_hyphen_values = true)]
+    pub stop: Vec<String>,
+    /// A word never to generate (repeat for several)
+    #[arg(long, allow_hyphen_values = true)]
+    pub ban: Vec<String>,
+    /// No n-gram of this size is generated twice (0 is off)
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram_size: usize,
+    /// Generate past EOS (until --max-tokens or a stop string)
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Drop the checkpoint's default stop strings
+    #[arg(long)]
+    pub no_default_stops: bool,
+}
+
+impl Sampling {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            min_new_tokens: self.min_tokens,
+            max_new_tokens: self.max_tokens,
+            ignore_eos: self.ignore_eos,
+            banned: Vec::new(),
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            stop_strings: self.stop.clone(),
+            stop_token_ids: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_declaration_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_and_lists_parse_as_the_hand_parser_did() {
+        let c = Cli::try_parse_from(["triton-llama", "bench", "--batches", "1,3", "--json"]).unwrap();
+        let Cmd::Bench { batches, prefill, steps, weights, out, .. } = c.cmd else { panic!() };
+        assert_eq!((batches, prefill, steps, weights, out.json), (vec![1, 3], vec![256], 32, WeightFormat::Auto, true));
+        let c = Cli::try_parse_from(["triton-llama", "generate", "m", "--prompt", "-x", "--presence-penalty", "-0.5"]);
+        let Cmd::Generate { input, sampling, engine, .. } = c.unwrap().cmd else { panic!() };
+        assert_eq!((input.prompt.as_deref(), sampling.presence_penalty, sampling.max_tokens), (Some("-x"), -0.5, 64));
+        assert_eq!((engine.device.as_str(), engine.tp), ("cpu", 1));
+        let e = Cli::try_parse_from(["triton-llama", "bench", "--batches", "1,x"]).unwrap_err().to_string();
+        assert!(e.contains("--batches"), "{e}");
+        let e = Cli::try_parse_from(["triton-llama", "generate", "m"]).unwrap_err().to_string();
+        assert!(e.contains("--prompt") && e.contains("--messages"), "{e}");
+        assert!(Cli::try_parse_from(["triton-llama", "generate", "m", "--prompt", "a", "--messages", "[]"]).is_err());
+        assert!(Cli::try_parse_from(["triton-llama", "inspect", "m", "--tp", "2"]).is_err(), "not an inspect option");
+    }
+}
