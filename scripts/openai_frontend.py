@@ -27,6 +27,7 @@ import tritonclient.grpc.aio as grpcclient
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from openai_schema import CHAT_REQUEST, COMPLETION_REQUEST, error_responses, request_body
 from tritonclient.utils import InferenceServerException
 
 app = FastAPI(title="triton-llama OpenAI-compatible API")
@@ -455,12 +456,15 @@ async def handle(request: Request, chat: bool):
     return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-@app.post("/v1/chat/completions")
+ERRORS = error_responses(400, 404, 429, 499, 503)
+
+
+@app.post("/v1/chat/completions", openapi_extra=request_body(CHAT_REQUEST), responses=ERRORS)
 async def chat_completions(request: Request):
     return await handle(request, chat=True)
 
 
-@app.post("/v1/completions")
+@app.post("/v1/completions", openapi_extra=request_body(COMPLETION_REQUEST), responses=ERRORS)
 async def completions(request: Request):
     return await handle(request, chat=False)
 
@@ -473,7 +477,7 @@ async def models():
     }
 
 
-@app.get("/v1/models/{name}")
+@app.get("/v1/models/{name}", responses=error_responses(404))
 async def model(name: str):
     if name != CFG["model"]:
         raise ApiError(404, f"The model `{name}` does not exist", param="model", code="model_not_found")

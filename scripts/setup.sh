@@ -20,5 +20,7 @@ fi
 .venv/bin/pip install -q 'kubernetes-validate==1.37.0' 'yamllint==1.38.0'
 # The Python linter and formatter (scripts/test.sh: ruff check, ruff format --check; config in ruff.toml).
 .venv/bin/pip install -q 'ruff==0.14.0'
+# The OpenAI frontend's property-based fuzz (tests/e2e/test_openai_fuzz.py): requests generated from its OpenAPI schema.
+.venv/bin/pip install -q 'schemathesis==4.32.5'
 cargo build --release --locked
 echo "set-up done: .venv (tritonserver $(.venv/bin/python -c 'import pytriton,os;print(os.path.dirname(pytriton.__file__))')/tritonserver/bin/tritonserver), target/release/libtriton_llama.so"

@@ -33,7 +33,7 @@ if [ "${TL_SKIP_CUDA:-0}" != 1 ]; then
         cargo clippy --release --locked --all-targets --features cuda -- -D warnings
     )
 fi
-{ [ -x .venv/bin/pytest ] && [ -x .venv/bin/yamllint ] && [ -x .venv/bin/ruff ]; } || bash scripts/setup.sh
+{ [ -x .venv/bin/pytest ] && [ -x .venv/bin/yamllint ] && [ -x .venv/bin/ruff ] && [ -x .venv/bin/schemathesis ]; } || bash scripts/setup.sh
 # Python held to the Rust code's habits: ruff's linter and formatter over every Python file (ruff.toml).
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -18,6 +18,9 @@ when any check fails:
 - once idle, running/waiting gauges and `llama_kv_cache_blocks_used` are 0;
 - a server it started stops on SIGTERM with status 0 (a request never released would block the unload).
 
+`--openai`: the same checks with the clients driving the OpenAI-compatible frontend instead (completions and chat,
+streamed and unary, client disconnects, malformed JSON, unknown models: scripts/bench/loadtest_openai.py).
+
 It prints one summary line. By default it starts its own server (demo model, free ports, via
 scripts/deploy_triton.py); --url/--grpc-url/--metrics-url/--pid/--checkpoint attach to a running one.
 """
@@ -44,6 +47,7 @@ import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the shared port helper
+import loadtest_openai  # noqa: E402
 from tl_ports import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,9 +89,13 @@ def parse_args():
     p.add_argument("--pid", type=int, help="tritonserver pid (for RSS)")
     p.add_argument("--checkpoint", help="checkpoint the server serves (for the greedy references)")
     p.add_argument("--cli", default=str(ROOT / "target/release/triton-llama"))
+    p.add_argument("--openai", action="store_true", help="drive the OpenAI-compatible frontend instead")
+    p.add_argument("--openai-url", help="attach with --openai: the frontend's http://host:port")
     a = p.parse_args()
     if a.url and not (a.grpc_url and a.metrics_url and a.pid and a.checkpoint):
         p.error("--url needs --grpc-url, --metrics-url, --pid and --checkpoint")
+    if a.url and a.openai and not a.openai_url:
+        p.error("--url with --openai needs --openai-url")
     a.warmup = min(60.0, a.duration / 4) if a.warmup is None else a.warmup
     return a
 
@@ -110,7 +118,7 @@ def child_pids(pid):
 
 def start_server(a, tmp):
     """Deploys the demo model on free ports with room for every client in flight; returns the Popen."""
-    http, grpc, metrics = free_ports(3)
+    http, grpc, metrics, openai = free_ports(4)
     repo = Path(tmp) / "repo"
     a.log_path = ROOT / "target/e2e-logs/loadtest-server.log"
     a.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,8 +142,10 @@ def start_server(a, tmp):
         str(4 * a.clients),
         "--cli",
         a.cli,
-    ]
+    ] + (["--openai_port", str(openai), "--chat_template", "nemo"] if a.openai else [])  # the demo model has none
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    a.openai_url = f"http://localhost:{openai}"
+    ready = [f"http://localhost:{http}/v2/health/ready"] + ([f"{a.openai_url}/health/ready"] if a.openai else [])
     a.url, a.grpc_url, a.metrics_url = f"localhost:{http}", f"localhost:{grpc}", f"localhost:{metrics}"
     a.checkpoint = str(repo.parent / (repo.name + ".demo_model"))
     deadline = time.time() + 180
@@ -143,12 +153,12 @@ def start_server(a, tmp):
         if proc.poll() is not None:
             sys.exit(f"loadtest: tritonserver exited early:\n{a.log_path.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"http://{a.url}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    kids = child_pids(proc.pid)
-                    if kids:
-                        a.pid = kids[0]
-                        return proc
+            if all(urllib.request.urlopen(u, timeout=1).status == 200 for u in ready):
+                # deploy_triton.py's children: tritonserver (the first started), then the frontend.
+                kids = sorted(child_pids(proc.pid))
+                if kids:
+                    a.pid = kids[0]
+                    return proc
         except OSError:
             pass
         time.sleep(0.3)
@@ -529,7 +539,14 @@ def main():
         stop, result = ctx.Event(), ctx.Queue()
         poller = ctx.Process(target=health_poller, args=(a.url, stop, result), daemon=True)
         poller.start()
-        rss_warm = asyncio.run(run_load(a, st))
+        if a.openai:
+
+            def rng_for(idx):  # as `client` seeds its own
+                return random.Random(a.seed * 100003 + idx)
+
+            rss_warm = asyncio.run(loadtest_openai.run_load(a, st, make_prompt, rng_for, rss_mb))
+        else:
+            rss_warm = asyncio.run(run_load(a, st))
         try:
             wait_idle(a)
             after = wait_counted(a, before, st.ok_rows + st.cancelled_rows + st.bad_backend)
@@ -591,7 +608,7 @@ def main():
         else "prefix_cache=off "
     )
     print(
-        f"loadtest: clients={a.clients} duration={a.duration:.0f}s "
+        f"loadtest: {'openai ' if a.openai else ''}clients={a.clients} duration={a.duration:.0f}s "
         f"requests={sum(st.sent.values()) + sum(st.bad.values())} "
         f"ok={st.ok} ok_prompts={st.ok_rows} bad_rejected={sum(st.bad.values())} cancelled={st.cancelled} "
         f"cancelled_prompts={st.cancelled_rows}(server {fin['cancelled']:.0f}) "
