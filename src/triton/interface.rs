@@ -7,7 +7,7 @@ use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
 /// Every output the backend can produce, in declaration order (`outputs` first: `NemoQuery` reads the first).
-pub const OUTPUTS: [&str; 8] = [
+pub const OUTPUTS: [&str; 10] = [
     "outputs",
     "text_output",
     "finish_reason",
@@ -16,54 +16,82 @@ pub const OUTPUTS: [&str; 8] = [
     "output_log_probs",
     "cum_log_probs",
     "output_tokens",
+    "batch_index",
+    "sequence_index",
 ];
-/// Outputs produced only when a client names them (they cost work on every token).
-pub const ON_REQUEST: [&str; 1] = ["output_tokens"];
+/// Outputs produced only when a client names them: `output_tokens` costs work on every token; TensorRT-LLM's
+/// `batch_index` (the prompt's row in the request) and `sequence_index` (0: one sequence per prompt) are for the
+/// clients that read them.
+pub const ON_REQUEST: [&str; 3] = ["output_tokens", "batch_index", "sequence_index"];
 
 /// (input name, Triton config dtype, dims) for the auto-completed config. Scalars are `[1]` per batch row.
-pub const INPUTS: [(&str, &str, i64); 41] = [
-    ("prompts", "TYPE_STRING", 1),
-    ("max_output_token", "TYPE_INT64", 1),
-    ("top_k", "TYPE_INT64", 1),
-    ("top_p", "TYPE_FP32", 1),
-    ("temperature", "TYPE_FP32", 1),
-    ("max_output_len", "TYPE_INT64", 1),
-    ("min_output_len", "TYPE_INT64", 1),
-    ("random_seed", "TYPE_INT64", 1),
-    ("stop_words_list", "TYPE_STRING", -1),
-    ("bad_words_list", "TYPE_STRING", -1),
-    ("repetition_penalty", "TYPE_FP32", 1),
-    ("use_greedy", "TYPE_BOOL", 1),
-    ("add_BOS", "TYPE_BOOL", 1),
-    ("end_strings", "TYPE_STRING", -1),
-    ("compute_logprob", "TYPE_BOOL", 1),
-    ("lora_uids", "TYPE_STRING", -1),
-    ("task_id", "TYPE_STRING", -1),
-    ("text_input", "TYPE_STRING", 1),
-    ("max_tokens", "TYPE_INT32", 1),
-    ("stream", "TYPE_BOOL", 1),
-    ("stop_words", "TYPE_STRING", -1),
-    ("bad_words", "TYPE_STRING", -1),
-    ("exclude_input_in_output", "TYPE_BOOL", 1),
-    ("end_id", "TYPE_INT32", 1),
-    ("presence_penalty", "TYPE_FP32", 1),
-    ("frequency_penalty", "TYPE_FP32", 1),
-    ("seed", "TYPE_UINT64", 1),
-    ("min_tokens", "TYPE_INT32", 1),
-    ("min_length", "TYPE_INT32", 1),
-    ("return_num_input_tokens", "TYPE_BOOL", 1),
-    ("return_num_output_tokens", "TYPE_BOOL", 1),
-    ("return_log_probs", "TYPE_BOOL", 1),
-    ("return_finish_reason", "TYPE_BOOL", 1),
-    ("ignore_eos", "TYPE_BOOL", 1),
-    ("beam_width", "TYPE_INT32", 1),
-    ("num_return_sequences", "TYPE_INT32", 1),
+pub const INPUTS: [(&str, &str, &[i64]); 62] = [
+    ("prompts", "TYPE_STRING", &[1]),
+    ("max_output_token", "TYPE_INT64", &[1]),
+    ("top_k", "TYPE_INT64", &[1]),
+    ("top_p", "TYPE_FP32", &[1]),
+    ("temperature", "TYPE_FP32", &[1]),
+    ("max_output_len", "TYPE_INT64", &[1]),
+    ("min_output_len", "TYPE_INT64", &[1]),
+    ("random_seed", "TYPE_INT64", &[1]),
+    ("stop_words_list", "TYPE_STRING", &[-1]),
+    ("bad_words_list", "TYPE_STRING", &[-1]),
+    ("repetition_penalty", "TYPE_FP32", &[1]),
+    ("use_greedy", "TYPE_BOOL", &[1]),
+    ("add_BOS", "TYPE_BOOL", &[1]),
+    ("end_strings", "TYPE_STRING", &[-1]),
+    ("compute_logprob", "TYPE_BOOL", &[1]),
+    ("lora_uids", "TYPE_STRING", &[-1]),
+    ("task_id", "TYPE_STRING", &[-1]),
+    ("text_input", "TYPE_STRING", &[1]),
+    ("max_tokens", "TYPE_INT32", &[1]),
+    ("stream", "TYPE_BOOL", &[1]),
+    ("stop_words", "TYPE_STRING", &[-1]),
+    ("bad_words", "TYPE_STRING", &[-1]),
+    ("exclude_input_in_output", "TYPE_BOOL", &[1]),
+    ("end_id", "TYPE_INT32", &[1]),
+    ("presence_penalty", "TYPE_FP32", &[1]),
+    ("frequency_penalty", "TYPE_FP32", &[1]),
+    ("seed", "TYPE_UINT64", &[1]),
+    ("min_tokens", "TYPE_INT32", &[1]),
+    ("min_length", "TYPE_INT32", &[1]),
+    ("return_num_input_tokens", "TYPE_BOOL", &[1]),
+    ("return_num_output_tokens", "TYPE_BOOL", &[1]),
+    ("return_log_probs", "TYPE_BOOL", &[1]),
+    ("return_finish_reason", "TYPE_BOOL", &[1]),
+    ("ignore_eos", "TYPE_BOOL", &[1]),
+    ("beam_width", "TYPE_INT32", &[1]),
+    ("num_return_sequences", "TYPE_INT32", &[1]),
     // Later additions go last: the fuzz harness (fuzz/src/lib.rs) names inputs by their index here.
-    ("no_repeat_ngram_size", "TYPE_FP32", 1),
-    ("all_probs", "TYPE_BOOL", 1),
-    ("output_context_logits", "TYPE_BOOL", 1),
-    ("output_generation_logits", "TYPE_BOOL", 1),
-    ("messages", "TYPE_STRING", 1),
+    ("no_repeat_ngram_size", "TYPE_FP32", &[1]),
+    ("all_probs", "TYPE_BOOL", &[1]),
+    ("output_context_logits", "TYPE_BOOL", &[1]),
+    ("output_generation_logits", "TYPE_BOOL", &[1]),
+    ("messages", "TYPE_STRING", &[1]),
+    // TensorRT-LLM's ensemble / tensorrt_llm_bls inputs that the names above do not cover (its docs/model_config.md):
+    // beam-search knobs (neutral at beam_width 1, the only width served), padding, logits and perf flags, and the
+    // features this backend lacks (refused by name when used: see `refuse_unsupported`).
+    ("length_penalty", "TYPE_FP32", &[1]),
+    ("early_stopping", "TYPE_BOOL", &[1]),
+    ("beam_search_diversity_rate", "TYPE_FP32", &[1]),
+    ("pad_id", "TYPE_INT32", &[1]),
+    ("return_context_logits", "TYPE_BOOL", &[1]),
+    ("return_generation_logits", "TYPE_BOOL", &[1]),
+    ("return_perf_metrics", "TYPE_BOOL", &[1]),
+    ("return_kv_cache_reuse_stats", "TYPE_BOOL", &[1]),
+    ("embedding_bias_words", "TYPE_STRING", &[-1]),
+    ("embedding_bias_weights", "TYPE_FP32", &[-1]),
+    ("prompt_embedding_table", "TYPE_FP16", &[-1, -1]),
+    ("prompt_vocab_size", "TYPE_INT32", &[1]),
+    ("prompt_table_extra_ids", "TYPE_UINT64", &[-1]),
+    ("lora_task_id", "TYPE_UINT64", &[1]),
+    ("lora_weights", "TYPE_FP16", &[-1, -1]),
+    ("lora_config", "TYPE_INT32", &[-1, 3]),
+    ("num_draft_tokens", "TYPE_INT32", &[1]),
+    ("use_draft_logits", "TYPE_BOOL", &[1]),
+    ("guided_decoding_guide_type", "TYPE_STRING", &[1]),
+    ("guided_decoding_guide", "TYPE_STRING", &[1]),
+    ("decoder_text_input", "TYPE_STRING", &[1]),
 ];
 
 /// Which outputs a response carries.
@@ -250,7 +278,9 @@ fn prompt_texts(all: &[InputTensor], lim: &Limits) -> Result<(&'static str, Vec<
     Ok((pname, texts))
 }
 
-/// Refuses what the backend does not do: LoRA / p-tuning tables, logits outputs, beams and several sequences.
+/// Refuses what the backend does not do, naming the input: LoRA / p-tuning tables, logits outputs, beams and several
+/// sequences, TensorRT-LLM's embedding bias, draft tokens, guided decoding, perf metrics and encoder input. Their
+/// neutral values pass (empty, false, 0), and so do the beam-search knobs, which act on beams only.
 fn refuse_unsupported(inp: &Inputs) -> Result<()> {
     for unsupported in ["lora_uids", "task_id"] {
         if inp.strings(unsupported)?.iter().any(|v| !v.is_empty()) {
@@ -260,12 +290,25 @@ fn refuse_unsupported(inp: &Inputs) -> Result<()> {
             ));
         }
     }
-    // NeMo 2.x's TensorRT-LLM client always sends the two logits flags (false unless asked for).
-    for name in ["output_context_logits", "output_generation_logits", "all_probs"] {
+    // NeMo 2.x's TensorRT-LLM client always sends the two logits flags (false unless asked for); TensorRT-LLM's
+    // clients send theirs, and the perf flags, the same way.
+    for name in [
+        "output_context_logits",
+        "output_generation_logits",
+        "all_probs",
+        "return_context_logits",
+        "return_generation_logits",
+    ] {
         if inp.flag(name)? == Some(true) {
             return refuse(format!(
                 "input `{name}` = true is not supported: this backend returns no logits tensors (send false or omit it)"
             ));
+        }
+    }
+    for name in ["return_perf_metrics", "return_kv_cache_reuse_stats", "use_draft_logits"] {
+        if inp.flag(name)? == Some(true) {
+            let what = if name == "use_draft_logits" { "speculative decoding" } else { "per-request perf metrics" };
+            return refuse(format!("input `{name}` = true is not supported: this backend has no {what}"));
         }
     }
     for (name, limit) in [("beam_width", 1), ("num_return_sequences", 1)] {
@@ -275,6 +318,57 @@ fn refuse_unsupported(inp: &Inputs) -> Result<()> {
             return refuse(format!("input `{name}` > 1 is not supported"));
         }
     }
+    if let Some((_, v)) = inp.ints(&["num_draft_tokens"])?
+        && v.iter().any(|&x| x != 0)
+    {
+        return refuse(
+            "input `num_draft_tokens` other than 0 is not supported: this backend has no draft model".into(),
+        );
+    }
+    // Tensors whose mere content asks for a missing feature (any dtype, so they are never parsed).
+    for (name, what) in [
+        ("prompt_embedding_table", "p-tuning prompt tables"),
+        ("prompt_table_extra_ids", "p-tuning prompt tables"),
+        ("lora_task_id", "LoRA adapters"),
+        ("lora_weights", "LoRA adapters"),
+        ("lora_config", "LoRA adapters"),
+    ] {
+        if inp.get(name).is_some_and(|t| t.numel().unwrap_or(1) > 0) {
+            return refuse(format!("input `{name}` is not supported: this backend has no {what}; omit it"));
+        }
+    }
+    if inp.get("prompt_vocab_size").is_some_and(|t| t.as_ints().is_ok_and(|v| v.iter().any(|&x| x != 0))) {
+        return refuse("input `prompt_vocab_size` is not supported: this backend has no p-tuning prompt tables".into());
+    }
+    let non_empty = |name| -> Result<bool> { Ok(inp.strings(name)?.iter().any(|v| !v.is_empty())) };
+    if non_empty("embedding_bias_words")?
+        || inp.get("embedding_bias_weights").is_some_and(|t| t.numel().unwrap_or(1) > 0)
+    {
+        return refuse(
+            "input `embedding_bias_words` / `embedding_bias_weights` is not supported yet (no logit bias by words); \
+             send them empty or omit them"
+                .into(),
+        );
+    }
+    for name in ["guided_decoding_guide_type", "guided_decoding_guide"] {
+        if non_empty(name)? {
+            return refuse(format!("input `{name}` is not supported yet: this backend has no guided decoding"));
+        }
+    }
+    if non_empty("decoder_text_input")? {
+        return refuse("input `decoder_text_input` is not supported: Llama has no encoder-decoder input".into());
+    }
+    // Beam-search knobs: a finite value is accepted (beam_width is 1 here, and TensorRT-LLM applies them to beams
+    // only); pad_id is accepted as it is (outputs are never padded).
+    for name in ["length_penalty", "beam_search_diversity_rate"] {
+        if let Some((_, v)) = inp.nums(&[name])?
+            && v.iter().any(|x| !x.is_finite())
+        {
+            return refuse(format!("input `{name}` must be a finite number"));
+        }
+    }
+    inp.flag("early_stopping")?;
+    inp.ints(&["pad_id"])?;
     Ok(())
 }
 

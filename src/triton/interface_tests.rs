@@ -200,3 +200,92 @@ fn nemo2_query_llm_inputs() {
     task[9] = bytes("task_id", &[&["squad"], &["squad"]]);
     assert!(err(&task).contains("`task_id` is not supported"));
 }
+
+fn i32s(name: &str, v: &[i32]) -> InputTensor {
+    InputTensor {
+        name: name.into(),
+        dtype: ffi::TYPE_INT32,
+        shape: vec![v.len() as i64, 1],
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+fn raw(name: &str, dtype: u32, shape: &[i64], bytes: usize) -> InputTensor {
+    InputTensor { name: name.into(), dtype, shape: shape.to_vec(), data: vec![0; bytes] }
+}
+
+/// TensorRT-LLM's ensemble inputs at their neutral values parse to the same job as without them.
+#[test]
+fn tensorrt_llm_inputs_at_neutral_values_change_nothing() {
+    let base = vec![bytes("text_input", &[&["hi"]]), i32s("max_tokens", &[5])];
+    let mut all = base.clone();
+    all.extend([
+        f32s("length_penalty", &[1.0]),
+        boolean("early_stopping", false),
+        f32s("beam_search_diversity_rate", &[0.0]),
+        i32s("pad_id", &[2]),
+        boolean("return_context_logits", false),
+        boolean("return_generation_logits", false),
+        boolean("return_perf_metrics", false),
+        boolean("return_kv_cache_reuse_stats", false),
+        bytes("embedding_bias_words", &[&[""]]),
+        raw("embedding_bias_weights", ffi::TYPE_FP32, &[1, 0], 0),
+        i32s("prompt_vocab_size", &[0]),
+        i32s("num_draft_tokens", &[0]),
+        boolean("use_draft_logits", false),
+        bytes("guided_decoding_guide_type", &[&[""]]),
+        bytes("guided_decoding_guide", &[&[""]]),
+        i32s("beam_width", &[1]),
+        i32s("num_return_sequences", &[1]),
+    ]);
+    let a = parse_job(&base, &[], &lim(false)).unwrap();
+    let b = parse_job(&all, &[], &lim(false)).unwrap();
+    assert_eq!(a, b);
+    // Beam-search knobs act on beams only: any finite value is as neutral at beam_width 1.
+    let mut lp = base.clone();
+    lp.extend([
+        f32s("length_penalty", &[2.5]),
+        boolean("early_stopping", true),
+        f32s("beam_search_diversity_rate", &[0.3]),
+    ]);
+    assert_eq!(parse_job(&lp, &[], &lim(false)).unwrap(), a);
+}
+
+/// The missing features are refused naming the input, never as an unexpected input.
+#[test]
+fn tensorrt_llm_features_this_backend_lacks_are_refused_by_name() {
+    let base = || vec![bytes("text_input", &[&["hi"]])];
+    let cases: Vec<(InputTensor, &str)> = vec![
+        (boolean("return_context_logits", true), "`return_context_logits` = true is not supported"),
+        (boolean("return_generation_logits", true), "`return_generation_logits` = true is not supported"),
+        (boolean("return_perf_metrics", true), "`return_perf_metrics` = true is not supported"),
+        (boolean("use_draft_logits", true), "`use_draft_logits` = true is not supported"),
+        (i32s("num_draft_tokens", &[4]), "`num_draft_tokens` other than 0"),
+        (bytes("embedding_bias_words", &[&["foo"]]), "`embedding_bias_words`"),
+        (f32s("embedding_bias_weights", &[1.0]), "`embedding_bias_weights`"),
+        (raw("prompt_embedding_table", ffi::TYPE_FP16, &[1, 2, 4], 16), "`prompt_embedding_table` is not supported"),
+        (i32s("prompt_vocab_size", &[8]), "`prompt_vocab_size` is not supported"),
+        (raw("lora_task_id", ffi::TYPE_UINT64, &[1, 1], 8), "`lora_task_id` is not supported"),
+        (raw("lora_weights", ffi::TYPE_FP16, &[1, 2, 4], 16), "`lora_weights` is not supported"),
+        (raw("lora_config", ffi::TYPE_INT32, &[1, 2, 3], 24), "`lora_config` is not supported"),
+        (bytes("guided_decoding_guide_type", &[&["json"]]), "`guided_decoding_guide_type` is not supported"),
+        (bytes("guided_decoding_guide", &[&["{}"]]), "`guided_decoding_guide` is not supported"),
+        (bytes("decoder_text_input", &[&["x"]]), "`decoder_text_input` is not supported"),
+        (f32s("length_penalty", &[f32::NAN]), "`length_penalty` must be a finite number"),
+        (i32s("beam_width", &[2]), "`beam_width` > 1"),
+    ];
+    for (t, want) in cases {
+        let mut inputs = base();
+        inputs.push(t);
+        let e = err(&inputs);
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
+fn batch_and_sequence_index_only_when_named() {
+    let inputs = [bytes("text_input", &[&["a"], &["b"]])];
+    let j = parse_job(&inputs, &[], &lim(false)).unwrap();
+    assert!(!j.outputs.has("batch_index") && !j.outputs.has("sequence_index") && j.outputs.has("cum_log_probs"));
+    let j = parse_job(&inputs, &["batch_index".into(), "sequence_index".into()], &lim(false)).unwrap();
+    assert_eq!(j.outputs.names, ["batch_index", "sequence_index"]);
+}

@@ -290,7 +290,7 @@ pub fn autocomplete(cfg: &mut Value) -> bool {
     let empty = |v: Option<&Value>| v.and_then(Value::as_array).is_none_or(|a| a.is_empty());
     if empty(obj.get("input")) {
         let inputs: Vec<Value> =
-            INPUTS.iter().map(|(n, t, d)| json!({"name": n, "data_type": t, "dims": [d], "optional": true})).collect();
+            INPUTS.iter().map(|(n, t, d)| json!({"name": n, "data_type": t, "dims": d, "optional": true})).collect();
         obj.insert("input".into(), Value::Array(inputs));
         changed = true;
     }
@@ -303,6 +303,7 @@ pub fn autocomplete(cfg: &mut Value) -> bool {
                     "output_log_probs" => ("TYPE_FP32", -1),
                     "output_tokens" => ("TYPE_STRING", -1),
                     "cum_log_probs" => ("TYPE_FP32", 1),
+                    "batch_index" | "sequence_index" => ("TYPE_INT32", 1),
                     _ => ("TYPE_STRING", 1),
                 };
                 json!({"name": n, "data_type": t, "dims": [d]})

@@ -212,6 +212,11 @@ impl TritonSink {
                     }
                     Self::add_output(resp, name, ffi::TYPE_BYTES, &[n, t as i64], &encode_bytes(&v))?;
                 }
+                "batch_index" | "sequence_index" => {
+                    let index = |i: usize| if name == "batch_index" { i as i32 } else { 0 };
+                    let b: Vec<u8> = (0..rows.len()).flat_map(|i| index(i).to_le_bytes()).collect();
+                    Self::add_output(resp, name, ffi::TYPE_INT32, &[n, 1], &b)?;
+                }
                 "cum_log_probs" => {
                     let b: Vec<u8> = rows.iter().flat_map(|r| r.cum_log_prob.to_le_bytes()).collect();
                     Self::add_output(resp, name, ffi::TYPE_FP32, &[n, 1], &b)?;

@@ -1,0 +1,108 @@
+"""A client written for TensorRT-LLM's Triton ensemble / tensorrt_llm_bls model works unchanged: every optional
+input of that interface is declared; at its neutral value it changes nothing; the beam-search knobs are neutral at
+beam_width 1 whatever their value (TensorRT-LLM applies them to beams only); every feature this backend lacks is
+refused naming the input (never "unexpected inference input"); `batch_index`, `sequence_index` and
+`cum_log_probs` come back when asked for."""
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+DTYPES = {"BYTES": object, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP16": np.float16}
+DTYPES.update(BOOL=bool, UINT64=np.uint64)
+
+
+def tensor(name, dtype, rows):
+    arr = np.array(rows, dtype=DTYPES[dtype])
+    t = httpclient.InferInput(name, list(arr.shape), dtype)
+    t.set_data_from_numpy(arr)
+    return t
+
+
+BASE = [
+    ("text_input", "BYTES", [[b"The capital of France is"], [b"Once upon a time"]]),
+    ("max_tokens", "INT32", [[12], [12]]),
+]
+# Every TensorRT-LLM ensemble input this backend has no other name for, at its neutral value.
+NEUTRAL = [
+    ("length_penalty", "FP32", [[1.0], [1.0]]),
+    ("early_stopping", "BOOL", [[False], [False]]),
+    ("beam_search_diversity_rate", "FP32", [[0.0], [0.0]]),
+    ("pad_id", "INT32", [[2], [2]]),
+    ("end_id", "INT32", [[2], [2]]),
+    ("beam_width", "INT32", [[1], [1]]),
+    ("num_return_sequences", "INT32", [[1], [1]]),
+    ("return_log_probs", "BOOL", [[True], [True]]),
+    ("return_context_logits", "BOOL", [[False], [False]]),
+    ("return_generation_logits", "BOOL", [[False], [False]]),
+    ("return_perf_metrics", "BOOL", [[False], [False]]),
+    ("return_kv_cache_reuse_stats", "BOOL", [[False], [False]]),
+    ("embedding_bias_words", "BYTES", [[b""], [b""]]),
+    ("embedding_bias_weights", "FP32", np.zeros((2, 0))),
+    ("prompt_vocab_size", "INT32", [[0], [0]]),
+    ("num_draft_tokens", "INT32", [[0], [0]]),
+    ("use_draft_logits", "BOOL", [[False], [False]]),
+    ("guided_decoding_guide_type", "BYTES", [[b""], [b""]]),
+    ("guided_decoding_guide", "BYTES", [[b""], [b""]]),
+    ("stream", "BOOL", [[False], [False]]),
+]
+
+
+def infer(server, extra, outputs=("text_output",)):
+    c = httpclient.InferenceServerClient(server.url)
+    inputs = [tensor(*t) for t in BASE + extra]
+    r = c.infer("llama", inputs, outputs=[httpclient.InferRequestedOutput(o) for o in outputs])
+    return {o: r.as_numpy(o) for o in outputs}
+
+
+def test_every_input_is_declared(server):
+    c = httpclient.InferenceServerClient(server.url)
+    declared = {i["name"] for i in c.get_model_config("llama")["input"]}
+    lacking = {"prompt_embedding_table", "prompt_table_extra_ids", "lora_task_id", "lora_weights", "lora_config"}
+    assert {n for n, _, _ in NEUTRAL} | lacking | {"top_k", "top_p", "temperature", "decoder_text_input"} <= declared
+
+
+def test_neutral_values_answer_as_without_them(server):
+    want = infer(server, [])["text_output"]
+    assert [t[0] for t in want] and all(t[0] for t in want)
+    assert (infer(server, NEUTRAL)["text_output"] == want).all()
+    # The beam-search knobs act on beams only: at beam_width 1 any value leaves the answer as it is.
+    knobs = [("length_penalty", "FP32", [[2.0], [0.0]]), ("early_stopping", "BOOL", [[True], [True]])]
+    knobs.append(("beam_search_diversity_rate", "FP32", [[0.5], [0.5]]))
+    assert (infer(server, knobs)["text_output"] == want).all()
+
+
+def test_indexes_and_cumulative_log_probs(server):
+    out = infer(server, [], ("batch_index", "sequence_index", "cum_log_probs", "output_log_probs", "num_output_tokens"))
+    assert out["batch_index"].tolist() == [[0], [1]] and out["sequence_index"].tolist() == [[0], [0]]
+    for i in range(2):
+        n = int(out["num_output_tokens"][i][0])
+        assert out["cum_log_probs"][i][0] == pytest.approx(out["output_log_probs"][i][:n].sum(), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name,dtype,rows,message",
+    [
+        ("return_context_logits", "BOOL", [[True], [True]], "`return_context_logits` = true is not supported"),
+        ("return_generation_logits", "BOOL", [[True], [True]], "`return_generation_logits` = true is not supported"),
+        ("return_perf_metrics", "BOOL", [[True], [True]], "`return_perf_metrics` = true is not supported"),
+        ("embedding_bias_words", "BYTES", [[b"Paris"], [b"Paris"]], "`embedding_bias_words`"),
+        ("num_draft_tokens", "INT32", [[3], [3]], "`num_draft_tokens` other than 0"),
+        ("use_draft_logits", "BOOL", [[True], [True]], "`use_draft_logits` = true is not supported"),
+        ("lora_task_id", "UINT64", [[7], [7]], "`lora_task_id` is not supported"),
+        ("prompt_embedding_table", "FP16", np.zeros((2, 2, 4)), "`prompt_embedding_table` is not supported"),
+        ("prompt_vocab_size", "INT32", [[4], [4]], "`prompt_vocab_size` is not supported"),
+        (
+            "guided_decoding_guide_type",
+            "BYTES",
+            [[b"json"], [b"json"]],
+            "`guided_decoding_guide_type` is not supported",
+        ),
+        ("beam_width", "INT32", [[2], [2]], "`beam_width` > 1 is not supported"),
+    ],
+)
+def test_missing_features_are_refused_by_name(server, name, dtype, rows, message):
+    with pytest.raises(InferenceServerException) as e:
+        infer(server, [(name, dtype, rows)])
+    assert message in str(e.value) and "unexpected inference input" not in str(e.value)
