@@ -149,9 +149,10 @@ def test_deployment_knobs_agree():
     assert ports == {"http": a.triton_port, "grpc": a.grpc_port, "metrics": a.metrics_port, "openai": a.openai_port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["port"] in ports, probe
-    # The model that loads last (--load_after_start loads <name>, then <name>_stream).
-    ready = f"/v2/models/{a.triton_model_name}_stream/ready"
-    assert c["readinessProbe"]["httpGet"]["path"] == c["startupProbe"]["httpGet"]["path"] == ready
+    # Startup: the model that loads last (--load_after_start loads <name>, then <name>_stream); readiness, which
+    # runs only after startup passed: the server's.
+    assert c["startupProbe"]["httpGet"]["path"] == f"/v2/models/{a.triton_model_name}_stream/ready"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     s = c["startupProbe"]
     assert s["periodSeconds"] * s["failureThreshold"] >= CHECKPOINT_GB / SLOW_READ_GB_PER_S

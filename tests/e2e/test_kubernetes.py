@@ -125,6 +125,12 @@ class Pod:
         name = next(n for n, p in self.ports.items() if p == port)
         return f"http://localhost:{self.mapped[name]}{g['path']}"
 
+    def started(self):
+        """As the kubelet goes: the startup probe until it passes, then the readiness probe."""
+        if not wait_for(lambda: probe_ok(self.url("startupProbe")), TIMEOUT):
+            return False
+        return probe_ok(self.url("readinessProbe"))
+
     def openai(self, path):
         return f"http://localhost:{self.mapped['openai']}{path}"
 
@@ -167,17 +173,18 @@ def test_deployment_probes_through_loading_serving_and_drain(tmp_path):
         # Loading: alive, not ready (startup and readiness probes fail), the OpenAI frontend follows Triton.
         assert wait_for(lambda: probe_ok(pod.url("livenessProbe")), TIMEOUT), pod.log_path.read_text()[-3000:]
         assert wait_for(lambda: status(pod.openai("/health/live")) == 200, TIMEOUT)
+        # Triton has begun the load (held by the gate): from here on nothing may read as ready.
+        assert wait_for(lambda: f'"loading: {pod.model}:1"' in pod.log_path.read_text(), TIMEOUT)
         for _ in range(10):
             assert probe_ok(pod.url("livenessProbe"))
             assert not probe_ok(pod.url("startupProbe")) and not probe_ok(pod.url("readinessProbe"))
             assert status(pod.openai("/health/ready")) == 503
             assert status(f"http://localhost:{pod.mapped['http']}/v2/health/ready") != 200
-        assert "loading model" in pod.log_path.read_text()
 
         # Serving: the load goes on; ready once both models are in.
         gate.unlink()
-        assert wait_for(lambda: probe_ok(pod.url("readinessProbe")), TIMEOUT), pod.log_path.read_text()[-3000:]
-        assert probe_ok(pod.url("startupProbe")) and probe_ok(pod.url("livenessProbe"))
+        assert pod.started(), pod.log_path.read_text()[-3000:]
+        assert probe_ok(pod.url("livenessProbe"))
         assert wait_for(lambda: status(pod.openai("/health/ready")) == 200, TIMEOUT)
         code, r = generate(pod.mapped["http"], {"text_input": "Hello", "max_tokens": 4}, pod.model)
         assert code == 200 and r["text_output"], r
@@ -222,7 +229,7 @@ def test_a_fatal_engine_error_takes_the_pod_out(tmp_path):
     error, `llama_engine_up` reads 0, readiness goes, and deploy_triton.py exits 3 so that the kubelet restarts it."""
     pod = Pod("k8s_fatal", tmp_path, env={"TL_FAULT_PANIC_AT_STEP": "1"})
     try:
-        assert wait_for(lambda: probe_ok(pod.url("readinessProbe")), TIMEOUT), pod.log_path.read_text()[-3000:]
+        assert pod.started(), pod.log_path.read_text()[-3000:]
         code, r = generate(pod.mapped["http"], {"text_input": "Hello", "max_tokens": 4}, pod.model)
         assert code is not None and code >= 400, r
         assert wait_for(lambda: not probe_ok(pod.url("readinessProbe")), 15)
