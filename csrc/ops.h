@@ -95,7 +95,8 @@ int tl_paged_attention(float *out,            /* [n, nh * hd] */
                        int nh, int nkv, int hd, void *stream);
 
 /* Logits processing and sampling, one row per sequence, only the ids cross back to the host.
- * Penalties: for each row, ids listed in rep_ids get HF repetition penalty; gen_ids/gen_counts get
+ * Penalties: for each row, ids listed in bias_ids first get their bias added (embedding bias by words), then
+ * ids listed in rep_ids get HF repetition penalty; gen_ids/gen_counts get
  * presence + frequency * count subtracted; mask_ids are set to -inf (bans, EOS before min tokens).
  * Then temperature == 0: argmax (lowest index on ties); else candidates sorted by (logit desc, id asc),
  * top_k (0 = off), softmax with temperature in f64, top_p (1 = off), sampled with the row's uniform u. */
@@ -122,6 +123,9 @@ int tl_sample(int32_t *out_ids,                /* [rows] */
               const int32_t *gen_counts,       /* [*] */
               const int32_t *mask_off,         /* [rows + 1] offsets into mask_ids */
               const int32_t *mask_ids,         /* [*] */
+              const int32_t *bias_off,         /* [rows + 1] offsets into bias_ids / bias_bits */
+              const int32_t *bias_ids,         /* [*] */
+              const int32_t *bias_bits,        /* [*] f32 bias of each id, as its bit pattern */
               void *scratch,                   /* tl_sample_scratch_bytes(rows, vocab) bytes */
               int rows, int vocab, void *stream);
 

@@ -13,10 +13,14 @@
 
 __global__ void penalties_kernel(float *logits, const TlSampleParams *params, const int32_t *rep_off, const int32_t *rep_ids,
                                  const int32_t *gen_off, const int32_t *gen_ids, const int32_t *gen_counts,
-                                 const int32_t *mask_off, const int32_t *mask_ids, int vocab) {
+                                 const int32_t *mask_off, const int32_t *mask_ids, const int32_t *bias_off,
+                                 const int32_t *bias_ids, const int32_t *bias_bits, int vocab) {
     const int row = blockIdx.x;
     const TlSampleParams p = params[row];
     float *l = logits + static_cast<int64_t>(row) * vocab;
+    // Distinct ids per row: each thread adds to its own entries.
+    for (int i = bias_off[row] + threadIdx.x; i < bias_off[row + 1]; i += blockDim.x) l[bias_ids[i]] += __int_as_float(bias_bits[i]);
+    __syncthreads();
     if (p.repetition_penalty != 1.f) {
         for (int i = rep_off[row] + threadIdx.x; i < rep_off[row + 1]; i += blockDim.x) {
             const float v = l[rep_ids[i]];
@@ -163,11 +167,13 @@ extern "C" int64_t tl_sample_scratch_bytes(int rows, int vocab) {
 
 extern "C" int tl_sample(int32_t *out_ids, float *logits, const TlSampleParams *params, const int32_t *rep_off,
                          const int32_t *rep_ids, const int32_t *gen_off, const int32_t *gen_ids, const int32_t *gen_counts,
-                         const int32_t *mask_off, const int32_t *mask_ids, void *scratch, int rows, int vocab, void *stream) {
+                         const int32_t *mask_off, const int32_t *mask_ids, const int32_t *bias_off, const int32_t *bias_ids,
+                         const int32_t *bias_bits, void *scratch, int rows, int vocab, void *stream) {
     if (rows == 0) return 0;
     if (rows < 0 || vocab <= 0) return TL_ERR_ARGS;
     cudaStream_t st = TL_STREAM(stream);
-    penalties_kernel<<<rows, 256, 0, st>>>(logits, params, rep_off, rep_ids, gen_off, gen_ids, gen_counts, mask_off, mask_ids, vocab);
+    penalties_kernel<<<rows, 256, 0, st>>>(logits, params, rep_off, rep_ids, gen_off, gen_ids, gen_counts, mask_off, mask_ids,
+                                           bias_off, bias_ids, bias_bits, vocab);
     pick_kernel<<<rows, SAMPLE_THREADS, 0, st>>>(out_ids, logits, static_cast<double *>(scratch), params, vocab);
     return tl_launch_status();
 }

@@ -280,6 +280,7 @@ impl Sampling {
             no_repeat_ngram_size: self.no_repeat_ngram_size,
             stop_strings: self.stop.clone(),
             stop_token_ids: Vec::new(),
+            logit_bias: Vec::new(),
         }
     }
 }

@@ -132,7 +132,7 @@ fn engine_for(ckpt: &Path, o: &EngineOpts) -> Result<Engine> {
 /// a JSON list of messages.
 fn prompt_spec(s: &Sampling, bos: Option<bool>, text: String, chat: bool) -> PromptSpec {
     let add_bos = if chat { None } else { bos };
-    PromptSpec { text, params: s.params(), bad_words: s.ban.clone(), add_bos, chat }
+    PromptSpec { text, params: s.params(), bad_words: s.ban.clone(), bias_words: Vec::new(), add_bos, chat }
 }
 
 /// `--no-default-stops` drops the checkpoint's stop strings.

@@ -284,6 +284,7 @@ fn sample_params() -> Vec<SamplingParams> {
         },
         SamplingParams { repetition_penalty: 0.7, ..p(0.0, 0, 1.0) },
         SamplingParams { no_repeat_ngram_size: 1, ..p(0.9, 0, 1.0) },
+        SamplingParams { logit_bias: vec![(5, 4.0), (9, -3.0), (5, 0.5)], repetition_penalty: 1.1, ..p(0.0, 0, 1.0) },
     ]
 }
 

@@ -80,7 +80,7 @@ fn start_with(set: ServeSettings) -> (EngineHandle, Arc<Gauges>) {
 
 fn prompt(text: &str, max: usize, ignore_eos: bool) -> PromptSpec {
     let params = SamplingParams { max_new_tokens: max, ignore_eos, ..Default::default() };
-    PromptSpec { text: text.into(), params, bad_words: vec![], add_bos: None, chat: false }
+    PromptSpec { text: text.into(), params, bad_words: vec![], bias_words: vec![], add_bos: None, chat: false }
 }
 
 fn submit(

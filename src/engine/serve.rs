@@ -13,6 +13,8 @@ pub struct PromptSpec {
     /// `banned` is left empty: [`Engine::prepare`] tokenizes `bad_words` into it.
     pub params: SamplingParams,
     pub bad_words: Vec<String>,
+    /// (word, bias): [`Engine::prepare`] adds the bias to every token of the word (TensorRT-LLM's embedding bias).
+    pub bias_words: Vec<(String, f32)>,
     /// `None`: the serving default, else the checkpoint's.
     pub add_bos: Option<bool>,
     /// `text` is a JSON list of chat messages (the `messages` input), rendered by the model's chat template.
@@ -75,6 +77,9 @@ impl Engine {
             if !t.is_empty() {
                 params.banned.push(t);
             }
+        }
+        for (w, b) in &p.bias_words {
+            params.logit_bias.extend(tok.encode(w, false)?.into_iter().map(|t| (t, *b)));
         }
         Ok(Prepared { request: Request { id, prompt_ids, params }, text })
     }

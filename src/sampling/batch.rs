@@ -26,6 +26,10 @@ pub struct SampleLists {
     pub gen_counts: Vec<i32>,
     pub mask_off: Vec<i32>,
     pub mask_ids: Vec<i32>,
+    /// Logit bias per row: ids and their bias as f32 bit patterns (one int buffer for the kernel).
+    pub bias_off: Vec<i32>,
+    pub bias_ids: Vec<i32>,
+    pub bias_bits: Vec<i32>,
 }
 
 /// Everything a backend needs to pick one token per logits row.
@@ -46,7 +50,8 @@ pub struct Picked {
 
 /// Builds the penalty and mask lists of `rows` for a vocabulary of `vocab` (ids outside it are dropped).
 pub fn lists(rows: &[SampleRow], vocab: usize) -> SampleLists {
-    let mut l = SampleLists { rep_off: vec![0], gen_off: vec![0], mask_off: vec![0], ..Default::default() };
+    let mut l =
+        SampleLists { rep_off: vec![0], gen_off: vec![0], mask_off: vec![0], bias_off: vec![0], ..Default::default() };
     let ok = |t: u32| (t as usize) < vocab;
     for r in rows {
         let p = r.params;
@@ -79,6 +84,11 @@ pub fn lists(rows: &[SampleRow], vocab: usize) -> SampleLists {
         }
         mask.extend(ngram_repeats(r.context, p.no_repeat_ngram_size).into_iter().filter(|&t| ok(t)));
         l.mask_ids.extend(mask.into_iter().map(|t| t as i32));
+        for (t, b) in super::merged_bias(&p.logit_bias).into_iter().filter(|&(t, _)| ok(t)) {
+            l.bias_ids.push(t as i32);
+            l.bias_bits.push(b.to_bits() as i32);
+        }
+        l.bias_off.push(l.bias_ids.len() as i32);
         l.rep_off.push(l.rep_ids.len() as i32);
         l.gen_off.push(l.gen_ids.len() as i32);
         l.mask_off.push(l.mask_ids.len() as i32);
@@ -108,6 +118,10 @@ impl SampleBatch {
     pub fn apply_lists(&self, row: usize, logits: &mut [f32]) {
         let (p, l) = (&self.rows[row], &self.lists);
         let range = |off: &[i32]| off[row] as usize..off[row + 1] as usize;
+        let r = range(&l.bias_off);
+        for (&t, &b) in l.bias_ids[r.clone()].iter().zip(&l.bias_bits[r]) {
+            logits[t as usize] += f32::from_bits(b as u32);
+        }
         if p.repetition_penalty != 1.0 {
             for &t in &l.rep_ids[range(&l.rep_off)] {
                 let v = &mut logits[t as usize];
@@ -155,6 +169,11 @@ mod tests {
             SamplingParams { repetition_penalty: 0.7, ..p(0.0, 0, 1.0) },
             SamplingParams { no_repeat_ngram_size: 2, ..p(0.0, 0, 1.0) },
             SamplingParams { no_repeat_ngram_size: 1, banned: vec![vec![9, 7]], ..p(1.1, 0, 1.0) },
+            SamplingParams {
+                logit_bias: vec![(5, 3.5), (6, -2.0), (99, 1.0)],
+                repetition_penalty: 1.2,
+                ..p(0.0, 0, 1.0)
+            },
         ]
     }
 

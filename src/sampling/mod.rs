@@ -35,6 +35,8 @@ pub struct SamplingParams {
     pub stop_strings: Vec<String>,
     /// Extra token ids that end generation (besides EOS).
     pub stop_token_ids: Vec<u32>,
+    /// Added to these ids' logits before the penalties (TensorRT-LLM's embedding bias by words): one entry per id.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -54,6 +56,7 @@ impl Default for SamplingParams {
             no_repeat_ngram_size: 0,
             stop_strings: Vec::new(),
             stop_token_ids: Vec::new(),
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -155,6 +158,11 @@ impl Sampler {
     pub fn process(&self, logits: &mut [f32], context: &[u32], generated: &[u32], eos: u32) {
         let p = &self.params;
         let v = logits.len();
+        for (t, b) in merged_bias(&p.logit_bias) {
+            if (t as usize) < v {
+                logits[t as usize] += b;
+            }
+        }
         if p.repetition_penalty != 1.0 {
             let mut seen = vec![false; v];
             for &t in context {
@@ -292,6 +300,15 @@ pub fn ngram_repeats(context: &[u32], n: usize) -> Vec<u32> {
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// A logit-bias list with one entry per id (repeated ids summed, in list order), by id: what the kernel adds.
+pub fn merged_bias(bias: &[(u32, f32)]) -> Vec<(u32, f32)> {
+    let mut m = std::collections::BTreeMap::<u32, f32>::new();
+    for &(t, b) in bias {
+        *m.entry(t).or_default() += b;
+    }
+    m.into_iter().collect()
 }
 
 /// Index of the largest value; the lowest index wins ties.

@@ -190,6 +190,48 @@ impl<'a> Inputs<'a> {
     fn flag(&self, name: &'static str) -> Result<Option<bool>> {
         Ok(self.nums(&[name])?.map(|(_, v)| v.iter().any(|&x| x != 0.0)))
     }
+    /// TensorRT-LLM's `embedding_bias_words` / `embedding_bias_weights`: per prompt, (word, weight) for each
+    /// non-empty word and the weight at its position (empty words and their weights are dropped).
+    fn bias_words(&self) -> Result<Vec<Vec<(String, f32)>>> {
+        let (wn, vn) = ("embedding_bias_words", "embedding_bias_weights");
+        let mut out = vec![Vec::new(); self.n];
+        let Some(words) = self.get(wn) else {
+            if self.get(vn).is_some_and(|t| t.numel().unwrap_or(1) > 0) {
+                return refuse(format!("input `{vn}` needs `{wn}`: one weight per word"));
+            }
+            return Ok(out);
+        };
+        let (wr, wk) = (self.check_rows(words, None)?, words.rows()?.1);
+        let w = words.as_bytes()?;
+        let (vr, vk, v) = match self.get(vn) {
+            Some(t) => (self.check_rows(t, None)?, t.rows()?.1, t.as_f64s()?),
+            None => (1, 0, Vec::new()),
+        };
+        for (i, pairs) in out.iter_mut().enumerate() {
+            let (wrow, vrow) = (if wr == 1 { 0 } else { i }, if vr == 1 { 0 } else { i });
+            for j in 0..wk {
+                let word = String::from_utf8(w[wrow * wk + j].clone())
+                    .map_err(|_| Error::InvalidRequest(format!("input `{wn}` is not valid UTF-8")))?;
+                if word.is_empty() {
+                    continue;
+                }
+                if j >= vk {
+                    return refuse(format!("input `{vn}` must hold one weight per word of `{wn}` (prompt {i})"));
+                }
+                let b = v[vrow * vk + j];
+                if !b.is_finite() {
+                    return refuse(format!("input `{vn}` must be finite, got {b}"));
+                }
+                if word.len() > MAX_STOP_BYTES || pairs.len() == MAX_STOP_STRINGS {
+                    return refuse(format!(
+                        "input `{wn}`: at most {MAX_STOP_STRINGS} words of at most {MAX_STOP_BYTES} bytes per prompt"
+                    ));
+                }
+                pairs.push((word, b as f32));
+            }
+        }
+        Ok(out)
+    }
     /// A list of strings per prompt (empty strings dropped).
     fn strings(&self, name: &str) -> Result<Vec<Vec<String>>> {
         let Some(t) = self.get(name) else { return Ok(vec![Vec::new(); self.n]) };
@@ -224,7 +266,8 @@ pub fn parse_job(all: &[InputTensor], requested: &[String], lim: &Limits) -> Res
     for (i, text) in texts.into_iter().enumerate() {
         let (params, bad_words) = per_prompt.sampling(i, lim)?;
         let add_bos = per_prompt.add_bos.as_ref().map(|(_, v)| v[i] != 0.0);
-        prompts.push(PromptSpec { text, params, bad_words, add_bos, chat: pname == "messages" });
+        let bias_words = per_prompt.bias[i].clone();
+        prompts.push(PromptSpec { text, params, bad_words, bias_words, add_bos, chat: pname == "messages" });
     }
     let stream = match inp.flag("stream")? {
         Some(true) if !lim.decoupled => {
@@ -341,15 +384,6 @@ fn refuse_unsupported(inp: &Inputs) -> Result<()> {
         return refuse("input `prompt_vocab_size` is not supported: this backend has no p-tuning prompt tables".into());
     }
     let non_empty = |name| -> Result<bool> { Ok(inp.strings(name)?.iter().any(|v| !v.is_empty())) };
-    if non_empty("embedding_bias_words")?
-        || inp.get("embedding_bias_weights").is_some_and(|t| t.numel().unwrap_or(1) > 0)
-    {
-        return refuse(
-            "input `embedding_bias_words` / `embedding_bias_weights` is not supported yet (no logit bias by words); \
-             send them empty or omit them"
-                .into(),
-        );
-    }
     for name in ["guided_decoding_guide_type", "guided_decoding_guide"] {
         if non_empty(name)? {
             return refuse(format!("input `{name}` is not supported yet: this backend has no guided decoding"));
@@ -395,6 +429,7 @@ struct PerPrompt {
     stops_trt: Vec<Vec<String>>,
     stops_end: Vec<Vec<String>>,
     bads: [Vec<Vec<String>>; 2],
+    bias: Vec<Vec<(String, f32)>>,
 }
 
 impl PerPrompt {
@@ -418,6 +453,7 @@ impl PerPrompt {
             stops_trt: inp.strings("stop_words")?,
             stops_end: inp.strings("end_strings")?,
             bads: [inp.strings("bad_words_list")?, inp.strings("bad_words")?],
+            bias: inp.bias_words()?,
         })
     }
 

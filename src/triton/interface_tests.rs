@@ -260,8 +260,7 @@ fn tensorrt_llm_features_this_backend_lacks_are_refused_by_name() {
         (boolean("return_perf_metrics", true), "`return_perf_metrics` = true is not supported"),
         (boolean("use_draft_logits", true), "`use_draft_logits` = true is not supported"),
         (i32s("num_draft_tokens", &[4]), "`num_draft_tokens` other than 0"),
-        (bytes("embedding_bias_words", &[&["foo"]]), "`embedding_bias_words`"),
-        (f32s("embedding_bias_weights", &[1.0]), "`embedding_bias_weights`"),
+        (f32s("embedding_bias_weights", &[1.0]), "`embedding_bias_weights` needs `embedding_bias_words`"),
         (raw("prompt_embedding_table", ffi::TYPE_FP16, &[1, 2, 4], 16), "`prompt_embedding_table` is not supported"),
         (i32s("prompt_vocab_size", &[8]), "`prompt_vocab_size` is not supported"),
         (raw("lora_task_id", ffi::TYPE_UINT64, &[1, 1], 8), "`lora_task_id` is not supported"),
@@ -288,4 +287,30 @@ fn batch_and_sequence_index_only_when_named() {
     assert!(!j.outputs.has("batch_index") && !j.outputs.has("sequence_index") && j.outputs.has("cum_log_probs"));
     let j = parse_job(&inputs, &["batch_index".into(), "sequence_index".into()], &lim(false)).unwrap();
     assert_eq!(j.outputs.names, ["batch_index", "sequence_index"]);
+}
+
+/// TensorRT-LLM's embedding bias: (word, weight) per prompt by position, empty words dropped, one row broadcast.
+#[test]
+fn embedding_bias_words_pair_with_their_weights() {
+    let words = bytes("embedding_bias_words", &[&["Paris", "", "London"], &["a", "b", ""]]);
+    let weights = InputTensor {
+        name: "embedding_bias_weights".into(),
+        dtype: ffi::TYPE_FP32,
+        shape: vec![2, 3],
+        data: [2.0f32, 9.0, -1.5, 0.5, 0.25, 7.0].iter().flat_map(|x| x.to_le_bytes()).collect(),
+    };
+    let j = parse_job(&[bytes("text_input", &[&["x"], &["y"]]), words, weights], &[], &lim(false)).unwrap();
+    assert_eq!(j.prompts[0].bias_words, [("Paris".to_string(), 2.0), ("London".to_string(), -1.5)]);
+    assert_eq!(j.prompts[1].bias_words, [("a".to_string(), 0.5), ("b".to_string(), 0.25)]);
+    let short = InputTensor {
+        name: "embedding_bias_weights".into(),
+        dtype: ffi::TYPE_FP32,
+        shape: vec![1, 1],
+        data: 1.0f32.to_le_bytes().to_vec(),
+    };
+    let e = err(&[bytes("text_input", &[&["x"]]), bytes("embedding_bias_words", &[&["a", "b"]]), short]);
+    assert!(e.contains("one weight per word"), "{e}");
+    let inf = f32s("embedding_bias_weights", &[f32::INFINITY]);
+    let e = err(&[bytes("text_input", &[&["x"]]), bytes("embedding_bias_words", &[&["a"]]), inf]);
+    assert!(e.contains("must be finite"), "{e}");
 }

@@ -1,8 +1,9 @@
 """A client written for TensorRT-LLM's Triton ensemble / tensorrt_llm_bls model works unchanged: every optional
 input of that interface is declared; at its neutral value it changes nothing; the beam-search knobs are neutral at
 beam_width 1 whatever their value (TensorRT-LLM applies them to beams only); every feature this backend lacks is
-refused naming the input (never "unexpected inference input"); `batch_index`, `sequence_index` and
-`cum_log_probs` come back when asked for."""
+refused naming the input (never "unexpected inference input"); the embedding bias by words moves the logits
+of every token of each word by its weight; `batch_index`, `sequence_index` and `cum_log_probs` come back when
+asked for."""
 
 import numpy as np
 import pytest
@@ -87,7 +88,6 @@ def test_indexes_and_cumulative_log_probs(server):
         ("return_context_logits", "BOOL", [[True], [True]], "`return_context_logits` = true is not supported"),
         ("return_generation_logits", "BOOL", [[True], [True]], "`return_generation_logits` = true is not supported"),
         ("return_perf_metrics", "BOOL", [[True], [True]], "`return_perf_metrics` = true is not supported"),
-        ("embedding_bias_words", "BYTES", [[b"Paris"], [b"Paris"]], "`embedding_bias_words`"),
         ("num_draft_tokens", "INT32", [[3], [3]], "`num_draft_tokens` other than 0"),
         ("use_draft_logits", "BOOL", [[True], [True]], "`use_draft_logits` = true is not supported"),
         ("lora_task_id", "UINT64", [[7], [7]], "`lora_task_id` is not supported"),
@@ -106,3 +106,27 @@ def test_missing_features_are_refused_by_name(server, name, dtype, rows, message
     with pytest.raises(InferenceServerException) as e:
         infer(server, [(name, dtype, rows)])
     assert message in str(e.value) and "unexpected inference input" not in str(e.value)
+
+
+def test_embedding_bias_by_words(server):
+    """A large bias on a word makes greedy decoding pick its tokens only; a large negative one on the first token
+    that greedy decoding picked takes it away; each prompt row has its own words."""
+    out = ("text_output", "output_tokens", "num_output_tokens")
+    plain = infer(server, [], out)
+    first = [plain["output_tokens"][i][0].decode() for i in range(2)]
+    # The negative bias goes on a row whose first token is a whole piece of text (not a byte of a character).
+    neg = next(i for i in range(2) if first[i].strip() and "\ufffd" not in first[i])
+    pos = 1 - neg
+    rows = [[b""], [b""]]
+    rows[pos], rows[neg] = [b" the"], [first[neg].encode()]
+    weights = [[0.0], [0.0]]
+    weights[pos], weights[neg] = [1000.0], [-1000.0]
+    words = [("embedding_bias_words", "BYTES", rows)]
+    biased = infer(server, words + [("embedding_bias_weights", "FP32", weights)], out)
+    tokens = [t.decode() for t in biased["output_tokens"][pos][: int(biased["num_output_tokens"][pos][0])]]
+    assert tokens and all(t and t in " the" for t in tokens), tokens  # only the word's own tokens ("▁the", "▁")
+    assert biased["output_tokens"][neg][0].decode() != first[neg]
+    assert biased["text_output"][pos][0] != plain["text_output"][pos][0]
+    # A zero weight is neutral.
+    zero = infer(server, words + [("embedding_bias_weights", "FP32", [[0.0], [0.0]])], out)
+    assert (zero["text_output"] == plain["text_output"]).all()

@@ -595,8 +595,9 @@ pub fn sample_scratch_bytes(rows: usize, vocab: usize) -> usize {
 pub struct SampleInputs<'a> {
     pub params: &'a CudaSlice<u8>,
     pub ints: &'a CudaSlice<i32>,
-    /// Offsets into `ints` of rep_off, rep_ids, gen_off, gen_ids, gen_counts, mask_off, mask_ids.
-    pub off: [usize; 7],
+    /// Offsets into `ints` of rep_off, rep_ids, gen_off, gen_ids, gen_counts, mask_off, mask_ids, bias_off,
+    /// bias_ids, bias_bits.
+    pub off: [usize; 10],
 }
 
 pub fn sample(
@@ -631,6 +632,9 @@ pub fn sample(
             at(4),
             at(5),
             at(6),
+            at(7),
+            at(8),
+            at(9),
             sp as *mut c_void,
             int("sample", rows)?,
             int("sample", vocab)?,

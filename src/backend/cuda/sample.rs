@@ -43,16 +43,27 @@ impl CudaBackend {
         let n = batch.len();
         let l = &batch.lists;
         let mut ints = Vec::new();
-        let mut off = [0usize; 7];
-        for (i, v) in [&l.rep_off, &l.rep_ids, &l.gen_off, &l.gen_ids, &l.gen_counts, &l.mask_off, &l.mask_ids]
-            .into_iter()
-            .enumerate()
-        {
+        let mut off = [0usize; 10];
+        let lists = [
+            &l.rep_off,
+            &l.rep_ids,
+            &l.gen_off,
+            &l.gen_ids,
+            &l.gen_counts,
+            &l.mask_off,
+            &l.mask_ids,
+            &l.bias_off,
+            &l.bias_ids,
+            &l.bias_bits,
+        ];
+        for (i, v) in lists.into_iter().enumerate() {
             off[i] = ints.len();
             ints.extend_from_slice(v);
         }
-        if let Some(&bad) =
-            [&l.rep_ids, &l.gen_ids, &l.mask_ids].into_iter().flatten().find(|&&t| t < 0 || t as usize >= vocab)
+        if let Some(&bad) = [&l.rep_ids, &l.gen_ids, &l.mask_ids, &l.bias_ids]
+            .into_iter()
+            .flatten()
+            .find(|&&t| t < 0 || t as usize >= vocab)
         {
             return Err(Error::Internal(format!("sampling list id {bad} outside a vocabulary of {vocab}")));
         }
