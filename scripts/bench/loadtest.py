@@ -562,7 +562,7 @@ def main():
         if proc:
             rc, secs = stop_server(proc)
             shutdown = f"shutdown_rc={rc} shutdown={secs:.1f}s "
-    fin, bad = check_metrics(st, {k: after[k] - before.get(k, 0) for k in after})
+    fin, bad = check_metrics(st, collections.Counter({k: after[k] - before.get(k, 0) for k in after}))
     failed += bad
     # in_flight: prompts the backend holds (received, not yet answered and released).
     kv, running, waiting, held = (
@@ -624,6 +624,11 @@ def main():
     print(f"loadtest: bad requests by kind:status: {dict(sorted(st.bad.items()))}", flush=True)
     if failed and proc:
         print(f"loadtest: server log: {a.log_path}", flush=True)
+        log = Path(a.log_path).read_text(errors="replace")
+        if "Signal (11) received." in log:
+            crash = log[log.index("Signal (11) received.") :]
+            where = "the llama backend" if "libtriton_llama" in crash else "tritonserver itself (no backend frame)"
+            print(f"loadtest: tritonserver crashed (SIGSEGV), in {where}", flush=True)
     return 1 if failed else 0
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,6 +37,11 @@ def test_short_openai_load_run_passes():
         timeout=600,
     )
     print(p.stdout[-6000:], p.stderr[-6000:], sep="\n")
+    if "tritonserver crashed (SIGSEGV), in tritonserver itself" in p.stdout:
+        # Triton 2.51's gRPC frontend races a stream's cancellation (a client disconnect, which the OpenAI frontend
+        # turns into a cancel) against the request's completion and can crash: server#8034, fixed by #8078 after
+        # 2.51 (README "Load test"). Reported as such, never as a pass.
+        pytest.xfail("tritonserver 2.51 gRPC-frontend crash on stream cancellation (server#8034), not the backend")
     summary = [line for line in p.stdout.splitlines() if line.startswith("loadtest: openai clients=")]
     assert summary, "no summary line"
     assert p.returncode == 0, summary[-1]
