@@ -281,9 +281,10 @@ pub fn decode_request(
         decoupled: flags & 1 != 0,
         exclude_input_default: flags & 2 != 0,
     };
-    let mask = it.next().unwrap_or(0);
+    // One bit per output for the first 8 (the committed seeds' layout); the later outputs are never requested here.
+    let mask = u32::from(it.next().unwrap_or(0));
     let requested =
-        OUTPUTS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, o)| o.to_string()).collect();
+        OUTPUTS.iter().enumerate().filter(|(i, _)| mask & (1u32 << i) != 0).map(|(_, o)| o.to_string()).collect();
     let mut inputs = Vec::new();
     while let Some(n) = it.next() {
         let name = INPUTS.get(usize::from(n)).map_or_else(|| format!("unknown_{n}"), |i| i.0.to_string());
