@@ -317,14 +317,14 @@ impl Backend for CpuBackend {
             return Err(Error::Internal(format!("matmul weight of shape {:?}", t.shape)));
         }
         let legacy = cpu_gemm::selected() == cpu_gemm::Choice::Legacy;
+        // `resolve` never returns `Auto`: its arms are the exact path's only so that no request can reach a panic.
         Ok(match (fmt.resolve(t.dtype()), t.dtype()) {
-            (WeightFormat::Auto, _) => unreachable!("resolve makes Auto concrete"),
             (WeightFormat::Int8, _) => CpuWeight::Packed(Packed::q8(&t)),
             (WeightFormat::Bf16, _) => CpuWeight::Packed(Packed::bf16(&t, true)),
-            (WeightFormat::AsLoaded, crate::tensor::DType::BF16) if !legacy => {
+            (WeightFormat::AsLoaded | WeightFormat::Auto, crate::tensor::DType::BF16) if !legacy => {
                 CpuWeight::Packed(Packed::bf16(&t, false))
             }
-            (WeightFormat::AsLoaded, _) => CpuWeight::Plain(t),
+            (WeightFormat::AsLoaded | WeightFormat::Auto, _) => CpuWeight::Plain(t),
         })
     }
 

@@ -2,6 +2,7 @@
 ports, waited on until ready, its log kept (and printed when a test fails), stopped with SIGTERM."""
 
 import json
+import queue
 import signal
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
 ROOT = Path(__file__).resolve().parents[2]
 HF = ROOT / "tests/fixtures/models/gqa_bf16/hf"
@@ -106,14 +109,50 @@ class Server:
             return e.code, e.read().decode()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
+
+
+def stop_process(proc, timeout=60):
+    """SIGTERM (a graceful drain), SIGKILL after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def stream_request(grpc_url, model, max_tokens, prompt=b"Hello"):
+    """Starts one gRPC stream of `max_tokens` tokens (ignore_eos); returns (client, queue of (result, error))."""
+    c = grpcclient.InferenceServerClient(grpc_url)
+    q = queue.Queue()
+    c.start_stream(callback=lambda result, error: q.put((result, error)))
+    inputs = []
+    for name, dtype, value in (
+        ("text_input", "BYTES", prompt),
+        ("max_tokens", "INT32", max_tokens),
+        ("ignore_eos", "BOOL", True),
+    ):
+        t = grpcclient.InferInput(name, [1, 1], dtype)
+        t.set_data_from_numpy(
+            np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype])
+        )
+        inputs.append(t)
+    c.async_stream_infer(model, inputs)
+    return c, q
+
+
+def finish_stream(q, first, timeout=60):
+    """Reads a stream from its response `first` to the end: (tokens in all its responses, finish reason)."""
+    result, n, reason = first, int(first.as_numpy("num_output_tokens")[0][0]), ""
+    while not reason:
+        result, error = q.get(timeout=timeout)
+        assert error is None, error
+        n += int(result.as_numpy("num_output_tokens")[0][0])
+        reason = result.as_numpy("finish_reason")[0][0].decode()
+    return n, reason
 
 
 @pytest.hookimpl(hookwrapper=True)

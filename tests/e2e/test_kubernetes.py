@@ -5,7 +5,6 @@ changed: the fixture checkpoint, --device cpu, its shorter lengths and free port
 
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
@@ -13,10 +12,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-import tritonclient.grpc as grpcclient
 import yaml
-from conftest import CLI, HF, LOGS, NEMO, ROOT, cli_generate, wait_for
+from conftest import CLI, HF, LOGS, NEMO, ROOT, cli_generate, finish_stream, stop_process, stream_request, wait_for
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import deploy_triton  # noqa: E402
@@ -135,34 +132,8 @@ class Pod:
         return f"http://localhost:{self.mapped['openai']}{path}"
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
-
-
-def stream_request(grpc_port, model, max_tokens):
-    """Starts a gRPC stream of `max_tokens` tokens; returns (client, queue of (result, error))."""
-    c = grpcclient.InferenceServerClient(f"localhost:{grpc_port}")
-    q = queue.Queue()
-    c.start_stream(callback=lambda result, error: q.put((result, error)))
-    inputs = []
-    for name, dtype, value in (
-        ("text_input", "BYTES", b"Hello"),
-        ("max_tokens", "INT32", max_tokens),
-        ("ignore_eos", "BOOL", True),
-    ):
-        t = grpcclient.InferInput(name, [1, 1], dtype)
-        t.set_data_from_numpy(
-            np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype])
-        )
-        inputs.append(t)
-    c.async_stream_infer(model, inputs)
-    return c, q
 
 
 def test_deployment_probes_through_loading_serving_and_drain(tmp_path):
@@ -199,7 +170,7 @@ def test_deployment_probes_through_loading_serving_and_drain(tmp_path):
 
         # SIGTERM (the kubelet's, after preStop): the running stream finishes, readiness goes at once, a new
         # request is refused, and the process exits 0 well inside the grace period.
-        client, q = stream_request(pod.mapped["grpc"], pod.model + "_stream", 150)
+        client, q = stream_request(f"localhost:{pod.mapped['grpc']}", pod.model + "_stream", 150)
         result, error = q.get(timeout=TIMEOUT)
         assert error is None, error
         pod.proc.send_signal(signal.SIGTERM)
@@ -207,13 +178,7 @@ def test_deployment_probes_through_loading_serving_and_drain(tmp_path):
         assert wait_for(lambda: status(pod.openai("/health/ready")) != 200, 10)
         code, r = generate(pod.mapped["http"], {"text_input": "Hi", "max_tokens": 4}, pod.model)
         assert code != 200, r
-        n, reason = int(result.as_numpy("num_output_tokens")[0][0]), ""
-        while not reason:
-            result, error = q.get(timeout=TIMEOUT)
-            assert error is None, error
-            n += int(result.as_numpy("num_output_tokens")[0][0])
-            reason = result.as_numpy("finish_reason")[0][0].decode()
-        assert (n, reason) == (150, "length")
+        assert finish_stream(q, result, TIMEOUT) == (150, "length")
         client.stop_stream()
         client.close()
         grace = manifest("kubernetes/deployment.yaml", "Deployment")["spec"]["template"]["spec"][
@@ -320,13 +285,7 @@ class KServeRuntime:
             return e.code, e.read().decode()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -3,47 +3,24 @@ server exits cleanly. The children die with deploy_triton.py (SIGKILL included),
 the deployment."""
 
 import os
-import queue
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import tritonclient.grpc as grpcclient
-from conftest import HF, Server, wait_for
+from conftest import HF, Server, finish_stream, stream_request, wait_for
 from tl_ports import free_ports
 
 
 def test_sigterm_drains_a_running_stream(tmp_path):
     s = Server("drain", ["--hf_checkpoint", str(HF)], tmp_path)
     try:
-        c = grpcclient.InferenceServerClient(s.grpc_url)
-        q = queue.Queue()
-        c.start_stream(callback=lambda result, error: q.put((result, error)))
-        inputs = []
-        for name, dtype, value in (
-            ("text_input", "BYTES", b"Hello"),
-            ("max_tokens", "INT32", 200),
-            ("ignore_eos", "BOOL", True),
-        ):
-            t = grpcclient.InferInput(name, [1, 1], dtype)
-            t.set_data_from_numpy(
-                np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype])
-            )
-            inputs.append(t)
-        c.async_stream_infer("llama_stream", inputs)
+        c, q = stream_request(s.grpc_url, "llama_stream", 200)
         result, error = q.get(timeout=60)
         assert error is None
         s.proc.send_signal(15)
-        n, reason = int(result.as_numpy("num_output_tokens")[0][0]), ""
-        while not reason:
-            result, error = q.get(timeout=60)
-            assert error is None, error
-            n += int(result.as_numpy("num_output_tokens")[0][0])
-            reason = result.as_numpy("finish_reason")[0][0].decode()
-        assert (n, reason) == (200, "length")
+        assert finish_stream(q, result) == (200, "length")
         c.stop_stream()
         c.close()
         assert s.proc.wait(timeout=60) == 0
@@ -131,32 +108,12 @@ def test_sigterm_after_a_dead_stream_client_drains_and_exits_0_in_seconds(tmp_pa
         assert "undeclared_input" in dead.stdout.readline()
         dead.kill()
         dead.wait()
-        c = grpcclient.InferenceServerClient(s.grpc_url)
-        q = queue.Queue()
-        c.start_stream(callback=lambda result, error: q.put((result, error)))
-        inputs = []
-        for name, dtype, value in (
-            ("text_input", "BYTES", b"Hello"),
-            ("max_tokens", "INT32", 120),
-            ("ignore_eos", "BOOL", True),
-        ):
-            t = grpcclient.InferInput(name, [1, 1], dtype)
-            t.set_data_from_numpy(
-                np.array([[value]], dtype=object if dtype == "BYTES" else {"INT32": np.int32, "BOOL": bool}[dtype])
-            )
-            inputs.append(t)
-        c.async_stream_infer("llama_stream", inputs)
+        c, q = stream_request(s.grpc_url, "llama_stream", 120)
         result, error = q.get(timeout=60)
         assert error is None
         t0 = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
-        n, reason = int(result.as_numpy("num_output_tokens")[0][0]), ""
-        while not reason:
-            result, error = q.get(timeout=60)
-            assert error is None, error
-            n += int(result.as_numpy("num_output_tokens")[0][0])
-            reason = result.as_numpy("finish_reason")[0][0].decode()
-        assert (n, reason) == (120, "length")
+        assert finish_stream(q, result) == (120, "length")
         c.stop_stream()
         c.close()
         assert s.proc.wait(timeout=60) == 0
