@@ -131,7 +131,10 @@ class NemoQueryLLM:
         init_timeout=60.0,
         output_context_logits=False,
         output_generation_logits=False,
+        openai_format_response=False,
     ):
+        """The texts `[N, 1]`; with `openai_format_response`, a completion-like dict whose first choice carries
+        `generation_logits` / `context_logits` when those flags are set (as NeMo 2.x returns them)."""
         from pytriton.client import ModelClient
 
         p = _words(prompts)
@@ -166,7 +169,14 @@ class NemoQueryLLM:
         if lora_uids is not None:
             inputs["lora_uids"] = np.full((p.shape[0], len(lora_uids)), np.char.encode(lora_uids, "utf-8"))
         with ModelClient(self.url, self.model_name, init_timeout_s=init_timeout) as client:
-            return _decode(client.infer_batch(**inputs))
+            out = client.infer_batch(**inputs)
+        if not openai_format_response:
+            return _decode(out)
+        choice = {"text": _decode(out)}
+        for name, asked in (("generation_logits", output_generation_logits), ("context_logits", output_context_logits)):
+            if asked:
+                choice[name] = out[name]
+        return {"object": "text_completion", "model": self.model_name, "choices": [choice]}
 
     def query_llm_streaming(
         self,

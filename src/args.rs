@@ -281,6 +281,7 @@ impl Sampling {
             stop_strings: self.stop.clone(),
             stop_token_ids: Vec::new(),
             logit_bias: Vec::new(),
+            return_logits: Default::default(),
         }
     }
 }

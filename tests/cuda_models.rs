@@ -306,3 +306,42 @@ fn prefix_cache_on_gpu_gives_the_cache_off_tokens() {
         }
     }
 }
+
+/// Logits returned with the outputs on a GPU (`return_logits`): the context rows against the CPU engine's
+/// prompt logits (the bf16 bound of `compare`), and each generated token's row is the one it was picked from
+/// (log-softmax at the token = its log-prob; greedy: its argmax).
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn returned_logits_on_gpu_match_the_cpu_rows() {
+    use triton_llama::engine::{Device, Engine, EngineConfig, Output, Request};
+    use triton_llama::sampling::{ReturnLogits, SamplingParams, logprob_of};
+    if gpus("returned_logits_on_gpu_match_the_cpu_rows", 1).is_none() {
+        return;
+    }
+    let ckpt = "models/gqa_bf16/hf";
+    let device = Device::Cuda { gpu_ids: vec![0], kv_fraction: 0.5 };
+    let ecfg = EngineConfig { device, num_blocks: Some(64), ..Default::default() };
+    let mut gpu = Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap();
+    let cpu_cfg = EngineConfig { weights: WeightFormat::Bf16, ..Default::default() };
+    let mut cpu = Engine::new(loader::open(&fixture(ckpt)).unwrap(), cpu_cfg).unwrap();
+    let w = gpu.logits_width();
+    let mut worst = 0f32;
+    for prompt in prompts("gqa_bf16") {
+        let return_logits = ReturnLogits { context: true, generation: true };
+        let params = SamplingParams { max_new_tokens: 4, ignore_eos: true, return_logits, ..Default::default() };
+        gpu.add_request(Request { id: 1, prompt_ids: prompt.clone(), params }).unwrap();
+        let mut outs: Vec<Output> = Vec::new();
+        gpu.run_to_completion(|o| outs.push(o.clone())).unwrap();
+        let first = outs.iter().find(|o| o.token.is_some()).unwrap();
+        let want = cpu.prompt_logits(&prompt).unwrap();
+        let want: Vec<f32> = want.chunks(want.len() / prompt.len()).flat_map(|r| r[..w].to_vec()).collect();
+        worst = worst.max(rel_err("context logits", &first.context_logits, &want, w));
+        for o in outs.iter().filter(|o| o.token.is_some()) {
+            let t = o.token.unwrap() as usize;
+            assert!((logprob_of(&o.logits, t) - o.logprob).abs() < 1e-3, "row vs log-prob");
+            assert_eq!(argmax(&o.logits), t, "greedy picks its row's argmax");
+        }
+    }
+    println!("returned context logits: max rel err vs CPU bf16 {worst:.2e}");
+    assert!(worst <= 0.01, "context logits off by {worst}");
+}

@@ -161,7 +161,23 @@ pub struct Output {
     pub finish: Option<FinishReason>,
     /// The request's timings, on its final output only (None on an abort).
     pub timings: Option<Timings>,
+    /// With `return_logits.context`, on the first token's output: the raw logits of every prompt position,
+    /// `[prompt_len, Engine::logits_width()]` (row i predicts token i + 1).
+    pub context_logits: Vec<f32>,
+    /// With `return_logits.generation`: the raw logits `token` was sampled from, `[Engine::logits_width()]`.
+    pub logits: Vec<f32>,
 }
+
+impl Output {
+    /// A request's last output when it ends without a new token.
+    fn ended(id: u64, text: String, finish: FinishReason, timings: Option<Timings>) -> Output {
+        let (context_logits, logits, finish) = (Vec::new(), Vec::new(), Some(finish));
+        Output { id, token: None, logprob: 0.0, text, finish, timings, context_logits, logits }
+    }
+}
+
+/// Most logits one request may ask back, per kind (context or generation), in floats: 256 MiB.
+pub const MAX_RETURN_LOGITS: usize = 64 << 20;
 
 /// Wall-clock time of the engine steps a request took part in (a step shared by several requests counts
 /// for each of them; time spent waiting for a slot is not counted).
@@ -190,6 +206,14 @@ struct Seq {
     sampler: Sampler,
     text: TextStream,
     timings: Timings,
+    /// The prompt's logits rows as they are computed, until they go out with the first token.
+    context_logits: Option<Vec<f32>>,
+}
+
+/// Where a kept logits row of a step goes: a sequence's prompt position, or its sampled token.
+enum Kept {
+    Context(u64, usize),
+    Generation(u64),
 }
 
 pub struct Engine {
@@ -330,6 +354,10 @@ impl Engine {
     pub fn max_model_len(&self) -> usize {
         self.max_model_len
     }
+    /// Columns of the logits the engine samples from and returns: the ids the tokenizer can decode.
+    pub fn logits_width(&self) -> usize {
+        self.tokenizer.vocab_size().min(self.cfg.vocab_size)
+    }
     pub fn num_running(&self) -> usize {
         self.sched.num_running()
     }
@@ -394,26 +422,32 @@ impl Engine {
         if req.params.max_new_tokens == 0 {
             return Err(Error::InvalidRequest("max_new_tokens must be at least 1".into()));
         }
+        let want = req.params.return_logits;
+        let width = self.logits_width();
+        for (asked, rows, what) in [(want.context, n, "prompt"), (want.generation, req.params.max_new_tokens, "output")]
+        {
+            if asked && rows.saturating_mul(width) > MAX_RETURN_LOGITS {
+                return Err(Error::InvalidRequest(format!(
+                    "the logits of {rows} {what} tokens over a vocabulary of {width} are {} MiB; at most {} MiB \
+                     of each kind are returned per request",
+                    rows.saturating_mul(width) >> 18, // 4 bytes a float
+                    MAX_RETURN_LOGITS >> 18
+                )));
+            }
+        }
         let sampler = Sampler::new(req.params.clone(), req.id ^ 0x5EED);
         let text = TextStream::new(&self.tokenizer, &req.prompt_ids, req.params.stop_strings.clone())?;
-        self.sched.add(req.id, &req.prompt_ids);
+        self.sched.add_with(req.id, &req.prompt_ids, want.context);
         let timings = Timings { prompt_tokens: n, ..Default::default() };
-        self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text, timings });
+        let context_logits = want.context.then(|| vec![0.0; n * width]);
+        self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text, timings, context_logits });
         Ok(())
     }
 
     /// Cancels a request; its KV blocks are free at once. Returns its final output if it was known.
     pub fn abort(&mut self, id: u64) -> Option<Output> {
         self.sched.finish(id);
-        let finish = Some(FinishReason::Abort);
-        self.seqs.remove(&id).map(|_| Output {
-            id,
-            token: None,
-            logprob: 0.0,
-            text: String::new(),
-            finish,
-            timings: None,
-        })
+        self.seqs.remove(&id).map(|_| Output::ended(id, String::new(), FinishReason::Abort, None))
     }
 
     /// Runs one scheduling step and returns what each affected request produced.
@@ -433,18 +467,19 @@ impl Engine {
             self.sched.finish(*id);
             if let Some(mut s) = self.seqs.remove(id) {
                 let text = s.text.finish(&self.tokenizer)?;
-                let (finish, timings) = (Some(FinishReason::Length), Some(s.timings));
-                outputs.push(Output { id: *id, token: None, logprob: 0.0, text, finish, timings });
+                outputs.push(Output::ended(*id, text, FinishReason::Length, Some(s.timings)));
             }
         }
         if plan.items.is_empty() {
             return Ok(outputs);
         }
         let started = Instant::now();
-        let input = self.build_step(&plan);
-        let sampled = input.logit_rows.len();
-        let picks = match self.runner.run(input) {
-            Ok(out) if out.picks.len() == sampled => out.picks,
+        let (input, kept) = self.build_step(&plan);
+        let (sampled, width) = (input.logit_rows.len(), self.logits_width());
+        let (picks, mut gen_logits) = match self.runner.run(input) {
+            Ok(out) if out.picks.len() == sampled && out.logits.len() == kept.len() * width => {
+                (out.picks, self.place_kept(&kept, &out.logits))
+            }
             r => {
                 // A failed step leaves the caches in an unknown state: end every sequence (the caller
                 // answers each of its requests with the error) so that nothing hangs or leaks.
@@ -456,9 +491,12 @@ impl Engine {
                 self.sched.clear_prefix_cache();
                 return Err(match r {
                     Err(e) => e,
-                    Ok(out) => {
-                        Error::Internal(format!("step returned {} tokens for {sampled} sequences", out.picks.len()))
-                    }
+                    Ok(out) => Error::Internal(format!(
+                        "step returned {} tokens for {sampled} sequences and {} logits for {} rows",
+                        out.picks.len(),
+                        out.logits.len(),
+                        kept.len()
+                    )),
                 });
             }
         };
@@ -501,25 +539,60 @@ impl Engine {
             if finish == Some(FinishReason::Length) || (is_stop_token && finish.is_some()) {
                 text.push_str(&s.text.finish(&self.tokenizer)?);
             }
+            let context_logits = s.context_logits.take().unwrap_or_default();
+            let logits = gen_logits.remove(&it.id).unwrap_or_default();
             let mut timings = None;
             if finish.is_some() {
                 self.sched.finish(it.id);
                 timings = self.seqs.remove(&it.id).map(|s| s.timings);
             }
-            outputs.push(Output { id: it.id, token: Some(tok), logprob, text, finish, timings });
+            let token = Some(tok);
+            outputs.push(Output { id: it.id, token, logprob, text, finish, timings, context_logits, logits });
         }
         Ok(outputs)
     }
 
-    /// The step's tokens and layout, and the sampling of each sequence that gets a token this step (its
-    /// uniform draw is taken now). Ids the tokenizer cannot decode are never sampled.
-    fn build_step(&mut self, plan: &Plan) -> StepInput {
+    /// Copies a step's kept logits rows into the prompts' context logits; returns the sampled rows' by id.
+    fn place_kept(&mut self, kept: &[Kept], logits: &[f32]) -> HashMap<u64, Vec<f32>> {
+        let w = self.logits_width();
+        let mut by_id = HashMap::new();
+        for (k, row) in kept.iter().zip(logits.chunks_exact(w)) {
+            match *k {
+                Kept::Context(id, p) => {
+                    if let Some(c) = self.seqs.get_mut(&id).and_then(|s| s.context_logits.as_mut()) {
+                        c[p * w..(p + 1) * w].copy_from_slice(row);
+                    }
+                }
+                Kept::Generation(id) => {
+                    by_id.insert(id, row.to_vec());
+                }
+            }
+        }
+        by_id
+    }
+
+    /// The step's tokens and layout, the sampling of each sequence that gets a token this step (its uniform draw
+    /// is taken now), and where the logits rows it keeps go. Ids the tokenizer cannot decode are never sampled.
+    fn build_step(&mut self, plan: &Plan) -> (StepInput, Vec<Kept>) {
         let mut input = StepInput::default();
         input.meta.block_size = self.runner.block_size;
         let mut draws = Vec::new();
+        let mut kept = Vec::new();
         for it in &plan.items {
             let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
+            let row0 = input.tokens.len();
             input.push_seq(&s.ids[it.start..it.start + it.len], it.start, &it.block_table, false);
+            if s.context_logits.is_some() {
+                // Prompt positions of this chunk (a recomputed chunk after a preemption writes the same rows).
+                for p in it.start..(it.start + it.len).min(s.prompt_len) {
+                    input.keep_rows.push(row0 + p - it.start);
+                    kept.push(Kept::Context(it.id, p));
+                }
+            }
+            if it.sample && s.sampler.params.return_logits.generation {
+                input.keep_rows.push(row0 + it.len - 1);
+                kept.push(Kept::Generation(it.id));
+            }
             if it.sample {
                 draws.push(s.sampler.draw());
             } else {
@@ -533,8 +606,8 @@ impl Engine {
                 SampleRow { params: &s.sampler.params, u, context: &s.ids, generated: &s.ids[s.prompt_len..], eos }
             })
             .collect();
-        input.sample = Some(SampleBatch::new(&rows, self.tokenizer.vocab_size().min(self.cfg.vocab_size)));
-        input
+        input.sample = Some(SampleBatch::new(&rows, self.logits_width()));
+        (input, kept)
     }
 
     /// Logits `[len, V]` at every position of `ids`, computed in one pass. Needs an idle engine.

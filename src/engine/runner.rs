@@ -22,9 +22,12 @@ pub struct StepInput {
     /// Pick one token per logit row on the device with these rows' sampling (then only the picks come
     /// back); None returns the logits themselves.
     pub sample: Option<SampleBatch>,
+    /// With `sample`: token rows whose raw logits come back too (`StepOutput::logits`, in this order).
+    pub keep_rows: Vec<usize>,
 }
 
-/// What rank 0 returns for a step: picks when the step sampled, else logits `[logit_rows.len(), V]`.
+/// What rank 0 returns for a step: picks when the step sampled (and the logits of its `keep_rows`,
+/// `[keep_rows.len(), sample.vocab]`), else logits `[logit_rows.len(), V]`.
 #[derive(Debug, Default)]
 pub struct StepOutput {
     pub logits: Vec<f32>,
@@ -328,8 +331,8 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     while let Ok(job) = jobs.recv() {
         let r = match &job.sample {
             Some(b) => model
-                .forward_sample(&job.tokens, &job.meta, &job.logit_rows, &mut cache, b)
-                .map(|picks| StepOutput { picks, logits: Vec::new() }),
+                .forward_sample(&job.tokens, &job.meta, &job.logit_rows, &mut cache, b, &job.keep_rows)
+                .map(|(picks, logits)| StepOutput { picks, logits }),
             None => model
                 .forward(&job.tokens, &job.meta, &job.logit_rows, &mut cache)
                 .map(|logits| StepOutput { logits, picks: Vec::new() }),

@@ -39,6 +39,8 @@ struct SeqState {
     blocks: Vec<u32>,
     /// Content keys of the leading full blocks already registered (or found) in the cache.
     keys: Vec<BlockKey>,
+    /// Computes every token itself: no lookup in the prefix cache (its prompt positions' logits are wanted).
+    uncached: bool,
 }
 
 /// One sequence's share of a step.
@@ -92,7 +94,13 @@ impl Scheduler {
 
     /// Queues a new sequence with prompt `tokens`.
     pub fn add(&mut self, id: u64, tokens: &[u32]) {
-        let s = SeqState { tokens: tokens.to_vec(), num_computed: 0, blocks: Vec::new(), keys: Vec::new() };
+        self.add_with(id, tokens, false);
+    }
+
+    /// Queues a new sequence; with `uncached` its prompt is computed in full even when a prefix of it is
+    /// cached (its blocks are still registered for others).
+    pub fn add_with(&mut self, id: u64, tokens: &[u32], uncached: bool) {
+        let s = SeqState { tokens: tokens.to_vec(), num_computed: 0, blocks: Vec::new(), keys: Vec::new(), uncached };
         self.seqs.insert(id, s);
         self.waiting.push_back(id);
     }
@@ -194,7 +202,7 @@ impl Scheduler {
     fn cached_prefix(&self, s: &SeqState) -> (Vec<u32>, Vec<BlockKey>) {
         let bs = self.bm.block_size();
         let (mut blocks, mut keys) = (Vec::new(), Vec::new());
-        if !self.cfg.enable_prefix_caching {
+        if !self.cfg.enable_prefix_caching || s.uncached {
             return (blocks, keys);
         }
         for chunk in s.tokens[..s.tokens.len().saturating_sub(1)].chunks_exact(bs) {

@@ -114,6 +114,13 @@ pub struct RowReply {
     pub cum_log_prob: f32,
     /// Each token's own text (`output_tokens`, only when asked for), aligned with `output_log_probs`.
     pub output_tokens: Vec<String>,
+    /// The prompt's logits `[num_input_tokens, logits_width]` when asked for: in the first reply that carries
+    /// tokens (streaming), or the whole answer; else empty.
+    pub context_logits: Vec<f32>,
+    /// The logits of this reply's tokens `[tokens, logits_width]`, aligned with `output_log_probs`, when asked for.
+    pub generation_logits: Vec<f32>,
+    /// Columns of the logits above (0 when none was asked for).
+    pub logits_width: usize,
 }
 
 /// One prompt's output so far and how much of it was already sent.
@@ -129,6 +136,11 @@ pub struct OutputTracker {
     logprobs: Vec<f32>,
     /// Each token's text, when the frontend keeps it.
     token_texts: Vec<String>,
+    /// Logits asked back, as the engine returned them (`Output::context_logits`, `Output::logits`).
+    context_logits: Vec<f32>,
+    context_sent: bool,
+    gen_logits: Vec<f32>,
+    logits_width: usize,
     finish: Option<FinishReason>,
 }
 
@@ -147,6 +159,14 @@ impl OutputTracker {
             if let Some(t) = token_text {
                 self.token_texts.push(t);
             }
+            if !o.logits.is_empty() {
+                self.logits_width = o.logits.len();
+                self.gen_logits.extend_from_slice(&o.logits);
+            }
+        }
+        if !o.context_logits.is_empty() {
+            self.logits_width = o.context_logits.len() / self.num_input.max(1);
+            self.context_logits = o.context_logits.clone();
         }
         if let Some(f) = o.finish {
             self.finish = Some(f);
@@ -174,6 +194,10 @@ impl OutputTracker {
     /// in full, and a row without a reason of its own finished with `stop`.
     pub fn reply(&mut self, stream: bool, done: bool) -> RowReply {
         let first = self.sent_text == 0 && self.sent_tokens == 0;
+        let w = self.logits_width.max(1);
+        let gen_from = if stream { (self.sent_tokens * w).min(self.gen_logits.len()) } else { 0 };
+        let context_logits = if stream && self.context_sent { Vec::new() } else { self.context_logits.clone() };
+        self.context_sent |= !self.context_logits.is_empty();
         let (text, prefix) = (&self.text, &self.prefix);
         let reply = RowReply {
             outputs: format!("{prefix}{text}"),
@@ -189,6 +213,9 @@ impl OutputTracker {
             cum_log_prob: self.logprobs.iter().sum(),
             output_tokens: self.token_texts[if stream { self.sent_tokens.min(self.token_texts.len()) } else { 0 }..]
                 .to_vec(),
+            context_logits,
+            generation_logits: self.gen_logits[gen_from..].to_vec(),
+            logits_width: self.logits_width,
         };
         self.sent_text = self.text.len();
         self.sent_tokens = self.tokens;
@@ -201,7 +228,8 @@ mod tests {
     use super::*;
 
     fn out(text: &str, token: Option<u32>, finish: Option<FinishReason>) -> Output {
-        Output { id: 1, token, logprob: -0.5, text: text.into(), finish, timings: None }
+        let (context_logits, logits) = (Vec::new(), Vec::new());
+        Output { id: 1, token, logprob: -0.5, text: text.into(), finish, timings: None, context_logits, logits }
     }
 
     /// Streamed deltas concatenate to the unary answer; the prefix comes once, with the first delta.

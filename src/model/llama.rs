@@ -132,8 +132,9 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     }
 
     /// Runs one step and picks one token per logit row on the device, never one of the columns
-    /// `batch.vocab..V`; only the picks cross to the host. Rank 0 samples and returns them; the other ranks
-    /// return nothing.
+    /// `batch.vocab..V`; only the picks cross to the host, plus the raw logits (columns `0..batch.vocab`) of the
+    /// token rows `keep`, `[keep.len(), batch.vocab]` in `keep`'s order (a row may be both sampled and kept, and
+    /// is kept before sampling changes it). Rank 0 samples and returns them; the other ranks return nothing.
     pub fn forward_sample(
         &self,
         tokens: &[u32],
@@ -141,7 +142,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         logit_rows: &[usize],
         kv: &mut KvCache<B>,
         batch: &SampleBatch,
-    ) -> Result<Vec<Picked>> {
+        keep: &[usize],
+    ) -> Result<(Vec<Picked>, Vec<f32>)> {
         let width = batch.vocab;
         if batch.len() != logit_rows.len() || width == 0 || width > self.cfg.vocab_size {
             return Err(Error::Internal(format!(
@@ -150,10 +152,28 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
                 logit_rows.len()
             )));
         }
-        match self.forward_logits(tokens, meta, logit_rows, kv, width)? {
-            Some(mut l) => self.backend.sample(&mut l, batch),
-            None => Ok(Vec::new()),
+        // The sampled rows come first (the sampler reads the first `batch.len()` rows), then kept rows not
+        // sampled; `at` maps a token row to its logits row.
+        let mut rows = logit_rows.to_vec();
+        let mut at: std::collections::HashMap<usize, usize> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+        for &r in keep {
+            at.entry(r).or_insert_with(|| {
+                rows.push(r);
+                rows.len() - 1
+            });
         }
+        let Some(mut l) = self.forward_logits(tokens, meta, &rows, kv, width)? else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut kept = Vec::with_capacity(keep.len() * width);
+        if !keep.is_empty() {
+            let all = self.backend.read(&l, rows.len() * width)?;
+            for r in keep {
+                let i = at[r];
+                kept.extend_from_slice(&all[i * width..(i + 1) * width]);
+            }
+        }
+        Ok((self.backend.sample(&mut l, batch)?, kept))
     }
 
     /// The step's logits `[logit_rows.len(), width]` (columns `0..width` of the vocabulary) on rank 0's device;

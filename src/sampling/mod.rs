@@ -37,6 +37,16 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<u32>,
     /// Added to these ids' logits before the penalties (TensorRT-LLM's embedding bias by words): one entry per id.
     pub logit_bias: Vec<(u32, f32)>,
+    /// Which raw logits rows come back with the outputs (TensorRT-LLM's `return_*_logits`).
+    pub return_logits: ReturnLogits,
+}
+
+/// Raw logits a request wants back, besides its tokens: every prompt position's (`context`: row i predicts token
+/// i + 1), and each generated token's (`generation`: the row it was sampled from, before penalties).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReturnLogits {
+    pub context: bool,
+    pub generation: bool,
 }
 
 impl Default for SamplingParams {
@@ -57,6 +67,7 @@ impl Default for SamplingParams {
             stop_strings: Vec::new(),
             stop_token_ids: Vec::new(),
             logit_bias: Vec::new(),
+            return_logits: ReturnLogits::default(),
         }
     }
 }

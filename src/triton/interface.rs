@@ -7,7 +7,7 @@ use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
 /// Every output the backend can produce, in declaration order (`outputs` first: `NemoQuery` reads the first).
-pub const OUTPUTS: [&str; 10] = [
+pub const OUTPUTS: [&str; 12] = [
     "outputs",
     "text_output",
     "finish_reason",
@@ -18,11 +18,19 @@ pub const OUTPUTS: [&str; 10] = [
     "output_tokens",
     "batch_index",
     "sequence_index",
+    "context_logits",
+    "generation_logits",
 ];
 /// Outputs produced only when a client names them: `output_tokens` costs work on every token; TensorRT-LLM's
 /// `batch_index` (the prompt's row in the request) and `sequence_index` (0: one sequence per prompt) are for the
 /// clients that read them.
 pub const ON_REQUEST: [&str; 3] = ["output_tokens", "batch_index", "sequence_index"];
+/// Outputs produced only when the request's flag asks for them (TensorRT-LLM's name first, then NeMo 2's), if
+/// Triton asks for them too (or for no output in particular).
+pub const ON_FLAG: [(&str, [&str; 2]); 2] = [
+    ("context_logits", ["return_context_logits", "output_context_logits"]),
+    ("generation_logits", ["return_generation_logits", "output_generation_logits"]),
+];
 
 /// (input name, Triton config dtype, dims) for the auto-completed config. Scalars are `[1]` per batch row.
 pub const INPUTS: [(&str, &str, &[i64]); 62] = [
@@ -321,7 +329,7 @@ fn prompt_texts(all: &[InputTensor], lim: &Limits) -> Result<(&'static str, Vec<
     Ok((pname, texts))
 }
 
-/// Refuses what the backend does not do, naming the input: LoRA / p-tuning tables, logits outputs, beams and several
+/// Refuses what the backend does not do, naming the input: LoRA / p-tuning tables, NeMo's `all_probs`, beams and several
 /// sequences, TensorRT-LLM's embedding bias, draft tokens, guided decoding, perf metrics and encoder input. Their
 /// neutral values pass (empty, false, 0), and so do the beam-search knobs, which act on beams only.
 fn refuse_unsupported(inp: &Inputs) -> Result<()> {
@@ -335,18 +343,12 @@ fn refuse_unsupported(inp: &Inputs) -> Result<()> {
     }
     // NeMo 2.x's TensorRT-LLM client always sends the two logits flags (false unless asked for); TensorRT-LLM's
     // clients send theirs, and the perf flags, the same way.
-    for name in [
-        "output_context_logits",
-        "output_generation_logits",
-        "all_probs",
-        "return_context_logits",
-        "return_generation_logits",
-    ] {
-        if inp.flag(name)? == Some(true) {
-            return refuse(format!(
-                "input `{name}` = true is not supported: this backend returns no logits tensors (send false or omit it)"
-            ));
-        }
+    if inp.flag("all_probs")? == Some(true) {
+        return refuse(
+            "input `all_probs` = true is not supported: ask for `generation_logits` with `return_generation_logits` \
+             (send false or omit it)"
+                .into(),
+        );
     }
     for name in ["return_perf_metrics", "return_kv_cache_reuse_stats", "use_draft_logits"] {
         if inp.flag(name)? == Some(true) {
@@ -430,6 +432,8 @@ struct PerPrompt {
     stops_end: Vec<Vec<String>>,
     bads: [Vec<Vec<String>>; 2],
     bias: Vec<Vec<(String, f32)>>,
+    /// Per logits kind (`ON_FLAG` order): the first of its flags present.
+    logits: [PerRow<f64>; 2],
 }
 
 impl PerPrompt {
@@ -454,6 +458,7 @@ impl PerPrompt {
             stops_end: inp.strings("end_strings")?,
             bads: [inp.strings("bad_words_list")?, inp.strings("bad_words")?],
             bias: inp.bias_words()?,
+            logits: [inp.nums(&ON_FLAG[0].1)?, inp.nums(&ON_FLAG[1].1)?],
         })
     }
 
@@ -472,6 +477,8 @@ impl PerPrompt {
             p.temperature = 0.0;
         }
         p.ignore_eos = self.ignore_eos.as_ref().is_some_and(|(_, v)| v[i] != 0.0);
+        let flag = |k: usize| self.logits[k].as_ref().is_some_and(|(_, v)| v[i] != 0.0);
+        p.return_logits = crate::sampling::ReturnLogits { context: flag(0), generation: flag(1) };
         let bad_words = self.stops_and_bad_words(i, &mut p)?;
         Ok((p, bad_words))
     }
@@ -574,6 +581,16 @@ fn output_set(inp: &Inputs, requested: &[String]) -> Result<OutputSet> {
     let logprobs_off = off("return_log_probs")? || off("compute_logprob")?;
     let mut names = Vec::new();
     for o in OUTPUTS {
+        if let Some((_, flags)) = ON_FLAG.iter().find(|(n, _)| *n == o) {
+            let on = match inp.first(flags) {
+                Some((_, t)) => inp.check_rows(t, Some(1)).is_ok() && t.as_f64s()?.iter().any(|&x| x != 0.0),
+                None => false,
+            };
+            if on && (requested.is_empty() || requested.iter().any(|r| r == o)) {
+                names.push(o);
+            }
+            continue;
+        }
         let suppressed = match o {
             "num_input_tokens" => off("return_num_input_tokens")?,
             "num_output_tokens" => off("return_num_output_tokens")?,

@@ -1,5 +1,6 @@
 //! Unit tests of request parsing: the seed's five inputs, batches, every refusal.
 use super::*;
+use crate::sampling::ReturnLogits;
 use crate::triton::ffi;
 use crate::triton::tensors::encode_bytes;
 
@@ -194,7 +195,9 @@ fn nemo2_query_llm_inputs() {
     }
     let mut asks_logits = nemo2(&[0.0, 0.0]);
     asks_logits[11] = boolean("output_generation_logits", true);
-    assert!(err(&asks_logits).contains("`output_generation_logits` = true is not supported"));
+    let j = parse_job(&asks_logits, &[], &lim(false)).unwrap();
+    assert!(j.prompts.iter().all(|p| p.params.return_logits == ReturnLogits { context: false, generation: true }));
+    assert!(j.outputs.has("generation_logits") && !j.outputs.has("context_logits"));
     assert!(err(&[bytes("prompts", &[&["a"]]), boolean("all_probs", true)]).contains("`all_probs`"));
     let mut task = nemo2(&[0.0, 0.0]);
     task[9] = bytes("task_id", &[&["squad"], &["squad"]]);
@@ -255,8 +258,6 @@ fn tensorrt_llm_inputs_at_neutral_values_change_nothing() {
 fn tensorrt_llm_features_this_backend_lacks_are_refused_by_name() {
     let base = || vec![bytes("text_input", &[&["hi"]])];
     let cases: Vec<(InputTensor, &str)> = vec![
-        (boolean("return_context_logits", true), "`return_context_logits` = true is not supported"),
-        (boolean("return_generation_logits", true), "`return_generation_logits` = true is not supported"),
         (boolean("return_perf_metrics", true), "`return_perf_metrics` = true is not supported"),
         (boolean("use_draft_logits", true), "`use_draft_logits` = true is not supported"),
         (i32s("num_draft_tokens", &[4]), "`num_draft_tokens` other than 0"),
@@ -313,4 +314,32 @@ fn embedding_bias_words_pair_with_their_weights() {
     let inf = f32s("embedding_bias_weights", &[f32::INFINITY]);
     let e = err(&[bytes("text_input", &[&["x"]]), bytes("embedding_bias_words", &[&["a"]]), inf]);
     assert!(e.contains("must be finite"), "{e}");
+}
+
+/// The logits flags switch their outputs on per prompt; an output list that leaves one out leaves it out.
+#[test]
+fn logits_flags_ask_for_their_outputs() {
+    let two = || vec![bytes("text_input", &[&["a"], &["b"]])];
+    let flags = |c: [bool; 2], g: bool| {
+        let mut v = two();
+        v.push(InputTensor {
+            name: "return_context_logits".into(),
+            dtype: ffi::TYPE_BOOL,
+            shape: vec![2, 1],
+            data: c.iter().map(|&b| b as u8).collect(),
+        });
+        v.push(boolean("return_generation_logits", g));
+        v
+    };
+    let j = parse_job(&flags([true, false], false), &[], &lim(false)).unwrap();
+    let want = |c, g| ReturnLogits { context: c, generation: g };
+    assert_eq!(j.prompts[0].params.return_logits, want(true, false));
+    assert_eq!(j.prompts[1].params.return_logits, want(false, false));
+    assert!(j.outputs.has("context_logits") && !j.outputs.has("generation_logits"));
+    let j = parse_job(&flags([false, false], true), &[], &lim(false)).unwrap();
+    assert!(j.prompts.iter().all(|p| p.params.return_logits == want(false, true)));
+    assert!(j.outputs.has("generation_logits") && !j.outputs.has("context_logits"));
+    let named = parse_job(&flags([true, true], true), &["text_output".into()], &lim(false)).unwrap();
+    assert_eq!(named.outputs.names, vec!["text_output"]);
+    assert!(parse_job(&two(), &[], &lim(false)).unwrap().outputs.names.iter().all(|n| !n.ends_with("_logits")));
 }

@@ -298,15 +298,17 @@ pub fn autocomplete(cfg: &mut Value) -> bool {
         let outputs: Vec<Value> = OUTPUTS
             .iter()
             .map(|n| {
-                let (t, d) = match *n {
-                    "num_input_tokens" | "num_output_tokens" => ("TYPE_INT32", 1),
-                    "output_log_probs" => ("TYPE_FP32", -1),
-                    "output_tokens" => ("TYPE_STRING", -1),
-                    "cum_log_probs" => ("TYPE_FP32", 1),
-                    "batch_index" | "sequence_index" => ("TYPE_INT32", 1),
-                    _ => ("TYPE_STRING", 1),
+                let (t, d): (_, &[i64]) = match *n {
+                    "num_input_tokens" | "num_output_tokens" => ("TYPE_INT32", &[1]),
+                    "output_log_probs" => ("TYPE_FP32", &[-1]),
+                    "output_tokens" => ("TYPE_STRING", &[-1]),
+                    "cum_log_probs" => ("TYPE_FP32", &[1]),
+                    "batch_index" | "sequence_index" => ("TYPE_INT32", &[1]),
+                    "context_logits" => ("TYPE_FP32", &[-1, -1]),
+                    "generation_logits" => ("TYPE_FP32", &[-1, -1, -1]),
+                    _ => ("TYPE_STRING", &[1]),
                 };
-                json!({"name": n, "data_type": t, "dims": [d]})
+                json!({"name": n, "data_type": t, "dims": d})
             })
             .collect();
         obj.insert("output".into(), Value::Array(outputs));

@@ -231,6 +231,27 @@ impl TritonSink {
                     }
                     Self::add_output(resp, name, ffi::TYPE_FP32, &[n, t as i64], &b)?;
                 }
+                "context_logits" | "generation_logits" => {
+                    let ctx = name == "context_logits";
+                    fn of(r: &RowReply, ctx: bool) -> &[f32] {
+                        if ctx { &r.context_logits } else { &r.generation_logits }
+                    }
+                    let w = rows.iter().map(|r| r.logits_width).max().unwrap_or(0);
+                    let t = rows.iter().map(|r| of(r, ctx).len() / w.max(1)).max().unwrap_or(0);
+                    if t == 0 {
+                        continue; // nothing new in this streamed response
+                    }
+                    // [batch, tokens, vocab] (generation: [batch, beams = 1, tokens, vocab]), zero-padded.
+                    let mut b = vec![0u8; rows.len() * t * w * 4];
+                    for (i, r) in rows.iter().enumerate() {
+                        for (j, x) in of(r, ctx).iter().enumerate() {
+                            b[(i * t * w + j) * 4..][..4].copy_from_slice(&x.to_le_bytes());
+                        }
+                    }
+                    let (t, w) = (t as i64, w as i64);
+                    let shape: &[i64] = if ctx { &[n, t, w] } else { &[n, 1, t, w] };
+                    Self::add_output(resp, name, ffi::TYPE_FP32, shape, &b)?;
+                }
                 _ => {}
             }
         }

@@ -65,13 +65,32 @@ def test_query_llm_no_repeat_ngram_size(server):
         (dict(no_repeat_ngram_size=-1), "`no_repeat_ngram_size` must be a whole number >= 0"),
         (dict(task_id="squad"), "`task_id` is not supported"),
         (dict(lora_uids=["adapter"]), "`lora_uids` is not supported"),
-        (dict(output_generation_logits=True), "`output_generation_logits` = true is not supported"),
         (dict(all_probs=True), "`all_probs` = true is not supported"),
     ],
 )
 def test_query_llm_refusals_name_the_input(server, bad, why):
     with pytest.raises(Exception, match=why):
         NemoQueryLLM(server.url, "llama").query_llm(prompts=[PROMPT], max_output_len=4, **bad)
+
+
+def test_query_llm_returns_the_logits_it_asks_for(server):
+    """NeMo 2.x's logits flags: each generated token's logits row (greedy: the token is its argmax) and every
+    prompt position's, in the completion-like answer NeMo builds from them."""
+    want = cli_generate(HF, PROMPT, "--max-tokens", "5", "--ignore-eos")
+    q = NemoQueryLLM(server.url, "llama")
+    out = q.query_llm(
+        prompts=[PROMPT],
+        max_output_len=5,
+        top_k=1,
+        output_generation_logits=True,
+        output_context_logits=True,
+        openai_format_response=True,
+    )
+    choice = out["choices"][0]
+    gen, ctx = choice["generation_logits"], choice["context_logits"]
+    assert choice["text"][0][0] == want["text"] and gen.shape[:3] == (1, 1, len(want["ids"]))
+    assert gen[0][0].argmax(axis=1).tolist() == want["ids"]
+    assert ctx.shape[:2] == (1, len(want["prompt_ids"])) and (ctx[0][-1] == gen[0][0][0]).all()
 
 
 def test_query_llm_streaming_no_repeat_ngram_size(server):

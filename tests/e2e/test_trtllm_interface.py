@@ -3,11 +3,18 @@ input of that interface is declared; at its neutral value it changes nothing; th
 beam_width 1 whatever their value (TensorRT-LLM applies them to beams only); every feature this backend lacks is
 refused naming the input (never "unexpected inference input"); the embedding bias by words moves the logits
 of every token of each word by its weight; `batch_index`, `sequence_index` and `cum_log_probs` come back when
-asked for."""
+asked for; `context_logits` are the logits whose log-softmax the `score` command reports, and `generation_logits`
+the rows the tokens were picked from, unary and streamed alike."""
+
+import json
+import queue
+import subprocess
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import CLI, HF
 from tritonclient.utils import InferenceServerException
 
 DTYPES = {"BYTES": object, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP16": np.float16}
@@ -85,8 +92,6 @@ def test_indexes_and_cumulative_log_probs(server):
 @pytest.mark.parametrize(
     "name,dtype,rows,message",
     [
-        ("return_context_logits", "BOOL", [[True], [True]], "`return_context_logits` = true is not supported"),
-        ("return_generation_logits", "BOOL", [[True], [True]], "`return_generation_logits` = true is not supported"),
         ("return_perf_metrics", "BOOL", [[True], [True]], "`return_perf_metrics` = true is not supported"),
         ("num_draft_tokens", "INT32", [[3], [3]], "`num_draft_tokens` other than 0"),
         ("use_draft_logits", "BOOL", [[True], [True]], "`use_draft_logits` = true is not supported"),
@@ -130,3 +135,75 @@ def test_embedding_bias_by_words(server):
     # A zero weight is neutral.
     zero = infer(server, words + [("embedding_bias_weights", "FP32", [[0.0], [0.0]])], out)
     assert (zero["text_output"] == plain["text_output"]).all()
+
+
+def log_softmax(x):
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+LOGITS_OUT = ("context_logits", "generation_logits", "num_input_tokens", "num_output_tokens", "output_log_probs")
+
+
+def test_context_logits_are_the_score_paths_inputs(server):
+    """Row 0 asks for both kinds, row 1 for generation logits only (its context rows are zero padding)."""
+    flags = [("return_context_logits", "BOOL", [[True], [False]])]
+    flags.append(("return_generation_logits", "BOOL", [[True], [True]]))
+    out = infer(server, flags, LOGITS_OUT)
+    scored = subprocess.run(
+        [str(CLI), "score", str(HF), "--prompt", BASE[0][2][0][0].decode(), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    score = json.loads(scored.stdout)
+    ids, n = score["ids"], len(score["ids"])
+    ctx, gen = out["context_logits"], out["generation_logits"]
+    assert int(out["num_input_tokens"][0][0]) == n and ctx.shape[0] == 2 and ctx.shape[1] >= n
+    lsm = log_softmax(ctx[0][:n])
+    got = [lsm[i - 1][ids[i]] for i in range(1, n)]
+    np.testing.assert_allclose(got, score["logprobs"], atol=2e-3)
+    assert not ctx[1].any()
+    assert gen.shape[:2] == (2, 1) and gen.shape[3] == ctx.shape[2]
+    for i in range(2):
+        t = int(out["num_output_tokens"][i][0])
+        rows = log_softmax(gen[i][0][:t])
+        # Greedy (the default): each token is its row's argmax, with that row's log-softmax as its log-prob.
+        np.testing.assert_allclose(rows.max(axis=1), out["output_log_probs"][i][:t], atol=1e-4)
+        assert not gen[i][0][t:].any()
+    np.testing.assert_array_equal(gen[0][0][0], ctx[0][n - 1])
+    # Asking for logits changes no token.
+    assert (infer(server, flags)["text_output"] == infer(server, [])["text_output"]).all()
+
+
+def test_streamed_generation_logits_add_up_to_the_unary_ones(server):
+    one = [("text_input", "BYTES", [[b"Once upon a time"]]), ("max_tokens", "INT32", [[6]])]
+    one += [("return_generation_logits", "BOOL", [[True]]), ("return_context_logits", "BOOL", [[True]])]
+    c = httpclient.InferenceServerClient(server.url)
+    inputs = [tensor(*t) for t in one]
+    unary = c.infer("llama", inputs, outputs=[httpclient.InferRequestedOutput(o) for o in LOGITS_OUT])
+    g = grpcclient.InferenceServerClient(server.grpc_url)
+    q = queue.Queue()
+    g.start_stream(callback=lambda result, error: q.put((result, error)))
+    ginputs = []
+    for name, dtype, rows in one:
+        arr = np.array(rows, dtype=DTYPES[dtype])
+        t = grpcclient.InferInput(name, list(arr.shape), dtype)
+        t.set_data_from_numpy(arr)
+        ginputs.append(t)
+    outs = [grpcclient.InferRequestedOutput(o) for o in LOGITS_OUT + ("finish_reason",)]
+    g.async_stream_infer("llama_stream", ginputs, outputs=outs)
+    gen, ctx, reason = [], [], ""
+    while not reason:
+        result, error = q.get(timeout=60)
+        assert error is None, error
+        if result.as_numpy("generation_logits") is not None:
+            gen.append(result.as_numpy("generation_logits")[0][0])
+        if result.as_numpy("context_logits") is not None:
+            ctx.append(result.as_numpy("context_logits")[0])
+        reason = result.as_numpy("finish_reason")[0][0].decode()
+    g.stop_stream()
+    assert len(ctx) == 1, "the context logits come once"
+    np.testing.assert_array_equal(ctx[0], unary.as_numpy("context_logits")[0])
+    np.testing.assert_array_equal(np.concatenate(gen), unary.as_numpy("generation_logits")[0][0])
