@@ -97,7 +97,8 @@ int tl_paged_attention(float *out,            /* [n, nh * hd] */
 /* Logits processing and sampling, one row per sequence, only the ids cross back to the host.
  * Penalties: for each row, ids listed in bias_ids first get their bias added (embedding bias by words), then
  * ids listed in rep_ids get HF repetition penalty; gen_ids/gen_counts get
- * presence + frequency * count subtracted; mask_ids are set to -inf (bans, EOS before min tokens).
+ * presence + frequency * count subtracted; mask_ids are set to -inf (bans, EOS before min tokens); a row with
+ * an allow bitmask (structured output) has every id outside it set to -inf.
  * Then temperature == 0: argmax (lowest index on ties); else candidates sorted by (logit desc, id asc),
  * top_k (0 = off), softmax with temperature in f64, top_p (1 = off), sampled with the row's uniform u. */
 typedef struct TlSampleParams {
@@ -126,6 +127,8 @@ int tl_sample(int32_t *out_ids,                /* [rows] */
               const int32_t *bias_off,         /* [rows + 1] offsets into bias_ids / bias_bits */
               const int32_t *bias_ids,         /* [*] */
               const int32_t *bias_bits,        /* [*] f32 bias of each id, as its bit pattern */
+              const int32_t *allow_off,        /* [rows + 1] offsets into allow_bits: 0 or ceil(vocab / 32) words */
+              const int32_t *allow_bits,       /* [*] guided rows' allowed ids, bit i % 32 of word i / 32 */
               void *scratch,                   /* tl_sample_scratch_bytes(rows, vocab) bytes */
               int rows, int vocab, void *stream);
 

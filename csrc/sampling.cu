@@ -14,7 +14,8 @@
 __global__ void penalties_kernel(float *logits, const TlSampleParams *params, const int32_t *rep_off, const int32_t *rep_ids,
                                  const int32_t *gen_off, const int32_t *gen_ids, const int32_t *gen_counts,
                                  const int32_t *mask_off, const int32_t *mask_ids, const int32_t *bias_off,
-                                 const int32_t *bias_ids, const int32_t *bias_bits, int vocab) {
+                                 const int32_t *bias_ids, const int32_t *bias_bits, const int32_t *allow_off,
+                                 const int32_t *allow_bits, int vocab) {
     const int row = blockIdx.x;
     const TlSampleParams p = params[row];
     float *l = logits + static_cast<int64_t>(row) * vocab;
@@ -34,6 +35,12 @@ __global__ void penalties_kernel(float *logits, const TlSampleParams *params, co
     }
     __syncthreads();
     for (int i = mask_off[row] + threadIdx.x; i < mask_off[row + 1]; i += blockDim.x) l[mask_ids[i]] = -INFINITY;
+    // Structured output: a guided row keeps only the ids set in its bitmask.
+    if (allow_off[row + 1] > allow_off[row]) {
+        const uint32_t *bits = reinterpret_cast<const uint32_t *>(allow_bits + allow_off[row]);
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+            if (!((bits[i >> 5] >> (i & 31)) & 1u)) l[i] = -INFINITY;
+    }
 }
 
 __device__ void block_argmax(const float *l, int vocab, int32_t *out) {
@@ -168,12 +175,13 @@ extern "C" int64_t tl_sample_scratch_bytes(int rows, int vocab) {
 extern "C" int tl_sample(int32_t *out_ids, float *logits, const TlSampleParams *params, const int32_t *rep_off,
                          const int32_t *rep_ids, const int32_t *gen_off, const int32_t *gen_ids, const int32_t *gen_counts,
                          const int32_t *mask_off, const int32_t *mask_ids, const int32_t *bias_off, const int32_t *bias_ids,
-                         const int32_t *bias_bits, void *scratch, int rows, int vocab, void *stream) {
+                         const int32_t *bias_bits, const int32_t *allow_off, const int32_t *allow_bits, void *scratch,
+                         int rows, int vocab, void *stream) {
     if (rows == 0) return 0;
     if (rows < 0 || vocab <= 0) return TL_ERR_ARGS;
     cudaStream_t st = TL_STREAM(stream);
     penalties_kernel<<<rows, 256, 0, st>>>(logits, params, rep_off, rep_ids, gen_off, gen_ids, gen_counts, mask_off, mask_ids,
-                                           bias_off, bias_ids, bias_bits, vocab);
+                                           bias_off, bias_ids, bias_bits, allow_off, allow_bits, vocab);
     pick_kernel<<<rows, SAMPLE_THREADS, 0, st>>>(out_ids, logits, static_cast<double *>(scratch), params, vocab);
     return tl_launch_status();
 }

@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use triton_llama::backend::WeightFormat;
+use triton_llama::guided::Guide;
 use triton_llama::sampling::SamplingParams;
 
 const AFTER_HELP: &str = "CKPT is a .nemo file, an extracted .nemo folder, or a Hugging Face folder (config.json + \
@@ -261,6 +262,15 @@ pub struct Sampling {
     /// Drop the checkpoint's default stop strings
     #[arg(long)]
     pub no_default_stops: bool,
+    /// Structured output, TYPE:TEXT: json_schema:SCHEMA, json_object:, regex:REGEX, lark:GRAMMAR or
+    /// choice:["a","b"] (the output matches it and ends when it is complete)
+    #[arg(long, value_parser = parse_guide, allow_hyphen_values = true)]
+    pub guide: Option<Guide>,
+}
+
+fn parse_guide(s: &str) -> Result<Guide, String> {
+    let (kind, text) = s.split_once(':').ok_or("expected TYPE:TEXT, e.g. regex:[0-9]+")?;
+    Guide::parse(kind, text).map_err(|e| e.to_string())
 }
 
 impl Sampling {
@@ -282,6 +292,7 @@ impl Sampling {
             stop_token_ids: Vec::new(),
             logit_bias: Vec::new(),
             return_logits: Default::default(),
+            guide: self.guide.clone(),
         }
     }
 }

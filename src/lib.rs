@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod guided;
 pub mod loader;
 pub mod model;
 pub mod sampling;

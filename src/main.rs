@@ -154,7 +154,11 @@ fn run_one(engine: &mut Engine, p: Prepared, quiet: bool) -> Result<Generated> {
     engine.add_request(p.request)?;
     let mut g = Generated { ids: Vec::new(), text: String::new(), logprobs: Vec::new(), reason: "", timings: None };
     let mut stdout = std::io::stdout();
+    let mut failed = None;
     engine.run_to_completion(|o| {
+        if let Some(e) = &o.error {
+            failed = Some(Error::InvalidRequest(e.clone()));
+        }
         if let Some(t) = o.token {
             g.ids.push(t);
             g.logprobs.push(o.logprob);
@@ -171,7 +175,10 @@ fn run_one(engine: &mut Engine, p: Prepared, quiet: bool) -> Result<Generated> {
             g.timings = o.timings.clone();
         }
     })?;
-    Ok(g)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(g),
+    }
 }
 
 fn generate(

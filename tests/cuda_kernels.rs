@@ -392,3 +392,35 @@ fn unshard_vocab_matches_cpu() {
 fn skipped(msg: String) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
+
+/// Structured output's allow bitmask on the GPU against its CPU twin (`SampleBatch::pick`): guided rows pick only
+/// allowed ids (the best allowed one when greedy) on an odd vocabulary; an unguided row next to them is untouched.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn gpu_allowed_masks_match_the_cpu_twin() {
+    let Some(g) = gpu("gpu_allowed_masks_match_the_cpu_twin") else { return };
+    let vocab: usize = 32003;
+    let context: Vec<u32> = vec![1, 5, 9];
+    let p = |temperature| SamplingParams { temperature, seed: Some(3), ..Default::default() };
+    let params = [p(0.0), p(0.0), p(0.8), p(0.0)];
+    let rows: Vec<SampleRow> =
+        params.iter().map(|p| SampleRow { params: p, u: 0.37, context: &context, generated: &[], eos: 2 }).collect();
+    let words = vocab.div_ceil(32);
+    let mask = |ids: &[u32]| {
+        let mut m = vec![0u32; words];
+        for &i in ids {
+            m[i as usize / 32] |= 1 << (i % 32);
+        }
+        m
+    };
+    let masks = vec![(0, mask(&[17, 32002, 400])), (2, mask(&(1000..1400).collect::<Vec<_>>())), (3, mask(&[31999]))];
+    let batch = SampleBatch::new(&rows, vocab).with_allowed(&masks).unwrap();
+    let logits = rand_vec(11, params.len() * vocab, 6.0);
+    let mut buf = up(&g, &logits);
+    let got = g.sample(&mut buf, &batch).unwrap();
+    for (r, pick) in got.iter().enumerate() {
+        let mut row = logits[r * vocab..(r + 1) * vocab].to_vec();
+        assert_eq!(pick.id, batch.pick(r, &mut row), "row {r}");
+    }
+    assert!([17, 32002, 400].contains(&got[0].id) && (1000..1400).contains(&got[2].id) && got[3].id == 31999);
+}

@@ -166,13 +166,15 @@ pub struct Output {
     pub context_logits: Vec<f32>,
     /// With `return_logits.generation`: the raw logits `token` was sampled from, `[Engine::logits_width()]`.
     pub logits: Vec<f32>,
+    /// The request failed alone (its finish is `Abort`): structured output reached a dead end.
+    pub error: Option<String>,
 }
 
 impl Output {
     /// A request's last output when it ends without a new token.
     fn ended(id: u64, text: String, finish: FinishReason, timings: Option<Timings>) -> Output {
         let (context_logits, logits, finish) = (Vec::new(), Vec::new(), Some(finish));
-        Output { id, token: None, logprob: 0.0, text, finish, timings, context_logits, logits }
+        Output { id, token: None, logprob: 0.0, text, finish, timings, context_logits, logits, error: None }
     }
 }
 
@@ -208,6 +210,8 @@ struct Seq {
     timings: Timings,
     /// The prompt's logits rows as they are computed, until they go out with the first token.
     context_logits: Option<Vec<f32>>,
+    /// Structured output: the guide's parser state.
+    constraint: Option<crate::guided::Constraint>,
 }
 
 /// Where a kept logits row of a step goes: a sequence's prompt position, or its sampled token.
@@ -229,6 +233,8 @@ pub struct Engine {
     chat: Option<Arc<ChatTemplate>>,
     /// Measured step costs that set the scheduler's mixed prefill budget (None: the budget is fixed).
     step_cost: Option<StepCost>,
+    /// Compiles structured-output guides over this tokenizer (None: its trie could not be built).
+    guides: Option<crate::guided::GuideCompiler>,
 }
 
 impl Engine {
@@ -316,7 +322,35 @@ impl Engine {
             BlockManager::new(num_blocks, ecfg.block_size),
         );
         let seqs = HashMap::new();
-        Ok(Engine { runner, tokenizer, cfg, ecfg, max_model_len, sched, seqs, add_bos, default_stops, chat, step_cost })
+        let t0 = Instant::now();
+        let guides = match crate::guided::GuideCompiler::new(&tokenizer) {
+            Ok(g) => {
+                log::info!(
+                    "structured output: token trie of {} ids in {:.0} ms",
+                    g.vocab(),
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+                Some(g)
+            }
+            Err(e) => {
+                log::warn!("structured output is unavailable, guided requests will be refused: {e}");
+                None
+            }
+        };
+        Ok(Engine {
+            runner,
+            tokenizer,
+            cfg,
+            ecfg,
+            max_model_len,
+            sched,
+            seqs,
+            add_bos,
+            default_stops,
+            chat,
+            step_cost,
+            guides,
+        })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -435,12 +469,22 @@ impl Engine {
                 )));
             }
         }
+        let constraint = match (&req.params.guide, &self.guides) {
+            (None, _) => None,
+            (Some(g), Some(c)) => Some(c.compile(g)?),
+            (Some(_), None) => {
+                return Err(Error::Unavailable(
+                    "structured output is unavailable for this tokenizer (see the log)".into(),
+                ));
+            }
+        };
         let sampler = Sampler::new(req.params.clone(), req.id ^ 0x5EED);
         let text = TextStream::new(&self.tokenizer, &req.prompt_ids, req.params.stop_strings.clone())?;
         self.sched.add_with(req.id, &req.prompt_ids, want.context);
         let timings = Timings { prompt_tokens: n, ..Default::default() };
         let context_logits = want.context.then(|| vec![0.0; n * width]);
-        self.seqs.insert(req.id, Seq { prompt_len: n, ids: req.prompt_ids, sampler, text, timings, context_logits });
+        let (prompt_len, ids) = (n, req.prompt_ids);
+        self.seqs.insert(req.id, Seq { prompt_len, ids, sampler, text, timings, context_logits, constraint });
         Ok(())
     }
 
@@ -474,9 +518,27 @@ impl Engine {
             return Ok(outputs);
         }
         let started = Instant::now();
-        let (input, kept) = self.build_step(&plan);
+        let (input, kept, guided) = self.build_step(&plan);
         let (sampled, width) = (input.logit_rows.len(), self.logits_width());
-        let (picks, mut gen_logits) = match self.runner.run(input) {
+        let late = input.late.clone();
+        let submitted = self.runner.submit(input);
+        // The guided rows' masks are computed here while the ranks run the forward pass.
+        let mut dead: HashMap<u64, String> = HashMap::new();
+        if let (Ok(()), Some(late)) = (&submitted, late) {
+            let tx = crate::sampling::batch::MaskSender(late);
+            let mut masks = Vec::with_capacity(guided.len());
+            for &(row, id) in &guided {
+                let Some(c) = self.seqs.get_mut(&id).and_then(|s| s.constraint.as_mut()) else { continue };
+                match c.allowed() {
+                    Ok(m) => masks.push((row, m)),
+                    Err(e) => {
+                        dead.insert(id, e.to_string());
+                    }
+                }
+            }
+            tx.0.fill(masks);
+        }
+        let (picks, mut gen_logits) = match submitted.and_then(|()| self.runner.collect()) {
             Ok(out) if out.picks.len() == sampled && out.logits.len() == kept.len() * width => {
                 (out.picks, self.place_kept(&kept, &out.logits))
             }
@@ -519,24 +581,39 @@ impl Engine {
         for (it, pick) in plan.items.iter().filter(|i| i.sample).zip(picks) {
             let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
             let (tok, logprob) = (pick.id, pick.logprob);
+            let failed = match (dead.remove(&it.id), s.constraint.as_mut()) {
+                (Some(e), _) => Some(e),
+                (None, Some(c)) => c.advance(tok).err().map(|e| e.to_string()),
+                (None, None) => None,
+            };
+            if let Some(e) = failed {
+                self.sched.finish(it.id);
+                let timings = self.seqs.remove(&it.id).map(|s| s.timings);
+                outputs.push(Output {
+                    error: Some(e),
+                    ..Output::ended(it.id, String::new(), FinishReason::Abort, timings)
+                });
+                continue;
+            }
+            let guide_done = s.constraint.as_ref().is_some_and(|c| c.is_finished());
             s.ids.push(tok);
             self.sched.append_token(it.id, tok);
             let n_gen = s.ids.len() - s.prompt_len;
             let p = &s.sampler.params;
             let is_stop_token = (!p.ignore_eos && tok == eos) || p.stop_token_ids.contains(&tok);
-            let (mut text, mut finish) = (String::new(), None);
+            let (mut text, mut finish, mut hit) = (String::new(), None, false);
             if is_stop_token {
                 finish = Some(FinishReason::Stop);
             } else {
-                let (t, hit) = s.text.push(&self.tokenizer, tok)?;
-                text = t;
-                if hit {
+                (text, hit) = s.text.push(&self.tokenizer, tok)?;
+                if hit || guide_done {
                     finish = Some(FinishReason::Stop);
                 } else if n_gen >= p.max_new_tokens || s.ids.len() >= self.max_model_len {
                     finish = Some(FinishReason::Length);
                 }
             }
-            if finish == Some(FinishReason::Length) || (is_stop_token && finish.is_some()) {
+            // A finish that is not a stop string's releases the text held back (a stop string's is trimmed).
+            if finish == Some(FinishReason::Length) || is_stop_token || (guide_done && !hit) {
                 text.push_str(&s.text.finish(&self.tokenizer)?);
             }
             let context_logits = s.context_logits.take().unwrap_or_default();
@@ -547,7 +624,8 @@ impl Engine {
                 timings = self.seqs.remove(&it.id).map(|s| s.timings);
             }
             let token = Some(tok);
-            outputs.push(Output { id: it.id, token, logprob, text, finish, timings, context_logits, logits });
+            let error = None;
+            outputs.push(Output { id: it.id, token, logprob, text, finish, timings, context_logits, logits, error });
         }
         Ok(outputs)
     }
@@ -573,11 +651,13 @@ impl Engine {
 
     /// The step's tokens and layout, the sampling of each sequence that gets a token this step (its uniform draw
     /// is taken now), and where the logits rows it keeps go. Ids the tokenizer cannot decode are never sampled.
-    fn build_step(&mut self, plan: &Plan) -> (StepInput, Vec<Kept>) {
+    /// Also the guided rows: (row in the sampling batch, sequence id); the step then carries `late` masks.
+    fn build_step(&mut self, plan: &Plan) -> (StepInput, Vec<Kept>, Vec<(usize, u64)>) {
         let mut input = StepInput::default();
         input.meta.block_size = self.runner.block_size;
         let mut draws = Vec::new();
         let mut kept = Vec::new();
+        let mut guided = Vec::new();
         for it in &plan.items {
             let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
             let row0 = input.tokens.len();
@@ -593,6 +673,9 @@ impl Engine {
                 input.keep_rows.push(row0 + it.len - 1);
                 kept.push(Kept::Generation(it.id));
             }
+            if it.sample && s.constraint.is_some() {
+                guided.push((draws.len(), it.id));
+            }
             if it.sample {
                 draws.push(s.sampler.draw());
             } else {
@@ -607,7 +690,10 @@ impl Engine {
             })
             .collect();
         input.sample = Some(SampleBatch::new(&rows, self.logits_width()));
-        (input, kept)
+        if !guided.is_empty() {
+            input.late = Some(Default::default());
+        }
+        (input, kept, guided)
     }
 
     /// Logits `[len, V]` at every position of `ids`, computed in one pass. Needs an idle engine.

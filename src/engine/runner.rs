@@ -6,7 +6,7 @@ use crate::comm::Communicator;
 use crate::comm::local::LocalComm;
 use crate::loader::CheckpointSource;
 use crate::model::Llama;
-use crate::sampling::{Picked, SampleBatch};
+use crate::sampling::{LateMasks, Picked, SampleBatch};
 use crate::{Error, Result};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Barrier, Mutex};
@@ -24,6 +24,8 @@ pub struct StepInput {
     pub sample: Option<SampleBatch>,
     /// With `sample`: token rows whose raw logits come back too (`StepOutput::logits`, in this order).
     pub keep_rows: Vec<usize>,
+    /// With `sample`: allowed-token masks of guided rows, filled by the engine while the step runs.
+    pub late: Option<Arc<LateMasks>>,
 }
 
 /// What rank 0 returns for a step: picks when the step sampled (and the logits of its `keep_rows`,
@@ -250,10 +252,22 @@ impl Runner {
 
     /// Runs one step on every rank; returns rank 0's picks or logits.
     pub fn run(&self, input: StepInput) -> Result<StepOutput> {
+        self.submit(input)?;
+        self.collect()
+    }
+
+    /// Starts one step on every rank; [`Runner::collect`] waits for it (the caller works in between, e.g. fills
+    /// the step's `late` masks). Every submitted step must be collected before the next.
+    pub fn submit(&self, input: StepInput) -> Result<()> {
         let input = Arc::new(input);
         for j in &self.jobs {
             j.send(input.clone()).map_err(|_| Error::Internal("rank thread is gone".into()))?;
         }
+        Ok(())
+    }
+
+    /// Waits for the submitted step: rank 0's picks or logits.
+    pub fn collect(&self) -> Result<StepOutput> {
         let mut out = None;
         let mut err = None;
         for _ in 0..self.jobs.len() {
@@ -331,7 +345,15 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     while let Ok(job) = jobs.recv() {
         let r = match &job.sample {
             Some(b) => model
-                .forward_sample(&job.tokens, &job.meta, &job.logit_rows, &mut cache, b, &job.keep_rows)
+                .forward_sample(
+                    &job.tokens,
+                    &job.meta,
+                    &job.logit_rows,
+                    &mut cache,
+                    b,
+                    &job.keep_rows,
+                    job.late.as_deref(),
+                )
                 .map(|(picks, logits)| StepOutput { picks, logits }),
             None => model
                 .forward(&job.tokens, &job.meta, &job.logit_rows, &mut cache)

@@ -229,7 +229,8 @@ mod tests {
 
     fn out(text: &str, token: Option<u32>, finish: Option<FinishReason>) -> Output {
         let (context_logits, logits) = (Vec::new(), Vec::new());
-        Output { id: 1, token, logprob: -0.5, text: text.into(), finish, timings: None, context_logits, logits }
+        let (text, error) = (text.into(), None);
+        Output { id: 1, token, logprob: -0.5, text, finish, timings: None, context_logits, logits, error }
     }
 
     /// Streamed deltas concatenate to the unary answer; the prefix comes once, with the first delta.

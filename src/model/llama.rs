@@ -5,7 +5,7 @@ use crate::backend::{AttnDims, Backend, StepMeta, WeightFormat};
 use crate::comm::Communicator;
 use crate::config::LlamaConfig;
 use crate::loader::{CheckpointSource, TensorReader, layer_name};
-use crate::sampling::{Picked, SampleBatch};
+use crate::sampling::{LateMasks, Picked, SampleBatch};
 use crate::{Error, Result};
 
 /// One layer's weights on one rank.
@@ -134,7 +134,9 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     /// Runs one step and picks one token per logit row on the device, never one of the columns
     /// `batch.vocab..V`; only the picks cross to the host, plus the raw logits (columns `0..batch.vocab`) of the
     /// token rows `keep`, `[keep.len(), batch.vocab]` in `keep`'s order (a row may be both sampled and kept, and
-    /// is kept before sampling changes it). Rank 0 samples and returns them; the other ranks return nothing.
+    /// is kept before sampling changes it). With `late`, rank 0 waits for the guided rows' allowed-token masks
+    /// after the forward pass and applies them. Rank 0 samples and returns them; the other ranks return nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_sample(
         &self,
         tokens: &[u32],
@@ -143,6 +145,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         kv: &mut KvCache<B>,
         batch: &SampleBatch,
         keep: &[usize],
+        late: Option<&LateMasks>,
     ) -> Result<(Vec<Picked>, Vec<f32>)> {
         let width = batch.vocab;
         if batch.len() != logit_rows.len() || width == 0 || width > self.cfg.vocab_size {
@@ -173,7 +176,11 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
                 kept.extend_from_slice(&all[i * width..(i + 1) * width]);
             }
         }
-        Ok((self.backend.sample(&mut l, batch)?, kept))
+        let picks = match late {
+            Some(m) => self.backend.sample(&mut l, &batch.with_allowed(&m.wait())?)?,
+            None => self.backend.sample(&mut l, batch)?,
+        };
+        Ok((picks, kept))
     }
 
     /// The step's logits `[logit_rows.len(), width]` (columns `0..width` of the vocabulary) on rank 0's device;

@@ -30,6 +30,10 @@ pub struct SampleLists {
     pub bias_off: Vec<i32>,
     pub bias_ids: Vec<i32>,
     pub bias_bits: Vec<i32>,
+    /// Allowed tokens of guided rows (structured output): per row, none (no constraint) or `vocab.div_ceil(32)`
+    /// words, bit `id % 32` of word `id / 32` set for an allowed id; every other id is masked.
+    pub allow_off: Vec<i32>,
+    pub allow_bits: Vec<i32>,
 }
 
 /// Everything a backend needs to pick one token per logits row.
@@ -41,6 +45,50 @@ pub struct SampleBatch {
     pub vocab: usize,
 }
 
+/// Allowed-token bitmasks by row of a sampling batch.
+pub type RowMasks = Vec<(usize, Vec<u32>)>;
+
+/// The allowed-token masks of a step's guided rows, handed over while the forward pass runs: the engine computes
+/// them on its thread and fills the slot, rank 0 waits for them before sampling. Filled exactly once (dropping
+/// the engine's handle unfilled fills it empty, so no rank waits forever).
+#[derive(Debug, Default)]
+pub struct LateMasks {
+    slot: std::sync::Mutex<Option<RowMasks>>,
+    ready: std::sync::Condvar,
+}
+
+impl LateMasks {
+    /// Hands over the masks (row in the sampling batch, bitmask); a second fill is ignored.
+    pub fn fill(&self, masks: RowMasks) {
+        let mut s = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if s.is_none() {
+            *s = Some(masks);
+            self.ready.notify_all();
+        }
+    }
+
+    /// Blocks until the masks are there.
+    pub fn wait(&self) -> RowMasks {
+        let mut s = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(m) = s.as_ref() {
+                return m.clone();
+            }
+            s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The engine's side of a [`LateMasks`]: fills it empty if dropped unfilled (an error between submitting a step
+/// and computing its masks).
+pub struct MaskSender(pub std::sync::Arc<LateMasks>);
+
+impl Drop for MaskSender {
+    fn drop(&mut self) {
+        self.0.fill(Vec::new());
+    }
+}
+
 /// A sampled token and its log-probability under the unprocessed logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Picked {
@@ -50,8 +98,14 @@ pub struct Picked {
 
 /// Builds the penalty and mask lists of `rows` for a vocabulary of `vocab` (ids outside it are dropped).
 pub fn lists(rows: &[SampleRow], vocab: usize) -> SampleLists {
-    let mut l =
-        SampleLists { rep_off: vec![0], gen_off: vec![0], mask_off: vec![0], bias_off: vec![0], ..Default::default() };
+    let mut l = SampleLists {
+        rep_off: vec![0],
+        gen_off: vec![0],
+        mask_off: vec![0],
+        bias_off: vec![0],
+        allow_off: vec![0; rows.len() + 1],
+        ..Default::default()
+    };
     let ok = |t: u32| (t as usize) < vocab;
     for r in rows {
         let p = r.params;
@@ -114,6 +168,29 @@ impl SampleBatch {
         self.rows.is_empty()
     }
 
+    /// This batch with the allowed-token bitmasks of some rows (row, `vocab.div_ceil(32)` words); other rows
+    /// stay unconstrained. A mask of another length is an error.
+    pub fn with_allowed(&self, masks: &[(usize, Vec<u32>)]) -> crate::Result<SampleBatch> {
+        let words = self.vocab.div_ceil(32);
+        let mut by_row = vec![None; self.len()];
+        for (r, m) in masks {
+            if *r >= self.len() || m.len() < words {
+                return Err(crate::Error::Internal(format!("allowed-token mask of {} words for row {r}", m.len())));
+            }
+            by_row[*r] = Some(&m[..words]);
+        }
+        let mut b = self.clone();
+        let l = &mut b.lists;
+        (l.allow_off, l.allow_bits) = (vec![0], Vec::with_capacity(masks.len() * words));
+        for m in by_row {
+            if let Some(m) = m {
+                l.allow_bits.extend(m.iter().map(|&w| w as i32));
+            }
+            l.allow_off.push(l.allow_bits.len() as i32);
+        }
+        Ok(b)
+    }
+
     /// Applies row `row`'s penalties and masks to its logits (the CPU twin of the penalties kernel).
     pub fn apply_lists(&self, row: usize, logits: &mut [f32]) {
         let (p, l) = (&self.rows[row], &self.lists);
@@ -136,6 +213,14 @@ impl SampleBatch {
         }
         for &t in &l.mask_ids[range(&l.mask_off)] {
             logits[t as usize] = f32::NEG_INFINITY;
+        }
+        let allow = &l.allow_bits[range(&l.allow_off)];
+        if !allow.is_empty() {
+            for (i, v) in logits.iter_mut().enumerate().take(self.vocab) {
+                if (allow[i / 32] as u32 >> (i % 32)) & 1 == 0 {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
         }
     }
 

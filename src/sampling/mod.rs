@@ -3,7 +3,7 @@
 use crate::{Error, Result};
 
 pub mod batch;
-pub use batch::{Picked, SampleBatch, SampleLists, SampleRow};
+pub use batch::{LateMasks, Picked, SampleBatch, SampleLists, SampleRow};
 
 /// Per-request sampling and stopping parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +39,9 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Which raw logits rows come back with the outputs (TensorRT-LLM's `return_*_logits`).
     pub return_logits: ReturnLogits,
+    /// Structured output: what the generated text must match (the engine compiles it into a per-sequence
+    /// constraint whose allowed-token mask is applied after the penalties).
+    pub guide: Option<crate::guided::Guide>,
 }
 
 /// Raw logits a request wants back, besides its tokens: every prompt position's (`context`: row i predicts token
@@ -68,6 +71,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             logit_bias: Vec::new(),
             return_logits: ReturnLogits::default(),
+            guide: None,
         }
     }
 }

@@ -194,6 +194,11 @@ impl Tokenizer {
         matches!(self.kinds.get(id as usize), Some(TokenKind::Control))
     }
 
+    /// Whether `id` is the unknown piece (`<unk>`).
+    pub(crate) fn is_unknown(&self, id: u32) -> bool {
+        matches!(self.kinds.get(id as usize), Some(TokenKind::Unknown))
+    }
+
     /// The byte of a `<0xHH>` byte-fallback id.
     pub(crate) fn byte_value(&self, id: u32) -> Option<u8> {
         match self.kinds.get(id as usize) {

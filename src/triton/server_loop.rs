@@ -173,8 +173,15 @@ impl Loop {
         let now = Instant::now();
         let mut touched = Vec::new();
         let tok = self.engine.tokenizer().clone();
+        let mut failed = Vec::new();
         for o in outs {
             let Some(&(key, i)) = self.rows.get(&o.id) else { continue };
+            if let Some(e) = o.error {
+                // The request fails alone (e.g. its structured output reached a dead end).
+                self.rows.remove(&o.id);
+                failed.push((key, e));
+                continue;
+            }
             let Some(j) = self.jobs.get_mut(&key) else { continue };
             let r = &mut j.rows[i];
             let token_text = match (j.want_tokens, o.token) {
@@ -196,6 +203,9 @@ impl Loop {
                 j.dirty = true;
                 touched.push(key);
             }
+        }
+        for (key, e) in failed {
+            self.end_with_error(key, &Error::InvalidRequest(e));
         }
         for key in touched {
             self.flush(key);

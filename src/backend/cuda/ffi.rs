@@ -596,8 +596,8 @@ pub struct SampleInputs<'a> {
     pub params: &'a CudaSlice<u8>,
     pub ints: &'a CudaSlice<i32>,
     /// Offsets into `ints` of rep_off, rep_ids, gen_off, gen_ids, gen_counts, mask_off, mask_ids, bias_off,
-    /// bias_ids, bias_bits.
-    pub off: [usize; 10],
+    /// bias_ids, bias_bits, allow_off, allow_bits.
+    pub off: [usize; 12],
 }
 
 pub fn sample(
@@ -635,6 +635,8 @@ pub fn sample(
             at(7),
             at(8),
             at(9),
+            at(10),
+            at(11),
             sp as *mut c_void,
             int("sample", rows)?,
             int("sample", vocab)?,

@@ -43,7 +43,7 @@ impl CudaBackend {
         let n = batch.len();
         let l = &batch.lists;
         let mut ints = Vec::new();
-        let mut off = [0usize; 10];
+        let mut off = [0usize; 12];
         let lists = [
             &l.rep_off,
             &l.rep_ids,
@@ -55,10 +55,16 @@ impl CudaBackend {
             &l.bias_off,
             &l.bias_ids,
             &l.bias_bits,
+            &l.allow_off,
+            &l.allow_bits,
         ];
         for (i, v) in lists.into_iter().enumerate() {
             off[i] = ints.len();
             ints.extend_from_slice(v);
+        }
+        let words = vocab.div_ceil(32) as i32;
+        if l.allow_off.len() != n + 1 || l.allow_off.windows(2).any(|w| w[1] - w[0] != 0 && w[1] - w[0] != words) {
+            return Err(Error::Internal(format!("allowed-token masks of {n} rows are not 0 or {words} words each")));
         }
         if let Some(&bad) = [&l.rep_ids, &l.gen_ids, &l.mask_ids, &l.bias_ids]
             .into_iter()
