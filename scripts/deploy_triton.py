@@ -140,6 +140,12 @@ def parse_args(argv=None):
         default=None,
         help="also start the OpenAI-compatible frontend (scripts/openai_frontend.py) on this port",
     )
+    p.add_argument(
+        "--openai_api_key",
+        default=None,
+        help="the frontend requires `Authorization: Bearer KEY` on /v1 (default: $TRITON_LLAMA_API_KEY, else open); "
+        "passed in its environment, not on its command line",
+    )
     p.add_argument("--max_batched_tokens", type=int, default=None, help="tokens per engine step at most (default 2048)")
     p.add_argument(
         "--mixed_prefill_tokens",
@@ -353,7 +359,10 @@ def main(argv=None):
             str(a.openai_port),
         ]
         print("starting:", " ".join(fcmd), flush=True)
-        frontend = subprocess.Popen(fcmd, preexec_fn=die_with_parent(os.getpid()))
+        env = dict(os.environ)
+        if a.openai_api_key:
+            env["TRITON_LLAMA_API_KEY"] = a.openai_api_key
+        frontend = subprocess.Popen(fcmd, preexec_fn=die_with_parent(os.getpid()), env=env)
     fatal = []  # the reason this script stops the server itself (exit code 1, 3 or 4)
     stopping = threading.Event()  # a signal asked for the stop: the frontend's exit is expected
     drained = threading.Event()  # end_stuck_shutdown ended a drained tritonserver: exit 0

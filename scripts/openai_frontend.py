@@ -17,7 +17,9 @@ A client that disconnects mid-stream cancels its gRPC stream, which cancels the 
 
 import argparse
 import asyncio
+import hmac
 import json
+import os
 import time
 import uuid
 
@@ -31,7 +33,7 @@ from openai_schema import CHAT_REQUEST, COMPLETION_REQUEST, error_responses, req
 from tritonclient.utils import InferenceServerException
 
 app = FastAPI(title="triton-llama OpenAI-compatible API")
-CFG = {"grpc_url": "localhost:8001", "model": "llama", "created": int(time.time())}
+CFG = {"grpc_url": "localhost:8001", "model": "llama", "created": int(time.time()), "api_key": None}
 CLIENT = {}
 
 
@@ -43,6 +45,7 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.etype = etype or {
             400: "invalid_request_error",
+            401: "invalid_request_error",
             404: "invalid_request_error",
             429: "rate_limit_exceeded",
             503: "server_overloaded",
@@ -58,6 +61,17 @@ class ApiError(Exception):
 @app.exception_handler(ApiError)
 async def _api_error(_request, e: ApiError):
     return e.response()
+
+
+def require_api_key(request: Request):
+    """With an API key set, every /v1 route needs `Authorization: Bearer <key>` (compared in constant time);
+    /health stays open for probes. Called by each /v1 route (an HTTP middleware would hide client disconnects
+    from the routes)."""
+    key = CFG["api_key"]
+    if key:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())):
+            raise ApiError(401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
 
 
 def client():
@@ -99,6 +113,83 @@ def _number(body, key, lo, hi, integer=False):
     return v
 
 
+GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+
+def guided_decoding(body):
+    """Structured output: OpenAI's `response_format` (`json_object`, `json_schema`) or one of vLLM's `guided_*`
+    parameters, as (guided_decoding_guide_type, guided_decoding_guide) for the backend; None for plain text."""
+    asked = []
+    rf = body.get("response_format")
+    if rf is not None and rf != {"type": "text"}:
+        kind = rf.get("type") if isinstance(rf, dict) else None
+        if kind == "json_object":
+            asked.append(("response_format", ("json", "")))
+        elif kind == "json_schema":
+            js = rf.get("json_schema")
+            schema = js.get("schema") if isinstance(js, dict) else None
+            if not isinstance(schema, (dict, bool)):
+                raise ApiError(
+                    400,
+                    "`response_format.json_schema.schema` must be a JSON schema object",
+                    param="response_format",
+                    code="invalid_value",
+                )
+            asked.append(("response_format", ("json_schema", json.dumps(schema))))
+        elif kind != "text":
+            raise ApiError(
+                400,
+                "`response_format.type` must be text, json_object or json_schema",
+                param="response_format",
+                code="invalid_value",
+            )
+    for key in GUIDED:
+        v = body.get(key)
+        if v is None:
+            continue
+        if key == "guided_json" and isinstance(v, (dict, str)):
+            asked.append((key, ("json_schema", v if isinstance(v, str) else json.dumps(v))))
+        elif key == "guided_choice" and isinstance(v, list) and v and all(isinstance(c, str) for c in v):
+            asked.append((key, ("choice", json.dumps(v))))
+        elif key in ("guided_regex", "guided_grammar") and isinstance(v, str) and v:
+            asked.append((key, ("regex" if key == "guided_regex" else "lark", v)))
+        else:
+            what = {"guided_json": "a JSON schema", "guided_choice": "a non-empty list of strings"}
+            raise ApiError(
+                400, f"`{key}` must be {what.get(key, 'a non-empty string')}", param=key, code="invalid_value"
+            )
+    if len(asked) > 1:
+        names = ", ".join(f"`{k}`" for k, _ in asked)
+        raise ApiError(400, f"give one structured-output parameter, not {names}", param=asked[1][0])
+    return asked[0][1] if asked else None
+
+
+def logit_bias(lb):
+    """OpenAI's `logit_bias` ({token id: bias in [-100, 100]}) as {id: bias}; the backend checks the ids."""
+    if lb is None:
+        return {}
+    if not isinstance(lb, dict):
+        raise ApiError(400, "`logit_bias` must map token ids to biases", param="logit_bias", code="invalid_value")
+    out = {}
+    for k, v in lb.items():
+        try:
+            tid = int(k)
+        except (TypeError, ValueError):
+            tid = -1
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and -100 <= v <= 100
+        if tid < 0 or tid >= 2**31 or not ok:
+            raise ApiError(
+                400,
+                f"`logit_bias` maps token ids to numbers in [-100, 100]; got {k!r}: {v!r}",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        out[tid] = float(v)
+    if len(out) > 300:
+        raise ApiError(400, "`logit_bias` takes at most 300 token ids", param="logit_bias", code="invalid_value")
+    return out
+
+
 def triton_inputs(body, chat):
     """Validates the OpenAI parameters and builds the Triton inputs; refuses what the backend lacks."""
     if not isinstance(body, dict):
@@ -118,19 +209,13 @@ def triton_inputs(body, chat):
         raise ApiError(400, "only `n` = 1 is supported (one choice per request)", param="n", code="unsupported_value")
     if body.get("best_of") not in (None, 1):
         raise ApiError(400, "`best_of` other than 1 is not supported", param="best_of", code="unsupported_value")
-    for key in ("logit_bias", "tools", "functions", "suffix"):
+    for key in ("tools", "functions", "suffix"):
         if body.get(key):
             raise ApiError(400, f"`{key}` is not supported by this server", param=key, code="unsupported_parameter")
     if body.get("echo"):
         raise ApiError(400, "`echo` is not supported by this server", param="echo", code="unsupported_parameter")
-    rf = body.get("response_format")
-    if rf not in (None, {"type": "text"}):
-        raise ApiError(
-            400,
-            'only `response_format` {"type": "text"} is supported',
-            param="response_format",
-            code="unsupported_value",
-        )
+    guide = guided_decoding(body)
+    bias = logit_bias(body.get("logit_bias"))
     # Log-probs: the backend returns each chosen token's text and log-prob, not the top alternatives.
     if chat:
         logprobs = body.get("logprobs")
@@ -246,6 +331,12 @@ def triton_inputs(body, chat):
         if not isinstance(body["ignore_eos"], bool):
             raise ApiError(400, "`ignore_eos` must be a boolean", param="ignore_eos", code="invalid_value")
         add("ignore_eos", np.array([[body["ignore_eos"]]], dtype=bool), "BOOL")
+    if guide is not None:
+        add("guided_decoding_guide_type", np.array([[guide[0].encode()]], dtype=np.object_), "BYTES")
+        add("guided_decoding_guide", np.array([[guide[1].encode()]], dtype=np.object_), "BYTES")
+    if bias:
+        add("logit_bias_ids", np.array([list(bias)], dtype=np.int32), "INT32")
+        add("logit_bias_values", np.array([list(bias.values())], dtype=np.float32), "FP32")
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise ApiError(400, "`stream` must be a boolean", param="stream", code="invalid_value")
@@ -358,6 +449,7 @@ async def until_disconnect(request: Request, aw):
 
 
 async def handle(request: Request, chat: bool):
+    require_api_key(request)
     try:
         body = await request.json()
     except Exception:
@@ -456,7 +548,7 @@ async def handle(request: Request, chat: bool):
     return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-ERRORS = error_responses(400, 404, 429, 499, 503)
+ERRORS = error_responses(400, 401, 404, 429, 499, 503)
 
 
 @app.post("/v1/chat/completions", openapi_extra=request_body(CHAT_REQUEST), responses=ERRORS)
@@ -469,16 +561,18 @@ async def completions(request: Request):
     return await handle(request, chat=False)
 
 
-@app.get("/v1/models")
-async def models():
+@app.get("/v1/models", responses=error_responses(401))
+async def models(request: Request):
+    require_api_key(request)
     return {
         "object": "list",
         "data": [{"id": CFG["model"], "object": "model", "created": CFG["created"], "owned_by": "triton-llama"}],
     }
 
 
-@app.get("/v1/models/{name}", responses=error_responses(404))
-async def model(name: str):
+@app.get("/v1/models/{name}", responses=error_responses(401, 404))
+async def model(name: str, request: Request):
+    require_api_key(request)
     if name != CFG["model"]:
         raise ApiError(404, f"The model `{name}` does not exist", param="model", code="model_not_found")
     return {"id": name, "object": "model", "created": CFG["created"], "owned_by": "triton-llama"}
@@ -507,8 +601,13 @@ def main(argv=None):
     p.add_argument("--model", default="llama", help="Triton model name (requests go to <model>_stream)")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=9000)
+    p.add_argument(
+        "--api_key",
+        default=os.environ.get("TRITON_LLAMA_API_KEY") or None,
+        help="require `Authorization: Bearer KEY` on every /v1 route (default: $TRITON_LLAMA_API_KEY; none: open)",
+    )
     a = p.parse_args(argv)
-    CFG.update(grpc_url=a.grpc_url, model=a.model)
+    CFG.update(grpc_url=a.grpc_url, model=a.model, api_key=a.api_key)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=5)
 
 

@@ -23,6 +23,15 @@ COMMON = {
     "min_tokens": {"type": "integer", "minimum": 0},
     "repetition_penalty": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
     "ignore_eos": {"type": "boolean"},
+    "logit_bias": {
+        "type": "object",
+        "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        "propertyNames": {"pattern": "^[0-9]{1,3}$"},
+        "maxProperties": 8,
+    },
+    # Structured output (vLLM's extension; the others, guided_json / guided_regex / guided_grammar, compile
+    # arbitrary grammars and are tested on their own in tests/e2e/test_openai.py).
+    "guided_choice": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 4},
 }
 
 MESSAGE = {
@@ -44,7 +53,11 @@ CHAT_REQUEST = {
         "max_completion_tokens": {"type": "integer", "minimum": 1},
         "logprobs": {"type": "boolean"},
         "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 0},
-        "response_format": {"type": "object", "properties": {"type": {"type": "string", "enum": ["text"]}}},
+        "response_format": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}},
+        },
     },
 }
 

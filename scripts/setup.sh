@@ -22,5 +22,7 @@ fi
 .venv/bin/pip install -q 'ruff==0.14.0'
 # The OpenAI frontend's property-based fuzz (tests/e2e/test_openai_fuzz.py): requests generated from its OpenAPI schema.
 .venv/bin/pip install -q 'schemathesis==4.32.5'
+# The structured-output tests validate answers against their JSON schemas with it (independent of llguidance).
+.venv/bin/pip install -q 'jsonschema==4.26.0'
 cargo build --release --locked
 echo "set-up done: .venv (tritonserver $(.venv/bin/python -c 'import pytriton,os;print(os.path.dirname(pytriton.__file__))')/tritonserver/bin/tritonserver), target/release/libtriton_llama.so"

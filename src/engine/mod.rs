@@ -453,6 +453,12 @@ impl Engine {
         if let Some(bad) = req.prompt_ids.iter().find(|&&t| t >= vocab) {
             return Err(Error::InvalidRequest(format!("prompt token id {bad} is outside the vocabulary of {vocab}")));
         }
+        let width = self.logits_width() as u32;
+        if let Some((bad, _)) = req.params.logit_bias.iter().find(|(t, _)| *t >= width) {
+            return Err(Error::InvalidRequest(format!(
+                "logit bias token id {bad} is outside the vocabulary of {width}"
+            )));
+        }
         if req.params.max_new_tokens == 0 {
             return Err(Error::InvalidRequest("max_new_tokens must be at least 1".into()));
         }

@@ -33,7 +33,7 @@ pub const ON_FLAG: [(&str, [&str; 2]); 2] = [
 ];
 
 /// (input name, Triton config dtype, dims) for the auto-completed config. Scalars are `[1]` per batch row.
-pub const INPUTS: [(&str, &str, &[i64]); 62] = [
+pub const INPUTS: [(&str, &str, &[i64]); 64] = [
     ("prompts", "TYPE_STRING", &[1]),
     ("max_output_token", "TYPE_INT64", &[1]),
     ("top_k", "TYPE_INT64", &[1]),
@@ -100,6 +100,9 @@ pub const INPUTS: [(&str, &str, &[i64]); 62] = [
     ("guided_decoding_guide_type", "TYPE_STRING", &[1]),
     ("guided_decoding_guide", "TYPE_STRING", &[1]),
     ("decoder_text_input", "TYPE_STRING", &[1]),
+    // OpenAI's / vLLM's `logit_bias` by token id: the ids and their biases in [-100, 100], pairwise.
+    ("logit_bias_ids", "TYPE_INT32", &[-1]),
+    ("logit_bias_values", "TYPE_FP32", &[-1]),
 ];
 
 /// Which outputs a response carries.
@@ -240,6 +243,41 @@ impl<'a> Inputs<'a> {
         }
         Ok(out)
     }
+    /// `logit_bias_ids` (INT32 `[N, k]`) with `logit_bias_values` (FP32 `[N, k]`): per prompt, (id, bias) pairs,
+    /// each bias finite and in [-100, 100]; ids past the vocabulary are refused by the engine.
+    fn id_bias(&self) -> Result<Vec<Vec<(u32, f32)>>> {
+        let (ids_n, vals_n) = ("logit_bias_ids", "logit_bias_values");
+        let mut out = vec![Vec::new(); self.n];
+        let (ids, vals) = match (self.get(ids_n), self.get(vals_n)) {
+            (None, None) => return Ok(out),
+            (Some(i), Some(v)) => (i, v),
+            _ => return refuse(format!("inputs `{ids_n}` and `{vals_n}` go together")),
+        };
+        let (ir, vr) = (self.check_rows(ids, None)?, self.check_rows(vals, None)?);
+        let (ik, vk) = (ids.rows()?.1, vals.rows()?.1);
+        if ik != vk {
+            return refuse(format!("`{ids_n}` has {ik} ids per prompt but `{vals_n}` {vk} values"));
+        }
+        if ik > 300 {
+            return refuse(format!("input `{ids_n}`: at most 300 ids per prompt, got {ik}"));
+        }
+        let (iv, vv) = (ids.as_ints()?, vals.as_f64s()?);
+        for (p, pairs) in out.iter_mut().enumerate() {
+            let (a, b) = (if ir == 1 { 0 } else { p }, if vr == 1 { 0 } else { p });
+            for j in 0..ik {
+                let (id, bias) = (iv[a * ik + j], vv[b * vk + j]);
+                if id < 0 || id > u32::MAX as i128 {
+                    return refuse(format!("input `{ids_n}`: {id} is not a token id"));
+                }
+                if !(bias.is_finite() && (-100.0..=100.0).contains(&bias)) {
+                    return refuse(format!("input `{vals_n}`: biases are in [-100, 100], got {bias}"));
+                }
+                pairs.push((id as u32, bias as f32));
+            }
+        }
+        Ok(out)
+    }
+
     /// A list of strings per prompt (empty strings dropped).
     fn strings(&self, name: &str) -> Result<Vec<Vec<String>>> {
         let Some(t) = self.get(name) else { return Ok(vec![Vec::new(); self.n]) };
@@ -386,11 +424,6 @@ fn refuse_unsupported(inp: &Inputs) -> Result<()> {
         return refuse("input `prompt_vocab_size` is not supported: this backend has no p-tuning prompt tables".into());
     }
     let non_empty = |name| -> Result<bool> { Ok(inp.strings(name)?.iter().any(|v| !v.is_empty())) };
-    for name in ["guided_decoding_guide_type", "guided_decoding_guide"] {
-        if non_empty(name)? {
-            return refuse(format!("input `{name}` is not supported yet: this backend has no guided decoding"));
-        }
-    }
     if non_empty("decoder_text_input")? {
         return refuse("input `decoder_text_input` is not supported: Llama has no encoder-decoder input".into());
     }
@@ -432,6 +465,11 @@ struct PerPrompt {
     stops_end: Vec<Vec<String>>,
     bads: [Vec<Vec<String>>; 2],
     bias: Vec<Vec<(String, f32)>>,
+    /// `logit_bias_ids` / `logit_bias_values`: per prompt, (id, bias) pairs.
+    id_bias: Vec<Vec<(u32, f32)>>,
+    /// TensorRT-LLM's guided decoding: per prompt, the guide type and the guide (empty: none).
+    guide_type: Vec<Vec<String>>,
+    guide: Vec<Vec<String>>,
     /// Per logits kind (`ON_FLAG` order): the first of its flags present.
     logits: [PerRow<f64>; 2],
 }
@@ -458,6 +496,9 @@ impl PerPrompt {
             stops_end: inp.strings("end_strings")?,
             bads: [inp.strings("bad_words_list")?, inp.strings("bad_words")?],
             bias: inp.bias_words()?,
+            id_bias: inp.id_bias()?,
+            guide_type: inp.strings("guided_decoding_guide_type")?,
+            guide: inp.strings("guided_decoding_guide")?,
             logits: [inp.nums(&ON_FLAG[0].1)?, inp.nums(&ON_FLAG[1].1)?],
         })
     }
@@ -477,10 +518,40 @@ impl PerPrompt {
             p.temperature = 0.0;
         }
         p.ignore_eos = self.ignore_eos.as_ref().is_some_and(|(_, v)| v[i] != 0.0);
+        p.guide = self.guide(i)?;
+        p.logit_bias.extend_from_slice(&self.id_bias[i]);
         let flag = |k: usize| self.logits[k].as_ref().is_some_and(|(_, v)| v[i] != 0.0);
         p.return_logits = crate::sampling::ReturnLogits { context: flag(0), generation: flag(1) };
         let bad_words = self.stops_and_bad_words(i, &mut p)?;
         Ok((p, bad_words))
+    }
+
+    /// Prompt `i`'s guide: `guided_decoding_guide_type` (json, json_schema, json_object, regex, ebnf_grammar / lark,
+    /// choice) with `guided_decoding_guide` (the schema, regex, grammar or JSON list; empty for `json`).
+    fn guide(&self, i: usize) -> Result<Option<crate::guided::Guide>> {
+        let one = |v: &Vec<String>, name: &str| -> Result<Option<String>> {
+            match v.as_slice() {
+                [] => Ok(None),
+                [s] => Ok(Some(s.clone())),
+                _ => refuse(format!("input `{name}` takes one string per prompt")),
+            }
+        };
+        let kind = one(&self.guide_type[i], "guided_decoding_guide_type")?;
+        let text = one(&self.guide[i], "guided_decoding_guide")?;
+        match (kind, text) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => refuse("input `guided_decoding_guide` needs `guided_decoding_guide_type`".into()),
+            (Some(k), text) => {
+                let text = text.unwrap_or_default();
+                let needs_text = ["json_schema", "regex", "ebnf_grammar", "lark", "grammar", "choice"];
+                if text.is_empty() && needs_text.contains(&k.as_str()) {
+                    return refuse(format!("guided decoding of type `{k}` needs `guided_decoding_guide`"));
+                }
+                crate::guided::Guide::parse(&k, &text)
+                    .map(Some)
+                    .map_err(|e| Error::InvalidRequest(format!("input `guided_decoding_guide`: {e}")))
+            }
+        }
     }
 
     /// `max_new_tokens` (the model's default unless given, at most `max_output_len`) and `min_new_tokens`.

@@ -267,8 +267,9 @@ fn tensorrt_llm_features_this_backend_lacks_are_refused_by_name() {
         (raw("lora_task_id", ffi::TYPE_UINT64, &[1, 1], 8), "`lora_task_id` is not supported"),
         (raw("lora_weights", ffi::TYPE_FP16, &[1, 2, 4], 16), "`lora_weights` is not supported"),
         (raw("lora_config", ffi::TYPE_INT32, &[1, 2, 3], 24), "`lora_config` is not supported"),
-        (bytes("guided_decoding_guide_type", &[&["json"]]), "`guided_decoding_guide_type` is not supported"),
-        (bytes("guided_decoding_guide", &[&["{}"]]), "`guided_decoding_guide` is not supported"),
+        (bytes("guided_decoding_guide", &[&["{}"]]), "`guided_decoding_guide` needs `guided_decoding_guide_type`"),
+        (bytes("guided_decoding_guide_type", &[&["regex"]]), "type `regex` needs `guided_decoding_guide`"),
+        (bytes("guided_decoding_guide_type", &[&["yaml"]]), "unknown guide type `yaml`"),
         (bytes("decoder_text_input", &[&["x"]]), "`decoder_text_input` is not supported"),
         (f32s("length_penalty", &[f32::NAN]), "`length_penalty` must be a finite number"),
         (i32s("beam_width", &[2]), "`beam_width` > 1"),
@@ -342,4 +343,28 @@ fn logits_flags_ask_for_their_outputs() {
     let named = parse_job(&flags([true, true], true), &["text_output".into()], &lim(false)).unwrap();
     assert_eq!(named.outputs.names, vec!["text_output"]);
     assert!(parse_job(&two(), &[], &lim(false)).unwrap().outputs.names.iter().all(|n| !n.ends_with("_logits")));
+}
+
+/// TensorRT-LLM's guided decoding inputs become each prompt's guide.
+#[test]
+fn guided_decoding_inputs_set_the_guide() {
+    use crate::guided::Guide;
+    let job = |kind: &str, guide: &str| {
+        let mut v = vec![bytes("text_input", &[&["a"]])];
+        v.push(bytes("guided_decoding_guide_type", &[&[kind]]));
+        if !guide.is_empty() {
+            v.push(bytes("guided_decoding_guide", &[&[guide]]));
+        }
+        parse_job(&v, &[], &lim(false)).map(|j| j.prompts[0].params.guide.clone())
+    };
+    assert_eq!(job("json", "").unwrap(), Some(Guide::JsonObject));
+    assert_eq!(
+        job("json_schema", r#"{"type":"integer"}"#).unwrap(),
+        Some(Guide::JsonSchema(serde_json::json!({"type": "integer"})))
+    );
+    assert_eq!(job("regex", "[0-9]+").unwrap(), Some(Guide::Regex("[0-9]+".into())));
+    assert_eq!(job("ebnf_grammar", "start: \"x\"").unwrap(), Some(Guide::Lark("start: \"x\"".into())));
+    assert_eq!(job("choice", r#"["a","b"]"#).unwrap(), Some(Guide::Choice(vec!["a".into(), "b".into()])));
+    let e = job("json_schema", "{oops").unwrap_err().to_string();
+    assert!(e.contains("`guided_decoding_guide`") && e.contains("not valid JSON"), "{e}");
 }

@@ -243,7 +243,7 @@ def test_multi_turn_carries_the_first_answer(client):
         ({"logprobs": True, "top_logprobs": 2}, "top_logprobs", "not supported"),
         ({"top_logprobs": 2}, "top_logprobs", "needs `logprobs: true`"),
         ({"top_logprobs": 50, "logprobs": True}, "top_logprobs", "`top_logprobs`"),
-        ({"logit_bias": {"5": 1}}, "logit_bias", "not supported"),
+        ({"logit_bias": {"5": 101}}, "logit_bias", "[-100, 100]"),
         ({"seed": "x"}, "seed", "`seed`"),
         ({"stop": 5}, "stop", "`stop`"),
         ({"presence_penalty": 5}, "presence_penalty", "`presence_penalty`"),

@@ -98,12 +98,7 @@ def test_indexes_and_cumulative_log_probs(server):
         ("lora_task_id", "UINT64", [[7], [7]], "`lora_task_id` is not supported"),
         ("prompt_embedding_table", "FP16", np.zeros((2, 2, 4)), "`prompt_embedding_table` is not supported"),
         ("prompt_vocab_size", "INT32", [[4], [4]], "`prompt_vocab_size` is not supported"),
-        (
-            "guided_decoding_guide_type",
-            "BYTES",
-            [[b"json"], [b"json"]],
-            "`guided_decoding_guide_type` is not supported",
-        ),
+        ("guided_decoding_guide_type", "BYTES", [[b"yaml"], [b"yaml"]], "unknown guide type `yaml`"),
         ("beam_width", "INT32", [[2], [2]], "`beam_width` > 1 is not supported"),
     ],
 )
