@@ -147,6 +147,14 @@ int tl_token_logprob(float *lp,           /* [rows] */
                      const int32_t *ids,  /* [rows], each < vocab */
                      int rows, int vocab, void *stream);
 
+/* The k most likely ids of each row of unprocessed logits in (logit desc, id asc) order, with their
+ * log-probabilities (logit - logsumexp, f64 sum); a row with fewer than k finite logits ends in ids -1 with
+ * -inf. k search passes over the row, no sort and no copy to the host. CPU twin: sampling::top_logprobs. */
+int tl_top_logprobs(int32_t *ids,         /* [rows, k] */
+                    float *lps,           /* [rows, k] */
+                    const float *logits,  /* [rows, vocab] */
+                    int rows, int vocab, int k, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

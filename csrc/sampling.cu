@@ -211,3 +211,64 @@ extern "C" int tl_token_logprob(float *lp, const float *logits, const int32_t *i
     token_logprob_kernel<<<rows, 256, 0, TL_STREAM(stream)>>>(lp, logits, ids, vocab);
     return tl_launch_status();
 }
+
+__device__ __forceinline__ uint64_t warp_max_u64(uint64_t v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const uint64_t w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+// One block per row: the row's log-sum-exp as in token_logprob_kernel, then k passes, each taking the largest
+// sort key below the previous pass's (keys are distinct, so each pass finds the next id in order).
+__global__ void top_logprobs_kernel(int32_t *ids, float *lps, const float *logits, int vocab, int k) {
+    __shared__ double sh[32];
+    __shared__ float shf[32];
+    __shared__ uint64_t shk[32];
+    const int row = blockIdx.x;
+    const float *l = logits + static_cast<int64_t>(row) * vocab;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, l[i]);
+    mx = warp_max(mx);
+    if ((threadIdx.x & 31) == 0) shf[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = (threadIdx.x & 31) < static_cast<int>(blockDim.x >> 5) ? shf[threadIdx.x & 31] : -INFINITY;
+    mx = warp_max(mx);
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) acc += exp(static_cast<double>(l[i] - mx));
+    const float log_sum = static_cast<float>(log(block_sum_d(acc, sh)));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    uint64_t below = ~static_cast<uint64_t>(0);
+    for (int j = 0; j < k; ++j) {
+        uint64_t best = 0;
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+            const uint64_t key = sort_key(l[i], i);
+            if (key < below && key > best) best = key;
+        }
+        best = warp_max_u64(best);
+        __syncthreads();
+        if (lane == 0) shk[warp] = best;
+        __syncthreads();
+        best = warp_max_u64(lane < nw ? shk[lane] : 0);
+        below = best;
+        if (threadIdx.x == 0) {
+            const int64_t at = static_cast<int64_t>(row) * k + j;
+            if (best == 0) {
+                ids[at] = -1;
+                lps[at] = -INFINITY;
+            } else {
+                const int id = static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(best & 0xFFFFFFFFu));
+                ids[at] = id;
+                lps[at] = (l[id] - mx) - log_sum;
+            }
+        }
+    }
+}
+
+extern "C" int tl_top_logprobs(int32_t *ids, float *lps, const float *logits, int rows, int vocab, int k, void *stream) {
+    if (rows == 0 || k == 0) return 0;
+    if (rows < 0 || vocab <= 0 || k < 0) return TL_ERR_ARGS;
+    top_logprobs_kernel<<<rows, 256, 0, TL_STREAM(stream)>>>(ids, lps, logits, vocab, k);
+    return tl_launch_status();
+}

@@ -34,6 +34,8 @@ from tritonclient.utils import InferenceServerException
 
 app = FastAPI(title="triton-llama OpenAI-compatible API")
 CFG = {"grpc_url": "localhost:8001", "model": "llama", "created": int(time.time()), "api_key": None}
+# Most choices (`n`) or candidates (`best_of`) one request may ask for.
+MAX_CHOICES = 16
 CLIENT = {}
 
 
@@ -190,6 +192,38 @@ def logit_bias(lb):
     return out
 
 
+class Req:
+    """A validated request: its Triton inputs and how to shape the answer."""
+
+    inputs = ()
+    stream = False
+    include_usage = False
+    logprobs = False
+    top = 0  # alternatives per position
+    echo = None  # completions' `echo`: the prompt, put in front of the text
+    prompt_logprobs = False  # with echo and logprobs: the prompt tokens' log-probs come first
+    max_tokens = None
+    seed = None
+    n = 1  # choices returned
+    best_of = 1  # candidates generated (the n with the highest cumulative log-prob are returned)
+
+    def inputs_for(self, i):
+        """Candidate i's inputs: its seed is `seed + i`; only the first computes the prompt's log-probs (the
+        others start after it and find the prompt in the prefix cache)."""
+        extra = []
+        if self.seed is not None:
+            extra.append(_tensor("seed", np.array([[(self.seed + i) % 2**64]], dtype=np.uint64), "UINT64"))
+        if self.prompt_logprobs and i == 0:
+            extra.append(_tensor("return_prompt_log_probs", np.array([[True]], dtype=bool), "BOOL"))
+        return list(self.inputs) + extra
+
+
+def _tensor(name, arr, dtype):
+    t = grpcclient.InferInput(name, list(arr.shape), dtype)
+    t.set_data_from_numpy(arr)
+    return t
+
+
 def triton_inputs(body, chat):
     """Validates the OpenAI parameters and builds the Triton inputs; refuses what the backend lacks."""
     if not isinstance(body, dict):
@@ -204,53 +238,43 @@ def triton_inputs(body, chat):
             param="model",
             code="model_not_found",
         )
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise ApiError(400, "only `n` = 1 is supported (one choice per request)", param="n", code="unsupported_value")
-    if body.get("best_of") not in (None, 1):
-        raise ApiError(400, "`best_of` other than 1 is not supported", param="best_of", code="unsupported_value")
+    n = _number(body, "n", 1, MAX_CHOICES, integer=True) or 1
+    if chat and body.get("best_of") not in (None, 1):
+        raise ApiError(400, "`best_of` is a completions parameter", param="best_of", code="unsupported_parameter")
+    best_of = _number(body, "best_of", 1, MAX_CHOICES, integer=True) or n
+    if best_of < n:
+        raise ApiError(400, f"`best_of` ({best_of}) must be at least `n` ({n})", param="best_of", code="invalid_value")
+    if best_of > n and body.get("stream"):
+        raise ApiError(400, "`best_of` > `n` cannot be streamed", param="best_of", code="invalid_value")
     for key in ("tools", "functions", "suffix"):
         if body.get(key):
             raise ApiError(400, f"`{key}` is not supported by this server", param=key, code="unsupported_parameter")
-    if body.get("echo"):
-        raise ApiError(400, "`echo` is not supported by this server", param="echo", code="unsupported_parameter")
+    echo = body.get("echo")
+    if echo is not None and not isinstance(echo, bool):
+        raise ApiError(400, "`echo` must be a boolean", param="echo", code="invalid_value")
+    if echo and chat:
+        raise ApiError(400, "`echo` is a completions parameter", param="echo", code="unsupported_parameter")
     guide = guided_decoding(body)
     bias = logit_bias(body.get("logit_bias"))
-    # Log-probs: the backend returns each chosen token's text and log-prob, not the top alternatives.
+    # Log-probs: each chosen token's and, with top_logprobs (chat) / logprobs: k (completions), the k likeliest.
     if chat:
         logprobs = body.get("logprobs")
         if logprobs is not None and not isinstance(logprobs, bool):
             raise ApiError(400, "`logprobs` must be a boolean", param="logprobs", code="invalid_value")
-        top = _number(body, "top_logprobs", 0, 20, integer=True)
+        top = _number(body, "top_logprobs", 0, 20, integer=True) or 0
         if top and not logprobs:
             raise ApiError(400, "`top_logprobs` needs `logprobs: true`", param="top_logprobs", code="invalid_value")
-        if top:
-            raise ApiError(
-                400,
-                "`top_logprobs` > 0 is not supported: the backend returns the chosen token's log-prob "
-                "only, not the top alternatives",
-                param="top_logprobs",
-                code="unsupported_value",
-            )
         logprobs = bool(logprobs)
     else:
-        top = _number(body, "logprobs", 0, 5, integer=True)
-        if top:
-            raise ApiError(
-                400,
-                "`logprobs` > 0 is not supported: the backend returns the chosen token's log-prob only, "
-                "not the top alternatives (use 0)",
-                param="logprobs",
-                code="unsupported_value",
-            )
-        logprobs = top == 0
+        top = _number(body, "logprobs", 0, 20, integer=True)
+        logprobs = top is not None
+        top = top or 0
 
     inputs = []
+    req = Req()
 
     def add(name, arr, dtype):
-        t = grpcclient.InferInput(name, list(arr.shape), dtype)
-        t.set_data_from_numpy(arr)
-        inputs.append(t)
+        inputs.append(_tensor(name, arr, dtype))
 
     if chat:
         msgs = body.get("messages")
@@ -281,6 +305,9 @@ def triton_inputs(body, chat):
         if not prompt:
             raise ApiError(400, "`prompt` is empty", param="prompt", code="invalid_value")
         add("text_input", np.array([[prompt.encode()]], dtype=np.object_), "BYTES")
+        if echo:
+            req.echo = prompt
+            req.prompt_logprobs = logprobs
 
     max_tokens = (
         body.get("max_completion_tokens")
@@ -289,8 +316,10 @@ def triton_inputs(body, chat):
     )
     key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     if max_tokens is not None:
-        _number({key: max_tokens}, key, 1, 2**31 - 1, integer=True)
-        add("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32")
+        # max_tokens 0 with echo scores the prompt alone (evaluation harnesses): one token is made and dropped.
+        _number({key: max_tokens}, key, 0 if echo else 1, 2**31 - 1, integer=True)
+        req.max_tokens = max_tokens
+        add("max_tokens", np.array([[max(max_tokens, 1)]], dtype=np.int32), "INT32")
     temperature = _number(body, "temperature", 0.0, 2.0)
     top_p = _number(body, "top_p", 0.0, 1.0)
     # OpenAI's default temperature is 1; top_p 0 means "only the top token": greedy.
@@ -308,7 +337,7 @@ def triton_inputs(body, chat):
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int) or not (-(2**63) <= seed < 2**64):
             raise ApiError(400, f"`seed` must be an integer, got {seed!r}", param="seed", code="invalid_value")
-        add("seed", np.array([[seed % 2**64]], dtype=np.uint64), "UINT64")
+        req.seed = seed % 2**64
     stop = body.get("stop")
     if stop is not None:
         stops = [stop] if isinstance(stop, str) else stop
@@ -334,6 +363,8 @@ def triton_inputs(body, chat):
     if guide is not None:
         add("guided_decoding_guide_type", np.array([[guide[0].encode()]], dtype=np.object_), "BYTES")
         add("guided_decoding_guide", np.array([[guide[1].encode()]], dtype=np.object_), "BYTES")
+    if top:
+        add("top_logprobs", np.array([[top]], dtype=np.int32), "INT32")
     if bias:
         add("logit_bias_ids", np.array([list(bias)], dtype=np.int32), "INT32")
         add("logit_bias_values", np.array([list(bias.values())], dtype=np.float32), "FP32")
@@ -347,32 +378,56 @@ def triton_inputs(body, chat):
         raise ApiError(
             400, "`stream_options` is only allowed with `stream: true`", param="stream_options", code="invalid_value"
         )
-    include_usage = bool((so or {}).get("include_usage"))
-    return inputs, bool(stream), include_usage, logprobs
+    if stream and req.max_tokens == 0:
+        raise ApiError(400, "`max_tokens` 0 (scoring the prompt) needs `stream: false`", param="max_tokens")
+    req.inputs, req.stream, req.logprobs, req.top = inputs, bool(stream), logprobs, top
+    req.n, req.best_of = n, best_of
+    req.include_usage = bool((so or {}).get("include_usage"))
+    return req
 
 
 # ---- the Triton stream --------------------------------------------------------------------------------------
 
 
-class Backend:
-    """One request on one gRPC stream; yields (text delta, finish_reason or "", output tokens in it)."""
+def _texts(arr):
+    return [t.decode("utf-8", "replace") for t in arr]
 
-    def __init__(self, inputs, logprobs=False):
-        self.inputs = inputs
-        self.logprobs = logprobs
+
+def _tops(toks, lps):
+    """One position's alternatives as (text, log-prob) pairs, padding (log-prob -inf) dropped."""
+    return [(t, lp) for t, lp in zip(_texts(toks), lps.tolist()) if lp != float("-inf")]
+
+
+class Backend:
+    """One request on one gRPC stream; yields (text delta, finish_reason or "", output tokens in it, their
+    (text, log-prob, alternatives) when log-probs are asked for). With echo and log-probs, `prompt_lps` holds the
+    prompt tokens' (text, log-prob or None, alternatives) once the first answer is in."""
+
+    def __init__(self, req: Req, index=0):
+        self.req, self.index = req, index
+        self.cum_logprob = 0.0
         self.done = asyncio.Event()
         self.call = None
         self.final = False
         self.prompt_tokens = 0
+        self.prompt_lps = None
 
     async def _requests(self):
         names = ["text_output", "finish_reason", "num_input_tokens", "num_output_tokens"]
-        if self.logprobs:
+        if self.req.logprobs:
             names += ["output_tokens", "output_log_probs"]
+            if self.req.top:
+                names += ["output_top_log_probs", "output_top_tokens"]
+        if self.req.best_of > self.req.n:
+            names += ["cum_log_probs"]
+        if self.req.prompt_logprobs and self.index == 0:
+            names += ["prompt_log_probs", "prompt_tokens"]
+            if self.req.top:
+                names += ["prompt_top_log_probs", "prompt_top_tokens"]
         outs = [grpcclient.InferRequestedOutput(n) for n in names]
         yield {
             "model_name": CFG["model"] + "_stream",
-            "inputs": self.inputs,
+            "inputs": self.req.inputs_for(self.index),
             "outputs": outs,
             "request_id": uuid.uuid4().hex,
             "parameters": {"triton_enable_empty_final_response": True},
@@ -394,9 +449,26 @@ class Backend:
                     reason = result.as_numpy("finish_reason")[0, 0].decode()
                     k = int(result.as_numpy("num_output_tokens")[0, 0])
                     lps = None
-                    if self.logprobs:
-                        toks = [t.decode("utf-8", "replace") for t in result.as_numpy("output_tokens")[0, :k]]
-                        lps = list(zip(toks, result.as_numpy("output_log_probs")[0, :k].tolist()))
+                    if self.req.logprobs:
+                        toks = _texts(result.as_numpy("output_tokens")[0, :k])
+                        vals = result.as_numpy("output_log_probs")[0, :k].tolist()
+                        tops = [[]] * k
+                        if self.req.top and k:
+                            tt, tl = result.as_numpy("output_top_tokens"), result.as_numpy("output_top_log_probs")
+                            tops = [_tops(tt[0, j], tl[0, j]) for j in range(k)]
+                        lps = list(zip(toks, vals, tops))
+                    cum = result.as_numpy("cum_log_probs") if self.req.best_of > self.req.n else None
+                    if cum is not None:
+                        self.cum_logprob = float(cum[0, 0])
+                    p = result.as_numpy("prompt_log_probs") if self.req.prompt_logprobs and self.index == 0 else None
+                    if p is not None and self.prompt_lps is None:
+                        toks, vals = _texts(result.as_numpy("prompt_tokens")[0]), p[0].tolist()
+                        tops = [[]] * len(toks)
+                        if self.req.top:
+                            tt, tl = result.as_numpy("prompt_top_tokens"), result.as_numpy("prompt_top_log_probs")
+                            tops = [_tops(tt[0, j], tl[0, j]) for j in range(len(toks))]
+                        vals = [None if v != v else v for v in vals]  # NaN: the first token, nothing before it
+                        self.prompt_lps = list(zip(toks, vals, tops))
                     yield text[0, 0].decode(), reason, k, lps
                 if final:
                     self.final = True
@@ -411,20 +483,24 @@ class Backend:
                 self.call.cancel()
 
 
-def chat_logprobs(pairs):
-    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []} for t, lp in pairs]}
+def chat_logprobs(items):
+    def entry(t, lp):
+        return {"token": t, "logprob": lp, "bytes": list(t.encode())}
+
+    return {"content": [{**entry(t, lp), "top_logprobs": [entry(*a) for a in top]} for t, lp, top in items]}
 
 
-def completion_logprobs(pairs, offset):
-    """OpenAI's legacy completions logprobs; `text_offset` counts characters from `offset`."""
+def completion_logprobs(items, offset, top):
+    """OpenAI's legacy completions logprobs; `text_offset` counts characters from `offset`; `top_logprobs` is a
+    {text: log-prob} per position with `logprobs` k > 0 (None for a prompt's first token)."""
     offsets, pos = [], offset
-    for t, _ in pairs:
+    for t, _, _ in items:
         offsets.append(pos)
         pos += len(t)
     return {
-        "tokens": [t for t, _ in pairs],
-        "token_logprobs": [lp for _, lp in pairs],
-        "top_logprobs": None,
+        "tokens": [t for t, _, _ in items],
+        "token_logprobs": [lp for _, lp, _ in items],
+        "top_logprobs": [None if lp is None else dict(alts) for _, lp, alts in items] if top else None,
         "text_offset": offsets,
     }
 
@@ -448,104 +524,202 @@ async def until_disconnect(request: Request, aw):
     return task.result()
 
 
+class Choice:
+    """One candidate's answer as it arrives."""
+
+    def __init__(self, be: Backend):
+        self.be = be
+        self.it = be.chunks()
+        self.text, self.reason, self.completion, self.items = [], "", 0, []
+
+    def add(self, chunk):
+        delta, r, k, lps = chunk
+        self.text.append(delta)
+        self.completion += k
+        self.reason = r or self.reason
+        self.items.extend(lps or [])
+
+    async def rest(self):
+        async for chunk in self.it:
+            self.add(chunk)
+
+
+async def all_or_none(coros):
+    """Runs the coroutines together; the first to fail cancels the others and its error is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def first_answer(c: Choice):
+    """The candidate's first answer (None if it ends without one)."""
+    try:
+        return await c.it.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
 async def handle(request: Request, chat: bool):
     require_api_key(request)
     try:
         body = await request.json()
     except Exception:
         raise ApiError(400, "the request body is not valid JSON")
-    inputs, stream, include_usage, logprobs = triton_inputs(body, chat)
+    req = triton_inputs(body, chat)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     created = int(time.time())
     obj = "chat.completion" if chat else "text_completion"
-    be = Backend(inputs, logprobs)
-    it = be.chunks()
+    # Candidate 0 goes first; the others start once it has answered, so its prompt is in the prefix cache and
+    # computed once.
+    cands = [Choice(Backend(req, i)) for i in range(req.best_of)]
+    be = cands[0].be
+    scoring = req.max_tokens == 0  # echo with max_tokens 0: the prompt's log-probs, the one token dropped
 
-    if not stream:
-        text, reason, completion, pairs = [], "", 0, []
+    def logprobs_of(items, offset, prompt=None):
+        if not req.logprobs:
+            return None
+        if chat:
+            return chat_logprobs(items)
+        if prompt is not None:
+            return _merge(completion_logprobs(prompt, 0, req.top), completion_logprobs(items, offset, req.top))
+        return completion_logprobs(items, offset, req.top)
+
+    if not req.stream:
 
         async def collect():
-            nonlocal reason, completion
-            async for delta, r, k, lps in it:
-                text.append(delta)
-                completion += k
-                reason = r or reason
-                pairs.extend(lps or [])
+            first = await first_answer(cands[0])
+            if first is not None:
+                cands[0].add(first)
+            await all_or_none([c.rest() for c in cands])
 
         # A client that gives up on a unary request (a timeout, a closed connection) cancels it too.
         try:
             await until_disconnect(request, collect())
         except InferenceServerException as e:
             raise from_triton(e)
-        content = "".join(text)
-        lp = (chat_logprobs(pairs) if chat else completion_logprobs(pairs, 0)) if logprobs else None
-        choice = {"index": 0, "finish_reason": finish(reason), "logprobs": lp}
-        choice.update({"message": {"role": "assistant", "content": content}} if chat else {"text": content})
+        completion = sum(c.completion for c in cands)
+        if scoring:
+            for c in cands:
+                c.text, c.items, c.reason = [], [], "length"
+            completion = 0
+        best = cands
+        if req.best_of > req.n:
+            best = sorted(cands, key=lambda c: -c.be.cum_logprob)[: req.n]
+        choices = []
+        for i, c in enumerate(best):
+            content = "".join(c.text)
+            prompt_items = be.prompt_lps if req.echo is not None and req.prompt_logprobs else None
+            lp = logprobs_of(c.items, len(req.echo or ""), prompt_items)
+            choice = {"index": i, "finish_reason": finish(c.reason), "logprobs": lp}
+            text = (req.echo or "") + content
+            choice.update({"message": {"role": "assistant", "content": content}} if chat else {"text": text})
+            choices.append(choice)
         return {
             "id": rid,
             "object": obj,
             "created": created,
             "model": CFG["model"],
-            "choices": [choice],
+            "choices": choices,
             "usage": usage(be.prompt_tokens, completion),
         }
 
     # The first answer is awaited before the HTTP status goes out, so a refused request gets its error status;
     # a client that leaves meanwhile (still queued, say) cancels it.
     try:
-        first = await until_disconnect(request, it.__anext__())
-    except StopAsyncIteration:
-        first = None
+        first = await until_disconnect(request, first_answer(cands[0]))
     except InferenceServerException as e:
         raise from_triton(e)
     chunk_obj = "chat.completion.chunk" if chat else "text_completion"
 
-    def event(delta, reason=None, usage_=None, choices=True, lp=None):
+    def event(index, delta, reason=None, usage_=None, choices=True, lp=None):
         d = {"id": rid, "object": chunk_obj, "created": created, "model": CFG["model"]}
         if choices:
-            c = {"index": 0, "finish_reason": reason, "logprobs": lp}
+            c = {"index": index, "finish_reason": reason, "logprobs": lp}
             c.update({"delta": delta} if chat else {"text": delta})
             d["choices"] = [c]
         else:
             d["choices"] = []
-        if include_usage:
+        if req.include_usage:
             d["usage"] = usage_
         return f"data: {json.dumps(d)}\n\n"
 
+    async def pump(i, c: Choice, queue: asyncio.Queue, first):
+        """Candidate i's events onto the queue; None when it is done."""
+        reason, offset = "", 0
+        if chat:
+            await queue.put(event(i, {"role": "assistant", "content": ""}))
+        if req.echo is not None:
+            prompt = be.prompt_lps if req.prompt_logprobs else None
+            lp = logprobs_of([], 0, prompt) if prompt is not None else None
+            await queue.put(event(i, req.echo, lp=lp))
+            offset = len(req.echo)
+        pending = [first] if first is not None else []
+        while True:
+            if pending:
+                chunk = pending.pop()
+            else:
+                try:
+                    chunk = await c.it.__anext__()
+                except StopAsyncIteration:
+                    break
+            delta, r, k, lps = chunk
+            c.completion += k
+            reason = r or reason
+            lp = None
+            if req.logprobs and lps:
+                lp = logprobs_of(lps, offset)
+            offset += sum(len(t) for t, _, _ in lps or [])
+            if delta or lp:
+                await queue.put(event(i, {"content": delta} if chat else delta, lp=lp))
+        await queue.put(event(i, {} if chat else "", finish(reason)))
+
     async def sse():
-        completion, reason, offset = 0, "", 0
+        queue = asyncio.Queue()
+
+        async def run_all():
+            try:
+                await all_or_none(
+                    [pump(0, cands[0], queue, first)] + [later(i, c, queue) for i, c in enumerate(cands) if i]
+                )
+                await queue.put(None)
+            except Exception as e:  # noqa: BLE001 - handed to the stream below, which reports it
+                await queue.put(e)
+
+        runner = asyncio.ensure_future(run_all())
         try:
-            if chat:
-                yield event({"role": "assistant", "content": ""})
-            pending = [first] if first is not None else []
-            while True:
-                if pending:
-                    delta, r, k, lps = pending.pop()
-                else:
-                    try:
-                        delta, r, k, lps = await it.__anext__()
-                    except StopAsyncIteration:
-                        break
-                completion += k
-                reason = r or reason
-                lp = None
-                if logprobs and lps:
-                    lp = chat_logprobs(lps) if chat else completion_logprobs(lps, offset)
-                    offset += sum(len(t) for t, _ in lps)
-                if delta or lp:
-                    yield event({"content": delta} if chat else delta, lp=lp)
-            yield event({} if chat else "", finish(reason))
-            if include_usage:
-                yield event(None, usage_=usage(be.prompt_tokens, completion), choices=False)
+            while (item := await queue.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+            if req.include_usage:
+                completion = sum(c.completion for c in cands)
+                yield event(0, None, usage_=usage(be.prompt_tokens, completion), choices=False)
             yield "data: [DONE]\n\n"
         except ApiError as e:
             yield f"data: {json.dumps(e.body())}\n\n"
         except InferenceServerException as e:
             yield f"data: {json.dumps(from_triton(e).body())}\n\n"
         finally:
-            await it.aclose()  # cancels the backend request if it has not finished (client disconnect)
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            for c in cands:
+                await c.it.aclose()  # cancels the backend request if it has not finished (client disconnect)
+
+    async def later(i, c, queue):
+        await pump(i, c, queue, await first_answer(c))
 
     return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _merge(a, b):
+    """Completions logprobs of the echoed prompt followed by the completion's."""
+    out = {k: a[k] + b[k] for k in ("tokens", "token_logprobs", "text_offset")}
+    out["top_logprobs"] = a["top_logprobs"] + b["top_logprobs"] if a["top_logprobs"] is not None else None
+    return out
 
 
 ERRORS = error_responses(400, 401, 404, 429, 499, 503)

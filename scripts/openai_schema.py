@@ -10,7 +10,7 @@ COMMON = {
     "max_tokens": {"type": "integer", "minimum": 1},
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
     "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-    "n": {"type": "integer", "minimum": 1, "maximum": 1},
+    "n": {"type": "integer", "minimum": 1, "maximum": 16},
     "stream": {"type": "boolean"},
     "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
     "stop": STOP,
@@ -52,7 +52,7 @@ CHAT_REQUEST = {
         "messages": {"type": "array", "items": MESSAGE, "minItems": 1},
         "max_completion_tokens": {"type": "integer", "minimum": 1},
         "logprobs": {"type": "boolean"},
-        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 0},
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
         "response_format": {
             "type": "object",
             "required": ["type"],
@@ -72,9 +72,9 @@ COMPLETION_REQUEST = {
                 {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1},
             ]
         },
-        "logprobs": {"type": "integer", "minimum": 0, "maximum": 0},
-        "echo": {"type": "boolean", "enum": [False]},
-        "best_of": {"type": "integer", "minimum": 1, "maximum": 1},
+        "logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+        "echo": {"type": "boolean"},
+        "best_of": {"type": "integer", "minimum": 1, "maximum": 16},
     },
 }
 

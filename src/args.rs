@@ -266,6 +266,12 @@ pub struct Sampling {
     /// choice:["a","b"] (the output matches it and ends when it is complete)
     #[arg(long, value_parser = parse_guide, allow_hyphen_values = true)]
     pub guide: Option<Guide>,
+    /// With --json: the K most likely tokens at each generated position, with their log-probs (at most 20)
+    #[arg(long, default_value_t = 0)]
+    pub top_logprobs: usize,
+    /// With --json: each prompt token's log-prob given the tokens before it (and its --top-logprobs alternatives)
+    #[arg(long)]
+    pub prompt_logprobs: bool,
 }
 
 fn parse_guide(s: &str) -> Result<Guide, String> {
@@ -293,6 +299,8 @@ impl Sampling {
             logit_bias: Vec::new(),
             return_logits: Default::default(),
             guide: self.guide.clone(),
+            top_logprobs: self.top_logprobs,
+            prompt_logprobs: self.prompt_logprobs,
         }
     }
 }

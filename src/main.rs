@@ -145,6 +145,10 @@ struct Generated {
     ids: Vec<u32>,
     text: String,
     logprobs: Vec<f32>,
+    /// Per token: its `--top-logprobs` alternatives (id, log-prob).
+    top: Vec<Vec<(u32, f32)>>,
+    /// With `--prompt-logprobs`: each prompt token's log-prob (null for the first) and alternatives.
+    prompt: Vec<triton_llama::engine::TokenLogprob>,
     reason: &'static str,
     timings: Option<Timings>,
 }
@@ -152,7 +156,8 @@ struct Generated {
 /// Runs one request to the end, streaming its text to stdout unless `quiet`.
 fn run_one(engine: &mut Engine, p: Prepared, quiet: bool) -> Result<Generated> {
     engine.add_request(p.request)?;
-    let mut g = Generated { ids: Vec::new(), text: String::new(), logprobs: Vec::new(), reason: "", timings: None };
+    let (ids, text, logprobs, top, prompt) = Default::default();
+    let mut g = Generated { ids, text, logprobs, top, prompt, reason: "", timings: None };
     let mut stdout = std::io::stdout();
     let mut failed = None;
     engine.run_to_completion(|o| {
@@ -162,6 +167,10 @@ fn run_one(engine: &mut Engine, p: Prepared, quiet: bool) -> Result<Generated> {
         if let Some(t) = o.token {
             g.ids.push(t);
             g.logprobs.push(o.logprob);
+            g.top.push(o.top_logprobs.clone());
+        }
+        if !o.prompt_logprobs.is_empty() {
+            g.prompt = o.prompt_logprobs.clone();
         }
         g.text.push_str(&o.text);
         if !quiet {
@@ -208,10 +217,19 @@ fn generate(
             "decode_tokens": t.decode_tokens, "decode_ms": t.decode_ms, "decode_ms_per_token": t.decode_ms_per_token(),
         });
         let (out, text, logprobs, reason) = (g.ids, g.text, g.logprobs, g.reason);
-        print_json(json!({
+        let mut doc = json!({
             "prompt_ids": ids, "ids": out, "text": text, "logprobs": logprobs, "finish_reason": reason,
             "timings": timings,
-        }));
+        });
+        if s.top_logprobs > 0 {
+            doc["top_logprobs"] = json!(g.top);
+        }
+        if s.prompt_logprobs {
+            let lp: Vec<_> = g.prompt.iter().map(|p| (!p.logprob.is_nan()).then_some(p.logprob)).collect();
+            doc["prompt_logprobs"] = json!(lp);
+            doc["prompt_top_logprobs"] = json!(g.prompt.iter().map(|p| &p.top).collect::<Vec<_>>());
+        }
+        print_json(doc);
     } else {
         println!();
     }

@@ -10,7 +10,7 @@ use triton_llama::backend::WeightFormat;
 use triton_llama::backend::cpu::{CpuBackend, CpuWeight, k_cache_to_slots};
 use triton_llama::backend::cuda::{CudaBackend, device_count};
 use triton_llama::backend::{AttnDims, Backend, SeqMeta, StepMeta};
-use triton_llama::sampling::{Rng, SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of};
+use triton_llama::sampling::{Rng, SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of, top_logprobs};
 use triton_llama::tensor::{Tensor, TensorData};
 
 /// GPU 0, or None after saying loudly that the test is skipped.
@@ -423,4 +423,39 @@ fn gpu_allowed_masks_match_the_cpu_twin() {
         assert_eq!(pick.id, batch.pick(r, &mut row), "row {r}");
     }
     assert!([17, 32002, 400].contains(&got[0].id) && (1000..1400).contains(&got[2].id) && got[3].id == 31999);
+}
+
+/// Top log-probs on the GPU (a search per rank over the unprocessed logits, no copy to the host) against the CPU
+/// twin `sampling::top_logprobs`, on an odd vocabulary with ties, rows asking for different k (0 included) and a
+/// vocabulary smaller than k.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn gpu_top_logprobs_match_the_cpu_twin() {
+    let Some(g) = gpu("gpu_top_logprobs_match_the_cpu_twin") else { return };
+    for (vocab, ks) in [(32003usize, vec![20usize, 0, 1, 7]), (5, vec![20, 3])] {
+        let context: Vec<u32> = vec![1, 2];
+        let params: Vec<SamplingParams> = ks
+            .iter()
+            .map(|&k| SamplingParams { top_logprobs: k, temperature: 0.7, seed: Some(1), ..Default::default() })
+            .collect();
+        let rows: Vec<SampleRow> =
+            params.iter().map(|p| SampleRow { params: p, u: 0.5, context: &context, generated: &[], eos: 2 }).collect();
+        let mut logits = rand_vec(vocab as u64, params.len() * vocab, 6.0);
+        // Ties: the lower id comes first.
+        logits[3] = 50.0;
+        logits[4] = 50.0;
+        let mut buf = up(&g, &logits);
+        let got = g.sample(&mut buf, &SampleBatch::new(&rows, vocab)).unwrap();
+        for (r, pick) in got.iter().enumerate() {
+            let want = top_logprobs(&logits[r * vocab..(r + 1) * vocab], ks[r]);
+            assert_eq!(pick.top.len(), want.len(), "vocab {vocab} row {r}");
+            for (j, (a, b)) in pick.top.iter().zip(&want).enumerate() {
+                assert_eq!(a.0, b.0, "vocab {vocab} row {r} rank {j}");
+                assert!(
+                    (a.1 - b.1).abs() <= 1e-4 * b.1.abs().max(1.0),
+                    "vocab {vocab} row {r} rank {j}: {a:?} vs {b:?}"
+                );
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ pub mod stop;
 
 use crate::chat::ChatTemplate;
 use crate::loader::CheckpointSource;
-use crate::sampling::{SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of};
+use crate::sampling::{SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of, top_logprobs};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use block_manager::BlockManager;
@@ -156,6 +156,11 @@ pub struct Output {
     pub token: Option<u32>,
     /// Its log-probability under the model (raw logits).
     pub logprob: f32,
+    /// With `top_logprobs` k: the k most likely tokens at its position and their log-probabilities, best first.
+    pub top_logprobs: Vec<(u32, f32)>,
+    /// With `prompt_logprobs`, on the first token's output: each prompt token, its log-probability given the
+    /// tokens before it (NaN for the first, which has none) and the `top_logprobs` most likely tokens there.
+    pub prompt_logprobs: Vec<TokenLogprob>,
     /// Newly released text (may be empty while a multi-byte char or a possible stop string is held).
     pub text: String,
     pub finish: Option<FinishReason>,
@@ -170,11 +175,30 @@ pub struct Output {
     pub error: Option<String>,
 }
 
+/// A known token's log-probability at its position and the most likely tokens there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
 impl Output {
     /// A request's last output when it ends without a new token.
     fn ended(id: u64, text: String, finish: FinishReason, timings: Option<Timings>) -> Output {
-        let (context_logits, logits, finish) = (Vec::new(), Vec::new(), Some(finish));
-        Output { id, token: None, logprob: 0.0, text, finish, timings, context_logits, logits, error: None }
+        Output {
+            id,
+            token: None,
+            logprob: 0.0,
+            top_logprobs: Vec::new(),
+            prompt_logprobs: Vec::new(),
+            text,
+            finish: Some(finish),
+            timings,
+            context_logits: Vec::new(),
+            logits: Vec::new(),
+            error: None,
+        }
     }
 }
 
@@ -210,6 +234,9 @@ struct Seq {
     timings: Timings,
     /// The prompt's logits rows as they are computed, until they go out with the first token.
     context_logits: Option<Vec<f32>>,
+    /// The prompt tokens' log-probabilities (position i + 1 from row i) as they are computed, until they go out
+    /// with the first token.
+    prompt_logprobs: Option<Vec<TokenLogprob>>,
     /// Structured output: the guide's parser state.
     constraint: Option<crate::guided::Constraint>,
 }
@@ -486,11 +513,18 @@ impl Engine {
         };
         let sampler = Sampler::new(req.params.clone(), req.id ^ 0x5EED);
         let text = TextStream::new(&self.tokenizer, &req.prompt_ids, req.params.stop_strings.clone())?;
-        self.sched.add_with(req.id, &req.prompt_ids, want.context);
+        // Prompt rows are computed (not taken from the prefix cache) when the request wants them back.
+        let prompt_rows = want.context || req.params.prompt_logprobs;
+        self.sched.add_with(req.id, &req.prompt_ids, prompt_rows);
         let timings = Timings { prompt_tokens: n, ..Default::default() };
         let context_logits = want.context.then(|| vec![0.0; n * width]);
+        let prompt_logprobs = req.params.prompt_logprobs.then(|| {
+            let slot = |&token| TokenLogprob { token, logprob: f32::NAN, top: Vec::new() };
+            req.prompt_ids.iter().map(slot).collect()
+        });
         let (prompt_len, ids) = (n, req.prompt_ids);
-        self.seqs.insert(req.id, Seq { prompt_len, ids, sampler, text, timings, context_logits, constraint });
+        let seq = Seq { prompt_len, ids, sampler, text, timings, context_logits, prompt_logprobs, constraint };
+        self.seqs.insert(req.id, seq);
         Ok(())
     }
 
@@ -623,15 +657,26 @@ impl Engine {
                 text.push_str(&s.text.finish(&self.tokenizer)?);
             }
             let context_logits = s.context_logits.take().unwrap_or_default();
+            let prompt_logprobs = s.prompt_logprobs.take().unwrap_or_default();
             let logits = gen_logits.remove(&it.id).unwrap_or_default();
             let mut timings = None;
             if finish.is_some() {
                 self.sched.finish(it.id);
                 timings = self.seqs.remove(&it.id).map(|s| s.timings);
             }
-            let token = Some(tok);
-            let error = None;
-            outputs.push(Output { id: it.id, token, logprob, text, finish, timings, context_logits, logits, error });
+            outputs.push(Output {
+                id: it.id,
+                token: Some(tok),
+                logprob,
+                top_logprobs: pick.top,
+                prompt_logprobs,
+                text,
+                finish,
+                timings,
+                context_logits,
+                logits,
+                error: None,
+            });
         }
         Ok(outputs)
     }
@@ -643,8 +688,14 @@ impl Engine {
         for (k, row) in kept.iter().zip(logits.chunks_exact(w)) {
             match *k {
                 Kept::Context(id, p) => {
-                    if let Some(c) = self.seqs.get_mut(&id).and_then(|s| s.context_logits.as_mut()) {
+                    let Some(s) = self.seqs.get_mut(&id) else { continue };
+                    if let Some(c) = s.context_logits.as_mut() {
                         c[p * w..(p + 1) * w].copy_from_slice(row);
+                    }
+                    let k = s.sampler.params.top_logprobs;
+                    if let Some(slot) = s.prompt_logprobs.as_mut().and_then(|lps| lps.get_mut(p + 1)) {
+                        slot.logprob = logprob_of(row, slot.token as usize);
+                        slot.top = top_logprobs(row, k);
                     }
                 }
                 Kept::Generation(id) => {
@@ -668,7 +719,7 @@ impl Engine {
             let s = self.seqs.get_mut(&it.id).expect("planned ids are known");
             let row0 = input.tokens.len();
             input.push_seq(&s.ids[it.start..it.start + it.len], it.start, &it.block_table, false);
-            if s.context_logits.is_some() {
+            if s.context_logits.is_some() || s.prompt_logprobs.is_some() {
                 // Prompt positions of this chunk (a recomputed chunk after a preemption writes the same rows).
                 for p in it.start..(it.start + it.len).min(s.prompt_len) {
                     input.keep_rows.push(row0 + p - it.start);

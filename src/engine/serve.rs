@@ -2,7 +2,7 @@
 //! its options become a tokenized request with the serving defaults applied (BOS, default and chat-template stop
 //! strings, banned words, the input limit), and each prompt's output is tracked so a response carries the stream
 //! delta or the whole answer.
-use super::{Engine, FinishReason, Output, Request};
+use super::{Engine, FinishReason, Output, Request, TokenLogprob};
 use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
@@ -121,6 +121,16 @@ pub struct RowReply {
     pub generation_logits: Vec<f32>,
     /// Columns of the logits above (0 when none was asked for).
     pub logits_width: usize,
+    /// With `top_logprobs` k: the k most likely tokens at each of this reply's tokens (id, log-prob), best first,
+    /// and their texts when tokens' texts are kept; aligned with `output_log_probs`.
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
+    pub top_tokens: Vec<Vec<String>>,
+    /// With `prompt_logprobs`, once (the first reply that carries tokens, or the whole answer): every prompt
+    /// token's log-probability given those before it (NaN for the first) and its most likely tokens; texts when
+    /// kept.
+    pub prompt_logprobs: Vec<TokenLogprob>,
+    pub prompt_tokens: Vec<String>,
+    pub prompt_top_tokens: Vec<Vec<String>>,
 }
 
 /// One prompt's output so far and how much of it was already sent.
@@ -142,26 +152,45 @@ pub struct OutputTracker {
     gen_logits: Vec<f32>,
     logits_width: usize,
     finish: Option<FinishReason>,
+    top: Vec<Vec<(u32, f32)>>,
+    top_texts: Vec<Vec<String>>,
+    prompt: Vec<TokenLogprob>,
+    prompt_texts: Vec<String>,
+    prompt_top_texts: Vec<Vec<String>>,
+    prompt_sent: bool,
 }
+
+/// A token's text, for the outputs that carry texts (`output_tokens` and the like).
+pub type TokenTexts<'a> = Option<&'a dyn Fn(u32) -> String>;
 
 impl OutputTracker {
     pub fn new(prefix: String, num_input: usize) -> Self {
         OutputTracker { prefix, num_input, ..Default::default() }
     }
 
-    /// Adds one engine output of this prompt, with its token's own text when the frontend wants it; true when
-    /// it carried a token.
-    pub fn record(&mut self, o: &Output, token_text: Option<String>) -> bool {
+    /// Adds one engine output of this prompt, with the tokens' own texts when the frontend wants them (`texts`);
+    /// true when it carried a token.
+    pub fn record(&mut self, o: &Output, texts: TokenTexts) -> bool {
         self.text.push_str(&o.text);
-        if o.token.is_some() {
+        let all = |ids: &[(u32, f32)], f: &dyn Fn(u32) -> String| ids.iter().map(|&(t, _)| f(t)).collect();
+        if let Some(t) = o.token {
             self.tokens += 1;
             self.logprobs.push(o.logprob);
-            if let Some(t) = token_text {
-                self.token_texts.push(t);
+            self.top.push(o.top_logprobs.clone());
+            if let Some(f) = texts {
+                self.token_texts.push(f(t));
+                self.top_texts.push(all(&o.top_logprobs, f));
             }
             if !o.logits.is_empty() {
                 self.logits_width = o.logits.len();
                 self.gen_logits.extend_from_slice(&o.logits);
+            }
+        }
+        if !o.prompt_logprobs.is_empty() {
+            self.prompt = o.prompt_logprobs.clone();
+            if let Some(f) = texts {
+                self.prompt_texts = self.prompt.iter().map(|p| f(p.token)).collect();
+                self.prompt_top_texts = self.prompt.iter().map(|p| all(&p.top, f)).collect();
             }
         }
         if !o.context_logits.is_empty() {
@@ -198,6 +227,9 @@ impl OutputTracker {
         let gen_from = if stream { (self.sent_tokens * w).min(self.gen_logits.len()) } else { 0 };
         let context_logits = if stream && self.context_sent { Vec::new() } else { self.context_logits.clone() };
         self.context_sent |= !self.context_logits.is_empty();
+        let prompt_once = !(stream && self.prompt_sent);
+        self.prompt_sent |= !self.prompt.is_empty();
+        let from = |v_len: usize| if stream { self.sent_tokens.min(v_len) } else { 0 };
         let (text, prefix) = (&self.text, &self.prefix);
         let reply = RowReply {
             outputs: format!("{prefix}{text}"),
@@ -211,8 +243,12 @@ impl OutputTracker {
             finish_reason: if done { Some(self.finish.unwrap_or(FinishReason::Stop)) } else { self.finish },
             output_log_probs: if stream { self.logprobs[self.sent_tokens..].to_vec() } else { self.logprobs.clone() },
             cum_log_prob: self.logprobs.iter().sum(),
-            output_tokens: self.token_texts[if stream { self.sent_tokens.min(self.token_texts.len()) } else { 0 }..]
-                .to_vec(),
+            output_tokens: self.token_texts[from(self.token_texts.len())..].to_vec(),
+            top_logprobs: self.top[from(self.top.len())..].to_vec(),
+            top_tokens: self.top_texts[from(self.top_texts.len())..].to_vec(),
+            prompt_logprobs: if prompt_once { self.prompt.clone() } else { Vec::new() },
+            prompt_tokens: if prompt_once { self.prompt_texts.clone() } else { Vec::new() },
+            prompt_top_tokens: if prompt_once { self.prompt_top_texts.clone() } else { Vec::new() },
             context_logits,
             generation_logits: self.gen_logits[gen_from..].to_vec(),
             logits_width: self.logits_width,
@@ -228,9 +264,22 @@ mod tests {
     use super::*;
 
     fn out(text: &str, token: Option<u32>, finish: Option<FinishReason>) -> Output {
-        let (context_logits, logits) = (Vec::new(), Vec::new());
-        let (text, error) = (text.into(), None);
-        Output { id: 1, token, logprob: -0.5, text, finish, timings: None, context_logits, logits, error }
+        let (context_logits, logits, top_logprobs, prompt_logprobs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (text, error, timings) = (text.into(), None, None);
+        let logprob = -0.5;
+        Output {
+            id: 1,
+            token,
+            logprob,
+            top_logprobs,
+            prompt_logprobs,
+            text,
+            finish,
+            timings,
+            context_logits,
+            logits,
+            error,
+        }
     }
 
     /// Streamed deltas concatenate to the unary answer; the prefix comes once, with the first delta.

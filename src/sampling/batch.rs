@@ -43,6 +43,8 @@ pub struct SampleBatch {
     pub lists: SampleLists,
     /// Logits per row: the columns `0..vocab` of the vocabulary, the only ids that can be picked.
     pub vocab: usize,
+    /// Per row: how many of the most likely tokens come back with the pick ([`SamplingParams::top_logprobs`]).
+    pub top_logprobs: Vec<usize>,
 }
 
 /// Allowed-token bitmasks by row of a sampling batch.
@@ -89,11 +91,13 @@ impl Drop for MaskSender {
     }
 }
 
-/// A sampled token and its log-probability under the unprocessed logits.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A sampled token and its log-probability under the unprocessed logits, with the row's most likely tokens
+/// under them if asked (`top_logprobs`, best first).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Picked {
     pub id: u32,
     pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Builds the penalty and mask lists of `rows` for a vocabulary of `vocab` (ids outside it are dropped).
@@ -157,6 +161,7 @@ impl SampleBatch {
             rows: rows.iter().map(|r| RowParams::new(r.params, r.u)).collect(),
             lists: lists(rows, vocab),
             vocab,
+            top_logprobs: rows.iter().map(|r| r.params.top_logprobs.min(vocab)).collect(),
         }
     }
 
@@ -166,6 +171,11 @@ impl SampleBatch {
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    /// The most alternatives any row wants back (what the top log-probs kernel computes for every row).
+    pub fn max_top_logprobs(&self) -> usize {
+        self.top_logprobs.iter().copied().max().unwrap_or(0)
     }
 
     /// This batch with the allowed-token bitmasks of some rows (row, `vocab.div_ceil(32)` words); other rows

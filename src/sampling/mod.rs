@@ -42,7 +42,16 @@ pub struct SamplingParams {
     /// Structured output: what the generated text must match (the engine compiles it into a per-sequence
     /// constraint whose allowed-token mask is applied after the penalties).
     pub guide: Option<crate::guided::Guide>,
+    /// The most likely tokens and their log-probabilities (raw logits) returned with each sampled token: 0 = none,
+    /// at most [`MAX_TOP_LOGPROBS`].
+    pub top_logprobs: usize,
+    /// Return each prompt token's log-probability given the tokens before it (and the `top_logprobs` most likely
+    /// tokens at that position): OpenAI completions' `echo` with `logprobs`.
+    pub prompt_logprobs: bool,
 }
+
+/// The most alternatives [`SamplingParams::top_logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// Raw logits a request wants back, besides its tokens: every prompt position's (`context`: row i predicts token
 /// i + 1), and each generated token's (`generation`: the row it was sampled from, before penalties).
@@ -72,6 +81,8 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             return_logits: ReturnLogits::default(),
             guide: None,
+            top_logprobs: 0,
+            prompt_logprobs: false,
         }
     }
 }
@@ -100,6 +111,9 @@ impl SamplingParams {
         }
         if self.banned.iter().any(|b| b.is_empty()) {
             return bad("banned word lists must not be empty".into());
+        }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return bad(format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}", self.top_logprobs));
         }
         if self.stop_strings.iter().any(|s| s.is_empty()) {
             return bad("stop strings must not be empty".into());
@@ -158,9 +172,35 @@ pub struct Sampler {
 
 /// Log-softmax value of `logits[id]`.
 pub fn logprob_of(logits: &[f32], id: usize) -> f32 {
+    let (max, log_sum) = log_sum_exp(logits);
+    (logits[id] - max) - log_sum
+}
+
+/// (max, ln of the f64 sum of exp(l - max)): the log-softmax of `l` is `(l - max) - ln_sum`.
+fn log_sum_exp(logits: &[f32]) -> (f32, f32) {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    (logits[id] - max) - sum.ln() as f32
+    (max, sum.ln() as f32)
+}
+
+/// The `k` most likely ids of raw `logits` in (logit desc, id asc) order, with their log-softmax values (the CPU
+/// twin of the top log-probs kernel).
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 || logits.is_empty() {
+        return Vec::new();
+    }
+    let (max, log_sum) = log_sum_exp(logits);
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if !l.is_finite() || (best.len() == k && l <= best[k - 1].1) {
+            continue;
+        }
+        // Ties keep the lower id first: it was seen first, and `<=` above never lets a later equal one past it.
+        let at = best.partition_point(|&(_, b)| b >= l);
+        best.insert(at, (i as u32, l));
+        best.truncate(k);
+    }
+    best.into_iter().map(|(i, l)| (i, (l - max) - log_sum)).collect()
 }
 
 impl Sampler {
@@ -443,6 +483,21 @@ mod tests {
         assert_eq!(ngram_repeats(&[5, 6, 7, 5, 6], 2), vec![7]);
         assert_eq!(ngram_repeats(&[5, 6, 7, 5, 6], 1), vec![5, 6, 7]);
         assert!(ngram_repeats(&[5, 6, 7, 5, 6], 4).is_empty());
+    }
+
+    /// The k best by a plain sort on (logit desc, id asc), with ties and a k beyond the vocabulary.
+    #[test]
+    fn top_logprobs_match_a_plain_sort() {
+        let mut rng = Rng::new(5);
+        for case in 0..200 {
+            let v = 1 + case % 40;
+            let logits: Vec<f32> = (0..v).map(|_| (rng.next_u64() % 7) as f32 * 0.5).collect();
+            let k = case % 25;
+            let mut all: Vec<usize> = (0..v).collect();
+            all.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let want: Vec<(u32, f32)> = all.iter().take(k).map(|&i| (i as u32, logprob_of(&logits, i))).collect();
+            assert_eq!(top_logprobs(&logits, k), want, "{logits:?} k {k}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
 /// Every output the backend can produce, in declaration order (`outputs` first: `NemoQuery` reads the first).
-pub const OUTPUTS: [&str; 12] = [
+pub const OUTPUTS: [&str; 21] = [
     "outputs",
     "text_output",
     "finish_reason",
@@ -20,11 +20,26 @@ pub const OUTPUTS: [&str; 12] = [
     "sequence_index",
     "context_logits",
     "generation_logits",
+    "output_top_log_probs",
+    "output_top_token_ids",
+    "output_top_tokens",
+    "prompt_log_probs",
+    "prompt_token_ids",
+    "prompt_tokens",
+    "prompt_top_log_probs",
+    "prompt_top_token_ids",
+    "prompt_top_tokens",
 ];
 /// Outputs produced only when a client names them: `output_tokens` costs work on every token; TensorRT-LLM's
 /// `batch_index` (the prompt's row in the request) and `sequence_index` (0: one sequence per prompt) are for the
 /// clients that read them.
-pub const ON_REQUEST: [&str; 3] = ["output_tokens", "batch_index", "sequence_index"];
+pub const ON_REQUEST: [&str; 6] =
+    ["output_tokens", "batch_index", "sequence_index", "output_top_tokens", "prompt_tokens", "prompt_top_tokens"];
+/// Outputs produced only when the request asks for top log-probs (`top_logprobs` > 0) or the prompt's
+/// log-probs (`return_prompt_log_probs`); the texts among them only when named as well.
+pub const TOP_OUTPUTS: [&str; 3] = ["output_top_log_probs", "output_top_token_ids", "output_top_tokens"];
+pub const PROMPT_OUTPUTS: [&str; 3] = ["prompt_log_probs", "prompt_token_ids", "prompt_tokens"];
+pub const PROMPT_TOP_OUTPUTS: [&str; 3] = ["prompt_top_log_probs", "prompt_top_token_ids", "prompt_top_tokens"];
 /// Outputs produced only when the request's flag asks for them (TensorRT-LLM's name first, then NeMo 2's), if
 /// Triton asks for them too (or for no output in particular).
 pub const ON_FLAG: [(&str, [&str; 2]); 2] = [
@@ -33,7 +48,7 @@ pub const ON_FLAG: [(&str, [&str; 2]); 2] = [
 ];
 
 /// (input name, Triton config dtype, dims) for the auto-completed config. Scalars are `[1]` per batch row.
-pub const INPUTS: [(&str, &str, &[i64]); 64] = [
+pub const INPUTS: [(&str, &str, &[i64]); 66] = [
     ("prompts", "TYPE_STRING", &[1]),
     ("max_output_token", "TYPE_INT64", &[1]),
     ("top_k", "TYPE_INT64", &[1]),
@@ -103,6 +118,10 @@ pub const INPUTS: [(&str, &str, &[i64]); 64] = [
     // OpenAI's / vLLM's `logit_bias` by token id: the ids and their biases in [-100, 100], pairwise.
     ("logit_bias_ids", "TYPE_INT32", &[-1]),
     ("logit_bias_values", "TYPE_FP32", &[-1]),
+    // OpenAI's `top_logprobs` (0..=20): the most likely tokens at each output position (and prompt position with
+    // `return_prompt_log_probs`), as the `*_top_*` outputs.
+    ("top_logprobs", "TYPE_INT32", &[1]),
+    ("return_prompt_log_probs", "TYPE_BOOL", &[1]),
 ];
 
 /// Which outputs a response carries.
@@ -472,6 +491,8 @@ struct PerPrompt {
     guide: Vec<Vec<String>>,
     /// Per logits kind (`ON_FLAG` order): the first of its flags present.
     logits: [PerRow<f64>; 2],
+    top_logprobs: PerRow<i128>,
+    prompt_logprobs: PerRow<f64>,
 }
 
 impl PerPrompt {
@@ -500,6 +521,8 @@ impl PerPrompt {
             guide_type: inp.strings("guided_decoding_guide_type")?,
             guide: inp.strings("guided_decoding_guide")?,
             logits: [inp.nums(&ON_FLAG[0].1)?, inp.nums(&ON_FLAG[1].1)?],
+            top_logprobs: inp.ints(&["top_logprobs"])?,
+            prompt_logprobs: inp.nums(&["return_prompt_log_probs"])?,
         })
     }
 
@@ -522,6 +545,14 @@ impl PerPrompt {
         p.logit_bias.extend_from_slice(&self.id_bias[i]);
         let flag = |k: usize| self.logits[k].as_ref().is_some_and(|(_, v)| v[i] != 0.0);
         p.return_logits = crate::sampling::ReturnLogits { context: flag(0), generation: flag(1) };
+        if let Some((name, v)) = &self.top_logprobs {
+            let max = crate::sampling::MAX_TOP_LOGPROBS;
+            if !(0..=max as i128).contains(&v[i]) {
+                return refuse(format!("input `{name}` must be in [0, {max}], got {}", v[i]));
+            }
+            p.top_logprobs = v[i] as usize;
+        }
+        p.prompt_logprobs = self.prompt_logprobs.as_ref().is_some_and(|(_, v)| v[i] != 0.0);
         let bad_words = self.stops_and_bad_words(i, &mut p)?;
         Ok((p, bad_words))
     }
@@ -650,8 +681,18 @@ impl PerPrompt {
 fn output_set(inp: &Inputs, requested: &[String]) -> Result<OutputSet> {
     let off = |name: &'static str| -> Result<bool> { Ok(inp.flag(name)? == Some(false)) };
     let logprobs_off = off("return_log_probs")? || off("compute_logprob")?;
+    let top = inp.ints(&["top_logprobs"])?.is_some_and(|(_, v)| v.iter().any(|&k| k > 0));
+    let prompt = inp.flag("return_prompt_log_probs")? == Some(true);
     let mut names = Vec::new();
     for o in OUTPUTS {
+        let asked = requested.iter().any(|r| r == o);
+        let gated = [(&TOP_OUTPUTS, top), (&PROMPT_OUTPUTS, prompt), (&PROMPT_TOP_OUTPUTS, prompt && top)];
+        if let Some(&(_, on)) = gated.iter().find(|(g, _)| g.contains(&o)) {
+            if on && (asked || (requested.is_empty() && !ON_REQUEST.contains(&o))) {
+                names.push(o);
+            }
+            continue;
+        }
         if let Some((_, flags)) = ON_FLAG.iter().find(|(n, _)| *n == o) {
             let on = match inp.first(flags) {
                 Some((_, t)) => inp.check_rows(t, Some(1)).is_ok() && t.as_f64s()?.iter().any(|&x| x != 0.0),
@@ -669,7 +710,6 @@ fn output_set(inp: &Inputs, requested: &[String]) -> Result<OutputSet> {
             "output_log_probs" | "cum_log_probs" => logprobs_off,
             _ => false,
         };
-        let asked = requested.iter().any(|r| r == o);
         if (asked || (requested.is_empty() && !ON_REQUEST.contains(&o))) && !suppressed {
             names.push(o);
         }

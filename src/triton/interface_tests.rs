@@ -368,3 +368,31 @@ fn guided_decoding_inputs_set_the_guide() {
     let e = job("json_schema", "{oops").unwrap_err().to_string();
     assert!(e.contains("`guided_decoding_guide`") && e.contains("not valid JSON"), "{e}");
 }
+
+#[test]
+fn top_and_prompt_logprobs_switch_their_outputs_on() {
+    let text = bytes("text_input", &[&["a"]]);
+    let names = |inputs: &[InputTensor], requested: &[&str]| {
+        let req: Vec<String> = requested.iter().map(|s| s.to_string()).collect();
+        parse_job(inputs, &req, &lim(false)).unwrap().outputs.names
+    };
+    let plain = names(std::slice::from_ref(&text), &[]);
+    assert!(!plain.iter().any(|n| n.contains("top") || n.starts_with("prompt_")), "{plain:?}");
+    let top = [text.clone(), i64s("top_logprobs", &[3])];
+    let j = parse_job(&top, &[], &lim(false)).unwrap();
+    assert_eq!(j.prompts[0].params.top_logprobs, 3);
+    let n = names(&top, &[]);
+    assert!(n.contains(&"output_top_log_probs") && n.contains(&"output_top_token_ids"), "{n:?}");
+    assert!(!n.contains(&"output_top_tokens") && !n.contains(&"prompt_log_probs"), "texts only when named: {n:?}");
+    assert_eq!(names(&top, &["text_output", "output_top_tokens"]), vec!["text_output", "output_top_tokens"]);
+    let both = [text.clone(), i64s("top_logprobs", &[2]), boolean("return_prompt_log_probs", true)];
+    assert!(parse_job(&both, &[], &lim(false)).unwrap().prompts[0].params.prompt_logprobs);
+    let n = names(&both, &[]);
+    for o in ["prompt_log_probs", "prompt_token_ids", "prompt_top_log_probs", "prompt_top_token_ids"] {
+        assert!(n.contains(&o), "{o} in {n:?}");
+    }
+    let only_prompt = names(&[text.clone(), boolean("return_prompt_log_probs", true)], &[]);
+    assert!(only_prompt.contains(&"prompt_log_probs") && !only_prompt.contains(&"prompt_top_log_probs"));
+    let e = err(&[text, i64s("top_logprobs", &[21])]);
+    assert!(e.contains("`top_logprobs`") && e.contains("[0, 20]"), "{e}");
+}

@@ -306,6 +306,12 @@ pub fn autocomplete(cfg: &mut Value) -> bool {
                     "batch_index" | "sequence_index" => ("TYPE_INT32", &[1]),
                     "context_logits" => ("TYPE_FP32", &[-1, -1]),
                     "generation_logits" => ("TYPE_FP32", &[-1, -1, -1]),
+                    "output_top_log_probs" | "prompt_top_log_probs" => ("TYPE_FP32", &[-1, -1]),
+                    "output_top_token_ids" | "prompt_top_token_ids" => ("TYPE_INT32", &[-1, -1]),
+                    "output_top_tokens" | "prompt_top_tokens" => ("TYPE_STRING", &[-1, -1]),
+                    "prompt_log_probs" => ("TYPE_FP32", &[-1]),
+                    "prompt_token_ids" => ("TYPE_INT32", &[-1]),
+                    "prompt_tokens" => ("TYPE_STRING", &[-1]),
                     _ => ("TYPE_STRING", &[1]),
                 };
                 json!({"name": n, "data_type": t, "dims": d})

@@ -252,10 +252,98 @@ impl TritonSink {
                     let shape: &[i64] = if ctx { &[n, t, w] } else { &[n, 1, t, w] };
                     Self::add_output(resp, name, ffi::TYPE_FP32, shape, &b)?;
                 }
+                "output_top_log_probs" | "output_top_token_ids" | "output_top_tokens" => {
+                    let grid: Vec<&[(u32, f32)]> =
+                        rows.iter().flat_map(|r| r.top_logprobs.iter().map(|v| &v[..])).collect();
+                    let t = rows.iter().map(|r| r.top_logprobs.len()).max().unwrap_or(0);
+                    if t == 0 {
+                        continue; // no tokens in this streamed response
+                    }
+                    let per_row: Vec<usize> = rows.iter().map(|r| r.top_logprobs.len()).collect();
+                    let texts: Vec<&[String]> = rows.iter().flat_map(|r| r.top_tokens.iter().map(|v| &v[..])).collect();
+                    Self::add_top(resp, name, &per_row, t, &grid, &texts)?;
+                }
+                "prompt_log_probs" | "prompt_token_ids" | "prompt_tokens" => {
+                    let l = rows.iter().map(|r| r.prompt_logprobs.len()).max().unwrap_or(0);
+                    if l == 0 {
+                        continue; // sent with an earlier streamed response
+                    }
+                    let shape = [n, l as i64];
+                    if name == "prompt_tokens" {
+                        let mut v: Vec<&str> = Vec::with_capacity(rows.len() * l);
+                        for r in rows {
+                            v.extend((0..l).map(|j| r.prompt_tokens.get(j).map_or("", |s| s.as_str())));
+                        }
+                        Self::add_output(resp, name, ffi::TYPE_BYTES, &shape, &encode_bytes(&v))?;
+                        continue;
+                    }
+                    let ids = name == "prompt_token_ids";
+                    let b: Vec<u8> = (rows.iter().flat_map(|r| (0..l).map(move |j| (r, j))))
+                        .flat_map(|(r, j)| match (ids, r.prompt_logprobs.get(j)) {
+                            (true, c) => c.map_or(-1, |c| c.token as i32).to_le_bytes(),
+                            (false, c) => c.map_or(f32::NAN, |c| c.logprob).to_le_bytes(),
+                        })
+                        .collect();
+                    let dtype = if ids { ffi::TYPE_INT32 } else { ffi::TYPE_FP32 };
+                    Self::add_output(resp, name, dtype, &shape, &b)?;
+                }
+                "prompt_top_log_probs" | "prompt_top_token_ids" | "prompt_top_tokens" => {
+                    let l = rows.iter().map(|r| r.prompt_logprobs.len()).max().unwrap_or(0);
+                    if l == 0 {
+                        continue;
+                    }
+                    let per_row: Vec<usize> = rows.iter().map(|r| r.prompt_logprobs.len()).collect();
+                    let grid: Vec<&[(u32, f32)]> =
+                        rows.iter().flat_map(|r| r.prompt_logprobs.iter().map(|p| &p.top[..])).collect();
+                    let texts: Vec<&[String]> =
+                        rows.iter().flat_map(|r| r.prompt_top_tokens.iter().map(|v| &v[..])).collect();
+                    Self::add_top(resp, name, &per_row, l, &grid, &texts)?;
+                }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// A `[rows, positions, k]` output of top log-probs (`*_log_probs`), their ids (`*_token_ids`) or texts
+    /// (`*_tokens`): `grid` holds each row's positions in order (`per_row[i]` of them), `texts` the matching
+    /// texts; short rows and lists are padded with -inf / -1 / "".
+    fn add_top(
+        resp: *mut ffi::TRITONBACKEND_Response,
+        name: &str,
+        per_row: &[usize],
+        positions: usize,
+        grid: &[&[(u32, f32)]],
+        texts: &[&[String]],
+    ) -> Result<()> {
+        let k = grid.iter().map(|v| v.len()).max().unwrap_or(0).max(1);
+        let shape = [per_row.len() as i64, positions as i64, k as i64];
+        let mut at = 0;
+        let mut cells: Vec<(Option<(u32, f32)>, &str)> = Vec::with_capacity(per_row.len() * positions * k);
+        for &len in per_row {
+            for j in 0..positions {
+                let (top, txt) = if j < len {
+                    (grid[at + j], texts.get(at + j).copied().unwrap_or(&[]))
+                } else {
+                    (&[][..], &[][..])
+                };
+                cells.extend((0..k).map(|c| (top.get(c).copied(), txt.get(c).map_or("", |s| s.as_str()))));
+            }
+            at += len;
+        }
+        if name.ends_with("_tokens") {
+            let v: Vec<&str> = cells.iter().map(|c| c.1).collect();
+            return Self::add_output(resp, name, ffi::TYPE_BYTES, &shape, &encode_bytes(&v));
+        }
+        let ids = name.ends_with("_ids");
+        let b: Vec<u8> = cells
+            .iter()
+            .flat_map(|(c, _)| match (ids, c) {
+                (true, c) => c.map_or(-1, |c| c.0 as i32).to_le_bytes(),
+                (false, c) => c.map_or(f32::NEG_INFINITY, |c| c.1).to_le_bytes(),
+            })
+            .collect();
+        Self::add_output(resp, name, if ids { ffi::TYPE_INT32 } else { ffi::TYPE_FP32 }, &shape, &b)
     }
 }
 

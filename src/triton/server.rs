@@ -286,7 +286,7 @@ struct Job {
     sink: Box<dyn Sink>,
     obs: Arc<dyn Observer>,
     stream: bool,
-    /// Whether `output_tokens` was asked for (each token's text is kept).
+    /// Whether an output of token texts was asked for (`output_tokens` and the like: the texts are kept).
     want_tokens: bool,
     ids: Vec<u64>,
     rows: Vec<Row>,

@@ -132,7 +132,8 @@ impl Loop {
             self.rows.insert(*id, (key, i));
         }
         self.next_id = self.next_id.max(key + 1);
-        let want_tokens = spec.outputs.has("output_tokens");
+        let texts = ["output_tokens", "output_top_tokens", "prompt_tokens", "prompt_top_tokens"];
+        let want_tokens = texts.iter().any(|n| spec.outputs.has(n));
         let (stream, start) = (spec.stream, Instant::now());
         let job = Job { sink, obs, stream, want_tokens, ids, rows, start, dirty: false, fresh: 0 };
         // Job keys share the id space with engine ids; `key` equals the first row's id, unique either way.
@@ -184,11 +185,8 @@ impl Loop {
             }
             let Some(j) = self.jobs.get_mut(&key) else { continue };
             let r = &mut j.rows[i];
-            let token_text = match (j.want_tokens, o.token) {
-                (true, Some(t)) => Some(tok.token_text(t).unwrap_or_default()),
-                _ => None,
-            };
-            if r.out.record(&o, token_text) {
+            let text_of = |t: u32| tok.token_text(t).unwrap_or_default();
+            if r.out.record(&o, j.want_tokens.then_some(&text_of as &dyn Fn(u32) -> String)) {
                 j.fresh += 1;
                 if r.first_token.is_none() {
                     r.first_token = Some(now);

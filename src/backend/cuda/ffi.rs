@@ -695,3 +695,25 @@ pub fn token_logprob(
         sys::tl_token_logprob(o as *mut f32, l as *const f32, i as *const i32, int(op, rows)?, int(op, vocab)?, raw(st))
     })
 }
+
+/// The `k` most likely ids per row of `logits` `[rows, vocab]` with their log-probabilities, `[rows, k]` each.
+pub fn top_logprobs(
+    st: &CudaStream,
+    ids: &mut CudaSlice<i32>,
+    lps: &mut CudaSlice<f32>,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    k: usize,
+) -> Result<()> {
+    let op = "top_logprobs";
+    need(op, "ids", ids.len(), rows * k)?;
+    need(op, "lps", lps.len(), rows * k)?;
+    need(op, "logits", logits.len(), rows * vocab)?;
+    let (i, _a) = ids.device_ptr_mut(st);
+    let (o, _b) = lps.device_ptr_mut(st);
+    let (l, _c) = logits.device_ptr(st);
+    let (rows, vocab, k) = (int(op, rows)?, int(op, vocab)?, int(op, k)?);
+    // SAFETY: lengths checked above.
+    status(op, unsafe { sys::tl_top_logprobs(i as *mut i32, o as *mut f32, l as *const f32, rows, vocab, k, raw(st)) })
+}

@@ -1,6 +1,7 @@
 //! Sampling on the GPU: the host sends each row's knobs and its penalty / mask id lists (`SampleBatch`, the
 //! same rules as `Sampler::process`), the kernels apply them, pick the token and take its log-probability
-//! under the unprocessed logits; only ids and log-probabilities come back.
+//! under the unprocessed logits (and the rows' most likely tokens, when asked); only ids and log-probabilities
+//! come back.
 use super::{CudaBackend, CudaBuf, ffi};
 use crate::backend::Backend;
 use crate::sampling::{Picked, RowParams, SampleBatch};
@@ -85,8 +86,21 @@ impl CudaBackend {
         ffi::sample(&self.stream, &mut ids, &mut logits.0, &inp, &mut scratch, n, vocab)?;
         let mut lp = self.alloc(n)?;
         ffi::token_logprob(&self.stream, &mut lp.0, &raw.0, &ids, n, vocab)?;
+        let k = batch.max_top_logprobs();
+        let mut tops = vec![Vec::new(); n];
+        if k > 0 {
+            let (mut top_ids, mut top_lps) = (self.upload_i32(&vec![0; n * k])?, self.alloc(n * k)?);
+            ffi::top_logprobs(&self.stream, &mut top_ids, &mut top_lps.0, &raw.0, n, vocab, k)?;
+            let (top_ids, top_lps) = (self.read_i32(&top_ids, n * k)?, self.read(&top_lps, n * k)?);
+            for (r, top) in tops.iter_mut().enumerate() {
+                let want = batch.top_logprobs.get(r).copied().unwrap_or(0);
+                let row = top_ids[r * k..r * k + want].iter().zip(&top_lps[r * k..r * k + want]);
+                *top = row.filter(|(id, _)| **id >= 0).map(|(&id, &lp)| (id as u32, lp)).collect();
+            }
+        }
         let ids = self.read_i32(&ids, n)?;
         let lps = self.read(&lp, n)?;
-        Ok(ids.into_iter().zip(lps).map(|(id, logprob)| Picked { id: id.max(0) as u32, logprob }).collect())
+        let picks = ids.into_iter().zip(lps).zip(tops);
+        Ok(picks.map(|((id, logprob), top)| Picked { id: id.max(0) as u32, logprob, top }).collect())
     }
 }
