@@ -131,6 +131,24 @@ pub enum Cmd {
         #[command(flatten)]
         out: Out,
     },
+    /// What structured output costs: a batch's decode step with every row following a JSON schema against the
+    /// same batch unconstrained, and the time to first token a schema's compilation adds
+    BenchGuided {
+        ckpt: PathBuf,
+        /// Rows decoding together
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Timed decode steps each way
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        /// Single requests each way for the time to first token
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[command(flatten)]
+        engine: EngineOpts,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Write a small random-weight model and a trained tokenizer (Hugging Face layout) to DIR
     DemoModel { dir: PathBuf },
     /// Decode and prefill speed on one GPU (needs a build with --features cuda; random Llama-2-7B-shape weights)

@@ -4,6 +4,7 @@
 //! and the bandwidth ratio with its printing) live here; the GPU benchmark is `bench::cuda`.
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod guided;
 
 use crate::Result;
 use crate::backend::cpu_mem::WeightMem;

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         Cmd::Bench { checkpoint, weights, batches, steps, prefill, out } => {
             bench(checkpoint.as_deref(), weights, &batches, steps, &prefill, out.json)
         }
+        Cmd::BenchGuided { ckpt, batch, steps, rounds, engine, out } => {
+            bench_guided(&ckpt, batch, steps, rounds, &engine, out.json)
+        }
         Cmd::DemoModel { dir } => triton_llama::demo::write(&dir),
         Cmd::BenchCuda { gpu, steps, batches, prefill, layers, out } => {
             bench_cuda(gpu, steps, &batches, &prefill, layers, out.json)
@@ -112,7 +115,11 @@ fn tokenize(ckpt: &Path, text: &str, bos: &Bos, json_out: bool) -> Result<()> {
 }
 
 fn engine_for(ckpt: &Path, o: &EngineOpts) -> Result<Engine> {
-    let src = loader::open(ckpt)?;
+    Engine::new(loader::open(ckpt)?, engine_config(o)?)
+}
+
+/// The engine of the one-request commands: `--device`, `--tp` and `--weights`, one sequence.
+fn engine_config(o: &EngineOpts) -> Result<EngineConfig> {
     let (device, tp) = match o.device.as_str() {
         "cpu" => (Device::Cpu, o.tp),
         dev => {
@@ -124,7 +131,7 @@ fn engine_for(ckpt: &Path, o: &EngineOpts) -> Result<Engine> {
             (Device::Cuda { kv_fraction: 0.9, gpu_ids: gpu_ids.clone() }, gpu_ids.len())
         }
     };
-    Engine::new(src, EngineConfig { device, tp, max_num_seqs: 1, weights: o.weights, ..Default::default() })
+    Ok(EngineConfig { device, tp, max_num_seqs: 1, weights: o.weights, ..Default::default() })
 }
 
 /// One prompt from the command line, as a frontend hands it to `Engine::prepare` (which adds the default and
@@ -312,6 +319,36 @@ fn chat(
         }
         history.push(triton_llama::chat::Message::new("assistant", &g.text));
     }
+    Ok(())
+}
+
+/// `bench-guided`: the engine with room for the batch and no prefix cache (each first token is a full prefill).
+fn bench_guided(ckpt: &Path, batch: usize, steps: usize, rounds: usize, o: &EngineOpts, json_out: bool) -> Result<()> {
+    let ecfg = EngineConfig { max_num_seqs: batch, enable_prefix_caching: false, ..engine_config(o)? };
+    let mut e = Engine::new(loader::open(ckpt)?, ecfg)?;
+    let r = triton_llama::bench::guided::run(&mut e, batch, steps, rounds)?;
+    if json_out {
+        print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    println!("structured output at batch {} (vocabulary {}):", r.batch, r.vocab);
+    println!(
+        "  decode step: {:.1} ms unconstrained ({} steps), {:.1} ms with a JSON schema on every row ({} steps): \
+         overhead {:+.1}%",
+        r.plain_ms_per_step,
+        r.plain_steps,
+        r.guided_ms_per_step,
+        r.guided_steps,
+        r.overhead * 100.0
+    );
+    println!(
+        "  constraints: {:.2} ms of host time per step (masks during the forward pass, then advancing)",
+        r.mask_ms_per_step
+    );
+    println!(
+        "  time to first token: {:.1} ms unconstrained, {:.1} ms guided (compiling the schema: {:.1} ms)",
+        r.ttft_plain_ms, r.ttft_guided_ms, r.compile_ms
+    );
     Ok(())
 }
 

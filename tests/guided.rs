@@ -204,3 +204,16 @@ fn a_bad_schema_is_refused_at_request_time() {
     assert!(err.contains("JSON schema cannot be used"), "{err}");
     assert!(!e.has_work());
 }
+
+/// `triton-llama bench-guided` runs end to end on the fixture (its numbers are measured, never asserted): every
+/// timed step had the whole batch, and it leaves nothing running.
+#[test]
+fn the_structured_output_benchmark_runs() {
+    let ecfg = EngineConfig { max_num_seqs: 2, enable_prefix_caching: false, ..Default::default() };
+    let mut e = Engine::new(loader::open(&fixture("models/gqa_bf16/hf")).unwrap(), ecfg).unwrap();
+    let r = triton_llama::bench::guided::run(&mut e, 2, 4, 1).unwrap();
+    assert_eq!((r.batch, r.plain_steps), (2, 4));
+    assert!(r.guided_steps > 0 && r.compile_ms > 0.0 && r.ttft_guided_ms > 0.0, "{r:?}");
+    assert!(r.mask_ms_per_step > 0.0, "the guided rows computed masks: {r:?}");
+    assert!(!e.has_work() && e.kv_blocks_used() == 0, "the benchmark leaves nothing running");
+}

@@ -262,6 +262,9 @@ pub struct Engine {
     step_cost: Option<StepCost>,
     /// Compiles structured-output guides over this tokenizer (None: its trie could not be built).
     guides: Option<crate::guided::GuideCompiler>,
+    /// Time spent on structured output's constraints since the start: computing token masks (during the forward
+    /// passes) and advancing on the sampled tokens (after them).
+    mask_ms: f64,
 }
 
 impl Engine {
@@ -377,6 +380,7 @@ impl Engine {
             chat,
             step_cost,
             guides,
+            mask_ms: 0.0,
         })
     }
 
@@ -445,6 +449,11 @@ impl Engine {
     }
     pub fn has_work(&self) -> bool {
         self.sched.has_work()
+    }
+    /// Milliseconds spent on structured output's constraints since the start, on the engine thread: computing
+    /// token masks (while the forward passes run) and advancing on the sampled tokens.
+    pub fn guided_mask_ms(&self) -> f64 {
+        self.mask_ms
     }
     /// The measured step costs behind the CPU's mixed prefill budget, if it is derived from them.
     pub fn step_cost(&self) -> Option<&StepCost> {
@@ -565,6 +574,7 @@ impl Engine {
         // The guided rows' masks are computed here while the ranks run the forward pass.
         let mut dead: HashMap<u64, String> = HashMap::new();
         if let (Ok(()), Some(late)) = (&submitted, late) {
+            let masking = Instant::now();
             let tx = crate::sampling::batch::MaskSender(late);
             let mut masks = Vec::with_capacity(guided.len());
             for &(row, id) in &guided {
@@ -577,6 +587,7 @@ impl Engine {
                 }
             }
             tx.0.fill(masks);
+            self.mask_ms += masking.elapsed().as_secs_f64() * 1e3;
         }
         let (picks, mut gen_logits) = match submitted.and_then(|()| self.runner.collect()) {
             Ok(out) if out.picks.len() == sampled && out.logits.len() == kept.len() * width => {
@@ -623,7 +634,12 @@ impl Engine {
             let (tok, logprob) = (pick.id, pick.logprob);
             let failed = match (dead.remove(&it.id), s.constraint.as_mut()) {
                 (Some(e), _) => Some(e),
-                (None, Some(c)) => c.advance(tok).err().map(|e| e.to_string()),
+                (None, Some(c)) => {
+                    let t = Instant::now();
+                    let r = c.advance(tok).err().map(|e| e.to_string());
+                    self.mask_ms += t.elapsed().as_secs_f64() * 1e3;
+                    r
+                }
                 (None, None) => None,
             };
             if let Some(e) = failed {
