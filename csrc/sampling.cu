@@ -186,12 +186,11 @@ extern "C" int tl_sample(int32_t *out_ids, float *logits, const TlSampleParams *
     return tl_launch_status();
 }
 
-// One block per row: max, then the f64 sum of exp(l - max), then l[id] - max - log(sum).
-__global__ void token_logprob_kernel(float *lp, const float *logits, const int32_t *ids, int vocab) {
+// A row's max and the log of the f64 sum of exp(l - max), in every thread of the block: the log-softmax of l[i]
+// is (l[i] - max) - log_sum. CPU twin: sampling::log_sum_exp.
+__device__ void row_log_sum_exp(const float *l, int vocab, float *max_out, float *log_sum_out) {
     __shared__ double sh[32];
     __shared__ float shf[32];
-    const int row = blockIdx.x;
-    const float *l = logits + static_cast<int64_t>(row) * vocab;
     float mx = -INFINITY;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, l[i]);
     mx = warp_max(mx);
@@ -201,8 +200,17 @@ __global__ void token_logprob_kernel(float *lp, const float *logits, const int32
     mx = warp_max(mx);
     double acc = 0.0;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) acc += exp(static_cast<double>(l[i] - mx));
-    const double sum = block_sum_d(acc, sh);
-    if (threadIdx.x == 0) lp[row] = (l[ids[row]] - mx) - static_cast<float>(log(sum));
+    *max_out = mx;
+    *log_sum_out = static_cast<float>(log(block_sum_d(acc, sh)));
+}
+
+// One block per row: l[id] - max - log(sum).
+__global__ void token_logprob_kernel(float *lp, const float *logits, const int32_t *ids, int vocab) {
+    const int row = blockIdx.x;
+    const float *l = logits + static_cast<int64_t>(row) * vocab;
+    float mx, log_sum;
+    row_log_sum_exp(l, vocab, &mx, &log_sum);
+    if (threadIdx.x == 0) lp[row] = (l[ids[row]] - mx) - log_sum;
 }
 
 extern "C" int tl_token_logprob(float *lp, const float *logits, const int32_t *ids, int rows, int vocab, void *stream) {
@@ -220,24 +228,14 @@ __device__ __forceinline__ uint64_t warp_max_u64(uint64_t v) {
     return v;
 }
 
-// One block per row: the row's log-sum-exp as in token_logprob_kernel, then k passes, each taking the largest
+// One block per row: the row's log-sum-exp, then k passes, each taking the largest
 // sort key below the previous pass's (keys are distinct, so each pass finds the next id in order).
 __global__ void top_logprobs_kernel(int32_t *ids, float *lps, const float *logits, int vocab, int k) {
-    __shared__ double sh[32];
-    __shared__ float shf[32];
     __shared__ uint64_t shk[32];
     const int row = blockIdx.x;
     const float *l = logits + static_cast<int64_t>(row) * vocab;
-    float mx = -INFINITY;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, l[i]);
-    mx = warp_max(mx);
-    if ((threadIdx.x & 31) == 0) shf[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    mx = (threadIdx.x & 31) < static_cast<int>(blockDim.x >> 5) ? shf[threadIdx.x & 31] : -INFINITY;
-    mx = warp_max(mx);
-    double acc = 0.0;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) acc += exp(static_cast<double>(l[i] - mx));
-    const float log_sum = static_cast<float>(log(block_sum_d(acc, sh)));
+    float mx, log_sum;
+    row_log_sum_exp(l, vocab, &mx, &log_sum);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     uint64_t below = ~static_cast<uint64_t>(0);
     for (int j = 0; j < k; ++j) {

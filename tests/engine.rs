@@ -8,10 +8,6 @@ use triton_llama::engine::{Engine, EngineConfig, FinishReason, Output, Request};
 use triton_llama::loader;
 use triton_llama::sampling::SamplingParams;
 
-fn engine(ckpt: &str, ecfg: EngineConfig) -> Engine {
-    Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
-}
-
 /// The exact path (bf16 weights widened, f32 activations): what the transformers oracle is compared with. The
 /// default for a bf16 checkpoint is bf16 arithmetic (its drift: tests/weights.rs).
 fn exact() -> EngineConfig {

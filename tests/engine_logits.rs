@@ -5,29 +5,12 @@
 mod common;
 use common::*;
 use triton_llama::backend::WeightFormat;
-use triton_llama::engine::{Engine, EngineConfig, Output, Request};
-use triton_llama::loader;
+use triton_llama::engine::{EngineConfig, Output, Request};
 use triton_llama::sampling::{ReturnLogits, SamplingParams, logprob_of};
-
-fn engine(ckpt: &str, ecfg: EngineConfig) -> Engine {
-    Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
-}
 
 fn params(n: usize, context: bool, generation: bool) -> SamplingParams {
     let return_logits = ReturnLogits { context, generation };
     SamplingParams { max_new_tokens: n, ignore_eos: true, return_logits, ..Default::default() }
-}
-
-/// Runs the requests together; per request (in order): its outputs.
-fn run(e: &mut Engine, reqs: Vec<Request>) -> Vec<Vec<Output>> {
-    let ids: Vec<u64> = reqs.iter().map(|r| r.id).collect();
-    for r in reqs {
-        e.add_request(r).unwrap();
-    }
-    let mut outs = vec![Vec::new(); ids.len()];
-    e.run_to_completion(|o| outs[ids.iter().position(|&i| i == o.id).unwrap()].push(o.clone())).unwrap();
-    assert_eq!(e.kv_blocks_used(), 0, "blocks leaked");
-    outs
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -53,7 +36,7 @@ fn context_logits_equal_transformers_in_any_chunking() {
             for round in 0..2 {
                 let other = Request { id: 9, prompt_ids: c.input_ids.clone(), params: params(3, false, false) };
                 let mine = Request { id: 1, prompt_ids: c.input_ids.clone(), params: params(2, true, false) };
-                let outs = run(&mut e, vec![other, mine]);
+                let outs = run_requests(&mut e, vec![other, mine]);
                 let ctx: Vec<&Output> = outs[1].iter().filter(|o| !o.context_logits.is_empty()).collect();
                 assert_eq!(ctx.len(), 1, "the context logits come once");
                 assert!(ctx[0].token.is_some() && outs[1][0].context_logits.len() == n * w, "with the first token");
@@ -76,7 +59,7 @@ fn generation_logits_are_the_rows_tokens_are_sampled_from() {
     for (temperature, seed) in [(0.0, None), (0.9, Some(7))] {
         let mut p = params(6, true, true);
         (p.temperature, p.seed) = (temperature, seed);
-        let outs = run(&mut e, vec![Request { id: 3, prompt_ids: prompt.clone(), params: p.clone() }]);
+        let outs = run_requests(&mut e, vec![Request { id: 3, prompt_ids: prompt.clone(), params: p.clone() }]);
         let toks: Vec<&Output> = outs[0].iter().filter(|o| o.token.is_some()).collect();
         assert_eq!(toks.len(), 6);
         for (k, o) in toks.iter().enumerate() {
@@ -93,13 +76,14 @@ fn generation_logits_are_the_rows_tokens_are_sampled_from() {
         let last = &toks[0].context_logits[(n - 1) * w..];
         assert_eq!(last, &toks[0].logits[..], "the last prompt row is the first token's");
         // Asking for logits changes nothing else.
-        let plain = run(&mut e, vec![Request { id: 4, prompt_ids: prompt.clone(), params: params(6, false, false) }]);
+        let plain =
+            run_requests(&mut e, vec![Request { id: 4, prompt_ids: prompt.clone(), params: params(6, false, false) }]);
         let mut q = params(6, false, false);
         (q.temperature, q.seed) = (temperature, seed);
         let plain = if temperature == 0.0 {
             plain
         } else {
-            run(&mut e, vec![Request { id: 3, prompt_ids: prompt.clone(), params: q }])
+            run_requests(&mut e, vec![Request { id: 3, prompt_ids: prompt.clone(), params: q }])
         };
         let a: Vec<_> = toks.iter().map(|o| o.token).collect();
         let b: Vec<_> = plain[0].iter().filter_map(|o| o.token.map(Some)).collect();

@@ -5,24 +5,8 @@
 mod common;
 use common::*;
 use triton_llama::backend::WeightFormat;
-use triton_llama::engine::{Engine, EngineConfig, Output, Request};
-use triton_llama::loader;
+use triton_llama::engine::{EngineConfig, Output, Request};
 use triton_llama::sampling::SamplingParams;
-
-fn engine(ckpt: &str, ecfg: EngineConfig) -> Engine {
-    Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
-}
-
-fn run(e: &mut Engine, reqs: Vec<Request>) -> Vec<Vec<Output>> {
-    let ids: Vec<u64> = reqs.iter().map(|r| r.id).collect();
-    for r in reqs {
-        e.add_request(r).unwrap();
-    }
-    let mut outs = vec![Vec::new(); ids.len()];
-    e.run_to_completion(|o| outs[ids.iter().position(|&i| i == o.id).unwrap()].push(o.clone())).unwrap();
-    assert_eq!(e.kv_blocks_used(), 0, "blocks leaked");
-    outs
-}
 
 /// Log-softmax in f64 and every id sorted by it (best first): the plain reference.
 fn ranked(logits: &[f32]) -> Vec<(u32, f64)> {
@@ -64,7 +48,7 @@ fn prompt_logprobs_equal_transformers_in_any_chunking() {
                 let plain = SamplingParams { max_new_tokens: 3, ..Default::default() };
                 let other = Request { id: 9, prompt_ids: c.input_ids.clone(), params: plain };
                 let mine = Request { id: 1, prompt_ids: c.input_ids.clone(), params: p };
-                let outs = run(&mut e, vec![other, mine]);
+                let outs = run_requests(&mut e, vec![other, mine]);
                 let with: Vec<&Output> = outs[1].iter().filter(|o| !o.prompt_logprobs.is_empty()).collect();
                 assert_eq!(with.len(), 1, "the prompt log-probs come once");
                 assert!(with[0].token.is_some(), "with the first token");
@@ -95,7 +79,7 @@ fn top_logprobs_are_the_best_of_the_sampled_rows() {
         let return_logits = triton_llama::sampling::ReturnLogits { context: false, generation: true };
         let base = SamplingParams { max_new_tokens: 6, ignore_eos: true, temperature, seed, ..Default::default() };
         let p = SamplingParams { top_logprobs: k, return_logits, ..base.clone() };
-        let outs = run(&mut e, vec![Request { id: 3, prompt_ids: prompt.clone(), params: p }]);
+        let outs = run_requests(&mut e, vec![Request { id: 3, prompt_ids: prompt.clone(), params: p }]);
         let toks: Vec<&Output> = outs[0].iter().filter(|o| o.token.is_some()).collect();
         assert_eq!(toks.len(), 6);
         for (j, o) in toks.iter().enumerate() {
@@ -107,7 +91,7 @@ fn top_logprobs_are_the_best_of_the_sampled_rows() {
             }
         }
         // Asking changes no token.
-        let plain = run(&mut e, vec![Request { id: 3, prompt_ids: prompt.clone(), params: base }]);
+        let plain = run_requests(&mut e, vec![Request { id: 3, prompt_ids: prompt.clone(), params: base }]);
         let a: Vec<_> = toks.iter().map(|o| o.token).collect();
         let b: Vec<_> = plain[0].iter().filter(|o| o.token.is_some()).map(|o| o.token).collect();
         assert_eq!(a, b);

@@ -264,22 +264,7 @@ mod tests {
     use super::*;
 
     fn out(text: &str, token: Option<u32>, finish: Option<FinishReason>) -> Output {
-        let (context_logits, logits, top_logprobs, prompt_logprobs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (text, error, timings) = (text.into(), None, None);
-        let logprob = -0.5;
-        Output {
-            id: 1,
-            token,
-            logprob,
-            top_logprobs,
-            prompt_logprobs,
-            text,
-            finish,
-            timings,
-            context_logits,
-            logits,
-            error,
-        }
+        Output { token, logprob: -0.5, finish, ..Output::ended(1, text.into(), FinishReason::Stop, None) }
     }
 
     /// Streamed deltas concatenate to the unary answer; the prefix comes once, with the first delta.

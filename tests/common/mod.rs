@@ -4,6 +4,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 use triton_llama::engine::runner::{KvPlan, Runner, StepInput};
+use triton_llama::engine::{Engine, EngineConfig, Output, Request};
 use triton_llama::loader;
 
 pub fn fixture(rel: &str) -> PathBuf {
@@ -73,4 +74,21 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     // A NaN counts as an infinite difference (f32::max alone would skip it).
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).map(|d| if d.is_nan() { f32::INFINITY } else { d }).fold(0.0, f32::max)
+}
+
+/// The engine on a fixture checkpoint.
+pub fn engine(ckpt: &str, ecfg: EngineConfig) -> Engine {
+    Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
+}
+
+/// Runs the requests together to the end; per request (in order): its outputs. Checks that no block leaked.
+pub fn run_requests(e: &mut Engine, reqs: Vec<Request>) -> Vec<Vec<Output>> {
+    let ids: Vec<u64> = reqs.iter().map(|r| r.id).collect();
+    for r in reqs {
+        e.add_request(r).unwrap();
+    }
+    let mut outs = vec![Vec::new(); ids.len()];
+    e.run_to_completion(|o| outs[ids.iter().position(|&i| i == o.id).unwrap()].push(o.clone())).unwrap();
+    assert_eq!(e.kv_blocks_used(), 0, "blocks leaked");
+    outs
 }

@@ -57,9 +57,14 @@ def frontend_ready(url):
         return False
 
 
+def sdk(url):
+    """The `openai` SDK on a frontend (no retries: every answer is the server's own)."""
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
 @pytest.fixture(scope="module")
 def client(api):
-    return openai.OpenAI(base_url=f"{api.openai_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return sdk(api.openai_url)
 
 
 def render(messages):
@@ -480,7 +485,7 @@ def test_llama2_chat_template_served(hf_chat):
         {"role": "assistant", "content": "Hello"},
         {"role": "user", "content": "Bye"},
     ]
-    client = openai.OpenAI(base_url=f"{hf_chat.openai_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    client = sdk(hf_chat.openai_url)
     r = client.chat.completions.create(model="llama", messages=msgs, max_tokens=10, temperature=0)
     out = subprocess.run(
         [

@@ -14,7 +14,7 @@ import openai
 import pytest
 import tritonclient.http as httpclient
 from conftest import CLI, NEMO, cli_generate
-from test_openai import MODEL, QUESTION, frontend_ready, render, start_with_frontend
+from test_openai import MODEL, QUESTION, frontend_ready, render, sdk, start_with_frontend
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def api(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(api):
-    return openai.OpenAI(base_url=f"{api.openai_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return sdk(api.openai_url)
 
 
 PERSON = {
