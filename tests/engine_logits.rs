@@ -4,7 +4,6 @@
 //! at the token is the token's log-prob, greedy picks its argmax); the last prompt row is the first token's.
 mod common;
 use common::*;
-use triton_llama::backend::WeightFormat;
 use triton_llama::engine::{EngineConfig, Output, Request};
 use triton_llama::sampling::{ReturnLogits, SamplingParams, logprob_of};
 
@@ -21,15 +20,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Chunked prefill (4 tokens a step), a concurrent request, and a second run whose prompt is cached.
 #[test]
 fn context_logits_equal_transformers_in_any_chunking() {
-    for (ckpt, model, tp) in [("models/gqa_bf16/hf", "gqa_bf16", 1), ("models/mha_f32/hf", "mha_f32", 2)] {
-        let ecfg = EngineConfig {
-            tp,
-            block_size: 4,
-            max_batched_tokens: 4,
-            weights: WeightFormat::AsLoaded,
-            ..Default::default()
-        };
-        let mut e = engine(ckpt, ecfg);
+    for (ckpt, model, tp) in GOLDEN_ENGINES {
+        let mut e = engine(ckpt, chunked_exact(tp));
         let w = e.logits_width();
         for c in golden(model) {
             let n = c.input_ids.len();

@@ -4,7 +4,6 @@
 //! and at generated positions those of the row the token was sampled from; asking changes no token.
 mod common;
 use common::*;
-use triton_llama::backend::WeightFormat;
 use triton_llama::engine::{EngineConfig, Output, Request};
 use triton_llama::sampling::SamplingParams;
 
@@ -30,15 +29,8 @@ fn assert_top(top: &[(u32, f32)], want: &[(u32, f64)], k: usize, tol: f64, what:
 
 #[test]
 fn prompt_logprobs_equal_transformers_in_any_chunking() {
-    for (ckpt, model, tp) in [("models/gqa_bf16/hf", "gqa_bf16", 1), ("models/mha_f32/hf", "mha_f32", 2)] {
-        let ecfg = EngineConfig {
-            tp,
-            block_size: 4,
-            max_batched_tokens: 4,
-            weights: WeightFormat::AsLoaded,
-            ..Default::default()
-        };
-        let mut e = engine(ckpt, ecfg);
+    for (ckpt, model, tp) in GOLDEN_ENGINES {
+        let mut e = engine(ckpt, chunked_exact(tp));
         for c in golden(model) {
             let n = c.input_ids.len();
             let k = 5;

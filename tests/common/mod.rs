@@ -92,3 +92,13 @@ pub fn run_requests(e: &mut Engine, reqs: Vec<Request>) -> Vec<Vec<Output>> {
     assert_eq!(e.kv_blocks_used(), 0, "blocks leaked");
     outs
 }
+
+/// The golden fixtures' engines: (checkpoint, golden file, tensor-parallel ranks).
+pub const GOLDEN_ENGINES: [(&str, &str, usize); 2] =
+    [("models/gqa_bf16/hf", "gqa_bf16", 1), ("models/mha_f32/hf", "mha_f32", 2)];
+
+/// The exact path (weights as loaded, f32 activations) with the prompt computed 4 tokens a step in blocks of 4.
+pub fn chunked_exact(tp: usize) -> EngineConfig {
+    let weights = triton_llama::backend::WeightFormat::AsLoaded;
+    EngineConfig { tp, block_size: 4, max_batched_tokens: 4, weights, ..Default::default() }
+}
