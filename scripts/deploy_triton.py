@@ -123,6 +123,13 @@ def parse_args(argv=None):
     p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
     p.add_argument(
+        "--step_timeout_s",
+        type=float,
+        default=None,
+        help="seconds an engine step may take before a tensor-parallel rank counts as stuck: its requests fail and "
+        "the engine stops (0: no limit; default 600 on cuda, no limit on cpu)",
+    )
+    p.add_argument(
         "--enable_prefix_caching",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -295,6 +302,7 @@ def write_repository(a):
         "max_batched_tokens": a.max_batched_tokens or "",
         "mixed_prefill_tokens": a.mixed_prefill_tokens or "",
         "weight_dtype": "" if a.weight_dtype == "auto" else a.weight_dtype,
+        "step_timeout_s": "" if a.step_timeout_s is None else a.step_timeout_s,
     }
     if a.triton_model_repository is not None:  # listed first, so a run that fails half-way still owns them
         (repo / MANIFEST).write_text(json.dumps(model_names(a)) + "\n")

@@ -45,6 +45,10 @@ pub enum Error {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The engine cannot run another step (a tensor-parallel rank is stuck): its requests fail and the model
+    /// stops accepting work.
+    #[error("the engine stopped: {0}")]
+    EngineStopped(String),
     /// An error Triton's own API returned; its status code (`TRITONSERVER_Error_Code`) is passed on unchanged.
     #[error("{msg}")]
     Triton { code: u32, kind: ErrorKind, msg: String },
@@ -66,7 +70,7 @@ impl Error {
             Error::Tokenizer(_) => ErrorKind::Internal,
             Error::InvalidRequest(_) => ErrorKind::InvalidArg,
             Error::Unavailable(_) => ErrorKind::Unavailable,
-            Error::Internal(_) => ErrorKind::Internal,
+            Error::Internal(_) | Error::EngineStopped(_) => ErrorKind::Internal,
             Error::Triton { kind, .. } => *kind,
         }
     }

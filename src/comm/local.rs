@@ -1,13 +1,72 @@
 //! In-process collectives for ranks running on threads: every rank posts its data, waits at a barrier,
-//! and reads the others' in rank order, so all ranks compute bit-identical sums.
-use super::Communicator;
+//! and reads the others' in rank order, so all ranks compute bit-identical sums. The barrier can be aborted
+//! (a rank failed, or a step timed out): every rank waiting in or entering a collective then gets an error
+//! instead of waiting forever, until the group is reset.
+use super::{Communicator, GroupControl};
 use crate::backend::Backend;
 use crate::{Error, Result};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+#[derive(Default)]
+struct State {
+    arrived: usize,
+    generation: u64,
+    aborted: Option<String>,
+}
 
 struct Shared {
+    n: usize,
     slots: Mutex<Vec<Vec<f32>>>,
-    barrier: Barrier,
+    state: Mutex<State>,
+    turn: Condvar,
+}
+
+fn aborted(reason: &str) -> Error {
+    Error::Internal(format!("tensor-parallel collective aborted: {reason}"))
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until all `n` ranks have arrived (or the group is aborted).
+    fn barrier(&self) -> Result<()> {
+        let mut s = self.state();
+        if let Some(r) = &s.aborted {
+            return Err(aborted(r));
+        }
+        let generation = s.generation;
+        s.arrived += 1;
+        if s.arrived == self.n {
+            s.arrived = 0;
+            s.generation += 1;
+            self.turn.notify_all();
+            return Ok(());
+        }
+        while s.generation == generation {
+            if let Some(r) = &s.aborted {
+                return Err(aborted(r));
+            }
+            s = self.turn.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+}
+
+impl GroupControl for Shared {
+    fn abort(&self, reason: &str) {
+        let mut s = self.state();
+        s.aborted.get_or_insert_with(|| reason.to_string());
+        self.turn.notify_all();
+    }
+
+    fn reset(&self) {
+        let mut s = self.state();
+        s.aborted = None;
+        s.arrived = 0;
+        s.generation += 1;
+    }
 }
 
 /// One rank's end of an in-process group; make a group with `LocalComm::group(n)`.
@@ -20,18 +79,23 @@ pub struct LocalComm {
 impl LocalComm {
     /// Handles for ranks 0..n, to be moved one per thread.
     pub fn group(n: usize) -> Vec<LocalComm> {
-        let shared = Arc::new(Shared { slots: Mutex::new(vec![Vec::new(); n]), barrier: Barrier::new(n) });
+        let shared = Arc::new(Shared {
+            n,
+            slots: Mutex::new(vec![Vec::new(); n]),
+            state: Mutex::new(State::default()),
+            turn: Condvar::new(),
+        });
         (0..n).map(|rank| LocalComm { rank, world: n, shared: shared.clone() }).collect()
     }
 
     /// Posts `data`, returns everyone's data in rank order.
     fn exchange(&self, data: Vec<f32>) -> Result<Vec<Vec<f32>>> {
-        let poisoned = |_| Error::Internal("a tensor-parallel rank panicked".into());
-        self.shared.slots.lock().map_err(poisoned)?[self.rank] = data;
-        self.shared.barrier.wait();
-        let all = self.shared.slots.lock().map_err(poisoned)?.clone();
+        let slots = || self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots()[self.rank] = data;
+        self.shared.barrier()?;
+        let all = slots().clone();
         // Nobody may overwrite a slot before every rank has read it.
-        self.shared.barrier.wait();
+        self.shared.barrier()?;
         Ok(all)
     }
 }
@@ -61,5 +125,33 @@ impl<B: Backend> Communicator<B> for LocalComm {
         let mut out = backend.alloc(all.len())?;
         backend.write(&mut out, &all)?;
         Ok(out)
+    }
+    fn control(&self) -> Option<Arc<dyn GroupControl>> {
+        Some(self.shared.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// An abort wakes a rank waiting for a partner that never comes; after a reset the group works again.
+    #[test]
+    fn an_abort_frees_the_waiting_ranks_and_a_reset_restores_the_group() {
+        let mut g = LocalComm::group(2);
+        let (one, zero) = (g.pop().unwrap(), g.pop().unwrap());
+        let control = zero.shared.clone();
+        let waiting = std::thread::spawn(move || zero.exchange(vec![1.0]).map(|_| zero));
+        std::thread::sleep(Duration::from_millis(50));
+        control.abort("rank 1 failed");
+        let err = waiting.join().unwrap().err().unwrap().to_string();
+        assert!(err.contains("aborted: rank 1 failed"), "{err}");
+        assert!(one.exchange(vec![2.0]).is_err(), "still aborted until reset");
+        control.reset();
+        let zero = LocalComm { rank: 0, world: 2, shared: control.clone() };
+        let t = std::thread::spawn(move || zero.exchange(vec![1.0]));
+        assert_eq!(one.exchange(vec![2.0]).unwrap(), vec![vec![1.0], vec![2.0]]);
+        assert_eq!(t.join().unwrap().unwrap(), vec![vec![1.0], vec![2.0]]);
     }
 }

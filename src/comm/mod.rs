@@ -5,6 +5,15 @@ pub mod nccl;
 
 use crate::Result;
 use crate::backend::Backend;
+use std::sync::Arc;
+
+/// Control over a whole group, held outside its ranks (the runner) and by each rank: `abort` makes every rank
+/// waiting in, or entering, a collective return an error (a rank failed; a step timed out); `reset`, once every
+/// rank is out of its collectives, makes the group usable again.
+pub trait GroupControl: Send + Sync {
+    fn abort(&self, reason: &str);
+    fn reset(&self);
+}
 
 /// One rank's handle to its tensor-parallel group.
 pub trait Communicator<B: Backend>: Send {
@@ -15,4 +24,8 @@ pub trait Communicator<B: Backend>: Send {
     /// Concatenates every rank's first `n` elements of `buf` in rank order into a new device buffer
     /// `[world * n]` on every rank (all ranks send the same count).
     fn all_gather(&self, backend: &B, buf: &B::Buf, n: usize) -> Result<B::Buf>;
+    /// The group's control, where it can be aborted (None: a stuck collective cannot be interrupted).
+    fn control(&self) -> Option<Arc<dyn GroupControl>> {
+        None
+    }
 }

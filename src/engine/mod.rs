@@ -54,6 +54,9 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// How the matmul weights are held (as loaded, or int8 quantized at load).
     pub weights: crate::backend::WeightFormat,
+    /// A step that takes longer means a stuck tensor-parallel rank: its requests fail and the engine stops
+    /// ([`Error::EngineStopped`]). None: no limit.
+    pub step_timeout: Option<std::time::Duration>,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +73,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             enable_prefix_caching: true,
             weights: Default::default(),
+            step_timeout: None,
         }
     }
 }
@@ -320,6 +324,8 @@ impl Engine {
                 start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks, ecfg.weights)?
             }
         };
+        let mut runner = runner;
+        runner.set_step_timeout(ecfg.step_timeout);
         let num_blocks = runner.num_blocks;
         if num_blocks == 0 {
             return Err(Error::Config("the KV cache holds no block".into()));

@@ -2,15 +2,17 @@
 //! sent to all ranks; rank 0 returns the sampled tokens (or, when asked, the logits).
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, SeqMeta, StepMeta, WeightFormat};
-use crate::comm::Communicator;
 use crate::comm::local::LocalComm;
+use crate::comm::{Communicator, GroupControl};
 use crate::loader::CheckpointSource;
 use crate::model::Llama;
 use crate::sampling::{LateMasks, Picked, SampleBatch};
 use crate::{Error, Result};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// One step's inputs, shared by all ranks.
 #[derive(Debug, Default)]
@@ -65,6 +67,12 @@ pub struct Runner {
     threads: Vec<JoinHandle<()>>,
     pub num_blocks: usize,
     pub block_size: usize,
+    /// The ranks' group, where it can be aborted and reset (the in-process one; NCCL's cannot yet).
+    control: Option<Arc<dyn GroupControl>>,
+    /// A step that takes longer is a stuck rank: the group is aborted and the runner stops.
+    step_timeout: Option<Duration>,
+    /// Set once a step timed out: why no step can run any more.
+    stopped: Mutex<Option<String>>,
 }
 
 /// KV cache sizing shared by all ranks.
@@ -202,6 +210,7 @@ impl Runner {
         let mut jobs = Vec::new();
         let mut threads = Vec::new();
         let n = ranks.len();
+        let control = ranks.first().and_then(|(_, c)| c.control());
         for (backend, comm) in ranks {
             let (job_tx, job_rx) = channel::<Arc<StepInput>>();
             jobs.push(job_tx);
@@ -243,11 +252,22 @@ impl Runner {
                 Err(_) => first_err = first_err.or(Some(Error::Internal("a rank thread died while loading".into()))),
             }
         }
-        let runner = Runner { jobs, results, threads, num_blocks, block_size };
+        let stopped = Mutex::new(None);
+        let runner = Runner { jobs, results, threads, num_blocks, block_size, control, step_timeout: None, stopped };
         match first_err {
             Some(e) => Err(e), // dropping the runner stops the other ranks
             None => Ok(runner),
         }
+    }
+
+    /// Steps that take longer than `t` mean a stuck rank: the step fails with [`Error::EngineStopped`], and so does
+    /// every later one (None: steps may take any time).
+    pub fn set_step_timeout(&mut self, t: Option<Duration>) {
+        self.step_timeout = t;
+    }
+
+    fn stopped(&self) -> Option<String> {
+        self.stopped.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Runs one step on every rank; returns rank 0's picks or logits.
@@ -259,6 +279,9 @@ impl Runner {
     /// Starts one step on every rank; [`Runner::collect`] waits for it (the caller works in between, e.g. fills
     /// the step's `late` masks). Every submitted step must be collected before the next.
     pub fn submit(&self, input: StepInput) -> Result<()> {
+        if let Some(why) = self.stopped() {
+            return Err(Error::EngineStopped(why));
+        }
         let input = Arc::new(input);
         for j in &self.jobs {
             j.send(input.clone()).map_err(|_| Error::Internal("rank thread is gone".into()))?;
@@ -266,17 +289,38 @@ impl Runner {
         Ok(())
     }
 
-    /// Waits for the submitted step: rank 0's picks or logits.
+    /// Waits for the submitted step: rank 0's picks or logits. A rank that fails fails the step (the others are
+    /// freed from their collectives and the group is reset once all have answered); a step beyond the step
+    /// timeout stops the runner.
     pub fn collect(&self) -> Result<StepOutput> {
-        let mut out = None;
-        let mut err = None;
+        if let Some(why) = self.stopped() {
+            return Err(Error::EngineStopped(why));
+        }
+        let deadline = self.step_timeout.map(|t| Instant::now() + t);
+        let mut answered = vec![false; self.jobs.len()];
+        let (mut out, mut err) = (None, None);
         for _ in 0..self.jobs.len() {
-            match self.results.recv() {
-                Ok((0, Ok(v))) => out = Some(v),
-                Ok((_, Ok(_))) => {}
-                Ok((_, Err(e))) => err = err.or(Some(e)),
-                Err(_) => return Err(Error::Internal("rank thread is gone".into())),
+            let r = match deadline {
+                None => self.results.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(d) => self.results.recv_timeout(d.saturating_duration_since(Instant::now())),
+            };
+            match r {
+                Ok((rank, r)) => {
+                    answered[rank] = true;
+                    match r {
+                        Ok(v) if rank == 0 => out = Some(v),
+                        Ok(_) => {}
+                        Err(e) => err = err.or(Some(e)),
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return Err(self.stop(&mut answered)),
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::Internal("rank thread is gone".into())),
             }
+        }
+        if err.is_some()
+            && let Some(c) = &self.control
+        {
+            c.reset(); // every rank has answered, so none is inside a collective
         }
         match (err, out) {
             (Some(e), _) => Err(e),
@@ -284,11 +328,39 @@ impl Runner {
             (None, None) => Err(Error::Internal("rank 0 returned nothing".into())),
         }
     }
+
+    /// A step ran past the timeout: aborts the group, waits a moment for the ranks that were only waiting on
+    /// another in a collective (they return once aborted), and stops the runner naming the ranks still missing.
+    fn stop(&self, answered: &mut [bool]) -> Error {
+        let t = self.step_timeout.unwrap_or_default();
+        if let Some(c) = &self.control {
+            c.abort(&format!("a step took longer than the {} s step timeout", t.as_secs_f64()));
+        }
+        let grace = Instant::now() + t.min(Duration::from_secs(2));
+        while answered.iter().any(|a| !a) {
+            match self.results.recv_timeout(grace.saturating_duration_since(Instant::now())) {
+                Ok((rank, _)) => answered[rank] = true,
+                Err(_) => break,
+            }
+        }
+        let late: Vec<String> = (0..answered.len()).filter(|&r| !answered[r]).map(|r| r.to_string()).collect();
+        let why = format!(
+            "a step took longer than the {} s step timeout; rank(s) {} did not answer",
+            t.as_secs_f64(),
+            late.join(", ")
+        );
+        log::error!("{why}: the tensor-parallel group is aborted and the engine stops");
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        Error::EngineStopped(why)
+    }
 }
 
 impl Drop for Runner {
     fn drop(&mut self) {
         self.jobs.clear(); // closing the channels ends the loops
+        if self.stopped().is_some() {
+            return; // a stuck rank may never return: its thread is left to end on its own
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -307,6 +379,8 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     ready: Sender<Result<usize>>,
 ) {
     let rank = comm.rank();
+    let control = comm.control();
+    let stall_at = (rank + 1 == comm.world_size() && rank > 0).then(fault_stall_rank_at_step).flatten();
     // A panic while loading must not leave the other ranks waiting at the KV-size vote.
     let load = || Llama::load_with(src.as_ref(), backend, comm, fmt);
     let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
@@ -342,8 +416,14 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
             return;
         }
     };
+    let mut steps = 0u64;
     while let Ok(job) = jobs.recv() {
-        let r = match &job.sample {
+        steps += 1;
+        if stall_at == Some(steps) {
+            log::warn!("TL_FAULT_STALL_RANK_AT_STEP: rank {rank} stalls at its step {steps} (a test hook)");
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        let step = || match &job.sample {
             Some(b) => model
                 .forward_sample(
                     &job.tokens,
@@ -359,9 +439,29 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
                 .forward(&job.tokens, &job.meta, &job.logit_rows, &mut cache)
                 .map(|logits| StepOutput { logits, picks: Vec::new() }),
         };
+        // A failing rank (an error or a panic) frees the others from the step's collectives: the step fails,
+        // the engine drops its sequences, and the next step runs on a reset group.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(Error::Internal(format!("rank {rank} panicked during a step: {}", msg.unwrap_or_default())))
+        });
+        if let (Err(e), Some(c)) = (&r, &control) {
+            c.abort(&format!("rank {rank} failed: {e}"));
+        }
         let r = if rank == 0 { r } else { r.map(|_| StepOutput::default()) };
         if results.send((rank, r)).is_err() {
             break;
         }
     }
+}
+
+/// Fault injection for the tests of a stuck tensor-parallel rank (the step timeout): with
+/// `TL_FAULT_STALL_RANK_AT_STEP=N` the last rank of a group of two or more sleeps for an hour at its N-th step.
+fn fault_stall_rank_at_step() -> Option<u64> {
+    let v = std::env::var("TL_FAULT_STALL_RANK_AT_STEP").ok()?;
+    let n = v.trim().parse().ok().filter(|&n: &u64| n > 0);
+    if n.is_none() {
+        log::warn!("TL_FAULT_STALL_RANK_AT_STEP={v:?} ignored: not a step number >= 1");
+    }
+    n
 }

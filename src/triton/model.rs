@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
-pub const PARAMS: [&str; 21] = [
+pub const PARAMS: [&str; 22] = [
     "checkpoint",
     "device",
     "tensor_parallel_size",
@@ -31,6 +31,7 @@ pub const PARAMS: [&str; 21] = [
     "chat_template",
     "mixed_prefill_tokens",
     "weight_dtype",
+    "step_timeout_s",
 ];
 
 /// Everything a model's config decides.
@@ -222,6 +223,7 @@ fn engine_config(
     if !(kv_fraction > 0.0 && kv_fraction <= 1.0) {
         return cfg_err(format!("parameter `kv_cache_fraction` must be in (0, 1], got {kv_fraction}"));
     }
+    let cuda = device == "cuda";
     let device = match device {
         "cuda" => Device::Cuda { gpu_ids: if gpus.is_empty() { (0..tp).collect() } else { gpus }, kv_fraction },
         _ => Device::Cpu,
@@ -241,7 +243,19 @@ fn engine_config(
             None => WeightFormat::Auto,
             Some(s) => WeightFormat::parse(&s).map_err(|e| Error::Config(format!("parameter `weight_dtype`: {e}")))?,
         },
+        step_timeout: step_timeout(cfg, cuda)?,
     })
+}
+
+/// `step_timeout_s`: seconds a step may take before the engine counts a rank as stuck and stops (0: no limit).
+/// Unset: 600 s on CUDA (a 2048-token prefill chunk of a 70B shape takes seconds there), no limit on the CPU
+/// (a long prefill of a large model on a few cores can take minutes).
+fn step_timeout(cfg: &Value, cuda: bool) -> Result<Option<std::time::Duration>> {
+    let s: f64 = num(cfg, "step_timeout_s")?.unwrap_or(if cuda { 600.0 } else { 0.0 });
+    if !(s >= 0.0 && s.is_finite()) {
+        return cfg_err(format!("parameter `step_timeout_s` must be >= 0 (0: no limit), got {s}"));
+    }
+    Ok((s > 0.0).then(|| std::time::Duration::from_secs_f64(s)))
 }
 
 /// `stop_strings`: a JSON list (no empty string), or `auto` / unset for the checkpoint's.
@@ -362,6 +376,17 @@ mod tests {
         assert_eq!(s.engine.weights, WeightFormat::Auto);
         let int8 = cfg(json!({"checkpoint": "c", "weight_dtype": "int8"}));
         assert_eq!(ModelSettings::from_config(&int8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Int8);
+    }
+
+    #[test]
+    fn step_timeout_defaults_by_device() {
+        let read = |p| ModelSettings::from_config(&cfg(p), Path::new("/m")).map(|s| s.engine.step_timeout);
+        let secs = |s: f64| Some(std::time::Duration::from_secs_f64(s));
+        assert_eq!(read(json!({"checkpoint": "x"})).unwrap(), None, "no limit on the CPU");
+        assert_eq!(read(json!({"checkpoint": "x", "device": "cuda"})).unwrap(), secs(600.0));
+        assert_eq!(read(json!({"checkpoint": "x", "device": "cuda", "step_timeout_s": "0"})).unwrap(), None);
+        assert_eq!(read(json!({"checkpoint": "x", "step_timeout_s": "2.5"})).unwrap(), secs(2.5));
+        assert!(err(json!({"checkpoint": "x", "step_timeout_s": "-1"})).contains("`step_timeout_s` must be >= 0"));
     }
 
     #[test]

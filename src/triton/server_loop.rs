@@ -48,6 +48,11 @@ impl Loop {
                         for k in keys {
                             self.end_with_error(k, &e);
                         }
+                        if matches!(e, Error::EngineStopped(_)) {
+                            // No step can run any more: the thread ends, the model stops accepting work and
+                            // `llama_engine_up` goes to 0 (deploy_triton.py's watchdog then stops the server).
+                            break;
+                        }
                     }
                 }
             } else if !self.jobs.is_empty() {

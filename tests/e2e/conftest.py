@@ -2,6 +2,7 @@
 ports, waited on until ready, its log kept (and printed when a test fails), stopped with SIGTERM."""
 
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -47,7 +48,7 @@ def wait_for(pred, timeout=20):
 
 
 class Server:
-    def __init__(self, name, args, tmp):
+    def __init__(self, name, args, tmp, env=None):
         self.http, self.grpc, self.metrics = free_ports(3)
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"{name}.log"
@@ -65,7 +66,9 @@ class Server:
             "--metrics_port",
             str(self.metrics),
         ] + args
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {}))
+        )
         self.url = f"localhost:{self.http}"
         self.grpc_url = f"localhost:{self.grpc}"
         deadline = time.time() + 120

@@ -367,6 +367,25 @@ def test_sigterm_drains_unary_and_streams_in_flight(tmp_path):
         s.stop()
 
 
+def test_a_stuck_tensor_parallel_rank_stops_the_engine_at_the_step_timeout(tmp_path):
+    """TP=2 on CPU threads, rank 1 stalls at its third step (TL_FAULT_STALL_RANK_AT_STEP), a 1 s step timeout: the
+    request fails with an error naming the rank, `llama_engine_up` reads 0, new requests are refused, and
+    deploy_triton.py's watchdog stops the server (exit 3) instead of it hanging."""
+    args = ["--hf_checkpoint", str(HF), "--tensor_parallel_size", "2", "--step_timeout_s", "1"]
+    s = Server("stuck_rank", args, tmp_path, env={"TL_FAULT_STALL_RANK_AT_STEP": "3"})
+    try:
+        t0 = time.time()
+        with pytest.raises(InferenceServerException) as e:
+            http_unary(s.url, "Stuck", 16)
+        assert "rank(s) 1 did not answer" in str(e.value), e.value
+        assert time.time() - t0 < 30
+        assert s.proc.wait(timeout=TIMEOUT) == 3
+        log = s.log_path.read_text()
+        assert "the engine stopped" in log and "exiting 3" in log
+    finally:
+        s.stop()
+
+
 # --- 4. a KV cache too small for the work ------------------------------------------------------------------
 
 
