@@ -12,8 +12,8 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.http as httpclient
-from conftest import CLI, NEMO, cli_generate
-from test_openai import MODEL, QUESTION, render, sdk, start_with_frontend
+from conftest import CLI, NEMO, cli_generate, wait_for
+from test_openai import MODEL, QUESTION, hold, reasons, render, sdk, start_with_frontend
 
 K = 5
 
@@ -124,6 +124,34 @@ def test_n_choices_are_the_seeded_single_requests_sharing_the_prompt(api, client
             if c.finish_reason:
                 finished.add(c.index)
     assert texts == [c.message.content for c in r.choices] and finished == {0, 1, 2}
+
+
+@pytest.fixture(scope="module")
+def long_api(request, tmp_path_factory):
+    """The demo model (2048 positions) as `long`: room for choices that outlast any check below."""
+    args = ["-tmn", "long", "--max_input_len", "64", "--max_output_len", "1900"]
+    return start_with_frontend(request, tmp_path_factory, "choices_long", args)
+
+
+def test_a_client_leaving_an_n_3_stream_cancels_every_choice(long_api):
+    """Three 1900-token choices streamed; the client hangs up once all three run: every backend request ends
+    `cancelled` (none runs to its end) and the KV cache empties."""
+    api, model = long_api, "long"
+    before = reasons(api, model)
+    body = {"model": model, "prompt": "Hello", "max_tokens": 1900, "n": 3, "stream": True, "ignore_eos": True}
+    s = hold(api, body)
+    try:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 200")
+        while not f.readline().startswith(b"data: "):
+            pass
+        assert wait_for(lambda: api.metric("llama_num_requests_running", model=model + "_stream") == 3, 60)
+        f.close()
+    finally:
+        s.close()
+    assert wait_for(lambda: reasons(api, model)["cancelled"] == before["cancelled"] + 3, 60), reasons(api, model)
+    assert reasons(api, model)["length"] == before["length"], "no choice ran to its end"
+    assert wait_for(lambda: api.metric("llama_kv_cache_blocks_used", model=model) == 0)
 
 
 def test_best_of_returns_the_likeliest_candidates(client):
