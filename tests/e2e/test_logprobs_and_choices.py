@@ -114,7 +114,7 @@ def test_n_choices_are_the_seeded_single_requests_sharing_the_prompt(api, client
     assert r.usage.prompt_tokens == n, "the prompt is counted once"
     assert r.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
     # Choices 1 and 2 found the prompt's full blocks (16 tokens each) that choice 0 computed.
-    assert hits >= 2 * (n - 1) // 16 * 16 > 0, (hits, n)
+    assert hits >= 2 * ((n - 1) // 16 * 16) > 0, (hits, n)
     chunks = list(client.chat.completions.create(n=3, seed=11, stream=True, **kw))
     texts = ["", "", ""]
     finished = set()
