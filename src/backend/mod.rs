@@ -7,6 +7,7 @@ mod cpu_math;
 pub mod cpu_mem;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod fp8;
 
 use crate::sampling::{Picked, SampleBatch};
 use crate::tensor::Tensor;
