@@ -648,7 +648,7 @@ async def handle(request: Request, chat: bool):
         return f"data: {json.dumps(d)}\n\n"
 
     async def pump(i, c: Choice, queue: asyncio.Queue, first):
-        """Candidate i's events onto the queue; None when it is done."""
+        """Candidate i's events onto the queue, its finish event last (run_all ends the queue with None)."""
         reason, offset = "", 0
         if chat:
             await queue.put(event(i, {"role": "assistant", "content": ""}))
