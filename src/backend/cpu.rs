@@ -5,7 +5,7 @@ use super::cpu_attention::k_index;
 pub use super::cpu_attention::{k_cache_from_slots, k_cache_to_slots};
 use super::cpu_gemm::{self, Packed};
 use super::{AttnDims, Backend, CheckedStep, WeightFormat, check_token_ids, even_share, unshard_shape};
-use crate::sampling::{Picked, SampleBatch, logprob_of, top_logprobs};
+use crate::sampling::{Picked, SampleBatch, logprob_and_top};
 use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
 use multiversion::multiversion;
@@ -536,8 +536,9 @@ impl Backend for CpuBackend {
             .map(|(i, row)| {
                 let raw = row.to_vec();
                 let id = batch.pick(i, row);
-                let top = top_logprobs(&raw, batch.top_logprobs.get(i).copied().unwrap_or(0));
-                Picked { id, logprob: logprob_of(&raw, id as usize), top }
+                let k = batch.top_logprobs.get(i).copied().unwrap_or(0);
+                let (logprob, top) = logprob_and_top(&raw, id as usize, k);
+                Picked { id, logprob, top }
             })
             .collect();
         Ok(picks)

@@ -9,7 +9,7 @@ pub mod stop;
 
 use crate::chat::ChatTemplate;
 use crate::loader::CheckpointSource;
-use crate::sampling::{SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of, top_logprobs};
+use crate::sampling::{SampleBatch, SampleRow, Sampler, SamplingParams, logprob_and_top, logprob_of};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use block_manager::BlockManager;
@@ -293,7 +293,7 @@ impl Engine {
                 None
             }
         };
-        let runner = match &ecfg.device {
+        let mut runner = match &ecfg.device {
             Device::Cpu => {
                 let bytes_per_block =
                     2 * cfg.num_layers * ecfg.block_size * (cfg.num_kv_heads / ecfg.tp) * cfg.head_dim * 4;
@@ -324,7 +324,6 @@ impl Engine {
                 start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks, ecfg.weights)?
             }
         };
-        let mut runner = runner;
         runner.set_step_timeout(ecfg.step_timeout);
         let num_blocks = runner.num_blocks;
         if num_blocks == 0 {
@@ -716,8 +715,7 @@ impl Engine {
                     }
                     let k = s.sampler.params.top_logprobs;
                     if let Some(slot) = s.prompt_logprobs.as_mut().and_then(|lps| lps.get_mut(p + 1)) {
-                        slot.logprob = logprob_of(row, slot.token as usize);
-                        slot.top = top_logprobs(row, k);
+                        (slot.logprob, slot.top) = logprob_and_top(row, slot.token as usize, k);
                     }
                 }
                 Kept::Generation(id) => {

@@ -189,7 +189,22 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k == 0 || logits.is_empty() {
         return Vec::new();
     }
+    top_with(logits, k, log_sum_exp(logits))
+}
+
+/// `logprob_of(logits, id)` and `top_logprobs(logits, k)` with one pass for their common normalizer; an id past
+/// the row (a prompt id the tokenizer cannot decode) has log-prob NaN.
+pub fn logprob_and_top(logits: &[f32], id: usize, k: usize) -> (f32, Vec<(u32, f32)>) {
+    if logits.is_empty() {
+        return (f32::NAN, Vec::new());
+    }
     let (max, log_sum) = log_sum_exp(logits);
+    let top = if k == 0 { Vec::new() } else { top_with(logits, k, (max, log_sum)) };
+    (logits.get(id).map_or(f32::NAN, |l| (l - max) - log_sum), top)
+}
+
+/// The `k` best of `logits` (k > 0) as log-softmax values, given its (max, log-sum).
+fn top_with(logits: &[f32], k: usize, (max, log_sum): (f32, f32)) -> Vec<(u32, f32)> {
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (i, &l) in logits.iter().enumerate() {
         if !l.is_finite() || (best.len() == k && l <= best[k - 1].1) {

@@ -206,10 +206,7 @@ impl TritonSink {
                 }
                 "output_tokens" => {
                     let t = rows.iter().map(|r| r.output_tokens.len()).max().unwrap_or(0).max(1);
-                    let mut v: Vec<&str> = Vec::with_capacity(rows.len() * t);
-                    for r in rows {
-                        v.extend((0..t).map(|j| r.output_tokens.get(j).map_or("", |s| s.as_str())));
-                    }
+                    let v = grid(rows, t, |r, j| r.output_tokens.get(j).map_or("", String::as_str));
                     Self::add_output(resp, name, ffi::TYPE_BYTES, &[n, t as i64], &encode_bytes(&v))?;
                 }
                 "batch_index" | "sequence_index" => {
@@ -223,12 +220,7 @@ impl TritonSink {
                 }
                 "output_log_probs" => {
                     let t = rows.iter().map(|r| r.output_log_probs.len()).max().unwrap_or(0).max(1);
-                    let mut b = Vec::with_capacity(rows.len() * t * 4);
-                    for r in rows {
-                        for j in 0..t {
-                            b.extend_from_slice(&r.output_log_probs.get(j).copied().unwrap_or(0.0).to_le_bytes());
-                        }
-                    }
+                    let b = le(grid(rows, t, |r, j| r.output_log_probs.get(j).copied().unwrap_or(0.0).to_le_bytes()));
                     Self::add_output(resp, name, ffi::TYPE_FP32, &[n, t as i64], &b)?;
                 }
                 "context_logits" | "generation_logits" => {
@@ -253,15 +245,13 @@ impl TritonSink {
                     Self::add_output(resp, name, ffi::TYPE_FP32, shape, &b)?;
                 }
                 "output_top_log_probs" | "output_top_token_ids" | "output_top_tokens" => {
-                    let grid: Vec<&[(u32, f32)]> =
-                        rows.iter().flat_map(|r| r.top_logprobs.iter().map(|v| &v[..])).collect();
                     let t = rows.iter().map(|r| r.top_logprobs.len()).max().unwrap_or(0);
                     if t == 0 {
                         continue; // no tokens in this streamed response
                     }
-                    let per_row: Vec<usize> = rows.iter().map(|r| r.top_logprobs.len()).collect();
-                    let texts: Vec<&[String]> = rows.iter().flat_map(|r| r.top_tokens.iter().map(|v| &v[..])).collect();
-                    Self::add_top(resp, name, &per_row, t, &grid, &texts)?;
+                    Self::add_top(resp, name, rows, t, |r, j| {
+                        (slice(r.top_logprobs.get(j)), slice(r.top_tokens.get(j)))
+                    })?;
                 }
                 "prompt_log_probs" | "prompt_token_ids" | "prompt_tokens" => {
                     let l = rows.iter().map(|r| r.prompt_logprobs.len()).max().unwrap_or(0);
@@ -269,35 +259,31 @@ impl TritonSink {
                         continue; // sent with an earlier streamed response
                     }
                     let shape = [n, l as i64];
-                    if name == "prompt_tokens" {
-                        let mut v: Vec<&str> = Vec::with_capacity(rows.len() * l);
-                        for r in rows {
-                            v.extend((0..l).map(|j| r.prompt_tokens.get(j).map_or("", |s| s.as_str())));
+                    match name {
+                        "prompt_tokens" => {
+                            let v = grid(rows, l, |r, j| r.prompt_tokens.get(j).map_or("", String::as_str));
+                            Self::add_output(resp, name, ffi::TYPE_BYTES, &shape, &encode_bytes(&v))?
                         }
-                        Self::add_output(resp, name, ffi::TYPE_BYTES, &shape, &encode_bytes(&v))?;
-                        continue;
+                        "prompt_token_ids" => {
+                            let b = le(grid(rows, l, |r, j| {
+                                r.prompt_logprobs.get(j).map_or(-1, |c| c.token as i32).to_le_bytes()
+                            }));
+                            Self::add_output(resp, name, ffi::TYPE_INT32, &shape, &b)?
+                        }
+                        _ => {
+                            let b = le(grid(rows, l, |r, j| {
+                                r.prompt_logprobs.get(j).map_or(f32::NAN, |c| c.logprob).to_le_bytes()
+                            }));
+                            Self::add_output(resp, name, ffi::TYPE_FP32, &shape, &b)?
+                        }
                     }
-                    let ids = name == "prompt_token_ids";
-                    let b: Vec<u8> = (rows.iter().flat_map(|r| (0..l).map(move |j| (r, j))))
-                        .flat_map(|(r, j)| match (ids, r.prompt_logprobs.get(j)) {
-                            (true, c) => c.map_or(-1, |c| c.token as i32).to_le_bytes(),
-                            (false, c) => c.map_or(f32::NAN, |c| c.logprob).to_le_bytes(),
-                        })
-                        .collect();
-                    let dtype = if ids { ffi::TYPE_INT32 } else { ffi::TYPE_FP32 };
-                    Self::add_output(resp, name, dtype, &shape, &b)?;
                 }
                 "prompt_top_log_probs" | "prompt_top_token_ids" | "prompt_top_tokens" => {
                     let l = rows.iter().map(|r| r.prompt_logprobs.len()).max().unwrap_or(0);
                     if l == 0 {
                         continue;
                     }
-                    let per_row: Vec<usize> = rows.iter().map(|r| r.prompt_logprobs.len()).collect();
-                    let grid: Vec<&[(u32, f32)]> =
-                        rows.iter().flat_map(|r| r.prompt_logprobs.iter().map(|p| &p.top[..])).collect();
-                    let texts: Vec<&[String]> =
-                        rows.iter().flat_map(|r| r.prompt_top_tokens.iter().map(|v| &v[..])).collect();
-                    Self::add_top(resp, name, &per_row, l, &grid, &texts)?;
+                    Self::add_top(resp, name, rows, l, |r, j| (prompt_top(r, j), slice(r.prompt_top_tokens.get(j))))?;
                 }
                 _ => {}
             }
@@ -306,45 +292,53 @@ impl TritonSink {
     }
 
     /// A `[rows, positions, k]` output of top log-probs (`*_log_probs`), their ids (`*_token_ids`) or texts
-    /// (`*_tokens`): `grid` holds each row's positions in order (`per_row[i]` of them), `texts` the matching
-    /// texts; short rows and lists are padded with -inf / -1 / "".
-    fn add_top(
+    /// (`*_tokens`): `at(row, position)` gives a position's (id, log-prob) list and its texts; short rows and lists
+    /// are padded with -inf / -1 / "".
+    fn add_top<'a>(
         resp: *mut ffi::TRITONBACKEND_Response,
         name: &str,
-        per_row: &[usize],
+        rows: &'a [RowReply],
         positions: usize,
-        grid: &[&[(u32, f32)]],
-        texts: &[&[String]],
+        at: impl Fn(&'a RowReply, usize) -> (&'a [(u32, f32)], &'a [String]),
     ) -> Result<()> {
-        let k = grid.iter().map(|v| v.len()).max().unwrap_or(0).max(1);
-        let shape = [per_row.len() as i64, positions as i64, k as i64];
-        let mut at = 0;
-        let mut cells: Vec<(Option<(u32, f32)>, &str)> = Vec::with_capacity(per_row.len() * positions * k);
-        for &len in per_row {
-            for j in 0..positions {
-                let (top, txt) = if j < len {
-                    (grid[at + j], texts.get(at + j).copied().unwrap_or(&[]))
-                } else {
-                    (&[][..], &[][..])
-                };
-                cells.extend((0..k).map(|c| (top.get(c).copied(), txt.get(c).map_or("", |s| s.as_str()))));
-            }
-            at += len;
-        }
+        let k = rows.iter().flat_map(|r| (0..positions).map(|j| at(r, j).0.len())).max().unwrap_or(0).max(1);
+        let shape = [rows.len() as i64, positions as i64, k as i64];
+        let cell = |r: &'a RowReply, jc: usize| {
+            let (top, texts) = at(r, jc / k);
+            (top.get(jc % k).copied(), texts.get(jc % k).map_or("", String::as_str))
+        };
         if name.ends_with("_tokens") {
-            let v: Vec<&str> = cells.iter().map(|c| c.1).collect();
+            let v = grid(rows, positions * k, |r, jc| cell(r, jc).1);
             return Self::add_output(resp, name, ffi::TYPE_BYTES, &shape, &encode_bytes(&v));
         }
-        let ids = name.ends_with("_ids");
-        let b: Vec<u8> = cells
-            .iter()
-            .flat_map(|(c, _)| match (ids, c) {
-                (true, c) => c.map_or(-1, |c| c.0 as i32).to_le_bytes(),
-                (false, c) => c.map_or(f32::NEG_INFINITY, |c| c.1).to_le_bytes(),
-            })
-            .collect();
-        Self::add_output(resp, name, if ids { ffi::TYPE_INT32 } else { ffi::TYPE_FP32 }, &shape, &b)
+        if name.ends_with("_ids") {
+            let b = le(grid(rows, positions * k, |r, jc| cell(r, jc).0.map_or(-1, |c| c.0 as i32).to_le_bytes()));
+            return Self::add_output(resp, name, ffi::TYPE_INT32, &shape, &b);
+        }
+        let b = le(grid(rows, positions * k, |r, jc| cell(r, jc).0.map_or(f32::NEG_INFINITY, |c| c.1).to_le_bytes()));
+        Self::add_output(resp, name, ffi::TYPE_FP32, &shape, &b)
     }
+}
+
+/// The cells of a `[rows, width]` output in row-major order: `cell(row, j)` for every j < width (a row shorter than
+/// the width gives its padding there).
+fn grid<'a, T>(rows: &'a [RowReply], width: usize, cell: impl Fn(&'a RowReply, usize) -> T) -> Vec<T> {
+    rows.iter().flat_map(|r| (0..width).map(move |j| (r, j))).map(|(r, j)| cell(r, j)).collect()
+}
+
+/// Little-endian cells as one byte buffer.
+fn le(cells: Vec<[u8; 4]>) -> Vec<u8> {
+    cells.concat()
+}
+
+/// Prompt position j's alternatives (empty past the row's prompt).
+fn prompt_top(r: &RowReply, j: usize) -> &[(u32, f32)] {
+    r.prompt_logprobs.get(j).map_or(&[], |p| &p.top)
+}
+
+/// An optional list as a slice (empty when absent).
+fn slice<T>(v: Option<&Vec<T>>) -> &[T] {
+    v.map_or(&[], |v| &v[..])
 }
 
 impl Sink for TritonSink {
