@@ -97,6 +97,14 @@ def test_completions_echo_gives_the_prompts_logprobs(client, tmp_path):
     assert e.choices[0].text == r.choices[0].text and e.choices[0].logprobs is None
     chunks = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0, echo=True, stream=True)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
+    # Streamed with log-probs: the prompt's come first, then the completion's, the same numbers as unary.
+    chunks = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=6, temperature=0, echo=True, logprobs=3, stream=True
+    )
+    lps = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert [t for x in lps for t in x.tokens] == lp.tokens
+    assert [v for x in lps for v in x.token_logprobs] == pytest.approx(lp.token_logprobs, abs=1e-6)
+    assert [d for x in lps for d in x.top_logprobs] == lp.top_logprobs
 
 
 def test_n_choices_are_the_seeded_single_requests_sharing_the_prompt(api, client):

@@ -114,30 +114,21 @@ def test_bad_structured_output_and_bias_are_400s(client, kw, param, fragment):
 
 
 def test_logit_bias_by_token_id(client):
-    """+100 on one token makes greedy decoding write only it; -100 on the greedy first token takes it away."""
-    plain = client.completions.create(
-        model=MODEL, prompt="The quick brown fox", max_tokens=4, temperature=0, logprobs=0
-    )
+    """+100 on one token makes greedy decoding write only it; -100 on the greedy first token takes it away;
+    streamed as unary."""
+
+    def fox(stream=False, **kw):
+        args = dict(model=MODEL, prompt="The quick brown fox", max_tokens=4, temperature=0, logprobs=0, **kw)
+        if not stream:
+            return client.completions.create(**args).choices[0].logprobs.tokens
+        chunks = client.completions.create(stream=True, **args)
+        return [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+
+    plain = fox()
     ids = cli_generate(NEMO, "The quick brown fox", "--max-tokens", "4")["ids"]
-    first = plain.choices[0].logprobs.tokens[0]
-    away = client.completions.create(
-        model=MODEL,
-        prompt="The quick brown fox",
-        max_tokens=4,
-        temperature=0,
-        logprobs=0,
-        logit_bias={str(ids[0]): -100},
-    )
-    assert away.choices[0].logprobs.tokens[0] != first
-    forced = client.completions.create(
-        model=MODEL,
-        prompt="The quick brown fox",
-        max_tokens=4,
-        temperature=0,
-        logprobs=0,
-        logit_bias={str(ids[1]): 100},
-    )
-    assert forced.choices[0].logprobs.tokens == [plain.choices[0].logprobs.tokens[1]] * 4
+    assert fox(logit_bias={str(ids[0]): -100})[0] != plain[0]
+    assert fox(logit_bias={str(ids[1]): 100}) == [plain[1]] * 4
+    assert fox(stream=True, logit_bias={str(ids[1]): 100}) == [plain[1]] * 4
 
 
 def test_triton_guided_decoding_inputs(server):
