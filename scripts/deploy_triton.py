@@ -163,11 +163,12 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--weight_dtype",
-        choices=["auto", "f32", "as-loaded", "bf16", "int8"],
+        choices=["auto", "f32", "as-loaded", "bf16", "int8", "fp8"],
         default="auto",
         help="matmul arithmetic: auto (bf16 for a bf16 checkpoint, f32 otherwise), f32 (exact: the "
         "checkpoint's dtype with f32 activations; as-loaded is its old name), bf16 (bf16 dot "
-        "products, AVX512_BF16 on the CPU), or int8 quantized at load (CPU only)",
+        "products, AVX512_BF16 on the CPU), int8 quantized at load (CPU only), or fp8 (E4M3 weights per "
+        "output channel and activations per token, quantized at load; GPUs of compute capability 8.9+)",
     )
     p.add_argument("-dm", "--debug_mode", default="False")
     p.add_argument("--backend_lib", default=str(ROOT / "target/release/libtriton_llama.so"))

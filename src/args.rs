@@ -219,7 +219,8 @@ impl Bos {
 
 const WEIGHTS_HELP: &str = "Matmul weights: auto (bf16 for a bf16 checkpoint, else f32), f32 (exact: the \
                             checkpoint's dtype, f32 activations; also as-loaded), bf16 (bf16 dot products, \
-                            AVX512_BF16 on the CPU) or int8 (quantized at load, blocks of 32; CPU only)";
+                            AVX512_BF16 on the CPU), int8 (quantized at load, blocks of 32; CPU only) or fp8 \
+                            (E4M3 per output channel, activations per token; GPUs of compute capability 8.9+)";
 
 fn parse_weights(s: &str) -> Result<WeightFormat, String> {
     WeightFormat::parse(s).map_err(|e| e.to_string())

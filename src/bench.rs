@@ -256,6 +256,9 @@ pub fn run_on(
     prefills: &[usize],
 ) -> Result<BenchReport> {
     let fmt = fmt.resolve_for(src.as_ref());
+    if fmt == WeightFormat::Fp8 {
+        return Err(crate::Error::Config(crate::engine::FP8_ON_CPU.into()));
+    }
     let cfg = src.config().clone();
     let held = |t: &crate::loader::TensorInfo| {
         let n = t.shape.iter().product::<usize>();

@@ -94,6 +94,104 @@ fn check(model: &str) {
     }
 }
 
+fn sequences(model: &str) -> Vec<Vec<u32>> {
+    let path = fixture(&format!("models/{model}/q8_0_drift.json"));
+    let q8: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    q8["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+        .collect()
+}
+
+/// `--weights fp8` (its CPU reference twin) against the independent oracle of scripts/fixtures/fp8_drift_reference.py
+/// (numpy with PyTorch's E4M3 cast, the format's f32 scale and quotient): the engine's logits equal the oracle's
+/// at most positions, and its drift against the exact path is the oracle's. The drift against bf16 is printed
+/// (the README's table).
+///
+/// Why these thresholds. E4M3 keeps 3 mantissa bits, so each weight and activation moves by up to 1/16 of itself
+/// (rms about 2.5 %) where q8_0 moves by about 0.5 %; on these tiny random models nothing averages that out, so
+/// fp8's drift is 4x q8_0's (rms/std 0.17-0.28 against 0.045-0.071) and argmax flips are common (0.6-0.7
+/// agreement). Published FP8 results (per-channel / per-token E4M3 in TensorRT-LLM and vLLM on Llama 7B-70B: 99 %+
+/// of the bf16 benchmark scores) are for trained models; here the test's job is that the engine adds no error
+/// beyond the format's, so the oracle sets the bar. The engine sums in f32 where the oracle sums in float64; now
+/// and then that moves one activation across an E4M3 rounding boundary (1/16 of its value), and on these models
+/// the sequence diverges from there on (at 0.06-0.25 of the std, near fp8's own drift): in the committed run 178
+/// of the 256 positions matched to 1 % of the std, the first divergences at positions 12 and 38 of two of the four
+/// sequences. A wrong scale, rounding or missing quantization diverges from position 0. So: at least half the
+/// positions within 1 % of the std of the oracle, position 0 of every sequence among them, the drift against the
+/// exact path within 15 % of the oracle's (max-abs within 30 %), the argmax agreement within 4 per 64.
+fn check_fp8(model: &str) {
+    let dir = format!("models/{model}");
+    let oracle: Value =
+        serde_json::from_slice(&std::fs::read(fixture(&format!("{dir}/fp8_drift.json"))).unwrap()).unwrap();
+    let seqs = sequences(model);
+    assert_eq!(oracle["sequences"], serde_json::to_value(&seqs).unwrap(), "the two oracles' sequences");
+    let ckpt = format!("{dir}/hf");
+    let fp8 = runner_with(&ckpt, WeightFormat::Fp8);
+    let got: Vec<Vec<f32>> = seqs.iter().map(|ids| prompt_logits(&fp8, ids)).collect();
+    let want: Vec<f32> = std::fs::read(fixture(&format!("{dir}/fp8_logits.f32")))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let flat: Vec<f32> = got.concat();
+    assert_eq!(want.len(), flat.len());
+    let vocab = got[0].len() / seqs[0].len();
+    let n = want.len() as f64;
+    let mean = want.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let std = (want.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let close: Vec<bool> = want
+        .chunks(vocab)
+        .zip(flat.chunks(vocab))
+        .map(|(a, b)| {
+            let rms = (a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / vocab as f64).sqrt();
+            rms <= 0.01 * std
+        })
+        .collect();
+    let matched = close.iter().filter(|&&c| c).count();
+    let firsts: Vec<usize> = close.chunks(seqs[0].len()).map(|c| c.iter().take_while(|&&m| m).count()).collect();
+    eprintln!(
+        "{model} fp8: {matched} of {} positions within 1 % of the std of the oracle's; each sequence's first {firsts:?}",
+        close.len()
+    );
+    assert!(matched * 2 >= close.len(), "{model}: {matched} of {} positions match the oracle", close.len());
+    assert!(firsts.iter().all(|&f| f > 0), "{model}: a sequence differs from the oracle at position 0: {firsts:?}");
+    let (o_max, o_rms, o_agree) = (
+        oracle["max_abs_over_std"].as_f64().unwrap(),
+        oracle["rms_over_std"].as_f64().unwrap(),
+        oracle["argmax_agreement"].as_f64().unwrap(),
+    );
+    eprintln!("{model} oracle fp8 against exact: max-abs/std {o_max:.4}, rms/std {o_rms:.4}, argmax {o_agree:.4}");
+    for base in [WeightFormat::AsLoaded, WeightFormat::Bf16] {
+        let r = runner_with(&ckpt, base);
+        let ds: Vec<Drift> = seqs.iter().zip(&got).map(|(ids, g)| drift(&prompt_logits(&r, ids), g, vocab)).collect();
+        let mean = |f: fn(&Drift) -> f64| ds.iter().map(f).sum::<f64>() / ds.len() as f64;
+        let (max, rms, agree) = (mean(|d| d.max_abs_over_std), mean(|d| d.rms_over_std), mean(|d| d.argmax_agreement));
+        eprintln!(
+            "{model} fp8 against {}: max-abs/std {max:.4}, rms/std {rms:.4}, argmax agreement {agree:.4} (means over {} x 64)",
+            base.name(),
+            seqs.len()
+        );
+        if base == WeightFormat::AsLoaded {
+            assert!((rms - o_rms).abs() <= 0.15 * o_rms, "{model}: fp8 rms/std {rms}, the oracle's {o_rms}");
+            assert!((max - o_max).abs() <= 0.3 * o_max, "{model}: fp8 max-abs/std {max}, the oracle's {o_max}");
+            assert!((agree - o_agree).abs() <= 4.0 / 64.0, "{model}: fp8 argmax {agree}, the oracle's {o_agree}");
+        }
+    }
+}
+
+#[test]
+fn fp8_is_the_oracles_fp8_gqa_bf16() {
+    check_fp8("gqa_bf16");
+}
+
+#[test]
+fn fp8_is_the_oracles_fp8_mha_f32() {
+    check_fp8("mha_f32");
+}
+
 #[test]
 fn int8_and_bf16_drift_no_worse_than_llama_cpp_q8_0_gqa_bf16() {
     check("gqa_bf16");
@@ -108,6 +206,8 @@ fn int8_and_bf16_drift_no_worse_than_llama_cpp_q8_0_mha_f32() {
 #[test]
 fn unknown_weight_format_is_refused() {
     assert!(WeightFormat::parse("fp4").is_err());
+    assert_eq!(WeightFormat::parse("FP8").unwrap(), WeightFormat::Fp8);
+    assert_eq!(WeightFormat::parse("fp8_e4m3").unwrap(), WeightFormat::Fp8);
     assert_eq!(WeightFormat::parse("INT8").unwrap(), WeightFormat::Int8);
     assert_eq!(WeightFormat::parse("as-loaded").unwrap(), WeightFormat::AsLoaded);
     assert_eq!(WeightFormat::parse("f32").unwrap(), WeightFormat::AsLoaded);
@@ -130,4 +230,21 @@ fn the_default_is_bf16_arithmetic_for_bf16_checkpoints_and_exact_for_f32_ones() 
     let f32 = "models/mha_f32/hf";
     assert_eq!(logits(f32, WeightFormat::Auto), logits(f32, WeightFormat::AsLoaded));
     assert_eq!(WeightFormat::Auto.resolve(triton_llama::tensor::DType::F16), WeightFormat::AsLoaded);
+}
+
+/// The CPU engine refuses `weights fp8` by name and says what to use instead (its reference twin, which the tests
+/// above run through `Runner`, is behind TL_CPU_FP8_REFERENCE=1); the CPU benchmark refuses it too.
+#[test]
+fn fp8_on_the_cpu_engine_is_refused_by_name() {
+    use triton_llama::engine::{Engine, EngineConfig};
+    assert!(!triton_llama::backend::fp8_cpu_reference(), "the test environment sets {}", "TL_CPU_FP8_REFERENCE");
+    let src = loader::open(&fixture("models/mha_f32/hf")).unwrap();
+    let err = Engine::new(src, EngineConfig { weights: WeightFormat::Fp8, ..Default::default() }).err().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("fp8") && msg.contains("8.9") && msg.contains("int8"), "{msg}");
+    let src = loader::open(&fixture("models/mha_f32/hf")).unwrap();
+    let err = triton_llama::bench::run_on(Arc::from(src), std::time::Instant::now(), WeightFormat::Fp8, &[1], 1, &[])
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("compute capability 8.9"), "{err}");
 }

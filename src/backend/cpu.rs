@@ -4,6 +4,7 @@
 use super::cpu_attention::k_index;
 pub use super::cpu_attention::{k_cache_from_slots, k_cache_to_slots};
 use super::cpu_gemm::{self, Packed};
+use super::fp8::{self, Fp8Rows};
 use super::{AttnDims, Backend, CheckedStep, WeightFormat, check_token_ids, even_share, unshard_shape};
 use crate::sampling::{Picked, SampleBatch, logprob_and_top};
 use crate::tensor::{Tensor, TensorData};
@@ -21,6 +22,12 @@ pub struct CpuBackend;
 pub enum CpuWeight {
     Plain(Tensor),
     Packed(Packed),
+    /// The reference twin of the GPU's FP8 weights: the E4M3 values of each row (exact in bf16) packed for the
+    /// f32-activation kernels, and the row's scale (`fp8::Fp8Rows`).
+    Fp8 {
+        values: Packed,
+        scales: Vec<f32>,
+    },
 }
 
 impl CpuWeight {
@@ -28,7 +35,7 @@ impl CpuWeight {
     fn plain(&self) -> Result<&Tensor> {
         match self {
             CpuWeight::Plain(t) => Ok(t),
-            CpuWeight::Packed(_) => Err(Error::Internal("a packed matmul weight used as a plain tensor".into())),
+            _ => Err(Error::Internal("a packed matmul weight used as a plain tensor".into())),
         }
     }
 
@@ -36,7 +43,35 @@ impl CpuWeight {
     fn dims(&self) -> (usize, usize) {
         match self {
             CpuWeight::Plain(t) => (t.shape[0], t.shape.get(1).copied().unwrap_or(1)),
-            CpuWeight::Packed(p) => p.shape(),
+            CpuWeight::Packed(p) | CpuWeight::Fp8 { values: p, .. } => p.shape(),
+        }
+    }
+}
+
+/// FP8 weights for the CPU twin: `t` `[n, k]` quantized per output channel to E4M3 (`fp8::Fp8Rows`); the codes'
+/// values (exact in bf16) packed for the kernels that keep activations in f32.
+fn fp8_weight(t: &Tensor) -> CpuWeight {
+    let (n, k) = (t.shape[0], t.shape[1]);
+    let q = Fp8Rows::quantize(&t.to_f32_vec(), n, k);
+    let values = Tensor::from_f32(&[n, k], q.codes.iter().map(|&c| fp8::e4m3_to_f32(c)).collect()).to_bf16();
+    CpuWeight::Fp8 { values: Packed::bf16(&values, false), scales: q.scales }
+}
+
+/// The GPU's FP8 GEMM on the CPU: `x` `[n, k]` quantized per token to E4M3, multiplied by each weight's E4M3
+/// values in f32 (products of two E4M3 values are exact), then `out[t, j] = acc * x_scale[t] * w_scale[j]` (the
+/// epilogue's order). One quantization of `x` serves every weight.
+fn gemm_fp8(outs: &mut [&mut [f32]], x: &[f32], ws: &[(&Packed, &[f32])], n: usize) {
+    let k = ws.first().map_or(0, |(p, _)| p.shape().1);
+    let q = Fp8Rows::quantize(&x[..n * k], n, k);
+    let xq: Vec<f32> = q.codes.iter().map(|&c| fp8::e4m3_to_f32(c)).collect();
+    let packed: Vec<&Packed> = ws.iter().map(|(p, _)| *p).collect();
+    cpu_gemm::gemm_many(outs, &xq, &packed, n);
+    for (out, (p, w_scales)) in outs.iter_mut().zip(ws) {
+        let m = p.shape().0;
+        for (row, &sx) in out[..n * m].chunks_exact_mut(m).zip(&q.scales) {
+            for (o, &sw) in row.iter_mut().zip(w_scales.iter()) {
+                *o = *o * sx * sw;
+            }
         }
     }
 }
@@ -320,6 +355,7 @@ impl Backend for CpuBackend {
         // `resolve` never returns `Auto`: its arms are the exact path's only so that no request can reach a panic.
         Ok(match (fmt.resolve(t.dtype()), t.dtype()) {
             (WeightFormat::Int8, _) => CpuWeight::Packed(Packed::q8(&t)),
+            (WeightFormat::Fp8, _) => fp8_weight(&t),
             (WeightFormat::Bf16, _) => CpuWeight::Packed(Packed::bf16(&t, true)),
             (WeightFormat::AsLoaded | WeightFormat::Auto, crate::tensor::DType::BF16) if !legacy => {
                 CpuWeight::Packed(Packed::bf16(&t, false))
@@ -398,6 +434,7 @@ impl Backend for CpuBackend {
         match w {
             CpuWeight::Plain(t) => gemm(out, x, t, n),
             CpuWeight::Packed(p) => cpu_gemm::gemm(out, x, p, n),
+            CpuWeight::Fp8 { values, scales } => gemm_fp8(&mut [&mut out[..]], x, &[(values, scales)], n),
         }
         Ok(())
     }
@@ -410,20 +447,31 @@ impl Backend for CpuBackend {
             .iter()
             .filter_map(|w| match w {
                 CpuWeight::Packed(p) => Some(p),
-                CpuWeight::Plain(_) => None,
+                _ => None,
             })
             .collect();
-        // Unpacked (f32/f16) weights take the row-dot gemm one by one.
-        if packed.len() != ws.len() {
+        let fp8: Vec<(&Packed, &[f32])> = ws
+            .iter()
+            .filter_map(|w| match w {
+                CpuWeight::Fp8 { values, scales } => Some((values, scales.as_slice())),
+                _ => None,
+            })
+            .collect();
+        // Unpacked (f32/f16) weights, and a mix of formats, take the gemm one by one.
+        if packed.len() != ws.len() && fp8.len() != ws.len() {
             return ws.iter().zip(outs.iter_mut()).try_for_each(|(w, out)| self.gemm(out, x, w, n));
         }
-        for (out, w) in outs.iter().zip(&packed) {
-            let (m, k) = w.shape();
+        for (out, w) in outs.iter().zip(ws) {
+            let (m, k) = w.dims();
             check_len("gemm out", out.len(), n * m)?;
             check_len("gemm x", x.len(), n * k)?;
         }
         let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        cpu_gemm::gemm_many(&mut slices, x, &packed, n);
+        if fp8.len() == ws.len() {
+            gemm_fp8(&mut slices, x, &fp8, n);
+        } else {
+            cpu_gemm::gemm_many(&mut slices, x, &packed, n);
+        }
         Ok(())
     }
 

@@ -156,18 +156,33 @@ pub enum WeightFormat {
     Bf16,
     /// Weight-only int8, one scale per row and 32-block of k (q8_0-like), quantized at load.
     Int8,
+    /// FP8 E4M3 weights with one scale per output channel, quantized at load, multiplied with activations
+    /// quantized to E4M3 per token (one dynamic scale per row), f32 accumulation: the GPU's FP8 tensor-core path
+    /// (compute capability 8.9+). The LM head and the embedding stay bf16. On the CPU only the reference twin
+    /// runs it (`fp8_cpu_reference`), for tests and drift measurements.
+    Fp8,
+}
+
+/// The environment variable that lets the CPU engine run `WeightFormat::Fp8` through its reference twin (exact
+/// E4M3 values in bf16 through the f32 kernels: no memory or speed gain) instead of refusing it.
+pub const FP8_CPU_REFERENCE_ENV: &str = "TL_CPU_FP8_REFERENCE";
+
+/// Whether the CPU engine may run FP8 weights (only as the reference, when [`FP8_CPU_REFERENCE_ENV`] is 1).
+pub fn fp8_cpu_reference() -> bool {
+    std::env::var(FP8_CPU_REFERENCE_ENV).is_ok_and(|v| v == "1")
 }
 
 impl WeightFormat {
     /// `auto` (the default), `f32` (exact: the checkpoint's dtype, f32 activations; also `as-loaded`), `bf16`
-    /// (bf16 dot products) or `int8`.
+    /// (bf16 dot products), `int8` or `fp8` (also `fp8_e4m3`).
     pub fn parse(s: &str) -> Result<WeightFormat> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(WeightFormat::Auto),
             "f32" | "exact" | "as-loaded" | "as_loaded" => Ok(WeightFormat::AsLoaded),
             "bf16" => Ok(WeightFormat::Bf16),
             "int8" | "q8" | "q8_0" => Ok(WeightFormat::Int8),
-            o => Err(Error::Config(format!("weights must be auto, f32, bf16 or int8, got `{o}`"))),
+            "fp8" | "fp8_e4m3" | "e4m3" => Ok(WeightFormat::Fp8),
+            o => Err(Error::Config(format!("weights must be auto, f32, bf16, int8 or fp8, got `{o}`"))),
         }
     }
     pub fn name(self) -> &'static str {
@@ -176,6 +191,7 @@ impl WeightFormat {
             WeightFormat::AsLoaded => "f32",
             WeightFormat::Bf16 => "bf16",
             WeightFormat::Int8 => "int8",
+            WeightFormat::Fp8 => "fp8",
         }
     }
     /// `Auto` made concrete for a checkpoint whose matmul weights are stored as `dtype`; the others unchanged.

@@ -88,6 +88,11 @@ pub const CPU_STEP_SLOWDOWN: f64 = 2.0;
 /// The CPU budget before any step has been measured, and its floor (a 512-token prompt in at most 64 steps).
 pub const CPU_MIXED_PREFILL_TOKENS: (usize, usize) = (32, 8);
 
+/// Why the CPU engine refuses FP8 weights.
+pub const FP8_ON_CPU: &str = "weights fp8 run on GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper, \
+Blackwell) with --device cuda; the CPU engine has no FP8 arithmetic (its reference twin, TL_CPU_FP8_REFERENCE=1, is for \
+tests): use weights int8 for quantized weights on the CPU";
+
 #[cfg(feature = "cuda")]
 fn start_cuda(
     src: Arc<dyn CheckpointSource>,
@@ -309,6 +314,9 @@ impl Engine {
                         "the KV cache budget of {} bytes holds no block of {bytes_per_block} bytes",
                         ecfg.kv_cache_bytes
                     )));
+                }
+                if ecfg.weights == crate::backend::WeightFormat::Fp8 && !crate::backend::fp8_cpu_reference() {
+                    return Err(Error::Config(FP8_ON_CPU.into()));
                 }
                 let plan = KvPlan { num_blocks, block_size: ecfg.block_size };
                 Runner::start_cpu_with(Arc::from(src), ecfg.tp, plan, ecfg.weights)?

@@ -52,7 +52,9 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     }
 
     /// `load` with the matmul weights (not the norms) held in `fmt`. Under `WeightFormat::Bf16` the embedding
-    /// table is rounded to bf16 too, as the CUDA backend and llama.cpp's bf16 files hold it.
+    /// table is rounded to bf16 too, as the CUDA backend and llama.cpp's bf16 files hold it. Under
+    /// `WeightFormat::Fp8` the LM head and the embedding stay bf16 (as TensorRT-LLM's and vLLM's FP8 checkpoints
+    /// keep them): the head is 3 % of a 70B model's bytes and its logits are what sampling reads.
     pub fn load_with(src: &dyn CheckpointSource, backend: B, comm: C, fmt: WeightFormat) -> Result<Self> {
         let fmt = fmt.resolve_for(src);
         let cfg = src.config().clone();
@@ -65,8 +67,9 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             const MATMULS: [&str; 7] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"];
             let matmul = name == "lm_head" || MATMULS.iter().any(|m| name.ends_with(m));
             match (matmul, fmt) {
+                (true, WeightFormat::Fp8) if name == "lm_head" => backend.upload_matmul(t, WeightFormat::Bf16),
                 (true, _) => backend.upload_matmul(t, fmt),
-                (false, WeightFormat::Bf16) if name == "tok_emb" => backend.upload(t.to_bf16()),
+                (false, WeightFormat::Bf16 | WeightFormat::Fp8) if name == "tok_emb" => backend.upload(t.to_bf16()),
                 (false, _) => backend.upload(t),
             }
         };

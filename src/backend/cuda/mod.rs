@@ -229,6 +229,7 @@ impl Backend for CudaBackend {
         match fmt {
             // The GPU's GEMMs already take bf16 activations.
             WeightFormat::Auto | WeightFormat::AsLoaded | WeightFormat::Bf16 => self.upload(t),
+            WeightFormat::Fp8 => Err(Error::Config("the CUDA backend does not implement fp8 weights yet".into())),
             WeightFormat::Int8 => Err(Error::Config(
                 "the CUDA backend does not implement int8 weights yet: use weight_dtype auto, f32 or bf16 \
                  (--weights bf16), or int8 on the CPU engine"
