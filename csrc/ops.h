@@ -155,6 +155,35 @@ int tl_top_logprobs(int32_t *ids,         /* [rows, k] */
                     const float *logits,  /* [rows, vocab] */
                     int rows, int vocab, int k, void *stream);
 
+/* FP8 (E4M3, the e4m3fn form) rows, one scale each: scales[i] = max|x[i, :]| / 448 (1 for a row of zeros),
+ * out[i, j] = e4m3(x[i, j] / scales[i]), round to nearest even, saturating to +-448. Weights at load (per output
+ * channel), activations before each FP8 GEMM (per token). CPU twin: fp8::Fp8Rows::quantize. */
+int tl_quantize_fp8_rows(uint8_t *out,     /* [n, k] E4M3 codes */
+                         float *scales,    /* [n] */
+                         const float *x,   /* [n, k] */
+                         int n, int k, void *stream);
+
+/* tl_quantize_fp8_rows of bf16 rows (weights of a bf16 checkpoint). */
+int tl_quantize_fp8_rows_bf16(uint8_t *out,       /* [n, k] E4M3 codes */
+                              float *scales,      /* [n] */
+                              const uint16_t *x,  /* [n, k] bf16 */
+                              int n, int k, void *stream);
+
+/* out[t, j] = out[t, j] * sx[t] * sw[j]: the scales after an FP8 GEMM's f32 accumulation. */
+int tl_fp8_scale_out(float *out,        /* [n, m] */
+                     const float *sx,   /* [n] activation scales */
+                     const float *sw,   /* [m] weight scales */
+                     int n, int m, void *stream);
+
+/* out[t, j] = (sum over c in order of e4m3(xq[t, c]) * e4m3(wq[j, c])) * sx[t] * sw[j], one thread per output:
+ * the FP8 GEMM for shapes cuBLASLt's FP8 kernels refuse. CPU twin (bit for bit): fp8::gemm_fp8. */
+int tl_gemm_fp8_plain(float *out,         /* [n, m] */
+                      const uint8_t *xq,  /* [n, k] E4M3 codes */
+                      const float *sx,    /* [n] */
+                      const uint8_t *wq,  /* [m, k] E4M3 codes */
+                      const float *sw,    /* [m] */
+                      int n, int m, int k, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

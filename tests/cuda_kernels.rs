@@ -459,3 +459,85 @@ fn gpu_top_logprobs_match_the_cpu_twin() {
         }
     }
 }
+
+/// FP8 weights quantized on the device (`tl_quantize_fp8_rows*`, from bf16 and from f32) give the CPU twin's
+/// codes and scales bit for bit, on odd shapes with a zero row, a row of one huge value and subnormal-range values.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn gpu_fp8_quantization_matches_the_cpu_twin() {
+    use triton_llama::backend::cuda::CudaWeight;
+    use triton_llama::backend::fp8::Fp8Rows;
+    let Some(g) = gpu("gpu_fp8_quantization_matches_the_cpu_twin") else { return };
+    if !g.has_fp8().unwrap() {
+        skipped(format!("SKIPPED gpu_fp8_quantization_matches_the_cpu_twin: {} has no FP8", g.name()));
+        return;
+    }
+    for (i, &(rows, cols)) in [(1, 1), (7, 13), (33, 769), (5, 4096), (3, 1025)].iter().enumerate() {
+        let mut v = rand_vec(300 + i as u64, rows * cols, 3.0);
+        v[..cols].iter_mut().for_each(|x| *x = 0.0);
+        if rows > 2 {
+            v[cols] = 1e30;
+            v[2 * cols..3 * cols].iter_mut().enumerate().for_each(|(j, x)| *x *= (-(j as f32 % 40.0)).exp2());
+        }
+        for t in [bf16_tensor(&[rows, cols], &v), Tensor::from_f32(&[rows, cols], v.clone())] {
+            let want = Fp8Rows::quantize(&t.to_f32_vec(), rows, cols);
+            let CudaWeight::Fp8 { codes, scales, .. } = g.upload_matmul(t.clone(), WeightFormat::Fp8).unwrap() else {
+                panic!("upload_matmul(Fp8) gave another weight kind")
+            };
+            let got_codes = g.stream().clone_dtoh(&codes).unwrap();
+            let got_scales = g.stream().clone_dtoh(&scales).unwrap();
+            assert_eq!(&got_scales[..rows], &want.scales[..], "[{rows}, {cols}] {:?}: scales", t.dtype());
+            assert_eq!(&got_codes[..rows * cols], &want.codes[..], "[{rows}, {cols}] {:?}: codes", t.dtype());
+        }
+    }
+}
+
+/// The FP8 GEMM (activations quantized per token on the device, then cuBLASLt's E4M3 kernels and the scales, or
+/// the plain kernel) against the CPU twin's `gemm` with the same weights: within two f32 summation orders of the
+/// same exact products where cuBLASLt runs (it must, on shapes with k and m multiples of 16), and bit for bit
+/// `fp8::gemm_fp8` on the shapes the plain kernel takes.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn gpu_fp8_gemm_matches_the_cpu_twin() {
+    use triton_llama::backend::fp8::{Fp8Rows, gemm_fp8};
+    let Some(g) = gpu("gpu_fp8_gemm_matches_the_cpu_twin") else { return };
+    if !g.has_fp8().unwrap() {
+        skipped(format!("SKIPPED gpu_fp8_gemm_matches_the_cpu_twin: {} has no FP8", g.name()));
+        return;
+    }
+    let aligned = [(1, 4096, 4096), (3, 1024, 4096), (17, 11008, 4096), (64, 256, 128), (1, 16, 16)];
+    let plain = [(1, 37, 769), (3, 200, 96), (5, 13, 7), (2, 16, 24)];
+    let mut paths = Vec::new();
+    for (i, &(n, m, k)) in aligned.iter().chain(&plain).enumerate() {
+        let (wv, x) = (rand_vec(500 + i as u64, m * k, 0.5), rand_vec(600 + i as u64, n * k, 2.0));
+        let w = bf16_tensor(&[m, k], &wv);
+        let mut c = vec![0f32; n * m];
+        CpuBackend.gemm(&mut c, &x, &CpuBackend.upload_matmul(w.clone(), WeightFormat::Fp8).unwrap(), n).unwrap();
+        let (_, lt0, _) = g.gemm_stats();
+        let mut o = g.alloc(n * m).unwrap();
+        g.gemm(&mut o, &up(&g, &x), &g.upload_matmul(w.clone(), WeightFormat::Fp8).unwrap(), n).unwrap();
+        let got = down(&g, &o, n * m);
+        let (has_lt, lt1, _) = g.gemm_stats();
+        let on_lt = lt1 > lt0;
+        let (xq, wq) = (Fp8Rows::quantize(&x, n, k), Fp8Rows::quantize(&w.to_f32_vec(), m, k));
+        if i < aligned.len() {
+            assert!(has_lt && on_lt, "fp8 gemm {n}x{m}x{k}: cuBLASLt did not run it (loaded: {has_lt})");
+            let (xd, wd) = (xq.dequantize(), wq.dequantize());
+            let mut worst = 0f32;
+            for (j, (a, b)) in got.iter().zip(&c).enumerate() {
+                let (t, r) = (j / m, j % m);
+                let mag: f32 = (0..k).map(|q| (xd[t * k + q] * wd[r * k + q]).abs()).sum();
+                let err = (a - b).abs() / mag.max(1e-30);
+                assert!(err <= 2.0 * k as f32 * f32::EPSILON, "fp8 gemm {n}x{m}x{k} at {j}: {a} vs the CPU's {b}");
+                worst = worst.max(err);
+            }
+            paths.push(format!("{n}x{m}x{k}: cuBLASLt (error / sum |products| {worst:.1e})"));
+        } else {
+            let mut want = vec![0f32; n * m];
+            gemm_fp8(&mut want, &xq, &wq);
+            assert_eq!(got, want, "fp8 gemm {n}x{m}x{k}: the plain kernel against fp8::gemm_fp8");
+            paths.push(format!("{n}x{m}x{k}: plain, bit for bit"));
+        }
+    }
+    println!("FP8 GEMM paths: {}", paths.join("; "));
+}

@@ -345,3 +345,60 @@ fn returned_logits_on_gpu_match_the_cpu_rows() {
     println!("returned context logits: max rel err vs CPU bf16 {worst:.2e}");
     assert!(worst <= 0.01, "context logits off by {worst}");
 }
+
+/// `--weights fp8` on the GPU (device-quantized weights, cuBLASLt's FP8 GEMMs where k and m are multiples of 16,
+/// the plain kernel elsewhere: gqa_bf16's FFN of 200) against the CPU twin with the same weights, every row of the
+/// golden prompts' logits. The GPU sums in another order, and on these tiny random models one activation that
+/// lands across an E4M3 rounding boundary moves the rest of its sequence (tests/weights.rs: 0.06-0.25 of the
+/// std against the float64 oracle); so, as there, most rows agree to 1 % of the row's scale and every sequence's
+/// first row does.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn fp8_fixture_models_on_one_gpu_match_the_cpu_twin() {
+    if gpus("fp8_fixture_models_on_one_gpu_match_the_cpu_twin", 1).is_none() {
+        return;
+    }
+    let has_fp8 = triton_llama::backend::cuda::CudaBackend::new(0).unwrap().has_fp8().unwrap();
+    for model in ["mha_f32", "gqa_bf16"] {
+        let src: Arc<dyn loader::CheckpointSource> =
+            Arc::from(loader::open(&fixture(&format!("models/{model}/hf"))).unwrap());
+        let vocab = src.config().vocab_size;
+        let (bs, kv) = (16, KvPlan { num_blocks: 64, block_size: 16 });
+        let started = Runner::start_cuda_with(src.clone(), &[0], bs, 0.5, Some(64), WeightFormat::Fp8);
+        let gpu = match (started, has_fp8) {
+            (Ok(r), true) => r,
+            (Err(e), false) => {
+                assert!(e.to_string().contains("8.9"), "{model}: a GPU without FP8 must say so: {e}");
+                skipped(format!("SKIPPED fp8_fixture_models_on_one_gpu_match_the_cpu_twin: no FP8 on GPU 0 ({e})"));
+                return;
+            }
+            (Ok(_), false) => panic!("{model}: fp8 weights loaded on a GPU without FP8"),
+            (Err(e), true) => panic!("{model}: fp8 weights on an FP8 GPU: {e}"),
+        };
+        let twin = Runner::start_cpu_with(src, 1, kv, WeightFormat::Fp8).unwrap();
+        let seqs = prompts(model);
+        let step = || {
+            let mut st = StepInput::default();
+            st.meta.block_size = bs;
+            for (s, ids) in seqs.iter().enumerate() {
+                st.push_seq(ids, 0, &(0..8).map(|b| (s * 8 + b) as u32).collect::<Vec<_>>(), true);
+            }
+            st
+        };
+        let (g, c) = (gpu.run(step()).unwrap().logits, twin.run(step()).unwrap().logits);
+        let errs: Vec<f32> = g.chunks(vocab).zip(c.chunks(vocab)).map(|(a, b)| rel_err(model, a, b, vocab)).collect();
+        let close = errs.iter().filter(|&&e| e <= 0.01).count();
+        let mut row = 0;
+        for ids in &seqs {
+            assert!(errs[row] <= 0.01, "{model}: first row of a prompt differs from the twin by {}", errs[row]);
+            row += ids.len();
+        }
+        let worst = errs.iter().fold(0f32, |m, &e| m.max(e));
+        let _ = writeln!(
+            std::io::stderr(),
+            "{model} fp8: {close} of {} rows within 1 % of the CPU twin (worst {worst:.4})",
+            errs.len()
+        );
+        assert!(close * 2 >= errs.len(), "{model} fp8: {close} of {} rows within 1 % of the CPU twin", errs.len());
+    }
+}

@@ -53,7 +53,8 @@ impl CpuWeight {
 fn fp8_weight(t: &Tensor) -> CpuWeight {
     let (n, k) = (t.shape[0], t.shape[1]);
     let q = Fp8Rows::quantize(&t.to_f32_vec(), n, k);
-    let values = Tensor::from_f32(&[n, k], q.codes.iter().map(|&c| fp8::e4m3_to_f32(c)).collect()).to_bf16();
+    let table = fp8::e4m3_table();
+    let values = Tensor::from_f32(&[n, k], q.codes.iter().map(|&c| table[c as usize]).collect()).to_bf16();
     CpuWeight::Fp8 { values: Packed::bf16(&values, false), scales: q.scales }
 }
 
@@ -63,7 +64,8 @@ fn fp8_weight(t: &Tensor) -> CpuWeight {
 fn gemm_fp8(outs: &mut [&mut [f32]], x: &[f32], ws: &[(&Packed, &[f32])], n: usize) {
     let k = ws.first().map_or(0, |(p, _)| p.shape().1);
     let q = Fp8Rows::quantize(&x[..n * k], n, k);
-    let xq: Vec<f32> = q.codes.iter().map(|&c| fp8::e4m3_to_f32(c)).collect();
+    let table = fp8::e4m3_table();
+    let xq: Vec<f32> = q.codes.iter().map(|&c| table[c as usize]).collect();
     let packed: Vec<&Packed> = ws.iter().map(|(p, _)| *p).collect();
     cpu_gemm::gemm_many(outs, &xq, &packed, n);
     for (out, (p, w_scales)) in outs.iter_mut().zip(ws) {

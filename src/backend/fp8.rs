@@ -22,6 +22,11 @@ pub fn e4m3_to_f32(code: u8) -> f32 {
     sign * magnitude
 }
 
+/// The values of all 256 codes (`e4m3_to_f32` as a table, for decoding many codes).
+pub fn e4m3_table() -> [f32; 256] {
+    std::array::from_fn(|c| e4m3_to_f32(c as u8))
+}
+
 /// The E4M3 code nearest to `x` (ties to the even code); beyond +-448 it saturates to +-448; NaN gives 0x7F.
 pub fn f32_to_e4m3(x: f32) -> u8 {
     if x.is_nan() {
@@ -39,7 +44,9 @@ pub fn f32_to_e4m3(x: f32) -> u8 {
     let code = if exp < -6 {
         (a * 512.0).round_ties_even() as u32
     } else {
-        let r = (a / ((exp - 3) as f32).exp2()).round_ties_even() as u32;
+        // 2^(exp - 3) built from its bits (exp - 3 >= -9: a normal f32), not by a libm call per value.
+        let step = f32::from_bits(((exp - 3 + 127) as u32) << 23);
+        let r = (a / step).round_ties_even() as u32;
         (((exp + 7) as u32) << 3) + r - 8
     };
     sign | code.min(0x7E) as u8
@@ -60,14 +67,23 @@ impl Fp8Rows {
     /// Quantizes `x` `[rows, cols]` row by row: per output channel for weights `[N, K]`, per token for activations
     /// `[M, K]` (a dynamic scale, as the GPU computes it inside the kernel that writes the activations).
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Fp8Rows {
+        use rayon::prelude::*;
         assert_eq!(x.len(), rows * cols, "Fp8Rows::quantize: {} values for [{rows}, {cols}]", x.len());
-        let mut codes = Vec::with_capacity(x.len());
-        let mut scales = Vec::with_capacity(rows);
-        for row in x.chunks_exact(cols.max(1)).take(rows) {
-            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if amax > 0.0 && amax.is_finite() { amax / E4M3_MAX } else { 1.0 };
-            codes.extend(row.iter().map(|&v| f32_to_e4m3(v / scale)));
-            scales.push(scale);
+        let mut codes = vec![0u8; x.len()];
+        let mut scales = vec![1f32; rows];
+        let row = |((src, dst), scale): ((&[f32], &mut [u8]), &mut f32)| {
+            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *scale = if amax > 0.0 && amax.is_finite() { amax / E4M3_MAX } else { 1.0 };
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = f32_to_e4m3(v / *scale);
+            }
+        };
+        let c = cols.max(1);
+        // Weights at load are large (rows in parallel); a step's activations are a few rows.
+        if x.len() >= 1 << 16 {
+            x.par_chunks(c).zip(codes.par_chunks_mut(c)).zip(scales.par_iter_mut()).for_each(row);
+        } else {
+            x.chunks(c).zip(codes.chunks_mut(c)).zip(scales.iter_mut()).for_each(row);
         }
         Fp8Rows { rows, cols, codes, scales }
     }
@@ -89,7 +105,7 @@ pub fn gemm_fp8(out: &mut [f32], x: &Fp8Rows, w: &Fp8Rows) {
     assert_eq!(x.cols, w.cols, "gemm_fp8: K of x {} and w {}", x.cols, w.cols);
     assert_eq!(out.len(), x.rows * w.rows, "gemm_fp8: out of {} for [{}, {}]", out.len(), x.rows, w.rows);
     let k = x.cols;
-    let table: Vec<f32> = (0..=255u8).map(e4m3_to_f32).collect();
+    let table = e4m3_table();
     for (m, out_row) in out.chunks_exact_mut(w.rows.max(1)).enumerate() {
         let xr = &x.codes[m * k..(m + 1) * k];
         for (n, o) in out_row.iter_mut().enumerate() {

@@ -14,6 +14,9 @@ use std::ffi::{CStr, c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod fp8;
+pub use fp8::{gemm_fp8, quantize_fp8_rows, quantize_fp8_rows_bf16};
+
 #[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
 mod sys {
     include!(concat!(env!("OUT_DIR"), "/ops.rs"));
@@ -318,8 +321,15 @@ struct Lt {
     handle: LtHandle,
 }
 
-/// (n, m, k, alignment of x, w, out in bytes).
-type PlanKey = (usize, usize, usize, u32, u32, u32);
+/// (n, m, k, alignment of x, w, out in bytes, operand type).
+type PlanKey = (usize, usize, usize, u32, u32, u32, Operands);
+
+/// The type of a GEMM's x and w: bf16 (`gemm_bf16`) or E4M3 (`fp8::gemm_fp8`); the output is f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Operands {
+    Bf16,
+    E4m3,
+}
 
 /// An owned cuBLASLt object: destroyed once, on drop (errors while destroying are ignored).
 macro_rules! lt_owned {
@@ -401,14 +411,19 @@ impl Lt {
 
     /// Layouts and the heuristic's first algorithm for a shape; `Ok(None)` when cuBLASLt offers none.
     fn plan(&self, key: PlanKey) -> std::result::Result<Option<Plan>, String> {
-        let (n, m, k, al_x, al_w, al_o) = key;
+        let (n, m, k, al_x, al_w, al_o, ops) = key;
         let layout = |ty, rows: usize, cols: usize, ld: usize| {
             ltr::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64)
                 .map(LtLayout)
                 .map_err(lt_err("matrix layout"))
         };
-        let a = layout(lt::cudaDataType::CUDA_R_16BF, k, m, k)?;
-        let b = layout(lt::cudaDataType::CUDA_R_16BF, k, n, k)?;
+        // FP8 needs this "TN" form too (A transposed, B not), and k and m multiples of 16 (checked by the caller).
+        let ty = match ops {
+            Operands::Bf16 => lt::cudaDataType::CUDA_R_16BF,
+            Operands::E4m3 => lt::cudaDataType::CUDA_R_8F_E4M3,
+        };
+        let a = layout(ty, k, m, k)?;
+        let b = layout(ty, k, n, k)?;
         let d = layout(lt::cudaDataType::CUDA_R_32F, m, n, m)?;
         let pref = LtPref(ltr::create_matmul_pref().map_err(lt_err("preference"))?);
         let ws = LT_WORKSPACE_BYTES as u64;
@@ -451,8 +466,9 @@ impl Lt {
         n: usize,
         m: usize,
         k: usize,
+        ops: Operands,
     ) -> std::result::Result<bool, String> {
-        let key = (n, m, k, alignment(xp), alignment(wp), alignment(o));
+        let key = (n, m, k, alignment(xp), alignment(wp), alignment(o), ops);
         let mut plans = self.plans.lock().map_err(|_| "cuBLASLt plan cache poisoned".to_string())?;
         let p = match plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
@@ -488,10 +504,10 @@ impl Lt {
     }
 
     /// Records that `key`'s shape must use the fallback from now on.
-    fn give_up(&self, n: usize, m: usize, k: usize) {
+    fn give_up(&self, n: usize, m: usize, k: usize, ops: Operands) {
         if let Ok(mut plans) = self.plans.lock() {
             for (key, p) in plans.iter_mut() {
-                if (key.0, key.1, key.2) == (n, m, k) {
+                if (key.0, key.1, key.2, key.6) == (n, m, k, ops) {
                     *p = None;
                 }
             }
@@ -512,14 +528,17 @@ impl Blas {
         (self.lt.is_some(), self.counts[0].load(Ordering::Relaxed), self.counts[1].load(Ordering::Relaxed))
     }
 
-    fn fallback(&self, why: &str) {
+    /// Logs (at warn level once per backend) that a GEMM runs on `to` instead of cuBLASLt, and why.
+    fn fallback(&self, why: &str, to: &str) {
         if !self.warned.swap(true, Ordering::Relaxed) {
-            log::warn!("{why}; this GEMM and any like it use cuBLAS GemmEx (logged once)");
+            log::warn!("{why}; this GEMM and any like it use {to} (logged once)");
         } else {
-            log::debug!("{why}; using cuBLAS GemmEx");
+            log::debug!("{why}; using {to}");
         }
     }
 }
+
+const GEMM_EX: &str = "cuBLAS GemmEx";
 
 /// out `[n, m]` (f32) = x `[n, k]` (bf16) · wᵀ with w `[m, k]` (bf16), f32 accumulation, on `st`: cuBLASLt
 /// with the cached heuristic algorithm of the shape, else cuBLAS GemmEx.
@@ -542,15 +561,15 @@ pub fn gemm_bf16(
     let (xp, _b) = x.device_ptr(st);
     let (wp, _c) = w.device_ptr(st);
     if let Some(lt) = &blas.lt {
-        match lt.gemm(st, o, xp, wp, n, m, k) {
+        match lt.gemm(st, o, xp, wp, n, m, k, Operands::Bf16) {
             Ok(true) => {
                 blas.counts[0].fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
-            Ok(false) => blas.fallback(&format!("cuBLASLt has no algorithm for the GEMM {n}x{k} · {m}x{k}ᵀ")),
+            Ok(false) => blas.fallback(&format!("cuBLASLt has no algorithm for the GEMM {n}x{k} · {m}x{k}ᵀ"), GEMM_EX),
             Err(e) => {
-                lt.give_up(n, m, k);
-                blas.fallback(&format!("{e} (GEMM {n}x{k} · {m}x{k}ᵀ)"));
+                lt.give_up(n, m, k, Operands::Bf16);
+                blas.fallback(&format!("{e} (GEMM {n}x{k} · {m}x{k}ᵀ)"), GEMM_EX);
             }
         }
     }

@@ -25,18 +25,24 @@ pub fn device_count() -> Result<usize> {
     Ok(n.max(0) as usize)
 }
 
-/// A weight on the device: matrices in bf16, vectors (norms) in f32.
+/// A weight on the device: matrices in bf16 (or E4M3 with a scale per row under `WeightFormat::Fp8`), vectors
+/// (norms) in f32.
 pub enum CudaWeight {
     Bf16 { data: CudaSlice<u16>, rows: usize, cols: usize },
+    Fp8 { codes: CudaSlice<u8>, scales: CudaSlice<f32>, rows: usize, cols: usize },
     F32 { data: CudaSlice<f32> },
 }
 
 /// An f32 device buffer.
 pub struct CudaBuf(pub CudaSlice<f32>);
 
-/// Reused device scratch: bf16 GEMM inputs, the step metadata and the split-attention partials.
+/// Reused device scratch: bf16 and FP8 GEMM inputs, the step metadata and the split-attention partials.
 struct Scratch {
     bf16: Option<CudaSlice<u16>>,
+    fp8: Option<CudaSlice<u8>>,
+    fp8_scales: Option<CudaSlice<f32>>,
+    /// Like `converted`, for the FP8 copy (codes and per-token scales) in `fp8`.
+    converted_fp8: Option<(u64, usize)>,
     attn: Option<CudaSlice<f32>>,
     meta_dev: Option<meta::DeviceMeta>,
     /// (device pointer, elements) of the f32 buffer whose bf16 copy is in `bf16`, valid while the ops since
@@ -77,7 +83,15 @@ impl CudaBackend {
         ffi::single_stream_mode(&ctx);
         let stream = ctx.new_stream().map_err(cuda_err("stream"))?;
         let blas = ffi::Blas::new(&stream)?;
-        let scratch = Scratch { bf16: None, attn: None, meta_dev: None, converted: None };
+        let scratch = Scratch {
+            bf16: None,
+            fp8: None,
+            fp8_scales: None,
+            converted_fp8: None,
+            attn: None,
+            meta_dev: None,
+            converted: None,
+        };
         Ok(CudaBackend { ctx, stream, blas: Arc::new(blas), scratch: Arc::new(Mutex::new(scratch)) })
     }
 
@@ -113,8 +127,45 @@ impl CudaBackend {
 
     /// Forgets the cached bf16 copy of the last GEMM input; call after anything that may write a buffer.
     pub fn invalidate(&self) -> Result<()> {
-        self.lock()?.converted = None;
+        let mut s = self.lock()?;
+        s.converted = None;
+        s.converted_fp8 = None;
         Ok(())
+    }
+
+    /// Whether this GPU has FP8 tensor cores (compute capability 8.9 or later: Ada, Hopper, Blackwell).
+    pub fn has_fp8(&self) -> Result<bool> {
+        Ok(self.ctx.compute_capability().map_err(cuda_err("compute capability"))? >= (8, 9))
+    }
+
+    /// A matrix quantized to E4M3 per row on the device (`tl_quantize_fp8_rows*`): bf16 and f32 are uploaded as
+    /// they are (f16 widened to f32 first), so the codes are those the CPU twin computes from the same values.
+    fn upload_fp8(&self, t: &Tensor) -> Result<CudaWeight> {
+        let cc = self.ctx.compute_capability().map_err(cuda_err("compute capability"))?;
+        if cc < (8, 9) {
+            return Err(Error::Config(format!(
+                "weights fp8 need FP8 tensor cores (compute capability 8.9+: Ada, Hopper, Blackwell); {} is {}.{}: \
+                 use weight_dtype bf16",
+                self.ctx.name().unwrap_or_else(|_| "this GPU".into()),
+                cc.0,
+                cc.1
+            )));
+        }
+        self.bind()?;
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let mut codes = self.alloc_bytes(rows * cols)?;
+        let mut scales = self.stream.alloc_zeros::<f32>(rows.max(1)).map_err(cuda_err("alloc"))?;
+        match &t.data {
+            TensorData::BF16(v) => {
+                let src = self.stream.clone_htod(bytemuck::cast_slice::<_, u16>(v)).map_err(cuda_err("upload"))?;
+                ffi::quantize_fp8_rows_bf16(&self.stream, &mut codes, &mut scales, &src, rows, cols)?;
+            }
+            _ => {
+                let src = self.stream.clone_htod(&f32_vec(t)).map_err(cuda_err("upload"))?;
+                ffi::quantize_fp8_rows(&self.stream, &mut codes, &mut scales, &src, rows, cols)?;
+            }
+        }
+        Ok(CudaWeight::Fp8 { codes, scales, rows, cols })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Scratch>> {
@@ -177,6 +228,62 @@ impl CudaBackend {
         r
     }
 
+    /// out `[n, m]` = x `[n, k]` · wᵀ, x converted to bf16 once for the GEMMs that read it (q/k/v, gate/up).
+    fn gemm_bf16(
+        &self,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaSlice<u16>,
+        n: usize,
+        m: usize,
+        k: usize,
+    ) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(cuda_err("bind context"))?;
+        let key = (x.0.device_ptr(&self.stream).0, n * k);
+        let mut s = self.lock()?;
+        if s.converted != Some(key) {
+            s.converted = None;
+            self.grow(&mut s.bf16, n * k)?;
+            let xb = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
+            ffi::f32_to_bf16(&self.stream, xb, &x.0, n * k)?;
+            s.converted = Some(key);
+        }
+        let xb = s.bf16.as_ref().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
+        ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, w, n, m, k)
+    }
+
+    /// The FP8 GEMM: x `[n, k]` quantized per token to E4M3 once for the GEMMs that read it, then
+    /// `ffi::gemm_fp8` with the weight's codes `[m, k]` and per-channel scales.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_fp8(
+        &self,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        codes: &CudaSlice<u8>,
+        w_scales: &CudaSlice<f32>,
+        n: usize,
+        m: usize,
+        k: usize,
+    ) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(cuda_err("bind context"))?;
+        let key = (x.0.device_ptr(&self.stream).0, n * k);
+        let mut s = self.lock()?;
+        if s.converted_fp8 != Some(key) {
+            s.converted_fp8 = None;
+            self.grow(&mut s.fp8, n * k)?;
+            self.grow(&mut s.fp8_scales, n)?;
+            let Scratch { fp8: Some(xq), fp8_scales: Some(sx), .. } = &mut *s else {
+                return Err(Error::Internal("fp8 scratch missing".into()));
+            };
+            ffi::quantize_fp8_rows(&self.stream, xq, sx, &x.0, n, k)?;
+            s.converted_fp8 = Some(key);
+        }
+        let (Some(xq), Some(sx)) = (s.fp8.as_ref(), s.fp8_scales.as_ref()) else {
+            return Err(Error::Internal("fp8 scratch missing".into()));
+        };
+        ffi::gemm_fp8(&self.blas, &self.stream, &mut out.0, xq, sx, codes, w_scales, n, m, k)
+    }
+
     /// A reusable scratch slice of at least `n` elements.
     fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         &self,
@@ -212,7 +319,7 @@ fn bf16_bits(t: &Tensor) -> std::borrow::Cow<'_, [u16]> {
 fn norm_weight<'a>(w: &'a CudaWeight, what: &str) -> Result<&'a CudaSlice<f32>> {
     match w {
         CudaWeight::F32 { data } => Ok(data),
-        CudaWeight::Bf16 { .. } => Err(Error::Internal(format!("{what}: expected a vector weight, got a matrix"))),
+        _ => Err(Error::Internal(format!("{what}: expected a vector weight, got a matrix"))),
     }
 }
 
@@ -229,7 +336,8 @@ impl Backend for CudaBackend {
         match fmt {
             // The GPU's GEMMs already take bf16 activations.
             WeightFormat::Auto | WeightFormat::AsLoaded | WeightFormat::Bf16 => self.upload(t),
-            WeightFormat::Fp8 => Err(Error::Config("the CUDA backend does not implement fp8 weights yet".into())),
+            WeightFormat::Fp8 if t.shape.len() == 2 => self.upload_fp8(&t),
+            WeightFormat::Fp8 => self.upload(t),
             WeightFormat::Int8 => Err(Error::Config(
                 "the CUDA backend does not implement int8 weights yet: use weight_dtype auto, f32 or bf16 \
                  (--weights bf16), or int8 on the CPU engine"
@@ -311,25 +419,14 @@ impl Backend for CudaBackend {
     }
 
     fn gemm(&self, out: &mut CudaBuf, x: &CudaBuf, w: &CudaWeight, n: usize) -> Result<()> {
-        let CudaWeight::Bf16 { data, rows, cols } = w else {
-            return Err(Error::Internal("gemm: weight is not a matrix".into()));
-        };
-        let (m, k) = (*rows, *cols);
         if n == 0 {
             return Ok(());
         }
-        self.ctx.bind_to_thread().map_err(cuda_err("bind context"))?;
-        let key = (x.0.device_ptr(&self.stream).0, n * k);
-        let mut s = self.lock()?;
-        if s.converted != Some(key) {
-            s.converted = None;
-            self.grow(&mut s.bf16, n * k)?;
-            let xb = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
-            ffi::f32_to_bf16(&self.stream, xb, &x.0, n * k)?;
-            s.converted = Some(key);
+        match w {
+            CudaWeight::Bf16 { data, rows, cols } => self.gemm_bf16(out, x, data, n, *rows, *cols),
+            CudaWeight::Fp8 { codes, scales, rows, cols } => self.gemm_fp8(out, x, codes, scales, n, *rows, *cols),
+            CudaWeight::F32 { .. } => Err(Error::Internal("gemm: weight is not a matrix".into())),
         }
-        let xb = s.bf16.as_ref().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
-        ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, data, n, m, k)
     }
 
     fn rope_write_kv(
