@@ -165,9 +165,16 @@ pub enum Cmd {
         /// Prompt lengths timed as one prefill each
         #[arg(long, value_delimiter = ',', default_value = "512,2048")]
         prefill: Vec<usize>,
-        /// Layers of the model (default: Llama-2-7B's 32)
+        /// Layers of the model (default: the shape's: 32 for 7b, 80 for 70b)
         #[arg(long)]
         layers: Option<usize>,
+        /// Model shape: 7b (Llama-2-7B) or 70b (NV-Llama2-70B: hidden 8192, 64/8 heads, FFN 28672)
+        #[arg(long, default_value = "7b", value_parser = ["7b", "70b"])]
+        shape: String,
+        /// Matmul weights: bf16, or fp8 (E4M3 per output channel, quantized on the GPU at load; compute capability
+        /// 8.9+)
+        #[arg(long, default_value = "bf16", value_parser = parse_weights)]
+        weights: WeightFormat,
         #[command(flatten)]
         out: Out,
     },
@@ -349,5 +356,9 @@ mod tests {
         assert!(e.contains("--prompt") && e.contains("--messages"), "{e}");
         assert!(Cli::try_parse_from(["triton-llama", "generate", "m", "--prompt", "a", "--messages", "[]"]).is_err());
         assert!(Cli::try_parse_from(["triton-llama", "inspect", "m", "--tp", "2"]).is_err(), "not an inspect option");
+        let c = Cli::try_parse_from(["triton-llama", "bench-cuda", "--shape", "70b", "--weights", "fp8"]).unwrap();
+        let Cmd::BenchCuda { shape, weights, layers, .. } = c.cmd else { panic!() };
+        assert_eq!((shape.as_str(), weights, layers), ("70b", WeightFormat::Fp8, None));
+        assert!(Cli::try_parse_from(["triton-llama", "bench-cuda", "--shape", "13b"]).is_err());
     }
 }

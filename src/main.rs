@@ -38,8 +38,8 @@ fn main() -> ExitCode {
             bench_guided(&ckpt, batch, steps, rounds, &engine, out.json)
         }
         Cmd::DemoModel { dir } => triton_llama::demo::write(&dir),
-        Cmd::BenchCuda { gpu, steps, batches, prefill, layers, out } => {
-            bench_cuda(gpu, steps, &batches, &prefill, layers, out.json)
+        Cmd::BenchCuda { gpu, steps, batches, prefill, layers, shape, weights, out } => {
+            bench_cuda(gpu, steps, &batches, &prefill, (&shape, layers, weights), out.json)
         }
     };
     match r {
@@ -434,8 +434,11 @@ fn bench(
     Ok(())
 }
 
+/// `bench-cuda`'s model: shape name, layers (None: the shape's), weight format.
+type CudaModel<'a> = (&'a str, Option<usize>, triton_llama::backend::WeightFormat);
+
 #[cfg(not(feature = "cuda"))]
-fn bench_cuda(_: usize, _: usize, _: &[usize], _: &[usize], _: Option<usize>, _: bool) -> Result<()> {
+fn bench_cuda(_: usize, _: usize, _: &[usize], _: &[usize], _: CudaModel, _: bool) -> Result<()> {
     Err(Error::Unavailable(
         "this binary was built without the `cuda` feature (cargo build --release --features cuda)".into(),
     ))
@@ -447,27 +450,34 @@ fn bench_cuda(
     steps: usize,
     batches: &[usize],
     prefill: &[usize],
-    layers: Option<usize>,
+    (shape, layers, weights): CudaModel,
     json_out: bool,
 ) -> Result<()> {
-    let mut cfg = triton_llama::bench::cuda::llama2_7b();
+    use triton_llama::bench::cuda::{llama2_7b, llama2_70b};
+    let mut cfg = if shape == "70b" { llama2_70b() } else { llama2_7b() };
     cfg.num_layers = layers.unwrap_or(cfg.num_layers);
-    let r = triton_llama::bench::cuda::run(gpu, cfg, batches, steps, prefill)?;
+    let r = triton_llama::bench::cuda::run(gpu, cfg, weights, batches, steps, prefill)?;
     if json_out {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());
     }
     println!(
-        "device: {}  model: {} params, {:.2} GB bf16, loaded in {:.1} s, {} KV blocks",
+        "device: {}  model: {} layers, {} params, {:.2} GB {}, loaded in {:.1} s, {} KV blocks",
         r.device,
+        r.num_layers,
         r.model_params,
         r.weight_bytes as f64 / 1e9,
+        r.weights,
         r.load_s,
         r.kv_blocks
     );
     triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
+    println!("GEMM 4096 x 8192 x 8192 ({}): {:.1} TFLOP/s", r.weights, r.gemm_tflops);
     for p in &r.prefill {
-        println!("prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s", p.tokens, p.ms, p.tok_s);
+        println!(
+            "prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s {:7.1} TFLOP/s ({:.3} of the GEMM)",
+            p.tokens, p.ms, p.tok_s, p.tflops, p.gemm_ratio
+        );
     }
     Ok(())
 }

@@ -153,10 +153,14 @@ if [ ${#INT8[@]} -gt 0 ]; then
     RAYON_NUM_THREADS=$THREADS "${P[@]}" ours-logits "$CLI" "$M" "$R/ours-int8.npy" "${INT8[@]}" 2>>"$DL" ||
         log "triton-llama int8 logits failed: does \`score\` take ${INT8[*]}? (see $DL)"
 fi
+# FP8 (what the GPU computes with --weights fp8) through the CPU's reference twin: its drift on this model's shape.
+TL_CPU_FP8_REFERENCE=1 RAYON_NUM_THREADS=$THREADS "${P[@]}" ours-logits "$CLI" "$M" "$R/ours-fp8.npy" --weights fp8 \
+    2>>"$DL" || log "triton-llama fp8 (reference) logits failed (see $DL)"
 {
     echo "{"
     drift "llama.cpp q8_0 vs llama.cpp bf16" "$R/llama-bf16.npy" "$R/llama-q8_0.npy"
     drift "triton-llama int8 vs triton-llama bf16" "$R/ours-bf16.npy" "$R/ours-int8.npy"
+    drift "triton-llama fp8 (CPU reference of the GPU path) vs triton-llama bf16" "$R/ours-bf16.npy" "$R/ours-fp8.npy"
     drift "triton-llama bf16 vs llama.cpp bf16" "$R/llama-bf16.npy" "$R/ours-bf16.npy"
     echo '"_": null}'
 } > "$R/drift.json"

@@ -1,8 +1,10 @@
-//! GPU benchmark on a random-weight model (Llama-2-7B shape by default), generated on the benchmarking machine:
-//! decode ms/step at several batch sizes, prefill tokens/s, and the weight bytes streamed per second at batch 1
-//! as a ratio to a device-to-device copy measured in the same run.
+//! GPU benchmark on a random-weight model (Llama-2-7B shape by default, NV-Llama2-70B's with `--shape 70b`),
+//! generated on the benchmarking machine: decode ms/step at several batch sizes, prefill tokens/s, the weight
+//! bytes streamed per second at batch 1 as a ratio to a device-to-device copy, and prefill's TFLOP/s as a ratio
+//! to one large GEMM of the same weight format, both measured in the same run.
 pub use super::DecodePoint;
 use super::{CopyBaseline, bandwidth_ratio, decode_point, step_for};
+use crate::backend::WeightFormat;
 use crate::backend::cuda::CudaBackend;
 use crate::config::LlamaConfig;
 use crate::engine::runner::Runner;
@@ -13,6 +15,19 @@ use crate::{Error, Result};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// NV-Llama2-70B (Llama-2-70B): hidden 8192, 80 layers, 64 query / 8 KV heads, FFN 28672, vocab 32000.
+pub fn llama2_70b() -> LlamaConfig {
+    LlamaConfig {
+        hidden_size: 8192,
+        intermediate_size: 28672,
+        num_layers: 80,
+        num_heads: 64,
+        num_kv_heads: 8,
+        head_dim: 128,
+        ..RandomSource::bench_config()
+    }
+}
 
 /// Llama-2-7B: hidden 4096, 32 layers, 32 heads (MHA), FFN 11008, vocab 32000 (the rest as the CPU bench model).
 pub fn llama2_7b() -> LlamaConfig {
@@ -30,6 +45,9 @@ pub fn llama2_7b() -> LlamaConfig {
 #[derive(Debug, Serialize)]
 pub struct CudaBenchReport {
     pub device: String,
+    /// How the matmul weights were held (`WeightFormat::name`: bf16, fp8).
+    pub weights: String,
+    pub num_layers: usize,
     pub model_params: usize,
     pub weight_bytes: u64,
     pub load_s: f64,
@@ -40,6 +58,9 @@ pub struct CudaBenchReport {
     pub prefill: Vec<PrefillPoint>,
     /// See [`crate::bench::bandwidth_ratio`].
     pub batch1_bandwidth_ratio: f64,
+    /// TFLOP/s of one GEMM of 4096 tokens by an 8192 x 8192 weight in this format (best of 5), the compute
+    /// baseline of the prefill points' `gemm_ratio`.
+    pub gemm_tflops: f64,
     pub notes: Vec<String>,
 }
 
@@ -48,6 +69,11 @@ pub struct PrefillPoint {
     pub tokens: usize,
     pub ms: f64,
     pub tok_s: f64,
+    /// 2 FLOPs per projection weight per token plus causal attention's 2 x tokens² x heads x head_dim per layer
+    /// (QKᵀ and PV over half the square each), per second.
+    pub tflops: f64,
+    /// `tflops` over the run's `gemm_tflops`.
+    pub gemm_ratio: f64,
 }
 
 /// Best-of-`reps` device-to-device copy of `bytes`, in bytes copied per second.
@@ -67,10 +93,45 @@ fn copy_gbps(gpu: usize, bytes: usize, reps: usize) -> Result<f64> {
     Ok((n * 4) as f64 / best / 1e9)
 }
 
-/// Runs the benchmark on GPU `gpu`.
+/// TFLOP/s of `out [4096, 8192] = x [4096, 8192] · wᵀ` with `w` in `fmt` (activation conversion included, as in
+/// the model's GEMMs), best of `reps`.
+fn gemm_tflops(gpu: usize, fmt: WeightFormat, reps: usize) -> Result<f64> {
+    use crate::backend::Backend;
+    let (n, d) = (4096, 8192);
+    let b = CudaBackend::new(gpu)?;
+    let w = RandomSource::new(llama2_70b(), DType::BF16, 7)?.load("layers.0.wq")?;
+    let w = b.upload_matmul(w, fmt)?;
+    let x = b.alloc(n * d)?;
+    let mut out = b.alloc(n * d)?;
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        b.invalidate()?; // convert the activations every time, as each layer's first GEMM does
+        b.synchronize()?;
+        let t = Instant::now();
+        b.gemm(&mut out, &x, &w, n)?;
+        b.synchronize()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n * d * d) as f64 / best / 1e12)
+}
+
+/// Bytes the weights take on the device in `fmt`: fp8 holds the projections as one byte per weight plus an f32
+/// scale per row, the embedding and the LM head in bf16; bf16 holds every matrix in two bytes.
+fn held_bytes(t: &crate::loader::TensorInfo, fmt: WeightFormat) -> u64 {
+    let n = t.shape.iter().product::<usize>();
+    let projection = t.shape.len() == 2 && t.name != "tok_emb" && t.name != "lm_head";
+    match (fmt, projection) {
+        (WeightFormat::Fp8, true) => (n + 4 * t.shape[0]) as u64,
+        _ if t.shape.len() == 1 => 4 * n as u64,
+        _ => 2 * n as u64,
+    }
+}
+
+/// Runs the benchmark on GPU `gpu` with the matmul weights in `fmt` (bf16 or fp8).
 pub fn run(
     gpu: usize,
     cfg: LlamaConfig,
+    fmt: WeightFormat,
     batches: &[usize],
     decode_steps: usize,
     prefill_lens: &[usize],
@@ -78,7 +139,8 @@ pub fn run(
     let bs = 16;
     let vocab = cfg.vocab_size;
     let src = RandomSource::new(cfg.clone(), DType::BF16, 1)?;
-    let weight_bytes: u64 = src.tensors().iter().map(|t| (t.shape.iter().product::<usize>() * 2) as u64).sum();
+    let fmt = fmt.resolve(DType::BF16);
+    let weight_bytes: u64 = src.tensors().iter().map(|t| held_bytes(t, fmt)).sum();
     let emb_bytes = (cfg.vocab_size * cfg.hidden_size * 2) as u64;
     let max_batch = batches.iter().copied().max().unwrap_or(1);
     let max_prefill = prefill_lens.iter().copied().max().unwrap_or(0);
@@ -86,8 +148,9 @@ pub fn run(
     let prefill_ctx = max_prefill.div_ceil(bs).max(1);
     let blocks = (decode_ctx * max_batch).max(prefill_ctx);
     let copies = vec![CopyBaseline::new("device-to-device, 1 GiB", copy_gbps(gpu, 1 << 30, 10)?)];
+    let gemm = gemm_tflops(gpu, fmt, 5)?;
     let t = Instant::now();
-    let runner = Runner::start_cuda(Arc::new(src), &[gpu], bs, 0.9, Some(blocks))?;
+    let runner = Runner::start_cuda_with(Arc::new(src), &[gpu], bs, 0.9, Some(blocks), fmt)?;
     let load_s = t.elapsed().as_secs_f64();
     if runner.num_blocks < blocks {
         return Err(Error::Unavailable(format!("only {} KV blocks fit, {blocks} needed", runner.num_blocks)));
@@ -96,28 +159,38 @@ pub fn run(
         .iter()
         .map(|&b| decode_point(&runner, b, decode_steps, decode_ctx, bs, vocab, weight_bytes - emb_bytes))
         .collect::<Result<Vec<_>>>()?;
+    // Every projection once per prompt token; the LM head runs for the last token only.
+    let matmul_params = (cfg.num_params() - 2 * cfg.vocab_size * cfg.hidden_size) as f64;
     let mut prefill = Vec::new();
     for &n in prefill_lens {
         runner.run(step_for(1, n, 0, prefill_ctx, bs, vocab))?; // warm-up at this size
         let t = Instant::now();
         runner.run(step_for(1, n, 0, prefill_ctx, bs, vocab))?;
         let s = t.elapsed().as_secs_f64();
-        prefill.push(PrefillPoint { tokens: n, ms: s * 1e3, tok_s: n as f64 / s });
+        let attn = 2.0 * (cfg.num_layers * n * n * cfg.num_heads * cfg.head_dim) as f64;
+        let tflops = (2.0 * matmul_params * n as f64 + attn) / s / 1e12;
+        prefill.push(PrefillPoint { tokens: n, ms: s * 1e3, tok_s: n as f64 / s, tflops, gemm_ratio: tflops / gemm });
     }
     let device = CudaBackend::new(gpu).map(|b| crate::backend::Backend::name(&b)).unwrap_or_default();
     Ok(CudaBenchReport {
         device,
+        weights: fmt.name().into(),
+        num_layers: cfg.num_layers,
         model_params: cfg.num_params(),
         weight_bytes,
         load_s,
         kv_blocks: runner.num_blocks,
         batch1_bandwidth_ratio: bandwidth_ratio(&decode, &copies),
+        gemm_tflops: gemm,
         copies,
         decode,
         prefill,
         notes: vec![
             "decode and prefill steps include host scheduling-free overhead: metadata upload, logits read-back".into(),
             "KV cache and activations are f32; no CUDA graphs".into(),
+            "fp8: activations quantized per token by a kernel of their own before each GEMM; the scales applied by \
+             a kernel after cuBLASLt's"
+                .into(),
         ],
     })
 }

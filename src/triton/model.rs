@@ -376,6 +376,8 @@ mod tests {
         assert_eq!(s.engine.weights, WeightFormat::Auto);
         let int8 = cfg(json!({"checkpoint": "c", "weight_dtype": "int8"}));
         assert_eq!(ModelSettings::from_config(&int8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Int8);
+        let fp8 = cfg(json!({"checkpoint": "c", "weight_dtype": "fp8"}));
+        assert_eq!(ModelSettings::from_config(&fp8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Fp8);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 """deploy_triton.py --weight_dtype reaches the engine: the served model generates what the CLI generates with the
 same `--weights` (int8; f32, the exact path), and each differs from the default somewhere in its log-probabilities
-(for this bf16 checkpoint the default is bf16 arithmetic; without AVX512_BF16 that runs the f32 kernel)."""
+(for this bf16 checkpoint the default is bf16 arithmetic; without AVX512_BF16 that runs the f32 kernel). fp8 on the
+CPU engine is refused by name, by the server at load and by the CLI."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import HF, cli_generate, start
+from conftest import CLI, HF, LOGS, Server, cli_generate, start
 
 PROMPT = "Once upon a time"
 BF16_DOT = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
@@ -45,3 +47,15 @@ def test_f32_server_is_the_exact_path(f32_server):
         assert want["logprobs"] != default["logprobs"], "the default is not bf16 arithmetic on this bf16 checkpoint"
     else:
         assert want["logprobs"] == default["logprobs"], "without AVX512_BF16 bf16 weights run the f32 kernel"
+
+
+def test_fp8_on_the_cpu_is_refused_by_name(tmp_path):
+    with pytest.raises(RuntimeError, match="exited early"):
+        Server("fp8_cpu", ["--hf_checkpoint", str(HF), "--weight_dtype", "fp8"], tmp_path).stop()
+    log = (LOGS / "fp8_cpu.log").read_text()
+    refused = [line for line in log.splitlines() if "UNAVAILABLE" in line and "compute capability 8.9" in line]
+    assert len(refused) == 2 and all("int8" in line for line in refused), log[-4000:]
+    out = subprocess.run(
+        [str(CLI), "generate", str(HF), "--prompt", "Hi", "--weights", "fp8"], capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "compute capability 8.9" in out.stderr, out
