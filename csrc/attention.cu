@@ -1,9 +1,11 @@
 // attention.cu: causal attention over the paged KV cache, grouped-query aware. Token t of a sequence sees
 // cached positions 0 ..= ctx - len + (t - start). Decode tokens use a split-K kernel (one block per token,
 // head and 512-key split, plus a combine pass); prompt chunks use 16-row query tiles that stream 32-key K/V
-// tiles through shared memory with an online softmax, so no score matrix is ever stored.
-// CPU twin: CpuBackend::paged_attention.
+// tiles through shared memory with an online softmax, so no score matrix is ever stored; or, by default, 64-row
+// tiles on tensor cores (bf16 mma through nvcuda::wmma, sm_80+), the same online softmax in f32.
+// CPU twin: CpuBackend::paged_attention (the f32 kernel within 1e-4; the tensor-core one within bf16's rounding).
 #include "common.cuh"
+#include <mma.h>
 
 #define DEC_WARPS 4
 #define PF_ROWS TL_PREFILL_ROWS // query rows per prefill block (ops.h: the host packs the tiles)
@@ -209,6 +211,137 @@ __global__ void prefill_kernel(float *out, const float *q, const float *kc, cons
     }
 }
 
+// ---- prompt chunks on tensor cores --------------------------------------------------------------------------
+// grid (n_tiles, nh), TC_WARPS warps; warp w owns query rows [16 w, 16 w + 16) of the 64-row tile. Per 64-key
+// tile: K and V (f32 cache) rounded to bf16 into shared memory; each warp computes S = Q Kᵀ (bf16 mma, f32
+// accumulate) into its shared S, takes the online softmax in f32 (two lanes per row), writes P rounded to bf16,
+// rescales its f32 O rows and accumulates O += P V with mma. Q is scaled by 1/sqrt(hd) before its rounding; the
+// row sums l are of the f32 probabilities. Shared (bytes): Q, K, V bf16 [64][hd + 8] each, S f32 [4][16][72],
+// P bf16 [4][16][72], O f32 [4][16][hd + 4], m and l f32 [64] each: 107 KB at hd 128.
+#define TC_WARPS 4
+#define TC_ROWS TL_PREFILL_ROWS_TC
+#define TC_KEYS 64
+#define TC_LDS (TC_KEYS + 8)
+
+static size_t prefill_tc_smem(int hd) {
+    const size_t ldq = hd + 8, ldo = hd + 4;
+    return 3 * TC_ROWS * ldq * sizeof(__nv_bfloat16) + TC_WARPS * 16 * TC_LDS * sizeof(float) +
+           TC_WARPS * 16 * TC_LDS * sizeof(__nv_bfloat16) + TC_WARPS * 16 * ldo * sizeof(float) + 2 * TC_ROWS * sizeof(float);
+}
+
+__global__ void __launch_bounds__(TC_WARPS * 32) prefill_tc_kernel(float *out, const float *q, const float *kc,
+                                                                   const float *vc, TlAttnMeta m, int nh, int nkv,
+                                                                   int hd, float scale) {
+    using namespace nvcuda;
+    extern __shared__ __align__(128) unsigned char tc_sh[];
+    const int s = m.tiles[2 * blockIdx.x], r0 = m.tiles[2 * blockIdx.x + 1], h = blockIdx.y;
+    const int len = m.seq_len[s], start = m.seq_start[s], ctx = m.seq_ctx[s];
+    const int rows = min(TC_ROWS, len - r0);
+    const int kvh = h / (nh / nkv);
+    const int32_t *bt = m.block_tables + m.seq_bt[s];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int ldq = hd + 8, ldo = hd + 4;
+    // Every region's size is a multiple of 32 bytes (hd a multiple of 16), as wmma's pointers need.
+    __nv_bfloat16 *qs = reinterpret_cast<__nv_bfloat16 *>(tc_sh);
+    __nv_bfloat16 *ks = qs + TC_ROWS * ldq, *vs = ks + TC_KEYS * ldq;
+    float *ss = reinterpret_cast<float *>(vs + TC_KEYS * ldq);
+    __nv_bfloat16 *ps = reinterpret_cast<__nv_bfloat16 *>(ss + TC_WARPS * 16 * TC_LDS);
+    float *os = reinterpret_cast<float *>(ps + TC_WARPS * 16 * TC_LDS);
+    float *mrow = os + TC_WARPS * 16 * ldo, *lrow = mrow + TC_ROWS;
+    for (int idx = threadIdx.x; idx < TC_ROWS * hd; idx += blockDim.x) {
+        const int r = idx / hd, d = idx % hd;
+        const float v = r < rows ? q[(static_cast<int64_t>(start + r0 + r) * nh + h) * hd + d] * scale : 0.f;
+        qs[r * ldq + d] = __float2bfloat16(v);
+    }
+    for (int idx = threadIdx.x; idx < TC_WARPS * 16 * ldo; idx += blockDim.x) os[idx] = 0.f;
+    for (int r = threadIdx.x; r < TC_ROWS; r += blockDim.x) {
+        mrow[r] = -INFINITY;
+        lrow[r] = 0.f;
+    }
+    float *sw = ss + warp * 16 * TC_LDS, *ow = os + warp * 16 * ldo;
+    __nv_bfloat16 *pw = ps + warp * 16 * TC_LDS;
+    const __nv_bfloat16 *qw = qs + warp * 16 * ldq;
+    // The warp's rows: the first sees keys below first_vis, the last valid one below last_vis.
+    const int w_rows = min(16, rows - warp * 16);
+    const int first_vis = ctx - len + r0 + warp * 16 + 1, last_vis = first_vis + w_rows - 1;
+    // Softmax lanes: row r = lane / 2 of the warp, keys [32 half, 32 half + 32) of the tile.
+    const int r = lane >> 1, half = lane & 1, row = warp * 16 + r;
+    const int vis = ctx - len + r0 + row + 1; // keys j < vis are visible to this row
+    const bool valid = row < rows;
+    const int max_vis = ctx - len + r0 + rows;
+    for (int kt = 0; kt < max_vis; kt += TC_KEYS) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < TC_KEYS * hd; idx += blockDim.x) {
+            const int j = idx / hd, d = idx % hd, key = kt + j;
+            float kv = 0.f, vv = 0.f;
+            if (key < max_vis) {
+                const int64_t off = (slot_of(bt, key, m.block_size) * nkv + kvh) * hd + d;
+                kv = kc[off];
+                vv = vc[off];
+            }
+            ks[j * ldq + d] = __float2bfloat16(kv);
+            vs[j * ldq + d] = __float2bfloat16(vv);
+        }
+        __syncthreads();
+        if (w_rows <= 0 || kt >= last_vis) continue; // warp-uniform: nothing of this tile is visible to the warp
+        // S = Q Kᵀ: K stored [key][d] is Kᵀ in column-major.
+        for (int nb = 0; nb < TC_KEYS / 16; ++nb) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+            wmma::fill_fragment(c, 0.f);
+            for (int kk = 0; kk < hd; kk += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+                wmma::load_matrix_sync(a, qw + kk, ldq);
+                wmma::load_matrix_sync(b, ks + nb * 16 * ldq + kk, ldq);
+                wmma::mma_sync(c, a, b, c);
+            }
+            wmma::store_matrix_sync(sw + nb * 16, c, TC_LDS, wmma::mem_row_major);
+        }
+        __syncwarp();
+        float tmax = -INFINITY;
+        for (int c = half * 32; c < half * 32 + 32; ++c) {
+            if (valid && kt + c < vis) tmax = fmaxf(tmax, sw[r * TC_LDS + c]);
+        }
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+        const float m_old = mrow[row], m_new = fmaxf(m_old, tmax);
+        const float corr = m_new == -INFINITY ? 0.f : __expf(m_old - m_new);
+        float sum = 0.f;
+        for (int c = half * 32; c < half * 32 + 32; ++c) {
+            const bool on = valid && kt + c < vis;
+            const float p = on ? __expf(sw[r * TC_LDS + c] - m_new) : 0.f;
+            pw[r * TC_LDS + c] = __float2bfloat16(p);
+            sum += p;
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        for (int d = half * (hd / 2); d < (half + 1) * (hd / 2); ++d) ow[r * ldo + d] *= corr;
+        __syncwarp();
+        if (half == 0) {
+            mrow[row] = m_new;
+            lrow[row] = lrow[row] * corr + sum;
+        }
+        // O += P V: V stored [key][d] is row-major.
+        for (int db = 0; db < hd; db += 16) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
+            wmma::load_matrix_sync(o, ow + db, ldo, wmma::mem_row_major);
+            for (int kb = 0; kb < TC_KEYS; kb += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+                wmma::load_matrix_sync(a, pw + kb, TC_LDS);
+                wmma::load_matrix_sync(b, vs + kb * ldq + db, ldq);
+                wmma::mma_sync(o, a, b, o);
+            }
+            wmma::store_matrix_sync(ow + db, o, ldo, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < rows * hd; idx += blockDim.x) {
+        const int rr = idx / hd, d = idx % hd;
+        const float l = lrow[rr];
+        out[(static_cast<int64_t>(start + r0 + rr) * nh + h) * hd + d] = l > 0.f ? os[rr * ldo + d] / l : 0.f;
+    }
+}
+
 template <int VEC>
 static int launch(float *out, const float *q, const float *kc, const float *vc, float *scratch, const TlAttnMeta &m,
                   int nh, int nkv, int hd, cudaStream_t st) {
@@ -219,7 +352,12 @@ static int launch(float *out, const float *q, const float *kc, const float *vc, 
         decode_kernel<VEC><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale);
         if (m.dec_splits > 1) decode_combine_kernel<<<dim3(m.n_dec, nh), 128, 0, st>>>(out, scratch, m, nh, hd, m.dec_splits);
     }
-    if (m.n_tiles > 0) {
+    if (m.n_tiles > 0 && m.tile_rows == TC_ROWS) {
+        const size_t smem = prefill_tc_smem(hd);
+        cudaError_t e = cudaFuncSetAttribute(prefill_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        if (e != cudaSuccess) return static_cast<int>(e);
+        prefill_tc_kernel<<<dim3(m.n_tiles, nh), TC_WARPS * 32, smem, st>>>(out, q, kc, vc, m, nh, nkv, hd, scale);
+    } else if (m.n_tiles > 0) {
         const size_t smem = (PF_ROWS * hd + PF_KEYS * (hd + 1) + PF_KEYS * hd) * sizeof(float);
         if (smem > 48 * 1024) {
             cudaError_t e = cudaFuncSetAttribute(prefill_kernel<VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -233,6 +371,8 @@ static int launch(float *out, const float *q, const float *kc, const float *vc, 
 extern "C" int tl_paged_attention(float *out, const float *q, const float *k_cache, const float *v_cache, float *scratch,
                                   const TlAttnMeta *meta, int nh, int nkv, int hd, void *stream) {
     if (!meta || nh <= 0 || nkv <= 0 || nh % nkv != 0 || hd <= 0 || hd > TL_MAX_HEAD_DIM || meta->dec_splits < 1 || meta->block_size <= 0)
+        return TL_ERR_ARGS;
+    if (meta->n_tiles > 0 && !(meta->tile_rows == PF_ROWS || (meta->tile_rows == TC_ROWS && hd % 16 == 0)))
         return TL_ERR_ARGS;
     const TlAttnMeta m = *meta;
     cudaStream_t st = TL_STREAM(stream);

@@ -15,8 +15,11 @@ extern "C" {
 #define TL_MAX_HEAD_DIM 256
 /* Keys per split of the decode attention. */
 #define TL_DECODE_SPLIT 512
-/* Query rows per tile of the prefill attention (the host packs one tile per TL_PREFILL_ROWS prompt rows). */
+/* Query rows per tile of the f32 (CUDA-core) prefill attention (the host packs one tile per TL_PREFILL_ROWS prompt
+ * rows; TlAttnMeta.tile_rows says which packing a step has). */
 #define TL_PREFILL_ROWS 16
+/* Query rows per tile of the tensor-core (bf16 mma) prefill attention: head_dim a multiple of 16. */
+#define TL_PREFILL_ROWS_TC 64
 
 /* Human-readable name of a status returned by a launcher. */
 const char *tl_status_string(int status);
@@ -81,11 +84,14 @@ typedef struct TlAttnMeta {
     int n_tiles;
     int dec_splits;  /* splits along the context for the decode kernel (>= 1) */
     int block_size;
+    int tile_rows;   /* rows per prefill tile: TL_PREFILL_ROWS (f32 kernel) or TL_PREFILL_ROWS_TC (tensor cores) */
 } TlAttnMeta;
 
 /* Causal attention of each new token over its sequence's cached keys, grouped-query aware.
- * Decode tokens: one block per (token, head, split) plus a combine pass; prefill: tiles of 16 query rows
- * with 32-key tiles through shared memory and an online softmax (no score matrix). */
+ * Decode tokens: one block per (token, head, split) plus a combine pass; prefill: with tile_rows
+ * TL_PREFILL_ROWS, tiles of 16 query rows with 32-key f32 tiles through shared memory and an online softmax (no
+ * score matrix); with TL_PREFILL_ROWS_TC, tiles of 64 rows on tensor cores (q, k, v and the probabilities rounded
+ * to bf16, f32 accumulation and softmax). */
 int tl_paged_attention(float *out,            /* [n, nh * hd] */
                        const float *q,        /* [n, nh * hd] */
                        const float *k_cache,  /* [num_slots, nkv, hd] */

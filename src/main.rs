@@ -473,6 +473,11 @@ fn bench_cuda(
     );
     triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
     println!("GEMM 4096 x 8192 x 8192 ({}): {:.1} TFLOP/s", r.weights, r.gemm_tflops);
+    let a = &r.attention;
+    println!(
+        "causal prefill attention, {} tokens, {} heads of {}: tensor cores {:.1} TFLOP/s, f32 {:.1} TFLOP/s",
+        a.tokens, a.heads, a.head_dim, a.tensor_core_tflops, a.f32_tflops
+    );
     for p in &r.prefill {
         println!(
             "prefill {:>5} tokens: {:9.1} ms {:9.1} tok/s {:7.1} TFLOP/s ({:.3} of the GEMM)",

@@ -2,9 +2,11 @@
 //! steps through `Runner::start_cuda` versus `Runner::start_cpu`, on one GPU and, with two or more, TP=2; and
 //! whole generations through `Engine` on a GPU (device-side sampling) against the CPU engine.
 //! The GPU stores matrices in bf16 and rounds GEMM inputs to bf16, the arithmetic of the CPU's `--weights bf16`
-//! format, so the logits are checked twice per row: against that CPU twin, max |gpu - cpu| <= 0.01 * max(1,
-//! max |cpu|) (summation order and the bf16 rounding it flips), and against the exact CPU engine, <= 0.05 * that
-//! scale (the bf16 drift itself); the argmax agrees with the exact engine wherever its top-2 margin > 0.1.
+//! format, so the logits are checked twice per row: against that CPU twin, max |gpu - cpu| <= 0.02 * max(1,
+//! max |cpu|) (summation order and the bf16 rounding it flips; 0.01 until prompt chunks' attention moved to
+//! tensor cores, which round q, k, v and the probabilities to bf16 where head_dim is a multiple of 16, as
+//! mha_f32's 16 is), and against the exact CPU engine, <= 0.05 * that scale (the bf16 drift itself); the argmax
+//! agrees with the exact engine wherever its top-2 margin > 0.1.
 //! The largest errors seen are printed (`max rel err`).
 //! Without a GPU each test prints `SKIPPED (no CUDA device ...)` and returns (not a pass); TL_REQUIRE_GPU=1 fails.
 #![cfg(feature = "cuda")]
@@ -133,7 +135,7 @@ fn compare(ckpt: &str, model: &str, gpu_ids: &[usize]) {
     let _ =
         writeln!(std::io::stderr(), "{what}: max rel err vs exact CPU {vs_exact:.5}, vs bf16 CPU twin {vs_twin:.5}");
     for (phase, e, t) in &errs {
-        assert!(*t <= 0.01, "{what} {phase}: vs the bf16 CPU twin, max rel err {t} (vs exact {e})");
+        assert!(*t <= 0.02, "{what} {phase}: vs the bf16 CPU twin, max rel err {t} (vs exact {e})");
         assert!(*e <= 0.05, "{what} {phase}: vs the exact CPU engine, max rel err {e} (vs twin {t})");
     }
 }

@@ -58,6 +58,8 @@ pub struct CudaBenchReport {
     pub prefill: Vec<PrefillPoint>,
     /// See [`crate::bench::bandwidth_ratio`].
     pub batch1_bandwidth_ratio: f64,
+    /// Causal prefill attention alone, tensor cores against the f32 kernel.
+    pub attention: AttentionPoint,
     /// TFLOP/s of one GEMM of 4096 tokens by an 8192 x 8192 weight in this format (best of 5), the compute
     /// baseline of the prefill points' `gemm_ratio`.
     pub gemm_tflops: f64,
@@ -115,6 +117,55 @@ fn gemm_tflops(gpu: usize, fmt: WeightFormat, reps: usize) -> Result<f64> {
     Ok(2.0 * (n * d * d) as f64 / best / 1e12)
 }
 
+/// Causal prefill attention alone: one 4096-token prompt, Llama-2-7B's 32 heads of 128, K/V in the paged cache.
+#[derive(Debug, Serialize)]
+pub struct AttentionPoint {
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// 2 x tokens² x heads x head_dim (QKᵀ and PV over the causal half) per second, tensor-core kernel.
+    pub tensor_core_tflops: f64,
+    /// The same for the f32 CUDA-core kernel (`TL_PREFILL_ATTENTION=f32`), in the same run.
+    pub f32_tflops: f64,
+}
+
+/// Times the prefill attention kernels on GPU `gpu` (best of 3 after a warm-up each).
+fn attention_point(gpu: usize) -> Result<AttentionPoint> {
+    use crate::backend::{AttnDims, Backend, SeqMeta, StepMeta};
+    let (n, nh, hd, bs) = (4096usize, 32usize, 128usize, 16usize);
+    let b = CudaBackend::new(gpu)?;
+    let d = AttnDims { n_heads: nh, n_kv_heads: nh, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0 };
+    let meta = StepMeta {
+        positions: (0..n as u32).collect(),
+        slots: (0..n as u32).collect(),
+        seqs: vec![SeqMeta {
+            token_start: 0,
+            n_tokens: n,
+            context_len: n,
+            block_table: (0..(n / bs) as u32).collect(),
+        }],
+        block_size: bs,
+    };
+    let meta = meta.check()?;
+    let (q, kc, vc) = (b.alloc(n * nh * hd)?, b.alloc(n * nh * hd)?, b.alloc(n * nh * hd)?);
+    let mut out = b.alloc(n * nh * hd)?;
+    let mut time = |exact: bool| -> Result<f64> {
+        b.set_exact_prefill_attention(exact);
+        b.paged_attention(&mut out, &q, &kc, &vc, meta, d)?;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            b.synchronize()?;
+            let t = Instant::now();
+            b.paged_attention(&mut out, &q, &kc, &vc, meta, d)?;
+            b.synchronize()?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(2.0 * (n * n * nh * hd) as f64 / best / 1e12)
+    };
+    let (tensor_core_tflops, f32_tflops) = (time(false)?, time(true)?);
+    Ok(AttentionPoint { tokens: n, heads: nh, head_dim: hd, tensor_core_tflops, f32_tflops })
+}
+
 /// Bytes the weights take on the device in `fmt`: fp8 holds the projections as one byte per weight plus an f32
 /// scale per row, the embedding and the LM head in bf16; bf16 holds every matrix in two bytes.
 fn held_bytes(t: &crate::loader::TensorInfo, fmt: WeightFormat) -> u64 {
@@ -149,6 +200,7 @@ pub fn run(
     let blocks = (decode_ctx * max_batch).max(prefill_ctx);
     let copies = vec![CopyBaseline::new("device-to-device, 1 GiB", copy_gbps(gpu, 1 << 30, 10)?)];
     let gemm = gemm_tflops(gpu, fmt, 5)?;
+    let attention = attention_point(gpu)?;
     let t = Instant::now();
     let runner = Runner::start_cuda_with(Arc::new(src), &[gpu], bs, 0.9, Some(blocks), fmt)?;
     let load_s = t.elapsed().as_secs_f64();
@@ -182,12 +234,15 @@ pub fn run(
         kv_blocks: runner.num_blocks,
         batch1_bandwidth_ratio: bandwidth_ratio(&decode, &copies),
         gemm_tflops: gemm,
+        attention,
         copies,
         decode,
         prefill,
         notes: vec![
             "decode and prefill steps include host scheduling-free overhead: metadata upload, logits read-back".into(),
-            "KV cache and activations are f32; no CUDA graphs".into(),
+            "KV cache and activations are f32; no CUDA graphs; prompt attention on tensor cores (bf16 mma) unless \
+             TL_PREFILL_ATTENTION=f32"
+                .into(),
             "fp8: activations quantized per token by a kernel of their own before each GEMM; the scales applied by \
              a kernel after cuBLASLt's"
                 .into(),

@@ -22,7 +22,7 @@ mod sys {
     include!(concat!(env!("OUT_DIR"), "/ops.rs"));
 }
 
-pub use sys::{TL_DECODE_SPLIT, TL_MAX_HEAD_DIM, TL_PREFILL_ROWS, TlSampleParams};
+pub use sys::{TL_DECODE_SPLIT, TL_MAX_HEAD_DIM, TL_PREFILL_ROWS, TL_PREFILL_ROWS_TC, TlSampleParams};
 
 /// Turns a launcher status into an error naming the op.
 fn status(op: &str, s: c_int) -> Result<()> {
@@ -273,6 +273,7 @@ pub fn paged_attention(
         n_tiles: int("attention", m.n_tiles)?,
         dec_splits: int("attention", m.dec_splits)?,
         block_size: int("attention", m.block_size)?,
+        tile_rows: int("attention", m.tile_rows)?,
     };
     let (o, _a) = out.device_ptr_mut(st);
     let (qp, _b) = q.device_ptr(st);

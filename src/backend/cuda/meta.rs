@@ -40,6 +40,8 @@ pub struct HostMeta {
     pub dec_splits: usize,
     pub block_size: usize,
     pub num_slots: usize,
+    /// Query rows per prefill tile (`Tiling::prefill_rows`): which prefill kernel the pack is for.
+    pub tile_rows: usize,
 }
 
 /// The packed metadata on the device, with the host pack it was uploaded from (its sizes and offsets,
@@ -133,6 +135,7 @@ pub fn pack(meta: CheckedStep, num_slots: usize, tiling: Tiling) -> Result<HostM
         dec_splits,
         block_size: bs,
         num_slots,
+        tile_rows: tiling.prefill_rows.max(1),
     })
 }
 
@@ -155,6 +158,32 @@ mod tests {
         assert_eq!((h.n_dec, h.n_tiles, h.dec_splits), (1, 1, 1));
         assert_eq!(&h.data[h.off.tok_seq..h.off.tok_seq + 4], &[0, 0, 0, 1]);
         assert_eq!(&h.data[h.off.block_tables..h.off.block_tables + 3], &[1, 2, 3]);
+    }
+
+    /// The tensor-core kernel's 64-row tiles: a 3-token chunk is one tile either way, a 130-token one 3 (not 9).
+    #[test]
+    fn tiles_follow_the_tiling() {
+        use crate::backend::cuda::ffi::TL_PREFILL_ROWS_TC;
+        let mut s = StepMeta { block_size: 16, ..Default::default() };
+        for (start, n) in [(0usize, 3usize), (3, 130)] {
+            s.positions.extend((0..n as u32).collect::<Vec<_>>());
+            s.slots.extend((0..n as u32).map(|p| p + if start == 0 { 0 } else { 16 }));
+            let table = if start == 0 { vec![0] } else { (1..10).collect() };
+            s.seqs.push(crate::backend::SeqMeta {
+                token_start: start,
+                n_tokens: n,
+                context_len: n,
+                block_table: table,
+            });
+        }
+        let packed = |rows: u32| {
+            let t = Tiling { decode_split: TL_DECODE_SPLIT as usize, prefill_rows: rows as usize };
+            super::pack(s.check().unwrap(), 1024, t).unwrap()
+        };
+        let (f32_tiles, tc) = (packed(TL_PREFILL_ROWS), packed(TL_PREFILL_ROWS_TC));
+        assert_eq!((f32_tiles.n_tiles, f32_tiles.tile_rows), (1 + 9, 16));
+        assert_eq!((tc.n_tiles, tc.tile_rows), (1 + 3, 64));
+        assert_eq!(&tc.data[tc.off.tiles..tc.off.tiles + 8], &[0, 0, 1, 0, 1, 64, 1, 128]);
     }
 
     #[test]

@@ -56,7 +56,13 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     blas: Arc<ffi::Blas>,
     scratch: Arc<Mutex<Scratch>>,
+    /// Prompt chunks' attention on the f32 CUDA-core kernel instead of tensor cores (`TL_PREFILL_ATTENTION=f32`,
+    /// or `set_exact_prefill_attention`): the exact path, for tests.
+    exact_prefill: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The environment variable that selects the exact f32 prefill attention (value `f32`) over tensor cores.
+pub const PREFILL_ATTENTION_ENV: &str = "TL_PREFILL_ATTENTION";
 
 impl Clone for CudaBackend {
     fn clone(&self) -> Self {
@@ -65,6 +71,7 @@ impl Clone for CudaBackend {
             stream: self.stream.clone(),
             blas: self.blas.clone(),
             scratch: self.scratch.clone(),
+            exact_prefill: self.exact_prefill.clone(),
         }
     }
 }
@@ -92,7 +99,19 @@ impl CudaBackend {
             meta_dev: None,
             converted: None,
         };
-        Ok(CudaBackend { ctx, stream, blas: Arc::new(blas), scratch: Arc::new(Mutex::new(scratch)) })
+        let exact = std::env::var(PREFILL_ATTENTION_ENV).is_ok_and(|v| v == "f32");
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas: Arc::new(blas),
+            scratch: Arc::new(Mutex::new(scratch)),
+            exact_prefill: Arc::new(std::sync::atomic::AtomicBool::new(exact)),
+        })
+    }
+
+    /// Prompt chunks' attention on the exact f32 kernel (true) or on tensor cores (false, the default).
+    pub fn set_exact_prefill_attention(&self, exact: bool) {
+        self.exact_prefill.store(exact, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -212,10 +231,14 @@ impl CudaBackend {
         &self,
         meta: CheckedStep,
         num_slots: usize,
+        d: AttnDims,
         f: impl FnOnce(&meta::DeviceMeta, &mut Scratch) -> Result<T>,
     ) -> Result<T> {
-        let tiling =
-            meta::Tiling { decode_split: ffi::TL_DECODE_SPLIT as usize, prefill_rows: ffi::TL_PREFILL_ROWS as usize };
+        // Tensor cores for prompt chunks unless the exact f32 kernel was asked for or the head size does not
+        // split into 16-wide fragments.
+        let tc = !self.exact_prefill.load(std::sync::atomic::Ordering::Relaxed) && d.head_dim.is_multiple_of(16);
+        let prefill_rows = if tc { ffi::TL_PREFILL_ROWS_TC } else { ffi::TL_PREFILL_ROWS } as usize;
+        let tiling = meta::Tiling { decode_split: ffi::TL_DECODE_SPLIT as usize, prefill_rows };
         let host = meta::pack(meta, num_slots, tiling)?;
         let mut s = self.lock()?;
         if s.meta_dev.as_ref().is_none_or(|d| d.host != host) {
@@ -442,7 +465,7 @@ impl Backend for CudaBackend {
         let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
-        self.with_meta(meta, num_slots, |dm, _| {
+        self.with_meta(meta, num_slots, d, |dm, _| {
             ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, d)
         })
     }
@@ -459,7 +482,7 @@ impl Backend for CudaBackend {
         let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
         self.bind()?;
-        self.with_meta(meta, num_slots, |dm, s| {
+        self.with_meta(meta, num_slots, d, |dm, s| {
             let need = if dm.dec_splits > 1 { dm.n_dec * d.n_heads * dm.dec_splits * (d.head_dim + 2) } else { 1 };
             self.grow(&mut s.attn, need)?;
             let scratch = s.attn.as_mut().ok_or_else(|| Error::Internal("attention scratch missing".into()))?;
