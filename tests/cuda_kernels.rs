@@ -201,9 +201,10 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The tensor-core prefill attention against the f32 CPU attention, for values in [-1, 1] (outputs are convex
-/// combinations of V rows): q, k, v and the probabilities are rounded to bf16 (relative 2^-9 each), so scores
-/// move by about 1 % of their size and the output by about that much of |v|; 2e-2 absolute is the bound.
-const TC_ATTENTION_TOL: f32 = 2e-2;
+/// combinations of V rows): q, k, v and the probabilities are rounded to bf16 (relative 2^-9 each); the kernel's
+/// arithmetic emulated on the CPU (tests/attention_tc_twin.rs) stays within 2.5e-3 of f32 on issue 19's shapes,
+/// so 1e-2 absolute is the bound.
+const TC_ATTENTION_TOL: f32 = 1e-2;
 
 fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize) {
     let bs = 16;
