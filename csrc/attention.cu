@@ -1,6 +1,7 @@
 // attention.cu: causal attention over the paged KV cache, grouped-query aware. Token t of a sequence sees
 // cached positions 0 ..= ctx - len + (t - start). Decode tokens use a split-K kernel (one block per token,
-// head and 512-key split, plus a combine pass); prompt chunks use 16-row query tiles that stream 32-key K/V
+// head and 512-key split, plus a combine pass; with grouped-query heads one block per token, KV head and split,
+// each K/V row read once for the whole group); prompt chunks use 16-row query tiles that stream 32-key K/V
 // tiles through shared memory with an online softmax, so no score matrix is ever stored; or, by default, 64-row
 // tiles on tensor cores (bf16 mma through nvcuda::wmma, sm_80+), the same online softmax in f32.
 // CPU twin: CpuBackend::paged_attention (the f32 kernel within 1e-4; the tensor-core one within bf16's rounding).
@@ -92,6 +93,115 @@ __global__ void decode_kernel(float *out, const float *q, const float *kc, const
                 part[hd] = M;
                 part[hd + 1] = L;
             }
+        }
+    }
+}
+
+// GQA decode: grid (n_dec, nkv, splits), DEC_WARPS warps. One block serves the G query heads of a KV head, so
+// each K and V row of the split is read once per block (not once per query head): a warp strides the keys, loads
+// a row once (lane owns dims lane + 32 e) and updates all G heads' online softmax from it. Partials go to the
+// same scratch layout as decode_kernel's, merged by decode_combine_kernel.
+template <int VEC, int G>
+__global__ void decode_gqa_kernel(float *out, const float *q, const float *kc, const float *vc, float *scratch,
+                                  TlAttnMeta m, int nh, int nkv, int hd, float scale) {
+    extern __shared__ float sh[]; // [DEC_WARPS][G][hd] acc, then [DEC_WARPS][G] max, [DEC_WARPS][G] sum
+    const int i = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+    const int t = m.dec_tokens[i], s = m.tok_seq[t];
+    const int visible = visible_of(m, s, t);
+    const int begin = split * TL_DECODE_SPLIT;
+    const int end = min(visible, begin + TL_DECODE_SPLIT);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int32_t *bt = m.block_tables + m.seq_bt[s];
+    float qr[G][VEC], acc[G][VEC], mx[G], l[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        const float *qh = q + (static_cast<int64_t>(t) * nh + kvh * G + g) * hd;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int d = lane + 32 * e;
+            qr[g][e] = d < hd ? qh[d] * scale : 0.f;
+            acc[g][e] = 0.f;
+        }
+        mx[g] = -INFINITY;
+        l[g] = 0.f;
+    }
+    for (int j = begin + warp; j < end; j += DEC_WARPS) {
+        const int64_t off = (slot_of(bt, j, m.block_size) * nkv + kvh) * hd;
+        float kr[VEC], vr[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int d = lane + 32 * e;
+            kr[e] = d < hd ? kc[off + d] : 0.f;
+            vr[e] = d < hd ? vc[off + d] : 0.f;
+        }
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            float part = 0.f;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) part += qr[g][e] * kr[e];
+            const float score = warp_sum(part);
+            const float nm = fmaxf(mx[g], score);
+            const float corr = __expf(mx[g] - nm), p = __expf(score - nm);
+            l[g] = l[g] * corr + p;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[g][e] = acc[g][e] * corr + p * vr[e];
+            mx[g] = nm;
+        }
+    }
+    float *sh_acc = sh, *sh_m = sh + DEC_WARPS * G * hd, *sh_l = sh_m + DEC_WARPS * G;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int d = lane + 32 * e;
+            if (d < hd) sh_acc[(warp * G + g) * hd + d] = acc[g][e];
+        }
+        if (lane == 0) {
+            sh_m[warp * G + g] = mx[g];
+            sh_l[warp * G + g] = l[g];
+        }
+    }
+    __syncthreads();
+    const int splits = gridDim.z;
+    for (int idx = threadIdx.x; idx < G * hd; idx += blockDim.x) {
+        const int g = idx / hd, d = idx % hd, h = kvh * G + g;
+        float M = -INFINITY;
+        for (int w = 0; w < DEC_WARPS; ++w) M = fmaxf(M, sh_m[w * G + g]);
+        float a = 0.f, L = 0.f;
+        for (int w = 0; w < DEC_WARPS; ++w) {
+            const float mw = sh_m[w * G + g];
+            const float f = mw == -INFINITY ? 0.f : __expf(mw - M);
+            L += f * sh_l[w * G + g];
+            a += f * sh_acc[(w * G + g) * hd + d];
+        }
+        if (splits == 1) {
+            out[(static_cast<int64_t>(t) * nh + h) * hd + d] = L > 0.f ? a / L : 0.f;
+        } else {
+            float *part = scratch + ((static_cast<int64_t>(i) * nh + h) * splits + split) * (hd + 2);
+            part[d] = a;
+            if (d == 0) {
+                part[hd] = M;
+                part[hd + 1] = L;
+            }
+        }
+    }
+}
+
+// The GQA decode kernel for this head size and group, when one is instantiated (groups 2, 4, 8; head_dim <= 128).
+template <int VEC>
+static bool launch_decode_gqa(float *out, const float *q, const float *kc, const float *vc, float *scratch,
+                              const TlAttnMeta &m, int nh, int nkv, int hd, float scale, cudaStream_t st) {
+    if constexpr (VEC > 4) {
+        return false;
+    } else {
+        const int g = nh / nkv;
+        const dim3 grid(m.n_dec, nkv, m.dec_splits);
+        const size_t smem = (DEC_WARPS * g * hd + 2 * DEC_WARPS * g) * sizeof(float);
+        switch (g) {
+        case 2: decode_gqa_kernel<VEC, 2><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale); return true;
+        case 4: decode_gqa_kernel<VEC, 4><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale); return true;
+        case 8: decode_gqa_kernel<VEC, 8><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale); return true;
+        default: return false;
         }
     }
 }
@@ -347,9 +457,11 @@ static int launch(float *out, const float *q, const float *kc, const float *vc, 
                   int nh, int nkv, int hd, cudaStream_t st) {
     const float scale = 1.f / sqrtf(static_cast<float>(hd));
     if (m.n_dec > 0) {
-        dim3 grid(m.n_dec, nh, m.dec_splits);
-        const size_t smem = (DEC_WARPS * hd + 2 * DEC_WARPS) * sizeof(float);
-        decode_kernel<VEC><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale);
+        if (!launch_decode_gqa<VEC>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale, st)) {
+            dim3 grid(m.n_dec, nh, m.dec_splits);
+            const size_t smem = (DEC_WARPS * hd + 2 * DEC_WARPS) * sizeof(float);
+            decode_kernel<VEC><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale);
+        }
         if (m.dec_splits > 1) decode_combine_kernel<<<dim3(m.n_dec, nh), 128, 0, st>>>(out, scratch, m, nh, hd, m.dec_splits);
     }
     if (m.n_tiles > 0 && m.tile_rows == TC_ROWS) {

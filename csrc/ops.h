@@ -88,7 +88,8 @@ typedef struct TlAttnMeta {
 } TlAttnMeta;
 
 /* Causal attention of each new token over its sequence's cached keys, grouped-query aware.
- * Decode tokens: one block per (token, head, split) plus a combine pass; prefill: with tile_rows
+ * Decode tokens: one block per (token, head, split), or per (token, KV head, split) serving the query group
+ * (groups 2, 4, 8 with head_dim <= 128), plus a combine pass; prefill: with tile_rows
  * TL_PREFILL_ROWS, tiles of 16 query rows with 32-key f32 tiles through shared memory and an online softmax (no
  * score matrix); with TL_PREFILL_ROWS_TC, tiles of 64 rows on tensor cores (q, k, v and the probabilities rounded
  * to bf16, f32 accumulation and softmax). */

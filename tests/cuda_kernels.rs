@@ -585,16 +585,30 @@ fn step_of(shapes: &[(usize, usize)], bs: usize) -> (StepMeta, usize) {
 
 /// Issue 19's shapes for the tensor-core prefill attention against the CPU's f32 attention: prompt chunks of 1,
 /// 15, 16, 17, 1000 and 4097 tokens after cached prefixes of 0, 1 block and many blocks, in one ragged step, with
-/// query groups of 1, 4 and 8 and head sizes 64 and 128; the f32 kernel on the same step within 1e-4.
+/// query groups of 1, 2, 4 and 8 and head sizes 64 and 128; the f32 kernel on the same step within 1e-4. The
+/// step also decodes at issue 18's contexts 1, 17, 512 and 4097 (the GQA decode kernel for groups 2, 4, 8,
+/// split-K past 512), within 1e-4 either way.
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn tensor_core_prefill_attention_matches_cpu() {
     let Some(g) = gpu("tensor_core_prefill_attention_matches_cpu") else { return };
     let bs = 16;
     let mut worst = Vec::new();
-    for (hd, group) in [(64, 1), (64, 4), (64, 8), (128, 1), (128, 4), (128, 8)] {
+    for (hd, group) in [(64, 1), (64, 4), (64, 8), (128, 1), (128, 2), (128, 4), (128, 8)] {
         let long = if group == 8 { 4097 } else { 1000 };
-        let shapes = [(15, 0), (16, bs), (17, 300), (long, 0), (1000, bs), (1, 300), (33, 1000)];
+        let shapes = [
+            (15, 0),
+            (16, bs),
+            (17, 300),
+            (long, 0),
+            (1000, bs),
+            (1, 300),
+            (33, 1000),
+            (1, 0),
+            (1, 16),
+            (1, 511),
+            (1, 4096),
+        ];
         let (meta, slots) = step_of(&shapes, bs);
         let meta = meta.check().unwrap();
         let nkv = 2;
