@@ -9,8 +9,9 @@
 #       against bf16's in the same run), tritonserver with our backend on the GPU answering one greedy request
 #       (scripts/gpu_triton_check.py; compared with `triton-llama generate --device cpu`, TTFT measured), and last
 #       the full 80-layer NV-Llama2-70B shape with FP8 weights on one GPU (decode at batch 1/16/64 against the
-#       copy bandwidth, prefill 2048 against one large FP8 GEMM), then writes one JSON summary to
-#       $OUT/gpu_check.json (or prints it when OUT is unset); `issue19_goals` holds issue 19's measured ratios.
+#       copy bandwidth, prefill 2048 against one large FP8 GEMM) and one TP=2 rank of 70B in bf16 decoding at 2k
+#       and 4k contexts, then writes one JSON summary to $OUT/gpu_check.json (or prints it when OUT is unset);
+#       `issue18_goals` and `issue19_goals` hold the issues' measured ratios.
 #       Missing devices fail here (TL_REQUIRE_GPU=1).
 # tritonserver is not on a typical GPU machine: --stage also packs the one of .venv's nvidia-pytriton (with the
 # libraries it links, stripped) into the bundle's triton/ folder. Without it, and
@@ -99,9 +100,11 @@ step bench "${TL_BENCH_S:-240}" sh -c "\"$BUNDLE/triton-llama\" bench-cuda --jso
 # 80-layer NV-Llama2-70B shape with FP8 weights on this one GPU (69.5 GB; TL_70B_LAYERS=N runs fewer layers).
 step bench_fp8 "${TL_BENCH_S:-240}" sh -c "\"$BUNDLE/triton-llama\" bench-cuda --weights fp8 --json > \"$R/bench_fp8.json\""
 step triton "${TL_STEP_S:-150}" python3 scripts/gpu_triton_check.py --bundle "$BUNDLE" --ckpt "$CKPT" --device cuda --workdir "$R/triton" --out "$R/triton.json"
+# Issue 18's shape: one TP=2 rank of 70B (32/4 heads, FFN 14336, 80 layers, bf16) decoding at 2k and 4k contexts.
+step bench_70b_tp2_rank "${TL_BENCH_70B_S:-360}" sh -c "\"$BUNDLE/triton-llama\" bench-cuda --shape 70b-tp2-rank --layers ${TL_70B_RANK_LAYERS:-80} --batches 1,64 --contexts 2048,4096 --prefill 2048 --steps 8 --json > \"$R/bench_70b_tp2_rank.json\""
 step bench_70b_fp8 "${TL_BENCH_70B_S:-360}" sh -c "\"$BUNDLE/triton-llama\" bench-cuda --shape 70b --weights fp8 --layers ${TL_70B_LAYERS:-80} --batches 1,16,64 --prefill 2048 --steps 16 --json > \"$R/bench_70b_fp8.json\""
 
-python3 - "$R" "${RC[kernels]}" "${SECS[kernels]}" "${RC[models]}" "${SECS[models]}" "${RC[bench]}" "${SECS[bench]}" "${RC[bench_fp8]}" "${RC[bench_70b_fp8]}" <<'PY'
+python3 - "$R" "${RC[kernels]}" "${SECS[kernels]}" "${RC[models]}" "${SECS[models]}" "${RC[bench]}" "${SECS[bench]}" "${RC[bench_fp8]}" "${RC[bench_70b_fp8]}" "${RC[bench_70b_tp2_rank]}" <<'PY'
 import json, os, re, sys
 r = sys.argv[1]
 def test_step(name, rc, secs):
@@ -132,6 +135,10 @@ def bench_json(name):
     except Exception as e:
         return {"error": str(e), "log_tail": open(os.path.join(r, "logs", name + ".log"), errors="replace").read()[-3000:]}
 bench, bench_fp8, bench_70b = bench_json("bench"), bench_json("bench_fp8"), bench_json("bench_70b_fp8")
+bench_rank = bench_json("bench_70b_tp2_rank")
+def at_context(b, batch, ctx):
+    return next((p for p in b.get("decode_at_context", []) if p["batch"] == batch and p["context"] == ctx), {})
+r1_4k, r64_2k, r1_2k = at_context(bench_rank, 1, 4096), at_context(bench_rank, 64, 2048), at_context(bench_rank, 1, 2048)
 def point(b, key, field, where):
     return next((p[field] for p in b.get(key, []) if p.get(where[0]) == where[1]), None)
 def ratio(a, b):
@@ -152,6 +159,16 @@ issue19_goals = {
         "met": ((bench.get("attention") or {}).get("tensor_core_tflops") or 0) >= 300},
     "prefill_2048_tok_s_fp8_7b": point(bench_fp8, "prefill", "tok_s", ("tokens", 2048)),
 }
+# Issue 18's goals, measured in this run (benchmarks: reported, never part of "ok").
+issue18_goals = {
+    "7b_batch1_fraction_of_copy": {"value": bench.get("batch1_bandwidth_ratio"), "goal": ">= 0.80"},
+    "70b_tp2_rank_batch1_4k_fraction_of_copy": {"value": r1_4k.get("fraction_of_copy"), "goal": ">= 0.75",
+        "skipped": r1_4k.get("skipped"), "layers": bench_rank.get("num_layers")},
+    "70b_tp2_rank_batch64_2k_over_batch1_2k_step": {"value": ratio(r64_2k.get("ms_per_step"), r1_2k.get("ms_per_step")),
+        "goal": "<= 2", "skipped": r64_2k.get("skipped")},
+    "70b_tp2_rank_loads_prefills_2048_and_decodes_batch64": {"rc": int(sys.argv[10]),
+        "prefill_2048": next(iter(bench_rank.get("prefill", [])), None), "batch64_2k_skipped": r64_2k.get("skipped")},
+}
 summary = {
     "gpus": open(os.path.join(r, "logs", "nvidia-smi.txt"), errors="replace").read().strip().splitlines(),
     "kernels_vs_cpu": test_step("kernels", sys.argv[2], sys.argv[3]),
@@ -161,11 +178,13 @@ summary = {
     "bench_fp8_7b": bench_fp8, "bench_fp8_rc": int(sys.argv[8]),
     "bench_fp8_70b": bench_70b, "bench_70b_fp8_rc": int(sys.argv[9]),
     "issue19_goals": issue19_goals,
+    "bench_70b_tp2_rank": bench_rank, "bench_70b_tp2_rank_rc": int(sys.argv[10]),
+    "issue18_goals": issue18_goals,
     "cli_score_cuda_vs_cpu": cli_score(),
     "triton_on_gpu": triton(),
     "tolerance": "kernels: rel 1e-5 (norms), 1e-3 (rope at positions up to 1100), 1e-4 (attention); models: |gpu-cpu| <= 0.03*max(1,max|cpu|) per row",
 }
-summary["ok"] = all(s["rc"] == 0 and s["failed"] == 0 and s["passed"] > 0 for s in (summary["kernels_vs_cpu"], summary["fixture_models_cuda_vs_cpu"])) and summary["bench_rc"] == 0 and summary["bench_fp8_rc"] == 0 and summary["bench_70b_fp8_rc"] == 0 and summary["cli_score_cuda_vs_cpu"]["ok"] and summary["triton_on_gpu"]["status"] != "fail"
+summary["ok"] = all(s["rc"] == 0 and s["failed"] == 0 and s["passed"] > 0 for s in (summary["kernels_vs_cpu"], summary["fixture_models_cuda_vs_cpu"])) and summary["bench_rc"] == 0 and summary["bench_fp8_rc"] == 0 and summary["bench_70b_fp8_rc"] == 0 and summary["bench_70b_tp2_rank_rc"] == 0 and summary["cli_score_cuda_vs_cpu"]["ok"] and summary["triton_on_gpu"]["status"] != "fail"
 # A skipped step did not pass: it is listed here and `ok` only means nothing that ran failed.
 summary["skipped"] = ["triton_on_gpu: " + summary["triton_on_gpu"].get("reason", "")] if summary["triton_on_gpu"]["status"] == "skipped" else []
 text = json.dumps(summary, indent=2)

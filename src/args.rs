@@ -168,9 +168,13 @@ pub enum Cmd {
         /// Layers of the model (default: the shape's: 32 for 7b, 80 for 70b)
         #[arg(long)]
         layers: Option<usize>,
-        /// Model shape: 7b (Llama-2-7B) or 70b (NV-Llama2-70B: hidden 8192, 64/8 heads, FFN 28672)
-        #[arg(long, default_value = "7b", value_parser = ["7b", "70b"])]
+        /// Model shape: 7b (Llama-2-7B), 70b (NV-Llama2-70B: hidden 8192, 64/8 heads, FFN 28672) or 70b-tp2-rank
+        /// (one rank of it at TP=2: 32/4 heads, FFN 14336)
+        #[arg(long, default_value = "7b", value_parser = ["7b", "70b", "70b-tp2-rank"])]
         shape: String,
+        /// Contexts at which each batch size also decodes (the cached K/V read, not computed); none by default
+        #[arg(long, value_delimiter = ',')]
+        contexts: Vec<usize>,
         /// Matmul weights: bf16, or fp8 (E4M3 per output channel, quantized on the GPU at load; compute capability
         /// 8.9+)
         #[arg(long, default_value = "bf16", value_parser = parse_weights)]
@@ -357,8 +361,12 @@ mod tests {
         assert!(Cli::try_parse_from(["triton-llama", "generate", "m", "--prompt", "a", "--messages", "[]"]).is_err());
         assert!(Cli::try_parse_from(["triton-llama", "inspect", "m", "--tp", "2"]).is_err(), "not an inspect option");
         let c = Cli::try_parse_from(["triton-llama", "bench-cuda", "--shape", "70b", "--weights", "fp8"]).unwrap();
-        let Cmd::BenchCuda { shape, weights, layers, .. } = c.cmd else { panic!() };
-        assert_eq!((shape.as_str(), weights, layers), ("70b", WeightFormat::Fp8, None));
+        let Cmd::BenchCuda { shape, weights, layers, contexts, .. } = c.cmd else { panic!() };
+        assert_eq!((shape.as_str(), weights, layers, contexts), ("70b", WeightFormat::Fp8, None, vec![]));
+        let c =
+            Cli::try_parse_from(["triton-llama", "bench-cuda", "--shape", "70b-tp2-rank", "--contexts", "128,4096"]);
+        let Cmd::BenchCuda { contexts, .. } = c.unwrap().cmd else { panic!() };
+        assert_eq!(contexts, vec![128, 4096]);
         assert!(Cli::try_parse_from(["triton-llama", "bench-cuda", "--shape", "13b"]).is_err());
     }
 }

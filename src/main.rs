@@ -38,8 +38,8 @@ fn main() -> ExitCode {
             bench_guided(&ckpt, batch, steps, rounds, &engine, out.json)
         }
         Cmd::DemoModel { dir } => triton_llama::demo::write(&dir),
-        Cmd::BenchCuda { gpu, steps, batches, prefill, layers, shape, weights, out } => {
-            bench_cuda(gpu, steps, &batches, &prefill, (&shape, layers, weights), out.json)
+        Cmd::BenchCuda { gpu, steps, batches, prefill, layers, shape, weights, contexts, out } => {
+            bench_cuda(gpu, steps, (&batches, &contexts), &prefill, (&shape, layers, weights), out.json)
         }
     };
     match r {
@@ -438,7 +438,7 @@ fn bench(
 type CudaModel<'a> = (&'a str, Option<usize>, triton_llama::backend::WeightFormat);
 
 #[cfg(not(feature = "cuda"))]
-fn bench_cuda(_: usize, _: usize, _: &[usize], _: &[usize], _: CudaModel, _: bool) -> Result<()> {
+fn bench_cuda(_: usize, _: usize, _: (&[usize], &[usize]), _: &[usize], _: CudaModel, _: bool) -> Result<()> {
     Err(Error::Unavailable(
         "this binary was built without the `cuda` feature (cargo build --release --features cuda)".into(),
     ))
@@ -448,15 +448,19 @@ fn bench_cuda(_: usize, _: usize, _: &[usize], _: &[usize], _: CudaModel, _: boo
 fn bench_cuda(
     gpu: usize,
     steps: usize,
-    batches: &[usize],
+    (batches, contexts): (&[usize], &[usize]),
     prefill: &[usize],
     (shape, layers, weights): CudaModel,
     json_out: bool,
 ) -> Result<()> {
-    use triton_llama::bench::cuda::{llama2_7b, llama2_70b};
-    let mut cfg = if shape == "70b" { llama2_70b() } else { llama2_7b() };
+    use triton_llama::bench::cuda::{llama2_7b, llama2_70b, llama2_70b_tp2_rank};
+    let mut cfg = match shape {
+        "70b" => llama2_70b(),
+        "70b-tp2-rank" => llama2_70b_tp2_rank(),
+        _ => llama2_7b(),
+    };
     cfg.num_layers = layers.unwrap_or(cfg.num_layers);
-    let r = triton_llama::bench::cuda::run(gpu, cfg, weights, batches, steps, prefill)?;
+    let r = triton_llama::bench::cuda::run(gpu, cfg, weights, batches, contexts, steps, prefill)?;
     if json_out {
         print_json(serde_json::to_value(&r).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());
@@ -472,6 +476,20 @@ fn bench_cuda(
         r.kv_blocks
     );
     triton_llama::bench::print_bandwidth(&r.copies, &r.decode);
+    for p in &r.decode_at_context {
+        match (p.ms_per_step, p.tok_s, p.fraction_of_copy) {
+            (Some(ms), Some(tok_s), Some(f)) => println!(
+                "decode batch {:>2} at context {:>5}: {ms:8.2} ms/step {tok_s:9.1} tok/s  {:.3} of copy (weights + KV)",
+                p.batch, p.context, f
+            ),
+            _ => println!(
+                "decode batch {:>2} at context {:>5}: skipped ({})",
+                p.batch,
+                p.context,
+                p.skipped.as_deref().unwrap_or("")
+            ),
+        }
+    }
     println!("GEMM 4096 x 8192 x 8192 ({}): {:.1} TFLOP/s", r.weights, r.gemm_tflops);
     let a = &r.attention;
     println!(

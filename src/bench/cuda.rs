@@ -29,6 +29,12 @@ pub fn llama2_70b() -> LlamaConfig {
     }
 }
 
+/// One tensor-parallel rank of NV-Llama2-70B at TP=2: hidden 8192, 32 query / 4 KV heads, FFN 14336, 80 layers (the
+/// vocabulary kept whole).
+pub fn llama2_70b_tp2_rank() -> LlamaConfig {
+    LlamaConfig { num_heads: 32, num_kv_heads: 4, intermediate_size: 14336, ..llama2_70b() }
+}
+
 /// Llama-2-7B: hidden 4096, 32 layers, 32 heads (MHA), FFN 11008, vocab 32000 (the rest as the CPU bench model).
 pub fn llama2_7b() -> LlamaConfig {
     LlamaConfig {
@@ -55,6 +61,8 @@ pub struct CudaBenchReport {
     /// A device-to-device copy of 1 GiB.
     pub copies: Vec<CopyBaseline>,
     pub decode: Vec<DecodePoint>,
+    /// Decode at batch x context (`--contexts`).
+    pub decode_at_context: Vec<ContextPoint>,
     pub prefill: Vec<PrefillPoint>,
     /// See [`crate::bench::bandwidth_ratio`].
     pub batch1_bandwidth_ratio: f64,
@@ -115,6 +123,22 @@ fn gemm_tflops(gpu: usize, fmt: WeightFormat, reps: usize) -> Result<f64> {
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (n * d * d) as f64 / best / 1e12)
+}
+
+/// Decode at a batch size with every sequence at a given context (its cached K/V present but not computed: the
+/// step reads it as a real one would), against the copy bandwidth with the KV it reads counted.
+#[derive(Debug, Serialize)]
+pub struct ContextPoint {
+    pub batch: usize,
+    pub context: usize,
+    /// `None` with `skipped` when its KV blocks do not fit beside the weights.
+    pub ms_per_step: Option<f64>,
+    pub tok_s: Option<f64>,
+    /// Weight bytes plus the f32 K and V rows the step's attention reads, per step.
+    pub bytes_per_step: u64,
+    /// (bytes per step / step time) over the copy's read+write traffic.
+    pub fraction_of_copy: Option<f64>,
+    pub skipped: Option<String>,
 }
 
 /// Causal prefill attention alone: one 4096-token prompt, Llama-2-7B's 32 heads of 128, K/V in the paged cache.
@@ -184,6 +208,7 @@ pub fn run(
     cfg: LlamaConfig,
     fmt: WeightFormat,
     batches: &[usize],
+    contexts: &[usize],
     decode_steps: usize,
     prefill_lens: &[usize],
 ) -> Result<CudaBenchReport> {
@@ -198,11 +223,14 @@ pub fn run(
     let decode_ctx = (16 + decode_steps + 2).div_ceil(bs);
     let prefill_ctx = max_prefill.div_ceil(bs).max(1);
     let blocks = (decode_ctx * max_batch).max(prefill_ctx);
+    let max_context = contexts.iter().copied().max().unwrap_or(0);
+    // As many blocks as the largest context point wants; the points that do not fit are skipped, not failed.
+    let wanted = blocks.max((max_context + decode_steps + 2).div_ceil(bs) * max_batch);
     let copies = vec![CopyBaseline::new("device-to-device, 1 GiB", copy_gbps(gpu, 1 << 30, 10)?)];
     let gemm = gemm_tflops(gpu, fmt, 5)?;
     let attention = attention_point(gpu)?;
     let t = Instant::now();
-    let runner = Runner::start_cuda_with(Arc::new(src), &[gpu], bs, 0.9, Some(blocks), fmt)?;
+    let runner = Runner::start_cuda_with(Arc::new(src), &[gpu], bs, 0.9, Some(wanted), fmt)?;
     let load_s = t.elapsed().as_secs_f64();
     if runner.num_blocks < blocks {
         return Err(Error::Unavailable(format!("only {} KV blocks fit, {blocks} needed", runner.num_blocks)));
@@ -212,6 +240,39 @@ pub fn run(
         .map(|&b| decode_point(&runner, b, decode_steps, decode_ctx, bs, vocab, weight_bytes - emb_bytes))
         .collect::<Result<Vec<_>>>()?;
     // Every projection once per prompt token; the LM head runs for the last token only.
+    let kv_token_bytes = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4) as u64;
+    let fastest = copies.iter().map(|c| c.traffic_gbps).fold(0f64, f64::max);
+    let mut decode_at_context = Vec::new();
+    for &ctx in contexts {
+        for &b in batches {
+            let per_seq = (ctx + decode_steps + 2).div_ceil(bs);
+            let bytes_per_step = weight_bytes - emb_bytes + b as u64 * ctx as u64 * kv_token_bytes;
+            let mut p = ContextPoint {
+                batch: b,
+                context: ctx,
+                ms_per_step: None,
+                tok_s: None,
+                bytes_per_step,
+                fraction_of_copy: None,
+                skipped: None,
+            };
+            if per_seq * b > runner.num_blocks {
+                p.skipped = Some(format!("needs {} KV blocks, {} fit", per_seq * b, runner.num_blocks));
+                decode_at_context.push(p);
+                continue;
+            }
+            runner.run(step_for(b, 1, ctx, per_seq, bs, vocab))?; // warm-up
+            let t = Instant::now();
+            for i in 0..decode_steps {
+                runner.run(step_for(b, 1, ctx + 1 + i, per_seq, bs, vocab))?;
+            }
+            let step = t.elapsed().as_secs_f64() / decode_steps.max(1) as f64;
+            p.ms_per_step = Some(step * 1e3);
+            p.tok_s = Some(b as f64 / step);
+            p.fraction_of_copy = Some(bytes_per_step as f64 / step / 1e9 / fastest);
+            decode_at_context.push(p);
+        }
+    }
     let matmul_params = (cfg.num_params() - 2 * cfg.vocab_size * cfg.hidden_size) as f64;
     let mut prefill = Vec::new();
     for &n in prefill_lens {
@@ -237,6 +298,7 @@ pub fn run(
         attention,
         copies,
         decode,
+        decode_at_context,
         prefill,
         notes: vec![
             "decode and prefill steps include host scheduling-free overhead: metadata upload, logits read-back".into(),
