@@ -22,8 +22,8 @@ __device__ __forceinline__ int visible_of(const TlAttnMeta &m, int s, int t) {
 }
 
 // grid (n_dec, nh, splits), DEC_WARPS warps. Lane owns dims lane + 32 e.
-template <int VEC>
-__global__ void decode_kernel(float *out, const float *q, const float *kc, const float *vc, float *scratch,
+template <int VEC, typename KV>
+__global__ void decode_kernel(float *out, const float *q, const KV *kc, const KV *vc, float *scratch,
                               TlAttnMeta m, int nh, int nkv, int hd, float scale) {
     extern __shared__ float sh[]; // [DEC_WARPS][hd] acc, then [DEC_WARPS] max, [DEC_WARPS] sum
     const int i = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
@@ -49,7 +49,7 @@ __global__ void decode_kernel(float *out, const float *q, const float *kc, const
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             const int d = lane + 32 * e;
-            if (d < hd) part += qr[e] * kc[off + d];
+            if (d < hd) part += qr[e] * kv_load(kc, off + d);
         }
         const float score = warp_sum(part);
         const float nm = fmaxf(mx, score);
@@ -58,7 +58,7 @@ __global__ void decode_kernel(float *out, const float *q, const float *kc, const
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             const int d = lane + 32 * e;
-            acc[e] = acc[e] * corr + (d < hd ? p * vc[off + d] : 0.f);
+            acc[e] = acc[e] * corr + (d < hd ? p * kv_load(vc, off + d) : 0.f);
         }
         mx = nm;
     }
@@ -101,8 +101,8 @@ __global__ void decode_kernel(float *out, const float *q, const float *kc, const
 // each K and V row of the split is read once per block (not once per query head): a warp strides the keys, loads
 // a row once (lane owns dims lane + 32 e) and updates all G heads' online softmax from it. Partials go to the
 // same scratch layout as decode_kernel's, merged by decode_combine_kernel.
-template <int VEC, int G>
-__global__ void decode_gqa_kernel(float *out, const float *q, const float *kc, const float *vc, float *scratch,
+template <int VEC, int G, typename KV>
+__global__ void decode_gqa_kernel(float *out, const float *q, const KV *kc, const KV *vc, float *scratch,
                                   TlAttnMeta m, int nh, int nkv, int hd, float scale) {
     extern __shared__ float sh[]; // [DEC_WARPS][G][hd] acc, then [DEC_WARPS][G] max, [DEC_WARPS][G] sum
     const int i = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
@@ -131,8 +131,8 @@ __global__ void decode_gqa_kernel(float *out, const float *q, const float *kc, c
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             const int d = lane + 32 * e;
-            kr[e] = d < hd ? kc[off + d] : 0.f;
-            vr[e] = d < hd ? vc[off + d] : 0.f;
+            kr[e] = d < hd ? kv_load(kc, off + d) : 0.f;
+            vr[e] = d < hd ? kv_load(vc, off + d) : 0.f;
         }
 #pragma unroll
         for (int g = 0; g < G; ++g) {
@@ -188,8 +188,8 @@ __global__ void decode_gqa_kernel(float *out, const float *q, const float *kc, c
 }
 
 // The GQA decode kernel for this head size and group, when one is instantiated (groups 2, 4, 8; head_dim <= 128).
-template <int VEC>
-static bool launch_decode_gqa(float *out, const float *q, const float *kc, const float *vc, float *scratch,
+template <int VEC, typename KV>
+static bool launch_decode_gqa(float *out, const float *q, const KV *kc, const KV *vc, float *scratch,
                               const TlAttnMeta &m, int nh, int nkv, int hd, float scale, cudaStream_t st) {
     if constexpr (VEC > 4) {
         return false;
@@ -198,9 +198,9 @@ static bool launch_decode_gqa(float *out, const float *q, const float *kc, const
         const dim3 grid(m.n_dec, nkv, m.dec_splits);
         const size_t smem = (DEC_WARPS * g * hd + 2 * DEC_WARPS * g) * sizeof(float);
         switch (g) {
-        case 2: decode_gqa_kernel<VEC, 2><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale); return true;
-        case 4: decode_gqa_kernel<VEC, 4><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale); return true;
-        case 8: decode_gqa_kernel<VEC, 8><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale); return true;
+        case 2: decode_gqa_kernel<VEC, 2, KV><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale); return true;
+        case 4: decode_gqa_kernel<VEC, 4, KV><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale); return true;
+        case 8: decode_gqa_kernel<VEC, 8, KV><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale); return true;
         default: return false;
         }
     }
@@ -229,8 +229,8 @@ __global__ void decode_combine_kernel(float *out, const float *scratch, TlAttnMe
 }
 
 // grid (n_tiles, nh), PF_WARPS warps. Shared: q [PF_ROWS][hd], k [PF_KEYS][hd + 1], v [PF_KEYS][hd].
-template <int VEC>
-__global__ void prefill_kernel(float *out, const float *q, const float *kc, const float *vc, TlAttnMeta m,
+template <int VEC, typename KV>
+__global__ void prefill_kernel(float *out, const float *q, const KV *kc, const KV *vc, TlAttnMeta m,
                                int nh, int nkv, int hd, float scale) {
     extern __shared__ float sh[];
     constexpr int RPW = PF_ROWS / PF_WARPS;
@@ -263,8 +263,8 @@ __global__ void prefill_kernel(float *out, const float *q, const float *kc, cons
             float kv = 0.f, vv = 0.f;
             if (key < max_vis) {
                 const int64_t off = (slot_of(bt, key, m.block_size) * nkv + kvh) * hd + d;
-                kv = kc[off];
-                vv = vc[off];
+                kv = kv_load(kc, off);
+                vv = kv_load(vc, off);
             }
             ks[j * (hd + 1) + d] = kv;
             vs[j * hd + d] = vv;
@@ -339,8 +339,9 @@ static size_t prefill_tc_smem(int hd) {
            TC_WARPS * 16 * TC_LDS * sizeof(__nv_bfloat16) + TC_WARPS * 16 * ldo * sizeof(float) + 2 * TC_ROWS * sizeof(float);
 }
 
-__global__ void __launch_bounds__(TC_WARPS * 32) prefill_tc_kernel(float *out, const float *q, const float *kc,
-                                                                   const float *vc, TlAttnMeta m, int nh, int nkv,
+template <typename KV>
+__global__ void __launch_bounds__(TC_WARPS * 32) prefill_tc_kernel(float *out, const float *q, const KV *kc,
+                                                                   const KV *vc, TlAttnMeta m, int nh, int nkv,
                                                                    int hd, float scale) {
     using namespace nvcuda;
     extern __shared__ __align__(128) unsigned char tc_sh[];
@@ -386,8 +387,8 @@ __global__ void __launch_bounds__(TC_WARPS * 32) prefill_tc_kernel(float *out, c
             float kv = 0.f, vv = 0.f;
             if (key < max_vis) {
                 const int64_t off = (slot_of(bt, key, m.block_size) * nkv + kvh) * hd + d;
-                kv = kc[off];
-                vv = vc[off];
+                kv = kv_load(kc, off);
+                vv = kv_load(vc, off);
             }
             ks[j * ldq + d] = __float2bfloat16(kv);
             vs[j * ldq + d] = __float2bfloat16(vv);
@@ -452,50 +453,61 @@ __global__ void __launch_bounds__(TC_WARPS * 32) prefill_tc_kernel(float *out, c
     }
 }
 
-template <int VEC>
-static int launch(float *out, const float *q, const float *kc, const float *vc, float *scratch, const TlAttnMeta &m,
+template <int VEC, typename KV>
+static int launch(float *out, const float *q, const KV *kc, const KV *vc, float *scratch, const TlAttnMeta &m,
                   int nh, int nkv, int hd, cudaStream_t st) {
     const float scale = 1.f / sqrtf(static_cast<float>(hd));
     if (m.n_dec > 0) {
-        if (!launch_decode_gqa<VEC>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale, st)) {
+        if (!launch_decode_gqa<VEC, KV>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale, st)) {
             dim3 grid(m.n_dec, nh, m.dec_splits);
             const size_t smem = (DEC_WARPS * hd + 2 * DEC_WARPS) * sizeof(float);
-            decode_kernel<VEC><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale);
+            decode_kernel<VEC, KV><<<grid, DEC_WARPS * 32, smem, st>>>(out, q, kc, vc, scratch, m, nh, nkv, hd, scale);
         }
         if (m.dec_splits > 1) decode_combine_kernel<<<dim3(m.n_dec, nh), 128, 0, st>>>(out, scratch, m, nh, hd, m.dec_splits);
     }
     if (m.n_tiles > 0 && m.tile_rows == TC_ROWS) {
         const size_t smem = prefill_tc_smem(hd);
-        cudaError_t e = cudaFuncSetAttribute(prefill_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        cudaError_t e = cudaFuncSetAttribute(prefill_tc_kernel<KV>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
         if (e != cudaSuccess) return static_cast<int>(e);
-        prefill_tc_kernel<<<dim3(m.n_tiles, nh), TC_WARPS * 32, smem, st>>>(out, q, kc, vc, m, nh, nkv, hd, scale);
+        prefill_tc_kernel<KV><<<dim3(m.n_tiles, nh), TC_WARPS * 32, smem, st>>>(out, q, kc, vc, m, nh, nkv, hd, scale);
     } else if (m.n_tiles > 0) {
         const size_t smem = (PF_ROWS * hd + PF_KEYS * (hd + 1) + PF_KEYS * hd) * sizeof(float);
         if (smem > 48 * 1024) {
-            cudaError_t e = cudaFuncSetAttribute(prefill_kernel<VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+            cudaError_t e = cudaFuncSetAttribute(prefill_kernel<VEC, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
             if (e != cudaSuccess) return static_cast<int>(e);
         }
-        prefill_kernel<VEC><<<dim3(m.n_tiles, nh), PF_WARPS * 32, smem, st>>>(out, q, kc, vc, m, nh, nkv, hd, scale);
+        prefill_kernel<VEC, KV><<<dim3(m.n_tiles, nh), PF_WARPS * 32, smem, st>>>(out, q, kc, vc, m, nh, nkv, hd, scale);
     }
     return tl_launch_status();
 }
 
-extern "C" int tl_paged_attention(float *out, const float *q, const float *k_cache, const float *v_cache, float *scratch,
-                                  const TlAttnMeta *meta, int nh, int nkv, int hd, void *stream) {
+template <typename KV>
+static int dispatch(float *out, const float *q, const KV *kc, const KV *vc, float *scratch, const TlAttnMeta &m, int nh,
+                    int nkv, int hd, cudaStream_t st) {
+    switch ((hd + 31) / 32) {
+    case 1: return launch<1, KV>(out, q, kc, vc, scratch, m, nh, nkv, hd, st);
+    case 2: return launch<2, KV>(out, q, kc, vc, scratch, m, nh, nkv, hd, st);
+    case 3: return launch<3, KV>(out, q, kc, vc, scratch, m, nh, nkv, hd, st);
+    case 4: return launch<4, KV>(out, q, kc, vc, scratch, m, nh, nkv, hd, st);
+    case 5: return launch<5, KV>(out, q, kc, vc, scratch, m, nh, nkv, hd, st);
+    case 6: return launch<6, KV>(out, q, kc, vc, scratch, m, nh, nkv, hd, st);
+    case 7: return launch<7, KV>(out, q, kc, vc, scratch, m, nh, nkv, hd, st);
+    default: return launch<8, KV>(out, q, kc, vc, scratch, m, nh, nkv, hd, st);
+    }
+}
+
+extern "C" int tl_paged_attention(float *out, const float *q, const void *k_cache, const void *v_cache, float *scratch,
+                                  const TlAttnMeta *meta, int nh, int nkv, int hd, int kv_bf16, void *stream) {
     if (!meta || nh <= 0 || nkv <= 0 || nh % nkv != 0 || hd <= 0 || hd > TL_MAX_HEAD_DIM || meta->dec_splits < 1 || meta->block_size <= 0)
         return TL_ERR_ARGS;
     if (meta->n_tiles > 0 && !(meta->tile_rows == PF_ROWS || (meta->tile_rows == TC_ROWS && hd % 16 == 0)))
         return TL_ERR_ARGS;
     const TlAttnMeta m = *meta;
     cudaStream_t st = TL_STREAM(stream);
-    switch ((hd + 31) / 32) {
-    case 1: return launch<1>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
-    case 2: return launch<2>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
-    case 3: return launch<3>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
-    case 4: return launch<4>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
-    case 5: return launch<5>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
-    case 6: return launch<6>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
-    case 7: return launch<7>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
-    default: return launch<8>(out, q, k_cache, v_cache, scratch, m, nh, nkv, hd, st);
+    if (kv_bf16) {
+        return dispatch(out, q, static_cast<const __nv_bfloat16 *>(k_cache), static_cast<const __nv_bfloat16 *>(v_cache),
+                        scratch, m, nh, nkv, hd, st);
     }
+    return dispatch(out, q, static_cast<const float *>(k_cache), static_cast<const float *>(v_cache), scratch, m, nh, nkv,
+                    hd, st);
 }

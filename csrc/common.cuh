@@ -32,3 +32,9 @@ __device__ __forceinline__ float block_sum(float v, float *sh) {
     v = lane < nw ? sh[lane] : 0.f;
     return warp_sum(v);
 }
+
+// K/V cache values: f32, or bf16 (round to nearest even when stored, as the CPU twin's half::bf16::from_f32).
+__device__ __forceinline__ float kv_load(const float *p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float kv_load(const __nv_bfloat16 *p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void kv_store(float *p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void kv_store(__nv_bfloat16 *p, int64_t i, float v) { p[i] = __float2bfloat16(v); }

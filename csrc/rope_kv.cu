@@ -1,9 +1,11 @@
 // rope_kv.cu: split-halves RoPE on q and k fused with the write of k and v into the paged KV cache.
-// CPU twin: CpuBackend::rope_write_kv (same f32 angle computation, accurate sincosf).
+// CPU twin: CpuBackend::rope_write_kv (same f32 angle computation, accurate sincosf; a bf16 cache rounds to
+// nearest even on both).
 #include "common.cuh"
 
-// One block per token: rotate q heads, rotate k heads and store them, copy v.
-__global__ void rope_write_kv_kernel(float *q, float *k, const float *v, float *k_cache, float *v_cache,
+// One block per token: rotate q heads, rotate k heads and store them, copy v (as KV: f32 or bf16).
+template <typename KV>
+__global__ void rope_write_kv_kernel(float *q, float *k, const float *v, KV *k_cache, KV *v_cache,
                                      const int32_t *positions, const int32_t *slots, int nh, int nkv, int hd,
                                      float theta, float rope_scale) {
     const int64_t t = blockIdx.x;
@@ -29,19 +31,27 @@ __global__ void rope_write_kv_kernel(float *q, float *k, const float *v, float *
             const float ra = a * c - b * s, rb = b * c + a * s;
             x[i] = ra;
             x[i + half] = rb;
-            float *dst = k_cache + slot * kw + kh * hd;
-            dst[i] = ra;
-            dst[i + half] = rb;
+            KV *dst = k_cache + slot * kw + kh * hd;
+            kv_store(dst, i, ra);
+            kv_store(dst, i + half, rb);
         }
     }
-    for (int j = threadIdx.x; j < kw; j += blockDim.x) v_cache[slot * kw + j] = v[t * kw + j];
+    for (int j = threadIdx.x; j < kw; j += blockDim.x) kv_store(v_cache, slot * kw + j, v[t * kw + j]);
 }
 
-extern "C" int tl_rope_write_kv(float *q, float *k, const float *v, float *k_cache, float *v_cache,
+extern "C" int tl_rope_write_kv(float *q, float *k, const float *v, void *k_cache, void *v_cache,
                                 const int32_t *positions, const int32_t *slots, int n, int nh, int nkv, int hd,
-                                float theta, float rope_scale, void *stream) {
+                                float theta, float rope_scale, int kv_bf16, void *stream) {
     if (n == 0) return 0;
     if (n < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || hd % 2 != 0) return TL_ERR_ARGS;
-    rope_write_kv_kernel<<<n, 256, 0, TL_STREAM(stream)>>>(q, k, v, k_cache, v_cache, positions, slots, nh, nkv, hd, theta, rope_scale);
+    if (kv_bf16) {
+        rope_write_kv_kernel<<<n, 256, 0, TL_STREAM(stream)>>>(q, k, v, static_cast<__nv_bfloat16 *>(k_cache),
+                                                               static_cast<__nv_bfloat16 *>(v_cache), positions, slots,
+                                                               nh, nkv, hd, theta, rope_scale);
+    } else {
+        rope_write_kv_kernel<<<n, 256, 0, TL_STREAM(stream)>>>(q, k, v, static_cast<float *>(k_cache),
+                                                               static_cast<float *>(v_cache), positions, slots, nh,
+                                                               nkv, hd, theta, rope_scale);
+    }
     return tl_launch_status();
 }

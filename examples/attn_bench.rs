@@ -34,7 +34,7 @@ fn step(seqs: usize, ctx: usize, new: usize) -> StepMeta {
 }
 
 fn main() {
-    let d = AttnDims { n_heads: 32, n_kv_heads: 4, head_dim: 64, rope_theta: 10000.0, rope_scale: 1.0 };
+    let d = AttnDims { n_heads: 32, n_kv_heads: 4, head_dim: 64, rope_theta: 10000.0, rope_scale: 1.0, kv_bf16: false };
     let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     let mut cases: Vec<(String, StepMeta)> = Vec::new();
     let args: Vec<String> = std::env::args().skip(1).collect();

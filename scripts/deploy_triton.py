@@ -123,6 +123,13 @@ def parse_args(argv=None):
     p.add_argument("--num_blocks", type=int, default=None, help="KV-cache blocks (overrides --kv_cache_bytes sizing)")
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
     p.add_argument(
+        "--kv_cache_dtype",
+        choices=["auto", "f32", "bf16"],
+        default="auto",
+        help="KV cache: auto (bf16 on cuda: twice the tokens per GB; f32 on cpu), f32 or bf16 (on cpu the values are "
+        "rounded to bf16, the cuda cache's twin)",
+    )
+    p.add_argument(
         "--step_timeout_s",
         type=float,
         default=None,
@@ -303,6 +310,7 @@ def write_repository(a):
         "max_batched_tokens": a.max_batched_tokens or "",
         "mixed_prefill_tokens": a.mixed_prefill_tokens or "",
         "weight_dtype": "" if a.weight_dtype == "auto" else a.weight_dtype,
+        "kv_cache_dtype": "" if a.kv_cache_dtype == "auto" else a.kv_cache_dtype,
         "step_timeout_s": "" if a.step_timeout_s is None else a.step_timeout_s,
     }
     if a.triton_model_repository is not None:  # listed first, so a run that fails half-way still owns them

@@ -2,7 +2,7 @@
 //! `--help`; the options, their defaults and their spellings are those of the hand parser this replaced.
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
-use triton_llama::backend::WeightFormat;
+use triton_llama::backend::{KvDtype, WeightFormat};
 use triton_llama::guided::Guide;
 use triton_llama::sampling::SamplingParams;
 
@@ -248,6 +248,10 @@ pub struct EngineOpts {
     pub tp: usize,
     #[arg(long, default_value = "auto", value_parser = parse_weights, help = WEIGHTS_HELP)]
     pub weights: WeightFormat,
+    /// KV cache: auto (bf16 on CUDA, f32 on the CPU), f32 or bf16 (on the CPU values rounded to bf16, the CUDA
+    /// cache's twin)
+    #[arg(long, default_value = "auto", value_parser = |s: &str| KvDtype::parse(s).map_err(|e| e.to_string()))]
+    pub kv_cache_dtype: KvDtype,
 }
 
 /// The sampling options of `generate` and `chat`.

@@ -131,7 +131,14 @@ fn engine_config(o: &EngineOpts) -> Result<EngineConfig> {
             (Device::Cuda { kv_fraction: 0.9, gpu_ids: gpu_ids.clone() }, gpu_ids.len())
         }
     };
-    Ok(EngineConfig { device, tp, max_num_seqs: 1, weights: o.weights, ..Default::default() })
+    Ok(EngineConfig {
+        device,
+        tp,
+        max_num_seqs: 1,
+        weights: o.weights,
+        kv_cache_dtype: o.kv_cache_dtype,
+        ..Default::default()
+    })
 }
 
 /// One prompt from the command line, as a frontend hands it to `Engine::prepare` (which adds the default and

@@ -83,7 +83,14 @@ fn case(hd: usize, group: usize, shapes: &[(usize, usize)]) -> f32 {
     }
     let slots = next as usize * bs;
     let nkv = 1;
-    let d = AttnDims { n_heads: nkv * group, n_kv_heads: nkv, head_dim: hd, rope_theta: 1e4, rope_scale: 1.0 };
+    let d = AttnDims {
+        n_heads: nkv * group,
+        n_kv_heads: nkv,
+        head_dim: hd,
+        rope_theta: 1e4,
+        rope_scale: 1.0,
+        kv_bf16: false,
+    };
     let (n, qw, kw) = (meta.positions.len(), d.n_heads * hd, nkv * hd);
     let (q, k, v) = (rand_vec(1, n * qw), rand_vec(2, slots * kw), rand_vec(3, slots * kw));
     let mut want = vec![0f32; n * qw];

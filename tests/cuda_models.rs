@@ -12,8 +12,8 @@
 #![cfg(feature = "cuda")]
 use std::io::Write;
 use std::sync::Arc;
-use triton_llama::backend::WeightFormat;
 use triton_llama::backend::cuda::device_count;
+use triton_llama::backend::{KvDtype, Precision, WeightFormat};
 use triton_llama::engine::runner::{KvPlan, Runner, StepInput};
 use triton_llama::loader;
 use triton_llama::sampling::argmax;
@@ -88,7 +88,9 @@ fn compare(ckpt: &str, model: &str, gpu_ids: &[usize]) {
     let vocab = src.config().vocab_size;
     let kv = KvPlan { num_blocks: 64, block_size: bs };
     let exact = Runner::start_cpu(src.clone(), gpu_ids.len(), kv).unwrap();
-    let twin = Runner::start_cpu_with(src.clone(), gpu_ids.len(), kv, WeightFormat::Bf16).unwrap();
+    // The GPU's arithmetic on the CPU: bf16 weights and GEMM inputs, and the bf16 KV cache CUDA defaults to.
+    let twin_precision = Precision { weights: WeightFormat::Bf16, kv: KvDtype::Bf16 };
+    let twin = Runner::start_cpu_with(src.clone(), gpu_ids.len(), kv, twin_precision).unwrap();
     let gpu = Runner::start_cuda(src, gpu_ids, bs, 0.5, Some(64)).unwrap();
     assert_eq!(gpu.num_blocks, 64, "KV blocks capped at 64");
     let seqs = prompts(model);
@@ -324,7 +326,7 @@ fn returned_logits_on_gpu_match_the_cpu_rows() {
     let device = Device::Cuda { gpu_ids: vec![0], kv_fraction: 0.5 };
     let ecfg = EngineConfig { device, num_blocks: Some(64), ..Default::default() };
     let mut gpu = Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap();
-    let cpu_cfg = EngineConfig { weights: WeightFormat::Bf16, ..Default::default() };
+    let cpu_cfg = EngineConfig { weights: WeightFormat::Bf16, kv_cache_dtype: KvDtype::Bf16, ..Default::default() };
     let mut cpu = Engine::new(loader::open(&fixture(ckpt)).unwrap(), cpu_cfg).unwrap();
     let w = gpu.logits_width();
     let mut worst = 0f32;
@@ -377,7 +379,8 @@ fn fp8_fixture_models_on_one_gpu_match_the_cpu_twin() {
             (Ok(_), false) => panic!("{model}: fp8 weights loaded on a GPU without FP8"),
             (Err(e), true) => panic!("{model}: fp8 weights on an FP8 GPU: {e}"),
         };
-        let twin = Runner::start_cpu_with(src, 1, kv, WeightFormat::Fp8).unwrap();
+        let twin =
+            Runner::start_cpu_with(src, 1, kv, Precision { weights: WeightFormat::Fp8, kv: KvDtype::Bf16 }).unwrap();
         let seqs = prompts(model);
         let step = || {
             let mut st = StepInput::default();

@@ -9,6 +9,7 @@
 mod common;
 use common::*;
 use std::collections::HashMap;
+use triton_llama::backend::KvDtype;
 use triton_llama::engine::{Engine, EngineConfig, Output, Request};
 use triton_llama::loader;
 use triton_llama::sampling::SamplingParams;
@@ -16,9 +17,15 @@ use triton_llama::sampling::SamplingParams;
 /// Per request: (tokens, log-probs).
 type Outs = HashMap<u64, (Vec<u32>, Vec<f32>)>;
 
-fn engine(ckpt: &str, tp: usize, block_size: usize, cache: bool) -> Engine {
-    let ecfg =
-        EngineConfig { tp, block_size, num_blocks: Some(256), enable_prefix_caching: cache, ..Default::default() };
+fn engine(ckpt: &str, tp: usize, block_size: usize, cache: bool, kv_cache_dtype: KvDtype) -> Engine {
+    let ecfg = EngineConfig {
+        tp,
+        block_size,
+        num_blocks: Some(256),
+        enable_prefix_caching: cache,
+        kv_cache_dtype,
+        ..Default::default()
+    };
     Engine::new(loader::open(&fixture(ckpt)).unwrap(), ecfg).unwrap()
 }
 
@@ -62,8 +69,8 @@ fn tokens(seed: u64, n: usize) -> Vec<u32> {
         .collect()
 }
 
-fn check(ckpt: &str, tp: usize, bs: usize) {
-    let (mut on, mut off) = (engine(ckpt, tp, bs, true), engine(ckpt, tp, bs, false));
+fn check(ckpt: &str, tp: usize, bs: usize, kv: KvDtype) {
+    let (mut on, mut off) = (engine(ckpt, tp, bs, true, kv), engine(ckpt, tp, bs, false, kv));
     let mut id = 0;
     for (k, shared) in [0, 1, bs - 1, bs, bs + 1, 6 * bs + 3].into_iter().enumerate() {
         for concurrent in [false, true] {
@@ -90,12 +97,19 @@ fn check(ckpt: &str, tp: usize, bs: usize) {
 
 #[test]
 fn cached_prefixes_give_identical_tokens_and_logprobs_tp1() {
-    check("models/mha_f32/hf", 1, 16);
+    check("models/mha_f32/hf", 1, 16, KvDtype::Auto);
+}
+
+/// A bf16 KV cache (the CUDA default; on the CPU its twin) rounds each value once as it is written, so cached
+/// blocks are still the recomputed ones bit for bit.
+#[test]
+fn cached_prefixes_give_identical_tokens_and_logprobs_with_a_bf16_kv_cache() {
+    check("models/gqa_bf16/hf", 1, 16, KvDtype::Bf16);
 }
 
 #[test]
 fn cached_prefixes_give_identical_tokens_and_logprobs_tp2_small_blocks() {
-    check("models/gqa_bf16/hf", 2, 4);
+    check("models/gqa_bf16/hf", 2, 4, KvDtype::Auto);
 }
 
 /// The chat pattern: turn 2 re-sends turn 1 and its answer; it hits the blocks of both, and a follow-up
@@ -105,7 +119,7 @@ fn second_turn_reuses_the_first_turns_prompt_and_answer() {
     let c = &golden("gqa_bf16")[0];
     let mut outs = Vec::new();
     for cache in [true, false] {
-        let mut e = engine("models/gqa_bf16/hf", 1, 4, cache);
+        let mut e = engine("models/gqa_bf16/hf", 1, 4, cache, KvDtype::Auto);
         let mut out = Outs::new();
         e.add_request(req(1, c.input_ids.clone())).unwrap();
         e.run_to_completion(|o| collect(&mut out, o)).unwrap();

@@ -248,3 +248,37 @@ fn fp8_on_the_cpu_engine_is_refused_by_name() {
         .unwrap();
     assert!(err.to_string().contains("compute capability 8.9"), "{err}");
 }
+
+/// A bf16 KV cache (`kv_cache_dtype bf16`, the CUDA default; on the CPU its twin: each K and V value rounded to
+/// bf16 as it is written) against the f32 cache, both with exact f32 weights, over the four 64-token sequences.
+/// Rounding moves each K and V value by at most 2^-9 of itself, where llama.cpp's q8_0 (the independent numpy
+/// reference of q8_0_drift.json) moves every weight and every matmul input by about 0.5 % rms: the bound is a
+/// third of q8_0's drift (the fixtures measure a seventh to a sixth), and the argmax agreement at least 62 of 64.
+#[test]
+fn bf16_kv_cache_drift_is_a_fraction_of_q8_0s() {
+    use triton_llama::backend::{KvDtype, Precision};
+    for model in ["gqa_bf16", "mha_f32"] {
+        let seqs = sequences(model);
+        let q8: Value =
+            serde_json::from_slice(&std::fs::read(fixture(&format!("models/{model}/q8_0_drift.json"))).unwrap())
+                .unwrap();
+        let (q8_max, q8_rms) = (q8["max_abs_over_std"].as_f64().unwrap(), q8["rms_over_std"].as_f64().unwrap());
+        let ckpt = format!("models/{model}/hf");
+        let logits = |p: Precision| -> Vec<Vec<f32>> {
+            let src = loader::open(&fixture(&ckpt)).unwrap();
+            let r = Runner::start_cpu_with(Arc::from(src), 1, KvPlan { num_blocks: 64, block_size: 4 }, p).unwrap();
+            seqs.iter().map(|ids| prompt_logits(&r, ids)).collect()
+        };
+        let exact = logits(WeightFormat::AsLoaded.into());
+        let kv = logits(Precision { weights: WeightFormat::AsLoaded, kv: KvDtype::Bf16 });
+        let vocab = exact[0].len() / seqs[0].len();
+        let ds: Vec<Drift> = exact.iter().zip(&kv).map(|(e, g)| drift(e, g, vocab)).collect();
+        let m = |f: fn(&Drift) -> f64| ds.iter().map(f).sum::<f64>() / ds.len() as f64;
+        let (max, rms, agree) = (m(|d| d.max_abs_over_std), m(|d| d.rms_over_std), m(|d| d.argmax_agreement));
+        eprintln!("{model}: bf16 KV against f32 KV: max-abs/std {max:.4}, rms/std {rms:.5}, argmax {agree:.4}");
+        assert!(max > 0.0, "{model}: the bf16 cache changed nothing");
+        assert!(max <= q8_max / 3.0, "{model}: bf16 KV max-abs/std {max} above a third of q8_0's {q8_max}");
+        assert!(rms <= q8_rms / 3.0, "{model}: bf16 KV rms/std {rms} above a third of q8_0's {q8_rms}");
+        assert!(agree >= 62.0 / 64.0, "{model}: bf16 KV argmax agreement {agree}");
+    }
+}

@@ -408,7 +408,14 @@ mod tests {
     #[test]
     fn matches_the_plain_definition_on_odd_sizes() {
         for (hd, nh, nkv) in [(20, 6, 2), (72, 2, 2), (16, 4, 1), (64, 10, 2), (32, 8, 1)] {
-            let d = AttnDims { n_heads: nh, n_kv_heads: nkv, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0 };
+            let d = AttnDims {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                rope_theta: 10000.0,
+                rope_scale: 1.0,
+                kv_bf16: false,
+            };
             let kw = nkv * hd;
             let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 1.7;
             // (new tokens, context): a 7-token chunk after 9 cached positions, one decode row at position 23,

@@ -139,6 +139,62 @@ pub struct AttnDims {
     pub rope_theta: f32,
     /// Positions are divided by this before RoPE (linear scaling; 1.0 = none).
     pub rope_scale: f32,
+    /// The KV cache holds bf16 (`KvDtype::Bf16`): `rope_write_kv` rounds K and V to bf16 as it writes them (the
+    /// CUDA backend stores two bytes per value, the CPU keeps the rounded values in f32: its twin).
+    pub kv_bf16: bool,
+}
+
+/// How a model is held: its matmul weights and its KV cache. A `WeightFormat` alone means `KvDtype::Auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Precision {
+    pub weights: WeightFormat,
+    pub kv: KvDtype,
+}
+
+impl From<WeightFormat> for Precision {
+    fn from(weights: WeightFormat) -> Precision {
+        Precision { weights, kv: KvDtype::Auto }
+    }
+}
+
+/// How the KV cache holds K and V (`kv_cache_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    /// bf16 on CUDA (half the bytes of f32: twice the tokens per GB), f32 on the CPU (what its golden tests need).
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl KvDtype {
+    /// `auto`, `f32` or `bf16`; `fp8` is refused by name (not implemented).
+    pub fn parse(s: &str) -> Result<KvDtype> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(KvDtype::Auto),
+            "f32" | "float32" => Ok(KvDtype::F32),
+            "bf16" | "bfloat16" => Ok(KvDtype::Bf16),
+            "fp8" | "fp8_e4m3" => Err(Error::Config(
+                "kv_cache_dtype fp8 is not implemented yet: use auto (bf16 on CUDA), bf16 or f32".into(),
+            )),
+            o => Err(Error::Config(format!("kv_cache_dtype must be auto, f32 or bf16, got `{o}`"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::Auto => "auto",
+            KvDtype::F32 => "f32",
+            KvDtype::Bf16 => "bf16",
+        }
+    }
+    /// Whether the cache holds bf16 on a backend whose default is `bf16_by_default`.
+    pub fn is_bf16(self, bf16_by_default: bool) -> bool {
+        match self {
+            KvDtype::Auto => bf16_by_default,
+            KvDtype::F32 => false,
+            KvDtype::Bf16 => true,
+        }
+    }
 }
 
 /// How matmul weights are held on the device.
@@ -231,6 +287,21 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_matmul(&self, t: Tensor, fmt: WeightFormat) -> Result<Self::Weight>;
     /// A zeroed f32 buffer of `n` elements.
     fn alloc(&self, n: usize) -> Result<Self::Buf>;
+    /// Whether `KvDtype::Auto` means bf16 here (CUDA) rather than f32 (the CPU).
+    fn kv_bf16_by_default(&self) -> bool {
+        false
+    }
+    /// Bytes one K or V value takes in a cache of `d` (`alloc_kv`): 4, or 2 where bf16 is stored in two bytes.
+    fn kv_value_bytes(&self, d: AttnDims) -> usize {
+        let _ = d;
+        4
+    }
+    /// A zeroed K or V cache of `n` values for the attention geometry `d` (`d.kv_bf16`: stored as the backend
+    /// stores bf16).
+    fn alloc_kv(&self, n: usize, d: AttnDims) -> Result<Self::Buf> {
+        let _ = d;
+        self.alloc(n)
+    }
     /// Copies `src` into the start of `dst`.
     fn write(&self, dst: &mut Self::Buf, src: &[f32]) -> Result<()>;
     /// Copies the first `n` elements of `src` to the host.

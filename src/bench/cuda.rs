@@ -54,6 +54,8 @@ pub struct CudaBenchReport {
     /// How the matmul weights were held (`WeightFormat::name`: bf16, fp8).
     pub weights: String,
     pub num_layers: usize,
+    /// The KV cache's dtype (`bf16`, CUDA's default, or `f32`).
+    pub kv_cache: String,
     pub model_params: usize,
     pub weight_bytes: u64,
     pub load_s: f64,
@@ -134,7 +136,7 @@ pub struct ContextPoint {
     /// `None` with `skipped` when its KV blocks do not fit beside the weights.
     pub ms_per_step: Option<f64>,
     pub tok_s: Option<f64>,
-    /// Weight bytes plus the f32 K and V rows the step's attention reads, per step.
+    /// Weight bytes plus the K and V rows (bf16 or f32, the report's `kv_cache`) the step's attention reads, per step.
     pub bytes_per_step: u64,
     /// (bytes per step / step time) over the copy's read+write traffic.
     pub fraction_of_copy: Option<f64>,
@@ -158,7 +160,8 @@ fn attention_point(gpu: usize) -> Result<AttentionPoint> {
     use crate::backend::{AttnDims, Backend, SeqMeta, StepMeta};
     let (n, nh, hd, bs) = (4096usize, 32usize, 128usize, 16usize);
     let b = CudaBackend::new(gpu)?;
-    let d = AttnDims { n_heads: nh, n_kv_heads: nh, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0 };
+    let d =
+        AttnDims { n_heads: nh, n_kv_heads: nh, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0, kv_bf16: false };
     let meta = StepMeta {
         positions: (0..n as u32).collect(),
         slots: (0..n as u32).collect(),
@@ -240,7 +243,8 @@ pub fn run(
         .map(|&b| decode_point(&runner, b, decode_steps, decode_ctx, bs, vocab, weight_bytes - emb_bytes))
         .collect::<Result<Vec<_>>>()?;
     // Every projection once per prompt token; the LM head runs for the last token only.
-    let kv_token_bytes = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4) as u64;
+    let kv_value_bytes = if runner.kv_bf16 { 2 } else { 4 };
+    let kv_token_bytes = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * kv_value_bytes) as u64;
     let fastest = copies.iter().map(|c| c.traffic_gbps).fold(0f64, f64::max);
     let mut decode_at_context = Vec::new();
     for &ctx in contexts {
@@ -289,6 +293,7 @@ pub fn run(
         device,
         weights: fmt.name().into(),
         num_layers: cfg.num_layers,
+        kv_cache: if runner.kv_bf16 { "bf16" } else { "f32" }.into(),
         model_params: cfg.num_params(),
         weight_bytes,
         load_s,
@@ -302,8 +307,8 @@ pub fn run(
         prefill,
         notes: vec![
             "decode and prefill steps include host scheduling-free overhead: metadata upload, logits read-back".into(),
-            "KV cache and activations are f32; no CUDA graphs; prompt attention on tensor cores (bf16 mma) unless \
-             TL_PREFILL_ATTENTION=f32"
+            "activations are f32, the KV cache bf16; no CUDA graphs; prompt attention on tensor cores (bf16 mma) \
+             unless TL_PREFILL_ATTENTION=f32"
                 .into(),
             "fp8: activations quantized per token by a kernel of their own before each GEMM; the scales applied by \
              a kernel after cuBLASLt's"

@@ -54,6 +54,8 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// How the matmul weights are held (as loaded, or int8 quantized at load).
     pub weights: crate::backend::WeightFormat,
+    /// How the KV cache holds K and V (`auto`: bf16 on CUDA, f32 on the CPU).
+    pub kv_cache_dtype: crate::backend::KvDtype,
     /// A step that takes longer means a stuck tensor-parallel rank: its requests fail and the engine stops
     /// ([`Error::EngineStopped`]). None: no limit.
     pub step_timeout: Option<std::time::Duration>,
@@ -73,6 +75,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             enable_prefix_caching: true,
             weights: Default::default(),
+            kv_cache_dtype: Default::default(),
             step_timeout: None,
         }
     }
@@ -100,7 +103,7 @@ fn start_cuda(
     block_size: usize,
     kv_fraction: f64,
     max_blocks: Option<usize>,
-    fmt: crate::backend::WeightFormat,
+    fmt: crate::backend::Precision,
 ) -> Result<Runner> {
     Runner::start_cuda_with(src, gpu_ids, block_size, kv_fraction, max_blocks, fmt)
 }
@@ -112,7 +115,7 @@ fn start_cuda(
     _: usize,
     _: f64,
     _: Option<usize>,
-    _: crate::backend::WeightFormat,
+    _: crate::backend::Precision,
 ) -> Result<Runner> {
     Err(Error::UnsupportedFormat {
         path: src.path().into(),
@@ -298,6 +301,7 @@ impl Engine {
                 None
             }
         };
+        let precision = crate::backend::Precision { weights: ecfg.weights, kv: ecfg.kv_cache_dtype };
         let mut runner = match &ecfg.device {
             Device::Cpu => {
                 let bytes_per_block =
@@ -319,7 +323,7 @@ impl Engine {
                     return Err(Error::Config(FP8_ON_CPU.into()));
                 }
                 let plan = KvPlan { num_blocks, block_size: ecfg.block_size };
-                Runner::start_cpu_with(Arc::from(src), ecfg.tp, plan, ecfg.weights)?
+                Runner::start_cpu_with(Arc::from(src), ecfg.tp, plan, precision)?
             }
             Device::Cuda { gpu_ids, kv_fraction } => {
                 if gpu_ids.len() != ecfg.tp {
@@ -329,7 +333,7 @@ impl Engine {
                         ecfg.tp
                     )));
                 }
-                start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks, ecfg.weights)?
+                start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks, precision)?
             }
         };
         runner.set_step_timeout(ecfg.step_timeout);
@@ -337,7 +341,11 @@ impl Engine {
         if num_blocks == 0 {
             return Err(Error::Config("the KV cache holds no block".into()));
         }
-        log::info!("KV cache: {num_blocks} blocks of {} tokens per rank", ecfg.block_size);
+        log::info!(
+            "KV cache: {num_blocks} blocks of {} tokens per rank, {}",
+            ecfg.block_size,
+            if runner.kv_bf16 { "bf16" } else { "f32" }
+        );
         let step_cost = match (ecfg.mixed_prefill_tokens, &ecfg.device) {
             (None, Device::Cpu) => {
                 let (initial, min) = CPU_MIXED_PREFILL_TOKENS;

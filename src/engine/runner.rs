@@ -1,7 +1,7 @@
 //! Tensor-parallel execution: one thread per rank, each owning its weight shard and KV cache. Every step is
 //! sent to all ranks; rank 0 returns the sampled tokens (or, when asked, the logits).
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, SeqMeta, StepMeta, WeightFormat};
+use crate::backend::{Backend, Precision, SeqMeta, StepMeta, WeightFormat};
 use crate::comm::local::LocalComm;
 use crate::comm::{Communicator, GroupControl};
 use crate::loader::CheckpointSource;
@@ -67,6 +67,8 @@ pub struct Runner {
     threads: Vec<JoinHandle<()>>,
     pub num_blocks: usize,
     pub block_size: usize,
+    /// Whether the KV cache holds bf16 (`KvDtype`).
+    pub kv_bf16: bool,
     /// The ranks' group, where it can be aborted and reset (the in-process one; NCCL's cannot yet).
     control: Option<Arc<dyn GroupControl>>,
     /// A step that takes longer is a stuck rank: the group is aborted and the runner stops.
@@ -136,7 +138,12 @@ impl Runner {
     }
 
     /// `start_cpu` with the matmul weights held in `fmt` (e.g. int8, quantized at load).
-    pub fn start_cpu_with(src: Arc<dyn CheckpointSource>, tp: usize, kv: KvPlan, fmt: WeightFormat) -> Result<Runner> {
+    pub fn start_cpu_with(
+        src: Arc<dyn CheckpointSource>,
+        tp: usize,
+        kv: KvPlan,
+        fmt: impl Into<Precision>,
+    ) -> Result<Runner> {
         let ranks = LocalComm::group(tp).into_iter().map(|c| (CpuBackend, c)).collect();
         Self::spawn(src, ranks, KvSizing::Fixed(kv), fmt)
     }
@@ -159,7 +166,7 @@ impl Runner {
     #[cfg(feature = "cuda")]
     #[rustfmt::skip]
     pub fn start_cuda_with(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64,
-                           max_blocks: Option<usize>, fmt: WeightFormat) -> Result<Runner> {
+                           max_blocks: Option<usize>, fmt: impl Into<Precision>) -> Result<Runner> {
         use crate::backend::cuda::CudaBackend;
         use crate::comm::nccl::NcclComm;
         if gpu_ids.is_empty() || block_size == 0 {
@@ -204,13 +211,15 @@ impl Runner {
 
     #[rustfmt::skip]
     fn spawn<B: Backend, C: Communicator<B> + 'static>(src: Arc<dyn CheckpointSource>, ranks: Vec<(B, C)>,
-                                                       kv: KvSizing<B>, fmt: WeightFormat) -> Result<Runner> {
+                                                       kv: KvSizing<B>, fmt: impl Into<Precision>) -> Result<Runner> {
+        let fmt: Precision = fmt.into();
         let (res_tx, results) = channel();
         let (ready_tx, ready_rx) = channel::<Result<usize>>();
         let mut jobs = Vec::new();
         let mut threads = Vec::new();
         let n = ranks.len();
         let control = ranks.first().and_then(|(_, c)| c.control());
+        let kv_bf16 = ranks.first().is_some_and(|(b, _)| fmt.kv.is_bf16(b.kv_bf16_by_default()));
         for (backend, comm) in ranks {
             let (job_tx, job_rx) = channel::<Arc<StepInput>>();
             jobs.push(job_tx);
@@ -253,7 +262,8 @@ impl Runner {
             }
         }
         let stopped = Mutex::new(None);
-        let runner = Runner { jobs, results, threads, num_blocks, block_size, control, step_timeout: None, stopped };
+        let runner =
+            Runner { jobs, results, threads, num_blocks, block_size, kv_bf16, control, step_timeout: None, stopped };
         match first_err {
             Some(e) => Err(e), // dropping the runner stops the other ranks
             None => Ok(runner),
@@ -373,7 +383,7 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
     backend: B,
     comm: C,
     kv: KvSizing<B>,
-    fmt: WeightFormat,
+    fmt: Precision,
     jobs: Receiver<Arc<StepInput>>,
     results: Sender<(usize, Result<StepOutput>)>,
     ready: Sender<Result<usize>>,
@@ -389,7 +399,7 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
         KvSizing::Fixed(p) => setup.and_then(|m| Ok((m.new_kv_cache(p.num_blocks, p.block_size)?, m))),
         KvSizing::Sized { block_size, blocks_for, agree } => {
             let mine = setup.and_then(|m| {
-                let b = blocks_for(&m.backend, m.kv_floats_per_block(block_size) * 4)?;
+                let b = blocks_for(&m.backend, m.kv_bytes_per_block(block_size))?;
                 Ok((m, b))
             });
             // Every rank votes, even after a failed load, so no rank waits forever at the barrier.

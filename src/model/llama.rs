@@ -55,8 +55,16 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     /// table is rounded to bf16 too, as the CUDA backend and llama.cpp's bf16 files hold it. Under
     /// `WeightFormat::Fp8` the LM head and the embedding stay bf16 (as TensorRT-LLM's and vLLM's FP8 checkpoints
     /// keep them): the head is 3 % of a 70B model's bytes and its logits are what sampling reads.
-    pub fn load_with(src: &dyn CheckpointSource, backend: B, comm: C, fmt: WeightFormat) -> Result<Self> {
-        let fmt = fmt.resolve_for(src);
+    /// The KV cache holds what `precision.kv` says (`KvDtype::Auto`: the backend's default).
+    pub fn load_with(
+        src: &dyn CheckpointSource,
+        backend: B,
+        comm: C,
+        precision: impl Into<crate::backend::Precision>,
+    ) -> Result<Self> {
+        let precision = precision.into();
+        let fmt = precision.weights.resolve_for(src);
+        let kv_bf16 = precision.kv.is_bf16(backend.kv_bf16_by_default());
         let cfg = src.config().clone();
         let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
         ShardSpec::check(&cfg, shard.world)?;
@@ -97,14 +105,25 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             head_dim: cfg.head_dim,
             rope_theta: cfg.rope_theta,
             rope_scale: cfg.rope_scaling,
+            kv_bf16,
         };
         let ffn_local = cfg.intermediate_size / shard.world;
         Ok(Llama { cfg, shard, backend, comm, tok_emb, layers, final_norm, lm_head, dims, ffn_local })
     }
 
-    /// Floats one KV block takes on this rank, k and v together, all layers.
-    pub fn kv_floats_per_block(&self, block_size: usize) -> usize {
-        2 * self.cfg.num_layers * block_size * self.dims.n_kv_heads * self.dims.head_dim
+    /// Bytes one KV block takes on this rank, k and v together, all layers (2 per value for a bf16 cache on CUDA,
+    /// 4 otherwise).
+    pub fn kv_bytes_per_block(&self, block_size: usize) -> usize {
+        2 * self.cfg.num_layers
+            * block_size
+            * self.dims.n_kv_heads
+            * self.dims.head_dim
+            * self.backend.kv_value_bytes(self.dims)
+    }
+
+    /// Whether the KV cache holds bf16.
+    pub fn kv_bf16(&self) -> bool {
+        self.dims.kv_bf16
     }
 
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
@@ -112,8 +131,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         let mut k = Vec::with_capacity(self.cfg.num_layers);
         let mut v = Vec::with_capacity(self.cfg.num_layers);
         for _ in 0..self.cfg.num_layers {
-            k.push(self.backend.alloc(n)?);
-            v.push(self.backend.alloc(n)?);
+            k.push(self.backend.alloc_kv(n, self.dims)?);
+            v.push(self.backend.alloc_kv(n, self.dims)?);
         }
         Ok(KvCache { k, v, num_blocks, block_size })
     }

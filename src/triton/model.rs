@@ -2,14 +2,14 @@
 //! contradictions refused naming the field, and auto-complete of inputs/outputs when the config omits them.
 use super::interface::{INPUTS, Limits, OUTPUTS};
 use super::server::ServeSettings;
-use crate::backend::WeightFormat;
+use crate::backend::{KvDtype, WeightFormat};
 use crate::engine::{Device, EngineConfig};
 use crate::{Error, Result};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Every parameter key the backend reads (others are refused, to catch typos).
-pub const PARAMS: [&str; 22] = [
+pub const PARAMS: [&str; 23] = [
     "checkpoint",
     "device",
     "tensor_parallel_size",
@@ -31,6 +31,7 @@ pub const PARAMS: [&str; 22] = [
     "chat_template",
     "mixed_prefill_tokens",
     "weight_dtype",
+    "kv_cache_dtype",
     "step_timeout_s",
 ];
 
@@ -243,6 +244,10 @@ fn engine_config(
             None => WeightFormat::Auto,
             Some(s) => WeightFormat::parse(&s).map_err(|e| Error::Config(format!("parameter `weight_dtype`: {e}")))?,
         },
+        kv_cache_dtype: match param(cfg, "kv_cache_dtype") {
+            None => KvDtype::Auto,
+            Some(s) => KvDtype::parse(&s).map_err(|e| Error::Config(format!("parameter `kv_cache_dtype`: {e}")))?,
+        },
         step_timeout: step_timeout(cfg, cuda)?,
     })
 }
@@ -378,6 +383,10 @@ mod tests {
         assert_eq!(ModelSettings::from_config(&int8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Int8);
         let fp8 = cfg(json!({"checkpoint": "c", "weight_dtype": "fp8"}));
         assert_eq!(ModelSettings::from_config(&fp8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Fp8);
+        let kv = cfg(json!({"checkpoint": "c", "kv_cache_dtype": "bf16"}));
+        assert_eq!(ModelSettings::from_config(&kv, Path::new("/m")).unwrap().engine.kv_cache_dtype, KvDtype::Bf16);
+        let e = ModelSettings::from_config(&cfg(json!({"checkpoint": "c", "kv_cache_dtype": "fp8"})), Path::new("/m"));
+        assert!(e.unwrap_err().to_string().contains("kv_cache_dtype fp8 is not implemented"));
     }
 
     #[test]

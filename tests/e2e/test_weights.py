@@ -1,7 +1,8 @@
 """deploy_triton.py --weight_dtype reaches the engine: the served model generates what the CLI generates with the
 same `--weights` (int8; f32, the exact path), and each differs from the default somewhere in its log-probabilities
 (for this bf16 checkpoint the default is bf16 arithmetic; without AVX512_BF16 that runs the f32 kernel). fp8 on the
-CPU engine is refused by name, by the server at load and by the CLI."""
+CPU engine is refused by name, by the server at load and by the CLI. `--kv_cache_dtype bf16` (the CUDA default; on
+the CPU its twin) reaches the engine the same way."""
 
 import json
 import subprocess
@@ -59,3 +60,11 @@ def test_fp8_on_the_cpu_is_refused_by_name(tmp_path):
         [str(CLI), "generate", str(HF), "--prompt", "Hi", "--weights", "fp8"], capture_output=True, text=True
     )
     assert out.returncode != 0 and "compute capability 8.9" in out.stderr, out
+
+
+def test_bf16_kv_cache_server_matches_the_cli(tmp_path_factory, request):
+    server = start(request, tmp_path_factory, "kv_bf16", ["--hf_checkpoint", str(HF), "--kv_cache_dtype", "bf16"])
+    want = cli_generate(HF, PROMPT, "--max-tokens", "12", "--ignore-eos", "--kv-cache-dtype", "bf16")
+    assert served_text(server) == want["text"]
+    default = cli_generate(HF, PROMPT, "--max-tokens", "12", "--ignore-eos")
+    assert want["logprobs"] != default["logprobs"], "--kv-cache-dtype bf16 changed nothing on the CPU"

@@ -190,6 +190,11 @@ pub fn f32_to_bf16(st: &CudaStream, dst: &mut CudaSlice<u16>, src: &CudaSlice<f3
     status("f32_to_bf16", unsafe { sys::tl_f32_to_bf16(d as *mut u16, s as *const f32, len as i64, raw(st)) })
 }
 
+/// K or V values a cache buffer holds: its f32 elements, or twice as many bf16 ones (`d.kv_bf16`).
+pub fn kv_values(cache: &CudaSlice<f32>, d: AttnDims) -> usize {
+    if d.kv_bf16 { cache.len() * 2 } else { cache.len() }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn rope_write_kv(
     st: &CudaStream,
@@ -205,7 +210,7 @@ pub fn rope_write_kv(
     let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     need("rope_write_kv", "q", q.len(), n * qw)?;
     need("rope_write_kv", "k/v", k.len().min(v.len()), n * kw)?;
-    need("rope_write_kv", "kv cache", kc.len().min(vc.len()), m.num_slots * kw)?;
+    need("rope_write_kv", "kv cache", kv_values(kc, d).min(kv_values(vc, d)), m.num_slots * kw)?;
     let dev = m.buf.device_ptr(st);
     let (qp, _a) = q.device_ptr_mut(st);
     let (kp, _b) = k.device_ptr_mut(st);
@@ -222,8 +227,8 @@ pub fn rope_write_kv(
             qp as *mut f32,
             kp as *mut f32,
             vp as *const f32,
-            kcp as *mut f32,
-            vcp as *mut f32,
+            kcp as *mut c_void,
+            vcp as *mut c_void,
             at(m.off.positions),
             at(m.off.slots),
             n,
@@ -232,6 +237,7 @@ pub fn rope_write_kv(
             hd,
             theta,
             scale,
+            c_int::from(d.kv_bf16),
             raw(st),
         )
     })
@@ -250,7 +256,7 @@ pub fn paged_attention(
 ) -> Result<()> {
     let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     need("paged_attention", "out/q", out.len().min(q.len()), m.n_tokens * qw)?;
-    need("paged_attention", "kv cache", kc.len().min(vc.len()), m.num_slots * kw)?;
+    need("paged_attention", "kv cache", kv_values(kc, d).min(kv_values(vc, d)), m.num_slots * kw)?;
     if m.dec_splits > 1 {
         need("paged_attention", "scratch", scratch.len(), m.n_dec * d.n_heads * m.dec_splits * (d.head_dim + 2))?;
     }
@@ -287,13 +293,14 @@ pub fn paged_attention(
         sys::tl_paged_attention(
             o as *mut f32,
             qp as *const f32,
-            kcp as *const f32,
-            vcp as *const f32,
+            kcp as *const c_void,
+            vcp as *const c_void,
             sp as *mut f32,
             &meta,
             nh,
             nkv,
             hd,
+            c_int::from(d.kv_bf16),
             raw(st),
         )
     })

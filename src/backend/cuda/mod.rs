@@ -1,6 +1,7 @@
 //! The CUDA backend: device buffers through cudarc, GEMMs through cuBLASLt (bf16 operands, f32 accumulation and
-//! output), the fused kernels of `csrc/` through `ffi`. Activations and the KV cache are f32 (the `Backend`
-//! trait's `Buf`); matrices are stored in bf16, norm weights in f32. Every op checks shapes on the host first.
+//! output), the fused kernels of `csrc/` through `ffi`. Activations are f32 (the `Backend` trait's `Buf`), the KV
+//! cache bf16 by default (`alloc_kv`: two values per f32 element) or f32; matrices are stored in bf16 (or E4M3),
+//! norm weights in f32. Every op checks shapes on the host first.
 mod ffi;
 pub mod meta;
 pub mod sample;
@@ -382,6 +383,19 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn kv_bf16_by_default(&self) -> bool {
+        true
+    }
+
+    fn kv_value_bytes(&self, d: AttnDims) -> usize {
+        if d.kv_bf16 { 2 } else { 4 }
+    }
+
+    /// A bf16 cache of `n` values is a buffer of `n / 2` f32 elements, read as bf16 by the kernels.
+    fn alloc_kv(&self, n: usize, d: AttnDims) -> Result<CudaBuf> {
+        self.alloc(if d.kv_bf16 { n.div_ceil(2) } else { n })
+    }
+
     fn alloc(&self, n: usize) -> Result<CudaBuf> {
         self.bind()?;
         Ok(CudaBuf(self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err(&format!("alloc of {n} floats")))?))
@@ -463,7 +477,7 @@ impl Backend for CudaBackend {
         d: AttnDims,
     ) -> Result<()> {
         let kw = (d.n_kv_heads * d.head_dim).max(1);
-        let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
+        let num_slots = ffi::kv_values(&k_cache.0, d).min(ffi::kv_values(&v_cache.0, d)) / kw;
         self.bind()?;
         self.with_meta(meta, num_slots, d, |dm, _| {
             ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, d)
@@ -480,7 +494,7 @@ impl Backend for CudaBackend {
         d: AttnDims,
     ) -> Result<()> {
         let kw = (d.n_kv_heads * d.head_dim).max(1);
-        let num_slots = k_cache.0.len().min(v_cache.0.len()) / kw;
+        let num_slots = ffi::kv_values(&k_cache.0, d).min(ffi::kv_values(&v_cache.0, d)) / kw;
         self.bind()?;
         self.with_meta(meta, num_slots, d, |dm, s| {
             let need = if dm.dec_splits > 1 { dm.n_dec * d.n_heads * dm.dec_splits * (d.head_dim + 2) } else { 1 };
