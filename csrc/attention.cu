@@ -17,6 +17,25 @@ __device__ __forceinline__ int64_t slot_of(const int32_t *bt, int j, int bs) {
     return static_cast<int64_t>(bt[j / bs]) * bs + j % bs;
 }
 
+// Keys [kt, kt + keys) of the sequence's K and V (KV: f32 or bf16) into shared rows of ldk / ldv elements of T
+// (f32 or bf16, kv_store's rounding), zeros past max_vis; every thread of the block takes part.
+template <typename KV, typename T>
+__device__ __forceinline__ void load_kv_tile(T *ks, int ldk, T *vs, int ldv, const KV *kc, const KV *vc,
+                                             const TlAttnMeta &m, const int32_t *bt, int kt, int keys, int max_vis,
+                                             int nkv, int kvh, int hd) {
+    for (int idx = threadIdx.x; idx < keys * hd; idx += blockDim.x) {
+        const int j = idx / hd, d = idx % hd, key = kt + j;
+        float kv = 0.f, vv = 0.f;
+        if (key < max_vis) {
+            const int64_t off = (slot_of(bt, key, m.block_size) * nkv + kvh) * hd + d;
+            kv = kv_load(kc, off);
+            vv = kv_load(vc, off);
+        }
+        kv_store(ks, static_cast<int64_t>(j) * ldk + d, kv);
+        kv_store(vs, static_cast<int64_t>(j) * ldv + d, vv);
+    }
+}
+
 __device__ __forceinline__ int visible_of(const TlAttnMeta &m, int s, int t) {
     return m.seq_ctx[s] - m.seq_len[s] + (t - m.seq_start[s]) + 1;
 }
@@ -258,17 +277,7 @@ __global__ void prefill_kernel(float *out, const float *q, const KV *kc, const K
     const int max_vis = ctx - len + r0 + rows;
     for (int kt = 0; kt < max_vis; kt += PF_KEYS) {
         __syncthreads();
-        for (int idx = threadIdx.x; idx < PF_KEYS * hd; idx += blockDim.x) {
-            const int j = idx / hd, d = idx % hd, key = kt + j;
-            float kv = 0.f, vv = 0.f;
-            if (key < max_vis) {
-                const int64_t off = (slot_of(bt, key, m.block_size) * nkv + kvh) * hd + d;
-                kv = kv_load(kc, off);
-                vv = kv_load(vc, off);
-            }
-            ks[j * (hd + 1) + d] = kv;
-            vs[j * hd + d] = vv;
-        }
+        load_kv_tile(ks, hd + 1, vs, hd, kc, vc, m, bt, kt, PF_KEYS, max_vis, nkv, kvh, hd);
         __syncthreads();
         // Scores of this lane's key against the warp's RPW rows: one K load serves all rows.
         float sc[RPW], p[RPW];
@@ -382,17 +391,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) prefill_tc_kernel(float *out, c
     const int max_vis = ctx - len + r0 + rows;
     for (int kt = 0; kt < max_vis; kt += TC_KEYS) {
         __syncthreads();
-        for (int idx = threadIdx.x; idx < TC_KEYS * hd; idx += blockDim.x) {
-            const int j = idx / hd, d = idx % hd, key = kt + j;
-            float kv = 0.f, vv = 0.f;
-            if (key < max_vis) {
-                const int64_t off = (slot_of(bt, key, m.block_size) * nkv + kvh) * hd + d;
-                kv = kv_load(kc, off);
-                vv = kv_load(vc, off);
-            }
-            ks[j * ldq + d] = __float2bfloat16(kv);
-            vs[j * ldq + d] = __float2bfloat16(vv);
-        }
+        load_kv_tile(ks, ldq, vs, ldq, kc, vc, m, bt, kt, TC_KEYS, max_vis, nkv, kvh, hd);
         __syncthreads();
         if (w_rows <= 0 || kt >= last_vis) continue; // warp-uniform: nothing of this tile is visible to the warp
         // S = Q Kᵀ: K stored [key][d] is Kᵀ in column-major.
