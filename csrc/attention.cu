@@ -36,6 +36,22 @@ __device__ __forceinline__ void load_kv_tile(T *ks, int ldk, T *vs, int ldv, con
     }
 }
 
+// Dimension d of a decode row's result for head h: out = a / L with one split, else the split's partial
+// (a, and M and L once per row) for decode_combine_kernel.
+__device__ __forceinline__ void decode_result(float *out, float *scratch, float a, float M, float L, int t, int i, int h,
+                                              int d, int nh, int hd, int splits, int split) {
+    if (splits == 1) {
+        out[(static_cast<int64_t>(t) * nh + h) * hd + d] = L > 0.f ? a / L : 0.f;
+        return;
+    }
+    float *part = scratch + ((static_cast<int64_t>(i) * nh + h) * splits + split) * (hd + 2);
+    part[d] = a;
+    if (d == 0) {
+        part[hd] = M;
+        part[hd + 1] = L;
+    }
+}
+
 __device__ __forceinline__ int visible_of(const TlAttnMeta &m, int s, int t) {
     return m.seq_ctx[s] - m.seq_len[s] + (t - m.seq_start[s]) + 1;
 }
@@ -103,16 +119,7 @@ __global__ void decode_kernel(float *out, const float *q, const KV *kc, const KV
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.f;
         for (int w = 0; w < DEC_WARPS; ++w) a += f[w] * sh_acc[w * hd + d];
-        if (splits == 1) {
-            out[(static_cast<int64_t>(t) * nh + h) * hd + d] = L > 0.f ? a / L : 0.f;
-        } else {
-            float *part = scratch + ((static_cast<int64_t>(i) * nh + h) * splits + split) * (hd + 2);
-            part[d] = a;
-            if (d == 0) {
-                part[hd] = M;
-                part[hd + 1] = L;
-            }
-        }
+        decode_result(out, scratch, a, M, L, t, i, h, d, nh, hd, splits, split);
     }
 }
 
@@ -193,16 +200,7 @@ __global__ void decode_gqa_kernel(float *out, const float *q, const KV *kc, cons
             L += f * sh_l[w * G + g];
             a += f * sh_acc[(w * G + g) * hd + d];
         }
-        if (splits == 1) {
-            out[(static_cast<int64_t>(t) * nh + h) * hd + d] = L > 0.f ? a / L : 0.f;
-        } else {
-            float *part = scratch + ((static_cast<int64_t>(i) * nh + h) * splits + split) * (hd + 2);
-            part[d] = a;
-            if (d == 0) {
-                part[hd] = M;
-                part[hd + 1] = L;
-            }
-        }
+        decode_result(out, scratch, a, M, L, t, i, h, d, nh, hd, splits, split);
     }
 }
 
