@@ -7,7 +7,7 @@ use super::{CopyBaseline, bandwidth_ratio, decode_point, step_for};
 use crate::backend::WeightFormat;
 use crate::backend::cuda::CudaBackend;
 use crate::config::LlamaConfig;
-use crate::engine::runner::Runner;
+use crate::engine::runner::{CudaPlan, Runner};
 use crate::loader::CheckpointSource;
 use crate::loader::random::RandomSource;
 use crate::tensor::DType;
@@ -233,7 +233,14 @@ pub fn run(
     let gemm = gemm_tflops(gpu, fmt, 5)?;
     let attention = attention_point(gpu)?;
     let t = Instant::now();
-    let runner = Runner::start_cuda_with(Arc::new(src), &[gpu], bs, 0.9, Some(wanted), fmt)?;
+    let plan = CudaPlan {
+        block_size: bs,
+        kv_fraction: 0.9,
+        max_blocks: Some(wanted),
+        step_tokens: max_prefill.max(max_batch),
+        step_rows: max_batch,
+    };
+    let runner = Runner::start_cuda_planned(Arc::new(src), &[gpu], plan, fmt)?;
     let load_s = t.elapsed().as_secs_f64();
     if runner.num_blocks < blocks {
         return Err(Error::Unavailable(format!("only {} KV blocks fit, {blocks} needed", runner.num_blocks)));

@@ -100,21 +100,17 @@ tests): use weights int8 for quantized weights on the CPU";
 fn start_cuda(
     src: Arc<dyn CheckpointSource>,
     gpu_ids: &[usize],
-    block_size: usize,
-    kv_fraction: f64,
-    max_blocks: Option<usize>,
+    plan: runner::CudaPlan,
     fmt: crate::backend::Precision,
 ) -> Result<Runner> {
-    Runner::start_cuda_with(src, gpu_ids, block_size, kv_fraction, max_blocks, fmt)
+    Runner::start_cuda_planned(src, gpu_ids, plan, fmt)
 }
 
 #[cfg(not(feature = "cuda"))]
 fn start_cuda(
     src: Arc<dyn CheckpointSource>,
     _: &[usize],
-    _: usize,
-    _: f64,
-    _: Option<usize>,
+    _: runner::CudaPlan,
     _: crate::backend::Precision,
 ) -> Result<Runner> {
     Err(Error::UnsupportedFormat {
@@ -333,7 +329,14 @@ impl Engine {
                         ecfg.tp
                     )));
                 }
-                start_cuda(Arc::from(src), gpu_ids, ecfg.block_size, *kv_fraction, ecfg.num_blocks, precision)?
+                let plan = runner::CudaPlan {
+                    block_size: ecfg.block_size,
+                    kv_fraction: *kv_fraction,
+                    max_blocks: ecfg.num_blocks,
+                    step_tokens: ecfg.max_batched_tokens,
+                    step_rows: ecfg.max_num_seqs,
+                };
+                start_cuda(Arc::from(src), gpu_ids, plan, precision)?
             }
         };
         runner.set_step_timeout(ecfg.step_timeout);

@@ -84,8 +84,22 @@ pub struct KvPlan {
     pub block_size: usize,
 }
 
-/// A rank's KV block budget once its weights are loaded: (its backend, bytes per block) -> blocks.
-pub type BlocksFor<B> = Arc<dyn Fn(&B, usize) -> Result<usize> + Send + Sync>;
+/// How `Runner::start_cuda_planned` sizes each GPU's KV cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CudaPlan {
+    pub block_size: usize,
+    /// Share of the memory left (after the weights and the largest step's activations) the cache takes.
+    pub kv_fraction: f64,
+    /// At most this many blocks.
+    pub max_blocks: Option<usize>,
+    /// The largest step the engine runs (`max_batched_tokens`) and its logit rows (`max_num_seqs`).
+    pub step_tokens: usize,
+    pub step_rows: usize,
+}
+
+/// A rank's KV block budget once its weights are loaded: (its backend, bytes per block, bytes a maximal step
+/// holds besides the cache) -> blocks.
+pub type BlocksFor<B> = Arc<dyn Fn(&B, usize, usize) -> Result<usize> + Send + Sync>;
 
 /// The ranks' shared vote on the block count.
 struct Agree {
@@ -108,16 +122,27 @@ impl Agree {
 /// How ranks size their KV cache.
 enum KvSizing<B: Backend> {
     Fixed(KvPlan),
-    Sized { block_size: usize, blocks_for: BlocksFor<B>, agree: Arc<Agree> },
+    /// `step_tokens` and `step_rows`: the largest step the engine will run (its activations are reserved).
+    Sized {
+        block_size: usize,
+        blocks_for: BlocksFor<B>,
+        agree: Arc<Agree>,
+        step_tokens: usize,
+        step_rows: usize,
+    },
 }
 
 impl<B: Backend> Clone for KvSizing<B> {
     fn clone(&self) -> Self {
         match self {
             KvSizing::Fixed(p) => KvSizing::Fixed(*p),
-            KvSizing::Sized { block_size, blocks_for, agree } => {
-                KvSizing::Sized { block_size: *block_size, blocks_for: blocks_for.clone(), agree: agree.clone() }
-            }
+            KvSizing::Sized { block_size, blocks_for, agree, step_tokens, step_rows } => KvSizing::Sized {
+                block_size: *block_size,
+                blocks_for: blocks_for.clone(),
+                agree: agree.clone(),
+                step_tokens: *step_tokens,
+                step_rows: *step_rows,
+            },
         }
     }
 }
@@ -162,13 +187,30 @@ impl Runner {
         Self::start_cuda_with(src, gpu_ids, block_size, kv_fraction, max_blocks, WeightFormat::AsLoaded)
     }
 
-    /// `start_cuda` with the matmul weights in `fmt` (the CUDA backend refuses formats it lacks).
+    /// `start_cuda` with the matmul weights in `fmt` (the CUDA backend refuses formats it lacks), the memory plan
+    /// reserving a step of the engine's default size (2048 tokens, 16 logit rows).
     #[cfg(feature = "cuda")]
     #[rustfmt::skip]
     pub fn start_cuda_with(src: Arc<dyn CheckpointSource>, gpu_ids: &[usize], block_size: usize, kv_fraction: f64,
                            max_blocks: Option<usize>, fmt: impl Into<Precision>) -> Result<Runner> {
+        let plan = CudaPlan { block_size, kv_fraction, max_blocks, step_tokens: 2048, step_rows: 16 };
+        Self::start_cuda_planned(src, gpu_ids, plan, fmt)
+    }
+
+    /// Loads `src` on the GPUs `gpu_ids`, then sizes each rank's KV cache by the memory plan: the device memory
+    /// free after the weights, less the activations of the largest step (`plan.step_tokens` tokens, an analytic
+    /// count), times `kv_fraction`, capped at `max_blocks`. Logs the plan per GPU; a GPU without room for that step
+    /// and one block is a clear error naming what to change.
+    #[cfg(feature = "cuda")]
+    pub fn start_cuda_planned(
+        src: Arc<dyn CheckpointSource>,
+        gpu_ids: &[usize],
+        plan: CudaPlan,
+        fmt: impl Into<Precision>,
+    ) -> Result<Runner> {
         use crate::backend::cuda::CudaBackend;
         use crate::comm::nccl::NcclComm;
+        let CudaPlan { block_size, kv_fraction, max_blocks, step_tokens, step_rows } = plan;
         if gpu_ids.is_empty() || block_size == 0 {
             return Err(Error::Config("start_cuda needs at least one GPU id and a positive block size".into()));
         }
@@ -177,15 +219,38 @@ impl Runner {
         }
         let backends = gpu_ids.iter().map(|&g| CudaBackend::new(g)).collect::<Result<Vec<_>>>()?;
         let comms = NcclComm::group(&backends)?;
-        let blocks_for: BlocksFor<CudaBackend> = Arc::new(move |b: &CudaBackend, bytes: usize| {
+        let blocks_for: BlocksFor<CudaBackend> = Arc::new(move |b: &CudaBackend, bytes: usize, reserve: usize| {
             b.synchronize()?;
-            let (free, _) = b.mem_info()?;
-            let n = (free as f64 * kv_fraction) as usize / bytes.max(1);
-            Ok(max_blocks.map_or(n, |m| n.min(m)))
+            let (free, total) = b.mem_info()?;
+            let gb = |x: usize| x as f64 / 1e9;
+            if free < reserve + bytes {
+                return Err(Error::Unavailable(format!(
+                    "GPU {}: {:.2} GB free after the weights, {:.2} GB needed for a {step_tokens}-token step and one \
+                     KV block: lower max_batched_tokens, use more GPUs (tensor_parallel_size) or weight_dtype fp8",
+                    b.ordinal(),
+                    gb(free),
+                    gb(reserve + bytes)
+                )));
+            }
+            let n = ((free - reserve) as f64 * kv_fraction) as usize / bytes.max(1);
+            let n = max_blocks.map_or(n, |m| n.min(m));
+            log::info!(
+                "GPU {} memory plan: {:.2} of {:.2} GB used after the weights; {:.2} GB kept for a {step_tokens}-token \
+                 step; KV cache {n} blocks x {block_size} tokens = {} tokens, {:.2} GB ({:.0} KiB per token)",
+                b.ordinal(),
+                gb(total - free),
+                gb(total),
+                gb(reserve),
+                n * block_size,
+                gb(n * bytes),
+                bytes as f64 / block_size as f64 / 1024.0
+            );
+            Ok(n)
         });
         let ranks: Vec<_> = backends.into_iter().zip(comms).collect();
         let agree = Arc::new(Agree { counts: Mutex::new(Vec::new()), barrier: Barrier::new(ranks.len()) });
-        Self::spawn(src, ranks, KvSizing::Sized { block_size, blocks_for, agree }, fmt)
+        let sizing = KvSizing::Sized { block_size, blocks_for, agree, step_tokens, step_rows };
+        Self::spawn(src, ranks, sizing, fmt)
     }
 
     /// Spawns one thread per (backend, communicator) pair; each loads its shard and allocates its cache.
@@ -206,7 +271,8 @@ impl Runner {
         blocks_for: BlocksFor<B>,
     ) -> Result<Runner> {
         let agree = Arc::new(Agree { counts: Mutex::new(Vec::new()), barrier: Barrier::new(ranks.len()) });
-        Self::spawn(src, ranks, KvSizing::Sized { block_size, blocks_for, agree }, WeightFormat::AsLoaded)
+        let sizing = KvSizing::Sized { block_size, blocks_for, agree, step_tokens: 0, step_rows: 0 };
+        Self::spawn(src, ranks, sizing, WeightFormat::AsLoaded)
     }
 
     #[rustfmt::skip]
@@ -397,9 +463,9 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
         .unwrap_or_else(|_| Err(Error::Internal(format!("rank {rank} panicked while loading"))));
     let setup = match kv {
         KvSizing::Fixed(p) => setup.and_then(|m| Ok((m.new_kv_cache(p.num_blocks, p.block_size)?, m))),
-        KvSizing::Sized { block_size, blocks_for, agree } => {
+        KvSizing::Sized { block_size, blocks_for, agree, step_tokens, step_rows } => {
             let mine = setup.and_then(|m| {
-                let b = blocks_for(&m.backend, m.kv_bytes_per_block(block_size))?;
+                let b = blocks_for(&m.backend, m.kv_bytes_per_block(block_size), m.step_bytes(step_tokens, step_rows))?;
                 Ok((m, b))
             });
             // Every rank votes, even after a failed load, so no rank waits forever at the barrier.

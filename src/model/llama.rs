@@ -121,6 +121,17 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             * self.backend.kv_value_bytes(self.dims)
     }
 
+    /// Device bytes one step of `tokens` tokens with `rows` logit rows holds at its peak (`forward`'s buffers, the
+    /// GEMM inputs' bf16 and FP8 copies, the logits and their gathered parts): an analytic count, the activation
+    /// reserve of the memory plan.
+    pub fn step_bytes(&self, tokens: usize, rows: usize) -> usize {
+        let (h, f) = (self.cfg.hidden_size, self.ffn_local);
+        let (qw, kw) = (self.dims.n_heads * self.dims.head_dim, self.dims.n_kv_heads * self.dims.head_dim);
+        let per_token = 4 * (3 * h + 2 * qw + 2 * kw + 3 * f) + 3 * h.max(f).max(qw);
+        let vocab = self.cfg.vocab_size;
+        tokens * per_token + rows * 4 * (h + 2 * vocab + vocab.div_ceil(self.shard.world))
+    }
+
     /// Whether the KV cache holds bf16.
     pub fn kv_bf16(&self) -> bool {
         self.dims.kv_bf16
