@@ -1,5 +1,6 @@
 //! The fixture models end to end on CUDA against the CPU engine: prompt logits (every row) and greedy decode
-//! steps through `Runner::start_cuda` versus `Runner::start_cpu`, on one GPU and, with two or more, TP=2; and
+//! steps through `Runner::start_cuda` versus `Runner::start_cpu`, on one GPU, TP=2 with both ranks on one GPU, and,
+//! with two or more GPUs, TP=2 through NCCL; and
 //! whole generations through `Engine` on a GPU (device-side sampling) against the CPU engine.
 //! The GPU stores matrices in bf16 and rounds GEMM inputs to bf16, the arithmetic of the CPU's `--weights bf16`
 //! format, so the logits are checked twice per row: against that CPU twin, max |gpu - cpu| <= 0.02 * max(1,
@@ -161,6 +162,19 @@ fn fixture_model_tp2_on_two_gpus_matches_cpu() {
     }
     compare("models/gqa_bf16/hf", "gqa_bf16", &[0, 1]);
     compare("models/mha_f32/hf", "mha_f32", &[0, 1]);
+}
+
+/// TP=2 with both ranks on GPU 0 (`gpu_ids` [0, 0]: the in-process communicator, collectives through the host,
+/// since NCCL refuses two ranks on one GPU): every sharded path (column and row splits, the all-reduces, the
+/// vocabulary gather) runs on the device against the TP=2 CPU engine, when only one GPU is lent.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn fixture_model_tp2_on_one_gpu_matches_cpu() {
+    if gpus("fixture_model_tp2_on_one_gpu_matches_cpu", 1).is_none() {
+        return;
+    }
+    compare("models/gqa_bf16/hf", "gqa_bf16", &[0, 0]);
+    compare("models/mha_f32/hf", "mha_f32", &[0, 0]);
 }
 
 /// Greedy generation through `Engine` on one GPU (sampling on the device, only ids come back) gives the CPU

@@ -218,7 +218,12 @@ impl Runner {
             return Err(Error::Config(format!("kv_fraction must be in (0, 1], got {kv_fraction}")));
         }
         let backends = gpu_ids.iter().map(|&g| CudaBackend::new(g)).collect::<Result<Vec<_>>>()?;
-        let comms = NcclComm::group(&backends)?;
+        // NCCL refuses two ranks on one GPU: a list that repeats a GPU (`0,0`: the tensor-parallel paths on one
+        // device, for tests) gets the in-process communicator, its collectives through host copies.
+        let mut seen = gpu_ids.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        let shared_gpu = seen.len() < gpu_ids.len();
         let blocks_for: BlocksFor<CudaBackend> = Arc::new(move |b: &CudaBackend, bytes: usize, reserve: usize| {
             b.synchronize()?;
             let (free, total) = b.mem_info()?;
@@ -247,9 +252,17 @@ impl Runner {
             );
             Ok(n)
         });
-        let ranks: Vec<_> = backends.into_iter().zip(comms).collect();
-        let agree = Arc::new(Agree { counts: Mutex::new(Vec::new()), barrier: Barrier::new(ranks.len()) });
+        let agree = Arc::new(Agree { counts: Mutex::new(Vec::new()), barrier: Barrier::new(backends.len()) });
         let sizing = KvSizing::Sized { block_size, blocks_for, agree, step_tokens, step_rows };
+        if shared_gpu {
+            log::warn!(
+                "GPU ids {gpu_ids:?} repeat a GPU: its ranks share it and their collectives go through the host"
+            );
+            let ranks: Vec<_> = backends.into_iter().zip(LocalComm::group(gpu_ids.len())).collect();
+            return Self::spawn(src, ranks, sizing, fmt);
+        }
+        let comms = NcclComm::group(&backends)?;
+        let ranks: Vec<_> = backends.into_iter().zip(comms).collect();
         Self::spawn(src, ranks, sizing, fmt)
     }
 
