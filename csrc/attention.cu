@@ -494,14 +494,19 @@ static int dispatch(float *out, const float *q, const KV *kc, const KV *vc, floa
 }
 
 extern "C" int tl_paged_attention(float *out, const float *q, const void *k_cache, const void *v_cache, float *scratch,
-                                  const TlAttnMeta *meta, int nh, int nkv, int hd, int kv_bf16, void *stream) {
+                                  const TlAttnMeta *meta, int nh, int nkv, int hd, int kv_dtype, void *stream) {
     if (!meta || nh <= 0 || nkv <= 0 || nh % nkv != 0 || hd <= 0 || hd > TL_MAX_HEAD_DIM || meta->dec_splits < 1 || meta->block_size <= 0)
         return TL_ERR_ARGS;
     if (meta->n_tiles > 0 && !(meta->tile_rows == PF_ROWS || (meta->tile_rows == TC_ROWS && hd % 16 == 0)))
         return TL_ERR_ARGS;
+    if (kv_dtype < 0 || kv_dtype > 2) return TL_ERR_ARGS;
     const TlAttnMeta m = *meta;
     cudaStream_t st = TL_STREAM(stream);
-    if (kv_bf16) {
+    if (kv_dtype == 2) {
+        return dispatch(out, q, static_cast<const __nv_fp8_e4m3 *>(k_cache), static_cast<const __nv_fp8_e4m3 *>(v_cache),
+                        scratch, m, nh, nkv, hd, st);
+    }
+    if (kv_dtype == 1) {
         return dispatch(out, q, static_cast<const __nv_bfloat16 *>(k_cache), static_cast<const __nv_bfloat16 *>(v_cache),
                         scratch, m, nh, nkv, hd, st);
     }

@@ -2,6 +2,7 @@
 #pragma once
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
 #include "ops.h"
 
@@ -33,8 +34,13 @@ __device__ __forceinline__ float block_sum(float v, float *sh) {
     return warp_sum(v);
 }
 
-// K/V cache values: f32, or bf16 (round to nearest even when stored, as the CPU twin's half::bf16::from_f32).
+// K/V cache values: f32, bf16 (round to nearest even when stored, as the CPU twin's half::bf16::from_f32) or E4M3
+// with scale 1 (round to nearest even, saturating to +-448: the CPU twin's fp8::f32_to_e4m3).
 __device__ __forceinline__ float kv_load(const float *p, int64_t i) { return p[i]; }
 __device__ __forceinline__ float kv_load(const __nv_bfloat16 *p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ float kv_load(const __nv_fp8_e4m3 *p, int64_t i) { return static_cast<float>(p[i]); }
 __device__ __forceinline__ void kv_store(float *p, int64_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void kv_store(__nv_bfloat16 *p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
+__device__ __forceinline__ void kv_store(__nv_fp8_e4m3 *p, int64_t i, float v) {
+    p[i].__x = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}

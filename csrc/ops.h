@@ -60,16 +60,16 @@ int tl_f32_to_bf16(uint16_t *dst,   /* [len] */
                    const float *src, /* [len] */
                    int64_t len, void *stream);
 
-/* Split-halves RoPE on q and k in place, then k and v rows written to the paged caches at `slots` (f32, or bf16
- * rounded to nearest even when kv_bf16). */
+/* Split-halves RoPE on q and k in place, then k and v rows written to the paged caches at `slots`, as kv_dtype
+ * says: 0 f32, 1 bf16 (round to nearest even), 2 E4M3 with scale 1 (nearest even, saturating to +-448). */
 int tl_rope_write_kv(float *q,               /* [n, nh * hd] */
                      float *k,               /* [n, nkv * hd] */
                      const float *v,         /* [n, nkv * hd] */
-                     void *k_cache,          /* [num_slots, nkv, hd] f32 or bf16 (num_slots = blocks * block_size) */
-                     void *v_cache,          /* [num_slots, nkv, hd] f32 or bf16 */
+                     void *k_cache,          /* [num_slots, nkv, hd] of kv_dtype (num_slots = blocks * block_size) */
+                     void *v_cache,          /* [num_slots, nkv, hd] of kv_dtype */
                      const int32_t *positions, /* [n] */
                      const int32_t *slots,   /* [n], each < num_slots (checked on the host) */
-                     int n, int nh, int nkv, int hd, float theta, float rope_scale, int kv_bf16, void *stream);
+                     int n, int nh, int nkv, int hd, float theta, float rope_scale, int kv_dtype, void *stream);
 
 /* Per-step attention metadata on the device (see src/backend/cuda/meta.rs, which builds it). */
 typedef struct TlAttnMeta {
@@ -96,11 +96,11 @@ typedef struct TlAttnMeta {
  * to bf16, f32 accumulation and softmax). */
 int tl_paged_attention(float *out,            /* [n, nh * hd] */
                        const float *q,        /* [n, nh * hd] */
-                       const void *k_cache,   /* [num_slots, nkv, hd] f32, or bf16 when kv_bf16 */
-                       const void *v_cache,   /* [num_slots, nkv, hd] f32, or bf16 when kv_bf16 */
+                       const void *k_cache,   /* [num_slots, nkv, hd] of kv_dtype (0 f32, 1 bf16, 2 E4M3) */
+                       const void *v_cache,   /* [num_slots, nkv, hd] of kv_dtype */
                        float *scratch,        /* [n_dec, nh, dec_splits, hd + 2] when dec_splits > 1, else unused */
                        const TlAttnMeta *meta, /* host struct holding device pointers */
-                       int nh, int nkv, int hd, int kv_bf16, void *stream);
+                       int nh, int nkv, int hd, int kv_dtype, void *stream);
 
 /* Logits processing and sampling, one row per sequence, only the ids cross back to the host.
  * Penalties: for each row, ids listed in bias_ids first get their bias added (embedding bias by words), then

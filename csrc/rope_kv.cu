@@ -41,10 +41,14 @@ __global__ void rope_write_kv_kernel(float *q, float *k, const float *v, KV *k_c
 
 extern "C" int tl_rope_write_kv(float *q, float *k, const float *v, void *k_cache, void *v_cache,
                                 const int32_t *positions, const int32_t *slots, int n, int nh, int nkv, int hd,
-                                float theta, float rope_scale, int kv_bf16, void *stream) {
+                                float theta, float rope_scale, int kv_dtype, void *stream) {
     if (n == 0) return 0;
-    if (n < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || hd % 2 != 0) return TL_ERR_ARGS;
-    if (kv_bf16) {
+    if (n < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || hd % 2 != 0 || kv_dtype < 0 || kv_dtype > 2) return TL_ERR_ARGS;
+    if (kv_dtype == 2) {
+        rope_write_kv_kernel<<<n, 256, 0, TL_STREAM(stream)>>>(q, k, v, static_cast<__nv_fp8_e4m3 *>(k_cache),
+                                                               static_cast<__nv_fp8_e4m3 *>(v_cache), positions, slots,
+                                                               nh, nkv, hd, theta, rope_scale);
+    } else if (kv_dtype == 1) {
         rope_write_kv_kernel<<<n, 256, 0, TL_STREAM(stream)>>>(q, k, v, static_cast<__nv_bfloat16 *>(k_cache),
                                                                static_cast<__nv_bfloat16 *>(v_cache), positions, slots,
                                                                nh, nkv, hd, theta, rope_scale);

@@ -3,7 +3,7 @@
 //! `cargo run --release --example attn_bench [-- prefill=128,512 decode=8x64,8x512,1x512]`.
 use std::time::Instant;
 use triton_llama::backend::cpu::CpuBackend;
-use triton_llama::backend::{AttnDims, Backend, SeqMeta, StepMeta};
+use triton_llama::backend::{AttnDims, Backend, KvStore, SeqMeta, StepMeta};
 
 const BS: usize = 16;
 
@@ -34,7 +34,8 @@ fn step(seqs: usize, ctx: usize, new: usize) -> StepMeta {
 }
 
 fn main() {
-    let d = AttnDims { n_heads: 32, n_kv_heads: 4, head_dim: 64, rope_theta: 10000.0, rope_scale: 1.0, kv_bf16: false };
+    let d =
+        AttnDims { n_heads: 32, n_kv_heads: 4, head_dim: 64, rope_theta: 10000.0, rope_scale: 1.0, kv: KvStore::F32 };
     let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     let mut cases: Vec<(String, StepMeta)> = Vec::new();
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -124,10 +124,10 @@ def parse_args(argv=None):
     p.add_argument("--block_size", type=int, default=None, help="tokens per KV-cache block (default 16)")
     p.add_argument(
         "--kv_cache_dtype",
-        choices=["auto", "f32", "bf16"],
+        choices=["auto", "f32", "bf16", "fp8"],
         default="auto",
-        help="KV cache: auto (bf16 on cuda: twice the tokens per GB; f32 on cpu), f32 or bf16 (on cpu the values are "
-        "rounded to bf16, the cuda cache's twin)",
+        help="KV cache: auto (bf16 on cuda: twice the tokens per GB; f32 on cpu), f32, bf16 or fp8 (E4M3, scale 1: "
+        "four times f32's tokens per GB); on cpu the values are rounded as the cuda cache stores them (its twin)",
     )
     p.add_argument(
         "--step_timeout_s",

@@ -179,6 +179,9 @@ pub enum Cmd {
         /// 8.9+)
         #[arg(long, default_value = "bf16", value_parser = parse_weights)]
         weights: WeightFormat,
+        /// KV cache: auto (bf16), f32, bf16 or fp8
+        #[arg(long, default_value = "auto", value_parser = |s: &str| KvDtype::parse(s).map_err(|e| e.to_string()))]
+        kv_cache_dtype: KvDtype,
         #[command(flatten)]
         out: Out,
     },
@@ -248,8 +251,8 @@ pub struct EngineOpts {
     pub tp: usize,
     #[arg(long, default_value = "auto", value_parser = parse_weights, help = WEIGHTS_HELP)]
     pub weights: WeightFormat,
-    /// KV cache: auto (bf16 on CUDA, f32 on the CPU), f32 or bf16 (on the CPU values rounded to bf16, the CUDA
-    /// cache's twin)
+    /// KV cache: auto (bf16 on CUDA, f32 on the CPU), f32, bf16 or fp8 (E4M3, scale 1); on the CPU the values are
+    /// rounded as CUDA stores them (its twin)
     #[arg(long, default_value = "auto", value_parser = |s: &str| KvDtype::parse(s).map_err(|e| e.to_string()))]
     pub kv_cache_dtype: KvDtype,
 }

@@ -38,8 +38,9 @@ fn main() -> ExitCode {
             bench_guided(&ckpt, batch, steps, rounds, &engine, out.json)
         }
         Cmd::DemoModel { dir } => triton_llama::demo::write(&dir),
-        Cmd::BenchCuda { gpu, steps, batches, prefill, layers, shape, weights, contexts, out } => {
-            bench_cuda(gpu, steps, (&batches, &contexts), &prefill, (&shape, layers, weights), out.json)
+        Cmd::BenchCuda { gpu, steps, batches, prefill, layers, shape, weights, kv_cache_dtype, contexts, out } => {
+            let precision = triton_llama::backend::Precision { weights, kv: kv_cache_dtype };
+            bench_cuda(gpu, steps, (&batches, &contexts), &prefill, (&shape, layers, precision), out.json)
         }
     };
     match r {
@@ -442,7 +443,7 @@ fn bench(
 }
 
 /// `bench-cuda`'s model: shape name, layers (None: the shape's), weight format.
-type CudaModel<'a> = (&'a str, Option<usize>, triton_llama::backend::WeightFormat);
+type CudaModel<'a> = (&'a str, Option<usize>, triton_llama::backend::Precision);
 
 #[cfg(not(feature = "cuda"))]
 fn bench_cuda(_: usize, _: usize, _: (&[usize], &[usize]), _: &[usize], _: CudaModel, _: bool) -> Result<()> {

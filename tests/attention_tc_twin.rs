@@ -9,7 +9,7 @@
 //! the CUDA code against the same bound.
 use half::bf16;
 use triton_llama::backend::cpu::{CpuBackend, k_cache_from_slots};
-use triton_llama::backend::{AttnDims, Backend, SeqMeta, StepMeta};
+use triton_llama::backend::{AttnDims, Backend, KvStore, SeqMeta, StepMeta};
 use triton_llama::sampling::Rng;
 
 const ROWS: usize = 64;
@@ -89,7 +89,7 @@ fn case(hd: usize, group: usize, shapes: &[(usize, usize)]) -> f32 {
         head_dim: hd,
         rope_theta: 1e4,
         rope_scale: 1.0,
-        kv_bf16: false,
+        kv: KvStore::F32,
     };
     let (n, qw, kw) = (meta.positions.len(), d.n_heads * hd, nkv * hd);
     let (q, k, v) = (rand_vec(1, n * qw), rand_vec(2, slots * kw), rand_vec(3, slots * kw));

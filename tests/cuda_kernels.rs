@@ -9,7 +9,8 @@ use std::io::Write;
 use triton_llama::backend::WeightFormat;
 use triton_llama::backend::cpu::{CpuBackend, CpuWeight, k_cache_to_slots};
 use triton_llama::backend::cuda::{CudaBackend, device_count};
-use triton_llama::backend::{AttnDims, Backend, SeqMeta, StepMeta};
+use triton_llama::backend::fp8::{e4m3_to_f32, f32_to_e4m3};
+use triton_llama::backend::{AttnDims, Backend, KvStore, SeqMeta, StepMeta};
 use triton_llama::sampling::{Rng, SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of, top_logprobs};
 use triton_llama::tensor::{Tensor, TensorData};
 
@@ -206,30 +207,46 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 /// so 1e-2 absolute is the bound.
 const TC_ATTENTION_TOL: f32 = 1e-2;
 
-/// A KV cache's values to the device as `alloc_kv` holds them (bf16 pairs packed in f32 elements when `bf16`).
-fn kv_up(g: &CudaBackend, buf: &mut <CudaBackend as Backend>::Buf, vals: &[f32], bf16_cache: bool) {
-    if !bf16_cache {
-        return g.write(buf, vals).unwrap();
-    }
-    let bits = |x: f32| u32::from(bf16::from_f32(x).to_bits());
-    let packed: Vec<f32> =
-        vals.chunks(2).map(|p| f32::from_bits(bits(p[0]) | (bits(*p.get(1).unwrap_or(&0.0)) << 16))).collect();
+/// A KV cache's values to the device as `alloc_kv` holds them (bf16 pairs or E4M3 quads packed in f32 elements).
+fn kv_up(g: &CudaBackend, buf: &mut <CudaBackend as Backend>::Buf, vals: &[f32], kv: KvStore) {
+    let packed: Vec<f32> = match kv {
+        KvStore::F32 => vals.to_vec(),
+        KvStore::Bf16 => {
+            let bits = |x: f32| u32::from(bf16::from_f32(x).to_bits());
+            vals.chunks(2).map(|p| f32::from_bits(bits(p[0]) | (bits(*p.get(1).unwrap_or(&0.0)) << 16))).collect()
+        }
+        KvStore::Fp8 => vals
+            .chunks(4)
+            .map(|p| {
+                let word = p.iter().enumerate().fold(0u32, |w, (i, &x)| w | (u32::from(f32_to_e4m3(x)) << (8 * i)));
+                f32::from_bits(word)
+            })
+            .collect(),
+    };
     g.write(buf, &packed).unwrap();
 }
 
-/// A KV cache's `n` values from the device (bf16 ones widened).
-fn kv_down(g: &CudaBackend, buf: &<CudaBackend as Backend>::Buf, n: usize, bf16_cache: bool) -> Vec<f32> {
-    if !bf16_cache {
-        return down(g, buf, n);
+/// A KV cache's `n` values from the device (bf16 and E4M3 ones widened).
+fn kv_down(g: &CudaBackend, buf: &<CudaBackend as Backend>::Buf, n: usize, kv: KvStore) -> Vec<f32> {
+    let words = down(g, buf, (n * kv.bytes()).div_ceil(4));
+    match kv {
+        KvStore::F32 => words,
+        KvStore::Bf16 => {
+            let half = |b: u32| bf16::from_bits(b as u16).to_f32();
+            words.iter().flat_map(|x| [half(x.to_bits()), half(x.to_bits() >> 16)]).take(n).collect()
+        }
+        KvStore::Fp8 => words
+            .iter()
+            .flat_map(|x| (0..4).map(move |i| e4m3_to_f32((x.to_bits() >> (8 * i)) as u8)))
+            .take(n)
+            .collect(),
     }
-    let half = |b: u32| bf16::from_bits(b as u16).to_f32();
-    down(g, buf, n.div_ceil(2)).iter().flat_map(|x| [half(x.to_bits()), half(x.to_bits() >> 16)]).take(n).collect()
 }
 
-fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize, kv_bf16: bool) {
+fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize, kv: KvStore) {
     let bs = 16;
     let (hist, step) = ragged_step(bs);
-    let d = AttnDims { n_heads: nh, n_kv_heads: nkv, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0, kv_bf16 };
+    let d = AttnDims { n_heads: nh, n_kv_heads: nkv, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0, kv };
     let (qw, kw) = (nh * hd, nkv * hd);
     let slots = 80 * bs;
     let (mut ckc, mut cvc) = (vec![0f32; slots * kw], vec![0f32; slots * kw]);
@@ -252,14 +269,19 @@ fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize, kv_bf16: bo
         assert!(max_rel(&down(g, &gk, n * kw), &ck) < tol, "rope k (hd {hd}, step {i})");
         // The CPU keeps K transposed within each block; CUDA one row per slot.
         let ckc_slots = k_cache_to_slots(&ckc, bs, kw);
-        let gkc_h = kv_down(g, &gkc, slots * kw, kv_bf16);
-        // A bf16 cache: the two engines' roped k may round to neighbouring bf16 values (2^-8 apart).
-        let k_tol = if kv_bf16 { 1e-2 } else { tol };
-        assert!(max_rel(&gkc_h, &ckc_slots) < k_tol, "k cache (hd {hd}, step {i}, bf16 {kv_bf16})");
-        assert_eq!(kv_down(g, &gvc, slots * kw, kv_bf16), cvc, "v cache (hd {hd}, step {i}, bf16 {kv_bf16})");
+        let gkc_h = kv_down(g, &gkc, slots * kw, kv);
+        // A bf16 or E4M3 cache: the two engines' roped k may round to neighbouring values (2^-8 or 2^-4 of the
+        // value apart; |k| < 2.2 here).
+        let k_tol = match kv {
+            KvStore::F32 => tol,
+            KvStore::Bf16 => 1e-2,
+            KvStore::Fp8 => 0.15,
+        };
+        assert!(max_rel(&gkc_h, &ckc_slots) < k_tol, "k cache (hd {hd}, step {i}, {kv:?})");
+        assert_eq!(kv_down(g, &gvc, slots * kw, kv), cvc, "v cache (hd {hd}, step {i}, {kv:?})");
         {
             // Attention on identical inputs: the CPU's rotated q and caches (step 0: long prefill chunks).
-            kv_up(g, &mut gkc, &ckc_slots, kv_bf16);
+            kv_up(g, &mut gkc, &ckc_slots, kv);
             let mut c_out = vec![0f32; n * qw];
             CpuBackend.paged_attention(&mut c_out, &cq, &ckc, &cvc, meta, d).unwrap();
             let mut g_out = g.alloc(n * qw).unwrap();
@@ -279,10 +301,10 @@ fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize, kv_bf16: bo
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn rope_kv_write_and_paged_attention_match_cpu() {
     let Some(g) = gpu("rope_kv_write_and_paged_attention_match_cpu") else { return };
-    for kv_bf16 in [false, true] {
-        attention_case(&g, 8, 2, 128, kv_bf16); // GQA, Llama-2-70B-like group of 4
-        attention_case(&g, 5, 5, 80, kv_bf16); // MHA, head_dim 80
-        attention_case(&g, 4, 1, 64, kv_bf16); // MQA
+    for kv in [KvStore::F32, KvStore::Bf16, KvStore::Fp8] {
+        attention_case(&g, 8, 2, 128, kv); // GQA, Llama-2-70B-like group of 4
+        attention_case(&g, 5, 5, 80, kv); // MHA, head_dim 80
+        attention_case(&g, 4, 1, 64, kv); // MQA
     }
 }
 
@@ -290,7 +312,8 @@ fn rope_kv_write_and_paged_attention_match_cpu() {
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn bad_step_metadata_is_an_error_not_a_fault() {
     let Some(g) = gpu("bad_step_metadata_is_an_error_not_a_fault") else { return };
-    let d = AttnDims { n_heads: 2, n_kv_heads: 1, head_dim: 64, rope_theta: 10000.0, rope_scale: 1.0, kv_bf16: false };
+    let d =
+        AttnDims { n_heads: 2, n_kv_heads: 1, head_dim: 64, rope_theta: 10000.0, rope_scale: 1.0, kv: KvStore::F32 };
     let meta = StepMeta {
         positions: vec![0],
         slots: vec![4096],
@@ -637,24 +660,26 @@ fn tensor_core_prefill_attention_matches_cpu() {
         let meta = meta.check().unwrap();
         let nkv = 2;
         let nh = nkv * group;
-        // Head size 128 (Llama's) with the bf16 cache CUDA defaults to, 64 with an f32 one.
-        let kv_bf16 = hd == 128;
-        let d = AttnDims { n_heads: nh, n_kv_heads: nkv, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0, kv_bf16 };
+        // Head size 128 (Llama's) with the bf16 cache CUDA defaults to (an E4M3 one for group 8), 64 with f32.
+        let kv = match (hd, group) {
+            (128, 8) => KvStore::Fp8,
+            (128, _) => KvStore::Bf16,
+            _ => KvStore::F32,
+        };
+        let d = AttnDims { n_heads: nh, n_kv_heads: nkv, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0, kv };
         let (n, qw, kw) = (meta.n_tokens(), nh * hd, nkv * hd);
         let (q, mut k_slots, mut v) =
             (rand_vec(40, n * qw, 1.0), rand_vec(41, slots * kw, 1.0), rand_vec(42, slots * kw, 1.0));
-        if kv_bf16 {
-            // The values a bf16 cache holds, for the CPU as for the GPU.
-            for x in k_slots.iter_mut().chain(v.iter_mut()) {
-                *x = bf16::from_f32(*x).to_f32();
-            }
+        // The values the cache holds, for the CPU as for the GPU.
+        for x in k_slots.iter_mut().chain(v.iter_mut()) {
+            *x = kv.round(*x);
         }
         let mut c_out = vec![0f32; n * qw];
         let ckc = triton_llama::backend::cpu::k_cache_from_slots(&k_slots, bs, kw);
         CpuBackend.paged_attention(&mut c_out, &q, &ckc, &v, meta, d).unwrap();
         let (mut gkc, mut gvc) = (g.alloc_kv(slots * kw, d).unwrap(), g.alloc_kv(slots * kw, d).unwrap());
-        kv_up(&g, &mut gkc, &k_slots, kv_bf16);
-        kv_up(&g, &mut gvc, &v, kv_bf16);
+        kv_up(&g, &mut gkc, &k_slots, kv);
+        kv_up(&g, &mut gvc, &v, kv);
         let gq = up(&g, &q);
         let mut g_out = g.alloc(n * qw).unwrap();
         g.set_exact_prefill_attention(false);
@@ -666,7 +691,7 @@ fn tensor_core_prefill_attention_matches_cpu() {
         g.set_exact_prefill_attention(false);
         assert!(tc < TC_ATTENTION_TOL, "hd {hd}, group {group}: tensor-core attention error {tc}");
         assert!(exact < 1e-4, "hd {hd}, group {group}: f32 attention error {exact}");
-        worst.push(format!("hd {hd} group {group} bf16 cache {kv_bf16}: tensor cores {tc:.1e}, f32 {exact:.1e}"));
+        worst.push(format!("hd {hd} group {group} {kv:?} cache: tensor cores {tc:.1e}, f32 {exact:.1e}"));
     }
     println!("prefill attention vs CPU: {}", worst.join("; "));
 }

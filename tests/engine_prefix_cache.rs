@@ -100,11 +100,12 @@ fn cached_prefixes_give_identical_tokens_and_logprobs_tp1() {
     check("models/mha_f32/hf", 1, 16, KvDtype::Auto);
 }
 
-/// A bf16 KV cache (the CUDA default; on the CPU its twin) rounds each value once as it is written, so cached
-/// blocks are still the recomputed ones bit for bit.
+/// A bf16 or fp8 KV cache (bf16 is the CUDA default; on the CPU their twins) rounds each value once as it is
+/// written, so cached blocks are still the recomputed ones bit for bit.
 #[test]
-fn cached_prefixes_give_identical_tokens_and_logprobs_with_a_bf16_kv_cache() {
+fn cached_prefixes_give_identical_tokens_and_logprobs_with_bf16_and_fp8_kv_caches() {
     check("models/gqa_bf16/hf", 1, 16, KvDtype::Bf16);
+    check("models/mha_f32/hf", 1, 4, KvDtype::Fp8);
 }
 
 #[test]

@@ -249,36 +249,68 @@ fn fp8_on_the_cpu_engine_is_refused_by_name() {
     assert!(err.to_string().contains("compute capability 8.9"), "{err}");
 }
 
+/// Drift of a bf16 or fp8 KV cache against the f32 one, exact weights, the four 64-token sequences.
+fn kv_drift(model: &str, kv: triton_llama::backend::KvDtype) -> Drift {
+    use triton_llama::backend::{KvDtype, Precision};
+    let seqs = sequences(model);
+    let ckpt = format!("models/{model}/hf");
+    let logits = |kv: KvDtype| -> Vec<Vec<f32>> {
+        let src = loader::open(&fixture(&ckpt)).unwrap();
+        let p = Precision { weights: WeightFormat::AsLoaded, kv };
+        let r = Runner::start_cpu_with(Arc::from(src), 1, KvPlan { num_blocks: 64, block_size: 4 }, p).unwrap();
+        seqs.iter().map(|ids| prompt_logits(&r, ids)).collect()
+    };
+    let (exact, got) = (logits(KvDtype::F32), logits(kv));
+    let vocab = exact[0].len() / seqs[0].len();
+    let ds: Vec<Drift> = exact.iter().zip(&got).map(|(e, g)| drift(e, g, vocab)).collect();
+    let m = |f: fn(&Drift) -> f64| ds.iter().map(f).sum::<f64>() / ds.len() as f64;
+    let d = Drift {
+        max_abs_over_std: m(|d| d.max_abs_over_std),
+        rms_over_std: m(|d| d.rms_over_std),
+        argmax_agreement: m(|d| d.argmax_agreement),
+    };
+    eprintln!(
+        "{model}: {} KV against f32 KV: max-abs/std {:.4}, rms/std {:.5}, argmax {:.4}",
+        kv.name(),
+        d.max_abs_over_std,
+        d.rms_over_std,
+        d.argmax_agreement
+    );
+    d
+}
+
+fn oracle(model: &str, file: &str) -> (f64, f64) {
+    let v: Value = serde_json::from_slice(&std::fs::read(fixture(&format!("models/{model}/{file}"))).unwrap()).unwrap();
+    (v["max_abs_over_std"].as_f64().unwrap(), v["rms_over_std"].as_f64().unwrap())
+}
+
 /// A bf16 KV cache (`kv_cache_dtype bf16`, the CUDA default; on the CPU its twin: each K and V value rounded to
-/// bf16 as it is written) against the f32 cache, both with exact f32 weights, over the four 64-token sequences.
-/// Rounding moves each K and V value by at most 2^-9 of itself, where llama.cpp's q8_0 (the independent numpy
-/// reference of q8_0_drift.json) moves every weight and every matmul input by about 0.5 % rms: the bound is a
-/// third of q8_0's drift (the fixtures measure a seventh to a sixth), and the argmax agreement at least 62 of 64.
+/// bf16 as it is written). Rounding moves each K and V value by at most 2^-9 of itself, where llama.cpp's q8_0 (the
+/// independent numpy reference of q8_0_drift.json) moves every weight and every matmul input by about 0.5 % rms:
+/// the bound is a third of q8_0's drift (the fixtures measure a seventh to a sixth), and the argmax agreement at
+/// least 62 of 64.
 #[test]
 fn bf16_kv_cache_drift_is_a_fraction_of_q8_0s() {
-    use triton_llama::backend::{KvDtype, Precision};
     for model in ["gqa_bf16", "mha_f32"] {
-        let seqs = sequences(model);
-        let q8: Value =
-            serde_json::from_slice(&std::fs::read(fixture(&format!("models/{model}/q8_0_drift.json"))).unwrap())
-                .unwrap();
-        let (q8_max, q8_rms) = (q8["max_abs_over_std"].as_f64().unwrap(), q8["rms_over_std"].as_f64().unwrap());
-        let ckpt = format!("models/{model}/hf");
-        let logits = |p: Precision| -> Vec<Vec<f32>> {
-            let src = loader::open(&fixture(&ckpt)).unwrap();
-            let r = Runner::start_cpu_with(Arc::from(src), 1, KvPlan { num_blocks: 64, block_size: 4 }, p).unwrap();
-            seqs.iter().map(|ids| prompt_logits(&r, ids)).collect()
-        };
-        let exact = logits(WeightFormat::AsLoaded.into());
-        let kv = logits(Precision { weights: WeightFormat::AsLoaded, kv: KvDtype::Bf16 });
-        let vocab = exact[0].len() / seqs[0].len();
-        let ds: Vec<Drift> = exact.iter().zip(&kv).map(|(e, g)| drift(e, g, vocab)).collect();
-        let m = |f: fn(&Drift) -> f64| ds.iter().map(f).sum::<f64>() / ds.len() as f64;
-        let (max, rms, agree) = (m(|d| d.max_abs_over_std), m(|d| d.rms_over_std), m(|d| d.argmax_agreement));
-        eprintln!("{model}: bf16 KV against f32 KV: max-abs/std {max:.4}, rms/std {rms:.5}, argmax {agree:.4}");
-        assert!(max > 0.0, "{model}: the bf16 cache changed nothing");
-        assert!(max <= q8_max / 3.0, "{model}: bf16 KV max-abs/std {max} above a third of q8_0's {q8_max}");
-        assert!(rms <= q8_rms / 3.0, "{model}: bf16 KV rms/std {rms} above a third of q8_0's {q8_rms}");
-        assert!(agree >= 62.0 / 64.0, "{model}: bf16 KV argmax agreement {agree}");
+        let d = kv_drift(model, triton_llama::backend::KvDtype::Bf16);
+        let (q8_max, q8_rms) = oracle(model, "q8_0_drift.json");
+        assert!(d.max_abs_over_std > 0.0, "{model}: the bf16 cache changed nothing");
+        assert!(d.max_abs_over_std <= q8_max / 3.0, "{model}: bf16 KV max-abs/std above a third of q8_0's {q8_max}");
+        assert!(d.rms_over_std <= q8_rms / 3.0, "{model}: bf16 KV rms/std above a third of q8_0's {q8_rms}");
+        assert!(d.argmax_agreement >= 62.0 / 64.0, "{model}: bf16 KV argmax agreement {}", d.argmax_agreement);
+    }
+}
+
+/// An fp8 KV cache (E4M3, scale 1): each K and V value moves by up to 1/16 of itself, as FP8 weights move every
+/// weight and every matmul input (the oracle-checked drift of fp8_drift.json); only attention reads the cache, so
+/// its drift stays below the FP8 weights' (measured: about half of it on these models).
+#[test]
+fn fp8_kv_cache_drift_is_below_fp8_weights_drift() {
+    for model in ["gqa_bf16", "mha_f32"] {
+        let d = kv_drift(model, triton_llama::backend::KvDtype::Fp8);
+        let (w_max, w_rms) = oracle(model, "fp8_drift.json");
+        assert!(d.max_abs_over_std > 0.0, "{model}: the fp8 cache changed nothing");
+        assert!(d.max_abs_over_std <= w_max, "{model}: fp8 KV max-abs/std above fp8 weights' {w_max}");
+        assert!(d.rms_over_std <= w_rms, "{model}: fp8 KV rms/std above fp8 weights' {w_rms}");
     }
 }

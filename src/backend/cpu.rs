@@ -500,12 +500,12 @@ impl Backend for CpuBackend {
             for h in 0..d.n_kv_heads {
                 rope_row(&mut k[t * kw + h * hd..t * kw + (h + 1) * hd], &cs);
             }
-            // V one row per slot; K transposed within its block (`cpu_attention`'s layouts). A bf16 cache (the
-            // CUDA one's twin) keeps each value rounded to bf16, in f32.
+            // V one row per slot; K transposed within its block (`cpu_attention`'s layouts). A bf16 or fp8 cache
+            // (the CUDA one's twin) keeps each value rounded to that dtype, in f32.
             let slot = meta.slots[t] as usize;
             let block_end = (slot / bs + 1) * bs * kw;
             check_len("kv cache", k_cache.len().min(v_cache.len()), block_end)?;
-            let kv_value = |x: f32| if d.kv_bf16 { half::bf16::from_f32(x).to_f32() } else { x };
+            let kv_value = |x: f32| d.kv.round(x);
             for (dst, &x) in v_cache[slot * kw..(slot + 1) * kw].iter_mut().zip(&v[t * kw..(t + 1) * kw]) {
                 *dst = kv_value(x);
             }

@@ -365,7 +365,7 @@ fn softmax(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::{attention, k_cache_from_slots, k_cache_to_slots};
-    use crate::backend::{AttnDims, SeqMeta, StepMeta};
+    use crate::backend::{AttnDims, KvStore, SeqMeta, StepMeta};
 
     /// The plain definition: per token and head, softmax of scaled dot products over the visible positions
     /// (found through the block table), then the weighted sum of V rows; f64 throughout.
@@ -414,7 +414,7 @@ mod tests {
                 head_dim: hd,
                 rope_theta: 10000.0,
                 rope_scale: 1.0,
-                kv_bf16: false,
+                kv: KvStore::F32,
             };
             let kw = nkv * hd;
             let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 1.7;

@@ -139,9 +139,47 @@ pub struct AttnDims {
     pub rope_theta: f32,
     /// Positions are divided by this before RoPE (linear scaling; 1.0 = none).
     pub rope_scale: f32,
-    /// The KV cache holds bf16 (`KvDtype::Bf16`): `rope_write_kv` rounds K and V to bf16 as it writes them (the
-    /// CUDA backend stores two bytes per value, the CPU keeps the rounded values in f32: its twin).
-    pub kv_bf16: bool,
+    /// What the KV cache stores: `rope_write_kv` rounds K and V to it as it writes them (the CUDA backend stores
+    /// 4, 2 or 1 bytes per value; the CPU keeps the rounded values in f32: its twin).
+    pub kv: KvStore,
+}
+
+/// The resolved KV cache dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvStore {
+    #[default]
+    F32,
+    /// Rounded to nearest even.
+    Bf16,
+    /// E4M3 with scale 1 (vLLM's uncalibrated default): Llama's K and V after RoPE lie well inside +-448, where
+    /// E4M3 keeps 3 mantissa bits; larger values saturate.
+    Fp8,
+}
+
+impl KvStore {
+    /// Bytes one value takes where the backend stores the dtype itself.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvStore::F32 => 4,
+            KvStore::Bf16 => 2,
+            KvStore::Fp8 => 1,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            KvStore::F32 => "f32",
+            KvStore::Bf16 => "bf16",
+            KvStore::Fp8 => "fp8",
+        }
+    }
+    /// The value the cache holds for `x` (the CPU twin's rounding, the CUDA kernels' `kv_store`).
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            KvStore::F32 => x,
+            KvStore::Bf16 => half::bf16::from_f32(x).to_f32(),
+            KvStore::Fp8 => fp8::e4m3_to_f32(fp8::f32_to_e4m3(x)),
+        }
+    }
 }
 
 /// How a model is held: its matmul weights and its KV cache. A `WeightFormat` alone means `KvDtype::Auto`.
@@ -165,19 +203,19 @@ pub enum KvDtype {
     Auto,
     F32,
     Bf16,
+    /// E4M3, scale 1 (`KvStore::Fp8`): a quarter of f32's bytes.
+    Fp8,
 }
 
 impl KvDtype {
-    /// `auto`, `f32` or `bf16`; `fp8` is refused by name (not implemented).
+    /// `auto`, `f32`, `bf16` or `fp8` (also `fp8_e4m3`).
     pub fn parse(s: &str) -> Result<KvDtype> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(KvDtype::Auto),
             "f32" | "float32" => Ok(KvDtype::F32),
             "bf16" | "bfloat16" => Ok(KvDtype::Bf16),
-            "fp8" | "fp8_e4m3" => Err(Error::Config(
-                "kv_cache_dtype fp8 is not implemented yet: use auto (bf16 on CUDA), bf16 or f32".into(),
-            )),
-            o => Err(Error::Config(format!("kv_cache_dtype must be auto, f32 or bf16, got `{o}`"))),
+            "fp8" | "fp8_e4m3" => Ok(KvDtype::Fp8),
+            o => Err(Error::Config(format!("kv_cache_dtype must be auto, f32, bf16 or fp8, got `{o}`"))),
         }
     }
     pub fn name(self) -> &'static str {
@@ -185,14 +223,16 @@ impl KvDtype {
             KvDtype::Auto => "auto",
             KvDtype::F32 => "f32",
             KvDtype::Bf16 => "bf16",
+            KvDtype::Fp8 => "fp8",
         }
     }
-    /// Whether the cache holds bf16 on a backend whose default is `bf16_by_default`.
-    pub fn is_bf16(self, bf16_by_default: bool) -> bool {
+    /// What the cache stores on a backend whose `Auto` is bf16 (`bf16_by_default`) or f32.
+    pub fn resolve(self, bf16_by_default: bool) -> KvStore {
         match self {
-            KvDtype::Auto => bf16_by_default,
-            KvDtype::F32 => false,
-            KvDtype::Bf16 => true,
+            KvDtype::Auto if bf16_by_default => KvStore::Bf16,
+            KvDtype::Auto | KvDtype::F32 => KvStore::F32,
+            KvDtype::Bf16 => KvStore::Bf16,
+            KvDtype::Fp8 => KvStore::Fp8,
         }
     }
 }
@@ -291,13 +331,13 @@ pub trait Backend: Send + Sync + 'static {
     fn kv_bf16_by_default(&self) -> bool {
         false
     }
-    /// Bytes one K or V value takes in a cache of `d` (`alloc_kv`): 4, or 2 where bf16 is stored in two bytes.
+    /// Bytes one K or V value takes in a cache of `d` (`alloc_kv`): 4 here (the rounded values kept in f32).
     fn kv_value_bytes(&self, d: AttnDims) -> usize {
         let _ = d;
         4
     }
-    /// A zeroed K or V cache of `n` values for the attention geometry `d` (`d.kv_bf16`: stored as the backend
-    /// stores bf16).
+    /// A zeroed K or V cache of `n` values for the attention geometry `d` (`d.kv`: stored as the backend stores
+    /// that dtype).
     fn alloc_kv(&self, n: usize, d: AttnDims) -> Result<Self::Buf> {
         let _ = d;
         self.alloc(n)

@@ -4,8 +4,8 @@
 //! to one large GEMM of the same weight format, both measured in the same run.
 pub use super::DecodePoint;
 use super::{CopyBaseline, bandwidth_ratio, decode_point, step_for};
-use crate::backend::WeightFormat;
 use crate::backend::cuda::CudaBackend;
+use crate::backend::{Precision, WeightFormat};
 use crate::config::LlamaConfig;
 use crate::engine::runner::{CudaPlan, Runner};
 use crate::loader::CheckpointSource;
@@ -157,11 +157,11 @@ pub struct AttentionPoint {
 
 /// Times the prefill attention kernels on GPU `gpu` (best of 3 after a warm-up each).
 fn attention_point(gpu: usize) -> Result<AttentionPoint> {
-    use crate::backend::{AttnDims, Backend, SeqMeta, StepMeta};
+    use crate::backend::{AttnDims, Backend, KvStore, SeqMeta, StepMeta};
     let (n, nh, hd, bs) = (4096usize, 32usize, 128usize, 16usize);
     let b = CudaBackend::new(gpu)?;
     let d =
-        AttnDims { n_heads: nh, n_kv_heads: nh, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0, kv_bf16: false };
+        AttnDims { n_heads: nh, n_kv_heads: nh, head_dim: hd, rope_theta: 10000.0, rope_scale: 1.0, kv: KvStore::F32 };
     let meta = StepMeta {
         positions: (0..n as u32).collect(),
         slots: (0..n as u32).collect(),
@@ -205,11 +205,11 @@ fn held_bytes(t: &crate::loader::TensorInfo, fmt: WeightFormat) -> u64 {
     }
 }
 
-/// Runs the benchmark on GPU `gpu` with the matmul weights in `fmt` (bf16 or fp8).
+/// Runs the benchmark on GPU `gpu` with the matmul weights in `precision.weights` (bf16 or fp8) and its KV cache.
 pub fn run(
     gpu: usize,
     cfg: LlamaConfig,
-    fmt: WeightFormat,
+    precision: crate::backend::Precision,
     batches: &[usize],
     contexts: &[usize],
     decode_steps: usize,
@@ -218,7 +218,7 @@ pub fn run(
     let bs = 16;
     let vocab = cfg.vocab_size;
     let src = RandomSource::new(cfg.clone(), DType::BF16, 1)?;
-    let fmt = fmt.resolve(DType::BF16);
+    let fmt = precision.weights.resolve(DType::BF16);
     let weight_bytes: u64 = src.tensors().iter().map(|t| held_bytes(t, fmt)).sum();
     let emb_bytes = (cfg.vocab_size * cfg.hidden_size * 2) as u64;
     let max_batch = batches.iter().copied().max().unwrap_or(1);
@@ -240,7 +240,7 @@ pub fn run(
         step_tokens: max_prefill.max(max_batch),
         step_rows: max_batch,
     };
-    let runner = Runner::start_cuda_planned(Arc::new(src), &[gpu], plan, fmt)?;
+    let runner = Runner::start_cuda_planned(Arc::new(src), &[gpu], plan, Precision { weights: fmt, ..precision })?;
     let load_s = t.elapsed().as_secs_f64();
     if runner.num_blocks < blocks {
         return Err(Error::Unavailable(format!("only {} KV blocks fit, {blocks} needed", runner.num_blocks)));
@@ -250,7 +250,7 @@ pub fn run(
         .map(|&b| decode_point(&runner, b, decode_steps, decode_ctx, bs, vocab, weight_bytes - emb_bytes))
         .collect::<Result<Vec<_>>>()?;
     // Every projection once per prompt token; the LM head runs for the last token only.
-    let kv_value_bytes = if runner.kv_bf16 { 2 } else { 4 };
+    let kv_value_bytes = runner.kv.bytes();
     let kv_token_bytes = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * kv_value_bytes) as u64;
     let fastest = copies.iter().map(|c| c.traffic_gbps).fold(0f64, f64::max);
     let mut decode_at_context = Vec::new();
@@ -300,7 +300,7 @@ pub fn run(
         device,
         weights: fmt.name().into(),
         num_layers: cfg.num_layers,
-        kv_cache: if runner.kv_bf16 { "bf16" } else { "f32" }.into(),
+        kv_cache: runner.kv.name().into(),
         model_params: cfg.num_params(),
         weight_bytes,
         load_s,

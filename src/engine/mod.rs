@@ -344,11 +344,7 @@ impl Engine {
         if num_blocks == 0 {
             return Err(Error::Config("the KV cache holds no block".into()));
         }
-        log::info!(
-            "KV cache: {num_blocks} blocks of {} tokens per rank, {}",
-            ecfg.block_size,
-            if runner.kv_bf16 { "bf16" } else { "f32" }
-        );
+        log::info!("KV cache: {num_blocks} blocks of {} tokens per rank, {}", ecfg.block_size, runner.kv.name());
         let step_cost = match (ecfg.mixed_prefill_tokens, &ecfg.device) {
             (None, Device::Cpu) => {
                 let (initial, min) = CPU_MIXED_PREFILL_TOKENS;

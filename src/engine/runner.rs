@@ -67,8 +67,8 @@ pub struct Runner {
     threads: Vec<JoinHandle<()>>,
     pub num_blocks: usize,
     pub block_size: usize,
-    /// Whether the KV cache holds bf16 (`KvDtype`).
-    pub kv_bf16: bool,
+    /// What the KV cache stores (`KvDtype` resolved).
+    pub kv: crate::backend::KvStore,
     /// The ranks' group, where it can be aborted and reset (the in-process one; NCCL's cannot yet).
     control: Option<Arc<dyn GroupControl>>,
     /// A step that takes longer is a stuck rank: the group is aborted and the runner stops.
@@ -298,7 +298,7 @@ impl Runner {
         let mut threads = Vec::new();
         let n = ranks.len();
         let control = ranks.first().and_then(|(_, c)| c.control());
-        let kv_bf16 = ranks.first().is_some_and(|(b, _)| fmt.kv.is_bf16(b.kv_bf16_by_default()));
+        let kv_store = fmt.kv.resolve(ranks.first().is_some_and(|(b, _)| b.kv_bf16_by_default()));
         for (backend, comm) in ranks {
             let (job_tx, job_rx) = channel::<Arc<StepInput>>();
             jobs.push(job_tx);
@@ -342,7 +342,7 @@ impl Runner {
         }
         let stopped = Mutex::new(None);
         let runner =
-            Runner { jobs, results, threads, num_blocks, block_size, kv_bf16, control, step_timeout: None, stopped };
+            Runner { jobs, results, threads, num_blocks, block_size, kv: kv_store, control, step_timeout: None, stopped };
         match first_err {
             Some(e) => Err(e), // dropping the runner stops the other ranks
             None => Ok(runner),

@@ -64,7 +64,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     ) -> Result<Self> {
         let precision = precision.into();
         let fmt = precision.weights.resolve_for(src);
-        let kv_bf16 = precision.kv.is_bf16(backend.kv_bf16_by_default());
+        let kv = precision.kv.resolve(backend.kv_bf16_by_default());
         let cfg = src.config().clone();
         let shard = ShardSpec { rank: comm.rank(), world: comm.world_size() };
         ShardSpec::check(&cfg, shard.world)?;
@@ -105,7 +105,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             head_dim: cfg.head_dim,
             rope_theta: cfg.rope_theta,
             rope_scale: cfg.rope_scaling,
-            kv_bf16,
+            kv,
         };
         let ffn_local = cfg.intermediate_size / shard.world;
         Ok(Llama { cfg, shard, backend, comm, tok_emb, layers, final_norm, lm_head, dims, ffn_local })
@@ -132,9 +132,9 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         tokens * per_token + rows * 4 * (h + 2 * vocab + vocab.div_ceil(self.shard.world))
     }
 
-    /// Whether the KV cache holds bf16.
-    pub fn kv_bf16(&self) -> bool {
-        self.dims.kv_bf16
+    /// What the KV cache stores.
+    pub fn kv_store(&self) -> crate::backend::KvStore {
+        self.dims.kv
     }
 
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {

@@ -385,8 +385,10 @@ mod tests {
         assert_eq!(ModelSettings::from_config(&fp8, Path::new("/m")).unwrap().engine.weights, WeightFormat::Fp8);
         let kv = cfg(json!({"checkpoint": "c", "kv_cache_dtype": "bf16"}));
         assert_eq!(ModelSettings::from_config(&kv, Path::new("/m")).unwrap().engine.kv_cache_dtype, KvDtype::Bf16);
-        let e = ModelSettings::from_config(&cfg(json!({"checkpoint": "c", "kv_cache_dtype": "fp8"})), Path::new("/m"));
-        assert!(e.unwrap_err().to_string().contains("kv_cache_dtype fp8 is not implemented"));
+        let fp8 = cfg(json!({"checkpoint": "c", "kv_cache_dtype": "fp8"}));
+        assert_eq!(ModelSettings::from_config(&fp8, Path::new("/m")).unwrap().engine.kv_cache_dtype, KvDtype::Fp8);
+        let e = ModelSettings::from_config(&cfg(json!({"checkpoint": "c", "kv_cache_dtype": "int4"})), Path::new("/m"));
+        assert!(e.unwrap_err().to_string().contains("`kv_cache_dtype`"));
     }
 
     #[test]

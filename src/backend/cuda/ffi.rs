@@ -3,7 +3,7 @@
 //! as the fallback) and the library probes.
 #![allow(unsafe_code)]
 use super::meta::DeviceMeta;
-use crate::backend::AttnDims;
+use crate::backend::{AttnDims, KvStore};
 use crate::{Error, Result};
 use cudarc::cublas::{CudaBlas, sys as blas};
 use cudarc::cublaslt::{result as ltr, sys as lt};
@@ -190,9 +190,18 @@ pub fn f32_to_bf16(st: &CudaStream, dst: &mut CudaSlice<u16>, src: &CudaSlice<f3
     status("f32_to_bf16", unsafe { sys::tl_f32_to_bf16(d as *mut u16, s as *const f32, len as i64, raw(st)) })
 }
 
-/// K or V values a cache buffer holds: its f32 elements, or twice as many bf16 ones (`d.kv_bf16`).
+/// K or V values a cache buffer holds: its f32 elements, or 2 bf16 or 4 E4M3 values per element (`d.kv`).
 pub fn kv_values(cache: &CudaSlice<f32>, d: AttnDims) -> usize {
-    if d.kv_bf16 { cache.len() * 2 } else { cache.len() }
+    cache.len() * 4 / d.kv.bytes()
+}
+
+/// The launchers' `kv_dtype`: 0 f32, 1 bf16, 2 E4M3.
+fn kv_code(d: AttnDims) -> c_int {
+    match d.kv {
+        KvStore::F32 => 0,
+        KvStore::Bf16 => 1,
+        KvStore::Fp8 => 2,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -237,7 +246,7 @@ pub fn rope_write_kv(
             hd,
             theta,
             scale,
-            c_int::from(d.kv_bf16),
+            kv_code(d),
             raw(st),
         )
     })
@@ -300,7 +309,7 @@ pub fn paged_attention(
             nh,
             nkv,
             hd,
-            c_int::from(d.kv_bf16),
+            kv_code(d),
             raw(st),
         )
     })

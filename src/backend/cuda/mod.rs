@@ -388,12 +388,12 @@ impl Backend for CudaBackend {
     }
 
     fn kv_value_bytes(&self, d: AttnDims) -> usize {
-        if d.kv_bf16 { 2 } else { 4 }
+        d.kv.bytes()
     }
 
-    /// A bf16 cache of `n` values is a buffer of `n / 2` f32 elements, read as bf16 by the kernels.
+    /// A bf16 (E4M3) cache of `n` values is a buffer of `n / 2` (`n / 4`) f32 elements, read as such by the kernels.
     fn alloc_kv(&self, n: usize, d: AttnDims) -> Result<CudaBuf> {
-        self.alloc(if d.kv_bf16 { n.div_ceil(2) } else { n })
+        self.alloc((n * d.kv.bytes()).div_ceil(4))
     }
 
     fn alloc(&self, n: usize) -> Result<CudaBuf> {
