@@ -34,6 +34,17 @@ __device__ __forceinline__ float block_sum(float v, float *sh) {
     return warp_sum(v);
 }
 
+// Max over the block; every thread gets the result. `sh` needs 32 floats. blockDim.x is a multiple of 32.
+__device__ __forceinline__ float block_max(float v, float *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.f;
+    return warp_max(v);
+}
+
 // K/V cache values: f32, bf16 (round to nearest even when stored, as the CPU twin's half::bf16::from_f32) or E4M3
 // with scale 1 (round to nearest even, saturating to +-448: the CPU twin's fp8::f32_to_e4m3).
 __device__ __forceinline__ float kv_load(const float *p, int64_t i) { return p[i]; }

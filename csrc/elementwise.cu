@@ -14,9 +14,12 @@ extern "C" int tl_embedding(float *out, const uint16_t *table, const int32_t *id
     return tl_launch_status();
 }
 
-// One block per row. With `residual`, residual += x first and the norm is taken of the sum.
-template <bool ADD>
-__global__ void rms_norm_kernel(float *out, float *residual, const float *x, const float *w, int h, float eps) {
+// One block per row. With `residual`, residual += x first and the norm is taken of the sum. With FP8, the row of
+// outputs is also quantized to E4M3 with one scale (max |out| / 448), as tl_quantize_fp8_rows would (the next
+// GEMM's FP8 input, without a kernel of its own).
+template <bool ADD, bool FP8>
+__global__ void rms_norm_kernel(float *out, float *residual, const float *x, const float *w, int h, float eps,
+                                uint8_t *codes, float *scales) {
     __shared__ float sh[32];
     const int64_t base = static_cast<int64_t>(blockIdx.x) * h;
     float ss = 0.f;
@@ -31,20 +34,44 @@ __global__ void rms_norm_kernel(float *out, float *residual, const float *x, con
     ss = block_sum(ss, sh);
     const float inv = 1.f / sqrtf(ss / static_cast<float>(h) + eps);
     const float *src = ADD ? residual : x;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) out[base + j] = src[base + j] * inv * w[j];
+    float amax = 0.f;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        const float o = src[base + j] * inv * w[j];
+        out[base + j] = o;
+        if (FP8) amax = fmaxf(amax, fabsf(o));
+    }
+    if (FP8) {
+        amax = block_max(amax, sh);
+        const float s = (amax > 0.f && isfinite(amax)) ? amax / 448.f : 1.f;
+        if (threadIdx.x == 0) scales[blockIdx.x] = s;
+        for (int j = threadIdx.x; j < h; j += blockDim.x) {
+            codes[base + j] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(out[base + j] / s, __NV_SATFINITE, __NV_E4M3));
+        }
+    }
 }
 
 static int norm_threads(int h) { return h >= 1024 ? 1024 : ((h + 31) / 32) * 32; }
 
 extern "C" int tl_rms_norm(float *out, const float *x, const float *w, int n, int h, float eps, void *stream) {
     if (n <= 0 || h <= 0) return n == 0 ? 0 : TL_ERR_ARGS;
-    rms_norm_kernel<false><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, nullptr, x, w, h, eps);
+    rms_norm_kernel<false, false><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, nullptr, x, w, h, eps, nullptr, nullptr);
     return tl_launch_status();
 }
 
 extern "C" int tl_add_rms_norm(float *residual, const float *x, float *out, const float *w, int n, int h, float eps, void *stream) {
     if (n <= 0 || h <= 0) return n == 0 ? 0 : TL_ERR_ARGS;
-    rms_norm_kernel<true><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, residual, x, w, h, eps);
+    rms_norm_kernel<true, false><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, residual, x, w, h, eps, nullptr, nullptr);
+    return tl_launch_status();
+}
+
+extern "C" int tl_rms_norm_fp8(float *out, float *residual, uint8_t *codes, float *scales, const float *x, const float *w,
+                               int n, int h, float eps, void *stream) {
+    if (n <= 0 || h <= 0) return n == 0 ? 0 : TL_ERR_ARGS;
+    if (residual) {
+        rms_norm_kernel<true, true><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, residual, x, w, h, eps, codes, scales);
+    } else {
+        rms_norm_kernel<false, true><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, nullptr, x, w, h, eps, codes, scales);
+    }
     return tl_launch_status();
 }
 

@@ -43,6 +43,16 @@ int tl_add_rms_norm(float *residual, /* [n, h], updated in place */
                     const float *w,  /* [h] */
                     int n, int h, float eps, void *stream);
 
+/* tl_rms_norm (residual null) or tl_add_rms_norm (residual given), the output rows also quantized to E4M3 with one
+ * scale each, as tl_quantize_fp8_rows of `out` would: the next FP8 GEMM's input without a kernel of its own. */
+int tl_rms_norm_fp8(float *out,        /* [n, h] */
+                    float *residual,   /* [n, h], updated in place; or null */
+                    uint8_t *codes,    /* [n, h] E4M3 codes of out */
+                    float *scales,     /* [n] */
+                    const float *x,    /* [n, h] */
+                    const float *w,    /* [h] */
+                    int n, int h, float eps, void *stream);
+
 /* out = silu(gate) * up. */
 int tl_silu_mul(float *out,        /* [len] */
                 const float *gate, /* [len] */

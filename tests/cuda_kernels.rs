@@ -695,3 +695,46 @@ fn tensor_core_prefill_attention_matches_cpu() {
     }
     println!("prefill attention vs CPU: {}", worst.join("; "));
 }
+
+/// With FP8 weights loaded, the norms quantize their outputs in their own kernel (`tl_rms_norm_fp8`) and the next
+/// FP8 GEMM reads those codes: norm then GEMM equals the CPU twin's norm then FP8 GEMM, on an odd width (the plain
+/// kernel) and an aligned one (cuBLASLt), for the plain and the residual-adding norm.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn gpu_fp8_norm_fused_quantization_feeds_the_gemm() {
+    let Some(g) = gpu("gpu_fp8_norm_fused_quantization_feeds_the_gemm") else { return };
+    if !g.has_fp8().unwrap() {
+        skipped(format!("SKIPPED gpu_fp8_norm_fused_quantization_feeds_the_gemm: {} has no FP8", g.name()));
+        return;
+    }
+    for (i, &(n, h, m)) in [(3, 769, 37), (5, 4096, 256)].iter().enumerate() {
+        let (x, r, nw) =
+            (rand_vec(700 + i as u64, n * h, 2.0), rand_vec(710 + i as u64, n * h, 1.0), rand_vec(720, h, 1.0));
+        let w = bf16_tensor(&[m, h], &rand_vec(730 + i as u64, m * h, 0.5));
+        let norm = Tensor::from_f32(&[h], nw.clone());
+        let (cw, gw) = (
+            CpuBackend.upload_matmul(w.clone(), WeightFormat::Fp8).unwrap(),
+            g.upload_matmul(w, WeightFormat::Fp8).unwrap(),
+        );
+        let (cn, gn) = (CpuBackend.upload(norm.clone()).unwrap(), g.upload(norm).unwrap());
+        for add in [false, true] {
+            let (mut c_norm, mut c_res, mut c_out) = (vec![0f32; n * h], r.clone(), vec![0f32; n * m]);
+            let (mut g_norm, mut g_res, mut g_out) = (g.alloc(n * h).unwrap(), up(&g, &r), g.alloc(n * m).unwrap());
+            if add {
+                CpuBackend.add_rms_norm(&mut c_res, &x, &mut c_norm, &cn, n, h, 1e-5).unwrap();
+                g.add_rms_norm(&mut g_res, &up(&g, &x), &mut g_norm, &gn, n, h, 1e-5).unwrap();
+            } else {
+                CpuBackend.rms_norm(&mut c_norm, &x, &cn, n, h, 1e-5).unwrap();
+                g.rms_norm(&mut g_norm, &up(&g, &x), &gn, n, h, 1e-5).unwrap();
+            }
+            CpuBackend.gemm(&mut c_out, &c_norm, &cw, n).unwrap();
+            g.gemm(&mut g_out, &g_norm, &gw, n).unwrap();
+            assert!(max_rel(&down(&g, &g_norm, n * h), &c_norm) < 1e-5, "[{n}, {h}] norm (add {add})");
+            // A norm output a few ulps off can round to a neighbouring E4M3 code (1/16 of it): a few codes per
+            // row at most, so the GEMM stays within a few percent of the output's scale.
+            let scale = c_out.iter().fold(1f32, |a, v| a.max(v.abs()));
+            let err = max_abs(&down(&g, &g_out, n * m), &c_out) / scale;
+            assert!(err < 0.02, "[{n}, {h}] x {m}: fused-norm FP8 GEMM off by {err} of the output scale (add {add})");
+        }
+    }
+}

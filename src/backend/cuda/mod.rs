@@ -60,6 +60,8 @@ pub struct CudaBackend {
     /// Prompt chunks' attention on the f32 CUDA-core kernel instead of tensor cores (`TL_PREFILL_ATTENTION=f32`,
     /// or `set_exact_prefill_attention`): the exact path, for tests.
     exact_prefill: Arc<std::sync::atomic::AtomicBool>,
+    /// FP8 weights were loaded: the norms also quantize their outputs for the FP8 GEMMs after them.
+    fp8_weights: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The environment variable that selects the exact f32 prefill attention (value `f32`) over tensor cores.
@@ -73,6 +75,7 @@ impl Clone for CudaBackend {
             blas: self.blas.clone(),
             scratch: self.scratch.clone(),
             exact_prefill: self.exact_prefill.clone(),
+            fp8_weights: self.fp8_weights.clone(),
         }
     }
 }
@@ -107,6 +110,7 @@ impl CudaBackend {
             blas: Arc::new(blas),
             scratch: Arc::new(Mutex::new(scratch)),
             exact_prefill: Arc::new(std::sync::atomic::AtomicBool::new(exact)),
+            fp8_weights: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -185,6 +189,7 @@ impl CudaBackend {
                 ffi::quantize_fp8_rows(&self.stream, &mut codes, &mut scales, &src, rows, cols)?;
             }
         }
+        self.fp8_weights.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(CudaWeight::Fp8 { codes, scales, rows, cols })
     }
 
@@ -274,6 +279,31 @@ impl CudaBackend {
         }
         let xb = s.bf16.as_ref().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
         ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, w, n, m, k)
+    }
+
+    /// The norm with FP8 weights loaded: its kernel also quantizes the output rows for the FP8 GEMMs that read
+    /// them next (q/k/v, gate/up), recorded as the cached FP8 copy of `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_fp8(
+        &self,
+        out: &mut CudaBuf,
+        residual: Option<&mut CudaBuf>,
+        x: &CudaBuf,
+        w: &CudaSlice<f32>,
+        n: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let mut s = self.lock()?;
+        self.grow(&mut s.fp8, n * h)?;
+        self.grow(&mut s.fp8_scales, n)?;
+        let Scratch { fp8: Some(codes), fp8_scales: Some(scales), .. } = &mut *s else {
+            return Err(Error::Internal("fp8 scratch missing".into()));
+        };
+        let r = residual.map(|r| &mut r.0);
+        ffi::rms_norm_fp8(&self.stream, &mut out.0, r, codes, scales, &x.0, w, n, h, eps)?;
+        s.converted_fp8 = Some((out.0.device_ptr(&self.stream).0, n * h));
+        Ok(())
     }
 
     /// The FP8 GEMM: x `[n, k]` quantized per token to E4M3 once for the GEMMs that read it, then
@@ -438,6 +468,9 @@ impl Backend for CudaBackend {
 
     fn rms_norm(&self, out: &mut CudaBuf, x: &CudaBuf, w: &CudaWeight, n: usize, h: usize, eps: f32) -> Result<()> {
         self.bind()?;
+        if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.rms_norm_fp8(out, None, x, norm_weight(w, "rms_norm")?, n, h, eps);
+        }
         ffi::rms_norm(&self.stream, &mut out.0, None, &x.0, norm_weight(w, "rms_norm")?, n, h, eps)
     }
 
@@ -452,6 +485,9 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> Result<()> {
         self.bind()?;
+        if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.rms_norm_fp8(out, Some(residual), x, norm_weight(w, "add_rms_norm")?, n, h, eps);
+        }
         ffi::rms_norm(&self.stream, &mut out.0, Some(&mut residual.0), &x.0, norm_weight(w, "add_rms_norm")?, n, h, eps)
     }
 

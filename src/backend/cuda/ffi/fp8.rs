@@ -29,6 +29,63 @@ pub fn quantize_fp8_rows(
     })
 }
 
+/// `rms_norm` (with `residual`: `add_rms_norm`) that also writes the output rows' E4M3 codes `[n, h]` and scales
+/// `[n]` (`tl_rms_norm_fp8`): the next FP8 GEMM's input, quantized by the norm's kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn rms_norm_fp8(
+    st: &CudaStream,
+    out: &mut CudaSlice<f32>,
+    residual: Option<&mut CudaSlice<f32>>,
+    codes: &mut CudaSlice<u8>,
+    scales: &mut CudaSlice<f32>,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    n: usize,
+    h: usize,
+    eps: f32,
+) -> Result<()> {
+    const OP: &str = "rms_norm_fp8";
+    need(OP, "out", out.len(), n * h)?;
+    need(OP, "x", x.len(), n * h)?;
+    need(OP, "weight", w.len(), h)?;
+    need(OP, "codes", codes.len(), n * h)?;
+    need(OP, "scales", scales.len(), n)?;
+    let (ni, hi) = (int(OP, n)?, int(OP, h)?);
+    let (o, _a) = out.device_ptr_mut(st);
+    let (cp, _b) = codes.device_ptr_mut(st);
+    let (sp, _c) = scales.device_ptr_mut(st);
+    let (xp, _d) = x.device_ptr(st);
+    let (wp, _e) = w.device_ptr(st);
+    let mut guard = None;
+    let rp = match residual {
+        Some(r) => {
+            need(OP, "residual", r.len(), n * h)?;
+            let (rp, g) = r.device_ptr_mut(st);
+            guard = Some(g);
+            rp as *mut f32
+        }
+        None => std::ptr::null_mut(),
+    };
+    // SAFETY: lengths checked above; the borrow checker keeps the buffers distinct; a null residual is the plain
+    // norm.
+    let s = unsafe {
+        sys::tl_rms_norm_fp8(
+            o as *mut f32,
+            rp,
+            cp as *mut u8,
+            sp as *mut f32,
+            xp as *const f32,
+            wp as *const f32,
+            ni,
+            hi,
+            eps,
+            raw(st),
+        )
+    };
+    drop(guard);
+    status(OP, s)
+}
+
 /// `quantize_fp8_rows` of bf16 rows `x` `[n, k]` (`tl_quantize_fp8_rows_bf16`).
 pub fn quantize_fp8_rows_bf16(
     st: &CudaStream,
