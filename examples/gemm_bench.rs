@@ -1,5 +1,6 @@
 //! GFLOP/s of the CPU matmul kernels against the legacy row-dot gemm, same process, interleaved, on
-//! TinyLlama-1.1B's matmul shapes: `cargo run --release --example gemm_bench [-- M1,M2,...]`.
+//! TinyLlama-1.1B's matmul shapes: `cargo run --release --example gemm_bench [-- M1,M2,... [KERNEL,...]]`
+//! (the second argument keeps only the named kernels, e.g. `avx2`).
 use std::time::Instant;
 use triton_llama::backend::cpu::CpuBackend;
 use triton_llama::backend::cpu_gemm::{Kernel, Packed, gemm_with};
@@ -40,7 +41,11 @@ fn main() {
         ("lm_head", 32000, 2048),
     ];
     let be = CpuBackend;
-    let kernels: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| k.available()).collect();
+    let only: Option<Vec<String>> = std::env::args().nth(2).map(|s| s.split(',').map(str::to_owned).collect());
+    let kernels: Vec<Kernel> = Kernel::ALL
+        .into_iter()
+        .filter(|k| k.available() && only.as_ref().is_none_or(|o| o.iter().any(|n| n == k.name())))
+        .collect();
     println!("GFLOP/s (int8: GOP/s) per kernel this CPU runs; legacy: the unpacked row-dot gemm of bf16 weights");
     println!(
         "{:<8} {:>4} {:>9}  {}",
