@@ -163,6 +163,11 @@ impl Kernel {
         {
             match self {
                 Kernel::Avx512Bf16 | Kernel::Avx512 if is_x86_feature_detected!("avx512vnni") => Int8Kernel::Vnni512,
+                Kernel::Avx512Bf16 | Kernel::Avx512 | Kernel::Avx2
+                    if Kernel::Avx2.available() && is_x86_feature_detected!("avxvnni") =>
+                {
+                    Int8Kernel::AvxVnni
+                }
                 Kernel::Avx512Bf16 | Kernel::Avx512 | Kernel::Avx2 if Kernel::Avx2.available() => Int8Kernel::Avx2,
                 _ => Int8Kernel::Portable,
             }
@@ -220,6 +225,12 @@ fn describe(c: Choice) -> String {
 pub enum Int8Kernel {
     /// `vpdpbusd` on 16 lanes (AVX512_VNNI).
     Vnni512,
+    /// `vpdpbusd` on 8 lanes, VEX-encoded (AVX-VNNI without AVX-512: Alder Lake and later Intel client cores,
+    /// Sierra Forest; the int8 kernel of `avx2` where the CPU has it).
+    AvxVnni,
+    /// The same source EVEX-encoded (AVX512_VNNI + VL): chosen by no CPU default, only by the tests, so that
+    /// `AvxVnni`'s code runs on the AVX-512 machines here (no CPU or emulator here has AVX-VNNI).
+    Vnni256,
     /// `vpsignb` / `vpmaddubsw` / `vpmaddwd` on 8 lanes.
     Avx2,
     /// `smull` / `sadalp` on NEON.
@@ -236,6 +247,8 @@ impl Int8Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Int8Kernel::Vnni512 => "avx512 vpdpbusd",
+            Int8Kernel::AvxVnni => "avx-vnni vpdpbusd",
+            Int8Kernel::Vnni256 => "avx512vl vpdpbusd (256-bit)",
             Int8Kernel::Avx2 => "avx2 vpmaddubsw",
             Int8Kernel::Neon => "neon smull",
             Int8Kernel::Sdot => "neon sdot",
@@ -537,6 +550,11 @@ pub fn gemm_with(kernel: Kernel, out: &mut [f32], x: &[f32], w: &Packed, n: usiz
 
 /// `gemm_many` with `kernel`, for up to `MAX_MANY` weights of one layout.
 fn gemm_many_with(kernel: Kernel, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Packed], n: usize) {
+    gemm_many_int8(kernel, kernel.int8(), outs, x, ws, n)
+}
+
+/// `gemm_many_with`, int8 weights taking the micro-kernel `ik` (tests choose one no CPU default picks).
+fn gemm_many_int8(kernel: Kernel, ik: Int8Kernel, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Packed], n: usize) {
     assert!(kernel.available(), "kernel {} is not available on this CPU", kernel.name());
     assert!(ws.len() <= MAX_MANY && ws.len() == outs.len() && !ws.is_empty());
     let k = ws[0].shape().1;
@@ -570,7 +588,7 @@ fn gemm_many_with(kernel: Kernel, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Pac
             Some(s) => s,
             None => own.insert(Scratch::default()),
         };
-        let acts = prepare(kernel, ws[0], x, n, k, s);
+        let acts = prepare(kernel, ik, ws[0], x, n, k, s);
         // Enough tasks to balance two cores, each a contiguous run of tiles.
         let per_task = tiles.div_ceil(rayon::current_num_threads() * 8).max(1);
         (0..tiles.div_ceil(per_task)).into_par_iter().for_each(|task| {
@@ -579,13 +597,21 @@ fn gemm_many_with(kernel: Kernel, outs: &mut [&mut [f32]], x: &[f32], ws: &[&Pac
             let ptrs = ptrs;
             for g in task * per_task..((task + 1) * per_task).min(tiles) {
                 let (i, tile) = locate(g);
-                run_tile(kernel, ws[i], acts, n, ws[i].shape().0, tile, ptrs[i]);
+                run_tile(kernel, ik, ws[i], acts, n, ws[i].shape().0, tile, ptrs[i]);
             }
         });
     });
 }
 
-fn prepare<'a>(kernel: Kernel, w: &Packed, x: &[f32], n: usize, k: usize, s: &'a mut Scratch) -> Acts<'a> {
+fn prepare<'a>(
+    kernel: Kernel,
+    ik: Int8Kernel,
+    w: &Packed,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    s: &'a mut Scratch,
+) -> Acts<'a> {
     match w {
         Packed::Bf16 { .. } => {
             let ld = act_stride(k);
@@ -637,7 +663,7 @@ fn prepare<'a>(kernel: Kernel, w: &Packed, x: &[f32], n: usize, k: usize, s: &'a
                 }
             }
             // The AVX2 kernel's unsigned operand, made once here rather than per tile.
-            let abs_len = if kernel.int8() == Int8Kernel::Avx2 { n * nb * QBLOCK } else { 0 };
+            let abs_len = if ik == Int8Kernel::Avx2 { n * nb * QBLOCK } else { 0 };
             grow(&mut s.qabs, abs_len);
             for (a, &v) in s.qabs[..abs_len].iter_mut().zip(&s.q[..abs_len]) {
                 *a = v.unsigned_abs();
@@ -680,7 +706,8 @@ fn round_to_bf16(dst: &mut [u16], src: &[f32]) {
 }
 
 /// All activation rows against one 32-row tile.
-fn run_tile(kernel: Kernel, w: &Packed, acts: Acts, n: usize, m: usize, tile: usize, out: OutPtr) {
+#[allow(clippy::too_many_arguments)]
+fn run_tile(kernel: Kernel, ik: Int8Kernel, w: &Packed, acts: Acts, n: usize, m: usize, tile: usize, out: OutPtr) {
     let r0 = tile * TILE;
     let valid = (m - r0).min(TILE);
     let mut t0 = 0;
@@ -701,7 +728,7 @@ fn run_tile(kernel: Kernel, w: &Packed, acts: Acts, n: usize, m: usize, tile: us
                 let rows = (n - t0).min(4);
                 let abs = abs.get(t0 * nb * QBLOCK..).unwrap_or(&[]);
                 let xa = QActs { q: &q[t0 * nb * QBLOCK..], s: &s[t0 * nb..], sum: &sum[t0 * nb..], abs, nb };
-                tile_q8(kernel, data, tile, xa, rows, &mut buf);
+                tile_q8(ik, data, tile, xa, rows, &mut buf);
                 rows
             }
             _ => unreachable!("activations prepared for another weight layout"),
@@ -870,7 +897,7 @@ fn portable_f32(w: &[u16], kp: usize, x: &[f32], ld: usize, rows: usize, out: &m
     }
 }
 
-fn tile_q8(kernel: Kernel, w: &[u8], tile: usize, x: QActs, rows: usize, out: &mut [[f32; TILE]; 8]) {
+fn tile_q8(ik: Int8Kernel, w: &[u8], tile: usize, x: QActs, rows: usize, out: &mut [[f32; TILE]; 8]) {
     let span = 2 * x.nb * Q8_PANEL_BLOCK;
     let w = &w[tile * span..(tile + 1) * span];
     assert!(x.q.len() >= rows * x.nb * QBLOCK && x.s.len() >= rows * x.nb && x.sum.len() >= rows * x.nb);
@@ -887,9 +914,28 @@ fn tile_q8(kernel: Kernel, w: &[u8], tile: usize, x: QActs, rows: usize, out: &m
             }
         };
     }
-    match kernel.int8() {
+    // One activation row takes both panels at once (a decode step keeps both panels' lines in flight).
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! dispatch_pp {
+        ($m:ident::$f:ident) => {
+            // SAFETY: as in `dispatch`.
+            unsafe {
+                match rows {
+                    1 => $m::$f::<1, 2>(w, x, out),
+                    2 => $m::$f::<2, 1>(w, x, out),
+                    3 => $m::$f::<3, 1>(w, x, out),
+                    _ => $m::$f::<4, 1>(w, x, out),
+                }
+            }
+        };
+    }
+    match ik {
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Vnni512 => dispatch!(x86::q8_vnni),
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::AvxVnni => dispatch_pp!(x86::q8_avxvnni),
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Vnni256 => dispatch_pp!(x86::q8_vnni256),
         // SAFETY: as in `dispatch`, and |x| checked here; one row takes its own kernel (both panels at once).
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Avx2 => unsafe {
@@ -1093,6 +1139,30 @@ mod tests {
                     "{} int8 {n}x{m}x{k}: quantization error {qerr} (rms {rms})",
                     kernel.name()
                 );
+            }
+        }
+    }
+
+    /// The AVX-VNNI kernel's source, run EVEX-encoded (`Vnni256`) on the AVX512_VNNI machines here, gives the AVX2
+    /// kernel's bits on odd shapes for every row count (one row: both panels at once), remainders included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx_vnni_source_gives_the_bits_of_the_avx2_int8_kernel() {
+        let evex = is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
+        if !(evex && Kernel::Avx2.available()) {
+            eprintln!("no AVX512_VNNI + VL on this CPU: the AVX-VNNI source is not run");
+            return;
+        }
+        for (i, &(_, m, k)) in SHAPES.iter().enumerate() {
+            let w = Packed::q8(&Tensor::from_f32(&[m, k], rand(50 + i as u64, m * k, 0.5)));
+            for n in [1, 2, 3, 4, 5, 9] {
+                let x = rand(60 + i as u64, n * k, 2.0);
+                let run = |ik| {
+                    let mut out = vec![f32::NAN; n * m];
+                    gemm_many_int8(Kernel::Avx2, ik, &mut [&mut out[..]], &x, &[&w], n);
+                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                assert_eq!(run(Int8Kernel::Vnni256), run(Int8Kernel::Avx2), "{n}x{m}x{k}");
             }
         }
     }

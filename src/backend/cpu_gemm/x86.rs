@@ -290,6 +290,70 @@ pub unsafe fn q8_avx2_row(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
     }
 }
 
+/// int8 weights (stored + 128) · int8 activations with `vpdpbusd` on 8 lanes, the bias of the + 128 removed by
+/// starting each block's sums at -128 · Σx (as `q8_vnni`): exact block sums, scaled per 32-block in the other
+/// int8 kernels' order, so every int8 kernel gives the same bits. `PP` panels at a time (2 for one activation
+/// row, so that a decode step keeps both panels' lines in flight, 1 for 2 to 4 rows); each weight line is
+/// prefetched into L2 `PREFETCH_L2` ahead, as the AVX2 kernels do; running sums in `out`. One source, two
+/// encodings: `q8_avxvnni` (VEX, AVX-VNNI: CPUs with AVX2 and no AVX-512) and `q8_vnni256` (EVEX, AVX512_VNNI +
+/// VL), which only the tests choose, so that this code runs on the AVX-512 machines here.
+/// SAFETY (caller): the named features; `w` holds two panels of `x.nb` blocks, `x` MR rows; `PP` is 1 or 2.
+macro_rules! q8_dpbusd256 {
+    ($name:ident, $features:literal, $dp:ident) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name<const MR: usize, const PP: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
+            let nb = x.nb;
+            let xq = x.q.as_ptr() as *const i32;
+            for p0 in (0..2).step_by(PP) {
+                for o in out[..MR].iter_mut() {
+                    o[p0 * PANEL..(p0 + PP) * PANEL].fill(0.0);
+                }
+                for b in 0..nb {
+                    unsafe {
+                        let bp: [*const u8; PP] =
+                            std::array::from_fn(|i| w.as_ptr().add(((p0 + i) * nb + b) * Q8_PANEL_BLOCK));
+                        let mut acc = [[[_mm256_setzero_si256(); 2]; PP]; MR];
+                        for (t, a) in acc.iter_mut().enumerate() {
+                            let c = _mm256_set1_epi32(-128 * x.sum[t * nb + b]);
+                            *a = [[c, c]; PP];
+                        }
+                        // An opaque trip count, as in `q8_avx2_row`.
+                        for q in 0..std::hint::black_box(QBLOCK / 4) {
+                            for (pi, &bp) in bp.iter().enumerate() {
+                                // Past the panel's end only prefetches (no fault); wrapping_add keeps it defined.
+                                _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
+                                let a0 = _mm256_loadu_si256(bp.add(q * 64) as *const _);
+                                let a1 = _mm256_loadu_si256(bp.add(q * 64 + 32) as *const _);
+                                for (t, acc) in acc.iter_mut().enumerate() {
+                                    let i = (t * nb + b) * (QBLOCK / 4) + q;
+                                    let bx = _mm256_set1_epi32(xq.add(i).read_unaligned());
+                                    acc[pi][0] = $dp(acc[pi][0], a0, bx);
+                                    acc[pi][1] = $dp(acc[pi][1], a1, bx);
+                                }
+                            }
+                        }
+                        for (pi, &bp) in bp.iter().enumerate() {
+                            let s0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(QBLOCK * PANEL) as *const _));
+                            let s1 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(QBLOCK * PANEL + 16) as *const _));
+                            for (t, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
+                                let d = _mm256_set1_ps(x.s[t * nb + b]);
+                                for (h, s) in [(0, s0), (1, s1)] {
+                                    let r = o.as_mut_ptr().add((p0 + pi) * PANEL + h * 8);
+                                    let v = _mm256_cvtepi32_ps(a[pi][h]);
+                                    _mm256_storeu_ps(r, _mm256_fmadd_ps(v, _mm256_mul_ps(s, d), _mm256_loadu_ps(r)));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+q8_dpbusd256!(q8_avxvnni, "avx2,fma,f16c,avxvnni", _mm256_dpbusd_avx_epi32);
+q8_dpbusd256!(q8_vnni256, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32);
+
 /// int8 weights (stored + 128) · int8 activations with `vpdpbusd`, per-32-block f32 scaling.
 /// SAFETY (caller): avx512f + avx512bw + avx512vnni; `w` holds two panels of `x.nb` blocks, `x` MR rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
