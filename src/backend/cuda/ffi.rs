@@ -545,6 +545,44 @@ impl Blas {
         (self.lt.is_some(), self.counts[0].load(Ordering::Relaxed), self.counts[1].load(Ordering::Relaxed))
     }
 
+    /// Runs out = x · wᵀ on cuBLASLt (counted) when it is loaded, takes the shape (FP8: k and m multiples of 16,
+    /// its kernels' rule) and has an algorithm for it. Otherwise, or when cuBLASLt fails (the shape then stays off
+    /// it), logs why once and returns false: the caller runs `to` (counted here).
+    #[allow(clippy::too_many_arguments)]
+    fn try_lt(
+        &self,
+        st: &CudaStream,
+        o: u64,
+        xp: u64,
+        wp: u64,
+        n: usize,
+        m: usize,
+        k: usize,
+        ops: Operands,
+        to: &str,
+    ) -> bool {
+        let what = match ops {
+            Operands::Bf16 => "bf16",
+            Operands::E4m3 => "FP8",
+        };
+        let shape_ok = ops == Operands::Bf16 || (k.is_multiple_of(16) && m.is_multiple_of(16));
+        if let Some(lt) = self.lt.as_ref().filter(|_| shape_ok) {
+            match lt.gemm(st, o, xp, wp, n, m, k, ops) {
+                Ok(true) => {
+                    self.counts[0].fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Ok(false) => self.fallback(&format!("cuBLASLt has no {what} algorithm for {n}x{k} · {m}x{k}ᵀ"), to),
+                Err(e) => {
+                    lt.give_up(n, m, k, ops);
+                    self.fallback(&format!("{e} ({what} GEMM {n}x{k} · {m}x{k}ᵀ)"), to);
+                }
+            }
+        }
+        self.counts[1].fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
     /// Logs (at warn level once per backend) that a GEMM runs on `to` instead of cuBLASLt, and why.
     fn fallback(&self, why: &str, to: &str) {
         if !self.warned.swap(true, Ordering::Relaxed) {
@@ -577,20 +615,9 @@ pub fn gemm_bf16(
     let (o, _a) = out.device_ptr_mut(st);
     let (xp, _b) = x.device_ptr(st);
     let (wp, _c) = w.device_ptr(st);
-    if let Some(lt) = &blas.lt {
-        match lt.gemm(st, o, xp, wp, n, m, k, Operands::Bf16) {
-            Ok(true) => {
-                blas.counts[0].fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-            Ok(false) => blas.fallback(&format!("cuBLASLt has no algorithm for the GEMM {n}x{k} · {m}x{k}ᵀ"), GEMM_EX),
-            Err(e) => {
-                lt.give_up(n, m, k, Operands::Bf16);
-                blas.fallback(&format!("{e} (GEMM {n}x{k} · {m}x{k}ᵀ)"), GEMM_EX);
-            }
-        }
+    if blas.try_lt(st, o, xp, wp, n, m, k, Operands::Bf16, GEMM_EX) {
+        return Ok(());
     }
-    blas.counts[1].fetch_add(1, Ordering::Relaxed);
     let (alpha, beta) = (1f32, 0f32);
     // Column-major view: C (m×n) = op(A) · B with A = w stored k×m (transposed) and B = x stored k×n.
     // SAFETY: lengths checked above; the handle is bound to `st`.

@@ -5,7 +5,6 @@
 use super::{Blas, Operands, int, need, raw, status, sys};
 use crate::Result;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use std::sync::atomic::Ordering;
 
 /// `out` `[n, k]` E4M3 codes and `scales` `[n]` of the f32 rows `x` `[n, k]` (`tl_quantize_fp8_rows`).
 pub fn quantize_fp8_rows(
@@ -141,23 +140,12 @@ pub fn gemm_fp8(
     let (wp, _c) = wq.device_ptr(st);
     let (sxp, _d) = sx.device_ptr(st);
     let (swp, _e) = sw.device_ptr(st);
-    if let Some(lt) = blas.lt.as_ref().filter(|_| k.is_multiple_of(16) && m.is_multiple_of(16)) {
-        match lt.gemm(st, o, xp, wp, n, m, k, Operands::E4m3) {
-            Ok(true) => {
-                blas.counts[0].fetch_add(1, Ordering::Relaxed);
-                // SAFETY: out holds n * m floats, sx n and sw m (checked above).
-                return status(OP, unsafe {
-                    sys::tl_fp8_scale_out(o as *mut f32, sxp as *const f32, swp as *const f32, ni, mi, raw(st))
-                });
-            }
-            Ok(false) => blas.fallback(&format!("cuBLASLt has no FP8 algorithm for {n}x{k} · {m}x{k}ᵀ"), PLAIN),
-            Err(e) => {
-                lt.give_up(n, m, k, Operands::E4m3);
-                blas.fallback(&format!("{e} (FP8 GEMM {n}x{k} · {m}x{k}ᵀ)"), PLAIN);
-            }
-        }
+    if blas.try_lt(st, o, xp, wp, n, m, k, Operands::E4m3, PLAIN) {
+        // SAFETY: out holds n * m floats, sx n and sw m (checked above).
+        return status(OP, unsafe {
+            sys::tl_fp8_scale_out(o as *mut f32, sxp as *const f32, swp as *const f32, ni, mi, raw(st))
+        });
     }
-    blas.counts[1].fetch_add(1, Ordering::Relaxed);
     // SAFETY: lengths checked above.
     status(OP, unsafe {
         sys::tl_gemm_fp8_plain(
