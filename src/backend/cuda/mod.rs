@@ -51,6 +51,41 @@ struct Scratch {
     converted: Option<(u64, usize)>,
 }
 
+/// The converted copies of a GEMM input that `Scratch` keeps (see `Scratch::convert_once`).
+#[derive(Clone, Copy)]
+enum Converted {
+    /// bf16, in `bf16`.
+    Bf16,
+    /// E4M3 codes and per-token scales, in `fp8` and `fp8_scales`.
+    Fp8,
+}
+
+impl Scratch {
+    fn key_of(&mut self, c: Converted) -> &mut Option<(u64, usize)> {
+        match c {
+            Converted::Bf16 => &mut self.converted,
+            Converted::Fp8 => &mut self.converted_fp8,
+        }
+    }
+
+    /// Runs `fill`, which writes the `c` copy of the f32 buffer `key` (device pointer, elements), unless that
+    /// copy is current, and records it: the GEMMs that read one input (q/k/v, gate/up) share one conversion.
+    fn convert_once(
+        &mut self,
+        c: Converted,
+        key: (u64, usize),
+        fill: impl FnOnce(&mut Scratch) -> Result<()>,
+    ) -> Result<()> {
+        if *self.key_of(c) == Some(key) {
+            return Ok(());
+        }
+        *self.key_of(c) = None;
+        fill(self)?;
+        *self.key_of(c) = Some(key);
+        Ok(())
+    }
+}
+
 /// One GPU: its primary context, one stream for all work, and the cuBLASLt/cuBLAS handles bound to that stream.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
@@ -270,13 +305,11 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(cuda_err("bind context"))?;
         let key = (x.0.device_ptr(&self.stream).0, n * k);
         let mut s = self.lock()?;
-        if s.converted != Some(key) {
-            s.converted = None;
+        s.convert_once(Converted::Bf16, key, |s| {
             self.grow(&mut s.bf16, n * k)?;
             let xb = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
-            ffi::f32_to_bf16(&self.stream, xb, &x.0, n * k)?;
-            s.converted = Some(key);
-        }
+            ffi::f32_to_bf16(&self.stream, xb, &x.0, n * k)
+        })?;
         let xb = s.bf16.as_ref().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
         ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, w, n, m, k)
     }
@@ -295,14 +328,10 @@ impl CudaBackend {
         eps: f32,
     ) -> Result<()> {
         let mut s = self.lock()?;
-        self.grow(&mut s.fp8, n * h)?;
-        self.grow(&mut s.fp8_scales, n)?;
-        let Scratch { fp8: Some(codes), fp8_scales: Some(scales), .. } = &mut *s else {
-            return Err(Error::Internal("fp8 scratch missing".into()));
-        };
+        let (codes, scales) = self.fp8_scratch(&mut s, n * h, n)?;
         let r = residual.map(|r| &mut r.0);
         ffi::rms_norm_fp8(&self.stream, &mut out.0, r, codes, scales, &x.0, w, n, h, eps)?;
-        s.converted_fp8 = Some((out.0.device_ptr(&self.stream).0, n * h));
+        *s.key_of(Converted::Fp8) = Some((out.0.device_ptr(&self.stream).0, n * h));
         Ok(())
     }
 
@@ -322,20 +351,29 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(cuda_err("bind context"))?;
         let key = (x.0.device_ptr(&self.stream).0, n * k);
         let mut s = self.lock()?;
-        if s.converted_fp8 != Some(key) {
-            s.converted_fp8 = None;
-            self.grow(&mut s.fp8, n * k)?;
-            self.grow(&mut s.fp8_scales, n)?;
-            let Scratch { fp8: Some(xq), fp8_scales: Some(sx), .. } = &mut *s else {
-                return Err(Error::Internal("fp8 scratch missing".into()));
-            };
-            ffi::quantize_fp8_rows(&self.stream, xq, sx, &x.0, n, k)?;
-            s.converted_fp8 = Some(key);
-        }
+        s.convert_once(Converted::Fp8, key, |s| {
+            let (xq, sx) = self.fp8_scratch(s, n * k, n)?;
+            ffi::quantize_fp8_rows(&self.stream, xq, sx, &x.0, n, k)
+        })?;
         let (Some(xq), Some(sx)) = (s.fp8.as_ref(), s.fp8_scales.as_ref()) else {
             return Err(Error::Internal("fp8 scratch missing".into()));
         };
         ffi::gemm_fp8(&self.blas, &self.stream, &mut out.0, xq, sx, codes, w_scales, n, m, k)
+    }
+
+    /// The FP8 scratch (codes, per-token scales) for `elems` values of `rows` rows.
+    fn fp8_scratch<'a>(
+        &self,
+        s: &'a mut Scratch,
+        elems: usize,
+        rows: usize,
+    ) -> Result<(&'a mut CudaSlice<u8>, &'a mut CudaSlice<f32>)> {
+        self.grow(&mut s.fp8, elems)?;
+        self.grow(&mut s.fp8_scales, rows)?;
+        match (s.fp8.as_mut(), s.fp8_scales.as_mut()) {
+            (Some(codes), Some(scales)) => Ok((codes, scales)),
+            _ => Err(Error::Internal("fp8 scratch missing".into())),
+        }
     }
 
     /// A reusable scratch slice of at least `n` elements.
