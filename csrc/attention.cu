@@ -245,17 +245,28 @@ __global__ void decode_combine_kernel(float *out, const float *scratch, TlAttnMe
     }
 }
 
+// The query tile a prefill block serves (blockIdx.x: tile of up to `tile_rows` rows, blockIdx.y: query head h):
+// its sequence s, the tile's first row r0 in the chunk, the chunk's length, first token and context, the rows it
+// takes, the KV head and the sequence's block table.
+struct PrefillTile {
+    int s, r0, h, len, start, ctx, rows, kvh;
+    const int32_t *bt;
+};
+
+__device__ __forceinline__ PrefillTile prefill_tile(const TlAttnMeta &m, int tile_rows, int nh, int nkv) {
+    const int s = m.tiles[2 * blockIdx.x], r0 = m.tiles[2 * blockIdx.x + 1], h = blockIdx.y;
+    const int len = m.seq_len[s];
+    return PrefillTile{s, r0, h, len, m.seq_start[s], m.seq_ctx[s], min(tile_rows, len - r0), h / (nh / nkv),
+                       m.block_tables + m.seq_bt[s]};
+}
+
 // grid (n_tiles, nh), PF_WARPS warps. Shared: q [PF_ROWS][hd], k [PF_KEYS][hd + 1], v [PF_KEYS][hd].
 template <int VEC, typename KV>
 __global__ void prefill_kernel(float *out, const float *q, const KV *kc, const KV *vc, TlAttnMeta m,
                                int nh, int nkv, int hd, float scale) {
     extern __shared__ float sh[];
     constexpr int RPW = PF_ROWS / PF_WARPS;
-    const int s = m.tiles[2 * blockIdx.x], r0 = m.tiles[2 * blockIdx.x + 1], h = blockIdx.y;
-    const int len = m.seq_len[s], start = m.seq_start[s], ctx = m.seq_ctx[s];
-    const int rows = min(PF_ROWS, len - r0);
-    const int kvh = h / (nh / nkv);
-    const int32_t *bt = m.block_tables + m.seq_bt[s];
+    const auto [s, r0, h, len, start, ctx, rows, kvh, bt] = prefill_tile(m, PF_ROWS, nh, nkv);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float *qs = sh, *ks = qs + PF_ROWS * hd, *vs = ks + PF_KEYS * (hd + 1);
     for (int idx = threadIdx.x; idx < PF_ROWS * hd; idx += blockDim.x) {
@@ -352,11 +363,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) prefill_tc_kernel(float *out, c
                                                                    int hd, float scale) {
     using namespace nvcuda;
     extern __shared__ __align__(128) unsigned char tc_sh[];
-    const int s = m.tiles[2 * blockIdx.x], r0 = m.tiles[2 * blockIdx.x + 1], h = blockIdx.y;
-    const int len = m.seq_len[s], start = m.seq_start[s], ctx = m.seq_ctx[s];
-    const int rows = min(TC_ROWS, len - r0);
-    const int kvh = h / (nh / nkv);
-    const int32_t *bt = m.block_tables + m.seq_bt[s];
+    const auto [s, r0, h, len, start, ctx, rows, kvh, bt] = prefill_tile(m, TC_ROWS, nh, nkv);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int ldq = hd + 8, ldo = hd + 4;
     // Every region's size is a multiple of 32 bytes (hd a multiple of 16), as wmma's pointers need.

@@ -23,27 +23,24 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the block; every thread gets the result. `sh` needs 32 floats. blockDim.x is a multiple of 32.
-__device__ __forceinline__ float block_sum(float v, float *sh) {
+// `WarpOp` (warp_sum, warp_max) over the block; every thread gets the result. `sh` needs 32 floats. blockDim.x is
+// a multiple of 32. The lanes past the block's warps bring 0: the sum's identity, and for the max, which is taken
+// of magnitudes (|x|), no larger than any of them.
+template <float (*WarpOp)(float)>
+__device__ __forceinline__ float block_reduce(float v, float *sh) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = WarpOp(v);
     __syncthreads();
     if (lane == 0) sh[warp] = v;
     __syncthreads();
     v = lane < nw ? sh[lane] : 0.f;
-    return warp_sum(v);
+    return WarpOp(v);
 }
 
-// Max over the block; every thread gets the result. `sh` needs 32 floats. blockDim.x is a multiple of 32.
-__device__ __forceinline__ float block_max(float v, float *sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = lane < nw ? sh[lane] : 0.f;
-    return warp_max(v);
-}
+__device__ __forceinline__ float block_sum(float v, float *sh) { return block_reduce<warp_sum>(v, sh); }
+
+// Of non-negative values only (see block_reduce).
+__device__ __forceinline__ float block_max(float v, float *sh) { return block_reduce<warp_max>(v, sh); }
 
 // K/V cache values: f32, bf16 (round to nearest even when stored, as the CPU twin's half::bf16::from_f32) or E4M3
 // with scale 1 (round to nearest even, saturating to +-448: the CPU twin's fp8::f32_to_e4m3).
