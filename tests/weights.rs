@@ -21,6 +21,18 @@ struct Drift {
     argmax_agreement: f64,
 }
 
+impl Drift {
+    /// Each measure's mean over `ds` (one per sequence).
+    fn mean(ds: &[Drift]) -> Drift {
+        let m = |f: fn(&Drift) -> f64| ds.iter().map(f).sum::<f64>() / ds.len() as f64;
+        Drift {
+            max_abs_over_std: m(|d| d.max_abs_over_std),
+            rms_over_std: m(|d| d.rms_over_std),
+            argmax_agreement: m(|d| d.argmax_agreement),
+        }
+    }
+}
+
 fn drift(exact: &[f32], got: &[f32], vocab: usize) -> Drift {
     let n = exact.len() as f64;
     let mean = exact.iter().map(|&v| v as f64).sum::<f64>() / n;
@@ -61,12 +73,7 @@ fn check(model: &str) {
         let r = runner_with(&ckpt, fmt);
         let ds: Vec<Drift> =
             seqs.iter().zip(&exact).map(|(ids, e)| drift(e, &prompt_logits(&r, ids), e.len() / ids.len())).collect();
-        let mean = |f: fn(&Drift) -> f64| ds.iter().map(f).sum::<f64>() / ds.len() as f64;
-        let d = Drift {
-            max_abs_over_std: mean(|d| d.max_abs_over_std),
-            rms_over_std: mean(|d| d.rms_over_std),
-            argmax_agreement: mean(|d| d.argmax_agreement),
-        };
+        let d = Drift::mean(&ds);
         eprintln!(
             "{model} {}: max-abs/std {:.4}, rms/std {:.4}, argmax agreement {:.4} (means over {} x 64 positions)",
             fmt.name(),
@@ -167,8 +174,7 @@ fn check_fp8(model: &str) {
     for base in [WeightFormat::AsLoaded, WeightFormat::Bf16] {
         let r = runner_with(&ckpt, base);
         let ds: Vec<Drift> = seqs.iter().zip(&got).map(|(ids, g)| drift(&prompt_logits(&r, ids), g, vocab)).collect();
-        let mean = |f: fn(&Drift) -> f64| ds.iter().map(f).sum::<f64>() / ds.len() as f64;
-        let (max, rms, agree) = (mean(|d| d.max_abs_over_std), mean(|d| d.rms_over_std), mean(|d| d.argmax_agreement));
+        let Drift { max_abs_over_std: max, rms_over_std: rms, argmax_agreement: agree } = Drift::mean(&ds);
         eprintln!(
             "{model} fp8 against {}: max-abs/std {max:.4}, rms/std {rms:.4}, argmax agreement {agree:.4} (means over {} x 64)",
             base.name(),
@@ -263,12 +269,7 @@ fn kv_drift(model: &str, kv: triton_llama::backend::KvDtype) -> Drift {
     let (exact, got) = (logits(KvDtype::F32), logits(kv));
     let vocab = exact[0].len() / seqs[0].len();
     let ds: Vec<Drift> = exact.iter().zip(&got).map(|(e, g)| drift(e, g, vocab)).collect();
-    let m = |f: fn(&Drift) -> f64| ds.iter().map(f).sum::<f64>() / ds.len() as f64;
-    let d = Drift {
-        max_abs_over_std: m(|d| d.max_abs_over_std),
-        rms_over_std: m(|d| d.rms_over_std),
-        argmax_agreement: m(|d| d.argmax_agreement),
-    };
+    let d = Drift::mean(&ds);
     eprintln!(
         "{model}: {} KV against f32 KV: max-abs/std {:.4}, rms/std {:.5}, argmax {:.4}",
         kv.name(),
