@@ -3,7 +3,7 @@
 //! `cargo run --release --example attn_bench [-- prefill=128,512 decode=8x64,8x512,1x512]`.
 use std::time::Instant;
 use triton_llama::backend::cpu::CpuBackend;
-use triton_llama::backend::{AttnDims, Backend, KvStore, SeqMeta, StepMeta};
+use triton_llama::backend::{AttnDims, Backend, KvStore, StepMeta};
 
 const BS: usize = 16;
 
@@ -24,11 +24,7 @@ fn step(seqs: usize, ctx: usize, new: usize) -> StepMeta {
     let mut meta = StepMeta { block_size: BS, ..Default::default() };
     for s in 0..seqs {
         let block_table: Vec<u32> = (0..per).map(|b| (s * per + b) as u32).collect();
-        for p in ctx - new..ctx {
-            meta.positions.push(p as u32);
-            meta.slots.push((block_table[p / BS] as usize * BS + p % BS) as u32);
-        }
-        meta.seqs.push(SeqMeta { token_start: s * new, n_tokens: new, context_len: ctx, block_table });
+        meta.push_seq(&block_table, ctx - new..ctx);
     }
     meta
 }

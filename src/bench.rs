@@ -7,8 +7,8 @@ pub mod cuda;
 pub mod guided;
 
 use crate::Result;
+use crate::backend::WeightFormat;
 use crate::backend::cpu_mem::WeightMem;
-use crate::backend::{SeqMeta, WeightFormat};
 use crate::engine::runner::{KvPlan, Runner, StepInput};
 use crate::loader::CheckpointSource;
 use crate::loader::random::RandomSource;
@@ -186,13 +186,8 @@ pub(crate) fn step_for(
     input.meta.block_size = block_size;
     for s in 0..seqs {
         let table: Vec<u32> = (0..blocks_per_seq).map(|b| (s * blocks_per_seq + b) as u32).collect();
-        let token_start = input.tokens.len();
-        for p in start..start + len {
-            input.tokens.push(((s * 7919 + p * 31) % (vocab - 3) + 3) as u32);
-            input.meta.positions.push(p as u32);
-            input.meta.slots.push(table[p / block_size] * block_size as u32 + (p % block_size) as u32);
-        }
-        input.meta.seqs.push(SeqMeta { token_start, n_tokens: len, context_len: start + len, block_table: table });
+        let token_start = input.meta.push_seq(&table, start..start + len);
+        input.tokens.extend((start..start + len).map(|p| ((s * 7919 + p * 31) % (vocab - 3) + 3) as u32));
         input.logit_rows.push(token_start + len - 1);
     }
     // Greedy picks on the device, as the engine's steps do: only ids come back.

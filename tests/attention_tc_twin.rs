@@ -74,12 +74,7 @@ fn case(hd: usize, group: usize, shapes: &[(usize, usize)]) -> f32 {
         let ctx = new + cached;
         let table: Vec<u32> = (0..ctx.div_ceil(bs) as u32).rev().map(|b| next + b).collect();
         next += table.len() as u32;
-        let token_start = meta.positions.len();
-        for p in cached..ctx {
-            meta.positions.push(p as u32);
-            meta.slots.push(table[p / bs] * bs as u32 + (p % bs) as u32);
-        }
-        meta.seqs.push(SeqMeta { token_start, n_tokens: new, context_len: ctx, block_table: table });
+        meta.push_seq(&table, cached..ctx);
     }
     let slots = next as usize * bs;
     let nkv = 1;

@@ -176,20 +176,9 @@ fn ragged_step(bs: usize) -> (StepMeta, StepMeta) {
         let table: Vec<u32> = order[next..next + ctx.div_ceil(bs)].to_vec();
         next += table.len();
         for (meta, range) in [(&mut hist, 0..ctx - new), (&mut step, ctx - new..ctx)] {
-            if range.is_empty() {
-                continue;
+            if !range.is_empty() {
+                meta.push_seq(&table, range);
             }
-            let token_start = meta.positions.len();
-            for p in range.clone() {
-                meta.positions.push(p as u32);
-                meta.slots.push(table[p / bs] * bs as u32 + (p % bs) as u32);
-            }
-            meta.seqs.push(SeqMeta {
-                token_start,
-                n_tokens: range.len(),
-                context_len: range.end,
-                block_table: table.clone(),
-            });
         }
     }
     (hist, step)
@@ -620,12 +609,7 @@ fn step_of(shapes: &[(usize, usize)], bs: usize) -> (StepMeta, usize) {
         let ctx = new + cached;
         let table: Vec<u32> = order[next..next + ctx.div_ceil(bs)].to_vec();
         next += table.len();
-        let token_start = meta.positions.len();
-        for p in cached..ctx {
-            meta.positions.push(p as u32);
-            meta.slots.push(table[p / bs] * bs as u32 + (p % bs) as u32);
-        }
-        meta.seqs.push(SeqMeta { token_start, n_tokens: new, context_len: ctx, block_table: table });
+        meta.push_seq(&table, cached..ctx);
     }
     (meta, total * bs)
 }

@@ -43,6 +43,21 @@ impl StepMeta {
         self.positions.len()
     }
 
+    /// Appends one sequence computing the tokens at `positions` (its context ends with them), cached through
+    /// `table`: each token's slot is its position's block in `table` and offset in it. Returns the sequence's
+    /// first row in the step.
+    pub fn push_seq(&mut self, table: &[u32], positions: std::ops::Range<usize>) -> usize {
+        let bs = self.block_size;
+        let token_start = self.positions.len();
+        for p in positions.clone() {
+            self.positions.push(p as u32);
+            self.slots.push(table[p / bs] * bs as u32 + (p % bs) as u32);
+        }
+        let (n_tokens, context_len) = (positions.len(), positions.end);
+        self.seqs.push(SeqMeta { token_start, n_tokens, context_len, block_table: table.to_vec() });
+        token_start
+    }
+
     /// Checks the step is well formed on any device: one slot per token, a positive block size, each
     /// sequence's tokens a non-empty range inside the step, every token in exactly one sequence, a context at
     /// least as long as the new tokens and a block table covering it. The model checks each step once, before

@@ -1,7 +1,7 @@
 //! Tensor-parallel execution: one thread per rank, each owning its weight shard and KV cache. Every step is
 //! sent to all ranks; rank 0 returns the sampled tokens (or, when asked, the logits).
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, Precision, SeqMeta, StepMeta, WeightFormat};
+use crate::backend::{Backend, Precision, StepMeta, WeightFormat};
 use crate::comm::local::LocalComm;
 use crate::comm::{Communicator, GroupControl};
 use crate::loader::CheckpointSource;
@@ -42,16 +42,9 @@ impl StepInput {
     /// Appends one sequence's chunk: tokens `ids` at positions `start..`, cached through `table`; with
     /// `all_logits` every row's logits are requested, else only the last row's.
     pub fn push_seq(&mut self, ids: &[u32], start: usize, table: &[u32], all_logits: bool) {
-        let bs = self.meta.block_size;
-        let token_start = self.tokens.len();
-        for (i, &t) in ids.iter().enumerate() {
-            let p = start + i;
-            self.tokens.push(t);
-            self.meta.positions.push(p as u32);
-            self.meta.slots.push(table[p / bs] * bs as u32 + (p % bs) as u32);
-        }
         let n = ids.len();
-        self.meta.seqs.push(SeqMeta { token_start, n_tokens: n, context_len: start + n, block_table: table.to_vec() });
+        let token_start = self.meta.push_seq(table, start..start + n);
+        self.tokens.extend_from_slice(ids);
         if all_logits {
             self.logit_rows.extend(token_start..token_start + n);
         } else {
