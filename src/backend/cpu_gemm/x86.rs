@@ -3,12 +3,10 @@
 use super::{FOLD_PAIRS, MID_BLOCKS, PANEL, PREFETCH, PREFETCH_MIN_ROWS, Q8_PANEL_BLOCK, QActs, QBLOCK, TILE};
 use std::arch::x86_64::*;
 
-/// How far ahead (bytes) the AVX2 kernels prefetch their weights into L2 (`prefetcht1`). Without it a batch-1
-/// decode step waits on memory: the AVX2 loops hold fewer weight bytes in flight than the AVX-512 ones. TinyLlama
-/// shape, int8, TL_CPU_KERNEL=avx2 on the 2-core Zen 4 VM, alternated runs: none 16.0-20.3 tok/s; into L1 0.5-4 KiB
-/// ahead 13.4-21.9; into L2 4 KiB 20.7-22.0, 8 KiB 21.0-23.3, 12 KiB 22.0-24.8, 16 KiB 23.5-24.7 (the avx512
-/// vpdpbusd kernel 20.2-26.1 in the same hour).
-const PREFETCH_L2: usize = 16 << 10;
+// The int8 AVX2-family kernels issue no software prefetch: on 2026-12-07 a `prefetcht1` 16 KiB ahead (which an
+// earlier day's runs had favoured, see the README) cost batch-1 int8 decode about 15 % (TinyLlama shape,
+// TL_CPU_KERNEL=avx2, 6 alternated runs each: medians 23.9 tok/s with it, 27.3 / 27.6 with `prefetchnta` 8 / 4
+// KiB ahead, 28.2 with none), as the AVX512_VNNI kernel never had one.
 
 /// bf16 weights · bf16 activations with `vdpbf16ps`, f32 sums.
 /// SAFETY (caller): avx512f + avx512bf16; `w` holds `TILE * kp * 2` values, x row t holds `kp * 2` at `t * ld`.
@@ -201,7 +199,7 @@ pub unsafe fn f32_fma256<const MR: usize, const PP: usize>(
 /// |x| (made in `prepare`) as its unsigned operand and the weight with x's sign (`vpsignb`), so no pair of
 /// products can saturate its 16-bit sums (2 · 127 · 127 < 2^15), then `vpmaddwd` by ones makes 32-bit sums of 4
 /// (llama.cpp's q8_0 dot on AVX2). One 16-row panel at a time for 2 to 4 activation rows (one row takes
-/// `q8_avx2_row`), each weight line prefetched into L2 `PREFETCH_L2` bytes ahead; per-32-block f32 scaling in the
+/// `q8_avx2_row`); per-32-block f32 scaling in the
 /// same order as the other int8 kernels. With 16 ymm registers four rows' sums still spill some (see the README).
 /// SAFETY (caller): avx2 + fma + f16c; `w` holds two panels of `x.nb` blocks, `x` (with `abs`) MR rows.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -218,8 +216,6 @@ pub unsafe fn q8_avx2<const MR: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE
                 let mut acc = [[_mm256_setzero_si256(); 2]; MR];
                 // An opaque trip count, as in `q8_avx2_row`.
                 for q in 0..std::hint::black_box(QBLOCK / 4) {
-                    // Past the panel's end only prefetches (no fault); wrapping_add keeps the address math defined.
-                    _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
                     let a0 = _mm256_xor_si256(_mm256_loadu_si256(bp.add(q * 64) as *const _), flip);
                     let a1 = _mm256_xor_si256(_mm256_loadu_si256(bp.add(q * 64 + 32) as *const _), flip);
                     for (t, acc) in acc.iter_mut().enumerate() {
@@ -267,8 +263,6 @@ pub unsafe fn q8_avx2_row(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
             let mut c = [_mm256_setzero_si256(); 4];
             // An opaque trip count: fully unrolled, the loop's 32 loads were hoisted together and spilled.
             for q in 0..std::hint::black_box(QBLOCK / 4) {
-                _mm_prefetch::<_MM_HINT_T1>(b0.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
-                _mm_prefetch::<_MM_HINT_T1>(b1.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
                 let bx = _mm256_set1_epi32(xq.add(b * (QBLOCK / 4) + q).read_unaligned());
                 let ax = _mm256_set1_epi32(xa.add(b * (QBLOCK / 4) + q).read_unaligned());
                 for (h, p) in [(0, b0), (1, b0.add(32)), (2, b1), (3, b1.add(32))] {
@@ -293,8 +287,7 @@ pub unsafe fn q8_avx2_row(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
 /// int8 weights (stored + 128) · int8 activations with `vpdpbusd` on 8 lanes, the bias of the + 128 removed by
 /// starting each block's sums at -128 · Σx (as `q8_vnni`): exact block sums, scaled per 32-block in the other
 /// int8 kernels' order, so every int8 kernel gives the same bits. `PP` panels at a time (2 for one activation
-/// row, so that a decode step keeps both panels' lines in flight, 1 for 2 to 4 rows); each weight line is
-/// prefetched into L2 `PREFETCH_L2` ahead, as the AVX2 kernels do; running sums in `out`. One source, two
+/// row, so that a decode step keeps both panels' lines in flight, 1 for 2 to 4 rows); running sums in `out`. One source, two
 /// encodings: `q8_avxvnni` (VEX, AVX-VNNI: CPUs with AVX2 and no AVX-512) and `q8_vnni256` (EVEX, AVX512_VNNI +
 /// VL), which only the tests choose, so that this code runs on the AVX-512 machines here.
 /// SAFETY (caller): the named features; `w` holds two panels of `x.nb` blocks, `x` MR rows; `PP` is 1 or 2.
@@ -320,8 +313,6 @@ macro_rules! q8_dpbusd256 {
                         // An opaque trip count, as in `q8_avx2_row`.
                         for q in 0..std::hint::black_box(QBLOCK / 4) {
                             for (pi, &bp) in bp.iter().enumerate() {
-                                // Past the panel's end only prefetches (no fault); wrapping_add keeps it defined.
-                                _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(q * 64 + PREFETCH_L2) as *const i8);
                                 let a0 = _mm256_loadu_si256(bp.add(q * 64) as *const _);
                                 let a1 = _mm256_loadu_si256(bp.add(q * 64 + 32) as *const _);
                                 for (t, acc) in acc.iter_mut().enumerate() {
