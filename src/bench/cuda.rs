@@ -296,6 +296,7 @@ pub fn run(
         prefill.push(PrefillPoint { tokens: n, ms: s * 1e3, tok_s: n as f64 / s, tflops, gemm_ratio: tflops / gemm });
     }
     let device = CudaBackend::new(gpu).map(|b| crate::backend::Backend::name(&b)).unwrap_or_default();
+    let (timed, switched) = CudaBackend::gemm_algo_timing();
     Ok(CudaBenchReport {
         device,
         weights: fmt.name().into(),
@@ -320,6 +321,10 @@ pub fn run(
             "fp8: activations quantized per token by a kernel of their own before each GEMM; the scales applied by \
              a kernel after cuBLASLt's"
                 .into(),
+            format!(
+                "cuBLASLt: {timed} GEMM shapes of up to 256 rows had their heuristic's candidates timed, in {switched} \
+                 of them one other than its first was faster (TL_CUBLASLT_TIMING=0: the first everywhere)"
+            ),
         ],
     })
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 mod blaslt;
 mod fp8;
+pub use blaslt::timing_stats as gemm_algo_timing;
 use blaslt::{Lt, Operands};
 pub use fp8::{gemm_fp8, quantize_fp8_rows, quantize_fp8_rows_bf16, rms_norm_fp8};
 

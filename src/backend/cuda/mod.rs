@@ -167,6 +167,12 @@ impl CudaBackend {
         self.ctx.mem_get_info().map_err(cuda_err("memory info"))
     }
 
+    /// (shapes whose cuBLASLt candidates were timed, shapes where one other than the heuristic's first won), for
+    /// every GPU of the process; `TL_CUBLASLT_TIMING=0` turns the timing off.
+    pub fn gemm_algo_timing() -> (u64, u64) {
+        ffi::gemm_algo_timing()
+    }
+
     /// (cuBLASLt loaded, GEMMs run by cuBLASLt, GEMMs that fell back to cuBLAS GemmEx) since the backend opened.
     pub fn gemm_stats(&self) -> (bool, u64, u64) {
         self.blas.stats()

@@ -1,5 +1,6 @@
 //! cuBLASLt for the GEMMs: one handle, workspace and matmul descriptor per stream, and per shape (and operand
-//! alignment and type) the layouts and the algorithm the heuristic picked.
+//! alignment and type) the layouts and the heuristic's candidate algorithms; for shapes of up to
+//! `LT_TIMED_MAX_ROWS` rows the candidates are timed on first use and the fastest kept (issue 18 item 5).
 #![allow(unsafe_code)]
 use super::raw;
 use cudarc::cublas::sys as blas;
@@ -7,7 +8,8 @@ use cudarc::cublaslt::{result as ltr, sys as lt};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// cuBLASLt workspace, allocated once per backend (NVIDIA's recommendation for Hopper; enough for Ampere).
@@ -17,6 +19,8 @@ const LT_WORKSPACE_BYTES: usize = 32 << 20;
 pub(super) struct Lt {
     /// Plans by shape and operand alignment; `None` records a shape cuBLASLt has no algorithm for.
     plans: Mutex<HashMap<PlanKey, Option<Plan>>>,
+    /// Whether shapes of up to `LT_TIMED_MAX_ROWS` rows are timed (`TL_CUBLASLT_TIMING` is not `0`).
+    timing: bool,
     desc: LtDesc,
     workspace: CudaSlice<u8>,
     handle: LtHandle,
@@ -50,12 +54,37 @@ lt_owned!(LtDesc, lt::cublasLtMatmulDesc_t, ltr::destroy_matmul_desc);
 lt_owned!(LtLayout, lt::cublasLtMatrixLayout_t, ltr::destroy_matrix_layout);
 lt_owned!(LtPref, lt::cublasLtMatmulPreference_t, ltr::destroy_matmul_pref);
 
-/// The layouts of one shape and the algorithm the heuristic picked for them.
+/// Candidates asked of the heuristic per shape.
+const LT_CANDIDATES: usize = 8;
+
+/// Shapes of up to this many rows (activation rows n: decode and small batches, where the GEMMs stream their
+/// weights and the heuristic's first split-K choice is the one most often off) have their candidates timed once;
+/// larger ones keep the heuristic's first. Each new such shape costs one pause of its candidates' runs.
+const LT_TIMED_MAX_ROWS: usize = 256;
+
+/// Timed runs per candidate (after one untimed run).
+const LT_TIMING_REPS: usize = 3;
+
+/// The environment variable that turns the timing off (value `0`): the heuristic's first algorithm everywhere.
+const LT_TIMING_ENV: &str = "TL_CUBLASLT_TIMING";
+
+/// Shapes whose candidates were timed in this process, and of those the ones where a candidate other than the
+/// heuristic's first was faster.
+static TIMED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// (shapes timed, shapes where a candidate other than the heuristic's first was faster), all GPUs of the process.
+pub fn timing_stats() -> (u64, u64) {
+    (TIMED[0].load(Ordering::Relaxed), TIMED[1].load(Ordering::Relaxed))
+}
+
+/// The layouts of one shape and the heuristic's candidate algorithms for them; `algos[0]` is the one used.
 struct Plan {
     a: LtLayout,
     b: LtLayout,
     d: LtLayout,
-    algo: lt::cublasLtMatmulAlgo_t,
+    algos: Vec<lt::cublasLtMatmulAlgo_t>,
+    /// Whether the candidates were timed (or timing was skipped for this shape) already.
+    timed: bool,
 }
 
 // SAFETY: cuBLASLt handles and descriptors are plain host objects, usable from any thread; every use here is
@@ -107,10 +136,11 @@ impl Lt {
         let workspace = st
             .alloc_zeros::<u8>(LT_WORKSPACE_BYTES)
             .map_err(|e| format!("cuBLASLt workspace of {LT_WORKSPACE_BYTES} bytes: {e}"))?;
-        Ok(Lt { plans: Mutex::new(HashMap::new()), desc, workspace, handle })
+        let timing = std::env::var(LT_TIMING_ENV).map_or(true, |v| v != "0");
+        Ok(Lt { plans: Mutex::new(HashMap::new()), timing, desc, workspace, handle })
     }
 
-    /// Layouts and the heuristic's first algorithm for a shape; `Ok(None)` when cuBLASLt offers none.
+    /// Layouts and the heuristic's candidates (best first) for a shape; `Ok(None)` when cuBLASLt offers none.
     fn plan(&self, key: PlanKey) -> std::result::Result<Option<Plan>, String> {
         let (n, m, k, al_x, al_w, al_o, ops) = key;
         let layout = |ty, rows: usize, cols: usize, ld: usize| {
@@ -148,12 +178,100 @@ impl Lt {
                     .map_err(lt_err("alignment preference"))?;
             }
         }
-        // SAFETY: handle, descriptor, layouts and preference are live; C and D share one layout (beta = 0).
-        match unsafe { ltr::get_matmul_algo_heuristic(self.handle.0, self.desc.0, a.0, b.0, d.0, d.0, pref.0) } {
-            Ok(h) => Ok(Some(Plan { a, b, d, algo: h.algo })),
-            Err(ltr::CublasError(lt::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => Ok(None),
-            Err(e) => Err(lt_err("heuristic")(e)),
+        // SAFETY: plain data (an algorithm's opaque words, sizes, a status whose zero is SUCCESS).
+        let mut found: Vec<lt::cublasLtMatmulHeuristicResult_t> = vec![unsafe { std::mem::zeroed() }; LT_CANDIDATES];
+        let mut count: c_int = 0;
+        // SAFETY: handle, descriptor, layouts and preference are live; C and D share one layout (beta = 0);
+        // `found` holds LT_CANDIDATES results for cuBLASLt to fill and `count` receives how many it filled.
+        let status = unsafe {
+            lt::cublasLtMatmulAlgoGetHeuristic(
+                self.handle.0,
+                self.desc.0,
+                a.0,
+                b.0,
+                d.0,
+                d.0,
+                pref.0,
+                LT_CANDIDATES as c_int,
+                found.as_mut_ptr(),
+                &mut count,
+            )
+        };
+        match status.result() {
+            Ok(()) => {}
+            Err(ltr::CublasError(lt::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => return Ok(None),
+            Err(e) => return Err(lt_err("heuristic")(e)),
         }
+        let filled = &found[..(count.max(0) as usize).min(LT_CANDIDATES)];
+        let algos: Vec<_> =
+            filled.iter().filter(|h| h.state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS).map(|h| h.algo).collect();
+        if algos.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Plan { a, b, d, algos, timed: false }))
+    }
+
+    /// One matmul of `p`'s shape with candidate `i`.
+    fn run(&self, st: &CudaStream, p: &Plan, i: usize, o: u64, xp: u64, wp: u64) -> std::result::Result<(), String> {
+        let (alpha, beta) = (1f32, 0f32);
+        let (ws, _w) = self.workspace.device_ptr(st);
+        // SAFETY: operand lengths were checked by the caller; the layouts describe exactly those buffers; the
+        // workspace is ours and used only on this stream; the plan stays alive (locked) during the call.
+        unsafe {
+            ltr::matmul(
+                self.handle.0,
+                self.desc.0,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                wp as *const c_void,
+                p.a.0,
+                xp as *const c_void,
+                p.b.0,
+                o as *const c_void,
+                p.d.0,
+                o as *mut c_void,
+                p.d.0,
+                &p.algos[i],
+                ws as *mut c_void,
+                LT_WORKSPACE_BYTES,
+                raw(st) as lt::cudaStream_t,
+            )
+        }
+        .map_err(lt_err("matmul"))
+    }
+
+    /// Times `p`'s candidates on the call's own operands (one untimed run, then `LT_TIMING_REPS` between two
+    /// events) and moves the fastest to the front; beta is 0, so the runs only rewrite the output the real call
+    /// writes next. A candidate that fails is left out of the choice; if none can be timed the order stays.
+    #[allow(clippy::too_many_arguments)]
+    fn choose(&self, st: &CudaStream, p: &mut Plan, o: u64, xp: u64, wp: u64, n: usize, m: usize, k: usize) {
+        let time = |i: usize| -> std::result::Result<f32, String> {
+            let ev = |what| move |e: cudarc::driver::DriverError| format!("cuBLASLt timing {what}: {e}");
+            self.run(st, p, i, o, xp, wp)?;
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let start = st.record_event(flags).map_err(ev("event"))?;
+            for _ in 0..LT_TIMING_REPS {
+                self.run(st, p, i, o, xp, wp)?;
+            }
+            let end = st.record_event(flags).map_err(ev("event"))?;
+            start.elapsed_ms(&end).map_err(ev("elapsed"))
+        };
+        let times: Vec<Option<f32>> = (0..p.algos.len())
+            .map(|i| time(i).map_err(|e| log::debug!("candidate {i} for {n}x{k} · {m}x{k}ᵀ: {e}")).ok())
+            .collect();
+        let best = times.iter().enumerate().filter_map(|(i, t)| t.map(|t| (i, t))).min_by(|a, b| a.1.total_cmp(&b.1));
+        let Some((i, ms)) = best else { return };
+        TIMED[0].fetch_add(1, Ordering::Relaxed);
+        if i != 0 {
+            TIMED[1].fetch_add(1, Ordering::Relaxed);
+            p.algos.swap(0, i);
+        }
+        let first = times[0].map_or("failed".to_string(), |t| format!("{:.4} ms", t / LT_TIMING_REPS as f32));
+        log::debug!(
+            "cuBLASLt {n}x{k} · {m}x{k}ᵀ: candidate {i} of {} fastest, {:.4} ms (the heuristic's first: {first})",
+            times.len(),
+            ms / LT_TIMING_REPS as f32
+        );
     }
 
     /// `Ok(false)` when this shape has no cuBLASLt algorithm (the caller falls back).
@@ -175,32 +293,14 @@ impl Lt {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => v.insert(self.plan(key)?),
         };
-        let Some(p) = p.as_ref() else { return Ok(false) };
-        let (alpha, beta) = (1f32, 0f32);
-        let (ws, _w) = self.workspace.device_ptr(st);
-        // SAFETY: operand lengths were checked by the caller; the layouts describe exactly those buffers; the
-        // workspace is ours and used only on this stream; the plan stays alive (locked) during the call.
-        unsafe {
-            ltr::matmul(
-                self.handle.0,
-                self.desc.0,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                wp as *const c_void,
-                p.a.0,
-                xp as *const c_void,
-                p.b.0,
-                o as *const c_void,
-                p.d.0,
-                o as *mut c_void,
-                p.d.0,
-                &p.algo,
-                ws as *mut c_void,
-                LT_WORKSPACE_BYTES,
-                raw(st) as lt::cudaStream_t,
-            )
+        let Some(p) = p.as_mut() else { return Ok(false) };
+        if !p.timed {
+            p.timed = true;
+            if self.timing && n <= LT_TIMED_MAX_ROWS && p.algos.len() > 1 {
+                self.choose(st, p, o, xp, wp, n, m, k);
+            }
         }
-        .map_err(lt_err("matmul"))?;
+        self.run(st, p, 0, o, xp, wp)?;
         Ok(true)
     }
 
