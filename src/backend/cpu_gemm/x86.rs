@@ -199,8 +199,8 @@ pub unsafe fn f32_fma256<const MR: usize, const PP: usize>(
 /// |x| (made in `prepare`) as its unsigned operand and the weight with x's sign (`vpsignb`), so no pair of
 /// products can saturate its 16-bit sums (2 · 127 · 127 < 2^15), then `vpmaddwd` by ones makes 32-bit sums of 4
 /// (llama.cpp's q8_0 dot on AVX2). One 16-row panel at a time for 2 to 4 activation rows (one row takes
-/// `q8_avx2_row`); per-32-block f32 scaling in the
-/// same order as the other int8 kernels. With 16 ymm registers four rows' sums still spill some (see the README).
+/// `q8_avx2_row`); per-32-block f32 scaling in the same order as the other int8 kernels. With 16 ymm registers
+/// four rows' sums still spill some (see the README).
 /// SAFETY (caller): avx2 + fma + f16c; `w` holds two panels of `x.nb` blocks, `x` (with `abs`) MR rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_avx2<const MR: usize>(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
@@ -287,9 +287,9 @@ pub unsafe fn q8_avx2_row(w: &[u8], x: QActs, out: &mut [[f32; TILE]; 8]) {
 /// int8 weights (stored + 128) · int8 activations with `vpdpbusd` on 8 lanes, the bias of the + 128 removed by
 /// starting each block's sums at -128 · Σx (as `q8_vnni`): exact block sums, scaled per 32-block in the other
 /// int8 kernels' order, so every int8 kernel gives the same bits. `PP` panels at a time (2 for one activation
-/// row, so that a decode step keeps both panels' lines in flight, 1 for 2 to 4 rows); running sums in `out`. One source, two
-/// encodings: `q8_avxvnni` (VEX, AVX-VNNI: CPUs with AVX2 and no AVX-512) and `q8_vnni256` (EVEX, AVX512_VNNI +
-/// VL), which only the tests choose, so that this code runs on the AVX-512 machines here.
+/// row, so that a decode step keeps both panels' lines in flight, 1 for 2 to 4 rows); running sums in `out`.
+/// One source, two encodings: `q8_avxvnni` (VEX, AVX-VNNI: CPUs with AVX2 and no AVX-512) and `q8_vnni256`
+/// (EVEX, AVX512_VNNI + VL), which only the tests choose, so that this code runs on the AVX-512 machines here.
 /// SAFETY (caller): the named features; `w` holds two panels of `x.nb` blocks, `x` MR rows; `PP` is 1 or 2.
 macro_rules! q8_dpbusd256 {
     ($name:ident, $features:literal, $dp:ident) => {
