@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs the pinned CUDA 13.0 compiler wheels into .venv-cuda (idempotent) and, when sourced, exports
-# CUDA_HOME and PATH for `cargo build --features cuda`. Also makes sure libclang (for bindgen) is present.
+# Installs the pinned CUDA 13.0 compiler wheels and NCCL into .venv-cuda (idempotent) and, when sourced, exports
+# CUDA_HOME and PATH for `cargo build --features cuda`, and TL_NCCL_LIB (the wheel's libnccl.so.2, which the
+# NCCL binding's tests load; no GPU needed). Also makes sure libclang (for bindgen) is present.
 # Usage:  source scripts/install_cuda_toolchain.sh     (or run it; it prints the exports to use)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv-cuda"
 # Exact versions that work together (see ../shared/docs/cuda-toolchain.md): mixing minors breaks ptxas.
-PINS=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85)
+# NCCL: the version PyTorch 2.11 (cu130) ships, as on the GPU test machines.
+PINS=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+      nvidia-nccl-cu13==2.28.9)
 PY="${PYTHON:-python3}"
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -25,6 +28,8 @@ SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pu
 export CUDA_HOME="$SITE/nvidia/cu13"
 export PATH="$CUDA_HOME/bin:$PATH"
 [ -x "$CUDA_HOME/bin/nvcc" ] || { echo "nvcc missing under $CUDA_HOME" >&2; exit 1; }
+export TL_NCCL_LIB="$SITE/nvidia/nccl/lib/libnccl.so.2"
+[ -f "$TL_NCCL_LIB" ] || { echo "libnccl.so.2 missing at $TL_NCCL_LIB" >&2; exit 1; }
 
 # bindgen loads libclang at build time (clang-sys, "runtime" feature). find_libclang looks where clang-sys looks
 # (LIBCLANG_PATH alone if set; else `llvm-config --prefix`/{bin,lib,lib64}, LD_LIBRARY_PATH, LIBRARY_PATH and

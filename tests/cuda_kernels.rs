@@ -722,3 +722,36 @@ fn gpu_fp8_norm_fused_quantization_feeds_the_gemm() {
         }
     }
 }
+
+/// The NCCL binding on hardware, as far as one GPU allows (NCCL refuses two ranks on one device): a one-rank group
+/// (created even for one GPU by `with_nccl`) reduces in place and gathers (both the identity for one rank, so a
+/// wrong count or stream shows, a wrong sum does not), its watchdog reports nothing, an abort fails the next
+/// collective naming the reason, and a reset recreates the communicator. Needs libnccl.so.2 on the library path
+/// (gpu_check.sh puts the Python environment's NCCL there) or TL_NCCL_LIB.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn nccl_one_rank_group_reduces_gathers_aborts_and_recreates() {
+    use triton_llama::comm::Communicator;
+    use triton_llama::comm::nccl::NcclComm;
+    let Some(g) = gpu("nccl_one_rank_group_reduces_gathers_aborts_and_recreates") else { return };
+    let comms = NcclComm::with_nccl(std::slice::from_ref(&g)).expect("NCCL group on GPU 0 (is libnccl.so.2 found?)");
+    let c = &comms[0];
+    let n = 1001;
+    let v = rand_vec(3, n + 7, 1.0);
+    let mut b = up(&g, &v);
+    c.all_reduce_sum(&g, &mut b, n).unwrap();
+    assert_eq!(down(&g, &b, n + 7), v, "one-rank all_reduce must leave the buffer as it was");
+    let all = c.all_gather(&g, &b, n).unwrap();
+    assert_eq!(down(&g, &all, n), v[..n], "one-rank all_gather copies the first n values");
+    std::thread::sleep(std::time::Duration::from_millis(500)); // two watchdog polls
+    let ctl = c.control().expect("an NCCL group can be aborted");
+    assert_eq!(ctl.failed(), None, "the watchdog found an asynchronous error on a healthy communicator");
+    ctl.abort("a test abort");
+    let e = c.all_reduce_sum(&g, &mut b, n).unwrap_err().to_string();
+    assert!(e.contains("a test abort"), "{e}");
+    assert!(ctl.failed().is_some_and(|w| w.contains("a test abort")));
+    ctl.reset();
+    assert_eq!(ctl.failed(), None, "the group was not recreated");
+    c.all_reduce_sum(&g, &mut b, n).unwrap();
+    assert_eq!(down(&g, &b, n + 7), v);
+}

@@ -67,6 +67,10 @@ impl GroupControl for Shared {
         s.arrived = 0;
         s.generation += 1;
     }
+
+    fn failed(&self) -> Option<String> {
+        self.state().aborted.clone()
+    }
 }
 
 /// One rank's end of an in-process group; make a group with `LocalComm::group(n)`.
@@ -144,11 +148,15 @@ mod tests {
         let control = zero.shared.clone();
         let waiting = std::thread::spawn(move || zero.exchange(vec![1.0]).map(|_| zero));
         std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(control.failed(), None);
         control.abort("rank 1 failed");
+        control.abort("a later reason"); // the first reason stays
         let err = waiting.join().unwrap().err().unwrap().to_string();
         assert!(err.contains("aborted: rank 1 failed"), "{err}");
         assert!(one.exchange(vec![2.0]).is_err(), "still aborted until reset");
+        assert_eq!(control.failed().as_deref(), Some("rank 1 failed"), "what a rank whose step returned reads");
         control.reset();
+        assert_eq!(control.failed(), None);
         let zero = LocalComm { rank: 0, world: 2, shared: control.clone() };
         let t = std::thread::spawn(move || zero.exchange(vec![1.0]));
         assert_eq!(one.exchange(vec![2.0]).unwrap(), vec![vec![1.0], vec![2.0]]);

@@ -2,6 +2,8 @@
 pub mod local;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+#[cfg(feature = "cuda")]
+pub mod nccl_sys;
 
 use crate::Result;
 use crate::backend::Backend;
@@ -13,6 +15,9 @@ use std::sync::Arc;
 pub trait GroupControl: Send + Sync {
     fn abort(&self, reason: &str);
     fn reset(&self);
+    /// Why the group was aborted since its last reset (None: it was not). A rank whose step succeeded on its
+    /// side fails it when this is set: collectives that run on the device (NCCL) may have been cut short.
+    fn failed(&self) -> Option<String>;
 }
 
 /// One rank's handle to its tensor-parallel group.

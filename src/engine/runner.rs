@@ -527,6 +527,13 @@ fn rank_loop<B: Backend, C: Communicator<B>>(
             let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
             Err(Error::Internal(format!("rank {rank} panicked during a step: {}", msg.unwrap_or_default())))
         });
+        // A step that overlapped an abort fails even where it returned: its device collectives may have been cut.
+        let r = match (r, &control) {
+            (Ok(_), Some(c)) if let Some(why) = c.failed() => Err(Error::Internal(format!(
+                "rank {rank}: the tensor-parallel group was aborted during the step: {why}"
+            ))),
+            (r, _) => r,
+        };
         if let (Err(e), Some(c)) = (&r, &control) {
             c.abort(&format!("rank {rank} failed: {e}"));
         }
