@@ -64,19 +64,12 @@ for f in cuda_kernels cuda_models triton-llama; do
     [ -x "$BUNDLE/$f" ] || { echo "missing $BUNDLE/$f: run 'bash scripts/gpu_check.sh --stage' on the build machine" >&2; exit 2; }
 done
 
-# cuBLAS / NCCL from the Python environment; cudarc looks for libnccl.so, the wheel ships libnccl.so.2.
-SHIM="$(mktemp -d)"
+# cuBLAS (libcublas.so.13 / .12) and NCCL (libnccl.so.2) from the Python environment's wheels, found by their
+# installed names through LD_LIBRARY_PATH (no symlinks: the engine loads the names the packages install).
 PYLIBS="$(python3 -c 'import glob, os, sys
 print(":".join(sorted({d for p in sys.path for d in glob.glob(os.path.join(p, "nvidia", "*", "lib"))})))' 2>/dev/null || true)"
-IFS=: read -ra dirs <<< "$PYLIBS"
-for d in "${dirs[@]}"; do
-    for lib in "$d"/libnccl.so.2 "$d"/libcublas.so.* "$d"/libcublasLt.so.*; do
-        [ -e "$lib" ] || continue
-        base="$(basename "$lib")"; short="${base%%.so*}.so"
-        [ -e "$SHIM/$short" ] || ln -s "$lib" "$SHIM/$short"
-    done
-done
-export LD_LIBRARY_PATH="$SHIM:$PYLIBS:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$PYLIBS:${LD_LIBRARY_PATH:-}"
+export NCCL_RUNTIME_CONNECT=0  # as the Dockerfile and deploy_triton.py set it (src/comm/nccl.rs)
 export TL_REQUIRE_GPU=1 TL_FIXTURES="$PWD/tests/fixtures" RUST_LOG="${RUST_LOG:-warn}"
 
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader > "$R/logs/nvidia-smi.txt" 2>&1 || true

@@ -123,7 +123,9 @@ impl CudaBackend {
             return Err(Error::Unavailable(format!("CUDA device {ordinal} requested, {n} present")));
         }
         if !ffi::cublas_present() {
-            return Err(Error::Unavailable("cuBLAS (libcublas.so) not found on LD_LIBRARY_PATH".into()));
+            return Err(Error::Unavailable(
+                "cuBLAS (libcublas.so.13 or .12) not found: put the CUDA libraries' folder on LD_LIBRARY_PATH".into(),
+            ));
         }
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("context"))?;
         ffi::single_stream_mode(&ctx);

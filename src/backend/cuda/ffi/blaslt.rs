@@ -108,7 +108,10 @@ impl Lt {
     pub(super) fn new(st: &Arc<CudaStream>) -> std::result::Result<Lt, String> {
         // SAFETY: only tries to dlopen the library.
         if !unsafe { lt::is_culib_present() } {
-            return Err("cuBLASLt (libcublasLt.so) not found on LD_LIBRARY_PATH".into());
+            return Err(
+                "cuBLASLt (libcublasLt.so.13 or .12) not found: put the CUDA libraries' folder on LD_LIBRARY_PATH"
+                    .into(),
+            );
         }
         let handle = LtHandle(ltr::create_handle().map_err(lt_err("create"))?);
         let desc = LtDesc(
