@@ -1,7 +1,8 @@
 //! Tensor parallelism that cannot hang, on the in-process communicator (TP=2 on threads): a rank that fails
 //! mid-step (an error or a panic inside a collective's step) fails that step alone, the other rank is freed from
 //! its collective, and the next step runs and equals a healthy runner's; a rank that stalls mid-step stops the
-//! runner at the step timeout with an error naming it, and every later step fails at once.
+//! runner at the step timeout with an error naming it, and every later step fails at once; a rank whose device is
+//! unusable (EngineStopped) stops the runner the same way.
 mod common;
 use common::*;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ enum Fault {
     Fail,
     Panic,
     Stall(Duration),
+    /// The rank's device is unusable (a sticky CUDA error): EngineStopped.
+    Dead,
 }
 
 /// LocalComm whose rank 1 misbehaves at its `at`-th all-reduce (once).
@@ -43,6 +46,7 @@ impl Communicator<CpuBackend> for Faulty {
                 Fault::Fail => return Err(Error::Internal("injected failure".into())),
                 Fault::Panic => panic!("injected panic"),
                 Fault::Stall(d) => std::thread::sleep(d),
+                Fault::Dead => return Err(Error::EngineStopped("injected: the device is unusable".into())),
             }
         }
         self.inner.all_reduce_sum(b, buf, n)
@@ -114,6 +118,20 @@ fn a_stalled_rank_stops_the_runner_at_the_step_timeout() {
     assert!(e.to_string().contains("rank(s) 1 did not answer"), "{e}");
     assert!(took < Duration::from_secs(4), "the timeout, not the stall, ended the step: {took:?}");
     assert!(matches!(later, Error::EngineStopped(_)), "every later step fails at once: {later}");
+}
+
+/// A rank whose device is unusable stops the runner: the step fails with EngineStopped even where the other
+/// rank's aborted collective answered first, and every later step fails at once without reaching the ranks.
+#[test]
+fn a_rank_with_an_unusable_device_stops_the_runner() {
+    for _ in 0..5 {
+        let (first, later) = within_a_minute(|| {
+            let r = faulty_runner(Fault::Dead);
+            (r.run(prefill()).unwrap_err(), r.run(prefill()).unwrap_err())
+        });
+        assert!(matches!(&first, Error::EngineStopped(w) if w.contains("injected")), "{first}");
+        assert!(matches!(&later, Error::EngineStopped(w) if w.contains("injected")), "{later}");
+    }
 }
 
 /// After a failed step the group stays healthy: several steps in a row compute what a healthy runner does.

@@ -392,6 +392,8 @@ impl Runner {
                     match r {
                         Ok(v) if rank == 0 => out = Some(v),
                         Ok(_) => {}
+                        // A rank's EngineStopped (its device is unusable) wins over the others' aborted collectives.
+                        Err(e) if matches!(e, Error::EngineStopped(_)) => err = Some(err.filter(stops).unwrap_or(e)),
                         Err(e) => err = err.or(Some(e)),
                     }
                 }
@@ -399,7 +401,12 @@ impl Runner {
                 Err(RecvTimeoutError::Disconnected) => return Err(Error::Internal("rank thread is gone".into())),
             }
         }
-        if err.is_some()
+        if let Some(Error::EngineStopped(why)) = &err {
+            // A rank cannot run any more (a sticky device error, a group that cannot be recreated): every later
+            // step fails at once, and the server loop stops taking work.
+            log::error!("the engine stops: {why}");
+            *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        } else if err.is_some()
             && let Some(c) = &self.control
         {
             c.reset(); // every rank has answered, so none is inside a collective
@@ -435,6 +442,10 @@ impl Runner {
         *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
         Error::EngineStopped(why)
     }
+}
+
+fn stops(e: &Error) -> bool {
+    matches!(e, Error::EngineStopped(_))
 }
 
 impl Drop for Runner {

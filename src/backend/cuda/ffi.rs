@@ -31,7 +31,7 @@ fn status(op: &str, s: c_int) -> Result<()> {
     }
     // SAFETY: tl_status_string returns a static NUL-terminated string for any value.
     let msg = unsafe { CStr::from_ptr(sys::tl_status_string(s)) }.to_string_lossy().into_owned();
-    Err(Error::Internal(format!("CUDA kernel {op}: {msg} (status {s})")))
+    Err(super::device_error(format!("CUDA kernel {op}: {msg} (status {s})"), s))
 }
 
 fn need(op: &str, what: &str, have: usize, want: usize) -> Result<()> {

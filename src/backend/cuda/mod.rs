@@ -14,7 +14,25 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::sync::{Arc, Mutex};
 
 fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::Internal(format!("CUDA {what}: {e}"))
+    move |e| device_error(format!("CUDA {what}: {e}"), e.0 as i32)
+}
+
+/// Whether a CUDA error code (driver `CUresult` or runtime `cudaError_t`: the two agree on these values) leaves
+/// the context unusable: every later call on it fails too, until the process ends. ECC uncorrectable (214), illegal
+/// address (700), launch timeout (702), device assert (710), hardware stack error, illegal instruction, misaligned
+/// address, invalid address space, invalid PC, launch failure (714-719).
+pub fn is_sticky(code: i32) -> bool {
+    matches!(code, 214 | 700 | 702 | 710 | 714..=719)
+}
+
+/// A CUDA failure as an error: a sticky one stops the engine ([`Error::EngineStopped`]: the model reports not ready
+/// and `deploy_triton.py` stops the server, for its supervisor to restart), any other fails the step.
+fn device_error(msg: String, code: i32) -> Error {
+    if is_sticky(code) {
+        Error::EngineStopped(format!("{msg}: the GPU context is unusable after this error; restart the server"))
+    } else {
+        Error::Internal(msg)
+    }
 }
 
 /// Number of CUDA devices; an error (never a panic) when the driver library or a device is missing.
@@ -616,5 +634,36 @@ impl Backend for CudaBackend {
 
     fn sample(&self, logits: &mut CudaBuf, batch: &SampleBatch) -> Result<Vec<Picked>> {
         self.sample_rows(logits, batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::driver::sys::CUresult;
+
+    /// The sticky codes as cuda.h names them (cudarc's bindings of the header), and errors a context survives.
+    /// (`cuda_err` itself needs a driver: a DriverError's text comes from cuGetErrorString.)
+    #[test]
+    fn sticky_device_errors_stop_the_engine_and_others_fail_the_step() {
+        for c in [
+            CUresult::CUDA_ERROR_ILLEGAL_ADDRESS,
+            CUresult::CUDA_ERROR_LAUNCH_FAILED,
+            CUresult::CUDA_ERROR_MISALIGNED_ADDRESS,
+            CUresult::CUDA_ERROR_ILLEGAL_INSTRUCTION,
+            CUresult::CUDA_ERROR_ASSERT,
+            CUresult::CUDA_ERROR_ECC_UNCORRECTABLE,
+            CUresult::CUDA_ERROR_LAUNCH_TIMEOUT,
+        ] {
+            let e = device_error(format!("{c:?}"), c as i32);
+            assert!(matches!(e, Error::EngineStopped(_)), "{c:?}: {e}");
+            assert!(e.to_string().contains("restart the server"), "{e}");
+        }
+        for c in
+            [CUresult::CUDA_ERROR_OUT_OF_MEMORY, CUresult::CUDA_ERROR_INVALID_VALUE, CUresult::CUDA_ERROR_NOT_READY]
+        {
+            assert!(matches!(device_error(format!("{c:?}"), c as i32), Error::Internal(_)), "{c:?}");
+        }
+        assert!(!is_sticky(100_000), "TL_ERR_ARGS (csrc/ops.h), a launcher's argument check, is not a device error");
     }
 }
