@@ -14,12 +14,17 @@ extern "C" int tl_embedding(float *out, const uint16_t *table, const int32_t *id
     return tl_launch_status();
 }
 
+__device__ __forceinline__ uint16_t f32_to_bf16_bits(float v) {
+    __nv_bfloat16 b = __float2bfloat16_rn(v);
+    return *reinterpret_cast<uint16_t *>(&b);
+}
+
 // One block per row. With `residual`, residual += x first and the norm is taken of the sum. With FP8, the row of
 // outputs is also quantized to E4M3 with one scale (max |out| / 448), as tl_quantize_fp8_rows would (the next
-// GEMM's FP8 input, without a kernel of its own).
-template <bool ADD, bool FP8>
+// GEMM's FP8 input, without a kernel of its own); with BF16, also written as bf16 (tl_f32_to_bf16's rounding).
+template <bool ADD, bool FP8, bool BF16 = false>
 __global__ void rms_norm_kernel(float *out, float *residual, const float *x, const float *w, int h, float eps,
-                                uint8_t *codes, float *scales) {
+                                uint8_t *codes, float *scales, uint16_t *out16 = nullptr) {
     __shared__ float sh[32];
     const int64_t base = static_cast<int64_t>(blockIdx.x) * h;
     float ss = 0.f;
@@ -38,6 +43,7 @@ __global__ void rms_norm_kernel(float *out, float *residual, const float *x, con
     for (int j = threadIdx.x; j < h; j += blockDim.x) {
         const float o = src[base + j] * inv * w[j];
         out[base + j] = o;
+        if (BF16) out16[base + j] = f32_to_bf16_bits(o);
         if (FP8) amax = fmaxf(amax, fabsf(o));
     }
     if (FP8) {
@@ -75,10 +81,24 @@ extern "C" int tl_rms_norm_fp8(float *out, float *residual, uint8_t *codes, floa
     return tl_launch_status();
 }
 
-__global__ void silu_mul_kernel(float *out, const float *gate, const float *up, int64_t len) {
+extern "C" int tl_rms_norm_bf16(float *out, float *residual, uint16_t *out16, const float *x, const float *w, int n,
+                                int h, float eps, void *stream) {
+    if (n <= 0 || h <= 0) return n == 0 ? 0 : TL_ERR_ARGS;
+    if (residual) {
+        rms_norm_kernel<true, false, true><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, residual, x, w, h, eps, nullptr, nullptr, out16);
+    } else {
+        rms_norm_kernel<false, false, true><<<n, norm_threads(h), 0, TL_STREAM(stream)>>>(out, nullptr, x, w, h, eps, nullptr, nullptr, out16);
+    }
+    return tl_launch_status();
+}
+
+template <bool BF16>
+__global__ void silu_mul_kernel(float *out, uint16_t *out16, const float *gate, const float *up, int64_t len) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < len; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         const float g = gate[i];
-        out[i] = g / (1.f + expf(-g)) * up[i];
+        const float o = g / (1.f + expf(-g)) * up[i];
+        out[i] = o;
+        if (BF16) out16[i] = f32_to_bf16_bits(o);
     }
 }
 
@@ -89,7 +109,13 @@ static int grid_for(int64_t len, int threads) {
 
 extern "C" int tl_silu_mul(float *out, const float *gate, const float *up, int64_t len, void *stream) {
     if (len <= 0) return len == 0 ? 0 : TL_ERR_ARGS;
-    silu_mul_kernel<<<grid_for(len, 256), 256, 0, TL_STREAM(stream)>>>(out, gate, up, len);
+    silu_mul_kernel<false><<<grid_for(len, 256), 256, 0, TL_STREAM(stream)>>>(out, nullptr, gate, up, len);
+    return tl_launch_status();
+}
+
+extern "C" int tl_silu_mul_bf16(float *out, uint16_t *out16, const float *gate, const float *up, int64_t len, void *stream) {
+    if (len <= 0) return len == 0 ? 0 : TL_ERR_ARGS;
+    silu_mul_kernel<true><<<grid_for(len, 256), 256, 0, TL_STREAM(stream)>>>(out, out16, gate, up, len);
     return tl_launch_status();
 }
 
@@ -107,8 +133,7 @@ extern "C" int tl_gather_rows(float *out, const float *x, const int32_t *rows, i
 
 __global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, int64_t len) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < len; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        __nv_bfloat16 b = __float2bfloat16_rn(src[i]);
-        dst[i] = *reinterpret_cast<uint16_t *>(&b);
+        dst[i] = f32_to_bf16_bits(src[i]);
     }
 }
 

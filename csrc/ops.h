@@ -53,11 +53,27 @@ int tl_rms_norm_fp8(float *out,        /* [n, h] */
                     const float *w,    /* [h] */
                     int n, int h, float eps, void *stream);
 
+/* tl_rms_norm (residual null) or tl_add_rms_norm (residual given), the output rows also written as bf16 (round to
+ * nearest even, as tl_f32_to_bf16 of `out` would): the next bf16 GEMM's input without a kernel of its own. */
+int tl_rms_norm_bf16(float *out,        /* [n, h] */
+                     float *residual,   /* [n, h], updated in place; or null */
+                     uint16_t *out16,   /* [n, h] bf16 of out */
+                     const float *x,    /* [n, h] */
+                     const float *w,    /* [h] */
+                     int n, int h, float eps, void *stream);
+
 /* out = silu(gate) * up. */
 int tl_silu_mul(float *out,        /* [len] */
                 const float *gate, /* [len] */
                 const float *up,   /* [len] */
                 int64_t len, void *stream);
+
+/* tl_silu_mul, out also written as bf16 (as tl_f32_to_bf16 of `out` would), the down GEMM's input. */
+int tl_silu_mul_bf16(float *out,        /* [len] */
+                     uint16_t *out16,   /* [len] bf16 of out */
+                     const float *gate, /* [len] */
+                     const float *up,   /* [len] */
+                     int64_t len, void *stream);
 
 /* out[i, :] = x[rows[i], :]. */
 int tl_gather_rows(float *out,          /* [r, h] */

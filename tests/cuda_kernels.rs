@@ -159,6 +159,41 @@ fn gemm_matches_cpu_on_odd_shapes() {
     println!("GEMM paths: {}", paths.join("; "));
 }
 
+/// The norms and silu_mul write their output's bf16 copy for the GEMM after them (no conversion kernel of its
+/// own): that GEMM gives the bits it gives on a buffer of the same values converted on their own.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
+fn fused_bf16_gemm_inputs_give_the_bits_of_a_separate_conversion() {
+    let Some(g) = gpu("fused_bf16_gemm_inputs_give_the_bits_of_a_separate_conversion") else { return };
+    for (i, &(n, h, m)) in [(1usize, 4096usize, 1024usize), (5, 769, 333), (17, 1000, 64)].iter().enumerate() {
+        let s = 900 + 10 * i as u64;
+        let w = g.upload(bf16_tensor(&[m, h], &rand_vec(s, m * h, 0.5))).unwrap();
+        let nw = g.upload(Tensor::from_f32(&[h], rand_vec(s + 1, h, 0.2).iter().map(|x| 1.0 + x).collect())).unwrap();
+        let x = up(&g, &rand_vec(s + 2, n * h, 2.0));
+        // The GEMM of `input` right after its producer (into `fused`, allocated before it: an allocation, like
+        // any op that may write a buffer, forgets the cached copy), then of a fresh buffer of the same values.
+        let after = |what: &str, input: &<CudaBackend as Backend>::Buf, fused: &mut <CudaBackend as Backend>::Buf| {
+            let before = g.conversions().unwrap();
+            g.gemm(fused, input, &w, n).unwrap();
+            assert_eq!(g.conversions().unwrap(), before, "{what}: the GEMM converted its input itself");
+            let copy = up(&g, &down(&g, input, n * h));
+            let mut separate = g.alloc(n * m).unwrap();
+            g.gemm(&mut separate, &copy, &w, n).unwrap();
+            assert_eq!(down(&g, fused, n * m), down(&g, &separate, n * m), "{what} [{n}, {h}] x {m}");
+        };
+        let (mut normed, mut res) = (g.alloc(n * h).unwrap(), up(&g, &rand_vec(s + 3, n * h, 1.0)));
+        let (gate, upv) = (up(&g, &rand_vec(s + 4, n * h, 4.0)), up(&g, &rand_vec(s + 5, n * h, 1.0)));
+        let mut act = g.alloc(n * h).unwrap();
+        let mut fused = g.alloc(n * m).unwrap();
+        g.rms_norm(&mut normed, &x, &nw, n, h, 1e-5).unwrap();
+        after("rms_norm -> gemm", &normed, &mut fused);
+        g.add_rms_norm(&mut res, &x, &mut normed, &nw, n, h, 1e-5).unwrap();
+        after("add_rms_norm -> gemm", &normed, &mut fused);
+        g.silu_mul(&mut act, &gate, &upv, n * h).unwrap();
+        after("silu_mul -> gemm", &act, &mut fused);
+    }
+}
+
 /// A ragged step on a shuffled block table: a fresh 37-token prompt, a 1100-token decode (3 splits), a
 /// 20-token chunk after 25 cached tokens, and a 5-token decode.
 fn ragged_step(bs: usize) -> (StepMeta, StepMeta) {

@@ -94,11 +94,13 @@ pub fn embedding(
     })
 }
 
+/// rms_norm (no residual) or add_rms_norm; with `out16`, the output also as bf16 (the next GEMM's input).
 #[allow(clippy::too_many_arguments)]
 pub fn rms_norm(
     st: &CudaStream,
     out: &mut CudaSlice<f32>,
     residual: Option<&mut CudaSlice<f32>>,
+    out16: Option<&mut CudaSlice<u16>>,
     x: &CudaSlice<f32>,
     w: &CudaSlice<f32>,
     n: usize,
@@ -112,34 +114,40 @@ pub fn rms_norm(
     let (o, _a) = out.device_ptr_mut(st);
     let (xp, _b) = x.device_ptr(st);
     let (wp, _c) = w.device_ptr(st);
-    match residual {
-        None => status("rms_norm", unsafe {
-            // SAFETY: lengths checked above.
-            sys::tl_rms_norm(o as *mut f32, xp as *const f32, wp as *const f32, ni, hi, eps, raw(st))
-        }),
+    let mut guards = Vec::new();
+    let rp = match residual {
         Some(r) => {
             need("add_rms_norm", "residual", r.len(), n * h)?;
-            let (rp, _d) = r.device_ptr_mut(st);
-            // SAFETY: lengths checked above; the borrow checker keeps the three buffers distinct.
-            status("add_rms_norm", unsafe {
-                sys::tl_add_rms_norm(
-                    rp as *mut f32,
-                    xp as *const f32,
-                    o as *mut f32,
-                    wp as *const f32,
-                    ni,
-                    hi,
-                    eps,
-                    raw(st),
-                )
+            let (rp, g) = r.device_ptr_mut(st);
+            guards.push(g);
+            rp as *mut f32
+        }
+        None => std::ptr::null_mut(),
+    };
+    let (o, xp, wp) = (o as *mut f32, xp as *const f32, wp as *const f32);
+    match (out16, rp.is_null()) {
+        (Some(o16), _) => {
+            need("rms_norm_bf16", "out16", o16.len(), n * h)?;
+            let (bp, g) = o16.device_ptr_mut(st);
+            guards.push(g);
+            // SAFETY: lengths checked above; the borrow checker keeps the buffers distinct; a null residual is the
+            // plain norm.
+            status("rms_norm_bf16", unsafe {
+                sys::tl_rms_norm_bf16(o, rp, bp as *mut u16, xp, wp, ni, hi, eps, raw(st))
             })
         }
+        // SAFETY: lengths checked above.
+        (None, true) => status("rms_norm", unsafe { sys::tl_rms_norm(o, xp, wp, ni, hi, eps, raw(st)) }),
+        // SAFETY: lengths checked above; the borrow checker keeps the three buffers distinct.
+        (None, false) => status("add_rms_norm", unsafe { sys::tl_add_rms_norm(rp, xp, o, wp, ni, hi, eps, raw(st)) }),
     }
 }
 
+/// out = silu(gate) * up; with `out16`, out also as bf16 (the down GEMM's input).
 pub fn silu_mul(
     st: &CudaStream,
     out: &mut CudaSlice<f32>,
+    out16: Option<&mut CudaSlice<u16>>,
     gate: &CudaSlice<f32>,
     up: &CudaSlice<f32>,
     len: usize,
@@ -148,10 +156,17 @@ pub fn silu_mul(
     let (o, _a) = out.device_ptr_mut(st);
     let (g, _b) = gate.device_ptr(st);
     let (u, _c) = up.device_ptr(st);
-    // SAFETY: lengths checked above.
-    status("silu_mul", unsafe {
-        sys::tl_silu_mul(o as *mut f32, g as *const f32, u as *const f32, len as i64, raw(st))
-    })
+    let (o, g, u) = (o as *mut f32, g as *const f32, u as *const f32);
+    match out16 {
+        Some(o16) => {
+            need("silu_mul_bf16", "out16", o16.len(), len)?;
+            let (bp, _d) = o16.device_ptr_mut(st);
+            // SAFETY: lengths checked above.
+            status("silu_mul_bf16", unsafe { sys::tl_silu_mul_bf16(o, bp as *mut u16, g, u, len as i64, raw(st)) })
+        }
+        // SAFETY: lengths checked above.
+        None => status("silu_mul", unsafe { sys::tl_silu_mul(o, g, u, len as i64, raw(st)) }),
+    }
 }
 
 pub fn gather_rows(

@@ -67,6 +67,8 @@ struct Scratch {
     /// (device pointer, elements) of the f32 buffer whose bf16 copy is in `bf16`, valid while the ops since
     /// were only GEMMs reading it (q/k/v and gate/up share one conversion).
     converted: Option<(u64, usize)>,
+    /// Conversion kernels run for GEMM inputs (`convert_once` fills), for the tests of the fused copies.
+    conversions: u64,
 }
 
 /// The converted copies of a GEMM input that `Scratch` keeps (see `Scratch::convert_once`).
@@ -98,6 +100,7 @@ impl Scratch {
             return Ok(());
         }
         *self.key_of(c) = None;
+        self.conversions += 1;
         fill(self)?;
         *self.key_of(c) = Some(key);
         Ok(())
@@ -157,6 +160,7 @@ impl CudaBackend {
             attn: None,
             meta_dev: None,
             converted: None,
+            conversions: 0,
         };
         let exact = std::env::var(PREFILL_ATTENTION_ENV).is_ok_and(|v| v == "f32");
         Ok(CudaBackend {
@@ -196,6 +200,11 @@ impl CudaBackend {
     /// (cuBLASLt loaded, GEMMs run by cuBLASLt, GEMMs that fell back to cuBLAS GemmEx) since the backend opened.
     pub fn gemm_stats(&self) -> (bool, u64, u64) {
         self.blas.stats()
+    }
+
+    /// Conversion kernels run so far for GEMM inputs (bf16 or FP8) not written by the op before the GEMM.
+    pub fn conversions(&self) -> Result<u64> {
+        Ok(self.lock()?.conversions)
     }
 
     /// Waits for all queued work.
@@ -358,6 +367,28 @@ impl CudaBackend {
         let r = residual.map(|r| &mut r.0);
         ffi::rms_norm_fp8(&self.stream, &mut out.0, r, codes, scales, &x.0, w, n, h, eps)?;
         *s.key_of(Converted::Fp8) = Some((out.0.device_ptr(&self.stream).0, n * h));
+        Ok(())
+    }
+
+    /// The norm with bf16 GEMMs after it: its kernel also writes the output rows in bf16 for the GEMMs that read
+    /// them next (q/k/v, gate/up), recorded as the cached bf16 copy of `out` (the bits `tl_f32_to_bf16` gives, one
+    /// kernel fewer).
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_bf16(
+        &self,
+        out: &mut CudaBuf,
+        residual: Option<&mut CudaBuf>,
+        x: &CudaBuf,
+        w: &CudaSlice<f32>,
+        n: usize,
+        h: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let mut s = self.lock()?;
+        self.grow(&mut s.bf16, n * h)?;
+        let out16 = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
+        ffi::rms_norm(&self.stream, &mut out.0, residual.map(|r| &mut r.0), Some(out16), &x.0, w, n, h, eps)?;
+        *s.key_of(Converted::Bf16) = Some((out.0.device_ptr(&self.stream).0, n * h));
         Ok(())
     }
 
@@ -535,7 +566,7 @@ impl Backend for CudaBackend {
         if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
             return self.rms_norm_fp8(out, None, x, norm_weight(w, "rms_norm")?, n, h, eps);
         }
-        ffi::rms_norm(&self.stream, &mut out.0, None, &x.0, norm_weight(w, "rms_norm")?, n, h, eps)
+        self.rms_norm_bf16(out, None, x, norm_weight(w, "rms_norm")?, n, h, eps)
     }
 
     fn add_rms_norm(
@@ -552,7 +583,7 @@ impl Backend for CudaBackend {
         if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
             return self.rms_norm_fp8(out, Some(residual), x, norm_weight(w, "add_rms_norm")?, n, h, eps);
         }
-        ffi::rms_norm(&self.stream, &mut out.0, Some(&mut residual.0), &x.0, norm_weight(w, "add_rms_norm")?, n, h, eps)
+        self.rms_norm_bf16(out, Some(residual), x, norm_weight(w, "add_rms_norm")?, n, h, eps)
     }
 
     fn gemm(&self, out: &mut CudaBuf, x: &CudaBuf, w: &CudaWeight, n: usize) -> Result<()> {
@@ -606,7 +637,16 @@ impl Backend for CudaBackend {
 
     fn silu_mul(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf, len: usize) -> Result<()> {
         self.bind()?;
-        ffi::silu_mul(&self.stream, &mut out.0, &gate.0, &up.0, len)
+        if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
+            return ffi::silu_mul(&self.stream, &mut out.0, None, &gate.0, &up.0, len);
+        }
+        // The down GEMM's bf16 input written by the same kernel, recorded as the cached copy of `out`.
+        let mut s = self.lock()?;
+        self.grow(&mut s.bf16, len)?;
+        let out16 = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
+        ffi::silu_mul(&self.stream, &mut out.0, Some(out16), &gate.0, &up.0, len)?;
+        *s.key_of(Converted::Bf16) = Some((out.0.device_ptr(&self.stream).0, len));
+        Ok(())
     }
 
     fn gather_rows(&self, out: &mut CudaBuf, x: &CudaBuf, rows: &[usize], h: usize) -> Result<()> {
