@@ -36,12 +36,18 @@ __device__ __forceinline__ void load_kv_tile(T *ks, int ldk, T *vs, int ldv, con
     }
 }
 
+// One output value, also in bf16 where the step asks for it (m.out16: the next GEMM's input).
+__device__ __forceinline__ void put_out(float *out, const TlAttnMeta &m, int64_t idx, float v) {
+    out[idx] = v;
+    if (m.out16) m.out16[idx] = f32_to_bf16_bits(v);
+}
+
 // Dimension d of a decode row's result for head h: out = a / L with one split, else the split's partial
 // (a, and M and L once per row) for decode_combine_kernel.
-__device__ __forceinline__ void decode_result(float *out, float *scratch, float a, float M, float L, int t, int i, int h,
-                                              int d, int nh, int hd, int splits, int split) {
+__device__ __forceinline__ void decode_result(float *out, const TlAttnMeta &m, float *scratch, float a, float M, float L,
+                                              int t, int i, int h, int d, int nh, int hd, int splits, int split) {
     if (splits == 1) {
-        out[(static_cast<int64_t>(t) * nh + h) * hd + d] = L > 0.f ? a / L : 0.f;
+        put_out(out, m, (static_cast<int64_t>(t) * nh + h) * hd + d, L > 0.f ? a / L : 0.f);
         return;
     }
     float *part = scratch + ((static_cast<int64_t>(i) * nh + h) * splits + split) * (hd + 2);
@@ -119,7 +125,7 @@ __global__ void decode_kernel(float *out, const float *q, const KV *kc, const KV
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.f;
         for (int w = 0; w < DEC_WARPS; ++w) a += f[w] * sh_acc[w * hd + d];
-        decode_result(out, scratch, a, M, L, t, i, h, d, nh, hd, splits, split);
+        decode_result(out, m, scratch, a, M, L, t, i, h, d, nh, hd, splits, split);
     }
 }
 
@@ -200,7 +206,7 @@ __global__ void decode_gqa_kernel(float *out, const float *q, const KV *kc, cons
             L += f * sh_l[w * G + g];
             a += f * sh_acc[(w * G + g) * hd + d];
         }
-        decode_result(out, scratch, a, M, L, t, i, h, d, nh, hd, splits, split);
+        decode_result(out, m, scratch, a, M, L, t, i, h, d, nh, hd, splits, split);
     }
 }
 
@@ -241,7 +247,7 @@ __global__ void decode_combine_kernel(float *out, const float *scratch, TlAttnMe
             const float ms = base[s * (hd + 2) + hd];
             if (ms != -INFINITY) a += __expf(ms - M) * base[s * (hd + 2) + d];
         }
-        out[(static_cast<int64_t>(t) * nh + h) * hd + d] = L > 0.f ? a / L : 0.f;
+        put_out(out, m, (static_cast<int64_t>(t) * nh + h) * hd + d, L > 0.f ? a / L : 0.f);
     }
 }
 
@@ -330,11 +336,11 @@ __global__ void prefill_kernel(float *out, const float *q, const KV *kc, const K
     for (int rr = 0; rr < RPW; ++rr) {
         const int row = warp * RPW + rr;
         if (row >= rows) continue;
-        float *o = out + (static_cast<int64_t>(start + r0 + row) * nh + h) * hd;
+        const int64_t o = (static_cast<int64_t>(start + r0 + row) * nh + h) * hd;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             const int d = lane + 32 * e;
-            if (d < hd) o[d] = l[rr] > 0.f ? acc[rr][e] / l[rr] : 0.f;
+            if (d < hd) put_out(out, m, o + d, l[rr] > 0.f ? acc[rr][e] / l[rr] : 0.f);
         }
     }
 }
@@ -453,7 +459,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) prefill_tc_kernel(float *out, c
     for (int idx = threadIdx.x; idx < rows * hd; idx += blockDim.x) {
         const int rr = idx / hd, d = idx % hd;
         const float l = lrow[rr];
-        out[(static_cast<int64_t>(start + r0 + rr) * nh + h) * hd + d] = l > 0.f ? os[rr * ldo + d] / l : 0.f;
+        put_out(out, m, (static_cast<int64_t>(start + r0 + rr) * nh + h) * hd + d, l > 0.f ? os[rr * ldo + d] / l : 0.f);
     }
 }
 

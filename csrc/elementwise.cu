@@ -14,11 +14,6 @@ extern "C" int tl_embedding(float *out, const uint16_t *table, const int32_t *id
     return tl_launch_status();
 }
 
-__device__ __forceinline__ uint16_t f32_to_bf16_bits(float v) {
-    __nv_bfloat16 b = __float2bfloat16_rn(v);
-    return *reinterpret_cast<uint16_t *>(&b);
-}
-
 // One block per row. With `residual`, residual += x first and the norm is taken of the sum. With FP8, the row of
 // outputs is also quantized to E4M3 with one scale (max |out| / 448), as tl_quantize_fp8_rows would (the next
 // GEMM's FP8 input, without a kernel of its own); with BF16, also written as bf16 (tl_f32_to_bf16's rounding).

@@ -112,6 +112,7 @@ typedef struct TlAttnMeta {
     int dec_splits;  /* splits along the context for the decode kernel (>= 1) */
     int block_size;
     int tile_rows;   /* rows per prefill tile: TL_PREFILL_ROWS (f32 kernel) or TL_PREFILL_ROWS_TC (tensor cores) */
+    uint16_t *out16; /* [n, nh * hd]: the output also in bf16 (the wo GEMM's input), or null */
 } TlAttnMeta;
 
 /* Causal attention of each new token over its sequence's cached keys, grouped-query aware.

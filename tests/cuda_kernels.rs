@@ -8,7 +8,7 @@ use half::bf16;
 use std::io::Write;
 use triton_llama::backend::WeightFormat;
 use triton_llama::backend::cpu::{CpuBackend, CpuWeight, k_cache_to_slots};
-use triton_llama::backend::cuda::{CudaBackend, device_count};
+use triton_llama::backend::cuda::{CudaBackend, CudaWeight, device_count};
 use triton_llama::backend::fp8::{e4m3_to_f32, f32_to_e4m3};
 use triton_llama::backend::{AttnDims, Backend, KvStore, SeqMeta, StepMeta};
 use triton_llama::sampling::{Rng, SampleBatch, SampleRow, Sampler, SamplingParams, logprob_of, top_logprobs};
@@ -159,8 +159,24 @@ fn gemm_matches_cpu_on_odd_shapes() {
     println!("GEMM paths: {}", paths.join("; "));
 }
 
+type Buf = <CudaBackend as Backend>::Buf;
+
+/// `w` `[m, k]` times `input` `[n, k]` right after the op that wrote `input` and, beside it, its bf16 copy: the
+/// GEMM runs no conversion of its own and gives the bits of the same GEMM on a separately converted copy. `w` and
+/// `fused` come from before that op (an allocation, like any op that may write a buffer, forgets the copy).
+#[allow(clippy::too_many_arguments)]
+fn gemm_after(g: &CudaBackend, what: &str, input: &Buf, w: &CudaWeight, fused: &mut Buf, n: usize, k: usize, m: usize) {
+    let before = g.conversions().unwrap();
+    g.gemm(fused, input, w, n).unwrap();
+    assert_eq!(g.conversions().unwrap(), before, "{what}: the GEMM converted its input itself");
+    let copy = up(g, &down(g, input, n * k));
+    let mut separate = g.alloc(n * m).unwrap();
+    g.gemm(&mut separate, &copy, w, n).unwrap();
+    assert_eq!(down(g, fused, n * m), down(g, &separate, n * m), "{what}: [{n}, {k}] x {m}");
+}
+
 /// The norms and silu_mul write their output's bf16 copy for the GEMM after them (no conversion kernel of its
-/// own): that GEMM gives the bits it gives on a buffer of the same values converted on their own.
+/// own); the attention's is checked in `attention_case`.
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
 fn fused_bf16_gemm_inputs_give_the_bits_of_a_separate_conversion() {
@@ -170,27 +186,16 @@ fn fused_bf16_gemm_inputs_give_the_bits_of_a_separate_conversion() {
         let w = g.upload(bf16_tensor(&[m, h], &rand_vec(s, m * h, 0.5))).unwrap();
         let nw = g.upload(Tensor::from_f32(&[h], rand_vec(s + 1, h, 0.2).iter().map(|x| 1.0 + x).collect())).unwrap();
         let x = up(&g, &rand_vec(s + 2, n * h, 2.0));
-        // The GEMM of `input` right after its producer (into `fused`, allocated before it: an allocation, like
-        // any op that may write a buffer, forgets the cached copy), then of a fresh buffer of the same values.
-        let after = |what: &str, input: &<CudaBackend as Backend>::Buf, fused: &mut <CudaBackend as Backend>::Buf| {
-            let before = g.conversions().unwrap();
-            g.gemm(fused, input, &w, n).unwrap();
-            assert_eq!(g.conversions().unwrap(), before, "{what}: the GEMM converted its input itself");
-            let copy = up(&g, &down(&g, input, n * h));
-            let mut separate = g.alloc(n * m).unwrap();
-            g.gemm(&mut separate, &copy, &w, n).unwrap();
-            assert_eq!(down(&g, fused, n * m), down(&g, &separate, n * m), "{what} [{n}, {h}] x {m}");
-        };
         let (mut normed, mut res) = (g.alloc(n * h).unwrap(), up(&g, &rand_vec(s + 3, n * h, 1.0)));
         let (gate, upv) = (up(&g, &rand_vec(s + 4, n * h, 4.0)), up(&g, &rand_vec(s + 5, n * h, 1.0)));
         let mut act = g.alloc(n * h).unwrap();
         let mut fused = g.alloc(n * m).unwrap();
         g.rms_norm(&mut normed, &x, &nw, n, h, 1e-5).unwrap();
-        after("rms_norm -> gemm", &normed, &mut fused);
+        gemm_after(&g, "rms_norm -> gemm", &normed, &w, &mut fused, n, h, m);
         g.add_rms_norm(&mut res, &x, &mut normed, &nw, n, h, 1e-5).unwrap();
-        after("add_rms_norm -> gemm", &normed, &mut fused);
+        gemm_after(&g, "add_rms_norm -> gemm", &normed, &w, &mut fused, n, h, m);
         g.silu_mul(&mut act, &gate, &upv, n * h).unwrap();
-        after("silu_mul -> gemm", &act, &mut fused);
+        gemm_after(&g, "silu_mul -> gemm", &act, &w, &mut fused, n, h, m);
     }
 }
 
@@ -309,12 +314,19 @@ fn attention_case(g: &CudaBackend, nh: usize, nkv: usize, hd: usize, kv: KvStore
             let mut c_out = vec![0f32; n * qw];
             CpuBackend.paged_attention(&mut c_out, &cq, &ckc, &cvc, meta, d).unwrap();
             let mut g_out = g.alloc(n * qw).unwrap();
+            // The wo GEMM after each: the attention kernels also write their output's bf16 copy for it.
+            let m = 37;
+            let wo = g.upload(bf16_tensor(&[m, qw], &rand_vec(40 + i as u64, m * qw, 0.5))).unwrap();
+            let mut fused = g.alloc(n * m).unwrap();
+            let gq = up(g, &cq);
             g.set_exact_prefill_attention(true);
-            g.paged_attention(&mut g_out, &up(g, &cq), &gkc, &gvc, meta, d).unwrap();
+            g.paged_attention(&mut g_out, &gq, &gkc, &gvc, meta, d).unwrap();
+            gemm_after(g, &format!("attention (f32) -> gemm, step {i}"), &g_out, &wo, &mut fused, n, qw, m);
             let err = max_rel(&down(g, &g_out, n * qw), &c_out);
             assert!(err < 1e-4, "paged attention nh {nh} nkv {nkv} hd {hd}: error {err}");
             g.set_exact_prefill_attention(false);
-            g.paged_attention(&mut g_out, &up(g, &cq), &gkc, &gvc, meta, d).unwrap();
+            g.paged_attention(&mut g_out, &gq, &gkc, &gvc, meta, d).unwrap();
+            gemm_after(g, &format!("attention (tensor cores) -> gemm, step {i}"), &g_out, &wo, &mut fused, n, qw, m);
             let err = max_abs(&down(g, &g_out, n * qw), &c_out);
             assert!(err < TC_ATTENTION_TOL, "tensor-core attention nh {nh} nkv {nkv} hd {hd}: error {err}");
         }

@@ -316,8 +316,8 @@ pub fn run(
         notes: vec![
             "decode and prefill steps include host scheduling-free overhead: metadata upload, logits read-back".into(),
             "activations are f32, the KV cache bf16; no CUDA graphs; prompt attention on tensor cores (bf16 mma) \
-             unless TL_PREFILL_ATTENTION=f32; the norms and silu_mul also write their outputs' bf16 copies for \
-             the GEMMs after them, the attention output is converted by a kernel of its own"
+             unless TL_PREFILL_ATTENTION=f32; the norms, attention and silu_mul also write their outputs' bf16 \
+             copies for the GEMMs after them (no conversion kernels in a layer)"
                 .into(),
             "fp8: the norms quantize their outputs per token in the same kernel, the attention and silu_mul \
              outputs by a kernel of their own; the scales applied by a kernel after cuBLASLt's"

@@ -267,10 +267,12 @@ pub fn rope_write_kv(
     })
 }
 
+/// Attention of the step's tokens; with `out16`, the output also in bf16 (the wo GEMM's input).
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     st: &CudaStream,
     out: &mut CudaSlice<f32>,
+    out16: Option<&mut CudaSlice<u16>>,
     q: &CudaSlice<f32>,
     kc: &CudaSlice<f32>,
     vc: &CudaSlice<f32>,
@@ -280,6 +282,9 @@ pub fn paged_attention(
 ) -> Result<()> {
     let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     need("paged_attention", "out/q", out.len().min(q.len()), m.n_tokens * qw)?;
+    if let Some(o16) = &out16 {
+        need("paged_attention", "out16", o16.len(), m.n_tokens * qw)?;
+    }
     need("paged_attention", "kv cache", kv_values(kc, d).min(kv_values(vc, d)), m.num_slots * kw)?;
     if m.dec_splits > 1 {
         need("paged_attention", "scratch", scratch.len(), m.n_dec * d.n_heads * m.dec_splits * (d.head_dim + 2))?;
@@ -290,6 +295,7 @@ pub fn paged_attention(
     }
     let dev = m.buf.device_ptr(st);
     let at = |off: usize| (dev.0 + (off * 4) as u64) as *const i32;
+    let o16 = out16.map(|o| o.device_ptr_mut(st));
     let meta = sys::TlAttnMeta {
         tok_seq: at(m.off.tok_seq),
         seq_start: at(m.off.seq_start),
@@ -304,6 +310,7 @@ pub fn paged_attention(
         dec_splits: int("attention", m.dec_splits)?,
         block_size: int("attention", m.block_size)?,
         tile_rows: int("attention", m.tile_rows)?,
+        out16: o16.as_ref().map_or(std::ptr::null_mut(), |(p, _)| *p as *mut u16),
     };
     let (o, _a) = out.device_ptr_mut(st);
     let (qp, _b) = q.device_ptr(st);

@@ -627,11 +627,23 @@ impl Backend for CudaBackend {
         let kw = (d.n_kv_heads * d.head_dim).max(1);
         let num_slots = ffi::kv_values(&k_cache.0, d).min(ffi::kv_values(&v_cache.0, d)) / kw;
         self.bind()?;
+        // With bf16 GEMMs the kernels also write the output in bf16: the wo GEMM's input, recorded as the cached
+        // copy of `out` (FP8 weights quantize it on their own).
+        let bf16 = !self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed);
         self.with_meta(meta, num_slots, d, |dm, s| {
             let need = if dm.dec_splits > 1 { dm.n_dec * d.n_heads * dm.dec_splits * (d.head_dim + 2) } else { 1 };
+            let len = dm.n_tokens * d.n_heads * d.head_dim;
             self.grow(&mut s.attn, need)?;
+            if bf16 {
+                self.grow(&mut s.bf16, len)?;
+            }
             let scratch = s.attn.as_mut().ok_or_else(|| Error::Internal("attention scratch missing".into()))?;
-            ffi::paged_attention(&self.stream, &mut out.0, &q.0, &k_cache.0, &v_cache.0, scratch, dm, d)
+            let out16 = if bf16 { s.bf16.as_mut() } else { None };
+            ffi::paged_attention(&self.stream, &mut out.0, out16, &q.0, &k_cache.0, &v_cache.0, scratch, dm, d)?;
+            if bf16 {
+                *s.key_of(Converted::Bf16) = Some((out.0.device_ptr(&self.stream).0, len));
+            }
+            Ok(())
         })
     }
 
