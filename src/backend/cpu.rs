@@ -373,6 +373,15 @@ impl Backend for CpuBackend {
         Ok(v)
     }
 
+    fn fit(&self, buf: &mut Vec<f32>, n: usize) -> Result<()> {
+        if n > buf.capacity() {
+            buf.try_reserve_exact(n - buf.len())
+                .map_err(|e| Error::Internal(format!("cannot allocate {n} floats: {e}")))?;
+        }
+        buf.resize(n, 0.0);
+        Ok(())
+    }
+
     fn write(&self, dst: &mut Vec<f32>, src: &[f32]) -> Result<()> {
         check_len("write", dst.len(), src.len())?;
         dst[..src.len()].copy_from_slice(src);

@@ -342,6 +342,10 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_matmul(&self, t: Tensor, fmt: WeightFormat) -> Result<Self::Weight>;
     /// A zeroed f32 buffer of `n` elements.
     fn alloc(&self, n: usize) -> Result<Self::Buf>;
+    /// Makes `buf`, a buffer reused from step to step, fit `n` elements: what it holds is left undefined (a step
+    /// writes before it reads) and its memory kept where it can be (the CPU's resized in place to `n`, a device's
+    /// replaced only by a larger one).
+    fn fit(&self, buf: &mut Self::Buf, n: usize) -> Result<()>;
     /// Whether `KvDtype::Auto` means bf16 here (CUDA) rather than f32 (the CPU).
     fn kv_bf16_by_default(&self) -> bool {
         false

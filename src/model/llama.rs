@@ -31,6 +31,41 @@ pub struct KvCache<B: Backend> {
     pub block_size: usize,
 }
 
+/// A step's activation buffers, kept from step to step and fitted to each step's token count (`Backend::fit`):
+/// a step allocates none of them once one as large has run (on CUDA no allocation or memset per step).
+struct StepBufs<Buf> {
+    /// The residual stream `[n, h]`.
+    x: Buf,
+    normed: Buf,
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    attn: Buf,
+    /// The output of wo / w_down `[n, h]`, added to the residual.
+    proj: Buf,
+    gate: Buf,
+    up: Buf,
+    act: Buf,
+}
+
+impl<Buf> StepBufs<Buf> {
+    /// Buffers of no elements, fitted by the first step.
+    fn empty<B: Backend<Buf = Buf>>(be: &B) -> Result<Self> {
+        Ok(StepBufs {
+            x: be.alloc(0)?,
+            normed: be.alloc(0)?,
+            q: be.alloc(0)?,
+            k: be.alloc(0)?,
+            v: be.alloc(0)?,
+            attn: be.alloc(0)?,
+            proj: be.alloc(0)?,
+            gate: be.alloc(0)?,
+            up: be.alloc(0)?,
+            act: be.alloc(0)?,
+        })
+    }
+}
+
 pub struct Llama<B: Backend, C: Communicator<B>> {
     pub cfg: LlamaConfig,
     pub shard: ShardSpec,
@@ -43,6 +78,8 @@ pub struct Llama<B: Backend, C: Communicator<B>> {
     lm_head: B::Weight,
     dims: AttnDims,
     ffn_local: usize,
+    /// The step buffers (one step at a time runs on a rank; the lock is never contended).
+    bufs: std::sync::Mutex<Option<StepBufs<B::Buf>>>,
 }
 
 impl<B: Backend, C: Communicator<B>> Llama<B, C> {
@@ -108,7 +145,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             kv,
         };
         let ffn_local = cfg.intermediate_size / shard.world;
-        Ok(Llama { cfg, shard, backend, comm, tok_emb, layers, final_norm, lm_head, dims, ffn_local })
+        let bufs = std::sync::Mutex::new(None);
+        Ok(Llama { cfg, shard, backend, comm, tok_emb, layers, final_norm, lm_head, dims, ffn_local, bufs })
     }
 
     /// Bytes one KV block takes on this rank, k and v together, all layers (2 per value for a bf16 cache on CUDA,
@@ -237,35 +275,37 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         let be = &self.backend;
         let (h, hd, eps) = (self.cfg.hidden_size, self.dims.head_dim, self.cfg.rms_norm_eps);
         let (qw, kw, f) = (self.dims.n_heads * hd, self.dims.n_kv_heads * hd, self.ffn_local);
-        let mut x = be.alloc(n * h)?; // residual stream
-        let mut normed = be.alloc(n * h)?;
-        let mut q = be.alloc(n * qw)?;
-        let mut k = be.alloc(n * kw)?;
-        let mut v = be.alloc(n * kw)?;
-        let mut attn = be.alloc(n * qw)?;
-        let mut proj = be.alloc(n * h)?; // output of wo / w_down, added to the residual
-        let mut gate = be.alloc(n * f)?;
-        let mut up = be.alloc(n * f)?;
-        let mut act = be.alloc(n * f)?;
-        be.embedding(&mut x, &self.tok_emb, tokens, h)?;
+        let mut guard = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+        let bufs = match guard.as_mut() {
+            Some(b) => b,
+            None => guard.insert(StepBufs::empty(be)?),
+        };
+        let StepBufs { x, normed, q, k, v, attn, proj, gate, up, act } = bufs;
+        for (buf, len) in [(&mut *x, h), (normed, h), (q, qw), (k, kw), (v, kw), (attn, qw), (proj, h)] {
+            be.fit(buf, n * len)?;
+        }
+        for buf in [&mut *gate, up, act] {
+            be.fit(buf, n * f)?;
+        }
+        be.embedding(x, &self.tok_emb, tokens, h)?;
         for (i, l) in self.layers.iter().enumerate() {
             if i == 0 {
-                be.rms_norm(&mut normed, &x, &l.attn_norm, n, h, eps)?;
+                be.rms_norm(normed, x, &l.attn_norm, n, h, eps)?;
             } else {
-                be.add_rms_norm(&mut x, &proj, &mut normed, &l.attn_norm, n, h, eps)?;
+                be.add_rms_norm(x, proj, normed, &l.attn_norm, n, h, eps)?;
             }
-            be.gemm_many(&mut [&mut q, &mut k, &mut v], &normed, &[&l.wq, &l.wk, &l.wv], n)?;
-            be.rope_write_kv(&mut q, &mut k, &v, &mut kv.k[i], &mut kv.v[i], step, self.dims)?;
-            be.paged_attention(&mut attn, &q, &kv.k[i], &kv.v[i], step, self.dims)?;
-            be.gemm(&mut proj, &attn, &l.wo, n)?;
-            self.comm.all_reduce_sum(be, &mut proj, n * h)?;
-            be.add_rms_norm(&mut x, &proj, &mut normed, &l.mlp_norm, n, h, eps)?;
-            be.gemm_many(&mut [&mut gate, &mut up], &normed, &[&l.w_gate, &l.w_up], n)?;
-            be.silu_mul(&mut act, &gate, &up, n * f)?;
-            be.gemm(&mut proj, &act, &l.w_down, n)?;
-            self.comm.all_reduce_sum(be, &mut proj, n * h)?;
+            be.gemm_many(&mut [&mut *q, &mut *k, &mut *v], normed, &[&l.wq, &l.wk, &l.wv], n)?;
+            be.rope_write_kv(q, k, v, &mut kv.k[i], &mut kv.v[i], step, self.dims)?;
+            be.paged_attention(attn, q, &kv.k[i], &kv.v[i], step, self.dims)?;
+            be.gemm(proj, attn, &l.wo, n)?;
+            self.comm.all_reduce_sum(be, proj, n * h)?;
+            be.add_rms_norm(x, proj, normed, &l.mlp_norm, n, h, eps)?;
+            be.gemm_many(&mut [&mut *gate, &mut *up], normed, &[&l.w_gate, &l.w_up], n)?;
+            be.silu_mul(act, gate, up, n * f)?;
+            be.gemm(proj, act, &l.w_down, n)?;
+            self.comm.all_reduce_sum(be, proj, n * h)?;
         }
-        be.add_rms_norm(&mut x, &proj, &mut normed, &self.final_norm, n, h, eps)?;
+        be.add_rms_norm(x, proj, normed, &self.final_norm, n, h, eps)?;
         let r = logit_rows.len();
         if r == 0 {
             return Ok(None);
@@ -274,7 +314,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             return Err(Error::Internal(format!("logit row {bad} outside a step of {n} tokens")));
         }
         let mut last = be.alloc(r * h)?;
-        be.gather_rows(&mut last, &normed, logit_rows, h)?;
+        be.gather_rows(&mut last, normed, logit_rows, h)?;
         // Each rank's share padded to the largest one, so the gather moves equal counts.
         let (vocab, world) = (self.cfg.vocab_size, self.shard.world);
         let w_max = vocab.div_ceil(world);

@@ -318,7 +318,14 @@ impl CudaBackend {
         let host = meta::pack(meta, num_slots, tiling)?;
         let mut s = self.lock()?;
         if s.meta_dev.as_ref().is_none_or(|d| d.host != host) {
-            let buf = self.upload_i32(&host.data)?;
+            // The device array is kept from step to step while the pack fits it, and grows by powers of two:
+            // decode steps (whose block tables grow a block at a time) allocate nothing.
+            let len = host.data.len();
+            let mut buf = match s.meta_dev.take() {
+                Some(d) if d.buf.len() >= len => d.buf,
+                _ => self.stream.alloc_zeros::<i32>(len.next_power_of_two()).map_err(cuda_err("metadata alloc"))?,
+            };
+            self.stream.memcpy_htod(&host.data, &mut buf.slice_mut(0..len)).map_err(cuda_err("metadata upload"))?;
             s.meta_dev = Some(meta::DeviceMeta { buf, host });
         }
         let dm = s.meta_dev.take().ok_or_else(|| Error::Internal("metadata missing".into()))?;
@@ -524,6 +531,13 @@ impl Backend for CudaBackend {
     fn alloc(&self, n: usize) -> Result<CudaBuf> {
         self.bind()?;
         Ok(CudaBuf(self.stream.alloc_zeros::<f32>(n.max(1)).map_err(cuda_err(&format!("alloc of {n} floats")))?))
+    }
+
+    fn fit(&self, buf: &mut CudaBuf, n: usize) -> Result<()> {
+        if buf.0.len() < n {
+            *buf = self.alloc(n)?;
+        }
+        Ok(())
     }
 
     fn write(&self, dst: &mut CudaBuf, src: &[f32]) -> Result<()> {
