@@ -87,11 +87,14 @@ extern "C" int tl_rms_norm_bf16(float *out, float *residual, uint16_t *out16, co
     return tl_launch_status();
 }
 
+// out[t, j] = silu(gu[t, j]) * gu[t, f + j]: gu holds each row's gate then its up (the fused gate/up GEMM).
 template <bool BF16>
-__global__ void silu_mul_kernel(float *out, uint16_t *out16, const float *gate, const float *up, int64_t len) {
+__global__ void silu_mul_kernel(float *out, uint16_t *out16, const float *gu, int64_t n, int64_t f) {
+    const int64_t len = n * f;
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < len; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        const float g = gate[i];
-        const float o = g / (1.f + expf(-g)) * up[i];
+        const int64_t t = i / f, j = i - t * f;
+        const float g = gu[2 * f * t + j];
+        const float o = g / (1.f + expf(-g)) * gu[2 * f * t + f + j];
         out[i] = o;
         if (BF16) out16[i] = f32_to_bf16_bits(o);
     }
@@ -102,15 +105,14 @@ static int grid_for(int64_t len, int threads) {
     return static_cast<int>(b < 65535 * 8 ? b : 65535 * 8);
 }
 
-extern "C" int tl_silu_mul(float *out, const float *gate, const float *up, int64_t len, void *stream) {
-    if (len <= 0) return len == 0 ? 0 : TL_ERR_ARGS;
-    silu_mul_kernel<false><<<grid_for(len, 256), 256, 0, TL_STREAM(stream)>>>(out, nullptr, gate, up, len);
-    return tl_launch_status();
-}
-
-extern "C" int tl_silu_mul_bf16(float *out, uint16_t *out16, const float *gate, const float *up, int64_t len, void *stream) {
-    if (len <= 0) return len == 0 ? 0 : TL_ERR_ARGS;
-    silu_mul_kernel<true><<<grid_for(len, 256), 256, 0, TL_STREAM(stream)>>>(out, out16, gate, up, len);
+extern "C" int tl_silu_mul(float *out, uint16_t *out16, const float *gate_up, int64_t n, int64_t f, void *stream) {
+    if (n < 0 || f < 0) return TL_ERR_ARGS;
+    if (n == 0 || f == 0) return 0;
+    if (out16) {
+        silu_mul_kernel<true><<<grid_for(n * f, 256), 256, 0, TL_STREAM(stream)>>>(out, out16, gate_up, n, f);
+    } else {
+        silu_mul_kernel<false><<<grid_for(n * f, 256), 256, 0, TL_STREAM(stream)>>>(out, nullptr, gate_up, n, f);
+    }
     return tl_launch_status();
 }
 

@@ -62,18 +62,12 @@ int tl_rms_norm_bf16(float *out,        /* [n, h] */
                      const float *w,    /* [h] */
                      int n, int h, float eps, void *stream);
 
-/* out = silu(gate) * up. */
-int tl_silu_mul(float *out,        /* [len] */
-                const float *gate, /* [len] */
-                const float *up,   /* [len] */
-                int64_t len, void *stream);
-
-/* tl_silu_mul, out also written as bf16 (as tl_f32_to_bf16 of `out` would), the down GEMM's input. */
-int tl_silu_mul_bf16(float *out,        /* [len] */
-                     uint16_t *out16,   /* [len] bf16 of out */
-                     const float *gate, /* [len] */
-                     const float *up,   /* [len] */
-                     int64_t len, void *stream);
+/* out[t, j] = silu(gate_up[t, j]) * gate_up[t, f + j] (each row's gate, then its up: the fused gate/up GEMM's
+ * output); with out16, out also written as bf16 (as tl_f32_to_bf16 of `out` would), the down GEMM's input. */
+int tl_silu_mul(float *out,           /* [n, f] */
+                uint16_t *out16,      /* [n, f] bf16 of out; or null */
+                const float *gate_up, /* [n, 2 f] */
+                int64_t n, int64_t f, void *stream);
 
 /* out[i, :] = x[rows[i], :]. */
 int tl_gather_rows(float *out,          /* [r, h] */

@@ -90,11 +90,13 @@ fn embedding_norms_silu_gather_match_cpu() {
     assert!(max_rel(&down(&g, &g_res, n * h), &c_res) < 1e-6, "add_rms_norm residual");
     assert!(max_rel(&down(&g, &g_out, n * h), &c_out) < 1e-5, "add_rms_norm out");
 
-    let (gate, upv) = (rand_vec(5, n * h, 8.0), rand_vec(6, n * h, 2.0));
+    // Gate and up of each row side by side, as the fused gate/up GEMM writes them.
+    let gate_up: Vec<f32> =
+        (0..n).flat_map(|t| [rand_vec(50 + t as u64, h, 8.0), rand_vec(60 + t as u64, h, 2.0)].concat()).collect();
     let mut c_act = vec![0f32; n * h];
-    CpuBackend.silu_mul(&mut c_act, &gate, &upv, n * h).unwrap();
+    CpuBackend.silu_mul(&mut c_act, &gate_up, n, h).unwrap();
     let mut g_act = g.alloc(n * h).unwrap();
-    g.silu_mul(&mut g_act, &up(&g, &gate), &up(&g, &upv), n * h).unwrap();
+    g.silu_mul(&mut g_act, &up(&g, &gate_up), n, h).unwrap();
     assert!(max_rel(&down(&g, &g_act, n * h), &c_act) < 1e-5, "silu_mul");
 
     let rows = [4usize, 0, 4, 2];
@@ -187,14 +189,14 @@ fn fused_bf16_gemm_inputs_give_the_bits_of_a_separate_conversion() {
         let nw = g.upload(Tensor::from_f32(&[h], rand_vec(s + 1, h, 0.2).iter().map(|x| 1.0 + x).collect())).unwrap();
         let x = up(&g, &rand_vec(s + 2, n * h, 2.0));
         let (mut normed, mut res) = (g.alloc(n * h).unwrap(), up(&g, &rand_vec(s + 3, n * h, 1.0)));
-        let (gate, upv) = (up(&g, &rand_vec(s + 4, n * h, 4.0)), up(&g, &rand_vec(s + 5, n * h, 1.0)));
+        let gate_up = up(&g, &rand_vec(s + 4, 2 * n * h, 4.0));
         let mut act = g.alloc(n * h).unwrap();
         let mut fused = g.alloc(n * m).unwrap();
         g.rms_norm(&mut normed, &x, &nw, n, h, 1e-5).unwrap();
         gemm_after(&g, "rms_norm -> gemm", &normed, &w, &mut fused, n, h, m);
         g.add_rms_norm(&mut res, &x, &mut normed, &nw, n, h, 1e-5).unwrap();
         gemm_after(&g, "add_rms_norm -> gemm", &normed, &w, &mut fused, n, h, m);
-        g.silu_mul(&mut act, &gate, &upv, n * h).unwrap();
+        g.silu_mul(&mut act, &gate_up, n, h).unwrap();
         gemm_after(&g, "silu_mul -> gemm", &act, &w, &mut fused, n, h, m);
     }
 }

@@ -537,17 +537,30 @@ impl Backend for CpuBackend {
         super::cpu_attention::paged_attention(out, q, k_cache, v_cache, meta, d)
     }
 
-    fn silu_mul(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
-        check_len("silu_mul", out.len().min(gate.len()).min(up.len()), len)?;
-        if len >= PAR_ELEMS {
-            let chunk = len.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(16);
-            out[..len]
-                .par_chunks_mut(chunk)
-                .zip(gate[..len].par_chunks(chunk))
-                .zip(up[..len].par_chunks(chunk))
-                .for_each(|((o, g), u)| silu_mul_rows(o, g, u));
+    fn silu_mul(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, n: usize, f: usize) -> Result<()> {
+        check_len("silu_mul out", out.len(), n * f)?;
+        check_len("silu_mul gate_up", gate_up.len(), 2 * n * f)?;
+        let row = |(o, gu): (&mut [f32], &[f32])| {
+            let (g, u) = gu.split_at(f);
+            if f >= PAR_ELEMS && n < rayon::current_num_threads() {
+                // Few long rows (decode): each row's columns in parallel.
+                let chunk = f.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(16);
+                o.par_chunks_mut(chunk)
+                    .zip(g.par_chunks(chunk))
+                    .zip(u.par_chunks(chunk))
+                    .for_each(|((o, g), u)| silu_mul_rows(o, g, u));
+            } else {
+                silu_mul_rows(o, g, u);
+            }
+        };
+        if f == 0 {
+            return Ok(());
+        }
+        let (out, gate_up) = (&mut out[..n * f], &gate_up[..2 * n * f]);
+        if n * f >= PAR_ELEMS && n >= rayon::current_num_threads() {
+            out.par_chunks_mut(f).zip(gate_up.par_chunks(2 * f)).for_each(row);
         } else {
-            silu_mul_rows(&mut out[..len], &gate[..len], &up[..len]);
+            out.chunks_mut(f).zip(gate_up.chunks(2 * f)).for_each(row);
         }
         Ok(())
     }
@@ -711,9 +724,12 @@ mod tests {
         assert_eq!(one, out[..h], "add_rms_norm: one row alone vs in a batch");
         CpuBackend.rms_norm(&mut one, &x[..h].to_vec(), &w, 1, h, eps).unwrap();
         assert_eq!(one, plain[..h], "rms_norm: one row alone vs in a batch");
+        // gate `x`, up `res`, interleaved by row as the fused gate/up GEMM writes them.
+        let gate_up: Vec<f32> =
+            (0..n).flat_map(|t| [&x[t * h..(t + 1) * h], &res[t * h..(t + 1) * h]].concat()).collect();
         let (mut big, mut small) = (vec![0f32; n * h], vec![0f32; h]);
-        CpuBackend.silu_mul(&mut big, &x, &res, n * h).unwrap();
-        CpuBackend.silu_mul(&mut small, &x[..h].to_vec(), &res[..h].to_vec(), h).unwrap();
+        CpuBackend.silu_mul(&mut big, &gate_up, n, h).unwrap();
+        CpuBackend.silu_mul(&mut small, &gate_up[..2 * h].to_vec(), 1, h).unwrap();
         assert_eq!(small, big[..h], "silu_mul: one row alone vs in a batch");
         for i in 0..n * h {
             let g = x[i] as f64;

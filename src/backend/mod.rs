@@ -427,8 +427,9 @@ pub trait Backend: Send + Sync + 'static {
         meta: CheckedStep,
         d: AttnDims,
     ) -> Result<()>;
-    /// out = silu(gate) * up, all `[len]`.
-    fn silu_mul(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// out `[n, f]` = silu(gate) * up, where `gate_up` `[n, 2f]` holds each row's gate then its up (the output of
+    /// the fused gate/up GEMM).
+    fn silu_mul(&self, out: &mut Self::Buf, gate_up: &Self::Buf, n: usize, f: usize) -> Result<()>;
     /// Copies rows `rows` of x `[*, h]` into out `[rows.len(), h]`.
     fn gather_rows(&self, out: &mut Self::Buf, x: &Self::Buf, rows: &[usize], h: usize) -> Result<()>;
     /// Reassembles vocabulary-split logits: `parts` `[world, rows * w_max]` holds each rank's `[rows, w_k]`

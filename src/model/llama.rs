@@ -6,6 +6,7 @@ use crate::comm::Communicator;
 use crate::config::LlamaConfig;
 use crate::loader::{CheckpointSource, TensorReader, layer_name};
 use crate::sampling::{LateMasks, Picked, SampleBatch};
+use crate::tensor::Tensor;
 use crate::{Error, Result};
 
 /// One layer's weights on one rank.
@@ -16,8 +17,8 @@ pub struct LayerWeights<B: Backend> {
     pub wv: B::Weight,
     pub wo: B::Weight,
     pub mlp_norm: B::Weight,
-    pub w_gate: B::Weight,
-    pub w_up: B::Weight,
+    /// The gate and up projections stacked `[2 f, h]` (gate rows first): one GEMM for both.
+    pub w_gate_up: B::Weight,
     pub w_down: B::Weight,
 }
 
@@ -43,8 +44,8 @@ struct StepBufs<Buf> {
     attn: Buf,
     /// The output of wo / w_down `[n, h]`, added to the residual.
     proj: Buf,
-    gate: Buf,
-    up: Buf,
+    /// Gate and up of each token, `[n, 2 f]`.
+    gate_up: Buf,
     act: Buf,
 }
 
@@ -59,8 +60,7 @@ impl<Buf> StepBufs<Buf> {
             v: be.alloc(0)?,
             attn: be.alloc(0)?,
             proj: be.alloc(0)?,
-            gate: be.alloc(0)?,
-            up: be.alloc(0)?,
+            gate_up: be.alloc(0)?,
             act: be.alloc(0)?,
         })
     }
@@ -107,9 +107,9 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         ShardSpec::check(&cfg, shard.world)?;
         let mut reader =
             TensorReader::new(src, format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world));
-        let mut get = |name: &str| -> Result<B::Weight> {
-            let t = shard.shard(&cfg, name, reader.read(name)?);
-            const MATMULS: [&str; 7] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"];
+        let mut read = |name: &str| -> Result<Tensor> { Ok(shard.shard(&cfg, name, reader.read(name)?)) };
+        let upload = |name: &str, t: Tensor| -> Result<B::Weight> {
+            const MATMULS: [&str; 8] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_gate_up", "w_down"];
             let matmul = name == "lm_head" || MATMULS.iter().any(|m| name.ends_with(m));
             match (matmul, fmt) {
                 (true, WeightFormat::Fp8) if name == "lm_head" => backend.upload_matmul(t, WeightFormat::Bf16),
@@ -118,24 +118,21 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
                 (false, _) => backend.upload(t),
             }
         };
-        let tok_emb = get("tok_emb")?;
+        let tok_emb = upload("tok_emb", read("tok_emb")?)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
-            let mut w = |t: &str| get(&layer_name(i, t));
-            layers.push(LayerWeights {
-                attn_norm: w("attn_norm")?,
-                wq: w("wq")?,
-                wk: w("wk")?,
-                wv: w("wv")?,
-                wo: w("wo")?,
-                mlp_norm: w("mlp_norm")?,
-                w_gate: w("w_gate")?,
-                w_up: w("w_up")?,
-                w_down: w("w_down")?,
-            });
+            let name = |t: &str| layer_name(i, t);
+            let mut w = |t: &str| upload(&name(t), read(&name(t))?);
+            let (attn_norm, wq, wk, wv, wo, mlp_norm) =
+                (w("attn_norm")?, w("wq")?, w("wk")?, w("wv")?, w("wo")?, w("mlp_norm")?);
+            // This rank's gate and up rows stacked: each row's output is what its own GEMM would give.
+            let gate_up = Tensor::concat_rows(&[read(&name("w_gate"))?, read(&name("w_up"))?]);
+            let w_gate_up = upload(&name("w_gate_up"), gate_up)?;
+            let w_down = upload(&name("w_down"), read(&name("w_down"))?)?;
+            layers.push(LayerWeights { attn_norm, wq, wk, wv, wo, mlp_norm, w_gate_up, w_down });
         }
-        let final_norm = get("final_norm")?;
-        let lm_head = get("lm_head")?;
+        let final_norm = upload("final_norm", read("final_norm")?)?;
+        let lm_head = upload("lm_head", read("lm_head")?)?;
         let dims = AttnDims {
             n_heads: cfg.num_heads / shard.world,
             n_kv_heads: cfg.num_kv_heads / shard.world,
@@ -280,12 +277,10 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             Some(b) => b,
             None => guard.insert(StepBufs::empty(be)?),
         };
-        let StepBufs { x, normed, q, k, v, attn, proj, gate, up, act } = bufs;
-        for (buf, len) in [(&mut *x, h), (normed, h), (q, qw), (k, kw), (v, kw), (attn, qw), (proj, h)] {
+        let StepBufs { x, normed, q, k, v, attn, proj, gate_up, act } = bufs;
+        let widths = [(&mut *x, h), (normed, h), (q, qw), (k, kw), (v, kw), (attn, qw), (proj, h), (gate_up, 2 * f)];
+        for (buf, len) in widths.into_iter().chain([(&mut *act, f)]) {
             be.fit(buf, n * len)?;
-        }
-        for buf in [&mut *gate, up, act] {
-            be.fit(buf, n * f)?;
         }
         be.embedding(x, &self.tok_emb, tokens, h)?;
         for (i, l) in self.layers.iter().enumerate() {
@@ -300,8 +295,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             be.gemm(proj, attn, &l.wo, n)?;
             self.comm.all_reduce_sum(be, proj, n * h)?;
             be.add_rms_norm(x, proj, normed, &l.mlp_norm, n, h, eps)?;
-            be.gemm_many(&mut [&mut *gate, &mut *up], normed, &[&l.w_gate, &l.w_up], n)?;
-            be.silu_mul(act, gate, up, n * f)?;
+            be.gemm(gate_up, normed, &l.w_gate_up, n)?;
+            be.silu_mul(act, gate_up, n, f)?;
             be.gemm(proj, act, &l.w_down, n)?;
             self.comm.all_reduce_sum(be, proj, n * h)?;
         }

@@ -143,30 +143,27 @@ pub fn rms_norm(
     }
 }
 
-/// out = silu(gate) * up; with `out16`, out also as bf16 (the down GEMM's input).
+/// out `[n, f]` = silu(gate) * up from `gate_up` `[n, 2f]` (each row's gate, then its up); with `out16`, out
+/// also as bf16 (the down GEMM's input).
 pub fn silu_mul(
     st: &CudaStream,
     out: &mut CudaSlice<f32>,
     out16: Option<&mut CudaSlice<u16>>,
-    gate: &CudaSlice<f32>,
-    up: &CudaSlice<f32>,
-    len: usize,
+    gate_up: &CudaSlice<f32>,
+    n: usize,
+    f: usize,
 ) -> Result<()> {
-    need("silu_mul", "buffers", out.len().min(gate.len()).min(up.len()), len)?;
-    let (o, _a) = out.device_ptr_mut(st);
-    let (g, _b) = gate.device_ptr(st);
-    let (u, _c) = up.device_ptr(st);
-    let (o, g, u) = (o as *mut f32, g as *const f32, u as *const f32);
-    match out16 {
-        Some(o16) => {
-            need("silu_mul_bf16", "out16", o16.len(), len)?;
-            let (bp, _d) = o16.device_ptr_mut(st);
-            // SAFETY: lengths checked above.
-            status("silu_mul_bf16", unsafe { sys::tl_silu_mul_bf16(o, bp as *mut u16, g, u, len as i64, raw(st)) })
-        }
-        // SAFETY: lengths checked above.
-        None => status("silu_mul", unsafe { sys::tl_silu_mul(o, g, u, len as i64, raw(st)) }),
+    need("silu_mul", "out", out.len(), n * f)?;
+    need("silu_mul", "gate_up", gate_up.len(), 2 * n * f)?;
+    if let Some(o16) = &out16 {
+        need("silu_mul", "out16", o16.len(), n * f)?;
     }
+    let (o, _a) = out.device_ptr_mut(st);
+    let (g, _b) = gate_up.device_ptr(st);
+    let o16 = out16.map(|b| b.device_ptr_mut(st));
+    let bp = o16.as_ref().map_or(std::ptr::null_mut(), |(p, _)| *p as *mut u16);
+    // SAFETY: lengths checked above; a null out16 writes f32 only.
+    status("silu_mul", unsafe { sys::tl_silu_mul(o as *mut f32, bp, g as *const f32, n as i64, f as i64, raw(st)) })
 }
 
 pub fn gather_rows(

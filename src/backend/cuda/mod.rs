@@ -661,17 +661,17 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn silu_mul(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf, len: usize) -> Result<()> {
+    fn silu_mul(&self, out: &mut CudaBuf, gate_up: &CudaBuf, n: usize, f: usize) -> Result<()> {
         self.bind()?;
         if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
-            return ffi::silu_mul(&self.stream, &mut out.0, None, &gate.0, &up.0, len);
+            return ffi::silu_mul(&self.stream, &mut out.0, None, &gate_up.0, n, f);
         }
         // The down GEMM's bf16 input written by the same kernel, recorded as the cached copy of `out`.
         let mut s = self.lock()?;
-        self.grow(&mut s.bf16, len)?;
+        self.grow(&mut s.bf16, n * f)?;
         let out16 = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
-        ffi::silu_mul(&self.stream, &mut out.0, Some(out16), &gate.0, &up.0, len)?;
-        *s.key_of(Converted::Bf16) = Some((out.0.device_ptr(&self.stream).0, len));
+        ffi::silu_mul(&self.stream, &mut out.0, Some(out16), &gate_up.0, n, f)?;
+        *s.key_of(Converted::Bf16) = Some((out.0.device_ptr(&self.stream).0, n * f));
         Ok(())
     }
 
