@@ -80,11 +80,10 @@ int tl_f32_to_bf16(uint16_t *dst,   /* [len] */
                    const float *src, /* [len] */
                    int64_t len, void *stream);
 
-/* Split-halves RoPE on q and k in place, then k and v rows written to the paged caches at `slots`, as kv_dtype
+/* Split-halves RoPE of qkv's q into q and of its k into the paged caches at `slots`, with v beside it, as kv_dtype
  * says: 0 f32, 1 bf16 (round to nearest even), 2 E4M3 with scale 1 (nearest even, saturating to +-448). */
-int tl_rope_write_kv(float *q,               /* [n, nh * hd] */
-                     float *k,               /* [n, nkv * hd] */
-                     const float *v,         /* [n, nkv * hd] */
+int tl_rope_write_kv(float *q,               /* [n, nh * hd]: the rotated q */
+                     const float *qkv,       /* [n, nh * hd + 2 nkv * hd]: each row's q, k, v */
                      void *k_cache,          /* [num_slots, nkv, hd] of kv_dtype (num_slots = blocks * block_size) */
                      void *v_cache,          /* [num_slots, nkv, hd] of kv_dtype */
                      const int32_t *positions, /* [n] */

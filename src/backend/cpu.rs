@@ -450,64 +450,32 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gemm_many(&self, outs: &mut [&mut Vec<f32>], x: &Vec<f32>, ws: &[&CpuWeight], n: usize) -> Result<()> {
-        if outs.len() != ws.len() {
-            return Err(Error::Internal(format!("gemm_many: {} outputs for {} weights", outs.len(), ws.len())));
-        }
-        let packed: Vec<&Packed> = ws
-            .iter()
-            .filter_map(|w| match w {
-                CpuWeight::Packed(p) => Some(p),
-                _ => None,
-            })
-            .collect();
-        let fp8: Vec<(&Packed, &[f32])> = ws
-            .iter()
-            .filter_map(|w| match w {
-                CpuWeight::Fp8 { values, scales } => Some((values, scales.as_slice())),
-                _ => None,
-            })
-            .collect();
-        // Unpacked (f32/f16) weights, and a mix of formats, take the gemm one by one.
-        if packed.len() != ws.len() && fp8.len() != ws.len() {
-            return ws.iter().zip(outs.iter_mut()).try_for_each(|(w, out)| self.gemm(out, x, w, n));
-        }
-        for (out, w) in outs.iter().zip(ws) {
-            let (m, k) = w.dims();
-            check_len("gemm out", out.len(), n * m)?;
-            check_len("gemm x", x.len(), n * k)?;
-        }
-        let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        if fp8.len() == ws.len() {
-            gemm_fp8(&mut slices, x, &fp8, n);
-        } else {
-            cpu_gemm::gemm_many(&mut slices, x, &packed, n);
-        }
-        Ok(())
-    }
-
     fn rope_write_kv(
         &self,
         q: &mut Vec<f32>,
-        k: &mut Vec<f32>,
-        v: &Vec<f32>,
+        qkv: &Vec<f32>,
         k_cache: &mut Vec<f32>,
         v_cache: &mut Vec<f32>,
         meta: CheckedStep,
         d: AttnDims,
     ) -> Result<()> {
         let (hd, qw, kw) = (d.head_dim, d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
-        let (n, bs) = (meta.n_tokens(), meta.block_size);
+        let (n, bs, w) = (meta.n_tokens(), meta.block_size, qw + 2 * kw);
         check_len("rope q", q.len(), n * qw)?;
-        check_len("rope k", k.len().min(v.len()), n * kw)?;
+        check_len("rope qkv", qkv.len(), n * w)?;
         let mut cs = vec![(0f32, 0f32); hd / 2];
+        let mut k = vec![0f32; kw];
         for t in 0..n {
+            let row = &qkv[t * w..(t + 1) * w];
             rope_angles(&mut cs, meta.positions[t] as f32 / d.rope_scale, d.rope_theta, hd);
+            let qt = &mut q[t * qw..(t + 1) * qw];
+            qt.copy_from_slice(&row[..qw]);
             for h in 0..d.n_heads {
-                rope_row(&mut q[t * qw + h * hd..t * qw + (h + 1) * hd], &cs);
+                rope_row(&mut qt[h * hd..(h + 1) * hd], &cs);
             }
+            k.copy_from_slice(&row[qw..qw + kw]);
             for h in 0..d.n_kv_heads {
-                rope_row(&mut k[t * kw + h * hd..t * kw + (h + 1) * hd], &cs);
+                rope_row(&mut k[h * hd..(h + 1) * hd], &cs);
             }
             // V one row per slot; K transposed within its block (`cpu_attention`'s layouts). A bf16 or fp8 cache
             // (the CUDA one's twin) keeps each value rounded to that dtype, in f32.
@@ -515,10 +483,10 @@ impl Backend for CpuBackend {
             let block_end = (slot / bs + 1) * bs * kw;
             check_len("kv cache", k_cache.len().min(v_cache.len()), block_end)?;
             let kv_value = |x: f32| d.kv.round(x);
-            for (dst, &x) in v_cache[slot * kw..(slot + 1) * kw].iter_mut().zip(&v[t * kw..(t + 1) * kw]) {
+            for (dst, &x) in v_cache[slot * kw..(slot + 1) * kw].iter_mut().zip(&row[qw + kw..]) {
                 *dst = kv_value(x);
             }
-            for (c, &x) in k[t * kw..(t + 1) * kw].iter().enumerate() {
+            for (c, &x) in k.iter().enumerate() {
                 k_cache[k_index(slot, c, bs, kw)] = kv_value(x);
             }
         }
@@ -735,6 +703,42 @@ mod tests {
             let g = x[i] as f64;
             let want = g / (1.0 + (-g).exp()) * res[i] as f64;
             assert!((big[i] as f64 - want).abs() < 1e-5 * (1.0 + want.abs()), "silu_mul {i}");
+        }
+    }
+
+    /// The model stacks q, k and v (and gate and up) into one matrix: in every weight format each part's columns of
+    /// the stacked GEMM are the bits of that part's own GEMM (the parts' sizes odd, so panels straddle them).
+    #[test]
+    fn a_stacked_gemm_gives_each_part_the_bits_of_its_own() {
+        let (n, k) = (5, 96);
+        let parts = [37usize, 9, 9];
+        let rnd = |seed: usize, len: usize| -> Vec<f32> {
+            (0..len).map(|i| (((i + seed) * 7919 % 1013) as f32 - 506.0) / 333.0).collect()
+        };
+        let x = rnd(1, n * k);
+        let ws: Vec<Tensor> =
+            parts.iter().enumerate().map(|(i, &m)| Tensor::from_f32(&[m, k], rnd(10 + i, m * k))).collect();
+        let total: usize = parts.iter().sum();
+        let fmts = [WeightFormat::AsLoaded, WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Fp8];
+        for (fmt, dtype) in fmts.iter().flat_map(|&f| [(f, crate::tensor::DType::F32), (f, crate::tensor::DType::BF16)])
+        {
+            let cast = |t: &Tensor| if dtype == crate::tensor::DType::BF16 { t.clone().to_bf16() } else { t.clone() };
+            let stacked = CpuBackend.upload_matmul(cast(&Tensor::concat_rows(&ws)), fmt).unwrap();
+            let mut all = vec![0f32; n * total];
+            CpuBackend.gemm(&mut all, &x, &stacked, n).unwrap();
+            let mut col = 0;
+            for (w, &m) in ws.iter().zip(&parts) {
+                let mut own = vec![0f32; n * m];
+                CpuBackend.gemm(&mut own, &x, &CpuBackend.upload_matmul(cast(w), fmt).unwrap(), n).unwrap();
+                for t in 0..n {
+                    assert_eq!(
+                        all[t * total + col..t * total + col + m],
+                        own[t * m..(t + 1) * m],
+                        "{fmt:?} {dtype:?} row {t}"
+                    );
+                }
+                col += m;
+            }
         }
     }
 

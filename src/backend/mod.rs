@@ -392,26 +392,14 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// out = x · wᵀ; x `[n, k]`, w `[m, k]`, out `[n, m]` (f32 accumulation).
     fn gemm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Weight, n: usize) -> Result<()>;
-    /// `gemm` of one input by several weights (Q, K, V; gate, up): `outs[i]` = x · `ws[i]`ᵀ. A backend may run
-    /// them as one launch; each output is what `gemm` gives.
-    fn gemm_many(&self, outs: &mut [&mut Self::Buf], x: &Self::Buf, ws: &[&Self::Weight], n: usize) -> Result<()> {
-        if outs.len() != ws.len() {
-            return Err(Error::Internal(format!("gemm_many: {} outputs for {} weights", outs.len(), ws.len())));
-        }
-        for (out, w) in outs.iter_mut().zip(ws) {
-            self.gemm(out, x, w, n)?;
-        }
-        Ok(())
-    }
-    /// Rotates q `[n, nh*hd]` and k `[n, nkv*hd]` in place (split-halves RoPE), then writes k and v
-    /// into the paged caches (`blocks * block_size * nkv * hd` floats each) at `meta.slots`, in the layout this
-    /// backend's `paged_attention` reads (CUDA: one row per slot; CPU: K transposed within each block).
-    #[allow(clippy::too_many_arguments)]
+    /// From `qkv` `[n, nh*hd + 2 nkv*hd]` (each row's q, k and v side by side: the fused QKV GEMM's output):
+    /// writes q rotated (split-halves RoPE) into `q` `[n, nh*hd]`, and k rotated and v into the paged caches
+    /// (`blocks * block_size * nkv * hd` values each) at `meta.slots`, in the layout this backend's
+    /// `paged_attention` reads (CUDA: one row per slot; CPU: K transposed within each block).
     fn rope_write_kv(
         &self,
         q: &mut Self::Buf,
-        k: &mut Self::Buf,
-        v: &Self::Buf,
+        qkv: &Self::Buf,
         k_cache: &mut Self::Buf,
         v_cache: &mut Self::Buf,
         meta: CheckedStep,

@@ -12,9 +12,8 @@ use crate::{Error, Result};
 /// One layer's weights on one rank.
 pub struct LayerWeights<B: Backend> {
     pub attn_norm: B::Weight,
-    pub wq: B::Weight,
-    pub wk: B::Weight,
-    pub wv: B::Weight,
+    /// The q, k and v projections stacked `[nh hd + 2 nkv hd, h]` (this rank's heads): one GEMM for all three.
+    pub w_qkv: B::Weight,
     pub wo: B::Weight,
     pub mlp_norm: B::Weight,
     /// The gate and up projections stacked `[2 f, h]` (gate rows first): one GEMM for both.
@@ -38,9 +37,10 @@ struct StepBufs<Buf> {
     /// The residual stream `[n, h]`.
     x: Buf,
     normed: Buf,
+    /// Each token's q, k and v `[n, nh hd + 2 nkv hd]`, as the QKV GEMM writes them.
+    qkv: Buf,
+    /// The rotated q `[n, nh hd]`.
     q: Buf,
-    k: Buf,
-    v: Buf,
     attn: Buf,
     /// The output of wo / w_down `[n, h]`, added to the residual.
     proj: Buf,
@@ -55,9 +55,8 @@ impl<Buf> StepBufs<Buf> {
         Ok(StepBufs {
             x: be.alloc(0)?,
             normed: be.alloc(0)?,
+            qkv: be.alloc(0)?,
             q: be.alloc(0)?,
-            k: be.alloc(0)?,
-            v: be.alloc(0)?,
             attn: be.alloc(0)?,
             proj: be.alloc(0)?,
             gate_up: be.alloc(0)?,
@@ -109,7 +108,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             TensorReader::new(src, format!("{} rank {}/{}", src.path().display(), shard.rank, shard.world));
         let mut read = |name: &str| -> Result<Tensor> { Ok(shard.shard(&cfg, name, reader.read(name)?)) };
         let upload = |name: &str, t: Tensor| -> Result<B::Weight> {
-            const MATMULS: [&str; 8] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_gate_up", "w_down"];
+            const MATMULS: [&str; 4] = ["w_qkv", "wo", "w_gate_up", "w_down"];
             let matmul = name == "lm_head" || MATMULS.iter().any(|m| name.ends_with(m));
             match (matmul, fmt) {
                 (true, WeightFormat::Fp8) if name == "lm_head" => backend.upload_matmul(t, WeightFormat::Bf16),
@@ -123,13 +122,17 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         for i in 0..cfg.num_layers {
             let name = |t: &str| layer_name(i, t);
             let mut w = |t: &str| upload(&name(t), read(&name(t))?);
-            let (attn_norm, wq, wk, wv, wo, mlp_norm) =
-                (w("attn_norm")?, w("wq")?, w("wk")?, w("wv")?, w("wo")?, w("mlp_norm")?);
-            // This rank's gate and up rows stacked: each row's output is what its own GEMM would give.
+            let attn_norm = w("attn_norm")?;
+            // This rank's q, k and v rows stacked, and its gate and up rows: each output column is what the
+            // matrix's own GEMM would give.
+            let qkv = Tensor::concat_rows(&[read(&name("wq"))?, read(&name("wk"))?, read(&name("wv"))?]);
+            let w_qkv = upload(&name("w_qkv"), qkv)?;
+            let (wo, mlp_norm) =
+                (upload(&name("wo"), read(&name("wo"))?)?, upload(&name("mlp_norm"), read(&name("mlp_norm"))?)?);
             let gate_up = Tensor::concat_rows(&[read(&name("w_gate"))?, read(&name("w_up"))?]);
             let w_gate_up = upload(&name("w_gate_up"), gate_up)?;
             let w_down = upload(&name("w_down"), read(&name("w_down"))?)?;
-            layers.push(LayerWeights { attn_norm, wq, wk, wv, wo, mlp_norm, w_gate_up, w_down });
+            layers.push(LayerWeights { attn_norm, w_qkv, wo, mlp_norm, w_gate_up, w_down });
         }
         let final_norm = upload("final_norm", read("final_norm")?)?;
         let lm_head = upload("lm_head", read("lm_head")?)?;
@@ -162,7 +165,7 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
     pub fn step_bytes(&self, tokens: usize, rows: usize) -> usize {
         let (h, f) = (self.cfg.hidden_size, self.ffn_local);
         let (qw, kw) = (self.dims.n_heads * self.dims.head_dim, self.dims.n_kv_heads * self.dims.head_dim);
-        let per_token = 4 * (3 * h + 2 * qw + 2 * kw + 3 * f) + 3 * h.max(f).max(qw);
+        let per_token = 4 * (3 * h + 3 * qw + 2 * kw + 3 * f) + 3 * h.max(f).max(qw);
         let vocab = self.cfg.vocab_size;
         tokens * per_token + rows * 4 * (h + 2 * vocab + vocab.div_ceil(self.shard.world))
     }
@@ -277,8 +280,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             Some(b) => b,
             None => guard.insert(StepBufs::empty(be)?),
         };
-        let StepBufs { x, normed, q, k, v, attn, proj, gate_up, act } = bufs;
-        let widths = [(&mut *x, h), (normed, h), (q, qw), (k, kw), (v, kw), (attn, qw), (proj, h), (gate_up, 2 * f)];
+        let StepBufs { x, normed, qkv, q, attn, proj, gate_up, act } = bufs;
+        let widths = [(&mut *x, h), (normed, h), (qkv, qw + 2 * kw), (q, qw), (attn, qw), (proj, h), (gate_up, 2 * f)];
         for (buf, len) in widths.into_iter().chain([(&mut *act, f)]) {
             be.fit(buf, n * len)?;
         }
@@ -289,8 +292,8 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             } else {
                 be.add_rms_norm(x, proj, normed, &l.attn_norm, n, h, eps)?;
             }
-            be.gemm_many(&mut [&mut *q, &mut *k, &mut *v], normed, &[&l.wq, &l.wk, &l.wv], n)?;
-            be.rope_write_kv(q, k, v, &mut kv.k[i], &mut kv.v[i], step, self.dims)?;
+            be.gemm(qkv, normed, &l.w_qkv, n)?;
+            be.rope_write_kv(q, qkv, &mut kv.k[i], &mut kv.v[i], step, self.dims)?;
             be.paged_attention(attn, q, &kv.k[i], &kv.v[i], step, self.dims)?;
             be.gemm(proj, attn, &l.wo, n)?;
             self.comm.all_reduce_sum(be, proj, n * h)?;

@@ -220,8 +220,7 @@ fn kv_code(d: AttnDims) -> c_int {
 pub fn rope_write_kv(
     st: &CudaStream,
     q: &mut CudaSlice<f32>,
-    k: &mut CudaSlice<f32>,
-    v: &CudaSlice<f32>,
+    qkv: &CudaSlice<f32>,
     kc: &mut CudaSlice<f32>,
     vc: &mut CudaSlice<f32>,
     m: &DeviceMeta,
@@ -230,12 +229,11 @@ pub fn rope_write_kv(
     let n = m.n_tokens;
     let (qw, kw) = (d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
     need("rope_write_kv", "q", q.len(), n * qw)?;
-    need("rope_write_kv", "k/v", k.len().min(v.len()), n * kw)?;
+    need("rope_write_kv", "qkv", qkv.len(), n * (qw + 2 * kw))?;
     need("rope_write_kv", "kv cache", kv_values(kc, d).min(kv_values(vc, d)), m.num_slots * kw)?;
     let dev = m.buf.device_ptr(st);
     let (qp, _a) = q.device_ptr_mut(st);
-    let (kp, _b) = k.device_ptr_mut(st);
-    let (vp, _c) = v.device_ptr(st);
+    let (xp, _b) = qkv.device_ptr(st);
     let (kcp, _d) = kc.device_ptr_mut(st);
     let (vcp, _e) = vc.device_ptr_mut(st);
     let at = |off: usize| (dev.0 + (off * 4) as u64) as *const i32;
@@ -246,8 +244,7 @@ pub fn rope_write_kv(
     status("rope_write_kv", unsafe {
         sys::tl_rope_write_kv(
             qp as *mut f32,
-            kp as *mut f32,
-            vp as *const f32,
+            xp as *const f32,
             kcp as *mut c_void,
             vcp as *mut c_void,
             at(m.off.positions),

@@ -614,8 +614,7 @@ impl Backend for CudaBackend {
     fn rope_write_kv(
         &self,
         q: &mut CudaBuf,
-        k: &mut CudaBuf,
-        v: &CudaBuf,
+        qkv: &CudaBuf,
         k_cache: &mut CudaBuf,
         v_cache: &mut CudaBuf,
         meta: CheckedStep,
@@ -625,7 +624,7 @@ impl Backend for CudaBackend {
         let num_slots = ffi::kv_values(&k_cache.0, d).min(ffi::kv_values(&v_cache.0, d)) / kw;
         self.bind()?;
         self.with_meta(meta, num_slots, d, |dm, _| {
-            ffi::rope_write_kv(&self.stream, &mut q.0, &mut k.0, &v.0, &mut k_cache.0, &mut v_cache.0, dm, d)
+            ffi::rope_write_kv(&self.stream, &mut q.0, &qkv.0, &mut k_cache.0, &mut v_cache.0, dm, d)
         })
     }
 
