@@ -90,7 +90,8 @@ impl StepMeta {
         if let Some(t) = owned.iter().position(|&o| !o) {
             return bad(format!("token {t} belongs to no sequence"));
         }
-        Ok(CheckedStep(self))
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Ok(CheckedStep { meta: self, serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed) })
     }
 }
 
@@ -134,12 +135,24 @@ impl AttnDims {
 /// A step that passed [`StepMeta::check`] (only `check` makes one): token ranges, contexts and block tables are
 /// consistent, so a backend indexes them without checking again.
 #[derive(Debug, Clone, Copy)]
-pub struct CheckedStep<'a>(&'a StepMeta);
+pub struct CheckedStep<'a> {
+    meta: &'a StepMeta,
+    /// Unique to this check: while it lives the step cannot change (it is borrowed), so a backend may key what
+    /// it derives from the step (the CUDA backend's packed metadata) by it, once per step rather than per op.
+    serial: u64,
+}
+
+impl CheckedStep<'_> {
+    /// See the field: equal serials mean the same checked step.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+}
 
 impl std::ops::Deref for CheckedStep<'_> {
     type Target = StepMeta;
     fn deref(&self) -> &StepMeta {
-        self.0
+        self.meta
     }
 }
 
@@ -453,6 +466,16 @@ pub(crate) mod tests {
             ],
             block_size: 4,
         }
+    }
+
+    /// Each check is its own step for the backends' per-step caches; copies of one check are the same step.
+    #[test]
+    fn each_check_has_its_own_serial() {
+        let m = step();
+        let (a, b) = (m.check().unwrap(), m.check().unwrap());
+        let copy = a;
+        assert_ne!(a.serial(), b.serial());
+        assert_eq!(copy.serial(), a.serial());
     }
 
     /// Every malformed step is an error from the one check, before any backend could index with it.

@@ -64,6 +64,8 @@ struct Scratch {
     converted_fp8: Option<(u64, usize)>,
     attn: Option<CudaSlice<f32>>,
     meta_dev: Option<meta::DeviceMeta>,
+    /// The step `meta_dev` was packed for: (`CheckedStep::serial`, cache slots, prefill tile rows).
+    meta_key: Option<(u64, usize, usize)>,
     /// (device pointer, elements) of the f32 buffer whose bf16 copy is in `bf16`, valid while the ops since
     /// were only GEMMs reading it (q/k/v and gate/up share one conversion).
     converted: Option<(u64, usize)>,
@@ -159,6 +161,7 @@ impl CudaBackend {
             converted_fp8: None,
             attn: None,
             meta_dev: None,
+            meta_key: None,
             converted: None,
             conversions: 0,
         };
@@ -315,8 +318,23 @@ impl CudaBackend {
         let tc = !self.exact_prefill.load(std::sync::atomic::Ordering::Relaxed) && d.head_dim.is_multiple_of(16);
         let prefill_rows = if tc { ffi::TL_PREFILL_ROWS_TC } else { ffi::TL_PREFILL_ROWS } as usize;
         let tiling = meta::Tiling { decode_split: ffi::TL_DECODE_SPLIT as usize, prefill_rows };
-        let host = meta::pack(meta, num_slots, tiling)?;
         let mut s = self.lock()?;
+        // Packed once per step (the first op of the step that needs it), not once per layer and op.
+        let key = (meta.serial(), num_slots, prefill_rows);
+        if s.meta_key != Some(key) {
+            s.meta_key = None;
+            let host = meta::pack(meta, num_slots, tiling)?;
+            self.upload_meta(&mut s, host)?;
+            s.meta_key = Some(key);
+        }
+        let dm = s.meta_dev.take().ok_or_else(|| Error::Internal("metadata missing".into()))?;
+        let r = f(&dm, &mut s);
+        s.meta_dev = Some(dm);
+        r
+    }
+
+    /// Puts a packed step on the device, unless the device copy already holds the same pack.
+    fn upload_meta(&self, s: &mut Scratch, host: meta::HostMeta) -> Result<()> {
         if s.meta_dev.as_ref().is_none_or(|d| d.host != host) {
             // The device array is kept from step to step while the pack fits it, and grows by powers of two:
             // decode steps (whose block tables grow a block at a time) allocate nothing.
@@ -328,10 +346,7 @@ impl CudaBackend {
             self.stream.memcpy_htod(&host.data, &mut buf.slice_mut(0..len)).map_err(cuda_err("metadata upload"))?;
             s.meta_dev = Some(meta::DeviceMeta { buf, host });
         }
-        let dm = s.meta_dev.take().ok_or_else(|| Error::Internal("metadata missing".into()))?;
-        let r = f(&dm, &mut s);
-        s.meta_dev = Some(dm);
-        r
+        Ok(())
     }
 
     /// out `[n, m]` = x `[n, k]` · wᵀ, x converted to bf16 once for the GEMMs that read it (q/k/v, gate/up).
