@@ -27,9 +27,10 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1
 RUN pip install --no-cache-dir 'fastapi==0.165.0' 'uvicorn==0.55.0' 'tritonclient[grpc]==2.51.0' 'numpy<2' \
     && pip install --no-cache-dir --no-deps --target /opt/triton-llama/nccl 'nvidia-nccl-cu13==2.28.9' \
     && test -f /opt/triton-llama/nccl/nvidia/nccl/lib/libnccl.so.2
-# NCCL_RUNTIME_CONNECT=0: the ranks connect when the group is created, so no collective waits on a peer inside its
-# enqueue (the lock that keeps an abort from freeing a communicator in use; src/comm/nccl.rs).
-ENV TL_NCCL_LIB=/opt/triton-llama/nccl/nvidia/nccl/lib/libnccl.so.2 NCCL_RUNTIME_CONNECT=0
+# NCCL_RUNTIME_CONNECT=0: the ranks connect when the group is created, and NCCL_LAUNCH_MODE=PARALLEL (NCCL's
+# default, pinned): each rank launches alone; so no collective waits on a peer inside its enqueue (the lock that
+# keeps an abort from freeing a communicator in use; src/comm/nccl.rs).
+ENV TL_NCCL_LIB=/opt/triton-llama/nccl/nvidia/nccl/lib/libnccl.so.2 NCCL_RUNTIME_CONNECT=0 NCCL_LAUNCH_MODE=PARALLEL
 WORKDIR /opt/triton-llama
 EXPOSE 8000 8001 8002 9000
 # Mount the checkpoint at /models and pass deploy_triton.py flags, e.g.

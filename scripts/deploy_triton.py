@@ -360,9 +360,10 @@ def main(argv=None):
     if a.write_only:
         return 0
     # Both children die with this script however it dies (SIGKILL included): started before any thread here.
-    # NCCL_RUNTIME_CONNECT=0: tensor-parallel ranks connect when their NCCL group is created, so no collective
-    # waits on a peer inside its enqueue (src/comm/nccl.rs); a value already set is kept.
-    server_env = {"NCCL_RUNTIME_CONNECT": "0", **os.environ}
+    # NCCL_RUNTIME_CONNECT=0 (tensor-parallel ranks connect when their NCCL group is created) and
+    # NCCL_LAUNCH_MODE=PARALLEL (NCCL's default: each rank launches alone): no collective waits on a peer inside
+    # its enqueue (src/comm/nccl.rs). Values already set are kept.
+    server_env = {"NCCL_RUNTIME_CONNECT": "0", "NCCL_LAUNCH_MODE": "PARALLEL", **os.environ}
     proc = subprocess.Popen(cmd, preexec_fn=die_with_parent(os.getpid()), env=server_env)
     frontend = None
     if a.openai_port:

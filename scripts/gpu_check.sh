@@ -69,7 +69,7 @@ done
 PYLIBS="$(python3 -c 'import glob, os, sys
 print(":".join(sorted({d for p in sys.path for d in glob.glob(os.path.join(p, "nvidia", "*", "lib"))})))' 2>/dev/null || true)"
 export LD_LIBRARY_PATH="$PYLIBS:${LD_LIBRARY_PATH:-}"
-export NCCL_RUNTIME_CONNECT=0  # as the Dockerfile and deploy_triton.py set it (src/comm/nccl.rs)
+export NCCL_RUNTIME_CONNECT=0 NCCL_LAUNCH_MODE=PARALLEL  # as the Dockerfile and deploy_triton.py set them
 export TL_REQUIRE_GPU=1 TL_FIXTURES="$PWD/tests/fixtures" RUST_LOG="${RUST_LOG:-warn}"
 
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader > "$R/logs/nvidia-smi.txt" 2>&1 || true

@@ -4,8 +4,9 @@
 //! step timeout. Aborting (`ncclCommAbort`) frees ranks waiting on a collective, a step that overlapped an abort
 //! fails, and `reset` creates fresh communicators once every rank has answered; a group that cannot be recreated
 //! stops the engine (the model then reports not ready). A rank holds the group's lock while it enqueues a
-//! collective, so an abort never frees a handle in use; NCCL_RUNTIME_CONNECT=0 (set by the Dockerfile) makes NCCL
-//! connect the ranks at creation, so an enqueue never waits for a peer while holding it.
+//! collective, so an abort never frees a handle in use; NCCL_RUNTIME_CONNECT=0 (NCCL connects the ranks at
+//! creation) and NCCL_LAUNCH_MODE=PARALLEL (each rank launches alone, NCCL's default), both set by the Dockerfile
+//! and deploy_triton.py, mean an enqueue never waits for a peer while holding it.
 #![allow(unsafe_code)]
 use super::nccl_sys::{Nccl, NcclError, RawComm, nccl};
 use super::{Communicator, GroupControl};
