@@ -116,6 +116,35 @@ extern "C" int tl_silu_mul(float *out, uint16_t *out16, const float *gate_up, in
     return tl_launch_status();
 }
 
+// One block per row: out = silu(gate) * up as silu_mul_kernel computes it, and the row also quantized to E4M3 with
+// one scale (max |out| / 448), as tl_quantize_fp8_rows of `out` would: the down GEMM's FP8 input, without a
+// kernel of its own.
+__global__ void silu_mul_fp8_kernel(float *out, uint8_t *codes, float *scales, const float *gu, int f) {
+    __shared__ float sh[32];
+    const int64_t base = static_cast<int64_t>(blockIdx.x) * f;
+    const float *g = gu + 2 * base, *u = g + f;
+    float amax = 0.f;
+    for (int j = threadIdx.x; j < f; j += blockDim.x) {
+        const float x = g[j];
+        const float o = x / (1.f + expf(-x)) * u[j];
+        out[base + j] = o;
+        amax = fmaxf(amax, fabsf(o));
+    }
+    amax = block_max(amax, sh);
+    const float s = (amax > 0.f && isfinite(amax)) ? amax / 448.f : 1.f;
+    if (threadIdx.x == 0) scales[blockIdx.x] = s;
+    for (int j = threadIdx.x; j < f; j += blockDim.x) {
+        codes[base + j] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(out[base + j] / s, __NV_SATFINITE, __NV_E4M3));
+    }
+}
+
+extern "C" int tl_silu_mul_fp8(float *out, uint8_t *codes, float *scales, const float *gate_up, int n, int f,
+                               void *stream) {
+    if (n <= 0 || f <= 0) return n == 0 ? 0 : TL_ERR_ARGS;
+    silu_mul_fp8_kernel<<<n, norm_threads(f), 0, TL_STREAM(stream)>>>(out, codes, scales, gate_up, f);
+    return tl_launch_status();
+}
+
 __global__ void gather_rows_kernel(float *out, const float *x, const int32_t *rows, int h) {
     const int64_t i = blockIdx.x;
     const float *src = x + static_cast<int64_t>(rows[i]) * h;

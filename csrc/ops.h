@@ -69,6 +69,14 @@ int tl_silu_mul(float *out,           /* [n, f] */
                 const float *gate_up, /* [n, 2 f] */
                 int64_t n, int64_t f, void *stream);
 
+/* tl_silu_mul without out16, the output rows also quantized to E4M3 with one scale each, as
+ * tl_quantize_fp8_rows of `out` would: the down GEMM's FP8 input without a kernel of its own. */
+int tl_silu_mul_fp8(float *out,           /* [n, f] */
+                    uint8_t *codes,       /* [n, f] E4M3 codes of out */
+                    float *scales,        /* [n] */
+                    const float *gate_up, /* [n, 2 f] */
+                    int n, int f, void *stream);
+
 /* out[i, :] = x[rows[i], :]. */
 int tl_gather_rows(float *out,          /* [r, h] */
                    const float *x,      /* [*, h] */

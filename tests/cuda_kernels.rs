@@ -737,10 +737,10 @@ fn tensor_core_prefill_attention_matches_cpu() {
 /// kernel) and an aligned one (cuBLASLt), for the plain and the residual-adding norm.
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored"]
-fn gpu_fp8_norm_fused_quantization_feeds_the_gemm() {
-    let Some(g) = gpu("gpu_fp8_norm_fused_quantization_feeds_the_gemm") else { return };
+fn gpu_fp8_norm_and_silu_fused_quantization_feeds_the_gemm() {
+    let Some(g) = gpu("gpu_fp8_norm_and_silu_fused_quantization_feeds_the_gemm") else { return };
     if !g.has_fp8().unwrap() {
-        skipped(format!("SKIPPED gpu_fp8_norm_fused_quantization_feeds_the_gemm: {} has no FP8", g.name()));
+        skipped(format!("SKIPPED gpu_fp8_norm_and_silu_fused_quantization_feeds_the_gemm: {} has no FP8", g.name()));
         return;
     }
     for (i, &(n, h, m)) in [(3, 769, 37), (5, 4096, 256)].iter().enumerate() {
@@ -772,6 +772,12 @@ fn gpu_fp8_norm_fused_quantization_feeds_the_gemm() {
             let err = max_abs(&down(&g, &g_out, n * m), &c_out) / scale;
             assert!(err < 0.02, "[{n}, {h}] x {m}: fused-norm FP8 GEMM off by {err} of the output scale (add {add})");
         }
+        // SiLU-times-up quantizes its output for the down GEMM in the same kernel: the codes and scales
+        // tl_quantize_fp8_rows gives, so the GEMM after it gives the bits of a separately quantized copy.
+        let gate_up = up(&g, &rand_vec(740 + i as u64, 2 * n * h, 3.0));
+        let (mut act, mut fused) = (g.alloc(n * h).unwrap(), g.alloc(n * m).unwrap());
+        g.silu_mul(&mut act, &gate_up, n, h).unwrap();
+        gemm_after(&g, "silu_mul (fp8) -> gemm", &act, &gw, &mut fused, n, h, m);
     }
 }
 

@@ -319,8 +319,8 @@ pub fn run(
              unless TL_PREFILL_ATTENTION=f32; the norms, attention and silu_mul also write their outputs' bf16 \
              copies for the GEMMs after them (no conversion kernels in a layer)"
                 .into(),
-            "fp8: the norms quantize their outputs per token in the same kernel, the attention and silu_mul \
-             outputs by a kernel of their own; the scales applied by a kernel after cuBLASLt's"
+            "fp8: the norms and silu_mul quantize their outputs per token in the same kernel, the attention \
+             output by a kernel of its own; the scales applied by a kernel after cuBLASLt's"
                 .into(),
             format!(
                 "cuBLASLt: {timed} GEMM shapes of up to 256 rows had their heuristic's candidates timed, in {switched} \

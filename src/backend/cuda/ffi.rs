@@ -15,7 +15,7 @@ mod blaslt;
 mod fp8;
 pub use blaslt::timing_stats as gemm_algo_timing;
 use blaslt::{Lt, Operands};
-pub use fp8::{gemm_fp8, quantize_fp8_rows, quantize_fp8_rows_bf16, rms_norm_fp8};
+pub use fp8::{gemm_fp8, quantize_fp8_rows, quantize_fp8_rows_bf16, rms_norm_fp8, silu_mul_fp8};
 
 #[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
 mod sys {

@@ -678,7 +678,13 @@ impl Backend for CudaBackend {
     fn silu_mul(&self, out: &mut CudaBuf, gate_up: &CudaBuf, n: usize, f: usize) -> Result<()> {
         self.bind()?;
         if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
-            return ffi::silu_mul(&self.stream, &mut out.0, None, &gate_up.0, n, f);
+            // The down GEMM's FP8 input (codes and per-token scales) from the same kernel, recorded as the cached
+            // FP8 copy of `out`.
+            let mut s = self.lock()?;
+            let (codes, scales) = self.fp8_scratch(&mut s, n * f, n)?;
+            ffi::silu_mul_fp8(&self.stream, &mut out.0, codes, scales, &gate_up.0, n, f)?;
+            *s.key_of(Converted::Fp8) = Some((out.0.device_ptr(&self.stream).0, n * f));
+            return Ok(());
         }
         // The down GEMM's bf16 input written by the same kernel, recorded as the cached copy of `out`.
         let mut s = self.lock()?;

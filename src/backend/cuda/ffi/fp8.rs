@@ -85,6 +85,33 @@ pub fn rms_norm_fp8(
     status(OP, s)
 }
 
+/// `silu_mul` of `gate_up` `[n, 2f]` into `out` `[n, f]` that also writes the output rows' E4M3 codes `[n, f]` and
+/// scales `[n]` (`tl_silu_mul_fp8`): the down GEMM's FP8 input, quantized by the same kernel.
+pub fn silu_mul_fp8(
+    st: &CudaStream,
+    out: &mut CudaSlice<f32>,
+    codes: &mut CudaSlice<u8>,
+    scales: &mut CudaSlice<f32>,
+    gate_up: &CudaSlice<f32>,
+    n: usize,
+    f: usize,
+) -> Result<()> {
+    const OP: &str = "silu_mul_fp8";
+    need(OP, "out", out.len(), n * f)?;
+    need(OP, "gate_up", gate_up.len(), 2 * n * f)?;
+    need(OP, "codes", codes.len(), n * f)?;
+    need(OP, "scales", scales.len(), n)?;
+    let (ni, fi) = (int(OP, n)?, int(OP, f)?);
+    let (o, _a) = out.device_ptr_mut(st);
+    let (cp, _b) = codes.device_ptr_mut(st);
+    let (sp, _c) = scales.device_ptr_mut(st);
+    let (gp, _d) = gate_up.device_ptr(st);
+    // SAFETY: lengths checked above; the borrow checker keeps the buffers distinct.
+    status(OP, unsafe {
+        sys::tl_silu_mul_fp8(o as *mut f32, cp as *mut u8, sp as *mut f32, gp as *const f32, ni, fi, raw(st))
+    })
+}
+
 /// `quantize_fp8_rows` of bf16 rows `x` `[n, k]` (`tl_quantize_fp8_rows_bf16`).
 pub fn quantize_fp8_rows_bf16(
     st: &CudaStream,
