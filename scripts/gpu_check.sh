@@ -2,7 +2,7 @@
 # GPU check in one command, in two halves:
 #   on the build machine (Rust + nvcc, no GPU):  bash scripts/gpu_check.sh --stage
 #       builds with --features cuda and puts stripped binaries in target/gpu_bundle/ and, with tritonserver
-#       (below), in target/gpu_bundle.tar.xz (about 28 MB: carry that file; the device tool carries 64 MiB);
+#       (below), in target/gpu_bundle.tar.xz (about 49 MB: carry that file; the device tool carries 64 MiB);
 #   on the GPU machine (no Rust, CUDA driver, Python env with nvidia-cublas and nvidia-nccl):  bash scripts/gpu_check.sh
 #       runs each kernel against its CPU twin, the fixture models on CUDA against the CPU engine (TP=2 when two
 #       GPUs are present), the Llama-2-7B-shape benchmark in bf16 and in FP8 (issue 19: the FP8 batch-1 decode
