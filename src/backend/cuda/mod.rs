@@ -64,6 +64,8 @@ struct Scratch {
     converted_fp8: Option<(u64, usize)>,
     attn: Option<CudaSlice<f32>>,
     meta_dev: Option<meta::DeviceMeta>,
+    /// Small per-step inputs of the embedding and row gather (`stage_i32`).
+    ints: Option<CudaSlice<i32>>,
     /// The step `meta_dev` was packed for: (`CheckedStep::serial`, cache slots, prefill tile rows).
     meta_key: Option<(u64, usize, usize)>,
     /// (device pointer, elements) of the f32 buffer whose bf16 copy is in `bf16`, valid while the ops since
@@ -161,6 +163,7 @@ impl CudaBackend {
             converted_fp8: None,
             attn: None,
             meta_dev: None,
+            ints: None,
             meta_key: None,
             converted: None,
             conversions: 0,
@@ -331,6 +334,18 @@ impl CudaBackend {
         let r = f(&dm, &mut s);
         s.meta_dev = Some(dm);
         r
+    }
+
+    /// `v` copied into the reused device array of small per-step inputs (token ids, row indices): grown by powers
+    /// of two, so steps allocate nothing for them. Stream order keeps a later copy behind the kernels that read
+    /// the earlier one.
+    fn stage_i32<'a>(&self, s: &'a mut Scratch, v: &[i32]) -> Result<&'a CudaSlice<i32>> {
+        self.grow(&mut s.ints, v.len())?;
+        let buf = s.ints.as_mut().ok_or_else(|| Error::Internal("int scratch missing".into()))?;
+        if !v.is_empty() {
+            self.stream.memcpy_htod(v, &mut buf.slice_mut(0..v.len())).map_err(cuda_err("upload"))?;
+        }
+        Ok(buf)
     }
 
     /// Puts a packed step on the device, unless the device copy already holds the same pack.
@@ -586,8 +601,9 @@ impl Backend for CudaBackend {
         }
         super::check_token_ids(ids, *rows)?;
         self.bind()?;
-        let dev_ids = self.upload_i32(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
-        ffi::embedding(&self.stream, &mut out.0, data, *rows, &dev_ids, ids.len(), h)
+        let mut s = self.lock()?;
+        let dev_ids = self.stage_i32(&mut s, &ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
+        ffi::embedding(&self.stream, &mut out.0, data, *rows, dev_ids, ids.len(), h)
     }
 
     fn rms_norm(&self, out: &mut CudaBuf, x: &CudaBuf, w: &CudaWeight, n: usize, h: usize, eps: f32) -> Result<()> {
@@ -701,8 +717,10 @@ impl Backend for CudaBackend {
         }
         let max_row = rows.iter().copied().max().unwrap_or(0);
         self.bind()?;
-        let idx = self.upload_i32(&rows.iter().map(|&r| i32::try_from(r).unwrap_or(i32::MAX)).collect::<Vec<_>>())?;
-        ffi::gather_rows(&self.stream, &mut out.0, &x.0, &idx, max_row, rows.len(), h)
+        let mut s = self.lock()?;
+        let idx = rows.iter().map(|&r| i32::try_from(r).unwrap_or(i32::MAX)).collect::<Vec<_>>();
+        let idx = self.stage_i32(&mut s, &idx)?;
+        ffi::gather_rows(&self.stream, &mut out.0, &x.0, idx, max_row, rows.len(), h)
     }
 
     fn unshard_vocab(
