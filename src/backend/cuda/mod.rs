@@ -386,10 +386,11 @@ impl CudaBackend {
         ffi::gemm_bf16(&self.blas, &self.stream, &mut out.0, xb, w, n, m, k)
     }
 
-    /// The norm with FP8 weights loaded: its kernel also quantizes the output rows for the FP8 GEMMs that read
-    /// them next (q/k/v, gate/up), recorded as the cached FP8 copy of `out`.
+    /// The norm (`residual`: with the residual add), its kernel also writing the input of the GEMMs that read its
+    /// output next (q/k/v, gate/up): E4M3 codes and per-token scales under FP8 weights, bf16 otherwise (the bits
+    /// the conversion kernels give), recorded as the cached copy of `out`. No conversion kernel runs for them.
     #[allow(clippy::too_many_arguments)]
-    fn rms_norm_fp8(
+    fn rms_norm_fused(
         &self,
         out: &mut CudaBuf,
         residual: Option<&mut CudaBuf>,
@@ -399,33 +400,20 @@ impl CudaBackend {
         h: usize,
         eps: f32,
     ) -> Result<()> {
+        self.bind()?;
         let mut s = self.lock()?;
-        let (codes, scales) = self.fp8_scratch(&mut s, n * h, n)?;
         let r = residual.map(|r| &mut r.0);
-        ffi::rms_norm_fp8(&self.stream, &mut out.0, r, codes, scales, &x.0, w, n, h, eps)?;
-        *s.key_of(Converted::Fp8) = Some((out.0.device_ptr(&self.stream).0, n * h));
-        Ok(())
-    }
-
-    /// The norm with bf16 GEMMs after it: its kernel also writes the output rows in bf16 for the GEMMs that read
-    /// them next (q/k/v, gate/up), recorded as the cached bf16 copy of `out` (the bits `tl_f32_to_bf16` gives, one
-    /// kernel fewer).
-    #[allow(clippy::too_many_arguments)]
-    fn rms_norm_bf16(
-        &self,
-        out: &mut CudaBuf,
-        residual: Option<&mut CudaBuf>,
-        x: &CudaBuf,
-        w: &CudaSlice<f32>,
-        n: usize,
-        h: usize,
-        eps: f32,
-    ) -> Result<()> {
-        let mut s = self.lock()?;
-        self.grow(&mut s.bf16, n * h)?;
-        let out16 = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
-        ffi::rms_norm(&self.stream, &mut out.0, residual.map(|r| &mut r.0), Some(out16), &x.0, w, n, h, eps)?;
-        *s.key_of(Converted::Bf16) = Some((out.0.device_ptr(&self.stream).0, n * h));
+        let kind = if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
+            let (codes, scales) = self.fp8_scratch(&mut s, n * h, n)?;
+            ffi::rms_norm_fp8(&self.stream, &mut out.0, r, codes, scales, &x.0, w, n, h, eps)?;
+            Converted::Fp8
+        } else {
+            self.grow(&mut s.bf16, n * h)?;
+            let out16 = s.bf16.as_mut().ok_or_else(|| Error::Internal("gemm scratch missing".into()))?;
+            ffi::rms_norm(&self.stream, &mut out.0, r, Some(out16), &x.0, w, n, h, eps)?;
+            Converted::Bf16
+        };
+        *s.key_of(kind) = Some((out.0.device_ptr(&self.stream).0, n * h));
         Ok(())
     }
 
@@ -607,11 +595,7 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, out: &mut CudaBuf, x: &CudaBuf, w: &CudaWeight, n: usize, h: usize, eps: f32) -> Result<()> {
-        self.bind()?;
-        if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
-            return self.rms_norm_fp8(out, None, x, norm_weight(w, "rms_norm")?, n, h, eps);
-        }
-        self.rms_norm_bf16(out, None, x, norm_weight(w, "rms_norm")?, n, h, eps)
+        self.rms_norm_fused(out, None, x, norm_weight(w, "rms_norm")?, n, h, eps)
     }
 
     fn add_rms_norm(
@@ -624,11 +608,7 @@ impl Backend for CudaBackend {
         h: usize,
         eps: f32,
     ) -> Result<()> {
-        self.bind()?;
-        if self.fp8_weights.load(std::sync::atomic::Ordering::Relaxed) {
-            return self.rms_norm_fp8(out, Some(residual), x, norm_weight(w, "add_rms_norm")?, n, h, eps);
-        }
-        self.rms_norm_bf16(out, Some(residual), x, norm_weight(w, "add_rms_norm")?, n, h, eps)
+        self.rms_norm_fused(out, Some(residual), x, norm_weight(w, "add_rms_norm")?, n, h, eps)
     }
 
     fn gemm(&self, out: &mut CudaBuf, x: &CudaBuf, w: &CudaWeight, n: usize) -> Result<()> {
