@@ -65,6 +65,16 @@ impl<Buf> StepBufs<Buf> {
     }
 }
 
+/// Matrices of one width (the reader checked their shapes) stacked along rows; parts stored in different dtypes
+/// (a checkpoint may mix them) are widened to f32 first, exactly, rather than refused.
+fn stack_rows(parts: Vec<Tensor>) -> Tensor {
+    if parts.windows(2).all(|p| p[0].dtype() == p[1].dtype()) {
+        return Tensor::concat_rows(&parts);
+    }
+    let wide: Vec<Tensor> = parts.iter().map(|t| Tensor::from_f32(&t.shape, t.to_f32_vec())).collect();
+    Tensor::concat_rows(&wide)
+}
+
 pub struct Llama<B: Backend, C: Communicator<B>> {
     pub cfg: LlamaConfig,
     pub shard: ShardSpec,
@@ -125,11 +135,11 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
             let attn_norm = w("attn_norm")?;
             // This rank's q, k and v rows stacked, and its gate and up rows: each output column is what the
             // matrix's own GEMM would give.
-            let qkv = Tensor::concat_rows(&[read(&name("wq"))?, read(&name("wk"))?, read(&name("wv"))?]);
+            let qkv = stack_rows(vec![read(&name("wq"))?, read(&name("wk"))?, read(&name("wv"))?]);
             let w_qkv = upload(&name("w_qkv"), qkv)?;
             let (wo, mlp_norm) =
                 (upload(&name("wo"), read(&name("wo"))?)?, upload(&name("mlp_norm"), read(&name("mlp_norm"))?)?);
-            let gate_up = Tensor::concat_rows(&[read(&name("w_gate"))?, read(&name("w_up"))?]);
+            let gate_up = stack_rows(vec![read(&name("w_gate"))?, read(&name("w_up"))?]);
             let w_gate_up = upload(&name("w_gate_up"), gate_up)?;
             let w_down = upload(&name("w_down"), read(&name("w_down"))?)?;
             layers.push(LayerWeights { attn_norm, w_qkv, wo, mlp_norm, w_gate_up, w_down });
@@ -328,5 +338,23 @@ impl<B: Backend, C: Communicator<B>> Llama<B, C> {
         let mut out = be.alloc(r * width)?;
         be.unshard_vocab(&mut out, &parts, r, vocab, world, width)?;
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+
+    /// A checkpoint storing q in bf16 and k in f32 still loads: the stacked matrix holds each part's values.
+    #[test]
+    fn parts_of_mixed_dtypes_stack_widened_to_f32() {
+        let q = Tensor::from_f32(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).to_bf16();
+        let k = Tensor::from_f32(&[1, 3], vec![0.1, 0.2, 0.3]);
+        let s = stack_rows(vec![q.clone(), k.clone()]);
+        assert_eq!((s.shape.clone(), s.dtype()), (vec![3, 3], DType::F32));
+        assert_eq!(s.to_f32_vec(), [q.to_f32_vec(), k.to_f32_vec()].concat());
+        let same = stack_rows(vec![q.clone(), q.clone()]);
+        assert_eq!(same.dtype(), DType::BF16, "one dtype stays as it is");
     }
 }
